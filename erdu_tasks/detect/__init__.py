@@ -1,0 +1,1 @@
+"""Detection: classification rules, fingerprints and storm folding."""

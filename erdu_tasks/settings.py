@@ -1,0 +1,100 @@
+"""One typed settings object, built once from the environment (ERDU_*) and an optional erdu.yaml."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from .errors import ConfigError
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/erdu"
+
+
+def _config_file() -> Path | None:
+    explicit = os.environ.get("ERDU_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"ERDU_CONFIG points at {path}, which is not a file")
+        return path
+    local = Path("erdu.yaml")
+    return local if local.is_file() else None
+
+
+class Settings(BaseSettings):
+    """Everything ERDU can be told. Sections for monitors, escalation etc. are validated by their owners."""
+
+    model_config = SettingsConfigDict(env_prefix="ERDU_", env_nested_delimiter="__", extra="forbid")
+
+    redis_url: str = DEFAULT_REDIS_URL
+    database_url: str = DEFAULT_DATABASE_URL
+    reports_dir: Path = Path("var/reports")
+    alerts_dir: Path = Path("var/alerts")
+    state_dir: Path = Path("var")
+    rules_file: Path | None = None
+    runbooks_dir: Path | None = None
+    catalog_file: Path | None = None
+
+    # Celery and pipeline timing.
+    visibility_timeout: int = Field(default=300, ge=30, le=3600)
+    stage_deadline_seconds: float = Field(default=120.0, gt=0)
+    reconcile_interval_seconds: float = Field(default=30.0, gt=0)
+    max_worker_crashes: int = Field(default=3, ge=1)
+    task_max_retries: int = Field(default=8, ge=0)
+    retry_backoff_max: float = Field(default=60.0, gt=0)
+    db_pool_max: int = Field(default=4, ge=1)
+
+    dry_run: bool = False
+    worker_concurrency: dict[str, int] = Field(default_factory=dict)
+
+    # Sections owned by their feature modules; each validates its own part.
+    monitors: dict[str, Any] = Field(default_factory=dict)
+    escalation: dict[str, Any] = Field(default_factory=dict)
+    commander: dict[str, Any] = Field(default_factory=dict)
+    learning: dict[str, Any] = Field(default_factory=dict)
+    brain: dict[str, Any] = Field(default_factory=dict)
+    api: dict[str, Any] = Field(default_factory=dict)
+    flower: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file()
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, turning validation errors into one readable ConfigError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        where = _config_file()
+        source = f" (environment ERDU_* and {where})" if where else " (environment ERDU_*)"
+        raise ConfigError("invalid settings" + source + ":\n" + "\n".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, built on first use."""
+    return load_settings()
