@@ -172,6 +172,13 @@ class QuietHoursConfig(_Model):
             raise ValueError(f"unknown timezone {value!r} (use an IANA name such as Europe/Berlin)") from None
         return value
 
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _not_a_number(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise ValueError('quote times in YAML, e.g. "22:00" (unquoted, YAML reads 22:00 as the number 1320)')
+        return value
+
     @model_validator(mode="after")
     def _sane(self) -> QuietHoursConfig:
         if self.start == self.end:
@@ -369,10 +376,11 @@ class Step:
 
 @dataclass(frozen=True)
 class SentStep:
-    """A step already claimed; failed_at is set when every delivery of it gave up."""
+    """A step already claimed (sent_at: when); failed_at is set when every delivery of it gave up."""
 
     level: int
     repeat: int
+    sent_at: datetime | None = None
     failed_at: datetime | None = None
 
 
@@ -424,8 +432,8 @@ def plan_steps(
     """The steps of a policy due at `now`, given what was already sent (pure, idempotent).
 
     Every level that has begun gets its first notification once. Only the current level
-    repeats, and after a gap (a sweeper that was down) only the latest missed repeat is due,
-    never a burst of them.
+    repeats, and after a gap (a sweeper that was down) at most the latest missed repeat is
+    due, never a burst: a repeat that fell due before the level's last sent_at is skipped.
     """
     started_at, now = _aware(started_at), _aware(now)
     if acknowledged_at is not None and _aware(acknowledged_at) <= now:
@@ -452,10 +460,14 @@ def plan_steps(
         latest = math.floor((now - starts[current]) / interval)
         limit = level.max_repeats if level.max_repeats is not None else math.inf
         latest = int(min(latest, limit))
-        highest_sent = max((r for lv, r in done if lv == current + 1), default=0)
-        first_pending = (current + 1, 0) not in done
-        if latest >= 1 and latest > highest_sent and not first_pending:
-            due.append(Step(current + 1, latest, tuple(level.channels), starts[current] + latest * interval))
+        mine = [r for r in records if r.level == current + 1]
+        highest_sent = max((r.repeat for r in mine), default=0)
+        last_sent = max((_aware(r.sent_at) for r in mine if r.sent_at is not None), default=None)
+        latest_at = starts[current] + latest * interval
+        # A repeat that fell due before this level's last notification went out is superseded by it.
+        fresh = last_sent is None or latest_at > last_sent
+        if latest >= 1 and latest > highest_sent and (current + 1, 0) in done and fresh:
+            due.append(Step(current + 1, latest, tuple(level.channels), latest_at))
         following = latest + 1
         if following <= limit:
             candidates.append(starts[current] + following * interval)
