@@ -13,7 +13,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from .base import BaseChannel, ChannelSettings, DeliveryResult, Notification, post_json
+from .base import BaseChannel, ChannelSettings, DeliveryResult, Notification, NotificationKind, post_json
 from .webhook import check_http_url
 
 EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
@@ -90,7 +90,7 @@ class PagerDutyChannel(BaseChannel):
         self._client = client
 
     def _deliver(self, notification: Notification) -> DeliveryResult:
-        if notification.kind.value == "resolve":
+        if notification.kind is NotificationKind.RESOLVE:
             body = resolve_body(notification, self._key)
         else:
             body = trigger_body(notification, self._key, self._source)
