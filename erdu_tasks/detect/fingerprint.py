@@ -1,4 +1,28 @@
-"""Stateless fingerprints from log templates (first version: regex masks)."""
+"""Stateless fingerprints from log templates.
+
+A message's fingerprint is a hash of its *template* (the text with its variable parts
+masked) and the service. It is a pure function of (message, service): the same line gets
+the same key on any worker, after any restart and in any order, so an incident can be
+keyed by the fingerprint a line gets when it arrives.
+
+What counts as variable, in one regex pass over the text, then one collapse pass:
+
+- timestamps and dates, UUIDs, URLs, e-mail addresses, IPv4/IPv6 addresses (with port),
+  file paths, quoted single-token values, durations and sizes with their unit
+  (``3001ms``, ``1 sec``, ``4 KB``), hex numbers;
+- any other whitespace-delimited token that contains a digit (``8812``, ``blk_-123``,
+  ``host-7:5070``), the rule drain3 applies with ``parametrize_numeric_tokens``;
+- the value of a ``key=value`` pair, whatever its characters (``user=root``).
+
+A run of masked values separated only by punctuation or spaces (``<*>:<*>``,
+``<*> (<*>)``, a variable-length list of ids) collapses into one ``<*>``, so the number of
+values in a list does not split a template. Words without digits are kept as they are:
+telling two errors apart matters more than folding every variant, because one incident
+that hides another is worse than one error seen as two incidents.
+
+Multi-line Python tracebacks and Java stack traces are keyed by their exception types
+and frames (file and function, without line numbers or message values).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +30,88 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-_MASKS = [
-    (re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"), "<UUID>"),
-    (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"), "<IP>"),
-    (re.compile(r"\b0x[0-9a-fA-F]+\b"), "<HEX>"),
-    (re.compile(r"\d+"), "<NUM>"),
+FINGERPRINT_VERSION = "1"
+"""Part of every key: bump it when the masking changes, so old and new keys never mix."""
+
+MASK = "<*>"
+MAX_TEMPLATE_INPUT = 4000
+"""Only the first characters of a message shape its template (a storm of huge lines stays cheap)."""
+MAX_TRACE_FRAMES = 60
+TITLE_CHARS = 80
+
+_MONTH = (
+    r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"
+    r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?"
+)
+_WEEKDAY = r"(?:Mon(?:day)?|Tue(?:s|sday)?|Wed(?:nesday)?|Thu(?:r|rs|rsday)?|Fri(?:day)?|Sat(?:urday)?|Sun(?:day)?),?"
+_TIME = r"\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:\s?[AaPp][Mm])?"
+_TZ = r"(?:\s?(?:Z|UTC|GMT|[+-]\d{2}:?\d{2}|[A-Z]{3,4}(?=\s\d{4})))?"
+# Units of durations and sizes: a number with one of these is one value ("17 ms", "4 KB").
+_UNIT = (
+    r"(?:ns|us|µs|ms|s|sec|secs|second|seconds|m|min|mins|minute|minutes|h|hr|hrs|hour|hours|"
+    r"d|day|days|[KMGTP]i?B|[kKmMgGtT][bB]?|B|b|bytes?|bps|[KMG]bps|%)"
+)
+# key=value pairs whose value is the message itself, not data about it.
+_TEXT_KEYS = ("msg", "message", "error", "err", "event", "level", "lvl", "severity", "status", "state", "reason")
+# Characters that make up one "word" when judging whether a token holds a digit.
+_W = r"[^\s=,;:()\[\]{}<>\"'|]"
+
+_PARTS = [
+    # Dates and times: "Tue Jul 26 05:47:42 2005", "Jul  1 07:57:30", "2024-05-01T10:00:00Z".
+    rf"(?:{_WEEKDAY}\s+)?{_MONTH}\s+\d{{1,2}}(?:,?\s+{_TIME}{_TZ})?(?:,?\s+\d{{4}})?(?!\w)",
+    rf"\d{{4}}-\d{{2}}-\d{{2}}(?:[T ]{_TIME})?{_TZ}",
+    rf"\d{{1,2}}[/.-]{_MONTH}[/.-]\d{{2,4}}(?::{_TIME})?",
+    # UUIDs, URLs, e-mail addresses.
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+    r"(?<![\w.])[a-zA-Z][a-zA-Z0-9+.-]{1,15}://[^\s\"'<>]+",
+    r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+",
+    # Addresses: IPv6 (with a digit), IPv4 and host names with a port ("db.example.com:5432").
+    r"(?<![\w:.])(?=[0-9a-fA-F:]*\d)(?:[0-9a-fA-F]{0,4}:){2,7}(?:[0-9a-fA-F]{1,4}|\d{1,3}(?:\.\d{1,3}){3})"
+    r"(?:%\w+)?(?![\w:])",
+    r"(?<![\w.-])\d{1,3}(?:\.\d{1,3}){3}(?::\d{1,5})?(?![\w.])",
+    r"(?<![\w.-])[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+:\d{1,5}(?![\w.])",
+    # File paths: /a/b, ./a, ~/a, C:\a\b (a single "/word" is a path too).
+    r"(?<![\w.:/~])(?:\.{1,2}|~)?/[\w.@%+~$:-]+(?:/[\w.@%+~$:-]*)*",
+    r"(?<!\w)[A-Za-z]:\\[^\s\"'<>|]*",
+    # Quoted values without spaces ('alice', "x-17"); a quoted sentence is text and stays.
+    r"(?<![\w\\])'[^'\s]{1,200}'(?!\w)",
+    r"(?<![\w\\])\"[^\"\s]{1,200}\"(?!\s*:)",
+    # Durations and sizes with a unit, also "1.5 sec", "12.0 KB", "01:07:47".
+    rf"(?<![\w.])[<>~≈]?[-+]?\d+(?:\.\d+)?\s?{_UNIT}(?![\w])",
+    rf"(?<![\w.:]){_TIME}(?![\w:])",
+    # An empty value in brackets: "connection from <*> () at".
+    r"(?<!\S)(?:\(\)|\[\]|\{\})(?!\S)",
+    # An account name after "user" that ends its clause: "for user alice by", "invalid user bob [".
+    r"(?<=(?<![\w-])[Uu]ser )[\w.@-]{1,64}(?=$|\s*[\[(,;]|\s+(?:from|by|on|at|to|for|in|with|via)\b)",
+    # Any other token holding a digit (hex numbers and hashes included).
+    rf"(?<!{_W}){_W}*\d{_W}*",
+    # The value of key=value, whatever it holds (an empty value stays empty), except for the
+    # keys that name what happened (msg=, error=, level=, ...).
+    r"(?<=[\w.\]-]=)" + "".join(rf"(?<!\b{k}=)" for k in _TEXT_KEYS) + r"[^\s,;&()\[\]{}<>\"'|]+",
 ]
+# Every value starts a token, so one look-behind skips the positions inside words at once.
+_MASK_RE = re.compile(rf"(?<!{_W})(?:" + "|".join(f"(?:{p})" for p in _PARTS) + ")")
+# A value wholly in brackets is a value; runs of values with only punctuation between are one.
+_BRACKETED = re.compile(r"[(\[{]<\*>[)\]}]")
+_RUN = re.compile(r"<\*>(?:[\s,;:|#/+*-]*<\*>)+")
+_SPACES = re.compile(r"\s+")
+
+# --- multi-line traces -------------------------------------------------------------------
+_PY_TRACE_START = "Traceback (most recent call last):"
+_PY_FRAME = re.compile(r'^\s+File "([^"]*)", line \d+(?:, in (\S+))?')
+_PY_EXC = re.compile(r"^([A-Za-z_][\w.]*)(?::|$)")
+_JAVA_FRAME = re.compile(r"^\s*at\s+([\w$.<>/\[\]-]+?)\s*\(")
+_JAVA_MORE = re.compile(r"^\s*\.\.\.\s*\d+\s+(?:more|common frames omitted)")
+_JAVA_CAUSE = re.compile(r"^\s*(Caused by|Suppressed):\s*")
+_JAVA_EXC = re.compile(r"((?:[A-Za-z_$][\w$]*\.)*[A-Z][\w$]*(?:Exception|Error|Throwable|Failure|Fault))(?=:|\s|$)")
+_FRAME_DIGITS = re.compile(r"\d+")
+
+# --- titles ------------------------------------------------------------------------------
+_EXC_WORDS = re.compile(r"Exception|Error|Exit|Interrupt|Failure|Fault")
+_EXC_NAME = re.compile(r"(?<![\w$.])(?:[A-Za-z_$][\w$]*\.)*([A-Z][\w$]*(?:Exception|Error|Exit|Interrupt|Failure|Fault))\b")
+_LOG_PREFIX = re.compile(
+    r"^(?:(?:<\*>|[\[(]?(?:TRACE|DEBUG|INFO|NOTICE|WARN|WARNING|ERROR|ERR|CRITICAL|CRIT|FATAL|SEVERE|ALERT|EMERG)[\])]?:?)\s+)+"
+)
 
 
 @dataclass(frozen=True)
@@ -23,10 +123,128 @@ class Template:
     title: str
 
 
+def mask(text: str) -> str:
+    """The single-line template of text: variable parts replaced by <*>."""
+    text = _MASK_RE.sub(MASK, text[:MAX_TEMPLATE_INPUT])
+    if text.count(MASK) > 1:
+        text = _BRACKETED.sub(MASK, text)
+        text = _RUN.sub(MASK, text)
+    return _SPACES.sub(" ", text).strip()
+
+
 def fingerprint(message: str, service: str | None = None) -> Template:
-    """Mask the variable parts of a message and hash the template with the service."""
-    text = message.strip().splitlines()[0] if message.strip() else ""
-    for pattern, token in _MASKS:
-        text = pattern.sub(token, text)
-    digest = hashlib.sha1(f"{service or ''}\x1f{text}".encode()).hexdigest()[:16]
-    return Template(key=digest, template=text, title=text[:80])
+    """The template, stable key and title of a message from a service."""
+    text = message.strip()
+    if "\n" not in text:
+        template = mask(text)
+        title = make_title(template)
+    elif (trace := _trace_template(text)) is not None:
+        template, title = trace
+    else:
+        lines = text[:MAX_TEMPLATE_INPUT].splitlines()
+        template = "\n".join(mask(line) for line in lines if line.strip())
+        title = make_title(template)
+    return Template(key=template_key(template, service), template=template, title=title)
+
+
+def template_key(template: str, service: str | None = None) -> str:
+    """The stable hex key of a (service, template) pair."""
+    raw = f"{FINGERPRINT_VERSION}\x1f{service or ''}\x1f{template}".encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(raw, digest_size=8).hexdigest()
+
+
+def make_title(template: str) -> str:
+    """A short readable title: the exception type and what follows, else the error phrase."""
+    first = template.split("\n", 1)[0]
+    exc = _EXC_NAME.search(first) if _EXC_WORDS.search(first) else None
+    if exc:
+        phrase = exc.group(1) + first[exc.end():]
+    else:
+        phrase = _LOG_PREFIX.sub("", first) or first
+    return _shorten(phrase.strip(" :-|")) or "(empty message)"
+
+
+def _shorten(text: str, limit: int = TITLE_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
+    return cut.rstrip(" ,;:-") + "…"
+
+
+def _trace_template(text: str) -> tuple[str, str] | None:
+    """Template and title of a Python traceback or a Java stack trace, else None."""
+    lines = text.splitlines()
+    if _PY_TRACE_START in text:
+        return _python_trace(lines)
+    if any(_JAVA_FRAME.match(line) for line in lines[:MAX_TRACE_FRAMES]):
+        return _java_trace(lines)
+    return None
+
+
+def _python_trace(lines: list[str]) -> tuple[str, str] | None:
+    types: list[str] = []
+    frames: list[str] = []
+    message = ""
+    in_trace = False
+    for line in lines:
+        if line.startswith(_PY_TRACE_START) or line.strip() == _PY_TRACE_START:
+            in_trace = True
+            continue
+        if not in_trace:
+            continue
+        frame = _PY_FRAME.match(line)
+        if frame:
+            if len(frames) < MAX_TRACE_FRAMES:
+                path, func = frame.group(1), frame.group(2) or "?"
+                frames.append(f"{_basename(path)}:{func}")
+            continue
+        if line[:1].isspace() or not line.strip():
+            continue  # source lines under a frame, carets, blank lines
+        exc = _PY_EXC.match(line)
+        if exc:
+            types.append(exc.group(1))
+            message = line[exc.end():].strip()
+            in_trace = False
+    if not types:
+        return None
+    template = f"Traceback {' <- '.join(reversed(types))} at {' > '.join(frames)}"
+    title = types[-1].rsplit(".", 1)[-1] + (f": {mask(message)}" if message else "")
+    return template, _shorten(title)
+
+
+def _java_trace(lines: list[str]) -> tuple[str, str] | None:
+    types: list[str] = []
+    frames: list[str] = []
+    message = ""
+    previous = ""
+    for line in lines:
+        frame = _JAVA_FRAME.match(line)
+        if frame:
+            if previous and not types:
+                head = _JAVA_EXC.search(previous)
+                if head:
+                    types.append(head.group(1))
+                    message = previous[head.end():].lstrip(": ").strip()
+            if len(frames) < MAX_TRACE_FRAMES:
+                frames.append(_FRAME_DIGITS.sub("#", frame.group(1)))
+            previous = ""
+            continue
+        if _JAVA_MORE.match(line) or not line.strip():
+            continue
+        cause = _JAVA_CAUSE.match(line)
+        if cause:
+            exc = _JAVA_EXC.search(line, cause.end())
+            if exc:
+                types.append(("~" if cause.group(1) == "Suppressed" else "") + exc.group(1))
+            previous = ""
+            continue
+        previous = line
+    if not types:
+        return None
+    template = f"Stack {' <- '.join(types)} at {' > '.join(frames)}"
+    title = types[0].rsplit(".", 1)[-1] + (f": {mask(message)}" if message else "")
+    return template, _shorten(title)
+
+
+def _basename(path: str) -> str:
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
