@@ -46,6 +46,9 @@ and an empty section means "one `file` channel writing to alerts_dir, default de
       services:                      # per-service overrides, same keys as `policies`
         payments:
           default: [{channels: [pd]}]
+      named_policies:                # what a catalog service's `escalation_policy:` names
+        db-oncall:
+          P1: [{channels: [pd, mail], ack_deadline: 3m}, {channels: [pd, mail, oncall-slack]}]
       quiet_hours:                   # holds back the listed severities; never P1
         timezone: Europe/Berlin
         start: "22:00"
@@ -255,6 +258,7 @@ class EscalationConfig(_Model):
     channels: dict[str, AnyChannelSettings] = Field(min_length=1)
     policies: dict[PolicyKey, PolicyConfig] = Field(default_factory=dict)
     services: dict[str, dict[PolicyKey, PolicyConfig]] = Field(default_factory=dict)
+    named_policies: dict[str, dict[PolicyKey, PolicyConfig]] = Field(default_factory=dict)
     quiet_hours: QuietHoursConfig | None = None
     retry: RetryConfig = Field(default_factory=RetryConfig)
     see_command: str = "erdu incidents show {incident_id}"
@@ -295,8 +299,9 @@ class EscalationConfig(_Model):
                 raise ValueError(f"channel name {name!r} must be letters, digits, '_', '-' or '.'")
         known = set(self.channels)
         where: list[tuple[str, PolicyConfig]] = [(f"policies.{k}", p) for k, p in self.policies.items()]
-        for service, policies in self.services.items():
-            where += [(f"services.{service}.{k}", p) for k, p in policies.items()]
+        for section, groups in (("services", self.services), ("named_policies", self.named_policies)):
+            for group, policies in groups.items():
+                where += [(f"{section}.{group}.{k}", p) for k, p in policies.items()]
         for place, policy in where:
             for index, level in enumerate(policy.levels, start=1):
                 missing = [c for c in level.channels if c not in known]
@@ -328,15 +333,31 @@ class EscalationConfig(_Model):
         }
         return config.model_copy(update={"channels": channels})
 
-    def policy_for(self, severity: Severity | str, service: str | None = None) -> PolicyConfig:
-        """The policy for an incident: service+severity, service default, severity, default, built-in."""
+    def policy_for(
+        self, severity: Severity | str, service: str | None = None, policy_name: str | None = None
+    ) -> PolicyConfig:
+        """The policy for an incident: the named policy (from the catalog), then the service's,
+        then the severity's, then `default`, then the built-in one; each by severity, then `default`."""
         sev = Severity(severity).value
+        groups = []
+        if policy_name and policy_name in self.named_policies:
+            groups.append(self.named_policies[policy_name])
         if service and service in self.services:
-            per_service = self.services[service]
-            found = per_service.get(sev) or per_service.get("default")
+            groups.append(self.services[service])
+        for group in groups:
+            found = group.get(sev) or group.get("default")
             if found is not None:
                 return found
         return self.policies.get(sev) or self.policies.get("default") or default_policy(sev, list(self.channels))
+
+    def check_policy_names(self, names: Mapping[str, str | None]) -> None:
+        """Raise ConfigError when a service (name -> its catalog escalation_policy) names no named policy."""
+        unknown = {svc: name for svc, name in names.items() if name and name not in self.named_policies}
+        if unknown:
+            listed = ", ".join(f"{svc} -> {name!r}" for svc, name in sorted(unknown.items()))
+            defined = sorted(self.named_policies) or "none"
+            raise ConfigError(f"service catalog names unknown escalation policies: {listed} "
+                              f"(escalation.named_policies defines: {defined})")
 
     def rate_limits(self) -> dict[str, int]:
         """Each channel's max notifications per minute."""
@@ -489,10 +510,11 @@ def plan_escalation(
     now: datetime,
     acknowledged_at: datetime | None = None,
     sent: Iterable[SentStep | tuple[Any, ...]] = (),
+    policy_name: str | None = None,
 ) -> EscalationPlan:
     """What to send now for one incident, with its policy and the config's quiet hours."""
     return plan_steps(
-        config.policy_for(severity, service),
+        config.policy_for(severity, service, policy_name),
         started_at=started_at,
         now=now,
         acknowledged_at=acknowledged_at,

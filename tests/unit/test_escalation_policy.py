@@ -340,6 +340,11 @@ def test_the_documented_example_is_valid():
     assert set(cfg.channels) == {"file", "oncall-slack", "pd", "ops-hook", "mail"}
     assert cfg.policy_for("P1").levels[1].max_repeats == 12
     assert cfg.policy_for("P1", "payments").levels[0].channels == ["pd"]
+    assert cfg.policy_for("P1", "payments", "db-oncall").levels[0].ack_deadline == timedelta(minutes=3)
+    assert cfg.policy_for("P2", "payments", "db-oncall").levels[0].channels == ["pd"]  # no P2 in db-oncall
+    cfg.check_policy_names({"orders-db": "db-oncall", "web": None})
+    with pytest.raises(ConfigError, match=r"orders-db -> 'nope'"):
+        cfg.check_policy_names({"orders-db": "nope"})
     assert cfg.policy_for("P3").levels[0].ack_deadline == timedelta(hours=1)
     assert cfg.policy_for("P2").levels[0].channels == list(cfg.channels)  # built-in default, all channels
     assert cfg.url_for("INC-1") == "https://erdu.example.com/incidents/INC-1"
