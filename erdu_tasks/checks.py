@@ -14,7 +14,7 @@ import psutil
 import re2
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
-from .actions.base import ParamsModel, _status_list, build_env, http_exchange, render_params, run_argv
+from .actions.base import ParamsModel, as_int_list, build_env, http_exchange, render_params, run_argv
 from .actions.http_call import Method, check_url
 from .errors import PermanentError
 
@@ -62,7 +62,7 @@ class HttpCheck(_Check):
     url: str
     method: Method = "GET"
     headers: dict[str, str] = Field(default_factory=dict)
-    expect_status: Annotated[list[int] | None, BeforeValidator(_status_list)] = None
+    expect_status: Annotated[list[int] | None, BeforeValidator(as_int_list)] = None
     max_latency: float | None = Field(default=None, gt=0)
     body_contains: str | None = None
     verify_tls: bool = True
@@ -98,7 +98,7 @@ class CommandCheck(_Check):
     env: dict[str, str] = Field(default_factory=dict)
     env_passthrough: list[str] = Field(default_factory=list)
     cwd: str | None = None
-    expect_exit: Annotated[list[int], BeforeValidator(_status_list)] = Field(default_factory=lambda: [0])
+    expect_exit: Annotated[list[int], BeforeValidator(as_int_list)] = Field(default_factory=lambda: [0])
 
 
 class LogAbsentCheck(_Check):
@@ -133,7 +133,8 @@ CHECK_KINDS: tuple[str, ...] = ("http", "process", "command", "log_absent", "noo
 LITERAL_KEYS: dict[str, frozenset[str]] = {"log_absent": frozenset({"pattern"})}
 """Fields that are never templated (a regex's {n,m} is not a placeholder)."""
 
-_COMMON = frozenset({"check", "timeout", "delay", "attempts", "interval"})
+COMMON_FIELDS = frozenset({"check", "timeout", "delay", "attempts", "interval"})
+"""Fields every check has; never templated."""
 
 
 def _http(spec: HttpCheck) -> CheckResult:
@@ -237,7 +238,7 @@ _RUNNERS = {"http": _http, "process": _process, "command": _command, "log_absent
 def render_check(spec: Any, allowed_fields: Mapping[str, object]) -> Any:
     """The check with {service}/{host} substituted; PermanentError if a value is unsafe."""
     raw = spec.model_dump(by_alias=True)
-    literal = _COMMON | LITERAL_KEYS.get(spec.check, frozenset())
+    literal = COMMON_FIELDS | LITERAL_KEYS.get(spec.check, frozenset())
     rendered = render_params(raw, allowed_fields, literal_keys=literal)
     try:
         return type(spec).model_validate(rendered)

@@ -15,8 +15,7 @@ from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
 from .actions import ACTIONS
 from .actions.base import PLACEHOLDERS, render_params, template_problems
-from .checks import _COMMON as _CHECK_COMMON
-from .checks import CHECK_KINDS, LITERAL_KEYS, CheckSpec, compile_pattern
+from .checks import CHECK_KINDS, COMMON_FIELDS, LITERAL_KEYS, CheckSpec, compile_pattern
 from .errors import ConfigError
 from .model import Severity
 
@@ -296,7 +295,7 @@ def _step_problems(raw: Mapping[str, Any]) -> list[tuple[tuple, str]]:
                     problems += _pydantic_problems(exc, where)
     check = raw.get("validation")
     if isinstance(check, dict):
-        literal = _CHECK_COMMON | LITERAL_KEYS.get(str(check.get("check")), frozenset())
+        literal = COMMON_FIELDS | LITERAL_KEYS.get(str(check.get("check")), frozenset())
         problems += [(("validation",) + p, m) for p, m in template_problems(check, literal_keys=literal)]
     return problems
 

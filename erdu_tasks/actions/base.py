@@ -278,7 +278,7 @@ def run_argv(argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | No
 # --------------------------------------------------------------------------- HTTP
 
 
-def _status_list(value: Any) -> Any:
+def as_int_list(value: Any) -> Any:
     """Let YAML say `expect_status: 200` or `[200, 204]`."""
     return [value] if isinstance(value, int) else value
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator
 
-from .base import ActionContext, ActionResult, ParamsModel, _status_list, http_exchange
+from .base import ActionContext, ActionResult, ParamsModel, as_int_list, http_exchange
 
 NAME = "http_call"
 
@@ -27,7 +27,7 @@ class Params(ParamsModel):
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
     json_body: Any = Field(default=None, alias="json")
-    expect_status: Annotated[list[int] | None, BeforeValidator(_status_list)] = None
+    expect_status: Annotated[list[int] | None, BeforeValidator(as_int_list)] = None
     verify_tls: bool = True
 
     @field_validator("url")

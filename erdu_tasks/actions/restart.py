@@ -37,7 +37,7 @@ class Params(ParamsModel):
 def build_argv(params: Params) -> list[str]:
     """The argv that restarts the target."""
     if params.systemd is not None:
-        return ["systemctl", "restart", params.systemd]
+        return ["systemctl", "--no-ask-password", "restart", params.systemd]
     if params.supervisor is not None:
         conf = ["-c", params.supervisor_conf] if params.supervisor_conf else []
         return ["supervisorctl", *conf, "restart", params.supervisor]

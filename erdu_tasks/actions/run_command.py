@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, Field, field_validator
 
-from .base import ActionContext, ActionResult, ParamsModel, _status_list, build_env, command_line, run_argv
+from .base import ActionContext, ActionResult, ParamsModel, as_int_list, build_env, command_line, run_argv
 
 NAME = "run_command"
 
@@ -20,7 +20,7 @@ class Params(ParamsModel):
     env: dict[Annotated[str, Field(pattern=_ENV_NAME)], str] = Field(default_factory=dict)
     env_passthrough: list[Annotated[str, Field(pattern=_ENV_NAME)]] = Field(default_factory=list)
     cwd: str | None = None
-    expect_exit: Annotated[list[int], BeforeValidator(_status_list)] = Field(default_factory=lambda: [0])
+    expect_exit: Annotated[list[int], BeforeValidator(as_int_list)] = Field(default_factory=lambda: [0])
 
     @field_validator("argv")
     @classmethod

@@ -239,7 +239,7 @@ def calls(log: Path) -> list[list[str]]:
 @pytest.mark.parametrize(
     ("params", "argv"),
     [
-        ({"systemd": "{service}.service"}, ["systemctl", "restart", "web.service"]),
+        ({"systemd": "{service}.service"}, ["systemctl", "--no-ask-password", "restart", "web.service"]),
         ({"supervisor": "{service}"}, ["supervisorctl", "restart", "web"]),
         ({"supervisor": "{service}", "supervisor_conf": "/etc/sv.conf"},
          ["supervisorctl", "-c", "/etc/sv.conf", "restart", "web"]),

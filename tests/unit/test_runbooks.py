@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from erdu_tasks.actions import describe_step, get_action, prepare_step
 from erdu_tasks.actions.base import SAFE_VALUE, render_params
 from erdu_tasks.errors import ConfigError, PermanentError
+from erdu_tasks.model import Incident, Severity, Status
 from erdu_tasks.runbooks import (
     DEFAULT_RUNBOOKS_DIR,
     Approval,
@@ -290,8 +291,6 @@ def test_ranking_breaks_ties_by_file_order() -> None:
 
 
 def test_match_input_and_placeholder_values_come_from_an_incident() -> None:
-    from erdu_tasks.model import Incident, Severity, Status
-
     incident = Incident(id="INC-1", fingerprint="fp", title="t", description="d", severity=Severity.P1,
                         status=Status.FIXING, source="probe", service="web", host="h1", tags=["x"],
                         labels={"evil": "$(rm -rf /)"})
