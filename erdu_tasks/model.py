@@ -70,13 +70,15 @@ _AUTOMATED = {
     Status.FIXING: {Status.RESOLVED, Status.AWAITING_APPROVAL},
     Status.AWAITING_APPROVAL: {Status.FIXING},
     Status.RESOLVED: {Status.CLOSED},
-    Status.ESCALATED: {Status.ACKNOWLEDGED, Status.RESOLVED, Status.FIXING},
-    Status.ACKNOWLEDGED: {Status.RESOLVED, Status.ESCALATED, Status.FIXING},
+    # A person's retry re-enters the pipeline at the stage that failed.
+    Status.ESCALATED: {Status.ACKNOWLEDGED, Status.DETECTED, Status.ASSIGNED, Status.INVESTIGATING},
+    Status.ACKNOWLEDGED: {Status.ESCALATED, Status.DETECTED, Status.ASSIGNED, Status.INVESTIGATING},
     Status.CLOSED: set(),
 }
 
+# Any open incident may be escalated, and resolved by a person (or by its alert source saying so).
 TRANSITIONS: dict[Status, frozenset[Status]] = {
-    src: frozenset(dst | ({Status.ESCALATED} if src in OPEN_STATUSES - {Status.ESCALATED} else set()))
+    src: frozenset(dst | ({Status.ESCALATED, Status.RESOLVED} - {src} if src in OPEN_STATUSES else set()))
     for src, dst in _AUTOMATED.items()
 }
 

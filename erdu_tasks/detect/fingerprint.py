@@ -53,6 +53,8 @@ _UNIT = (
 )
 # key=value pairs whose value is the message itself, not data about it.
 _TEXT_KEYS = ("msg", "message", "error", "err", "event", "level", "lvl", "severity", "status", "state", "reason")
+# The end of a value: a space, the end, closing punctuation or a full stop ending a sentence.
+_END = r"(?=$|[\s,;:)\]}|\"']|\.(?:\s|$))"
 # Characters that make up one "word" when judging whether a token holds a digit.
 _W = r"[^\s=,;:()\[\]{}<>\"'|]"
 
@@ -64,7 +66,7 @@ _PARTS = [
     # UUIDs, URLs, e-mail addresses.
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
     r"(?<![\w.])[a-zA-Z][a-zA-Z0-9+.-]{1,15}://[^\s\"'<>]+",
-    r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+",
+    r"(?<![\w.+-])[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+",
     # Addresses: IPv6 (with a digit), IPv4 and host names with a port ("db.example.com:5432").
     r"(?<![\w:.])(?=[0-9a-fA-F:]*\d)(?:[0-9a-fA-F]{0,4}:){2,7}(?:[0-9a-fA-F]{1,4}|\d{1,3}(?:\.\d{1,3}){3})"
     r"(?:%\w+)?(?![\w:])",
@@ -77,7 +79,7 @@ _PARTS = [
     r"(?<![\w\\])'[^'\s]{1,200}'(?!\w)",
     r"(?<![\w\\])\"[^\"\s]{1,200}\"(?!\s*:)",
     # Durations and sizes with a unit, also "1.5 sec", "12.0 KB", "01:07:47".
-    rf"(?<![\w.])[<>~≈]?[-+]?\d+(?:\.\d+)?\s?{_UNIT}(?![\w])",
+    rf"(?<![\w.])[<>~≈]?[-+]?\d+(?:\.\d+)?\s?{_UNIT}{_END}",
     rf"(?<![\w.:]){_TIME}(?![\w:])",
     # An empty value in brackets: "connection from <*> () at".
     r"(?<!\S)(?:\(\)|\[\]|\{\})(?!\S)",

@@ -1,0 +1,66 @@
+"""The composition root: the Celery app, its configuration and the process-wide runtime."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from . import names
+from .settings import Settings, get_settings
+
+TASK_MODULES = [
+    "erdu_tasks.tasks.ingest",
+    "erdu_tasks.tasks.pipeline",
+    "erdu_tasks.tasks.fix",
+    "erdu_tasks.tasks.escalate",
+    "erdu_tasks.tasks.reconcile",
+]
+
+
+def make_celery(settings: Settings) -> Celery:
+    """Build the Celery app from settings: JSON only, late acks, one queue per role."""
+    app = Celery("erdu", broker=settings.redis_url, include=TASK_MODULES)
+    exchange = Exchange("erdu", type="direct")
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        event_serializer="json",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_transport_options={
+            # Longer than the longest stage, far below the one-hour default, so a message held by a
+            # dead worker comes back in minutes, not an hour.
+            "visibility_timeout": settings.visibility_timeout,
+            "socket_timeout": 10,
+            "socket_connect_timeout": 5,
+            "health_check_interval": 15,
+            "retry_on_timeout": True,
+        },
+        task_ignore_result=True,
+        task_store_errors_even_if_ignored=False,
+        task_default_queue=names.Queue.INGEST.value,
+        task_default_exchange="erdu",
+        task_queues=[Queue(q.value, exchange, routing_key=q.value) for q in names.Queue],
+        task_routes=names.TASK_ROUTES,
+        task_create_missing_queues=False,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        task_track_started=False,
+        timezone="UTC",
+        enable_utc=True,
+        beat_schedule={},
+    )
+    app.conf.erdu_settings = settings
+    return app
+
+
+app = make_celery(get_settings())

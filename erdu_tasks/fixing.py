@@ -1,0 +1,146 @@
+"""The fixer's engine: pick a runbook, run its steps once each (idempotency keys), validate, roll back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from .actions import rollback_step, run_step
+from .actions.base import ActionResult
+from .checks import run_check
+from .model import Incident
+from .runbooks import MatchInput, Runbook, RunbookSet, rate_limit_ok
+
+_cache: dict[str, RunbookSet] = {}
+
+
+def load_runbooks(rt: Any) -> RunbookSet:
+    """The runbook set for this process, reloaded when a file in the directory changes."""
+    key = str(rt.settings.runbooks_dir)
+    cached = _cache.get(key)
+    if cached is None or cached.changed():
+        _cache[key] = RunbookSet.load(rt.settings.runbooks_dir)
+    return _cache[key]
+
+
+def match_input(incident: Incident) -> MatchInput:
+    """The incident fields a runbook matcher may look at."""
+    return MatchInput(fingerprint=incident.fingerprint, service=incident.service, tags=tuple(incident.tags),
+                      severity=incident.severity.value, title=incident.title)
+
+
+def matching_runbooks(rt: Any, incident: Incident) -> list[Runbook]:
+    """Runbooks whose matcher fits the incident, in file order."""
+    return load_runbooks(rt).match(match_input(incident))
+
+
+def allowed_fields(incident: Incident) -> dict[str, str]:
+    """The validated incident fields runbook parameters may use; never message text."""
+    fields = {}
+    if incident.service:
+        fields["service"] = incident.service
+    if incident.host:
+        fields["host"] = incident.host
+    return fields
+
+
+def choose_runbook(runbooks: list[Runbook], stats: dict[str, tuple[int, int]], preferred: str | None) -> Runbook | None:
+    """The commander's pick if it still matches, else the best learned success rate (ties: file order)."""
+    if not runbooks:
+        return None
+    by_name = {rb.name: rb for rb in runbooks}
+    if preferred in by_name:
+        return by_name[preferred]
+
+    def score(item: tuple[int, Runbook]) -> tuple[float, int]:
+        index, rb = item
+        attempts, successes = stats.get(rb.name, (0, 0))
+        rate = successes / attempts if attempts else 0.5   # untried runbooks sit in the middle
+        return (-rate, index)
+
+    return min(enumerate(runbooks), key=score)[1]
+
+
+def recent_runs(conn: psycopg.Connection, runbook: Runbook, service: str | None, *, exclude: str) -> list[datetime]:
+    """Start times of this runbook's recent runs on this service (for its rate limit)."""
+    rows = conn.execute(
+        "SELECT started_at FROM runbook_runs WHERE runbook = %s AND service IS NOT DISTINCT FROM %s"
+        " AND incident_id <> %s AND started_at > now() - make_interval(secs => %s) ORDER BY started_at",
+        (runbook.name, service, exclude, float(runbook.limits.per_seconds)),
+    ).fetchall()
+    return [r["started_at"] for r in rows]
+
+
+def rate_ok(conn: psycopg.Connection, runbook: Runbook, incident: Incident) -> bool:
+    """True if running the runbook now stays within its limit."""
+    return rate_limit_ok(runbook, recent_runs(conn, runbook, incident.service, exclude=incident.id),
+                         datetime.now(timezone.utc))
+
+
+def claim_run(conn: psycopg.Connection, incident: Incident, attempt: int, runbook: Runbook) -> None:
+    """Record that this attempt of the fix runs (counts toward the rate limit)."""
+    conn.execute(
+        "INSERT INTO runbook_runs (incident_id, attempt, runbook, service) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (incident_id, attempt) DO NOTHING",
+        (incident.id, attempt, runbook.name, incident.service),
+    )
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """One step's result, as stored and reported."""
+
+    step: str
+    action: str
+    ok: bool | None
+    detail: str
+    duration: float
+    output: dict[str, Any]
+    reused: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {"step": self.step, "action": self.action, "ok": self.ok, "detail": self.detail,
+                "duration": self.duration, "output": self.output, "reused": self.reused}
+
+
+def run_keyed(db: Any, incident: Incident, key: str, runbook: Runbook, step: Any, *, rollback: bool,
+              dry_run: bool, redis_url: str | None) -> StepOutcome:
+    """Run a step at most once per key: a redelivered fix reuses the stored result instead of acting again."""
+    with db.transaction() as conn:
+        claimed = conn.execute(
+            "INSERT INTO action_runs (incident_id, step_key, runbook, action) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (incident_id, step_key) DO NOTHING RETURNING step_key",
+            (incident.id, key, runbook.name, step.action),
+        ).fetchone()
+        if claimed is None:
+            row = conn.execute("SELECT ok, result, finished_at FROM action_runs WHERE incident_id = %s"
+                               " AND step_key = %s", (incident.id, key)).fetchone()
+    if claimed is None:
+        if row["finished_at"] is None:
+            return StepOutcome(key, step.action, None,
+                               "started before but its worker was lost; not run again (outcome unknown, "
+                               "validation decides)", 0.0, {}, reused=True)
+        result = row["result"] or {}
+        return StepOutcome(key, step.action, row["ok"], result.get("detail", ""), result.get("duration", 0.0),
+                           result.get("output", {}), reused=True)
+    fn = rollback_step if rollback else run_step
+    result: ActionResult = fn(step, allowed_fields(incident), dry_run=dry_run or runbook.dry_run,
+                              redis_url_for_cache=redis_url, idempotency_key=f"{incident.id}:{key}")
+    with db.transaction() as conn:
+        conn.execute("UPDATE action_runs SET finished_at = now(), ok = %s, result = %s"
+                     " WHERE incident_id = %s AND step_key = %s",
+                     (result.ok, Jsonb(result.as_dict()), incident.id, key))
+    return StepOutcome(key, step.action, result.ok, result.detail, result.duration, result.output)
+
+
+def validate(runbook: Runbook, incident: Incident) -> dict[str, Any]:
+    """Re-run the check that proves the fix; a runbook without one is validated by its steps alone."""
+    if runbook.validation is None:
+        return {"ok": True, "detail": "no validation check in runbook; steps succeeded", "duration": 0.0}
+    result = run_check(runbook.validation, allowed_fields(incident))
+    return {"ok": bool(result.ok), "detail": result.detail, "duration": result.duration}

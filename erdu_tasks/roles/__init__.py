@@ -1,0 +1,1 @@
+"""The four roles: plain functions of (incident, context) -> decision."""

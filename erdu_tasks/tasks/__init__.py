@@ -1,0 +1,1 @@
+"""Celery tasks: thin wrappers that load, call a role, store and hand on."""

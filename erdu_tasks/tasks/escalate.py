@@ -1,0 +1,59 @@
+"""erdu.escalate: the errback of every stage. A stage that failed for good hands its incident to people."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import names, store
+from ..app import app
+from ..runtime import runtime, worker_name
+from .base import ErduTask, log
+from .pipeline import escalate_in_tx
+
+
+def escalate_incident(incident_id: str, reason: str, *, stage: str | None, actor: str, worker: str | None) -> bool:
+    """Escalate an open incident with the reason on its timeline and an escalation record."""
+    rt = runtime()
+    with rt.db.transaction() as conn:
+        incident = store.get_incident(conn, incident_id, for_update=True)
+        if incident is None:
+            return False
+        done = escalate_in_tx(conn, incident, reason=reason, stage=stage, actor=actor, worker=worker)
+        if not done:
+            store.add_timeline(conn, incident_id, actor=actor, worker=worker,
+                               what=f"stage {stage} failed after the incident moved on: {reason}")
+    if done:
+        _notify(incident_id, reason)
+    return done
+
+
+def _notify(incident_id: str, reason: str) -> None:
+    """Write the alert file (the seed's channel); the escalation policy module adds the rest."""
+    rt = runtime()
+    try:
+        import json
+
+        rt.settings.alerts_dir.mkdir(parents=True, exist_ok=True)
+        path = rt.settings.alerts_dir / f"{incident_id}.escalation.json"
+        path.write_text(json.dumps({"incident_id": incident_id, "reason": reason,
+                                    "see": f"erdu incidents show {incident_id}"}, indent=2))
+    except OSError as exc:
+        log.error("could not write alert file", incident_id=incident_id, error=str(exc))
+
+
+@app.task(name=names.ESCALATE, base=ErduTask, bind=True)
+def escalate(self: ErduTask, request: Any = None, exc: Any = None, traceback: Any = None, *args: Any) -> bool:
+    """Errback: called with the failed task's request and exception (or directly with an incident id)."""
+    if isinstance(request, str):
+        incident_id, reason, stage = request, str(exc or "escalated"), None
+    else:
+        task_args = getattr(request, "args", None) or []
+        incident_id = task_args[0] if task_args and isinstance(task_args[0], str) else None
+        task_name = getattr(request, "task", None) or "?"
+        stage = next((s for s, (n, _) in names.STAGES.items() if n == task_name), None)
+        reason = f"{task_name} failed: {exc.__class__.__name__}: {exc}"
+    if not incident_id or not incident_id.startswith("INC-"):
+        log.error("escalation without incident", reason=reason)
+        return False
+    return self.with_retries(lambda: escalate_incident(incident_id, reason, stage=stage, actor="escalation",
+                                                       worker=worker_name(self.request.hostname)))

@@ -1,0 +1,143 @@
+"""erdu.fix: the fixer's stage. Plan in one transaction, act outside it (keyed steps), then settle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import fixing, history, names, store
+from ..app import app
+from ..errors import PermanentError
+from ..model import Status
+from ..runtime import Runtime, runtime, worker_name
+from .base import ErduTask, log, send_stage
+from .pipeline import STAGE_FROM, _finish_quietly, escalate_in_tx, park_poisoned
+
+
+@app.task(name=names.FIX, base=ErduTask, bind=True, stage="fix")
+def fix(self: ErduTask, incident_id: str) -> str | None:
+    """Fixer: run the chosen runbook once, validate by re-checking, resolve or roll back and escalate."""
+    rt = runtime()
+    worker = worker_name(self.request.hostname)
+    if not isinstance(incident_id, str):
+        raise PermanentError(f"{self.name} expects an incident id string")
+
+    def start() -> int:
+        with rt.db.transaction() as conn:
+            return store.stage_started(conn, incident_id, "fix")
+
+    crashes = self.with_retries(start)
+    if crashes >= rt.settings.max_worker_crashes:
+        self.with_retries(lambda: park_poisoned(rt, incident_id, "fix", crashes, worker))
+        return None
+    try:
+        plan = self.with_retries(lambda: _plan(rt, incident_id, worker))
+        if plan is None:
+            return None
+        incident, runbook, attempt = plan
+        outcome = self.with_retries(lambda: _act(rt, incident, runbook, attempt))
+        return self.with_retries(lambda: _settle(rt, incident, runbook, attempt, outcome, worker))
+    finally:
+        _finish_quietly(rt, incident_id, "fix")
+
+
+def _plan(rt: Runtime, incident_id: str, worker: str):
+    with rt.db.transaction() as conn:
+        incident = store.get_incident(conn, incident_id, for_update=True)
+        if incident is None:
+            raise PermanentError(f"no incident {incident_id}")
+        if incident.status not in STAGE_FROM["fix"]:
+            log.info("stage already done", stage="fix", incident_id=incident_id, status=incident.status.value)
+            return None
+        fix_state = dict(incident.fix or {})
+        attempt = int(fix_state.get("attempt", 1))
+        runbooks = fixing.matching_runbooks(rt, incident)
+        if fix_state.get("runbook"):
+            runbook = next((rb for rb in runbooks if rb.name == fix_state["runbook"]), None)
+        else:
+            runbook = fixing.choose_runbook(runbooks, history.runbook_stats(conn, incident.fingerprint),
+                                            (incident.assessment or {}).get("runbook"))
+        if runbook is None:
+            gap = f"no runbook matches '{incident.title}' (service {incident.service or '-'})"
+            diagnosis = dict(incident.diagnosis or {})
+            diagnosis.setdefault("skill_gaps", [])
+            if gap not in diagnosis["skill_gaps"]:
+                diagnosis["skill_gaps"].append(gap)
+            store.update_fields(conn, incident.id, {"diagnosis": diagnosis})
+            escalate_in_tx(conn, incident, reason=f"skill gap: {gap}", stage="fix", actor="fixer", worker=worker)
+            return None
+        if incident.status is not Status.FIXING:
+            if not fixing.rate_ok(conn, runbook, incident):
+                escalate_in_tx(conn, incident, stage="fix", actor="fixer", worker=worker,
+                               reason=f"rate limit: runbook {runbook.name} already ran "
+                                      f"{runbook.limits.max_runs} times in {runbook.limits.per_seconds:.0f} s "
+                                      f"on {incident.service or 'this service'}")
+                return None
+            fix_state.update(runbook=runbook.name, attempt=attempt, started_by=worker)
+            store.transition(conn, incident.id, expected=[incident.status], to=Status.FIXING, actor="fixer",
+                             worker=worker, what=f"fixing with runbook {runbook.name} (attempt {attempt})",
+                             updates={"fix": fix_state})
+            incident.status = Status.FIXING
+            incident.fix = fix_state
+        if runbook.approval == "required" and not fix_state.get("approved_by"):
+            store.transition(conn, incident.id, expected=[Status.FIXING], to=Status.AWAITING_APPROVAL,
+                             actor="fixer", worker=worker,
+                             what=f"runbook {runbook.name} needs approval: run `erdu incidents approve {incident.id}`")
+            return None
+        fixing.claim_run(conn, incident, attempt, runbook)
+        return incident, runbook, attempt
+
+
+def _act(rt: Runtime, incident, runbook, attempt: int) -> dict[str, Any]:
+    dry = rt.settings.dry_run
+    steps = []
+    failed = False
+    for i, step in enumerate(runbook.actions):
+        outcome = fixing.run_keyed(rt.db, incident, f"{attempt}:action:{i}", runbook, step, rollback=False,
+                                   dry_run=dry, redis_url=rt.settings.redis_url)
+        steps.append(outcome.as_dict())
+        if outcome.ok is False:
+            failed = True
+            break
+    validation = ({"ok": False, "detail": "not validated: a step failed", "duration": 0.0} if failed
+                  else fixing.validate(runbook, incident))
+    rollback = []
+    if not validation["ok"]:
+        for i, step in enumerate(runbook.rollback):
+            outcome = fixing.run_keyed(rt.db, incident, f"{attempt}:rollback:{i}", runbook, step, rollback=False,
+                                       dry_run=dry, redis_url=rt.settings.redis_url)
+            rollback.append(outcome.as_dict())
+    return {"actions": steps, "validation": validation, "rollback": rollback, "dry_run": dry or runbook.dry_run}
+
+
+def _settle(rt: Runtime, incident, runbook, attempt: int, outcome: dict[str, Any], worker: str) -> str | None:
+    ok = bool(outcome["validation"]["ok"])
+    with rt.db.transaction() as conn:
+        current = store.get_incident(conn, incident.id, for_update=True)
+        if current is None or current.status is not Status.FIXING:
+            return None
+        fix_state = {**(current.fix or {}), **outcome, "runbook": runbook.name, "attempt": attempt}
+        for entry in outcome["actions"] + outcome["rollback"]:
+            store.add_timeline(conn, incident.id, actor="fixer", worker=worker,
+                               what=f"{'rollback ' if ':rollback:' in entry['step'] else ''}{entry['action']}: "
+                                    f"{'ok' if entry['ok'] else 'unknown' if entry['ok'] is None else 'failed'}"
+                                    f" — {entry['detail'][:300]}",
+                               details=entry)
+        history.record_fix_attempt(conn, incident.fingerprint, runbook.name, success=ok)
+        conn.execute("UPDATE runbook_runs SET outcome = %s WHERE incident_id = %s AND attempt = %s",
+                     ("success" if ok else "failure", incident.id, attempt))
+        if ok:
+            store.transition(conn, incident.id, expected=[Status.FIXING], to=Status.RESOLVED, actor="fixer",
+                             worker=worker, what=f"validated: {outcome['validation']['detail'][:300]}",
+                             updates={"fix": fix_state, "resolution_actions": outcome["actions"],
+                                      "resolved_by": f"runbook:{runbook.name}"})
+        else:
+            store.update_fields(conn, incident.id, {"fix": fix_state, "resolution_actions": outcome["actions"],
+                                                    "auto_resolved": False})
+            current.status = Status.FIXING
+            escalate_in_tx(conn, current, stage="fix", actor="fixer", worker=worker,
+                           reason=f"runbook {runbook.name} did not fix it: {outcome['validation']['detail'][:300]}",
+                           details=outcome)
+    if ok:
+        send_stage("resolve", incident.id)
+        return "resolve"
+    return None

@@ -1,0 +1,52 @@
+"""erdu.ingest: the public entry point any Celery client can call with one event or a batch."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .. import names, store
+from ..app import app
+from ..errors import InvalidEvent
+from ..ingest import fold, parse_events, upsert_groups
+from ..runtime import runtime
+from .base import ErduTask, log, send_stage
+
+
+def _payload_text(payload: Any) -> str:
+    try:
+        return json.dumps(payload, default=str)[:100_000]
+    except (TypeError, ValueError):
+        return repr(payload)[:100_000]
+
+
+@app.task(name=names.INGEST, base=ErduTask, bind=True)
+def ingest(self: ErduTask, payload: Any = None, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Turn events into incidents. Malformed input is refused whole, recorded, and the worker goes on."""
+    rt = runtime()
+    try:
+        if args or kwargs:
+            raise InvalidEvent("erdu.ingest takes exactly one argument: an event object or a list of events")
+        events = parse_events(payload)
+    except InvalidEvent as exc:
+        text = _payload_text(payload if not (args or kwargs) else [payload, args, kwargs])
+        rejected_id = self.with_retries(lambda: _reject(rt, str(exc), text))
+        log.warning("event rejected", error=str(exc), rejected_id=rejected_id)
+        return {"rejected": str(exc), "rejected_id": rejected_id}
+    groups, ignored = fold(events, rt.rules)
+
+    def write():
+        with rt.db.transaction() as conn:
+            return upsert_groups(conn, groups, rt.catalog)
+
+    outcomes = self.with_retries(write)
+    for outcome in outcomes:
+        if outcome.created:
+            send_stage("assess", outcome.incident_id)
+    return {"incidents": [{"id": o.incident_id, "new": o.created, "occurrences": o.occurrences}
+                          for o in outcomes], "ignored": ignored}
+
+
+def _reject(rt, error: str, text: str) -> int:
+    with rt.db.transaction() as conn:
+        return store.record_rejected(conn, source="celery", error=error, payload=text)

@@ -1,0 +1,45 @@
+"""erdu.reconcile (beat): re-drive incidents stuck in a stage, escalate approvals nobody answered."""
+
+from __future__ import annotations
+
+from .. import names, store
+from ..app import app
+from ..reconcile import approvals_overdue, stuck
+from ..runtime import runtime, worker_name
+from .base import ErduTask, log, send_stage
+from .escalate import escalate_incident
+
+
+@app.task(name=names.RECONCILE, base=ErduTask, bind=True)
+def reconcile(self: ErduTask) -> dict[str, int]:
+    """One reconciliation pass; idempotent with the normal path (stages are compare-and-set)."""
+    rt = runtime()
+    worker = worker_name(self.request.hostname)
+    deadline = rt.settings.stage_deadline_seconds
+
+    def claim():
+        with rt.db.transaction() as conn:
+            owed = stuck(conn, deadline_seconds=deadline)
+            for item in owed:
+                store.add_timeline(conn, item.incident_id, actor="reconciler", worker=worker,
+                                   what=f"stuck in {item.status.value} for over {deadline:.0f} s: re-driving {item.stage}")
+                conn.execute("UPDATE stage_runs SET redrives = redrives + 1 WHERE incident_id = %s AND stage = %s",
+                             (item.incident_id, item.stage))
+            return owed
+
+    owed = self.with_retries(claim)
+    for item in owed:
+        send_stage(item.stage, item.incident_id)
+    approval_deadline = float(rt.settings.escalation.get("approval_deadline_seconds", 3600))
+
+    def overdue():
+        with rt.db.transaction() as conn:
+            return approvals_overdue(conn, deadline_seconds=approval_deadline)
+
+    expired = self.with_retries(overdue)
+    for incident_id in expired:
+        escalate_incident(incident_id, f"no approval within {approval_deadline:.0f} s", stage="fix",
+                          actor="reconciler", worker=worker)
+    if owed or expired:
+        log.info("reconciled", redriven=len(owed), approvals_expired=len(expired))
+    return {"redriven": len(owed), "approvals_expired": len(expired)}

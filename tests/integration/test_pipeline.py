@@ -1,0 +1,186 @@
+"""The pipeline end to end: real Redis, real Postgres, one real worker process per role."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import threading
+
+import pytest
+
+from tests.conftest import incident_rows, wait_for
+
+NOOP_RUNBOOK = textwrap.dedent("""
+    runbooks:
+      - name: reset-db-connections
+        description: Reset the pool of database connections.
+        match:
+          tags: [database]
+        diagnosis_hint: The database connection pool holds dead connections.
+        actions:
+          - action: noop
+            params: {message: "connection pool reset"}
+        validation: {check: noop}
+        limits: {max_runs: 1000, per_seconds: 3600}
+      - name: always-broken
+        match:
+          title_pattern: "(?i)unfixable"
+        actions:
+          - action: noop
+            params: {fail: true}
+        limits: {max_runs: 1000, per_seconds: 3600}
+""")
+
+
+@pytest.fixture()
+def stack(stack_factory, tmp_path):
+    runbooks = tmp_path / "runbooks"
+    runbooks.mkdir()
+    (runbooks / "db.yaml").write_text(NOOP_RUNBOOK)
+    s = stack_factory({"ERDU_RUNBOOKS_DIR": str(runbooks)})
+    s.start_all()
+    return s
+
+
+def status_of(stack, incident_id):
+    rows = incident_rows(stack.database_url, "SELECT status FROM incidents WHERE id = %s", (incident_id,))
+    return rows[0]["status"] if rows else None
+
+
+def only_incident(stack):
+    rows = wait_for(lambda: incident_rows(stack.database_url), 30, what="an incident row")
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def test_an_event_from_a_plain_celery_client_becomes_a_closed_incident_with_reports(stack):
+    stack.send_event({"message": "Database connection failed: too many clients", "service": "orders",
+                      "source": "test"})
+    incident = only_incident(stack)
+    wait_for(lambda: status_of(stack, incident["id"]) == "closed", 60, what="closed")
+    rows = incident_rows(stack.database_url, "SELECT * FROM incidents WHERE id = %s", (incident["id"],))
+    closed = rows[0]
+    assert closed["severity"] == "P1"
+    timeline = incident_rows(stack.database_url,
+                             "SELECT actor, worker, to_status FROM incident_timeline WHERE incident_id = %s ORDER BY id",
+                             (incident["id"],))
+    by_role = {}
+    for t in timeline:
+        if t["to_status"]:
+            by_role.setdefault(t["actor"], []).append(t)
+    for role in ("commander", "diagnostician", "fixer", "resolver"):
+        assert role in by_role, f"no transition by {role}: {timeline}"
+        assert all(t["worker"].startswith(f"{role}@") for t in by_role[role]), by_role[role]
+    assert [t["to_status"] for t in timeline if t["to_status"]] == [
+        "assigned", "investigating", "fixing", "resolved", "closed"]
+    md = (stack.reports / f"{incident['id']}.md").read_text()
+    data = json.loads((stack.reports / f"{incident['id']}.json").read_text())
+    for text in (md, json.dumps(data)):
+        assert incident["id"] in text
+        assert "P1" in text
+        assert "dead connections" in text  # the root cause from the runbook's diagnosis hint
+    assert data["root_cause"] == "The database connection pool holds dead connections."
+
+
+def test_a_repeat_while_open_raises_occurrences_and_starts_no_second_chain(stack):
+    stack.kill("commander")  # keep the first incident open
+    stack.send_event({"message": "Payment processor error code 17", "service": "pay"})
+    first = only_incident(stack)
+    stack.send_event({"message": "Payment processor error code 17", "service": "pay"})
+    wait_for(lambda: incident_rows(stack.database_url)[0]["occurrences"] == 2, 30, what="occurrences 2")
+    stack.start("commander")
+    wait_for(lambda: status_of(stack, first["id"]) == "closed" or status_of(stack, first["id"]) == "escalated",
+             60, what="end of chain")
+    assert len(incident_rows(stack.database_url)) == 1
+    assessed = incident_rows(stack.database_url, "SELECT count(*) AS n FROM incident_timeline"
+                             " WHERE incident_id = %s AND actor = 'commander'", (first["id"],))
+    assert assessed[0]["n"] == 1
+
+
+def test_two_ingest_workers_racing_on_200_copies_make_one_incident(stack):
+    stack.start("ingest")  # a second ingest worker process
+    stack.kill("commander")
+    event = {"message": "Queue overflowing on node 7", "service": "jobs"}
+    threads = [threading.Thread(target=lambda: [stack.send_event(event) for _ in range(50)]) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wait_for(lambda: sum(r["occurrences"] for r in incident_rows(stack.database_url)) == 200, 60,
+             what="200 occurrences")
+    rows = incident_rows(stack.database_url)
+    assert len(rows) == 1 and rows[0]["occurrences"] == 200
+
+
+def test_a_failing_stage_escalates_with_the_reason_and_a_record(stack):
+    stack.send_event({"message": "Unfixable widget error", "service": "widgets"})
+    incident = only_incident(stack)
+    wait_for(lambda: status_of(stack, incident["id"]) == "escalated", 60, what="escalated")
+    timeline = incident_rows(stack.database_url, "SELECT what FROM incident_timeline WHERE incident_id = %s",
+                             (incident["id"],))
+    assert any("always-broken" in t["what"] and "escalated" in t["what"] for t in timeline), timeline
+    records = incident_rows(stack.database_url, "SELECT * FROM escalations WHERE incident_id = %s",
+                            (incident["id"],))
+    assert len(records) == 1 and records[0]["stage"] == "fix"
+
+
+def test_a_stage_task_that_raises_goes_to_the_escalate_errback(stack):
+    stack.kill("diagnostician")
+    stack.send_event({"message": "Database connection failed again", "service": "orders"})
+    incident = only_incident(stack)
+    wait_for(lambda: status_of(stack, incident["id"]) == "assigned", 30, what="assigned")
+    # Break the incident's stored data so the diagnostician's stage raises.
+    incident_rows(stack.database_url, "UPDATE incidents SET template = NULL WHERE id = %s RETURNING id",
+                  (incident["id"],)) if False else None
+    from erdu_tasks.names import DIAGNOSE
+
+    stack.client.send_task(DIAGNOSE, args=(incident["id"], "unexpected-extra-arg"), queue="diagnostician",
+                           link_error=stack.client.signature("erdu.escalate", queue="commander"))
+    stack.start("diagnostician")
+    wait_for(lambda: status_of(stack, incident["id"]) == "escalated", 60, what="escalated by errback")
+    timeline = incident_rows(stack.database_url, "SELECT actor, what FROM incident_timeline WHERE incident_id = %s",
+                             (incident["id"],))
+    assert any(t["actor"] == "escalation" and "erdu.diagnose failed" in t["what"] for t in timeline), timeline
+    assert incident_rows(stack.database_url, "SELECT count(*) AS n FROM escalations WHERE incident_id = %s",
+                         (incident["id"],))[0]["n"] == 1
+    failed = incident_rows(stack.database_url, "SELECT * FROM failed_tasks WHERE incident_id = %s", (incident["id"],))
+    assert failed and failed[0]["task_name"] == "erdu.diagnose"
+
+
+def test_a_redelivered_stage_changes_nothing_and_hands_on_once(stack):
+    stack.kill("diagnostician")
+    stack.send_event({"message": "Database connection failed on replica", "service": "orders"})
+    incident = only_incident(stack)
+    wait_for(lambda: status_of(stack, incident["id"]) == "assigned", 30, what="assigned")
+    import redis
+
+    r = redis.Redis.from_url(stack.redis_url)
+    assert r.llen("diagnostician") == 1
+    # Deliver the commander's stage again, twice, with one task id: it must not act or hand on again.
+    for _ in range(2):
+        stack.client.send_task("erdu.assess", args=(incident["id"],), queue="commander", task_id="same-task-id")
+    wait_for(lambda: r.llen("commander") == 0, 30, what="commander queue drained")
+    import time
+
+    time.sleep(1.0)
+    assert r.llen("diagnostician") == 1
+    timeline = incident_rows(stack.database_url, "SELECT actor FROM incident_timeline WHERE incident_id = %s",
+                             (incident["id"],))
+    assert [t["actor"] for t in timeline].count("commander") == 1
+
+
+@pytest.mark.parametrize("payload", [
+    {"service": "x"},                          # no message
+    {"message": 42, "count": "many"},          # wrong types
+    "this is not json {",                      # not JSON
+    [],                                        # empty batch
+    {"message": "ok", "surprise": True},       # unknown field
+])
+def test_a_malformed_event_is_rejected_recorded_and_the_worker_keeps_serving(stack, payload):
+    stack.send_event(payload)
+    rejected = wait_for(lambda: incident_rows(stack.database_url, "SELECT * FROM rejected_events"), 30,
+                        what="rejected event")
+    assert rejected[0]["error"].startswith(("invalid event", "event body is not JSON", "empty batch"))
+    assert incident_rows(stack.database_url) == []
+    stack.send_event({"message": "Timeout error talking to inventory", "service": "shop"})
+    wait_for(lambda: incident_rows(stack.database_url), 30, what="next event processed")

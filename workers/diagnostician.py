@@ -1,0 +1,12 @@
+"""Diagnostician: evidence gathering (Postgres, log files); threads."""
+
+from workers import PoolSettings
+
+POOL = PoolSettings(queue="diagnostician", concurrency=4, pool="threads", prefetch_multiplier=1)
+
+
+def main() -> None:
+    """Start this role's worker (same as `erdu worker diagnostician`)."""
+    from erdu_tasks.cli import run_worker
+
+    run_worker("diagnostician")

@@ -1,0 +1,14 @@
+"""Fixer: runs remediation actions, so each task gets its own child process (a crash or a hung
+action loses one child, not the pool) and children are recycled; late acks requeue a lost task."""
+
+from workers import PoolSettings
+
+POOL = PoolSettings(queue="fixer", concurrency=2, pool="prefork", prefetch_multiplier=1,
+                    max_tasks_per_child=200, max_memory_per_child_kb=300_000)
+
+
+def main() -> None:
+    """Start this role's worker (same as `erdu worker fixer`)."""
+    from erdu_tasks.cli import run_worker
+
+    run_worker("fixer")
