@@ -325,18 +325,18 @@ def _condition(raw: Any, key: str, case_sensitive: bool, fail: Any, *, required:
     for field, patterns in raw.items():
         if not isinstance(field, str) or not (field in _PLAIN_FIELDS or _LABEL_FIELD.match(field)):
             raise fail(f"{key}: unknown field {field!r}; expected {', '.join(_PLAIN_FIELDS)} or labels.<key>", key)
-        if isinstance(patterns, str):
+        if not isinstance(patterns, list):
             patterns = [patterns]
-        if not isinstance(patterns, list) or not patterns:
-            raise fail(f"{key}.{field}: expected a pattern or a non-empty list of patterns", key)
+        if not patterns:
+            raise fail(f"{key}.{field}: expected a pattern or a non-empty list of patterns", f"{key}.{field}")
         compiled = []
         for pattern in patterns:
             if not isinstance(pattern, str):
-                raise fail(f"{key}.{field}: pattern {pattern!r} must be a string (quote it)", key)
+                raise fail(f"{key}.{field}: pattern {pattern!r} must be a string (quote it)", f"{key}.{field}")
             try:
                 compiled.append(compile_pattern(pattern, case_sensitive=case_sensitive))
             except ValueError as exc:
-                raise fail(f"{key}.{field}: invalid pattern {pattern!r}: {exc}", key) from None
+                raise fail(f"{key}.{field}: invalid pattern {pattern!r}: {exc}", f"{key}.{field}") from None
         out.append((field, tuple(compiled)))
     return tuple(out)
 
@@ -354,7 +354,9 @@ def compile_pattern(pattern: str, *, case_sensitive: bool = False) -> Any:
         reason = exc.args[0] if exc.args else exc
         if isinstance(reason, bytes):
             reason = reason.decode("utf-8", "replace")
-        raise ValueError(f"{reason} (RE2 syntax: no look-arounds or back-references)") from None
+        if "perl operator" in reason or "escape sequence" in reason:
+            reason += " (RE2 runs in linear time, so it has no look-arounds or back-references)"
+        raise ValueError(reason) from None
 
 
 def _severity(value: Any) -> Severity:
@@ -385,7 +387,10 @@ class _Lines:
                 for item in value.value:
                     keys = {}
                     if isinstance(item, yaml.MappingNode):
-                        keys = {str(k.value): k.start_mark.line + 1 for k, _ in item.value}
+                        for k, v in item.value:
+                            keys[str(k.value)] = k.start_mark.line + 1
+                            if isinstance(v, yaml.MappingNode):  # match/unless fields
+                                keys.update({f"{k.value}.{f.value}": f.start_mark.line + 1 for f, _ in v.value})
                     self._rules.append((item.start_mark.line + 1, keys))
 
     def top(self, key: str) -> int | None:

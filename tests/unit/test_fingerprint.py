@@ -71,7 +71,7 @@ def template_and_two_fillings(draw):
 # --- properties ----------------------------------------------------------------------------------
 
 
-@settings(max_examples=int(__import__("os").environ.get("STRESS", 400)), deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(template_and_two_fillings(), st.one_of(st.none(), st.sampled_from(["api", "billing"])))
 def test_the_key_of_a_template_does_not_change_with_its_values(case, service):
     parts, first, second = case
@@ -81,7 +81,7 @@ def test_the_key_of_a_template_does_not_change_with_its_values(case, service):
     assert a.template == b.template
 
 
-@settings(max_examples=int(__import__("os").environ.get("STRESS", 400)), deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(templates, st.data())
 def test_messages_that_differ_in_a_word_get_different_keys(parts, data):
     positions = [i for i, p in enumerate(parts) if p is not None]
