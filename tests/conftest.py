@@ -146,21 +146,22 @@ class Stack:
         self._client = None
 
     def start(self, role: str, *extra: str, wait: bool = True) -> subprocess.Popen:
-        log = open(self.tmp / f"{role}-{len(self.procs.get(role, []))}.log", "ab")
+        self._started = getattr(self, "_started", 0) + 1
+        log_path = self.tmp / f"{role}-{self._started}.log"
+        log = open(log_path, "ab")
         proc = subprocess.Popen([sys.executable, "-m", "erdu_tasks.cli", "worker", role, "--loglevel", "INFO", *extra],
                                 env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp,
                                 start_new_session=True)
+        proc.log_path = log_path
         self.procs.setdefault(role, []).append(proc)
         if wait:
             self.wait_ready(role, proc)
         return proc
 
     def wait_ready(self, role: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-        logs = sorted(self.tmp.glob(f"{role}-*.log"))
-
         def ready() -> bool:
-            assert proc.poll() is None, f"worker {role} exited: " + logs[-1].read_text()[-2000:]
-            return any("ready." in p.read_text(errors="replace") for p in logs[-1:])
+            assert proc.poll() is None, f"worker {role} exited: " + proc.log_path.read_text()[-2000:]
+            return "ready." in proc.log_path.read_text(errors="replace")
 
         wait_for(ready, timeout, 0.2, what=f"worker {role} ready")
 

@@ -3,25 +3,31 @@
 A message's fingerprint is a hash of its *template* (the text with its variable parts
 masked) and the service. It is a pure function of (message, service): the same line gets
 the same key on any worker, after any restart and in any order, so an incident can be
-keyed by the fingerprint a line gets when it arrives.
+keyed by the fingerprint a line gets when it arrives. (A template miner such as drain3
+generalises its templates as lines arrive, so a line's first template is often not its
+cluster's last; that would need shared, persisted state to give stable keys.)
 
-What counts as variable, in one regex pass over the text, then one collapse pass:
+What counts as a variable, found in one combined regex pass that only starts at token
+boundaries, then one pass that collapses runs:
 
-- timestamps and dates, UUIDs, URLs, e-mail addresses, IPv4/IPv6 addresses (with port),
-  file paths, quoted single-token values, durations and sizes with their unit
-  (``3001ms``, ``1 sec``, ``4 KB``), hex numbers;
-- any other whitespace-delimited token that contains a digit (``8812``, ``blk_-123``,
-  ``host-7:5070``), the rule drain3 applies with ``parametrize_numeric_tokens``;
-- the value of a ``key=value`` pair, whatever its characters (``user=root``).
+- dates and times, UUIDs, URLs, e-mail addresses, IPv4/IPv6 addresses, host:port,
+  file paths, quoted values without spaces, durations and sizes with their unit
+  (``3001ms``, ``1.5 sec``, ``4 KB``, ``<1 sec``), an empty ``()``;
+- any other token holding a digit (``8812``, ``0x1f``, ``blk_-123``, ``host7``), the rule
+  drain3 applies with ``parametrize_numeric_tokens``;
+- the value of ``key=value`` (``user=root``), except for keys that carry the message
+  itself (``msg=``, ``error=``, ``level=``, ``status=`` ...);
+- the account name after the word "user" when it ends its clause (``for user alice by``,
+  ``invalid user bob [preauth]``): account names are data, and personal data at that.
 
-A run of masked values separated only by punctuation or spaces (``<*>:<*>``,
-``<*> (<*>)``, a variable-length list of ids) collapses into one ``<*>``, so the number of
-values in a list does not split a template. Words without digits are kept as they are:
-telling two errors apart matters more than folding every variant, because one incident
-that hides another is worse than one error seen as two incidents.
+A run of values separated only by punctuation or spaces (``<*>:<*>``, ``<*> (<*>)``, a list
+of ids of any length) becomes one ``<*>``. Words without digits are otherwise kept: one
+incident that hides another is worse than one error seen as two incidents, so when in
+doubt a word is part of the template.
 
 Multi-line Python tracebacks and Java stack traces are keyed by their exception types
-and frames (file and function, without line numbers or message values).
+and frames (file and function, or class and method), not by line numbers or the values
+in their messages.
 """
 
 from __future__ import annotations
@@ -34,8 +40,10 @@ FINGERPRINT_VERSION = "1"
 """Part of every key: bump it when the masking changes, so old and new keys never mix."""
 
 MASK = "<*>"
-MAX_TEMPLATE_INPUT = 4000
-"""Only the first characters of a message shape its template (a storm of huge lines stays cheap)."""
+MAX_INPUT_CHARS = 64_000
+"""The Event contract's message limit; longer text given straight to fingerprint() is cut first."""
+MAX_TEMPLATE_CHARS = 2000
+"""Longer templates are cut; the cut comes after masking, so it falls at the same place for any values."""
 MAX_TRACE_FRAMES = 60
 TITLE_CHARS = 80
 
@@ -66,9 +74,9 @@ _PARTS = [
     # UUIDs, URLs, e-mail addresses.
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
     r"(?<![\w.])[a-zA-Z][a-zA-Z0-9+.-]{1,15}://[^\s\"'<>]+",
-    r"(?<![\w.+-])[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+",
+    r"(?<![\w.+-])[\w.!#$%&'*+/=?^`{|}~-]{1,64}@[\w-]+(?:\.[\w-]+)+",
     # Addresses: IPv6 (with a digit), IPv4 and host names with a port ("db.example.com:5432").
-    r"(?<![\w:.])(?=[0-9a-fA-F:]*\d)(?:[0-9a-fA-F]{0,4}:){2,7}(?:[0-9a-fA-F]{1,4}|\d{1,3}(?:\.\d{1,3}){3})"
+    r"(?<![\w:.])(?=[0-9a-fA-F:]{0,44}\d)(?:[0-9a-fA-F]{0,4}:){2,7}(?:[0-9a-fA-F]{1,4}|\d{1,3}(?:\.\d{1,3}){3})"
     r"(?:%\w+)?(?![\w:])",
     r"(?<![\w.-])\d{1,3}(?:\.\d{1,3}){3}(?::\d{1,5})?(?![\w.])",
     r"(?<![\w.-])[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+:\d{1,5}(?![\w.])",
@@ -126,8 +134,8 @@ class Template:
 
 
 def mask(text: str) -> str:
-    """The single-line template of text: variable parts replaced by <*>."""
-    text = _MASK_RE.sub(MASK, text[:MAX_TEMPLATE_INPUT])
+    """The single-line template of text: variable parts replaced by <*>, spaces squeezed."""
+    text = _MASK_RE.sub(MASK, text)
     if text.count(MASK) > 1:
         text = _BRACKETED.sub(MASK, text)
         text = _RUN.sub(MASK, text)
@@ -136,15 +144,14 @@ def mask(text: str) -> str:
 
 def fingerprint(message: str, service: str | None = None) -> Template:
     """The template, stable key and title of a message from a service."""
-    text = message.strip()
+    text = message[:MAX_INPUT_CHARS].strip()
     if "\n" not in text:
-        template = mask(text)
+        template = mask(text)[:MAX_TEMPLATE_CHARS]
         title = make_title(template)
     elif (trace := _trace_template(text)) is not None:
         template, title = trace
     else:
-        lines = text[:MAX_TEMPLATE_INPUT].splitlines()
-        template = "\n".join(mask(line) for line in lines if line.strip())
+        template = "\n".join(mask(line) for line in text.splitlines() if line.strip())[:MAX_TEMPLATE_CHARS]
         title = make_title(template)
     return Template(key=template_key(template, service), template=template, title=title)
 
@@ -209,7 +216,7 @@ def _python_trace(lines: list[str]) -> tuple[str, str] | None:
             in_trace = False
     if not types:
         return None
-    template = f"Traceback {' <- '.join(reversed(types))} at {' > '.join(frames)}"
+    template = f"Traceback {' <- '.join(reversed(types))} at {' > '.join(frames)}"[:MAX_TEMPLATE_CHARS * 4]
     title = types[-1].rsplit(".", 1)[-1] + (f": {mask(message)}" if message else "")
     return template, _shorten(title)
 
@@ -227,6 +234,8 @@ def _java_trace(lines: list[str]) -> tuple[str, str] | None:
                 if head:
                     types.append(head.group(1))
                     message = previous[head.end():].lstrip(": ").strip()
+                else:  # a throwable whose name says nothing: its masked header stands in
+                    types.append(mask(previous)[:200])
             if len(frames) < MAX_TRACE_FRAMES:
                 frames.append(_FRAME_DIGITS.sub("#", frame.group(1)))
             previous = ""
@@ -243,7 +252,7 @@ def _java_trace(lines: list[str]) -> tuple[str, str] | None:
         previous = line
     if not types:
         return None
-    template = f"Stack {' <- '.join(types)} at {' > '.join(frames)}"
+    template = f"Stack {' <- '.join(types)} at {' > '.join(frames)}"[:MAX_TEMPLATE_CHARS * 4]
     title = types[0].rsplit(".", 1)[-1] + (f": {mask(message)}" if message else "")
     return template, _shorten(title)
 

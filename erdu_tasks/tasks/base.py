@@ -55,11 +55,14 @@ class ErduTask(Task):
                                          worker=worker_name(self.request.hostname))
         except Exception as record_exc:  # the database may be the thing that failed
             log.error("could not record failed task", task=self.name, error=str(record_exc))
+        if incident_id and self.stage:
+            # The errback: a stage that failed for good hands its incident to the escalate task.
+            app.send_task(names.ESCALATE, args=(incident_id, error, self.stage),
+                          queue=names.Queue.COMMANDER.value, routing_key=names.Queue.COMMANDER.value)
 
 
 def send_stage(stage: str, incident_id: str, *, countdown: float | None = None) -> None:
-    """Publish the next stage on its own queue, with the escalation errback attached."""
+    """Publish the next stage on its own queue (set explicitly: the publisher may be another role's worker)."""
     task_name, queue = names.STAGES[stage]
-    errback = app.signature(names.ESCALATE, queue=names.Queue.COMMANDER.value)
     app.send_task(task_name, args=(incident_id,), queue=queue.value, routing_key=queue.value,
-                  link_error=errback, countdown=countdown)
+                  countdown=countdown)

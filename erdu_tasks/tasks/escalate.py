@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from .. import names, store
 from ..app import app
 from ..runtime import runtime, worker_name
@@ -42,18 +40,10 @@ def _notify(incident_id: str, reason: str) -> None:
 
 
 @app.task(name=names.ESCALATE, base=ErduTask, bind=True)
-def escalate(self: ErduTask, request: Any = None, exc: Any = None, traceback: Any = None, *args: Any) -> bool:
-    """Errback: called with the failed task's request and exception (or directly with an incident id)."""
-    if isinstance(request, str):
-        incident_id, reason, stage = request, str(exc or "escalated"), None
-    else:
-        task_args = getattr(request, "args", None) or []
-        incident_id = task_args[0] if task_args and isinstance(task_args[0], str) else None
-        task_name = getattr(request, "task", None) or "?"
-        stage = next((s for s, (n, _) in names.STAGES.items() if n == task_name), None)
-        reason = f"{task_name} failed: {exc.__class__.__name__}: {exc}"
-    if not incident_id or not incident_id.startswith("INC-"):
+def escalate(self: ErduTask, incident_id: str, reason: str, stage: str | None = None) -> bool:
+    """Errback of every stage: escalate the incident with the failure's reason."""
+    if not isinstance(incident_id, str) or not incident_id.startswith("INC-"):
         log.error("escalation without incident", reason=reason)
         return False
-    return self.with_retries(lambda: escalate_incident(incident_id, reason, stage=stage, actor="escalation",
-                                                       worker=worker_name(self.request.hostname)))
+    return self.with_retries(lambda: escalate_incident(incident_id, str(reason)[:2000], stage=stage,
+                                                       actor="escalation", worker=worker_name(self.request.hostname)))

@@ -129,22 +129,20 @@ def test_a_stage_task_that_raises_goes_to_the_escalate_errback(stack):
     stack.send_event({"message": "Database connection failed again", "service": "orders"})
     incident = only_incident(stack)
     wait_for(lambda: status_of(stack, incident["id"]) == "assigned", 30, what="assigned")
-    # Break the incident's stored data so the diagnostician's stage raises.
-    incident_rows(stack.database_url, "UPDATE incidents SET template = NULL WHERE id = %s RETURNING id",
-                  (incident["id"],)) if False else None
-    from erdu_tasks.names import DIAGNOSE
+    import redis
 
-    stack.client.send_task(DIAGNOSE, args=(incident["id"], "unexpected-extra-arg"), queue="diagnostician",
-                           link_error=stack.client.signature("erdu.escalate", queue="commander"))
+    r = redis.Redis.from_url(stack.redis_url)
+    r.delete("diagnostician")  # drop the good hand-off so only the failing call runs
+    stack.client.send_task("erdu.diagnose", args=(incident["id"], "unexpected-extra-arg"), queue="diagnostician")
     stack.start("diagnostician")
     wait_for(lambda: status_of(stack, incident["id"]) == "escalated", 60, what="escalated by errback")
     timeline = incident_rows(stack.database_url, "SELECT actor, what FROM incident_timeline WHERE incident_id = %s",
                              (incident["id"],))
-    assert any(t["actor"] == "escalation" and "erdu.diagnose failed" in t["what"] for t in timeline), timeline
+    assert any(t["actor"] == "escalation" and "TypeError" in t["what"] for t in timeline), timeline
     assert incident_rows(stack.database_url, "SELECT count(*) AS n FROM escalations WHERE incident_id = %s",
                          (incident["id"],))[0]["n"] == 1
     failed = incident_rows(stack.database_url, "SELECT * FROM failed_tasks WHERE incident_id = %s", (incident["id"],))
-    assert failed and failed[0]["task_name"] == "erdu.diagnose"
+    assert failed and failed[0]["task_name"] == "erdu.diagnose" and failed[0]["stage"] == "diagnose"
 
 
 def test_a_redelivered_stage_changes_nothing_and_hands_on_once(stack):
