@@ -44,13 +44,10 @@ def find_datasets(data: Path) -> dict[str, Path]:
     """Dataset name -> its structured CSV, preferring the corrected labels."""
     found: dict[str, Path] = {}
     for folder in sorted(p for p in data.iterdir() if p.is_dir()):
-        name = folder.name
-        corrected = folder / f"{name}_2k.log_structured_corrected.csv"
-        plain = folder / f"{name}_2k.log_structured.csv"
-        if corrected.is_file():
-            found[name] = corrected
-        elif plain.is_file():
-            found[name] = plain
+        candidates = sorted(folder.glob(f"{folder.name}_2k.log_structured*.csv"))
+        if candidates:
+            corrected = [c for c in candidates if "corrected" in c.name]
+            found[folder.name] = (corrected or candidates)[0]
     return found
 
 
@@ -58,7 +55,7 @@ def read_dataset(path: Path) -> tuple[list[str], list[str]]:
     """The Content lines and their labelled EventIds, in file order."""
     lines: list[str] = []
     labels: list[str] = []
-    with path.open(newline="", encoding="utf-8", errors="replace") as fh:
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
         reader = csv.DictReader(fh)
         missing = {"Content", "EventId"} - set(reader.fieldnames or ())
         if missing:
