@@ -157,7 +157,8 @@ def render(result: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of <Name>/<Name>_2k.log_structured*.csv")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="folder of <Name>/<Name>_2k.log_structured*.csv")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     if not args.data.is_dir():

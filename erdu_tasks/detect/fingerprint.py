@@ -117,11 +117,11 @@ _JAVA_EXC = re.compile(r"((?:[A-Za-z_$][\w$]*\.)*[A-Z][\w$]*(?:Exception|Error|T
 _FRAME_DIGITS = re.compile(r"\d+")
 
 # --- titles ------------------------------------------------------------------------------
-_EXC_WORDS = re.compile(r"Exception|Error|Exit|Interrupt|Failure|Fault")
-_EXC_NAME = re.compile(r"(?<![\w$.])(?:[A-Za-z_$][\w$]*\.)*([A-Z][\w$]*(?:Exception|Error|Exit|Interrupt|Failure|Fault))\b")
-_LOG_PREFIX = re.compile(
-    r"^(?:(?:<\*>|[\[(]?(?:TRACE|DEBUG|INFO|NOTICE|WARN|WARNING|ERROR|ERR|CRITICAL|CRIT|FATAL|SEVERE|ALERT|EMERG)[\])]?:?)\s+)+"
-)
+_EXC_SUFFIX = r"(?:Exception|Error|Exit|Interrupt|Failure|Fault)"
+_EXC_WORDS = re.compile(_EXC_SUFFIX)
+_EXC_NAME = re.compile(rf"(?<![\w$.])(?:[A-Za-z_$][\w$]*\.)*([A-Z][\w$]*{_EXC_SUFFIX})\b")
+_LEVEL = r"(?:TRACE|DEBUG|INFO|NOTICE|WARN|WARNING|ERROR|ERR|CRITICAL|CRIT|FATAL|SEVERE|ALERT|EMERG)"
+_LOG_PREFIX = re.compile(rf"^(?:(?:<\*>|[\[(]?{_LEVEL}[\])]?:?)\s+)+")
 
 
 @dataclass(frozen=True)

@@ -226,7 +226,8 @@ def _parse(text: str, origin: str, *, user: bool) -> _Parsed:
             raise ConfigError(f"{origin} (line {lines.top(key)}): unknown key {key!r}; "
                               f"expected one of {', '.join(sorted(allowed))}")
     if data.get("version", 1) != 1:
-        raise ConfigError(f"{origin} (line {lines.top('version')}): unsupported version {data['version']!r} (expected 1)")
+        raise ConfigError(f"{origin} (line {lines.top('version')}): "
+                          f"unsupported version {data['version']!r} (expected 1)")
     default_severity = None
     if data.get("default_severity") is not None:
         try:

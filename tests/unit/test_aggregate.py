@@ -12,7 +12,9 @@ from erdu_tasks.model import Event
 
 def test_a_storm_of_one_template_folds_into_one_event_with_the_total_count():
     rng = random.Random(7)
-    events = [Event(message=f"Timeout after {rng.randint(1, 9999)}ms for request {i}", service="api") for i in range(10_000)]
+    events = [
+        Event(message=f"Timeout after {rng.randint(1, 9999)}ms for request {i}", service="api") for i in range(10_000)
+    ]
     folded = fold(events)
     assert len(folded) == 1
     assert folded[0].count == 10_000
@@ -40,7 +42,7 @@ def test_counts_already_aggregated_by_the_producer_are_added():
 
 
 def test_the_same_message_from_two_services_is_two_groups():
-    folded = fold([Event(message="queue overflow", service="billing"), Event(message="queue overflow", service="search")])
+    folded = fold([Event(message="queue overflow", service=s) for s in ("billing", "search")])
     assert [e.service for e in folded] == ["billing", "search"]
 
 
@@ -62,7 +64,7 @@ def test_samples_are_distinct_and_include_those_already_carried():
 
 
 def test_a_group_bigger_than_one_event_can_carry_is_split_without_loss():
-    events = [Event(message="flood", count=MAX_COUNT), Event(message="flood", count=MAX_COUNT), Event(message="flood", count=5)]
+    events = [Event(message="flood", count=n) for n in (MAX_COUNT, MAX_COUNT, 5)]
     folded = fold(events)
     assert [e.count for e in folded] == [MAX_COUNT, MAX_COUNT, 5]
 

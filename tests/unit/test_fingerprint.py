@@ -254,8 +254,11 @@ def test_fingerprinting_is_fast_enough_for_a_storm():
     assert per_second > 15_000
 
 
-@pytest.mark.parametrize("line", ["=a" * 30_000, "a:" * 30_000, "'a" * 30_000, "user " * 12_000, "a." * 30_000 + "Error",
-                                  "abcd:" * 12_000, "()" * 30_000, "<1 " * 20_000, "x@" * 30_000])
+@pytest.mark.parametrize(
+    "line",
+    ["=a" * 30_000, "a:" * 30_000, "'a" * 30_000, "user " * 12_000, "a." * 30_000 + "Error",
+     "abcd:" * 12_000, "()" * 30_000, "<1 " * 20_000, "x@" * 30_000],
+)
 def test_pathological_lines_stay_fast(line):
     start = time.perf_counter()
     fingerprint(line)

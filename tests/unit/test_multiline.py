@@ -105,7 +105,9 @@ def test_events_are_returned_as_soon_as_they_are_complete():
     assert folder.feed("Traceback (most recent call last):") == []
     assert folder.feed('  File "x.py", line 1, in f') == []
     assert folder.feed("OSError: boom") == []
-    assert folder.feed("two") == ["one\nTraceback (most recent call last):\n  File \"x.py\", line 1, in f\nOSError: boom"]
+    assert folder.feed("two") == [
+        'one\nTraceback (most recent call last):\n  File "x.py", line 1, in f\nOSError: boom'
+    ]
     assert folder.flush() == ["two"]
     assert not folder.pending
     assert folder.flush() == []
