@@ -123,12 +123,22 @@ class NoopCheck(_Check):
     fail: bool = False
 
 
+class QuietCheck(_Check):
+    """The incident's own error must not recur for `window` seconds (its occurrences stop rising).
+
+    Run by the fixer, which reads the incident's occurrence count from Postgres before and after.
+    """
+
+    check: Literal["quiet"]
+    window: float = Field(default=10.0, gt=0, le=3600)
+
+
 CheckSpec = Annotated[
-    Union[HttpCheck, ProcessCheck, CommandCheck, LogAbsentCheck, NoopCheck], Field(discriminator="check")
+    Union[HttpCheck, ProcessCheck, CommandCheck, LogAbsentCheck, NoopCheck, QuietCheck], Field(discriminator="check")
 ]
 """A runbook's `validation:` block; `check:` names the kind."""
 
-CHECK_KINDS: tuple[str, ...] = ("http", "process", "command", "log_absent", "noop")
+CHECK_KINDS: tuple[str, ...] = ("http", "process", "command", "log_absent", "noop", "quiet")
 
 LITERAL_KEYS: dict[str, frozenset[str]] = {"log_absent": frozenset({"pattern"})}
 """Fields that are never templated (a regex's {n,m} is not a placeholder)."""

@@ -29,13 +29,13 @@ def load_runbooks(rt: Any) -> RunbookSet:
 
 def match_input(incident: Incident) -> MatchInput:
     """The incident fields a runbook matcher may look at."""
-    return MatchInput(fingerprint=incident.fingerprint, service=incident.service, tags=tuple(incident.tags),
-                      severity=incident.severity.value, title=incident.title)
+    return MatchInput.from_incident(incident)
 
 
-def matching_runbooks(rt: Any, incident: Incident) -> list[Runbook]:
-    """Runbooks whose matcher fits the incident, in file order."""
-    return load_runbooks(rt).match(match_input(incident))
+def matching_runbooks(rt: Any, incident: Incident, stats: dict[str, tuple[int, int]] | None = None) -> list[Runbook]:
+    """Runbooks whose matcher fits the incident, best first (learned success rate, then narrowness)."""
+    rates = {name: s / a for name, (a, s) in (stats or {}).items() if a}
+    return load_runbooks(rt).match(match_input(incident), rates)
 
 
 def allowed_fields(incident: Incident) -> dict[str, str]:
@@ -48,21 +48,11 @@ def allowed_fields(incident: Incident) -> dict[str, str]:
     return fields
 
 
-def choose_runbook(runbooks: list[Runbook], stats: dict[str, tuple[int, int]], preferred: str | None) -> Runbook | None:
-    """The commander's pick if it still matches, else the best learned success rate (ties: file order)."""
+def choose_runbook(runbooks: list[Runbook], preferred: str | None) -> Runbook | None:
+    """The commander's pick if it still matches, else the first of the ranked matches."""
     if not runbooks:
         return None
-    by_name = {rb.name: rb for rb in runbooks}
-    if preferred in by_name:
-        return by_name[preferred]
-
-    def score(item: tuple[int, Runbook]) -> tuple[float, int]:
-        index, rb = item
-        attempts, successes = stats.get(rb.name, (0, 0))
-        rate = successes / attempts if attempts else 0.5   # untried runbooks sit in the middle
-        return (-rate, index)
-
-    return min(enumerate(runbooks), key=score)[1]
+    return next((rb for rb in runbooks if rb.name == preferred), runbooks[0])
 
 
 def recent_runs(conn: psycopg.Connection, runbook: Runbook, service: str | None, *, exclude: str) -> list[datetime]:
@@ -138,9 +128,32 @@ def run_keyed(db: Any, incident: Incident, key: str, runbook: Runbook, step: Any
     return StepOutcome(key, step.action, result.ok, result.detail, result.duration, result.output)
 
 
-def validate(runbook: Runbook, incident: Incident) -> dict[str, Any]:
+def validate(runbook: Runbook, incident: Incident, db: Any = None) -> dict[str, Any]:
     """Re-run the check that proves the fix; a runbook without one is validated by its steps alone."""
     if runbook.validation is None:
         return {"ok": True, "detail": "no validation check in runbook; steps succeeded", "duration": 0.0}
+    if runbook.validation.check == "quiet":
+        return _quiet(runbook.validation.window, incident, db)
     result = run_check(runbook.validation, allowed_fields(incident))
     return {"ok": bool(result.ok), "detail": result.detail, "duration": result.duration}
+
+
+def _occurrences(db: Any, incident_id: str) -> int:
+    with db.transaction() as conn:
+        row = conn.execute("SELECT occurrences FROM incidents WHERE id = %s", (incident_id,)).fetchone()
+    return int(row["occurrences"]) if row else 0
+
+
+def _quiet(window: float, incident: Incident, db: Any) -> dict[str, Any]:
+    """Passes when no new occurrence of the incident's error arrives during the window."""
+    import time
+
+    started = time.monotonic()
+    before = _occurrences(db, incident.id)
+    time.sleep(window)
+    after = _occurrences(db, incident.id)
+    duration = time.monotonic() - started
+    if after > before:
+        return {"ok": False, "duration": duration,
+                "detail": f"error recurred {after - before} time(s) within {window:g} s after the fix"}
+    return {"ok": True, "duration": duration, "detail": f"no recurrence for {window:g} s after the fix"}

@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=4, ge=1)
 
     dry_run: bool = False
+    cache_redis_url: str | None = None   # the Redis that clear_cache runbooks act on; never the broker by default
     worker_concurrency: dict[str, int] = Field(default_factory=dict)
 
     # Sections owned by their feature modules; each validates its own part.

@@ -50,12 +50,11 @@ def _plan(rt: Runtime, incident_id: str, worker: str):
             return None
         fix_state = dict(incident.fix or {})
         attempt = int(fix_state.get("attempt", 1))
-        runbooks = fixing.matching_runbooks(rt, incident)
+        runbooks = fixing.matching_runbooks(rt, incident, history.runbook_stats(conn, incident.fingerprint))
         if fix_state.get("runbook"):
             runbook = next((rb for rb in runbooks if rb.name == fix_state["runbook"]), None)
         else:
-            runbook = fixing.choose_runbook(runbooks, history.runbook_stats(conn, incident.fingerprint),
-                                            (incident.assessment or {}).get("runbook"))
+            runbook = fixing.choose_runbook(runbooks, (incident.assessment or {}).get("runbook"))
         if runbook is None:
             gap = f"no runbook matches '{incident.title}' (service {incident.service or '-'})"
             diagnosis = dict(incident.diagnosis or {})
@@ -93,18 +92,18 @@ def _act(rt: Runtime, incident, runbook, attempt: int) -> dict[str, Any]:
     failed = False
     for i, step in enumerate(runbook.actions):
         outcome = fixing.run_keyed(rt.db, incident, f"{attempt}:action:{i}", runbook, step, rollback=False,
-                                   dry_run=dry, redis_url=rt.settings.redis_url)
+                                   dry_run=dry, redis_url=rt.settings.cache_redis_url)
         steps.append(outcome.as_dict())
         if outcome.ok is False:
             failed = True
             break
     validation = ({"ok": False, "detail": "not validated: a step failed", "duration": 0.0} if failed
-                  else fixing.validate(runbook, incident))
+                  else fixing.validate(runbook, incident, rt.db))
     rollback = []
     if not validation["ok"]:
         for i, step in enumerate(runbook.rollback):
             outcome = fixing.run_keyed(rt.db, incident, f"{attempt}:rollback:{i}", runbook, step, rollback=False,
-                                       dry_run=dry, redis_url=rt.settings.redis_url)
+                                       dry_run=dry, redis_url=rt.settings.cache_redis_url)
             rollback.append(outcome.as_dict())
     return {"actions": steps, "validation": validation, "rollback": rollback, "dry_run": dry or runbook.dry_run}
 

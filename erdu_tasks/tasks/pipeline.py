@@ -112,7 +112,7 @@ def commander_context(conn: psycopg.Connection, rt: Runtime, incident: Incident)
 
     stats = history.runbook_stats(conn, incident.fingerprint)
     records = [commander.RunbookRecord(rb.name, *stats.get(rb.name, (0, 0)))
-               for rb in matching_runbooks(rt, incident)]
+               for rb in matching_runbooks(rt, incident, stats)]
     cfg = rt.settings.learning
     services = incident.affected_services
     dependants = sorted({d for s in services for d in rt.catalog.dependants(s)})
