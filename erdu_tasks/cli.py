@@ -82,6 +82,7 @@ def run_worker(role: str, *, concurrency: int | None = None, pool: str | None = 
         check_all(settings)
     except ServiceUnreachable as exc:
         _fail(str(exc))
+    _check_config(settings)
     pool_settings = pool_for(role)
     from .app import app as celery_app
 
@@ -96,6 +97,20 @@ def run_worker(role: str, *, concurrency: int | None = None, pool: str | None = 
     if pool_settings.max_memory_per_child_kb:
         argv += ["--max-memory-per-child", str(pool_settings.max_memory_per_child_kb)]
     celery_app.worker_main(argv)
+
+
+def _check_config(settings) -> None:
+    """Load rules, runbooks and the catalog once so a bad file fails at start-up, naming file and reason."""
+    from .catalog import Catalog
+    from .detect.rules import RuleSet
+    from .runbooks import RunbookSet
+
+    try:
+        RuleSet.load(settings.rules_file)
+        RunbookSet.load(settings.runbooks_dir)
+        Catalog.load(settings.catalog_file)
+    except ConfigError as exc:
+        _fail(str(exc))
 
 
 @app.command()

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=4, ge=1)
 
     dry_run: bool = False
+    flap_window_seconds: float = Field(default=3600.0, ge=0)   # a recurrence within it links to the last incident
+    # Bearer tokens of the HTTP API (ERDU_API_TOKEN writes and reads, ERDU_API_READ_TOKEN only reads).
+    api_token: str | None = None
+    api_read_token: str | None = None
     cache_redis_url: str | None = None   # the Redis that clear_cache runbooks act on; never the broker by default
     worker_concurrency: dict[str, int] = Field(default_factory=dict)
 

@@ -37,7 +37,7 @@ def ingest(self: ErduTask, payload: Any = None, *args: Any, **kwargs: Any) -> di
 
     def write():
         with rt.db.transaction() as conn:
-            return upsert_groups(conn, groups, rt.catalog)
+            return upsert_groups(conn, groups, rt.catalog, flap_window=rt.settings.flap_window_seconds)
 
     outcomes = self.with_retries(write)
     for outcome in outcomes:
