@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import ConfigError, ErduError, ServiceUnreachable
@@ -21,6 +22,8 @@ incidents_app = typer.Typer(help="List, inspect and act on incidents.", no_args_
 failed_app = typer.Typer(help="Stage tasks that failed for good, and re-driving them.", no_args_is_help=True)
 app.add_typer(incidents_app, name="incidents")
 app.add_typer(failed_app, name="failed")
+runbooks_app = typer.Typer(help="Check and list runbooks.", no_args_is_help=True)
+app.add_typer(runbooks_app, name="runbooks")
 console = Console()
 err = Console(stderr=True)
 
@@ -136,6 +139,25 @@ def beat(loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO
     except ServiceUnreachable as exc:
         _fail(str(exc))
     run_beat(settings, loglevel=loglevel)
+
+
+@app.command("api")
+def api_command(
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on (default 127.0.0.1; "
+                                                     "anything else needs ERDU_API_TOKEN)")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default 8080)")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Run the HTTP API: events, Alertmanager and PagerDuty webhooks, incidents (OpenAPI at /docs)."""
+    from .api.server import serve
+    from .preflight import check_all
+
+    settings = _settings()
+    try:
+        check_all(settings)
+        serve(settings, host=host, port=port, log_level=log_level)
+    except (ServiceUnreachable, ConfigError) as exc:
+        _fail(str(exc))
 
 
 @app.command()
@@ -353,6 +375,93 @@ def failed_retry(
             console.print(retry(rt, iid, _who()).message, highlight=False)
         except ActionRefused as exc:
             err.print(f"skipped: {exc}", highlight=False)
+
+
+@runbooks_app.command("check")
+def runbooks_check(
+    path: Annotated[Optional[str], typer.Argument(help="A runbook file or directory (default: ERDU_RUNBOOKS_DIR)")] = None,
+) -> None:
+    """Validate every runbook file; print each problem with file, line, runbook and field."""
+    from pathlib import Path
+
+    from .runbooks import DEFAULT_RUNBOOKS_DIR, RunbookSet, check_runbooks
+
+    target = Path(path) if path else (_settings().runbooks_dir or DEFAULT_RUNBOOKS_DIR)
+    if not target.exists():
+        _fail(f"{target} does not exist")
+    problems = check_runbooks(target)
+    if problems:
+        for problem in problems:
+            err.print(problem, highlight=False, markup=False)
+        _fail(f"{len(problems)} problem(s) in {target}", 1)
+    count = len(RunbookSet.load(target).runbooks)
+    console.print(f"{target}: {count} runbook(s), no problems", highlight=False)
+
+
+@runbooks_app.command("ls")
+def runbooks_ls() -> None:
+    """List runbooks: what each matches, what it runs, how it is validated, its limits."""
+    from .runbooks import RunbookSet
+
+    try:
+        runbooks = RunbookSet.load(_settings().runbooks_dir)
+    except ConfigError as exc:
+        _fail(str(exc))
+    table = Table(title=f"{len(runbooks.runbooks)} runbook(s) from {runbooks.path}")
+    for col in ("Name", "Matches", "Actions", "Validation", "Approval", "Limit", "Dry run"):
+        table.add_column(col)
+    for rb in runbooks.runbooks:
+        table.add_row(rb.name, escape(rb.match.describe()), ", ".join(step.action for step in rb.actions),
+                      rb.validation.check if rb.validation else "-", rb.approval.value,
+                      f"{rb.limits.max_runs}/{rb.limits.per_seconds:.0f}s", "yes" if rb.dry_run else "no")
+    console.print(table)
+
+
+@app.command()
+def flower(
+    port: Annotated[Optional[int], typer.Option(help="Port (default flower.port or 5555)")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Address (default flower.address or 127.0.0.1)")] = None,
+) -> None:
+    """Run the Flower dashboard on ERDU's queues (basic auth from settings.flower: user, password)."""
+    from .flower import flower_options, run_flower
+    from .preflight import check_redis
+
+    settings = _settings()
+    try:
+        opts = flower_options(settings.flower or {}, port=port, address=address)
+        check_redis(settings.redis_url)
+    except (ConfigError, ServiceUnreachable) as exc:
+        _fail(str(exc))
+    raise typer.Exit(run_flower(opts, settings.redis_url))
+
+
+@app.command()
+def metrics(
+    port: Annotated[int, typer.Option(help="Port to serve /metrics on")] = 9808,
+    address: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+) -> None:
+    """Serve Prometheus metrics computed from Postgres and Redis on each scrape."""
+    from .metrics import serve
+
+    settings = _settings()
+    try:
+        serve(settings.database_url, settings.redis_url, port=port, address=address)
+    except OSError as exc:
+        _fail(f"cannot listen on {address}:{port}: {exc}")
+
+
+@app.command()
+def demo(
+    keep: Annotated[bool, typer.Option(help="Keep the demo stack running until Ctrl-C")] = False,
+) -> None:
+    """A live scenario on a private stack: a flaky service breaks, ERDU detects, restarts and reports it."""
+    from .demo import run_demo
+
+    try:
+        code = run_demo(console, keep=keep)
+    except (ServiceUnreachable, ErduError) as exc:
+        _fail(str(exc))
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=4, ge=1)
 
     dry_run: bool = False
+    approval_deadline_seconds: float = Field(default=3600.0, gt=0)   # then a parked fix is escalated
     flap_window_seconds: float = Field(default=3600.0, ge=0)   # a recurrence within it links to the last incident
     # Bearer tokens of the HTTP API (ERDU_API_TOKEN writes and reads, ERDU_API_READ_TOKEN only reads).
     api_token: str | None = None

@@ -30,7 +30,7 @@ def reconcile(self: ErduTask) -> dict[str, int]:
     owed = self.with_retries(claim)
     for item in owed:
         send_stage(item.stage, item.incident_id)
-    approval_deadline = float(rt.settings.escalation.get("approval_deadline_seconds", 3600))
+    approval_deadline = rt.settings.approval_deadline_seconds
 
     def overdue():
         with rt.db.transaction() as conn:
