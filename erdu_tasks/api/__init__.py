@@ -1,0 +1,1 @@
+"""ERDU's HTTP API: events, Alertmanager and PagerDuty in; incidents out."""

@@ -1,0 +1,85 @@
+"""The ASGI application: routers, the body guard and the error answers, assembled in one place."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import kombu.exceptions
+import pydantic
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from ..errors import InvalidEvent, TransientError
+from ..settings import Settings
+from . import pagerduty as pd
+from . import routes_alertmanager, routes_events, routes_health, routes_incidents, routes_pagerduty
+from .config import ApiConfig, api_config
+from .context import ApiContext, log
+from .guard import BodyGuard
+
+RETRY_AFTER_SECONDS = "5"
+
+
+def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("answering 503", path=request.url.path, error=f"{exc.__class__.__name__}: {exc}")
+    return JSONResponse({"detail": str(exc) or exc.__class__.__name__, "retryable": True}, status_code=503,
+                        headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
+def _broker_failed(request: Request, exc: Exception) -> JSONResponse:
+    return _unavailable(request, TransientError(f"Redis failed while handing work on: {exc}"))
+
+
+def _invalid(request: Request, exc: Exception) -> JSONResponse:
+    errors: list[Any] = exc.errors() if isinstance(exc, (RequestValidationError, pydantic.ValidationError)) else []
+    if request.url.path == "/v1/pagerduty":
+        lines = pd.error_messages(list(errors)) or [str(exc)]
+        return JSONResponse({"status": "invalid event", "message": "Event object is invalid", "errors": lines},
+                            status_code=400)
+    if not errors:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+    compact = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", "invalid"), "type": e.get("type")}
+               for e in errors[:20]]
+    return JSONResponse({"detail": compact}, status_code=422)
+
+
+def _internal(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unexpected error", path=request.url.path, error=f"{exc.__class__.__name__}: {exc}", exc_info=exc)
+    return JSONResponse({"detail": "internal error; see the API's log"}, status_code=500)
+
+
+def create_app(settings: Settings, config: ApiConfig | None = None) -> FastAPI:
+    """The API for these settings (tokens, limits and bind checks come from api_config)."""
+    config = config or api_config(settings)
+    ctx = ApiContext.build(settings, config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        ctx.close()
+
+    app = FastAPI(
+        title="ERDU",
+        version="1",
+        summary="Events in, incidents out: the HTTP face of ERDU.",
+        description="Send events (or Alertmanager / PagerDuty notifications), list incidents and act on them. "
+                    "Every /v1 call needs `Authorization: Bearer <token>` when ERDU_API_TOKEN is set; "
+                    "the read-only token ERDU_API_READ_TOKEN allows GET only.",
+        lifespan=lifespan,
+    )
+    app.state.erdu = ctx
+    app.add_middleware(BodyGuard, max_bytes=config.max_body_bytes, max_depth=config.max_json_depth)
+    app.add_exception_handler(TransientError, _unavailable)
+    app.add_exception_handler(kombu.exceptions.OperationalError, _broker_failed)
+    app.add_exception_handler(redis.RedisError, _broker_failed)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(pydantic.ValidationError, _invalid)
+    app.add_exception_handler(InvalidEvent, _invalid)
+    app.add_exception_handler(Exception, _internal)
+    for module in (routes_events, routes_alertmanager, routes_pagerduty, routes_incidents, routes_health):
+        app.include_router(module.router)
+    return app

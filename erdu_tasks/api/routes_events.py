@@ -1,0 +1,87 @@
+"""POST /v1/events: one event or a batch, stored before the answer (or queued with mode=queue)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, HTTPException, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from ..ingest import MAX_BATCH, fold, upsert_groups
+from ..model import Event
+from .auth import require_write
+from .context import ApiContext, context
+
+router = APIRouter(tags=["events"])
+
+
+class Mode(StrEnum):
+    """How /v1/events takes events."""
+
+    STORE = "store"
+    QUEUE = "queue"
+
+
+class IncidentOutcome(BaseModel):
+    """Where a group of events landed."""
+
+    id: str
+    new: bool
+    occurrences: int
+    count: int
+
+
+class EventsStored(BaseModel):
+    """Answer of mode=store: the incidents, new or repeat."""
+
+    incidents: list[IncidentOutcome]
+    ignored: int
+    handed_off: bool
+
+
+class EventsQueued(BaseModel):
+    """Answer of mode=queue: the ingest task that will store them."""
+
+    queued: int
+    task_id: str
+
+
+ERRORS = {
+    400: {"description": "The body is not clean JSON (invalid UTF-8, too deep, NUL characters)"},
+    401: {"description": "No or wrong bearer token"},
+    403: {"description": "The read-only token cannot write"},
+    413: {"description": "The body is over the size limit"},
+    422: {"description": "The body does not match the contract; nothing was stored"},
+    503: {"description": "Redis or Postgres is unreachable; nothing was accepted, retry later"},
+}
+
+
+@router.post("/v1/events", response_model=EventsStored, dependencies=[Depends(require_write)],
+             responses={**ERRORS, 202: {"model": EventsQueued, "description": "mode=queue: queued for ingest"}})
+def post_events(
+    body: Annotated[Event | list[Event], Body(description="One event, or a list of events")],
+    ctx: Annotated[ApiContext, Depends(context)],
+    mode: Annotated[Mode, Query(description="store: answer with incident ids; queue: hand to the ingest "
+                                            "queue and answer 202 with the task id")] = Mode.STORE,
+):
+    """Take one event or a batch. Nothing is accepted while Redis or Postgres is down (503)."""
+    events = body if isinstance(body, list) else [body]
+    if not events:
+        raise HTTPException(422, "empty batch: expected at least one event")
+    if len(events) > MAX_BATCH:
+        raise HTTPException(422, f"batch of {len(events)} events is over the limit of {MAX_BATCH}")
+    if mode is Mode.QUEUE:
+        payload = [e.model_dump(mode="json", exclude_defaults=True) for e in events]
+        task_id = ctx.enqueue_ingest(payload if len(payload) > 1 else payload[0])
+        return JSONResponse(EventsQueued(queued=len(payload), task_id=task_id).model_dump(), status_code=202)
+    ctx.require_broker()
+    groups, ignored = fold(events, ctx.rt.rules)
+    with ctx.rt.db.transaction() as conn:
+        outcomes = upsert_groups(conn, groups, ctx.rt.catalog)
+    handed = ctx.hand_off("assess", [o.incident_id for o in outcomes if o.created])
+    return EventsStored(
+        incidents=[IncidentOutcome(id=o.incident_id, new=o.created, occurrences=o.occurrences, count=o.count)
+                   for o in outcomes],
+        ignored=ignored, handed_off=handed)

@@ -1,0 +1,176 @@
+"""Incidents: list, show with timeline, and what people do (ack, resolve, approve, retry)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import people, store
+from ..model import Incident, Severity, Status
+from .auth import require_read, require_write
+from .context import ApiContext, context
+
+router = APIRouter(tags=["incidents"])
+
+IncidentId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,100}$", description="e.g. INC-20240101120000-1a2b3c4d")]
+Ctx = Annotated[ApiContext, Depends(context)]
+
+
+class IncidentSummary(BaseModel):
+    """One row of the incident list."""
+
+    id: str
+    title: str
+    severity: Severity
+    status: Status
+    source: str
+    service: str | None
+    occurrences: int
+    fingerprint: str
+    created_at: datetime | None
+    last_seen: datetime | None
+    acknowledged_at: datetime | None
+    resolved_at: datetime | None
+    closed_at: datetime | None
+
+
+class IncidentPage(BaseModel):
+    """A page of incidents, newest first; next_offset is null on the last page."""
+
+    incidents: list[IncidentSummary]
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+class TimelineLine(BaseModel):
+    """One transition or note."""
+
+    at: datetime
+    actor: str
+    worker: str | None
+    from_status: str | None
+    to_status: str | None
+    what: str
+    details: dict[str, Any]
+
+
+class IncidentDetail(IncidentSummary):
+    """The whole incident with its timeline."""
+
+    model_config = ConfigDict(extra="allow")
+
+    description: str
+    timeline: list[TimelineLine]
+
+
+class ActionBody(BaseModel):
+    """Who acts, and an optional note (resolve)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    by: str = Field(default="api", min_length=1, max_length=128, description="The person acting")
+    note: str | None = Field(default=None, max_length=4000, description="resolve: what was done / the cause")
+
+
+class ActionResult(BaseModel):
+    """The action's outcome in one line."""
+
+    incident_id: str
+    message: str
+
+
+def _summary(i: Incident) -> IncidentSummary:
+    return IncidentSummary(id=i.id, title=i.title, severity=i.severity, status=i.status, source=i.source,
+                           service=i.service, occurrences=i.occurrences, fingerprint=i.fingerprint,
+                           created_at=i.created_at, last_seen=i.last_seen, acknowledged_at=i.acknowledged_at,
+                           resolved_at=i.resolved_at, closed_at=i.closed_at)
+
+
+@router.get("/v1/incidents", response_model=IncidentPage, dependencies=[Depends(require_read)])
+def list_incidents(
+    ctx: Ctx,
+    status: Annotated[list[Status] | None, Query(description="Repeatable")] = None,
+    severity: Annotated[list[Severity] | None, Query(description="Repeatable")] = None,
+    service: Annotated[str | None, Query(max_length=128)] = None,
+    since: Annotated[datetime | None, Query(description="Created at or after (ISO 8601)")] = None,
+    limit: Annotated[int | None, Query(ge=1, le=500)] = None,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> IncidentPage:
+    """Incidents, newest first, filtered and paged."""
+    limit = limit or ctx.config.default_page_size
+    with ctx.rt.db.transaction() as conn:
+        rows = store.list_incidents(conn, statuses=[s.value for s in status or []] or None,
+                                    severities=[s.value for s in severity or []] or None,
+                                    service=service, since=since, limit=limit + 1, offset=offset)
+    more = len(rows) > limit
+    return IncidentPage(incidents=[_summary(i) for i in rows[:limit]], limit=limit, offset=offset,
+                        next_offset=offset + limit if more else None)
+
+
+@router.get("/v1/incidents/{incident_id}", response_model=IncidentDetail, dependencies=[Depends(require_read)],
+            responses={404: {"description": "No such incident"}})
+def get_incident(incident_id: IncidentId, ctx: Ctx) -> dict[str, Any]:
+    """One incident with everything ERDU knows, and its timeline."""
+    with ctx.rt.db.transaction() as conn:
+        incident = store.get_incident(conn, incident_id, with_timeline=True)
+    if incident is None:
+        raise HTTPException(404, f"no incident {incident_id}")
+    return asdict(incident)
+
+
+_ACTIONS = {"ack": people.acknowledge, "resolve": people.resolve, "approve": people.approve, "retry": people.retry}
+_NEEDS_BROKER = {"resolve", "approve", "retry"}
+
+
+def _act(ctx: ApiContext, name: str, incident_id: str, body: ActionBody | None) -> ActionResult:
+    body = body or ActionBody()
+    if name in _NEEDS_BROKER:
+        ctx.require_broker()
+    with ctx.rt.db.transaction() as conn:
+        if store.get_incident(conn, incident_id) is None:
+            raise HTTPException(404, f"no incident {incident_id}")
+    kwargs = {"note": body.note} if name == "resolve" else {}
+    try:
+        done = _ACTIONS[name](ctx.rt, incident_id, body.by, **kwargs)
+    except people.ActionRefused as exc:
+        raise HTTPException(409, str(exc)) from None
+    return ActionResult(incident_id=done.incident_id, message=done.message)
+
+
+ACTION_RESPONSES = {404: {"description": "No such incident"},
+                    409: {"description": "The incident's status does not allow this action"},
+                    503: {"description": "Redis or Postgres is unreachable; nothing changed"}}
+OptionalBody = Annotated[ActionBody | None, Body()]
+
+
+@router.post("/v1/incidents/{incident_id}/ack", response_model=ActionResult, dependencies=[Depends(require_write)],
+             responses=ACTION_RESPONSES)
+def ack(incident_id: IncidentId, ctx: Ctx, body: OptionalBody = None) -> ActionResult:
+    """Acknowledge: stops an escalation; stamps acknowledged_at."""
+    return _act(ctx, "ack", incident_id, body)
+
+
+@router.post("/v1/incidents/{incident_id}/resolve", response_model=ActionResult,
+             dependencies=[Depends(require_write)], responses=ACTION_RESPONSES)
+def resolve(incident_id: IncidentId, ctx: Ctx, body: OptionalBody = None) -> ActionResult:
+    """Resolve by hand; the resolver still writes the report and learns from it."""
+    return _act(ctx, "resolve", incident_id, body)
+
+
+@router.post("/v1/incidents/{incident_id}/approve", response_model=ActionResult,
+             dependencies=[Depends(require_write)], responses=ACTION_RESPONSES)
+def approve(incident_id: IncidentId, ctx: Ctx, body: OptionalBody = None) -> ActionResult:
+    """Approve a fix waiting for a person's yes."""
+    return _act(ctx, "approve", incident_id, body)
+
+
+@router.post("/v1/incidents/{incident_id}/retry", response_model=ActionResult,
+             dependencies=[Depends(require_write)], responses=ACTION_RESPONSES)
+def retry(incident_id: IncidentId, ctx: Ctx, body: OptionalBody = None) -> ActionResult:
+    """Re-drive an escalated incident from the stage that failed."""
+    return _act(ctx, "retry", incident_id, body)

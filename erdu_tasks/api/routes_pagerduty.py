@@ -1,0 +1,88 @@
+"""POST /v1/pagerduty: the Events API v2, answered the way PagerDuty answers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import BaseModel
+
+from ..ingest import dedup_fingerprint, fold, upsert_groups
+from ..model import OPEN_STATUSES
+from ..people import acknowledge, resolve
+from . import pagerduty as pd
+from .auth import Access, access_for, bearer
+from .context import ApiContext, context
+
+router = APIRouter(tags=["alert sources"])
+
+
+class Accepted(BaseModel):
+    """PagerDuty's 202 answer."""
+
+    status: str = "success"
+    message: str = "Event processed"
+    dedup_key: str
+
+
+class Invalid(BaseModel):
+    """PagerDuty's 400 answer: the sender must not retry."""
+
+    status: str = "invalid event"
+    message: str = "Event object is invalid"
+    errors: list[str]
+
+
+def _authorize(request: Request, credentials: HTTPAuthorizationCredentials | None, event: pd.PagerDutyEvent) -> None:
+    """The write token as a bearer token, or as the routing_key (PagerDuty senders cannot set headers)."""
+    config = request.app.state.erdu.config
+    presented = credentials.credentials if credentials else None
+    if access_for(config, presented) is Access.WRITE or access_for(config, event.routing_key) is Access.WRITE:
+        return
+    if access_for(config, presented) is Access.READ:
+        raise HTTPException(403, "the read-only token cannot change anything; use the write token")
+    raise HTTPException(401, "a valid bearer token or routing_key is required", headers={"WWW-Authenticate": "Bearer"})
+
+
+def _open_incident(ctx: ApiContext, dedup_key: str) -> str | None:
+    with ctx.rt.db.transaction() as conn:
+        row = conn.execute("SELECT id FROM incidents WHERE fingerprint = %s AND status = ANY(%s)",
+                           (dedup_fingerprint(dedup_key), [s.value for s in OPEN_STATUSES])).fetchone()
+    return row["id"] if row else None
+
+
+def _trigger(ctx: ApiContext, event: pd.PagerDutyEvent) -> str:
+    key = event.dedup_key or pd.new_dedup_key()
+    ctx.require_broker()
+    groups, _ = fold([pd.trigger_event(event, key)], ctx.rt.rules)
+    with ctx.rt.db.transaction() as conn:
+        outcomes = upsert_groups(conn, groups, ctx.rt.catalog)
+    ctx.hand_off("assess", [o.incident_id for o in outcomes if o.created])
+    return key
+
+
+@router.post("/v1/pagerduty", status_code=202, response_model=Accepted,
+             responses={400: {"model": Invalid, "description": "Invalid event: do not retry"},
+                        401: {"description": "No or wrong token (bearer or routing_key)"},
+                        403: {"description": "The read-only token cannot write"},
+                        413: {"description": "The body is over the size limit"},
+                        503: {"description": "Redis or Postgres is unreachable; retry later"}})
+def post_pagerduty(event: pd.PagerDutyEvent, request: Request, ctx: Annotated[ApiContext, Depends(context)],
+                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Accepted:
+    """trigger opens (or counts on) the incident of its dedup_key; acknowledge and resolve act on it.
+
+    A trigger after a resolve opens a new incident. An acknowledge or resolve for a key with no open
+    incident is answered 202 and ignored, as PagerDuty does.
+    """
+    _authorize(request, credentials, event)
+    if event.event_action is pd.Action.TRIGGER:
+        return Accepted(dedup_key=_trigger(ctx, event))
+    key = event.dedup_key or ""
+    if event.event_action is pd.Action.RESOLVE:
+        ctx.require_broker()
+    incident_id = _open_incident(ctx, key)
+    if incident_id:
+        action = acknowledge if event.event_action is pd.Action.ACKNOWLEDGE else resolve
+        ctx.try_action(action, incident_id, pd.SOURCE)
+    return Accepted(dedup_key=key)
