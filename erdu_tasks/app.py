@@ -64,3 +64,8 @@ def make_celery(settings: Settings) -> Celery:
 
 
 app = make_celery(get_settings())
+
+# Workers and beat log JSON lines (erdu_tasks/logs.py), with the incident id bound around each task.
+from .logs import install_celery_hooks  # noqa: E402
+
+install_celery_hooks()
