@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from erdu_tasks import names
+from erdu_tasks.escalation import sweep_options
 from erdu_tasks.settings import Settings
 
 
@@ -15,6 +16,9 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "reconcile": {"task": names.RECONCILE, "schedule": settings.reconcile_interval_seconds,
                       "options": {"queue": names.Queue.MONITOR.value, "expires": settings.reconcile_interval_seconds}},
     }
+    sweep = sweep_options(settings.escalation).sweep_interval
+    schedule["sweep-escalations"] = {"task": names.SWEEP_ESCALATIONS, "schedule": sweep,
+                                     "options": {"queue": names.Queue.MONITOR.value, "expires": max(sweep, 1.0)}}
     optional = {
         "monitor-logs": (names.MONITOR_LOGS, "logs", 1.0),
         "monitor-probes": (names.MONITOR_PROBES, "probes", 10.0),

@@ -24,6 +24,9 @@ app.add_typer(incidents_app, name="incidents")
 app.add_typer(failed_app, name="failed")
 runbooks_app = typer.Typer(help="Check and list runbooks.", no_args_is_help=True)
 app.add_typer(runbooks_app, name="runbooks")
+from .silence_cli import silence_app  # noqa: E402
+
+app.add_typer(silence_app, name="silence")
 console = Console()
 err = Console(stderr=True)
 

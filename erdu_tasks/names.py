@@ -56,3 +56,4 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
 # Redis keys owned by ERDU (besides the broker's own).
 BEAT_LOCK_KEY = "erdu:beat:lock"
 REDBEAT_PREFIX = "erdu:redbeat:"
+NOTIFY_RATE_PREFIX = "erdu:notify:rate:"  # + channel:window: notifications per channel per minute

@@ -6,6 +6,7 @@ from .. import names, store
 from ..app import app
 from ..runtime import runtime, worker_name
 from .base import ErduTask, log
+from .escalation import kick_sweep
 from .pipeline import escalate_in_tx
 
 
@@ -21,22 +22,8 @@ def escalate_incident(incident_id: str, reason: str, *, stage: str | None, actor
             store.add_timeline(conn, incident_id, actor=actor, worker=worker,
                                what=f"stage {stage} failed after the incident moved on: {reason}")
     if done:
-        _notify(incident_id, reason)
+        kick_sweep()   # the run was opened in the transaction; deliver level 1 now
     return done
-
-
-def _notify(incident_id: str, reason: str) -> None:
-    """Write the alert file (the seed's channel); the escalation policy module adds the rest."""
-    rt = runtime()
-    try:
-        import json
-
-        rt.settings.alerts_dir.mkdir(parents=True, exist_ok=True)
-        path = rt.settings.alerts_dir / f"{incident_id}.escalation.json"
-        path.write_text(json.dumps({"incident_id": incident_id, "reason": reason,
-                                    "see": f"erdu incidents show {incident_id}"}, indent=2))
-    except OSError as exc:
-        log.error("could not write alert file", incident_id=incident_id, error=str(exc))
 
 
 @app.task(name=names.ESCALATE, base=ErduTask, bind=True)

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import psycopg
 
-from .. import history, names, store
+from .. import escalation, history, names, store
 from ..app import app
 from ..errors import PermanentError
 from ..model import Incident, Status
@@ -101,6 +101,7 @@ def escalate_in_tx(conn: psycopg.Connection, incident: Incident, *, reason: str,
         return False
     store.record_escalation(conn, incident.id, reason=reason, stage=stage)
     history.record_escalated(conn, incident.fingerprint)
+    escalation.start_in_tx(conn, incident, reason=reason, stage=stage)   # durable run; the sweeper notifies
     return True
 
 
@@ -130,6 +131,8 @@ def commander_context(conn: psycopg.Connection, rt: Runtime, incident: Incident)
 
 
 def _assess(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str) -> str | None:
+    if escalation.assess_gate(conn, rt, incident, worker):   # silenced: parked, no fix; the sweeper resumes it
+        return None
     decision = commander.assess(incident, commander_context(conn, rt, incident))
     assessment = decision.as_dict()
     if decision.decision is commander.Decision.ESCALATE:
@@ -199,6 +202,7 @@ def diagnose(self: ErduTask, incident_id: str) -> str | None:
 def close_incident(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str, *,
                    actor: str = "resolver", human: bool = False) -> bool:
     """Write the report, learn from the incident and move it resolved -> closed."""
+    escalation.on_resolved(conn, incident, worker=worker)   # stop escalation, resolve notices, re-check children
     incident.timeline = store.timeline(conn, incident.id)
     pat = history.pattern(conn, incident.fingerprint) or {}
     ctx = resolver.ResolverContext(

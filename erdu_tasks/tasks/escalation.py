@@ -1,0 +1,67 @@
+"""erdu.sweep_escalations (beat, monitor queue): deliver what is due, resume held incidents, escalate stuck ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import names
+from ..app import app
+from ..escalation import Escalator, stuck_incidents, utcnow
+from ..reconcile import OWED
+from ..model import Status
+from ..runtime import Runtime, runtime, worker_name
+from .base import ErduTask, log, send_stage
+
+_escalators: dict[int, Escalator] = {}
+
+
+def escalator_for(rt: Runtime, worker: str | None = None) -> Escalator:
+    """The process's Escalator (config, channels, Redis counters), built on first use."""
+    esc = _escalators.get(id(rt))
+    if esc is None:
+        esc = Escalator.from_settings(rt.settings, rt.db, rt.catalog, worker=worker)
+        _escalators[id(rt)] = esc
+    return esc
+
+
+def kick_sweep() -> None:
+    """Ask for a sweep now (after an escalation commits); beat sweeps anyway, so a failure only logs."""
+    try:
+        app.send_task(names.SWEEP_ESCALATIONS, queue=names.Queue.MONITOR.value,
+                      routing_key=names.Queue.MONITOR.value, expires=60)
+    except Exception as exc:  # the broker may be down; the next beat sweep delivers
+        log.warning("could not request an escalation sweep", error=f"{exc.__class__.__name__}: {exc}")
+
+
+def _escalate_stuck(rt: Runtime, esc: Escalator, worker: str) -> int:
+    after = esc.options.stuck_after
+    if after is None:
+        return 0
+    from .escalate import escalate_incident   # escalate imports this module for kick_sweep
+
+    with rt.db.transaction() as conn:
+        rows = stuck_incidents(conn, now=utcnow(), after=after)
+    escalated = 0
+    for row in rows:
+        status = Status(row["status"])
+        minutes = after.total_seconds() / 60
+        reason = f"stuck in {status.value} for over {minutes:.0f} min (the reconciler's re-drives did not move it)"
+        if escalate_incident(row["id"], reason, stage=OWED.get(status), actor="escalation", worker=worker):
+            escalated += 1
+    return escalated
+
+
+@app.task(name=names.SWEEP_ESCALATIONS, base=ErduTask, bind=True)
+def sweep_escalations(self: ErduTask) -> dict[str, Any]:
+    """One sweep: plan and deliver due steps, digests, resolve notices; resume and escalate incidents."""
+    rt = runtime()
+    worker = worker_name(self.request.hostname)
+    esc = escalator_for(rt, worker)
+    report = self.with_retries(lambda: esc.sweep(utcnow()))
+    for incident_id, stage in report.resume:
+        send_stage(stage, incident_id)
+    stuck = self.with_retries(lambda: _escalate_stuck(rt, esc, worker))
+    result = report.as_dict() | {"stuck_escalated": stuck}
+    if any(v for k, v in result.items()):
+        log.info("escalation sweep", **result)
+    return result
