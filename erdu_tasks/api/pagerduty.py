@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..model import Event, Severity
 
@@ -60,27 +60,33 @@ class Image(BaseModel):
     alt: str | None = Field(default=None, max_length=1024)
 
 
-class PagerDutyEvent(BaseModel):
-    """One Events API v2 event."""
-
+class _Common(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     routing_key: str = Field(min_length=1, max_length=255)
-    event_action: Action
-    dedup_key: str | None = Field(default=None, min_length=1, max_length=255)
-    payload: Payload | None = None
     client: str | None = Field(default=None, max_length=1024)
     client_url: str | None = Field(default=None, max_length=4096)
     links: list[Link] = Field(default_factory=list, max_length=50)
     images: list[Image] = Field(default_factory=list, max_length=50)
 
-    @model_validator(mode="after")
-    def _needs(self) -> "PagerDutyEvent":
-        if self.event_action is Action.TRIGGER and self.payload is None:
-            raise ValueError("payload is required for a trigger event")
-        if self.event_action is not Action.TRIGGER and not self.dedup_key:
-            raise ValueError(f"dedup_key is required for a {self.event_action.value} event")
-        return self
+
+class TriggerEvent(_Common):
+    """A trigger: opens an incident for its dedup_key, or counts on the open one."""
+
+    event_action: Literal["trigger"]
+    dedup_key: str | None = Field(default=None, min_length=1, max_length=255)
+    payload: Payload
+
+
+class FollowUpEvent(_Common):
+    """An acknowledge or resolve for the incident of a dedup_key."""
+
+    event_action: Literal["acknowledge", "resolve"]
+    dedup_key: str = Field(min_length=1, max_length=255)
+    payload: dict[str, Any] | None = Field(default=None, description="Ignored for acknowledge and resolve")
+
+
+PagerDutyEvent = Annotated[TriggerEvent | FollowUpEvent, Field(discriminator="event_action")]
 
 
 def new_dedup_key() -> str:
@@ -88,10 +94,9 @@ def new_dedup_key() -> str:
     return uuid.uuid4().hex
 
 
-def trigger_event(event: PagerDutyEvent, dedup_key: str) -> Event:
+def trigger_event(event: TriggerEvent, dedup_key: str) -> Event:
     """A trigger as an ERDU event keyed by its dedup_key."""
     payload = event.payload
-    assert payload is not None
     labels = {k: v for k, v in (("component", payload.component), ("group", payload.group),
                                 ("class", payload.class_)) if v}
     details: dict[str, Any] = {"source": payload.source, "severity": payload.severity}
@@ -112,10 +117,17 @@ def trigger_event(event: PagerDutyEvent, dedup_key: str) -> Event:
     )
 
 
+_TAGS = {"body", *(a.value for a in Action)}
+
+
 def error_messages(errors: list[dict[str, Any]]) -> list[str]:
     """Pydantic errors as PagerDuty-style lines ('payload.summary: Field required')."""
     lines = []
     for e in errors[:20]:
-        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+        if e.get("type") in ("union_tag_not_found", "union_tag_invalid"):
+            lines.append("event_action: must be one of " + ", ".join(a.value for a in Action))
+            continue
+        # The location starts with "body" and the event_action tag; neither helps the sender.
+        where = ".".join(str(p) for p in e.get("loc", ()) if p not in _TAGS)
         lines.append(f"{where}: {e.get('msg', 'invalid')}" if where else str(e.get("msg", "invalid")))
     return lines

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel
 
@@ -34,7 +34,8 @@ class Invalid(BaseModel):
     errors: list[str]
 
 
-def _authorize(request: Request, credentials: HTTPAuthorizationCredentials | None, event: pd.PagerDutyEvent) -> None:
+def _authorize(request: Request, credentials: HTTPAuthorizationCredentials | None,
+               event: pd.TriggerEvent | pd.FollowUpEvent) -> None:
     """The write token as a bearer token, or as the routing_key (PagerDuty senders cannot set headers)."""
     config = request.app.state.erdu.config
     presented = credentials.credentials if credentials else None
@@ -52,7 +53,7 @@ def _open_incident(ctx: ApiContext, dedup_key: str) -> str | None:
     return row["id"] if row else None
 
 
-def _trigger(ctx: ApiContext, event: pd.PagerDutyEvent) -> str:
+def _trigger(ctx: ApiContext, event: pd.TriggerEvent) -> str:
     key = event.dedup_key or pd.new_dedup_key()
     ctx.require_broker()
     groups, _ = fold([pd.trigger_event(event, key)], ctx.rt.rules)
@@ -68,7 +69,7 @@ def _trigger(ctx: ApiContext, event: pd.PagerDutyEvent) -> str:
                         403: {"description": "The read-only token cannot write"},
                         413: {"description": "The body is over the size limit"},
                         503: {"description": "Redis or Postgres is unreachable; retry later"}})
-def post_pagerduty(event: pd.PagerDutyEvent, request: Request, ctx: Annotated[ApiContext, Depends(context)],
+def post_pagerduty(event: Annotated[pd.PagerDutyEvent, Body()], request: Request, ctx: Annotated[ApiContext, Depends(context)],
                    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Accepted:
     """trigger opens (or counts on) the incident of its dedup_key; acknowledge and resolve act on it.
 
@@ -76,13 +77,13 @@ def post_pagerduty(event: pd.PagerDutyEvent, request: Request, ctx: Annotated[Ap
     incident is answered 202 and ignored, as PagerDuty does.
     """
     _authorize(request, credentials, event)
-    if event.event_action is pd.Action.TRIGGER:
+    if isinstance(event, pd.TriggerEvent):
         return Accepted(dedup_key=_trigger(ctx, event))
-    key = event.dedup_key or ""
-    if event.event_action is pd.Action.RESOLVE:
+    key = event.dedup_key
+    if event.event_action == pd.Action.RESOLVE:
         ctx.require_broker()
     incident_id = _open_incident(ctx, key)
     if incident_id:
-        action = acknowledge if event.event_action is pd.Action.ACKNOWLEDGE else resolve
+        action = acknowledge if event.event_action == pd.Action.ACKNOWLEDGE else resolve
         ctx.try_action(action, incident_id, pd.SOURCE)
     return Accepted(dedup_key=key)

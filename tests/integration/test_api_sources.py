@@ -163,8 +163,8 @@ def test_pagerduty_makes_up_a_dedup_key_for_a_trigger_without_one(live):
 
 
 @pytest.mark.parametrize("event, says", [
-    ({"routing_key": "k", "event_action": "trigger"}, "payload is required"),
-    ({"routing_key": "k", "event_action": "resolve"}, "dedup_key is required"),
+    ({"routing_key": "k", "event_action": "trigger"}, "payload: Field required"),
+    ({"routing_key": "k", "event_action": "resolve"}, "dedup_key: Field required"),
     ({"routing_key": "k", "event_action": "explode", "dedup_key": "x"}, "event_action"),
     ({"event_action": "trigger", "payload": {"summary": "s", "source": "h", "severity": "critical"}}, "routing_key"),
     ({"routing_key": "k", "event_action": "trigger", "payload": {"summary": "s", "source": "h",
