@@ -1,0 +1,176 @@
+"""Escalation with real processes: `erdu worker` pools, `erdu beat` running the sweeper, the CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from erdu_tasks.db import Database
+from tests.conftest import incident_rows, wait_for
+from tests.integration.escalation_support import Endpoints, escalate, new_incident, rows, webhook
+
+RUNBOOKS = textwrap.dedent("""
+    runbooks:
+      - name: reset-db-connections
+        match:
+          tags: [database]
+        actions:
+          - action: noop
+            params: {message: "connection pool reset"}
+        validation: {check: noop}
+        limits: {max_runs: 1000, per_seconds: 3600}
+      - name: always-broken
+        match:
+          title_pattern: "(?i)unfixable"
+        actions:
+          - action: noop
+            params: {fail: true}
+        limits: {max_runs: 1000, per_seconds: 3600}
+""")
+
+
+@pytest.fixture()
+def endpoints():
+    server = Endpoints()
+    yield server
+    server.close()
+
+
+@pytest.fixture()
+def runbooks(tmp_path):
+    folder = tmp_path / "runbooks"
+    folder.mkdir()
+    (folder / "test.yaml").write_text(RUNBOOKS)
+    return folder
+
+
+def start_beat(stack) -> subprocess.Popen:
+    log_path = stack.tmp / "beat.log"
+    proc = subprocess.Popen([sys.executable, "-m", "erdu_tasks.cli", "beat", "--loglevel", "INFO"], env=stack.env,
+                            cwd=stack.tmp, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    stack.procs.setdefault("beat", []).append(proc)
+    return proc
+
+
+def env_for(escalation: dict, **extra: str) -> dict[str, str]:
+    return {"ERDU_ESCALATION": json.dumps(escalation), **extra}
+
+
+def sweep(stack) -> None:
+    stack.client.send_task("erdu.sweep_escalations", queue="monitor")
+
+
+def timeline(stack, incident_id: str) -> list[str]:
+    return [r["what"] for r in incident_rows(stack.database_url, "SELECT what FROM incident_timeline"
+                                             " WHERE incident_id = %s ORDER BY id", (incident_id,))]
+
+
+def test_a_worker_restart_between_levels_loses_no_step_and_repeats_nothing(stack_factory, endpoints):
+    config = {"channels": {"first": webhook(endpoints, "/first"), "second": webhook(endpoints, "/second")},
+              "policies": {"default": [{"channels": ["first"], "ack_deadline": "4s"}, {"channels": ["second"]}]},
+              "stuck_after": "off"}
+    stack = stack_factory(env_for(config))
+    stack.start("monitor")
+    db = Database(stack.database_url)
+    try:
+        with db.transaction() as conn:
+            iid = new_incident(conn, service="orders-db")
+            escalate(conn, iid, now=datetime.now(timezone.utc))
+        sweep(stack)
+        wait_for(lambda: rows(db, "SELECT 1 FROM deliveries WHERE ok"), 60, what="level 1 delivered and recorded")
+        stack.kill("monitor")
+        # While no worker runs, the deadline passes and beat keeps scheduling sweeps (they wait in Redis).
+        time.sleep(4.5)
+        for _ in range(3):
+            sweep(stack)
+        stack.start("monitor")
+        wait_for(lambda: endpoints.at("/second"), 60, what="level 2 after the restart")
+        sweep(stack)
+        time.sleep(2)
+        assert [r.json["level"] for r in endpoints.at("/first")] == [1]
+        assert [r.json["level"] for r in endpoints.at("/second")] == [2]
+        workers = {r["worker"] for r in rows(db, "SELECT worker FROM incident_timeline WHERE incident_id = %s"
+                                                 " AND what LIKE 'level %%notification sent%%'", (iid,))}
+        assert len(workers) == 2, f"the two levels were sent by two worker processes: {workers}"
+    finally:
+        db.close()
+
+
+def test_an_incident_the_fixer_cannot_fix_pages_until_acknowledged_and_resolves_on_close(stack_factory, endpoints,
+                                                                                         runbooks):
+    config = {"channels": {"oncall": webhook(endpoints, "/oncall")},
+              "policies": {"default": [{"channels": ["oncall"], "repeat_interval": "3s"}]},
+              "sweep_interval": "1s", "stuck_after": "off"}
+    stack = stack_factory(env_for(config, ERDU_RUNBOOKS_DIR=str(runbooks)))
+    stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"))
+    start_beat(stack)
+    stack.send_event({"message": "Payment gateway unfixable: code 7", "service": "payments", "source": "test"})
+    first = wait_for(lambda: endpoints.at("/oncall"), 90, what="the on-call webhook called")[0].json
+    iid = first["incident_id"]
+    assert first["status"] == "escalated" and first["see"]["command"] == f"erdu incidents show {iid}"
+    assert "always-broken did not fix it" in first["reason"]
+    assert [f["action"] for f in first["attempted_fixes"]][:1] == ["always-broken: noop"]
+    assert first["attempted_fixes"][0]["ok"] is False
+
+    wait_for(lambda: any(r.json["repeat"] >= 1 for r in endpoints.at("/oncall")), 30, what="a reminder")
+    done = stack.erdu("incidents", "ack", iid)
+    assert done.returncode == 0, done.stderr
+    time.sleep(1.5)   # a sweep already running may still finish its reminder
+    seen = len(endpoints.at("/oncall"))
+    time.sleep(7)
+    assert len(endpoints.at("/oncall")) == seen, "no reminder after the acknowledgement"
+
+    done = stack.erdu("incidents", "resolve", iid, "--note", "gateway restarted by hand")
+    assert done.returncode == 0, done.stderr
+    resolved = wait_for(lambda: [r.json for r in endpoints.at("/oncall") if r.json["kind"] == "resolve"], 60,
+                        what="the resolve notice")
+    assert resolved[0]["incident_id"] == iid
+    whats = timeline(stack, iid)
+    assert any(w.startswith("level 1 notification sent to oncall: HTTP 200") for w in whats)
+    assert "escalation stopped at level 1: acknowledged" in whats
+    assert "resolve notice queued for oncall" in whats
+
+
+def test_a_silenced_incident_is_counted_but_quiet_and_unfixed_and_resumes_when_the_silence_ends(
+        stack_factory, endpoints, runbooks):
+    config = {"channels": {"oncall": webhook(endpoints, "/oncall")}, "sweep_interval": "1s", "stuck_after": "off"}
+    stack = stack_factory(env_for(config, ERDU_RUNBOOKS_DIR=str(runbooks)))
+    added = stack.erdu("silence", "add", "service=orders", "--comment", "orders-db failover drill",
+                       "--duration", "2h")
+    assert added.returncode == 0, added.stderr
+    silence_id = re.search(r"SIL-[0-9a-f]{12}", added.stdout).group(0)
+    stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"))
+    start_beat(stack)
+    event = {"message": "Database connection failed: too many clients", "service": "orders", "source": "test"}
+    stack.send_event(event)
+    iid = wait_for(lambda: incident_rows(stack.database_url), 60, what="the incident")[0]["id"]
+    wait_for(lambda: any(w.startswith(f"silenced by {silence_id}") for w in timeline(stack, iid)), 60,
+             what="the silence on the timeline")
+    stack.send_event(event)
+    wait_for(lambda: incident_rows(stack.database_url, "SELECT occurrences FROM incidents")[0]["occurrences"] == 2,
+             30, what="the second occurrence counted")
+    time.sleep(3)
+    incident = incident_rows(stack.database_url, "SELECT status FROM incidents WHERE id = %s", (iid,))[0]
+    assert incident["status"] == "detected"
+    assert not incident_rows(stack.database_url, "SELECT * FROM action_runs"), "a silenced incident runs no fix"
+    assert not endpoints.received, "a silenced incident notifies nobody"
+    listed = [json.loads(line) for line in stack.erdu("silence", "ls", "--json").stdout.splitlines()]
+    assert [(s["id"], s["state"], s["held_incidents"], s["held_occurrences"]) for s in listed] == [
+        (silence_id, "active", 1, 2)]
+
+    expired = stack.erdu("silence", "expire", silence_id)
+    assert expired.returncode == 0, expired.stderr
+    wait_for(lambda: incident_rows(stack.database_url, "SELECT status FROM incidents WHERE id = %s",
+                                   (iid,))[0]["status"] == "closed", 90, what="resumed and fixed after the silence")
+    assert incident_rows(stack.database_url, "SELECT * FROM action_runs"), "the fix ran once the silence ended"
+    assert f"silence {silence_id} ended: resuming assess" in timeline(stack, iid)
+    again = stack.erdu("silence", "expire", silence_id)
+    assert again.returncode == 1 and "already over" in again.stderr
