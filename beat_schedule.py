@@ -6,12 +6,13 @@ from typing import Any
 
 from erdu_tasks import names
 from erdu_tasks.escalation import sweep_options
+from erdu_tasks.monitors.config import load_monitors
+from erdu_tasks.monitors.config import schedule as monitor_schedule
 from erdu_tasks.settings import Settings
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     """The beat schedule: reconciler, monitors, escalation sweeper."""
-    monitors = settings.monitors
     schedule: dict[str, dict[str, Any]] = {
         "reconcile": {"task": names.RECONCILE, "schedule": settings.reconcile_interval_seconds,
                       "options": {"queue": names.Queue.MONITOR.value, "expires": settings.reconcile_interval_seconds}},
@@ -19,16 +20,9 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     sweep = sweep_options(settings.escalation).sweep_interval
     schedule["sweep-escalations"] = {"task": names.SWEEP_ESCALATIONS, "schedule": sweep,
                                      "options": {"queue": names.Queue.MONITOR.value, "expires": max(sweep, 1.0)}}
-    optional = {
-        "monitor-logs": (names.MONITOR_LOGS, "logs", 1.0),
-        "monitor-probes": (names.MONITOR_PROBES, "probes", 10.0),
-        "monitor-system": (names.MONITOR_SYSTEM, "system", 15.0),
-        "monitor-celery": (names.MONITOR_CELERY, "celery", 15.0),
-    }
-    for key, (task, section, default_interval) in optional.items():
-        cfg = monitors.get(section)
-        if cfg:
-            interval = float(cfg.get("interval", default_interval)) if isinstance(cfg, dict) else default_interval
-            schedule[key] = {"task": task, "schedule": interval,
-                             "options": {"queue": names.Queue.MONITOR.value, "expires": max(interval, 1.0)}}
+    # Monitors present in settings.monitors, validated here: a bad section stops beat at start-up.
+    # A run not started within max(interval, 1 s) expires, so a busy worker never works off stale scans.
+    for key, (task, interval) in monitor_schedule(load_monitors(settings.monitors)).items():
+        schedule[key] = {"task": task, "schedule": interval,
+                         "options": {"queue": names.Queue.MONITOR.value, "expires": max(interval, 1.0)}}
     return schedule

@@ -14,6 +14,7 @@ TASK_MODULES = [
     "erdu_tasks.tasks.fix",
     "erdu_tasks.tasks.escalate",
     "erdu_tasks.tasks.reconcile",
+    "erdu_tasks.tasks.monitors",
     "erdu_tasks.tasks.escalation",
 ]
 

@@ -109,14 +109,19 @@ def _check_config(settings) -> None:
     """Load rules, runbooks and the catalog once so a bad file fails at start-up, naming file and reason."""
     from .catalog import Catalog
     from .detect.rules import RuleSet
+    from .monitors.config import load_monitors
+    from .monitors.config import warnings as monitor_warnings
     from .runbooks import RunbookSet
 
     try:
         RuleSet.load(settings.rules_file)
         RunbookSet.load(settings.runbooks_dir)
         Catalog.load(settings.catalog_file)
+        monitors = load_monitors(settings.monitors)
     except ConfigError as exc:
         _fail(str(exc))
+    for warning in monitor_warnings(monitors):
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
 @app.command()

@@ -56,4 +56,5 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
 # Redis keys owned by ERDU (besides the broker's own).
 BEAT_LOCK_KEY = "erdu:beat:lock"
 REDBEAT_PREFIX = "erdu:redbeat:"
+TAIL_LOCK_PREFIX = "erdu:monitor:tail:"  # + sha1(path): one log tailer per file at a time
 NOTIFY_RATE_PREFIX = "erdu:notify:rate:"  # + channel:window: notifications per channel per minute

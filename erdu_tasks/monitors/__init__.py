@@ -1,0 +1,12 @@
+"""Monitors: the producers beat runs on the `monitor` queue.
+
+- `logtail` (+ `logread`): tail log files exactly once, through rotation and truncation;
+- `http_probe`: HTTP endpoints, an incident after N failures in a row;
+- `system`: CPU, memory, disks and required processes, with sustained-for thresholds;
+- `celery_health`: failed tasks, roles without a live worker, queue backlogs.
+
+What to watch comes from the `monitors` settings section (`config`); probes, system and
+Celery checks keep their state in Postgres (`state`). Every monitor reports through the
+ingest path (erdu_tasks.ingest: fold, then upsert) with stable texts or dedup keys, so a
+condition that persists bumps one incident instead of opening new ones.
+"""

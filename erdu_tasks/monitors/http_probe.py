@@ -1,0 +1,52 @@
+"""HTTP probes: an incident after N failures in a row, its recovery on the incident's timeline.
+
+A probe is run as the `http` validation check of erdu_tasks.checks, and the incident it
+opens carries that check in `error_details["check"]`, so the fixer can re-run exactly the
+probe that detected the problem to prove a fix (a runbook with
+`validation: {check: from_incident}`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+
+from ..catalog import Catalog
+from ..checks import CheckResult, HttpCheck, run_check
+from ..detect.rules import RuleSet
+from ..model import Event
+from .config import Probe, ProbesConfig
+from .state import Decision, Observation, observe
+
+
+def run_probe(probe: Probe) -> CheckResult:
+    """Run one probe once (never raises)."""
+    return run_check(HttpCheck.model_validate(probe.check_spec()), {})
+
+
+def probe_key(probe: Probe) -> str:
+    """The probe's condition key and dedup_key."""
+    return f"probe:{probe.name}"
+
+
+def observation(probe: Probe, result: CheckResult, host: str | None) -> Observation:
+    """The probe's result as a condition, with the event that reports it (stable text, dedup by name)."""
+    data = {"probe": probe.name, "url": probe.url, "detail": result.detail,
+            "status": result.output.get("status"), "latency": result.output.get("latency")}
+    event = Event(source="probe", message=f"HTTP probe {probe.name} is failing: {probe.method} {probe.url}",
+                  severity=probe.severity, service=probe.service, host=host, dedup_key=probe_key(probe),
+                  labels={"probe": probe.name, "url": probe.url[:1024]}, details=data)
+    return Observation(key=probe_key(probe), failing=not result.ok, detail=result.detail, event=event,
+                       failures_needed=probe.failures,
+                       top_details={"check": probe.check_spec(), "probe": probe.name}, data=data)
+
+
+def run_probes(config: ProbesConfig, db, rules: RuleSet, catalog: Catalog, notify: Callable[[str], None],
+               *, host: str | None, now: Callable[[], datetime],
+               runner: Callable[[Probe], CheckResult] = run_probe) -> list[Decision]:
+    """Run every probe (in parallel), then record the outcomes in one transaction."""
+    with ThreadPoolExecutor(max_workers=min(config.parallel, len(config.checks))) as pool:
+        results = list(pool.map(runner, config.checks))
+    observations = [observation(p, r, host) for p, r in zip(config.checks, results)]
+    return observe(db, observations, rules, catalog, notify, now())

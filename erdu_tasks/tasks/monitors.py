@@ -1,0 +1,129 @@
+"""The monitor tasks beat runs on the `monitor` queue: thin wrappers around erdu_tasks.monitors.
+
+A run that meets an outage (Postgres, Redis) logs it and returns: the next tick, a second or
+a few away, is the retry, so a monitor never piles retries on top of its own schedule. A run
+that fails for any other reason fails the task (recorded in failed_tasks by ErduTask, and so
+reported by the Celery health monitor).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any, TypeVar
+
+import redis
+
+from .. import names
+from ..app import app
+from ..errors import TransientError
+from ..monitors import celery_health, http_probe, logtail, system
+from ..monitors.config import MonitorsConfig, monitors_of
+from ..runtime import runtime
+from .base import ErduTask, log, send_stage
+
+T = TypeVar("T")
+
+
+@lru_cache(maxsize=4)
+def _redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15)
+
+
+def _config() -> MonitorsConfig:
+    return monitors_of(runtime().settings)
+
+
+def _host(config: MonitorsConfig) -> str:
+    return config.host or socket.gethostname()
+
+
+def _assess(incident_id: str) -> None:
+    send_stage("assess", incident_id)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _run(what: str, fn: Callable[[], T]) -> T | dict[str, Any]:
+    try:
+        return fn()
+    except TransientError as exc:
+        log.warning("monitor run skipped: outage", monitor=what, error=str(exc))
+        return {"skipped": str(exc)}
+
+
+@app.task(name=names.MONITOR_LOGS, base=ErduTask, bind=True)
+def monitor_logs(self: ErduTask) -> dict[str, Any]:
+    """Tail every watched log file once."""
+    config = _config()
+    if config.logs is None:
+        return {"skipped": "no monitors.logs section"}
+    rt = runtime()
+    deps = logtail.TailDeps(db=rt.db, redis=_redis(rt.settings.redis_url), rules=rt.rules, catalog=rt.catalog,
+                            notify=_assess, host=_host(config))
+
+    def scan() -> dict[str, Any]:
+        stats = logtail.scan(config.logs, deps)
+        for s in stats:
+            for note in s.notes:
+                log.info("log tailer", path=s.path, note=note)
+        return {"files": len(stats), "lines": sum(s.lines for s in stats), "events": sum(s.events for s in stats),
+                "new_incidents": sum(s.new_incidents for s in stats),
+                "skipped": {s.path: s.skipped for s in stats if s.skipped}}
+
+    return _run("logs", scan)
+
+
+@app.task(name=names.MONITOR_PROBES, base=ErduTask, bind=True)
+def monitor_probes(self: ErduTask) -> dict[str, Any]:
+    """Run every HTTP probe once."""
+    config = _config()
+    if config.probes is None:
+        return {"skipped": "no monitors.probes section"}
+    rt = runtime()
+
+    def run() -> dict[str, Any]:
+        decisions = http_probe.run_probes(config.probes, rt.db, rt.rules, rt.catalog, _assess,
+                                          host=_host(config), now=_now)
+        return {d.observation.key: d.verdict.value for d in decisions}
+
+    return _run("probes", run)
+
+
+@app.task(name=names.MONITOR_SYSTEM, base=ErduTask, bind=True)
+def monitor_system(self: ErduTask) -> dict[str, Any]:
+    """Sample CPU, memory, disks and processes once."""
+    config = _config()
+    if config.system is None:
+        return {"skipped": "no monitors.system section"}
+    rt = runtime()
+
+    def run() -> dict[str, Any]:
+        decisions = system.run_system(config.system, rt.db, rt.rules, rt.catalog, _assess, host=_host(config),
+                                      now=_now)
+        return {d.observation.key: d.verdict.value for d in decisions}
+
+    return _run("system", run)
+
+
+def _ping(timeout: float) -> dict[str, Any] | None:
+    return app.control.inspect(timeout=timeout).ping()
+
+
+@app.task(name=names.MONITOR_CELERY, base=ErduTask, bind=True)
+def monitor_celery(self: ErduTask) -> dict[str, Any]:
+    """Check failed tasks, live workers per role and queue backlogs once."""
+    config = _config()
+    if config.celery is None:
+        return {"skipped": "no monitors.celery section"}
+    rt = runtime()
+
+    def run() -> dict[str, Any]:
+        return celery_health.run_celery(config.celery, rt.db, _redis(rt.settings.redis_url), _ping, rt.rules,
+                                        rt.catalog, _assess, host=_host(config), now=_now)
+
+    return _run("celery", run)
