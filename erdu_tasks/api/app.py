@@ -16,7 +16,14 @@ from fastapi.responses import JSONResponse
 from ..errors import InvalidEvent, TransientError
 from ..settings import Settings
 from . import pagerduty as pd
-from . import routes_alertmanager, routes_events, routes_health, routes_incidents, routes_pagerduty
+from . import (
+    routes_alertmanager,
+    routes_events,
+    routes_health,
+    routes_incidents,
+    routes_pagerduty,
+    routes_silences,
+)
 from .config import ApiConfig, api_config
 from .context import ApiContext, log
 from .guard import BodyGuard
@@ -80,6 +87,7 @@ def create_app(settings: Settings, config: ApiConfig | None = None) -> FastAPI:
     app.add_exception_handler(pydantic.ValidationError, _invalid)
     app.add_exception_handler(InvalidEvent, _invalid)
     app.add_exception_handler(Exception, _internal)
-    for module in (routes_events, routes_alertmanager, routes_pagerduty, routes_incidents, routes_health):
+    for module in (routes_events, routes_alertmanager, routes_pagerduty, routes_incidents, routes_silences,
+                   routes_health):
         app.include_router(module.router)
     return app
