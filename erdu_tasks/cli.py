@@ -440,7 +440,7 @@ def flower(
         check_redis(settings.redis_url)
     except (ConfigError, ServiceUnreachable) as exc:
         _fail(str(exc))
-    raise typer.Exit(run_flower(opts, settings.redis_url))
+    raise typer.Exit(run_flower(opts, settings))
 
 
 @app.command()

@@ -49,13 +49,13 @@ class Child:
     _log_offset: int = 0
     extra: dict = field(default_factory=dict)
 
-    def start(self, env: dict[str, str], logs: Path) -> None:
+    def start(self, env: dict[str, str], logs: Path, cwd: Path | None = None) -> None:
         """Start (or restart) the process, appending to var/logs/NAME.log."""
         logs.mkdir(parents=True, exist_ok=True)
         self.log_path = logs / f"{self.name}.log"
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as out:
-            self.process = subprocess.Popen(self.argv, env=env, stdout=out, stderr=subprocess.STDOUT,
+            self.process = subprocess.Popen(self.argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
                                             stdin=subprocess.DEVNULL, preexec_fn=_child_preexec)
         self.started_at = time.monotonic()
 
@@ -156,17 +156,19 @@ def _has_command(name: str) -> bool:
 class Supervisor:
     """Starts children, restarts the ones that crash (with backoff), stops them all on request."""
 
-    def __init__(self, children: list[Child], env: dict[str, str], logs: Path, console: Console) -> None:
+    def __init__(self, children: list[Child], env: dict[str, str], logs: Path, console: Console,
+                 cwd: Path | None = None) -> None:
         self.children = children
         self.env = env
         self.logs = logs
+        self.cwd = cwd
         self.console = console
         self.stopping = False
 
     def start_all(self) -> None:
         """Start every child."""
         for child in self.children:
-            child.start(self.env, self.logs)
+            child.start(self.env, self.logs, self.cwd)
 
     def tick(self) -> None:
         """Restart what exited (backoff doubles while a child keeps crashing within a minute of its start)."""
@@ -182,7 +184,7 @@ class Supervisor:
                                    f"{child.backoff:.0f} s (restart #{child.restarts}, log {child.log_path})[/]",
                                    highlight=False)
             if child.process is None and now >= child.next_start and not self.stopping:
-                child.start(self.env, self.logs)
+                child.start(self.env, self.logs, self.cwd)
                 if child.restarts:
                     self.console.print(f"{child.name} restarted (pid {child.process.pid})", highlight=False)
 

@@ -1,0 +1,95 @@
+"""`erdu flower`: the role queues and an incident's tasks in Flower's HTTP API, behind basic auth."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, incident_rows, wait_for
+
+RUNBOOK = textwrap.dedent("""
+    runbooks:
+      - name: restart-ledger-pool
+        match: {service: ledger}
+        actions:
+          - action: noop
+        validation: {check: noop}
+        limits: {max_runs: 100, per_seconds: 3600}
+""")
+ROLE_QUEUES = {"ingest", "monitor", "commander", "diagnostician", "fixer", "resolver"}
+AUTH = ("ops", "s3cret-pass")
+
+
+@pytest.fixture()
+def stack(stack_factory, tmp_path):
+    runbooks = tmp_path / "runbooks"
+    runbooks.mkdir()
+    (runbooks / "ledger.yaml").write_text(RUNBOOK)
+    return stack_factory({"ERDU_RUNBOOKS_DIR": str(runbooks), "ERDU_FLOWER__USER": AUTH[0],
+                          "ERDU_FLOWER__PASSWORD": AUTH[1]})
+
+
+@pytest.fixture()
+def flower(stack):
+    port = free_port()
+    log_path = stack.tmp / "flower.log"
+    proc = subprocess.Popen([sys.executable, "-m", "erdu_tasks.cli", "flower", "--port", str(port)], env=stack.env,
+                            cwd=stack.tmp, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert proc.poll() is None, log_path.read_text()
+        try:
+            return httpx.get(f"{base}/healthcheck", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, 60, 0.3, what="flower to answer")
+    yield base
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(20)
+    assert AUTH[1] not in " ".join(proc.args), "the password must not be on the command line"
+
+
+def test_flower_lists_the_role_queues_and_an_incidents_tasks_with_auth_and_refuses_without(stack, flower):
+    stack.start_all()
+    time.sleep(1.0)  # Flower's event receiver is connected a moment after its HTTP port
+    stack.send_event({"message": "Ledger write failed: connection reset", "service": "ledger"})
+    incident = wait_for(lambda: incident_rows(stack.database_url), 30, what="an incident")[0]
+    wait_for(lambda: incident_rows(stack.database_url, "SELECT status FROM incidents WHERE id = %s",
+                                   (incident["id"],))[0]["status"] == "closed", 60, what="closed")
+
+    def stage_tasks():
+        tasks = httpx.get(f"{flower}/api/tasks", auth=AUTH, timeout=10).json()
+        mine = {t["name"]: t for t in tasks.values() if incident["id"] in str(t.get("args"))}
+        return mine if {"erdu.assess", "erdu.diagnose", "erdu.fix", "erdu.resolve"} <= set(mine) else None
+
+    mine = wait_for(stage_tasks, 30, 0.5, what="the incident's stage tasks in Flower")
+    assert mine["erdu.fix"]["state"] == "SUCCESS"
+    assert mine["erdu.fix"]["worker"].startswith("fixer@")
+    assert mine["erdu.assess"]["routing_key"] == "commander"
+    assert mine["erdu.diagnose"]["routing_key"] == "diagnostician"
+
+    queues = httpx.get(f"{flower}/api/queues/length", auth=AUTH, timeout=10).json()
+    assert ROLE_QUEUES <= {q["name"] for q in queues["active_queues"]}
+
+    for url in (f"{flower}/api/tasks", f"{flower}/api/queues/length", f"{flower}/tasks", f"{flower}/"):
+        assert httpx.get(url, timeout=10).status_code == 401, url
+        assert httpx.get(url, auth=(AUTH[0], "wrong"), timeout=10).status_code == 401, url
+
+
+def test_flower_refuses_to_listen_beyond_localhost_without_auth(stack):
+    env = {k: v for k, v in stack.env.items() if not k.startswith("ERDU_FLOWER__")}
+    done = subprocess.run([sys.executable, "-m", "erdu_tasks.cli", "flower", "--address", "0.0.0.0",
+                           "--port", str(free_port())], env=env, cwd=stack.tmp, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert "refusing to run Flower on 0.0.0.0 without authentication" in done.stderr
