@@ -6,9 +6,10 @@ from typing import Any
 
 from .. import names
 from ..app import app
-from ..escalation import Escalator, stuck_incidents, utcnow
-from ..reconcile import OWED
+from ..escalation import stuck_incidents, utcnow
+from ..escalation_sweep import Escalator
 from ..model import Status
+from ..reconcile import OWED
 from ..runtime import Runtime, runtime, worker_name
 from .base import ErduTask, log, send_stage
 

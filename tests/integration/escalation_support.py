@@ -13,7 +13,8 @@ from typing import Any
 
 from erdu_tasks import escalation, store
 from erdu_tasks.db import Database
-from erdu_tasks.escalation import Escalator, escalation_config
+from erdu_tasks.escalation import escalation_config
+from erdu_tasks.escalation_sweep import Escalator
 from erdu_tasks.model import Severity, Status
 from erdu_tasks.store import NewIncident
 

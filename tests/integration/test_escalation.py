@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import redis
 
-from erdu_tasks import escalation, people, store
+from erdu_tasks import escalation, escalation_sweep, people, store
 from erdu_tasks.catalog import Catalog, Service
 from erdu_tasks.db import Database
 from erdu_tasks.model import Status
@@ -243,13 +243,13 @@ def test_a_sweeper_lost_between_claim_and_send_loses_no_step(db, endpoints, redi
         iid = new_incident(conn, service="orders-db")
         escalate(conn, iid, now=t0)
     # The first sweeper claims level 1 and dies before sending anything.
-    esc._plan_due_runs(t0, escalation._Context([], []), escalation.SweepReport())
+    esc._plan_due_runs(t0, escalation_sweep._Context([], []), escalation_sweep.SweepReport())
     assert rows(db, "SELECT level FROM escalation_steps")[0]["level"] == 1 and not endpoints.received
     # A fresh process picks the claimed step up.
     make_escalator(db, section, redis=redis_client, worker="sweeper-2").sweep(at(t0, seconds=5))
     assert [(r.json["level"]) for r in endpoints.received] == [1]
     # Level 2: this time the sweeper dies after claiming the delivery attempt, mid-send.
-    esc._plan_due_runs(at(t0, 5), escalation._Context([], []), escalation.SweepReport())
+    esc._plan_due_runs(at(t0, 5), escalation_sweep._Context([], []), escalation_sweep.SweepReport())
     step = rows(db, "SELECT id FROM escalation_steps WHERE level = 2")[0]
     with db.transaction() as conn:
         conn.execute("INSERT INTO deliveries (step_id, incident_id, channel, attempt, claimed_at)"
@@ -407,3 +407,44 @@ def test_five_hundred_incidents_in_a_minute_send_the_channel_limit_plus_one_dige
     assert held == 490
     sample = rows(db, "SELECT incident_id FROM deliveries WHERE held ORDER BY id LIMIT 1")[0]["incident_id"]
     assert any("held by the rate limit (10/minute" in w for w in timeline_whats(db, sample))
+
+
+# --------------------------------------------------------------------------- quiet hours, stuck incidents
+
+
+def test_quiet_hours_hold_back_p4_but_never_p1(db, endpoints, redis_client, t0):
+    start, end = (t0 - timedelta(hours=1)).strftime("%H:%M"), (t0 + timedelta(hours=1)).strftime("%H:%M")
+    section = {"channels": {"page": webhook(endpoints, "/page")},
+               "policies": {"default": [{"channels": ["page"]}]},
+               "quiet_hours": {"timezone": "UTC", "start": start, "end": end, "severities": ["P4", "P5"]}}
+    esc = make_escalator(db, section, redis=redis_client)
+    with db.transaction() as conn:
+        low = new_incident(conn, service="reports", severity="P4")
+        high = new_incident(conn, service="checkout", severity="P1")
+        escalate(conn, low, now=t0)
+        escalate(conn, high, now=t0)
+    esc.sweep(t0)
+    assert [r.json["incident_id"] for r in endpoints.received] == [high]
+    run = rows(db, "SELECT state, next_at FROM escalation_runs WHERE incident_id = %s", (low,))[0]
+    assert run["state"] == "quiet" and t0 < run["next_at"] <= t0 + timedelta(hours=1)
+    assert any(w.startswith("quiet hours: P4 notifications wait until") for w in timeline_whats(db, low))
+    esc.sweep(run["next_at"] - timedelta(seconds=1))
+    assert len(endpoints.received) == 1
+    esc.sweep(run["next_at"])
+    assert [r.json["incident_id"] for r in endpoints.received] == [high, low]
+
+
+def test_incidents_stuck_in_a_stage_are_found_unless_a_silence_holds_them(db, t0):
+    from erdu_tasks import silences
+
+    with db.transaction() as conn:
+        stuck, held, fresh = (new_incident(conn, service=s) for s in ("a", "b", "c"))
+        conn.execute("UPDATE incidents SET status = 'investigating', status_changed_at = %s WHERE id = ANY(%s)",
+                     (t0 - timedelta(minutes=30), [stuck, held]))
+        silence = silences.add_silence(conn, silences.parse_matchers(["service=b"]), starts_at=t0,
+                                       ends_at=at(t0, 60), author="bob", comment="drill", now=t0)
+        escalation.hold(conn, store.get_incident(conn, held), kind="silence", stage="fix", now=t0, worker=None,
+                        silence=silence)
+        found = [r["id"] for r in escalation.stuck_incidents(conn, now=t0, after=timedelta(minutes=15))]
+    assert found == [stuck]
+    assert fresh not in found
