@@ -24,9 +24,9 @@ from psycopg.types.json import Jsonb
 from . import inhibition, names, silences, store
 from .catalog import Catalog
 from .db import Database
-from .errors import TransientError
 from .escalation import (
     ACTOR,
+    log,
     SweepOptions,
     build_notification,
     escalation_config,
@@ -122,7 +122,9 @@ class RateLimiter:
             pipe.expire(key, int(RATE_WINDOW.total_seconds() * 3))
             count = int(pipe.execute()[0])
         except redis_lib.RedisError as exc:
-            raise TransientError(f"rate limit counter unavailable: {exc}") from exc
+            # A page must not wait for the counter: fall back to this process's own count.
+            log.warning("rate limit counter unavailable; counting in this process", channel=channel, error=str(exc))
+            return self._local.admit(channel, now, incident_id), 0
         return rate_decision(count, limit), count
 
 
