@@ -85,6 +85,14 @@ def escalation_config(section: Mapping[str, Any] | None, alerts_dir: Any) -> Esc
     return EscalationConfig.from_settings_section(policy_part, alerts_dir)
 
 
+def check_settings(settings: Any, catalog: Catalog) -> None:
+    """Validate the whole escalation section at start-up; ConfigError names the place and the reason."""
+    config = escalation_config(settings.escalation, settings.alerts_dir)
+    config.check_policy_names({name: s.escalation_policy for name, s in catalog.services.items()})
+    inhibition.rules_from_section(settings.escalation)
+    sweep_options(settings.escalation)
+
+
 # --------------------------------------------------------------------------- payload
 
 

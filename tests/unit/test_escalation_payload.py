@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
+
+import re
 
 import pytest
 
 from erdu_tasks.errors import ConfigError
-from erdu_tasks.escalation import attempted_fixes, build_notification, escalation_config, sweep_options
+from erdu_tasks.catalog import Catalog, Service
+from erdu_tasks.escalation import (
+    attempted_fixes,
+    build_notification,
+    check_settings,
+    escalation_config,
+    sweep_options,
+)
 from erdu_tasks.model import Incident, Severity, Status
 from erdu_tasks.notify import NotificationKind
 
@@ -78,3 +88,22 @@ def test_the_section_keeps_sweeper_keys_away_from_the_policy_model():
     assert sweep_options({}).stuck_after == timedelta(minutes=15)
     with pytest.raises(ConfigError, match="sweeper settings"):
         sweep_options({"sweep_interval": "soon"})
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ({"channels": {"pd": {"type": "pagerduty"}}}, "routing_key"),
+    ({"policies": {"P1": [{"channels": ["nowhere"]}]}}, "undefined channel"),
+    ({"inhibit": [{"targets": 3}]}, "escalation.inhibit[0]"),
+    ({"stuck_after": "later"}, "sweeper settings"),
+    ({}, "unknown escalation policies"),
+])
+def test_a_wrong_section_fails_at_start_up_naming_the_place(section, message):
+    catalog = Catalog([Service(name="db", escalation_policy="db-oncall" if not section else None)])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_settings(SimpleNamespace(escalation=section, alerts_dir="alerts"), catalog)
+
+
+def test_a_right_section_passes():
+    check_settings(SimpleNamespace(escalation={"named_policies": {"db-oncall": {"P1": [{"channels": ["file"]}]}},
+                                               "sweep_interval": "2s"}, alerts_dir="alerts"),
+                   Catalog([Service(name="db", escalation_policy="db-oncall")]))
