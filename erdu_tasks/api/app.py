@@ -90,4 +90,7 @@ def create_app(settings: Settings, config: ApiConfig | None = None) -> FastAPI:
     for module in (routes_events, routes_alertmanager, routes_pagerduty, routes_incidents, routes_silences,
                    routes_health):
         app.include_router(module.router)
+    from . import routes_failed  # `erdu failed ls|retry` over HTTP
+
+    app.include_router(routes_failed.router)
     return app

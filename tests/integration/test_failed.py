@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import http.server
+import os
+import signal
+import subprocess
+import sys
 import textwrap
 import threading
 
+import httpx
 import pytest
+import redis
 
 from tests.conftest import free_port, incident_rows, wait_for
 
@@ -118,17 +124,21 @@ def test_a_fix_against_a_stopped_service_escalates_and_failed_retry_closes_it_on
     assert status_of(stack, incident["id"]) == "closed" and cache_service.resets == 1
 
 
-def test_failed_ls_lists_a_stage_task_that_raised_and_retry_all_redrives_it_from_that_stage(stack):
+def fail_a_diagnose_task(stack) -> dict:
+    """An incident whose diagnose task raised (a call with a wrong argument), recorded and escalated."""
     stack.kill("diagnostician")
     stack.send_event({"message": "Order service connection pool exhausted", "service": "orders"})
     incident = wait_for(lambda: incident_rows(stack.database_url), 30, what="an incident")[0]
     wait_for(lambda: status_of(stack, incident["id"]) == "assigned", 30, what="assigned")
-    import redis
-
     redis.Redis.from_url(stack.redis_url).delete("diagnostician")  # only the failing call will run
     stack.client.send_task("erdu.diagnose", args=(incident["id"], "unexpected-extra-arg"), queue="diagnostician")
     stack.start("diagnostician")
     wait_for(lambda: status_of(stack, incident["id"]) == "escalated", 60, what="escalated by the failed task")
+    return incident
+
+
+def test_failed_ls_lists_a_stage_task_that_raised_and_retry_all_redrives_it_from_that_stage(stack):
+    incident = fail_a_diagnose_task(stack)
 
     listed = stack.erdu("failed", "ls")
     assert listed.returncode == 0, listed.stderr
@@ -140,3 +150,50 @@ def test_failed_ls_lists_a_stage_task_that_raised_and_retry_all_redrives_it_from
     wait_for(lambda: status_of(stack, incident["id"]) == "closed", 60, what="closed after retry --all")
     assert incident["id"] not in stack.erdu("failed", "ls").stdout
     assert incident["id"] in stack.erdu("failed", "ls", "--all").stdout
+
+
+@pytest.fixture()
+def api(stack):
+    port = free_port()
+    env = {k: v for k, v in stack.env.items() if k not in ("ERDU_API_TOKEN", "ERDU_API_READ_TOKEN")}
+    proc = subprocess.Popen([sys.executable, "-m", "erdu_tasks.cli", "api", "--port", str(port)], env=env,
+                            cwd=stack.tmp, stdout=open(stack.tmp / "api.log", "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+
+    def up() -> bool:
+        assert proc.poll() is None, (stack.tmp / "api.log").read_text()
+        try:
+            return client.get("/openapi.json").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, 60, 0.2, what="the API")
+    yield client
+    client.close()
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(20)
+
+
+def test_the_api_lists_failed_tasks_and_retries_them(stack, api):
+    incident = fail_a_diagnose_task(stack)
+    listed = api.get("/v1/failed-tasks").json()["failed_tasks"]
+    assert [(t["incident_id"], t["stage"], t["task_name"]) for t in listed] == [
+        (incident["id"], "diagnose", "erdu.diagnose")]
+    assert "TypeError" in listed[0]["error"] and listed[0]["retried_at"] is None
+
+    assert api.post("/v1/failed-tasks/retry", json={}).status_code == 422
+    assert api.post("/v1/failed-tasks/retry", json={"incident_id": "INC-nope"}).status_code == 404
+    done = api.post("/v1/failed-tasks/retry", json={"all": True, "by": "alice"})
+    assert done.status_code == 200, done.text
+    assert done.json()["results"] == [{"incident_id": incident["id"], "retried": True,
+                                       "message": f"{incident['id']} re-driven from diagnose"}]
+    wait_for(lambda: status_of(stack, incident["id"]) == "closed", 60, what="closed after the API retry")
+    assert api.get("/v1/failed-tasks").json()["failed_tasks"] == []
+    again = api.get("/v1/failed-tasks", params={"include_retried": "true"}).json()["failed_tasks"]
+    assert again[0]["retried_at"] is not None
+    refused = api.post("/v1/failed-tasks/retry", json={"incident_id": incident["id"]}).json()["results"]
+    assert refused[0]["retried"] is False and "closed" in refused[0]["message"]
+    timeline = incident_rows(stack.database_url, "SELECT actor FROM incident_timeline WHERE incident_id = %s",
+                             (incident["id"],))
+    assert "person:alice" in {t["actor"] for t in timeline}
