@@ -174,3 +174,24 @@ def test_a_silenced_incident_is_counted_but_quiet_and_unfixed_and_resumes_when_t
     assert f"silence {silence_id} ended: resuming assess" in timeline(stack, iid)
     again = stack.erdu("silence", "expire", silence_id)
     assert again.returncode == 1 and "already over" in again.stderr
+
+
+def test_an_incident_stuck_in_a_stage_is_escalated_by_the_sweeper(stack_factory, endpoints):
+    config = {"channels": {"oncall": webhook(endpoints, "/oncall")}, "stuck_after": "1m"}
+    stack = stack_factory(env_for(config))
+    stack.start("monitor")
+    db = Database(stack.database_url)
+    try:
+        with db.transaction() as conn:
+            stuck = new_incident(conn, service="orders")
+            recent = new_incident(conn, service="billing")
+            conn.execute("UPDATE incidents SET status = 'investigating',"
+                         " status_changed_at = now() - interval '5 minutes' WHERE id = %s", (stuck,))
+        sweep(stack)
+        page = wait_for(lambda: endpoints.at("/oncall"), 60, what="the stuck incident paged")[0].json
+        assert page["incident_id"] == stuck and "stuck in investigating for over 1 min" in page["reason"]
+        statuses = {r["id"]: r["status"] for r in rows(db, "SELECT id, status FROM incidents")}
+        assert statuses == {stuck: "escalated", recent: "detected"}
+        assert rows(db, "SELECT stage FROM escalations WHERE incident_id = %s", (stuck,))[0]["stage"] == "fix"
+    finally:
+        db.close()
