@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 import psutil
 import re2
-from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from .actions.base import ParamsModel, as_int_list, build_env, http_exchange, render_params, run_argv
 from .actions.http_call import Method, check_url
@@ -133,12 +133,20 @@ class QuietCheck(_Check):
     window: float = Field(default=10.0, gt=0, le=3600)
 
 
+class FromIncidentCheck(_Check):
+    """Re-run the check the detecting monitor stored on the incident (`error_details["check"]`, e.g. an
+    HTTP probe). Resolved by the fixer, which has the incident; this check's delay/attempts/interval apply."""
+
+    check: Literal["from_incident"]
+
+
 CheckSpec = Annotated[
-    Union[HttpCheck, ProcessCheck, CommandCheck, LogAbsentCheck, NoopCheck, QuietCheck], Field(discriminator="check")
+    Union[HttpCheck, ProcessCheck, CommandCheck, LogAbsentCheck, NoopCheck, QuietCheck, FromIncidentCheck],
+    Field(discriminator="check"),
 ]
 """A runbook's `validation:` block; `check:` names the kind."""
 
-CHECK_KINDS: tuple[str, ...] = ("http", "process", "command", "log_absent", "noop", "quiet")
+CHECK_KINDS: tuple[str, ...] = ("http", "process", "command", "log_absent", "noop", "quiet", "from_incident")
 
 LITERAL_KEYS: dict[str, frozenset[str]] = {"log_absent": frozenset({"pattern"})}
 """Fields that are never templated (a regex's {n,m} is not a placeholder)."""
@@ -243,6 +251,18 @@ def _noop(spec: NoopCheck) -> CheckResult:
 
 
 _RUNNERS = {"http": _http, "process": _process, "command": _command, "log_absent": _log_absent, "noop": _noop}
+
+
+def check_from_incident(spec: FromIncidentCheck, error_details: Mapping[str, Any]) -> Any:
+    """The check stored on an incident, with the runbook's timing; PermanentError if it has none."""
+    raw = error_details.get("check")
+    if not isinstance(raw, Mapping) or raw.get("check") in (None, "from_incident", "quiet"):
+        raise PermanentError("the incident carries no re-runnable check in error_details.check")
+    timing = {k: getattr(spec, k) for k in ("delay", "attempts", "interval") if k in spec.model_fields_set}
+    try:
+        return TypeAdapter(CheckSpec).validate_python({**raw, **timing})
+    except ValidationError as exc:
+        raise PermanentError(f"the incident's stored check is invalid: {exc.errors()[0]['msg']}") from None
 
 
 def render_check(spec: Any, allowed_fields: Mapping[str, object]) -> Any:

@@ -11,7 +11,8 @@ from psycopg.types.json import Jsonb
 
 from .actions import rollback_step, run_step
 from .actions.base import ActionResult
-from .checks import run_check
+from .checks import check_from_incident, run_check
+from .errors import PermanentError
 from .model import Incident
 from .runbooks import MatchInput, Runbook, RunbookSet, rate_limit_ok
 
@@ -134,7 +135,13 @@ def validate(runbook: Runbook, incident: Incident, db: Any = None) -> dict[str, 
         return {"ok": True, "detail": "no validation check in runbook; steps succeeded", "duration": 0.0}
     if runbook.validation.check == "quiet":
         return _quiet(runbook.validation.window, incident, db)
-    result = run_check(runbook.validation, allowed_fields(incident))
+    spec = runbook.validation
+    if spec.check == "from_incident":  # the probe (or other check) that detected the incident
+        try:
+            spec = check_from_incident(spec, incident.error_details)
+        except PermanentError as exc:
+            return {"ok": False, "detail": str(exc), "duration": 0.0}
+    result = run_check(spec, allowed_fields(incident))
     return {"ok": bool(result.ok), "detail": result.detail, "duration": result.duration}
 
 

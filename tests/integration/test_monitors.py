@@ -355,6 +355,32 @@ def test_a_probe_fails_three_times_opens_one_incident_recovers_and_flaps(fresh_d
     db.close()
 
 
+def test_the_fixer_validates_a_probe_incident_by_re_running_the_probe(fresh_database_url, flaky):
+    from erdu_tasks import store
+    from erdu_tasks.fixing import validate
+    from erdu_tasks.runbooks import Runbook
+
+    db = Database(fresh_database_url)
+    cfg = load_monitors({"probes": {"checks": [{"name": "api", "url": flaky.url, "failures": 1,
+                                                "expect_status": [200]}]}}).probes
+    flaky.status = 500
+    decisions = http_probe.run_probes(cfg, db, RuleSet.load(None), Catalog.load(None), lambda i: None, host="h",
+                                      now=lambda: datetime.now(timezone.utc))
+    with db.transaction() as conn:
+        incident = store.get_incident(conn, decisions[0].condition.incident_id)
+    runbook = Runbook.model_validate({"name": "restart-api", "match": {"services": ["api"]},
+                                      "actions": [{"action": "noop"}],
+                                      "validation": {"check": "from_incident", "attempts": 2, "interval": 0.1}})
+    failed = validate(runbook, incident, db)
+    assert not failed["ok"] and "returned 500" in failed["detail"]
+    flaky.status = 200
+    passed = validate(runbook, incident, db)
+    assert passed["ok"] and "returned 200" in passed["detail"]
+    incident.error_details.pop("check")
+    assert not validate(runbook, incident, db)["ok"]
+    db.close()
+
+
 def test_an_unreachable_probe_is_a_failure_not_a_crash(fresh_database_url):
     db = Database(fresh_database_url)
     from tests.conftest import free_port
