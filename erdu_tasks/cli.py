@@ -286,16 +286,17 @@ def incidents_report(incident_id: str) -> None:
     """Print the incident's Markdown report."""
     from pathlib import Path
 
-    from . import store
+    from .report import report_paths
 
     rt = _runtime()
     with rt.db.transaction() as conn:
-        i = store.get_incident(conn, incident_id)
-    if i is None:
+        row = conn.execute("SELECT status, report_path FROM incidents WHERE id = %s", (incident_id,)).fetchone()
+    if row is None:
         _fail(f"no incident {incident_id}", 1)
-    if not i.report_path or not Path(i.report_path).is_file():
-        _fail(f"{incident_id} has no report yet (status {i.status.value})", 1)
-    print(Path(i.report_path).read_text(encoding="utf-8"))
+    path = Path(row["report_path"]) if row["report_path"] else report_paths(rt.settings.reports_dir, incident_id)[1]
+    if not path.is_file():
+        _fail(f"{incident_id} has no report yet (status {row['status']})", 1)
+    print(path.read_text(encoding="utf-8"))
 
 
 def _person(action, incident_id: str, **kwargs) -> None:
@@ -470,6 +471,54 @@ def demo(
     except (ServiceUnreachable, ErduError) as exc:
         _fail(str(exc))
     raise typer.Exit(code)
+
+
+@app.command()
+def stats(
+    since: Annotated[Optional[str], typer.Option(help="Only incidents detected within this long, e.g. 24h, 7d")] = None,
+    limit: Annotated[int, typer.Option(help="How many fingerprints, most incidents first")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of tables")] = False,
+) -> None:
+    """MTTA and MTTR per severity and per fingerprint, with resolved, escalated and auto-resolved counts."""
+    from . import stats as incident_stats
+    from .escalation_policy import parse_duration
+    from .report import human_duration as _dur
+
+    start = None
+    if since:
+        try:
+            start = datetime.now(timezone.utc) - parse_duration(since)
+        except ValueError as exc:
+            _fail(f"--since {since!r}: {exc}")
+    rt = _runtime()
+    with rt.db.transaction() as conn:
+        total = incident_stats.overall(conn, since=start)
+        severities = incident_stats.by_severity(conn, since=start)
+        patterns = incident_stats.by_fingerprint(conn, since=start, limit=limit)
+    if as_json:
+        print(json.dumps({"since": start.isoformat() if start else None, "overall": total.as_dict(),
+                          "by_severity": [r.as_dict() for r in severities],
+                          "by_fingerprint": [r.as_dict() for r in patterns]}, indent=2))
+        return
+    columns = ("Incidents", "Open", "Resolved", "Escalated", "Auto", "MTTA (n)", "MTTR")
+
+    def cells(r) -> list[str]:
+        return [str(r.incidents), str(r.open), str(r.resolved), str(r.escalated), str(r.auto_resolved),
+                f"{_dur(r.mtta)} ({r.acknowledged})", _dur(r.mttr)]
+
+    table = Table(title="by severity" + (f" (since {start:%Y-%m-%d %H:%M} UTC)" if start else ""))
+    for col in ("Severity", *columns):
+        table.add_column(col)
+    for r in [*severities, total]:
+        table.add_row(r.key, *cells(r))
+    console.print(table)
+    table = Table(title="by fingerprint")
+    for col in ("Fingerprint", "Title", *columns, "Best runbook"):
+        table.add_column(col)
+    for r in patterns:
+        best = f"{r.best_runbook} {r.runbook_successes}/{r.runbook_attempts}" if r.best_runbook else "-"
+        table.add_row(r.key[:16], (r.title or "")[:40], *cells(r), best)
+    console.print(table)
 
 
 def main() -> None:

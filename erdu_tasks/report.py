@@ -15,11 +15,40 @@ from .model import Incident
 
 _ID = re.compile(r"^INC-\d{14}-[0-9a-f]{8}$")
 _env = Environment(loader=PackageLoader("erdu_tasks", "templates"), undefined=StrictUndefined,
-                   keep_trailing_newline=True, autoescape=False)
+                   keep_trailing_newline=True, autoescape=False, trim_blocks=True, lstrip_blocks=True)
 
 
-def build_report(incident: Incident, resolution: dict[str, Any]) -> dict[str, Any]:
-    """The report as data: facts from the incident plus the resolver's summary."""
+def _cell(value: Any, width: int = 200) -> str:
+    """Text safe inside a Markdown table cell: one line, no pipes, bounded."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str, separators=(",", ":"))
+    text = " ".join(text.replace("|", "/").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def human_duration(seconds: float | None) -> str:
+    """Seconds as a short human duration."""
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _code(text: str) -> str:
+    """A log line that cannot close the surrounding code fence."""
+    return text.replace("`", "'")
+
+
+_env.filters.update(cell=_cell, dur=human_duration, code=_code)
+
+
+def build_report(incident: Incident, resolution: dict[str, Any], *, related: list[dict[str, Any]] | None = None,
+                 learning: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report as data: facts from the incident plus the resolver's summary and what was learned."""
     previous = incident.created_at
     timeline = []
     for t in incident.timeline:
@@ -27,7 +56,8 @@ def build_report(incident: Incident, resolution: dict[str, Any]) -> dict[str, An
         previous = t.at
         timeline.append({"at": t.at.isoformat(), "actor": t.actor, "worker": t.worker,
                          "from_status": t.from_status, "to_status": t.to_status, "what": t.what,
-                         "delta": max(delta, 0.0), "details": t.details})
+                         "delta": max(delta, 0.0), "since_detected": _seconds(incident.created_at, t.at),
+                         "details": t.details})
     resolved_at = incident.resolved_at
     ack = incident.acknowledged_at
     fix = incident.fix or {}
@@ -41,33 +71,74 @@ def build_report(incident: Incident, resolution: dict[str, Any]) -> dict[str, An
         "service": incident.service,
         "source": incident.source,
         "fingerprint": incident.fingerprint,
+        "template": incident.template,
         "occurrences": incident.occurrences,
         "created_at": _iso(incident.created_at),
         "acknowledged_at": _iso(ack),
+        "escalated_at": _iso(incident.escalated_at),
         "resolved_at": _iso(resolved_at),
         "closed_at": _iso(incident.closed_at),
         "durations": {
             "time_to_acknowledge": _seconds(incident.created_at, ack),
+            "time_to_escalate": _seconds(incident.created_at, incident.escalated_at),
             "time_to_resolve": _seconds(incident.created_at, resolved_at),
         },
+        "phases": phases(incident),
         "resolved_by": incident.resolved_by,
         "auto_resolved": incident.auto_resolved,
         "affected_services": incident.affected_services,
         "tags": incident.tags,
         "assessment": incident.assessment,
-        "root_cause": incident.root_cause or diagnosis.get("root_cause"),
+        "decision": (incident.assessment or {}).get("decision"),
+        "assessment_reasons": (incident.assessment or {}).get("reasons", []),
+        "root_cause": (resolution.get("root_cause") or incident.root_cause
+                       or (diagnosis.get("root_cause") if diagnosis.get("established", True) else None)),
         "confidence": diagnosis.get("confidence"),
+        "diagnosed": bool(diagnosis.get("evidence")),
         "evidence": diagnosis.get("evidence", []),
+        "alternatives": diagnosis.get("alternatives", []),
+        "log": diagnosis.get("log"),
         "skill_gaps": diagnosis.get("skill_gaps", []),
-        "related": diagnosis.get("related", []),
+        "related": related if related is not None else diagnosis.get("related", []),
+        "runbook": fix.get("runbook"),
         "actions": fix.get("actions", []),
+        "rollback": fix.get("rollback", []),
         "validation": fix.get("validation"),
+        "dry_run": bool(fix.get("dry_run")),
         "summary": resolution["summary"],
         "impact": resolution["impact"],
         "lessons_learned": resolution["lessons_learned"],
         "follow_ups": resolution["follow_ups"],
+        "learning": learning or {},
         "timeline": timeline,
     }
+
+
+_PHASE = {
+    "detected": "waiting for assessment",
+    "assigned": "assessed, waiting for diagnosis or fix",
+    "investigating": "diagnosed, waiting for the fixer",
+    "fixing": "fixing and validating",
+    "awaiting_approval": "waiting for a person's approval",
+    "escalated": "escalated to people",
+    "acknowledged": "acknowledged by a person",
+    "resolved": "resolved, writing the report",
+}
+
+
+def phases(incident: Incident) -> list[dict[str, Any]]:
+    """Time spent in each status, in order: from detection to the last status change."""
+    marks: list[tuple[str, datetime, str]] = []
+    if incident.created_at is not None:
+        marks.append(("detected", incident.created_at, "ingest"))
+    for t in incident.timeline:
+        if t.to_status:
+            marks.append((t.to_status, t.at, t.actor))
+    out = []
+    for (status, start, _), (next_status, end, actor) in zip(marks, marks[1:]):
+        out.append({"status": status, "what": _PHASE.get(status, status), "started_at": start.isoformat(),
+                    "seconds": max((end - start).total_seconds(), 0.0), "ended_by": actor, "next": next_status})
+    return out
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -75,14 +146,17 @@ def render_markdown(report: dict[str, Any]) -> str:
     return _env.get_template("report.md.j2").render(r=_Attr(report))
 
 
-def write_report(directory: Path, report: dict[str, Any]) -> tuple[Path, Path]:
-    """Write <id>.json and <id>.md atomically; the names come from the validated incident id only."""
-    incident_id = report["id"]
+def report_paths(directory: Path, incident_id: str) -> tuple[Path, Path]:
+    """Where <id>.json and <id>.md go; the names come from the validated incident id only."""
     if not _ID.match(incident_id):
         raise ValueError(f"refusing to name a report after {incident_id!r}")
+    return directory / f"{incident_id}.json", directory / f"{incident_id}.md"
+
+
+def write_report(directory: Path, report: dict[str, Any]) -> tuple[Path, Path]:
+    """Write <id>.json and <id>.md atomically."""
+    json_path, md_path = report_paths(directory, report["id"])
     directory.mkdir(parents=True, exist_ok=True)
-    json_path = directory / f"{incident_id}.json"
-    md_path = directory / f"{incident_id}.md"
     _atomic_write(json_path, json.dumps(report, indent=2, default=str))
     _atomic_write(md_path, render_markdown(report))
     return json_path, md_path

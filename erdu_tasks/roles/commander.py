@@ -1,13 +1,46 @@
-"""The commander: adjusts severity with stated reasons and decides automate, auto-fix or escalate now."""
+"""The commander: adjusts severity with stated reasons and decides automate, auto-fix or escalate now.
+
+The `commander` settings section (erdu.yaml) — every key optional::
+
+    commander:
+      business_hours:                 # no calendar: hours are never a factor
+        timezone: Europe/Berlin
+        days: [mon, tue, wed, thu, fri]
+        start: "08:00"
+        end: "18:00"
+        holidays: ["2025-12-25", "2026-01-01"]
+      lower_outside_hours: [P3, P4]   # lowered one step outside hours unless users are hit
+      blast_radius_services: 3        # this many affected services raise one step
+      blast_radius_dependants: 2      # this many dependants (catalog) raise one step
+      raise_user_facing: true         # a user-facing service hit (or depending on it) raises one step
+      busy_open_incidents: 10         # this many other open incidents: maybe a wider outage
+      flapping_recurrences: 3         # this many recurrences in the flap window raise one step
+      storm_rate_per_min: 100         # occurrences per minute that raise one step
+      escalate_uncovered: [P1]        # these go to people now when no runbook can help
+      known_bad_rate: 0.2             # a runbook under this rate (over the sample minimum) is no help
+
+Auto-resolution (the thresholds live in the `learning` section): a runbook qualifies when, on
+this fingerprint, it succeeded in at least `auto_resolve_min_success` of at least
+`auto_resolve_min_samples` validated attempts AND its latest attempt succeeded. So one failure
+drops the pattern back to the full path (diagnosis first) until a fix on the full path succeeds
+again, whatever the long-run rate.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import date, datetime, time, timezone
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import ConfigError
 from ..model import Incident, Severity
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class Decision(StrEnum):
@@ -18,6 +51,81 @@ class Decision(StrEnum):
     ESCALATE = "escalate"          # people now
 
 
+class Effect(StrEnum):
+    """What one factor did to the assessment."""
+
+    RAISE = "raise"
+    LOWER = "lower"
+    NOTE = "note"
+
+
+class BusinessHours(BaseModel):
+    """A weekly calendar in a time zone, minus holidays."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timezone: str = "UTC"
+    days: list[Weekday] = Field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"], min_length=1)
+    start: time = time(9, 0)
+    end: time = time(17, 0)
+    holidays: list[date] = Field(default_factory=list)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r} (use an IANA name such as Europe/Berlin)") from None
+        return value
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _quoted(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise ValueError('quote times in YAML, e.g. "09:00" (unquoted, YAML reads 09:00 as a number)')
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "BusinessHours":
+        if self.start >= self.end:
+            raise ValueError("business hours must start before they end (within one day)")
+        return self
+
+    def contains(self, now: datetime) -> bool:
+        """True when now (aware; naive means UTC) is inside business hours."""
+        aware = now if now.tzinfo else now.replace(tzinfo=timezone.utc)
+        local = aware.astimezone(ZoneInfo(self.timezone))
+        if local.date() in self.holidays or _WEEKDAYS[local.weekday()] not in self.days:
+            return False
+        return self.start <= local.time().replace(tzinfo=None) < self.end
+
+
+class CommanderConfig(BaseModel):
+    """The validated `commander` settings section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    business_hours: BusinessHours | None = None
+    lower_outside_hours: list[Severity] = Field(default_factory=lambda: [Severity.P3, Severity.P4])
+    blast_radius_services: int = Field(default=3, ge=2)
+    blast_radius_dependants: int = Field(default=2, ge=1)
+    raise_user_facing: bool = True
+    busy_open_incidents: int = Field(default=10, ge=1)
+    flapping_recurrences: int = Field(default=3, ge=1)
+    storm_rate_per_min: float = Field(default=100.0, gt=0)
+    escalate_uncovered: list[Severity] = Field(default_factory=lambda: [Severity.P1])
+    known_bad_rate: float = Field(default=0.2, ge=0, le=1)
+
+    @classmethod
+    def from_section(cls, section: dict[str, Any] | None) -> "CommanderConfig":
+        """Validate the settings section; ConfigError naming each wrong key."""
+        try:
+            return cls.model_validate(section or {})
+        except ValidationError as exc:
+            raise ConfigError("invalid commander settings:\n" + _problems(exc)) from None
+
+
 @dataclass(frozen=True)
 class RunbookRecord:
     """A runbook that matches the incident and how it has done on this fingerprint."""
@@ -25,11 +133,21 @@ class RunbookRecord:
     name: str
     attempts: int = 0
     successes: int = 0
+    last_outcome: str | None = None      # "success" | "failure" | None (never tried)
 
     @property
     def success_rate(self) -> float:
         """Successes over attempts; 0 with no attempts."""
         return self.successes / self.attempts if self.attempts else 0.0
+
+    def rate(self, min_samples: int) -> float | None:
+        """The success rate, or None below the sample minimum (too few attempts to say)."""
+        return self.success_rate if self.attempts >= min_samples else None
+
+    @property
+    def smoothed_rate(self) -> float:
+        """(successes + 1) / (attempts + 2): ranks 1/1 below 45/50 and an untried runbook at 0.5."""
+        return (self.successes + 1) / (self.attempts + 2)
 
 
 @dataclass(frozen=True)
@@ -37,16 +155,24 @@ class CommanderContext:
     """The facts the commander weighs, gathered by the task from Postgres and configuration."""
 
     now: datetime
-    open_incidents: int = 0
-    user_facing: list[str] = field(default_factory=list)
-    dependants: list[str] = field(default_factory=list)
-    recent_recurrences: int = 0
-    runbooks: list[RunbookRecord] = field(default_factory=list)
-    business_hours: bool | None = None   # None: no calendar configured
+    config: CommanderConfig = field(default_factory=CommanderConfig)
+    open_incidents: int = 0                  # other incidents open now
+    user_facing: list[str] = field(default_factory=list)             # affected services users see
+    dependants: list[str] = field(default_factory=list)              # services depending on the affected
+    user_facing_dependants: list[str] = field(default_factory=list)  # ... that users see
+    recent_recurrences: int = 0              # earlier incidents of this fingerprint in the flap window
+    runbooks: list[RunbookRecord] = field(default_factory=list)      # matching, engine order
     auto_min_success: float = 0.9
     auto_min_samples: int = 5
-    busy_threshold: int = 10
-    storm_rate_per_min: float = 100.0
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One reason the assessment is what it is."""
+
+    name: str
+    effect: Effect
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -58,63 +184,155 @@ class Assessment:
     decision: Decision
     reasons: list[str]
     runbook: str | None = None
+    factors: list[Factor] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
-        return {k: (v.value if isinstance(v, StrEnum) else v) for k, v in asdict(self).items()}
+        return _plain(asdict(self))
+
+
+def business_hours(ctx: CommanderContext) -> bool | None:
+    """True/False inside/outside the configured calendar; None when none is configured."""
+    calendar = ctx.config.business_hours
+    return None if calendar is None else calendar.contains(ctx.now)
+
+
+def proven_runbook(runbooks: list[RunbookRecord], min_success: float, min_samples: int) -> RunbookRecord | None:
+    """The runbook that meets the auto-resolution bar (rate, sample size, latest attempt a success)."""
+    proven = [r for r in runbooks
+              if r.attempts >= min_samples and r.success_rate >= min_success and r.last_outcome == "success"]
+    return max(proven, key=lambda r: (r.success_rate, r.attempts), default=None)
 
 
 def best_proven_runbook(ctx: CommanderContext) -> RunbookRecord | None:
-    """The runbook that meets the auto-resolution bar (rate and sample size), best first."""
-    proven = [r for r in ctx.runbooks
-              if r.attempts >= ctx.auto_min_samples and r.success_rate >= ctx.auto_min_success]
-    return max(proven, key=lambda r: (r.success_rate, r.attempts), default=None)
+    """The matching runbook that meets the auto-resolution bar, best first."""
+    return proven_runbook(ctx.runbooks, ctx.auto_min_success, ctx.auto_min_samples)
+
+
+def auto_resolution_status(runbooks: list[RunbookRecord], min_success: float, min_samples: int) -> str:
+    """Whether the next incident of the pattern would be auto-resolved, and why (for reports)."""
+    proven = proven_runbook(runbooks, min_success, min_samples)
+    if proven is not None:
+        return (f"yes, via {proven.name} ({proven.successes}/{proven.attempts} validated successes, "
+                "the latest included)")
+    tried = [r for r in runbooks if r.attempts]
+    if not tried:
+        return "no: no fix has run on this pattern yet"
+    best = max(tried, key=lambda r: (r.success_rate, r.attempts))
+    why = []
+    if best.attempts < min_samples:
+        why.append(f"{best.attempts} of the {min_samples} attempts needed")
+    if best.success_rate < min_success:
+        why.append(f"success rate {best.success_rate:.0%} is under {min_success:.0%}")
+    if best.last_outcome != "success":
+        why.append("its latest attempt failed")
+    return f"no: best runbook {best.name} ({best.successes}/{best.attempts}): " + "; ".join(why)
+
+
+def known_bad(record: RunbookRecord, ctx: CommanderContext) -> bool:
+    """A runbook that has failed this pattern too often to count as help."""
+    rate = record.rate(ctx.auto_min_samples)
+    return rate is not None and rate < ctx.config.known_bad_rate
+
+
+def occurrence_rate(incident: Incident, now: datetime) -> float:
+    """Occurrences per minute since the incident opened (at least one minute of age)."""
+    if incident.created_at is None:
+        return float(incident.occurrences)
+    minutes = max(1.0, (now - incident.created_at).total_seconds() / 60.0)
+    return incident.occurrences / minutes
 
 
 def assess(incident: Incident, ctx: CommanderContext) -> Assessment:
     """Weigh blast radius, hours, load, flapping and rate; decide the path."""
+    cfg = ctx.config
     severity = incident.severity
-    reasons: list[str] = [f"initial severity {severity.value} from classification"]
-    affected = incident.affected_services
-    if len(affected) >= 3:
-        severity = severity.raised()
-        reasons.append(f"blast radius: {len(affected)} services affected")
-    if ctx.user_facing:
-        severity = severity.raised()
-        reasons.append(f"user-facing service affected: {', '.join(ctx.user_facing)}")
-    if len(ctx.dependants) >= 2:
-        severity = severity.raised()
-        reasons.append(f"{len(ctx.dependants)} services depend on it: {', '.join(ctx.dependants[:5])}")
-    if ctx.recent_recurrences >= 2 or incident.reopened_from:
-        reasons.append(f"flapping: recurred {max(ctx.recent_recurrences, 1)} time(s) recently")
-        if ctx.recent_recurrences >= 3:
+    factors = [Factor("classification", Effect.NOTE, f"classified {severity.value}")]
+
+    def move(name: str, effect: Effect, detail: str) -> None:
+        nonlocal severity
+        before = severity
+        if effect is Effect.RAISE:
             severity = severity.raised()
-    minutes = _age_minutes(incident, ctx.now)
-    if incident.occurrences / minutes >= ctx.storm_rate_per_min:
-        severity = severity.raised()
-        reasons.append(f"occurrence rate {incident.occurrences / minutes:.0f}/min")
-    if ctx.open_incidents >= ctx.busy_threshold:
-        reasons.append(f"{ctx.open_incidents} incidents open: responders are busy")
-    if ctx.business_hours is False and severity.rank >= 3 and not ctx.user_facing:
-        severity = severity.lowered()
-        reasons.append("outside business hours and not user-facing: lowered")
-    elif ctx.business_hours is False:
-        reasons.append("outside business hours")
+        elif effect is Effect.LOWER:
+            severity = severity.lowered()
+        if severity is before and effect is not Effect.NOTE:
+            effect, detail = Effect.NOTE, f"{detail} (already {severity.value})"
+        factors.append(Factor(name, effect, detail))
+
+    affected = list(dict.fromkeys(incident.affected_services or ([incident.service] if incident.service else [])))
+    if len(affected) >= cfg.blast_radius_services:
+        move("blast_radius", Effect.RAISE, f"blast radius: {len(affected)} services affected ({', '.join(affected[:6])})")
+    users = ctx.user_facing or ctx.user_facing_dependants
+    if users and cfg.raise_user_facing:
+        how = ("user-facing service affected: " + ", ".join(ctx.user_facing) if ctx.user_facing
+               else "user-facing services depend on it: " + ", ".join(ctx.user_facing_dependants[:6]))
+        move("user_facing", Effect.RAISE, how)
+    if len(ctx.dependants) >= cfg.blast_radius_dependants:
+        move("dependants", Effect.RAISE,
+             f"{len(ctx.dependants)} services depend on it: {', '.join(ctx.dependants[:6])}")
+    if ctx.recent_recurrences >= cfg.flapping_recurrences:
+        move("flapping", Effect.RAISE, f"flapping: {ctx.recent_recurrences} earlier incident(s) of this pattern "
+                                       "in the flap window")
+    elif ctx.recent_recurrences or incident.reopened_from:
+        move("flapping", Effect.NOTE, f"recurred: {max(ctx.recent_recurrences, 1)} earlier incident(s) of this "
+                                      "pattern in the flap window")
+    rate = occurrence_rate(incident, ctx.now)
+    if rate >= cfg.storm_rate_per_min:
+        move("occurrence_rate", Effect.RAISE, f"occurrence rate {rate:.0f}/min (storm threshold "
+                                              f"{cfg.storm_rate_per_min:g}/min)")
+    if ctx.open_incidents >= cfg.busy_open_incidents:
+        if severity.rank >= 3:
+            move("open_incidents", Effect.RAISE, f"{ctx.open_incidents} other incidents open: possibly a wider outage")
+        else:
+            move("open_incidents", Effect.NOTE, f"{ctx.open_incidents} other incidents open: responders are busy")
+    hours = business_hours(ctx)
+    if hours is False:
+        if severity in cfg.lower_outside_hours and not users:
+            move("business_hours", Effect.LOWER, "outside business hours and no user-facing service hit")
+        else:
+            move("business_hours", Effect.NOTE, "outside business hours")
+    elif hours is True:
+        move("business_hours", Effect.NOTE, "within business hours")
+
+    facts = {
+        "affected_services": affected, "user_facing": ctx.user_facing, "dependants": ctx.dependants,
+        "user_facing_dependants": ctx.user_facing_dependants, "open_incidents": ctx.open_incidents,
+        "recent_recurrences": ctx.recent_recurrences, "occurrence_rate_per_min": round(rate, 2),
+        "business_hours": hours, "assessed_at": ctx.now.isoformat(),
+        "runbooks": [{"name": r.name, "attempts": r.attempts, "successes": r.successes,
+                      "success_rate": r.rate(ctx.auto_min_samples), "last_outcome": r.last_outcome}
+                     for r in ctx.runbooks],
+    }
+    reasons = [f.detail for f in factors]
+
+    def decide(decision: Decision, why: str, runbook: str | None = None) -> Assessment:
+        return Assessment(severity, incident.severity, decision, [*reasons, why], runbook, factors, facts)
 
     proven = best_proven_runbook(ctx)
     if proven is not None:
-        reasons.append(f"runbook {proven.name} fixed this pattern {proven.successes}/{proven.attempts} times: "
-                       "auto-resolution")
-        return Assessment(severity, incident.severity, Decision.AUTO_FIX, reasons, proven.name)
-    if severity is Severity.P1 and not ctx.runbooks:
-        reasons.append("P1 with no runbook that covers it: escalate to people now")
-        return Assessment(severity, incident.severity, Decision.ESCALATE, reasons)
-    reasons.append("automate: diagnose and fix" if ctx.runbooks else "automate: diagnose (no runbook yet)")
-    return Assessment(severity, incident.severity, Decision.AUTOMATE, reasons,
-                      ctx.runbooks[0].name if ctx.runbooks else None)
+        return decide(Decision.AUTO_FIX, f"runbook {proven.name} fixed this pattern {proven.successes}/"
+                                         f"{proven.attempts} times, the latest included: auto-resolution", proven.name)
+    reach = [r for r in ctx.runbooks if not known_bad(r, ctx)]
+    if severity in cfg.escalate_uncovered and not reach:
+        what = "no runbook covers it" if not ctx.runbooks else "every matching runbook has failed this pattern"
+        return decide(Decision.ESCALATE, f"{severity.value} and {what}: escalate to people now")
+    if not reach:
+        return decide(Decision.AUTOMATE, "automate: diagnose (no runbook can help yet)")
+    best = max(reach, key=lambda r: r.smoothed_rate) if any(r.attempts for r in reach) else reach[0]
+    return decide(Decision.AUTOMATE, f"automate: diagnose, then fix with {best.name}", best.name)
 
 
-def _age_minutes(incident: Incident, now: datetime) -> float:
-    if incident.created_at is None:
-        return 1.0
-    return max(1.0, (now - incident.created_at).total_seconds() / 60.0)
+def _plain(value: Any) -> Any:
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _problems(exc: ValidationError) -> str:
+    return "\n".join(f"  {'.'.join(str(p) for p in e['loc']) or '(section)'}: {e['msg']}" for e in exc.errors())

@@ -1,11 +1,20 @@
-"""The diagnostician: gathers evidence and states a root-cause hypothesis with a confidence."""
+"""The diagnostician: weighs the evidence and states a root-cause hypothesis, its basis and a confidence.
+
+Hypotheses come from four independent sources, each with a base confidence:
+runbook diagnosis hints (stronger when the runbook has a proven record on this pattern), root
+causes of earlier similar incidents (scaled by similarity), signatures in the log lines around
+the event, and the classification tags. The strongest wins; another source naming the same cause
+adds to its confidence; the rest are kept as alternatives.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..model import Incident
+from .logwindow import LogWindow
 
 
 @dataclass(frozen=True)
@@ -17,6 +26,33 @@ class Related:
     status: str
     score: float
     root_cause: str | None = None
+    same_fingerprint: bool = False
+    runbook: str | None = None
+    resolved_by: str | None = None
+    created_at: str | None = None
+
+
+@dataclass(frozen=True)
+class FixRecord:
+    """How a runbook has done on this fingerprint; rate is None below the sample minimum."""
+
+    runbook: str
+    attempts: int
+    successes: int
+    rate: float | None
+    last_outcome: str | None = None
+
+
+@dataclass(frozen=True)
+class PatternHistory:
+    """The learned counters of the incident's fingerprint."""
+
+    incidents: int = 0
+    occurrences: int = 0
+    resolved: int = 0
+    escalated: int = 0
+    auto_resolved: int = 0
+    mean_time_to_resolve: float | None = None
 
 
 @dataclass(frozen=True)
@@ -24,29 +60,44 @@ class DiagnosticianContext:
     """Evidence gathered by the task: related incidents, pattern history, log lines, runbook hints."""
 
     related: list[Related] = field(default_factory=list)
-    pattern_incidents: int = 0
-    pattern_resolved: int = 0
-    working_fixes: list[str] = field(default_factory=list)
-    log_lines: list[str] = field(default_factory=list)
-    runbook_hints: dict[str, str] = field(default_factory=dict)   # runbook name -> diagnosis hint
+    pattern: PatternHistory = field(default_factory=PatternHistory)
+    fixes: list[FixRecord] = field(default_factory=list)
+    log: LogWindow | None = None
+    runbook_hints: dict[str, str] = field(default_factory=dict)   # runbook name -> diagnosis hint, ranked
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A possible root cause and what it rests on."""
+
+    cause: str
+    confidence: float
+    basis: list[str]
 
 
 @dataclass(frozen=True)
 class Diagnosis:
-    """Root cause, the evidence it rests on, how sure, and what no runbook covers."""
+    """Root cause, the evidence it rests on, how sure, alternatives, and what no runbook covers."""
 
     root_cause: str
     confidence: float
     evidence: list[str]
     related: list[dict[str, Any]]
     skill_gaps: list[str]
+    alternatives: list[dict[str, Any]] = field(default_factory=list)
+    established: bool = True          # False: no source explains it; the root cause stays unknown
+    pattern: dict[str, Any] = field(default_factory=dict)
+    fixes: list[dict[str, Any]] = field(default_factory=list)
+    log: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
         return asdict(self)
 
 
-_CAUSES = [
+UNKNOWN = "cause not yet known"
+
+_TAG_CAUSES = [
     ("database", "the database is unreachable or refusing connections"),
     ("connectivity", "a network dependency is unreachable (connection refused, reset or timed out)"),
     ("performance", "a resource is saturated: requests exceed their time budget"),
@@ -54,37 +105,113 @@ _CAUSES = [
     ("critical", "a component failed fatally"),
 ]
 
+# Signatures that, seen in the lines around the event, point at a cause.
+_LOG_SIGNATURES = [
+    (re.compile(r"(?i)no space left on device|disk (is )?full|quota exceeded"), "the disk is full"),
+    (re.compile(r"(?i)out ?of ?memory|OOM|cannot allocate memory|MemoryError"), "the process ran out of memory"),
+    (re.compile(r"(?i)too many open files|EMFILE"), "the process ran out of file descriptors"),
+    (re.compile(r"(?i)too many (clients|connections)|connection pool (exhausted|full)|remaining connection slots"),
+     "the connection pool or the server's connection limit is exhausted"),
+    (re.compile(r"(?i)connection refused|ECONNREFUSED"), "a dependency is down (connection refused)"),
+    (re.compile(r"(?i)deadlock"), "transactions deadlocked"),
+    (re.compile(r"(?i)certificate (has )?expired|x509|SSL.*(verify|handshake) fail"),
+     "a TLS certificate is expired or untrusted"),
+    (re.compile(r"(?i)permission denied|EACCES"), "a permission is missing"),
+    (re.compile(r"(?i)timed? ?out|deadline exceeded"), "a dependency is too slow (timeouts)"),
+]
+
 
 def diagnose(incident: Incident, ctx: DiagnosticianContext) -> Diagnosis:
-    """Combine runbook hints, history and the event itself into a hypothesis."""
-    evidence = [f"{incident.occurrences} occurrence(s) of template: {incident.template or incident.title}"]
-    confidence = 0.3
-    if ctx.runbook_hints:
-        name, hint = next(iter(ctx.runbook_hints.items()))
-        cause = hint
-        evidence.append(f"runbook {name} describes this pattern")
-        confidence += 0.3
+    """Combine runbook hints, history, log lines and the event itself into a ranked hypothesis."""
+    candidates = _candidates(incident, ctx)
+    merged: dict[str, Hypothesis] = {}
+    for h in candidates:
+        key = h.cause.strip().lower()
+        if key in merged:   # an independent source naming the same cause corroborates it
+            old = merged[key]
+            strong, weak = (old, h) if old.confidence >= h.confidence else (h, old)
+            merged[key] = Hypothesis(strong.cause, strong.confidence + 0.1 * weak.confidence,
+                                     strong.basis + weak.basis)
+        else:
+            merged[key] = h
+    ranked = sorted(merged.values(), key=lambda h: h.confidence, reverse=True)
+    best = ranked[0]
+
+    evidence = list(best.basis)
+    evidence.append(f"{incident.occurrences} occurrence(s) of template: {incident.template or incident.title}")
+    if ctx.pattern.incidents > 1:
+        mttr = (f", mean time to resolve {ctx.pattern.mean_time_to_resolve:.1f} s"
+                if ctx.pattern.mean_time_to_resolve is not None else "")
+        evidence.append(f"pattern history: {ctx.pattern.incidents} incidents, {ctx.pattern.resolved} resolved, "
+                        f"{ctx.pattern.escalated} escalated, {ctx.pattern.auto_resolved} auto-resolved{mttr}")
+    worked = [f for f in ctx.fixes if f.successes]
+    if worked:
+        evidence.append("fixes that worked before: " + ", ".join(
+            f"{f.runbook} {f.successes}/{f.attempts}" for f in sorted(worked, key=lambda f: -f.successes)))
+    if ctx.related:
+        top = ctx.related[0]
+        evidence.append(f"{len(ctx.related)} related earlier incident(s); closest {top.id} "
+                        f"(similarity {top.score:.2f}, {top.status})")
+    if ctx.log is not None:
+        if ctx.log.error:
+            evidence.append(f"log {ctx.log.path}: {ctx.log.error}")
+        else:
+            evidence.append(f"{len(ctx.log.lines)} log line(s) around the event from {ctx.log.path} "
+                            f"(found by {ctx.log.found_by})")
+
+    gaps: list[str] = []
+    if not ctx.runbook_hints:
+        gaps.append(f"no runbook matches '{incident.title}' (service {incident.service or '-'})")
     else:
-        cause = next((text for tag, text in _CAUSES if tag in incident.tags),
-                     f"{incident.title}: cause not yet known")
-        evidence.append(f"tags: {', '.join(incident.tags) or 'none'}")
-    earlier = [r for r in ctx.related if r.root_cause]
-    if earlier:
-        evidence.append(f"{len(earlier)} similar earlier incident(s); best match {earlier[0].id} "
-                        f"(similarity {earlier[0].score:.2f}) had root cause: {earlier[0].root_cause}")
-        confidence += 0.15 * min(earlier[0].score, 1.0)
-    if ctx.pattern_incidents > 1:
-        evidence.append(f"pattern seen in {ctx.pattern_incidents} incidents, {ctx.pattern_resolved} resolved")
-        confidence += 0.1
-    if ctx.working_fixes:
-        evidence.append(f"fixes that worked before: {', '.join(ctx.working_fixes)}")
-    if ctx.log_lines:
-        evidence.append(f"{len(ctx.log_lines)} log line(s) around the event collected")
-    gaps = [] if ctx.runbook_hints else [f"no runbook matches '{incident.title}' (service {incident.service or '-'})"]
+        failing = [f.runbook for f in ctx.fixes if f.runbook in ctx.runbook_hints and f.rate is not None
+                   and f.rate < 0.5]
+        if failing and len(failing) == len(ctx.runbook_hints):
+            gaps.append(f"every matching runbook fails this pattern more often than not: {', '.join(failing)}")
+
     return Diagnosis(
-        root_cause=cause,
-        confidence=round(min(confidence, 0.95), 2),
+        root_cause=best.cause,
+        confidence=round(min(best.confidence, 0.95), 2),
         evidence=evidence,
         related=[asdict(r) for r in ctx.related],
         skill_gaps=gaps,
+        alternatives=[{"cause": h.cause, "confidence": round(min(h.confidence, 0.95), 2), "basis": h.basis}
+                      for h in ranked[1:4] if UNKNOWN not in h.cause],
+        established=UNKNOWN not in best.cause,
+        pattern=asdict(ctx.pattern),
+        fixes=[asdict(f) for f in ctx.fixes],
+        log=ctx.log.as_dict() if ctx.log is not None else None,
     )
+
+
+def _candidates(incident: Incident, ctx: DiagnosticianContext) -> list[Hypothesis]:
+    out: list[Hypothesis] = []
+    fixes = {f.runbook: f for f in ctx.fixes}
+    for rank, (name, hint) in enumerate(ctx.runbook_hints.items()):
+        record = fixes.get(name)
+        confidence = 0.5 - 0.1 * rank
+        basis = [f"runbook {name} describes this pattern: {hint}"]
+        if record is not None and record.rate is not None:
+            confidence += 0.35 * record.rate
+            basis.append(f"runbook {name} fixed this pattern {record.successes}/{record.attempts} times")
+        out.append(Hypothesis(hint, max(confidence, 0.2), basis))
+    for r in ctx.related:
+        if r.root_cause and UNKNOWN not in r.root_cause:
+            weight = 0.35 + 0.35 * min(r.score, 1.0) + (0.1 if r.same_fingerprint else 0.0)
+            out.append(Hypothesis(r.root_cause, weight,
+                                  [f"earlier incident {r.id} (similarity {r.score:.2f}) had root cause: "
+                                   f"{r.root_cause}"]))
+    if ctx.log is not None and ctx.log.lines:
+        for pattern, cause in _LOG_SIGNATURES:
+            hits = [line.text for line in ctx.log.lines if pattern.search(line.text)]
+            if hits:
+                basis = [f"log line near the event: {hits[-1][:240]}"]
+                if len(hits) > 1:
+                    basis.append(f"{len(hits)} lines around the event show it")
+                out.append(Hypothesis(cause, min(0.35 + 0.05 * len(hits), 0.6), basis))
+    for tag, cause in _TAG_CAUSES:
+        if tag in incident.tags:
+            out.append(Hypothesis(cause, 0.3, [f"classified as {tag}"]))
+            break
+    out.append(Hypothesis(f"{incident.title}: {UNKNOWN}", 0.15,
+                          ["no runbook, earlier incident or log signature explains it"]))
+    return out

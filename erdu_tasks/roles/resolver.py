@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from ..model import Incident
+from .diagnostician import PatternHistory
 
 
 @dataclass(frozen=True)
@@ -15,8 +16,15 @@ class ResolverContext:
 
     now: datetime
     user_facing: list[str] = field(default_factory=list)
-    pattern_incidents: int = 0
-    runbook_success_rate: float | None = None
+    user_facing_dependants: list[str] = field(default_factory=list)
+    dependants: list[str] = field(default_factory=list)
+    pattern: PatternHistory = field(default_factory=PatternHistory)
+    runbook_attempts: int = 0                 # the runbook used, on this fingerprint (this run included)
+    runbook_successes: int = 0
+    known_root_cause: str | None = None       # from an earlier incident, for a pattern that skipped diagnosis
+    known_root_cause_from: str | None = None
+    related: list[dict[str, Any]] = field(default_factory=list)
+    min_samples: int = 5
 
 
 @dataclass(frozen=True)
@@ -27,45 +35,86 @@ class Resolution:
     impact: dict[str, str]
     lessons_learned: list[str]
     follow_ups: list[str]
+    root_cause: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
         return asdict(self)
 
 
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    return (end - start).total_seconds() if start and end else None
+
+
+def _human(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown time"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def resolve(incident: Incident, ctx: ResolverContext) -> Resolution:
     """Summarise how the incident went and what to learn from it."""
     fix = incident.fix or {}
-    runbook = fix.get("runbook")
-    how = (f"fixed automatically by runbook {runbook}, validated by {fix.get('validation', {}).get('detail', 're-check')}"
-           if runbook else f"resolved by {incident.resolved_by or 'a person'}")
-    duration = ""
-    if incident.created_at and incident.resolved_at:
-        duration = f" in {(incident.resolved_at - incident.created_at).total_seconds():.1f} s"
-    summary = (f"{incident.severity.value} incident '{incident.title}' on "
-               f"{incident.service or 'an unknown service'} ({incident.occurrences} occurrence(s)) was {how}{duration}.")
+    runbook = fix.get("runbook") if fix.get("validation", {}).get("ok") else None
+    person = incident.resolved_by if (incident.resolved_by or "").startswith("person:") else None
+    duration = _seconds(incident.created_at, incident.resolved_at)
+    if person:
+        how = f"resolved by {person.split(':', 1)[1]}"
+    elif runbook:
+        how = (f"{'auto-resolved' if incident.auto_resolved else 'fixed automatically'} by runbook {runbook} "
+               f"and validated ({fix.get('validation', {}).get('detail', 're-check')})")
+    else:
+        how = f"resolved by {incident.resolved_by or 'its source'}"
+    root_cause = incident.root_cause
+    if not root_cause and ctx.known_root_cause:
+        root_cause = ctx.known_root_cause
+    summary = (f"{incident.severity.value} incident '{incident.title}' on {incident.service or 'an unknown service'} "
+               f"({incident.occurrences} occurrence(s)) was {how} {_human(duration)} after detection."
+               + (f" Root cause: {root_cause}" if root_cause else ""))
+
+    users = ctx.user_facing or ctx.user_facing_dependants
+    affected = incident.affected_services or ([incident.service] if incident.service else [])
     impact = {
-        "business": ("users were affected: " + ", ".join(ctx.user_facing)) if ctx.user_facing
-        else "no user-facing service recorded as affected",
-        "technical": f"affected: {', '.join(incident.affected_services) or incident.service or 'unknown'}; "
-                     f"root cause: {incident.root_cause or 'not established'}",
-        "user": "degraded service while the incident was open" if ctx.user_facing else "none known",
+        "business": (f"user-facing service(s) {', '.join(users)} degraded for {_human(duration)}" if users
+                     else "no user-facing service recorded as affected"),
+        "technical": (f"affected: {', '.join(affected) or 'unknown'}"
+                      + (f"; dependants at risk: {', '.join(ctx.dependants[:8])}" if ctx.dependants else "")
+                      + f"; {incident.occurrences} error occurrence(s)"),
+        "user": (f"users of {', '.join(users)} may have seen errors or slowness for {_human(duration)}" if users
+                 else "none known"),
     }
+
     lessons: list[str] = []
     follow_ups: list[str] = []
     if runbook:
-        lessons.append(f"runbook {runbook} repairs '{incident.template or incident.title}'")
-    if incident.auto_resolved:
-        lessons.append("known pattern: resolved without diagnosis from its learned fix")
-    gaps = (incident.diagnosis or {}).get("skill_gaps") or []
-    for gap in gaps:
+        rate = (f" ({ctx.runbook_successes}/{ctx.runbook_attempts} successes on this pattern)"
+                if ctx.runbook_attempts else "")
+        lessons.append(f"runbook {runbook} repairs '{incident.template or incident.title}'{rate}")
+    if incident.auto_resolved and runbook:
+        lessons.append("known pattern: resolved without diagnosis by its proven fix, still validated")
+        if ctx.known_root_cause_from:
+            lessons.append(f"root cause taken from earlier incident {ctx.known_root_cause_from}")
+    if fix.get("validation") and not fix["validation"].get("ok"):
+        lessons.append(f"runbook {fix.get('runbook')} ran but did not fix it: {fix['validation'].get('detail')}")
+        follow_ups.append(f"review runbook {fix.get('runbook')}: its validation failed on {incident.id}")
+    if person:
+        lessons.append("a person resolved it: capture what they did as a runbook")
+        if not runbook:
+            follow_ups.append(f"write a runbook from how {person.split(':', 1)[1]} fixed '{incident.title}'")
+    for gap in (incident.diagnosis or {}).get("skill_gaps") or []:
         follow_ups.append(f"write a runbook: {gap}")
+    if "flapping" in incident.tags or incident.reopened_from:
+        lessons.append("it recurred shortly after an earlier incident of the same pattern was resolved")
+    if ctx.pattern.incidents >= 3:
+        follow_ups.append(f"recurring pattern ({ctx.pattern.incidents} incidents): fix the cause, not the symptom")
     if incident.occurrences > 100:
         follow_ups.append(f"reduce noise: {incident.occurrences} occurrences of one error")
-    if ctx.pattern_incidents > 3:
-        follow_ups.append(f"recurring pattern ({ctx.pattern_incidents} incidents): fix the cause, not the symptom")
-    if "flapping" in incident.tags:
-        lessons.append("this incident recurred shortly after an earlier one was resolved")
+    if users and not runbook:
+        follow_ups.append(f"add a health check or runbook that protects {', '.join(users)}")
     if not lessons:
         lessons.append("no automated fix applied; capture what the responder did as a runbook")
-    return Resolution(summary, impact, lessons, follow_ups)
+    return Resolution(summary, impact, lessons, list(dict.fromkeys(follow_ups)), root_cause)

@@ -33,6 +33,9 @@ def fix(self: ErduTask, incident_id: str) -> str | None:
         plan = self.with_retries(lambda: _plan(rt, incident_id, worker))
         if plan is None:
             return None
+        if plan == "diagnose":
+            send_stage("diagnose", incident_id)
+            return "diagnose"
         incident, runbook, attempt = plan
         outcome = self.with_retries(lambda: _act(rt, incident, runbook, attempt))
         return self.with_retries(lambda: _settle(rt, incident, runbook, attempt, outcome, worker))
@@ -55,6 +58,14 @@ def _plan(rt: Runtime, incident_id: str, worker: str):
             runbook = next((rb for rb in runbooks if rb.name == fix_state["runbook"]), None)
         else:
             runbook = fixing.choose_runbook(runbooks, (incident.assessment or {}).get("runbook"))
+        proven = (incident.assessment or {}).get("runbook")
+        if (incident.auto_resolved and incident.status is Status.ASSIGNED and not fix_state.get("runbook")
+                and (runbook is None or runbook.name != proven)):
+            # The shortcut is only for the proven runbook; if it no longer matches, diagnose first.
+            store.update_fields(conn, incident.id, {"auto_resolved": False})
+            store.add_timeline(conn, incident.id, actor="fixer", worker=worker,
+                               what=f"proven runbook {proven} no longer matches: full path, diagnosis first")
+            return "diagnose"
         if runbook is None:
             gap = f"no runbook matches '{incident.title}' (service {incident.service or '-'})"
             diagnosis = dict(incident.diagnosis or {})
@@ -121,7 +132,8 @@ def _settle(rt: Runtime, incident, runbook, attempt: int, outcome: dict[str, Any
                                     f"{'ok' if entry['ok'] else 'unknown' if entry['ok'] is None else 'failed'}"
                                     f" — {entry['detail'][:300]}",
                                details=entry)
-        history.record_fix_attempt(conn, incident.fingerprint, runbook.name, success=ok)
+        if not outcome.get("dry_run"):   # a dry run changed nothing, so it proves nothing about the fix
+            history.record_fix_attempt(conn, incident.fingerprint, runbook.name, success=ok)
         conn.execute("UPDATE runbook_runs SET outcome = %s WHERE incident_id = %s AND attempt = %s",
                      ("success" if ok else "failure", incident.id, attempt))
         if ok:
@@ -133,8 +145,10 @@ def _settle(rt: Runtime, incident, runbook, attempt: int, outcome: dict[str, Any
             store.update_fields(conn, incident.id, {"fix": fix_state, "resolution_actions": outcome["actions"],
                                                     "auto_resolved": False})
             current.status = Status.FIXING
+            shortcut = " (auto-resolution; the pattern goes back to the full path)" if current.auto_resolved else ""
             escalate_in_tx(conn, current, stage="fix", actor="fixer", worker=worker,
-                           reason=f"runbook {runbook.name} did not fix it: {outcome['validation']['detail'][:300]}",
+                           reason=f"runbook {runbook.name} did not fix it{shortcut}: "
+                                  f"{outcome['validation']['detail'][:300]}",
                            details=outcome)
     if ok:
         send_stage("resolve", incident.id)

@@ -11,8 +11,9 @@ from .. import escalation, history, names, store
 from ..app import app
 from ..errors import PermanentError
 from ..model import Incident, Status
-from ..report import build_report, write_report
-from ..roles import commander, diagnostician, resolver
+from ..brains import Thought, brains_for
+from ..report import build_report, report_paths, write_report
+from ..roles import commander, diagnostician, logwindow, resolver
 from ..runtime import Runtime, runtime, worker_name
 from .base import ErduTask, log, send_stage
 
@@ -111,30 +112,64 @@ def commander_context(conn: psycopg.Connection, rt: Runtime, incident: Incident)
     """Gather what the commander weighs."""
     from ..fixing import matching_runbooks   # the fixer's runbook engine
 
-    stats = history.runbook_stats(conn, incident.fingerprint)
-    records = [commander.RunbookRecord(rb.name, *stats.get(rb.name, (0, 0)))
-               for rb in matching_runbooks(rt, incident, stats)]
-    cfg = rt.settings.learning
-    services = incident.affected_services
-    dependants = sorted({d for s in services for d in rt.catalog.dependants(s)})
+    ccfg, lcfg = _configs(rt)
+    records = history.runbook_records(conn, incident.fingerprint)
+    stats = {name: (r["attempts"], r["successes"]) for name, r in records.items()}
+    runbooks = [commander.RunbookRecord(rb.name, *stats.get(rb.name, (0, 0)),
+                                        (records.get(rb.name) or {}).get("last_outcome"))
+                for rb in matching_runbooks(rt, incident, stats)]
+    services, user_facing, dependants, user_facing_dependants = _blast_radius(rt, incident)
     return commander.CommanderContext(
         now=datetime.now(timezone.utc),
-        open_incidents=store.count_open(conn),
-        user_facing=[s for s in services if rt.catalog.is_user_facing(s)],
+        config=ccfg,
+        open_incidents=max(0, store.count_open(conn) - (1 if incident.is_open else 0)),
+        user_facing=user_facing,
         dependants=dependants,
-        recent_recurrences=history.recent_recurrences(conn, incident.fingerprint),
-        runbooks=records,
-        business_hours=None,
-        auto_min_success=float(cfg.get("auto_resolve_min_success", 0.9)),
-        auto_min_samples=int(cfg.get("auto_resolve_min_samples", 5)),
+        user_facing_dependants=user_facing_dependants,
+        recent_recurrences=history.recent_recurrences(conn, incident,
+                                                      window_seconds=rt.settings.flap_window_seconds),
+        runbooks=runbooks,
+        auto_min_success=lcfg.auto_resolve_min_success,
+        auto_min_samples=lcfg.auto_resolve_min_samples,
     )
+
+
+_config_cache: dict[int, tuple[object, commander.CommanderConfig, history.LearningConfig]] = {}
+
+
+def _configs(rt: Runtime) -> tuple[commander.CommanderConfig, history.LearningConfig]:
+    """The validated commander and learning sections of this process's settings."""
+    cached = _config_cache.get(id(rt.settings))
+    if cached is None or cached[0] is not rt.settings:
+        cached = _config_cache[id(rt.settings)] = (
+            rt.settings, commander.CommanderConfig.from_section(rt.settings.commander),
+            history.LearningConfig.from_section(rt.settings.learning))
+    return cached[1], cached[2]
+
+
+def _blast_radius(rt: Runtime, incident: Incident) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Affected services, the user-facing ones, their dependants (catalog) and the user-facing dependants."""
+    services = list(dict.fromkeys(incident.affected_services or ([incident.service] if incident.service else [])))
+    dependants = sorted({d for s in services for d in rt.catalog.dependants(s)} - set(services))
+    return (services, [s for s in services if rt.catalog.is_user_facing(s)], dependants,
+            [d for d in dependants if rt.catalog.is_user_facing(d)])
+
+
+def _brain_note(conn: psycopg.Connection, incident_id: str, role: str, thought: Thought, worker: str) -> None:
+    """Put a brain's fallback, with its reason, on the incident's timeline."""
+    if thought.fallback:
+        store.add_timeline(conn, incident_id, actor=role, worker=worker,
+                           what=f"{role}: LLM brain not used ({thought.fallback}); decided by the rules",
+                           details={"brain": thought.note()})
 
 
 def _assess(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str) -> str | None:
     if escalation.assess_gate(conn, rt, incident, worker):   # silenced: parked, no fix; the sweeper resumes it
         return None
-    decision = commander.assess(incident, commander_context(conn, rt, incident))
-    assessment = decision.as_dict()
+    thought = brains_for(rt.settings).commander.assess(incident, commander_context(conn, rt, incident))
+    decision = thought.value
+    assessment = {**decision.as_dict(), "brain": thought.note()}
+    _brain_note(conn, incident.id, "commander", thought, worker)
     if decision.decision is commander.Decision.ESCALATE:
         store.update_fields(conn, incident.id, {"severity": decision.severity, "assessment": assessment})
         escalate_in_tx(conn, incident, reason=decision.reasons[-1], stage="assess", actor="commander",
@@ -147,7 +182,7 @@ def _assess(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: s
                              actor="commander", worker=worker, what=what,
                              updates={"severity": decision.severity, "assessment": assessment,
                                       "auto_resolved": auto},
-                             details={"reasons": decision.reasons})
+                             details={"reasons": decision.reasons, "brain": thought.note()})
     if moved is None:
         return None
     return "fix" if auto else "diagnose"
@@ -164,27 +199,65 @@ def assess(self: ErduTask, incident_id: str) -> str | None:
 
 # ---- diagnostician ---------------------------------------------------------------------------
 
-def _diagnose(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str) -> str | None:
+def diagnostician_context(conn: psycopg.Connection, rt: Runtime,
+                          incident: Incident) -> diagnostician.DiagnosticianContext:
+    """Gather the evidence: related incidents, the pattern's history and fixes, log lines, runbook hints."""
     from ..fixing import matching_runbooks
 
-    related = [diagnostician.Related(r["id"], r["title"], r["status"], r["score"], r["root_cause"])
-               for r in history.related_incidents(conn, incident)]
-    pat = history.pattern(conn, incident.fingerprint) or {}
-    stats = history.runbook_stats(conn, incident.fingerprint)
-    ctx = diagnostician.DiagnosticianContext(
+    _, lcfg = _configs(rt)
+    related = [diagnostician.Related(r["id"], r["title"], r["status"], r["score"], r["root_cause"],
+                                     r["same_fingerprint"], r["runbook"], r["resolved_by"], r["created_at"])
+               for r in history.related_incidents(conn, incident, limit=lcfg.related_limit,
+                                                  min_score=lcfg.related_min_score,
+                                                  lookback_days=lcfg.related_lookback_days)]
+    records = history.runbook_records(conn, incident.fingerprint)
+    fixes = [diagnostician.FixRecord(name, r["attempts"], r["successes"],
+                                     history.success_rate(r["attempts"], r["successes"],
+                                                          lcfg.auto_resolve_min_samples), r["last_outcome"])
+             for name, r in sorted(records.items())]
+    stats = {name: (r["attempts"], r["successes"]) for name, r in records.items()}
+    return diagnostician.DiagnosticianContext(
         related=related,
-        pattern_incidents=int(pat.get("incidents", 0)),
-        pattern_resolved=int(pat.get("resolved", 0)),
-        working_fixes=[name for name, (a, s) in stats.items() if s > 0],
+        pattern=_pattern_history(conn, incident.fingerprint),
+        fixes=fixes,
+        log=_log_evidence(rt, incident, lcfg),
         runbook_hints={rb.name: rb.diagnosis_hint or rb.description or rb.name
-                       for rb in matching_runbooks(rt, incident)},
+                       for rb in matching_runbooks(rt, incident, stats)},
     )
-    result = diagnostician.diagnose(incident, ctx)
+
+
+def _pattern_history(conn: psycopg.Connection, fingerprint: str) -> diagnostician.PatternHistory:
+    pat = history.pattern(conn, fingerprint) or {}
+    return diagnostician.PatternHistory(
+        incidents=int(pat.get("incidents", 0)), occurrences=int(pat.get("occurrences", 0)),
+        resolved=int(pat.get("resolved", 0)), escalated=int(pat.get("escalated", 0)),
+        auto_resolved=int(pat.get("auto_resolved", 0)), mean_time_to_resolve=pat.get("mean_time_to_resolve"))
+
+
+def _log_evidence(rt: Runtime, incident: Incident, lcfg: history.LearningConfig) -> logwindow.LogWindow | None:
+    """The lines around the event in the log file it names (only under configured log roots)."""
+    path = logwindow.log_path_of(incident.labels, incident.error_details)
+    if path is None:
+        return None
+    offset = incident.labels.get("offset")
+    roots = [*lcfg.evidence.log_roots, *logwindow.monitor_paths(rt.settings.monitors)]
+    return logwindow.read_window(
+        path, message=incident.error_details.get("message") or incident.description,
+        at=incident.last_seen or incident.created_at, cfg=lcfg.evidence, roots=roots,
+        offset=int(offset) if isinstance(offset, str) and offset.isdigit() else None)
+
+
+def _diagnose(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str) -> str | None:
+    thought = brains_for(rt.settings).diagnostician.diagnose(incident, diagnostician_context(conn, rt, incident))
+    result = thought.value
+    _brain_note(conn, incident.id, "diagnostician", thought, worker)
     moved = store.transition(conn, incident.id, expected=[Status.ASSIGNED], to=Status.INVESTIGATING,
                              actor="diagnostician", worker=worker,
                              what=f"diagnosed (confidence {result.confidence:.2f}): {result.root_cause}",
-                             updates={"diagnosis": result.as_dict(), "root_cause": result.root_cause},
-                             details={"evidence": result.evidence, "skill_gaps": result.skill_gaps})
+                             updates={"diagnosis": {**result.as_dict(), "brain": thought.note()},
+                                      "root_cause": result.root_cause if result.established else None},
+                             details={"evidence": result.evidence, "skill_gaps": result.skill_gaps,
+                                      "related": [r["id"] for r in result.related], "brain": thought.note()})
     return "fix" if moved else None
 
 
@@ -204,24 +277,66 @@ def close_incident(conn: psycopg.Connection, rt: Runtime, incident: Incident, wo
     """Write the report, learn from the incident and move it resolved -> closed."""
     escalation.on_resolved(conn, incident, worker=worker)   # stop escalation, resolve notices, re-check children
     incident.timeline = store.timeline(conn, incident.id)
-    pat = history.pattern(conn, incident.fingerprint) or {}
+    _, lcfg = _configs(rt)
+    services, user_facing, dependants, user_facing_dependants = _blast_radius(rt, incident)
+    related = history.related_incidents(conn, incident, limit=lcfg.related_limit, min_score=lcfg.related_min_score,
+                                        lookback_days=lcfg.related_lookback_days)
+    records = history.runbook_records(conn, incident.fingerprint)
+    used = records.get((incident.fix or {}).get("runbook") or "", {})
+    known = None if incident.root_cause else history.last_root_cause(conn, incident.fingerprint, exclude=incident.id)
     ctx = resolver.ResolverContext(
         now=datetime.now(timezone.utc),
-        user_facing=[s for s in incident.affected_services if rt.catalog.is_user_facing(s)],
-        pattern_incidents=int(pat.get("incidents", 0)),
+        user_facing=user_facing,
+        user_facing_dependants=user_facing_dependants,
+        dependants=dependants,
+        pattern=_pattern_history(conn, incident.fingerprint),
+        runbook_attempts=int(used.get("attempts", 0)),
+        runbook_successes=int(used.get("successes", 0)),
+        known_root_cause=known["root_cause"] if known else None,
+        known_root_cause_from=known["id"] if known else None,
+        related=related,
+        min_samples=lcfg.auto_resolve_min_samples,
     )
-    resolution = resolver.resolve(incident, ctx)
-    report = build_report(incident, resolution.as_dict())
-    json_path, md_path = write_report(rt.settings.reports_dir, report)
+    thought = brains_for(rt.settings).resolver.resolve(incident, ctx)
+    resolution = thought.value
+    _brain_note(conn, incident.id, "resolver", thought, worker)
+    json_path, md_path = report_paths(rt.settings.reports_dir, incident.id)
+    updates = {"lessons_learned": resolution.lessons_learned, "follow_ups": resolution.follow_ups,
+               "report_path": str(md_path)}
+    if resolution.root_cause and not incident.root_cause:
+        updates["root_cause"] = resolution.root_cause
     moved = store.transition(conn, incident.id, expected=[Status.RESOLVED], to=Status.CLOSED, actor=actor,
-                             worker=worker, what=f"closed; report {md_path.name}",
-                             updates={"lessons_learned": resolution.lessons_learned,
-                                      "follow_ups": resolution.follow_ups, "report_path": str(md_path)},
-                             details={"summary": resolution.summary, "report_json": str(json_path)})
+                             worker=worker, what=f"closed; report {md_path.name}", updates=updates,
+                             details={"summary": resolution.summary, "report_json": str(json_path),
+                                      "brain": thought.note()})
     if moved is None:
         return False
     history.record_resolution(conn, incident, human=human)
+    # The report is written after the close so its timeline and learned numbers include this incident;
+    # a failure to write it rolls the close back and the stage is retried.
+    closed = store.get_incident(conn, incident.id, with_timeline=True) or incident
+    report = build_report(closed, {**resolution.as_dict(), "brain": thought.note()}, related=related,
+                          learning=_learning(conn, incident.fingerprint, lcfg))
+    write_report(rt.settings.reports_dir, report)
     return True
+
+
+def _learning(conn: psycopg.Connection, fingerprint: str, lcfg: history.LearningConfig) -> dict:
+    """What the pattern's counters say now, for the report."""
+    pat = _pattern_history(conn, fingerprint)
+    records = history.runbook_records(conn, fingerprint)
+    runbooks = [commander.RunbookRecord(name, r["attempts"], r["successes"], r["last_outcome"])
+                for name, r in sorted(records.items())]
+    return {
+        "pattern": {"incidents": pat.incidents, "occurrences": pat.occurrences, "resolved": pat.resolved,
+                    "escalated": pat.escalated, "auto_resolved": pat.auto_resolved,
+                    "mean_time_to_resolve": pat.mean_time_to_resolve},
+        "runbooks": [{"name": r.name, "attempts": r.attempts, "successes": r.successes,
+                      "success_rate": r.rate(lcfg.auto_resolve_min_samples), "last_outcome": r.last_outcome}
+                     for r in runbooks],
+        "auto_resolution": commander.auto_resolution_status(runbooks, lcfg.auto_resolve_min_success,
+                                                            lcfg.auto_resolve_min_samples),
+    }
 
 
 def _resolve(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str) -> str | None:

@@ -1,0 +1,96 @@
+"""MTTA and MTTR per severity and per fingerprint, computed from the incidents Postgres keeps.
+
+MTTA: mean time from detection to a person's acknowledgement, over acknowledged incidents
+(ERDU's own handling is not an acknowledgement). MTTR: mean time from detection to resolution,
+over resolved incidents. Both are in seconds; None when no incident qualifies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+_AGGREGATES = """
+    count(*) AS incidents,
+    count(*) FILTER (WHERE status NOT IN ('resolved', 'closed')) AS open,
+    count(*) FILTER (WHERE resolved_at IS NOT NULL) AS resolved,
+    count(*) FILTER (WHERE escalated_at IS NOT NULL) AS escalated,
+    count(*) FILTER (WHERE auto_resolved AND resolved_at IS NOT NULL) AS auto_resolved,
+    count(*) FILTER (WHERE acknowledged_at IS NOT NULL) AS acknowledged,
+    avg(extract(epoch FROM acknowledged_at - created_at)) AS mtta,
+    avg(extract(epoch FROM resolved_at - created_at)) AS mttr
+"""
+
+
+@dataclass(frozen=True)
+class StatsRow:
+    """Counts and mean times for one severity or one fingerprint."""
+
+    key: str
+    incidents: int
+    open: int
+    resolved: int
+    escalated: int
+    auto_resolved: int
+    acknowledged: int
+    mtta: float | None
+    mttr: float | None
+    title: str | None = None
+    best_runbook: str | None = None
+    runbook_attempts: int = 0
+    runbook_successes: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return asdict(self)
+
+
+def _row(r: dict[str, Any], **extra: Any) -> StatsRow:
+    return StatsRow(key=r["key"], incidents=int(r["incidents"]), open=int(r["open"]), resolved=int(r["resolved"]),
+                    escalated=int(r["escalated"]), auto_resolved=int(r["auto_resolved"]),
+                    acknowledged=int(r["acknowledged"]),
+                    mtta=float(r["mtta"]) if r["mtta"] is not None else None,
+                    mttr=float(r["mttr"]) if r["mttr"] is not None else None, **extra)
+
+
+def by_severity(conn: psycopg.Connection, *, since: datetime | None = None) -> list[StatsRow]:
+    """One row per severity (current severity), P1 first."""
+    rows = conn.execute(
+        f"SELECT severity AS key, {_AGGREGATES} FROM incidents"
+        " WHERE %(since)s::timestamptz IS NULL OR created_at >= %(since)s GROUP BY severity ORDER BY severity",
+        {"since": since},
+    ).fetchall()
+    return [_row(r) for r in rows]
+
+
+def by_fingerprint(conn: psycopg.Connection, *, since: datetime | None = None, limit: int = 20) -> list[StatsRow]:
+    """One row per fingerprint, most incidents first, with its best runbook by validated successes."""
+    rows = conn.execute(
+        f"""
+        SELECT i.key, i.title, i.incidents, i.open, i.resolved, i.escalated, i.auto_resolved, i.acknowledged,
+               i.mtta, i.mttr, s.runbook, coalesce(s.attempts, 0) AS attempts, coalesce(s.successes, 0) AS successes
+        FROM (SELECT fingerprint AS key, (array_agg(title ORDER BY created_at DESC))[1] AS title, {_AGGREGATES}
+              FROM incidents WHERE %(since)s::timestamptz IS NULL OR created_at >= %(since)s
+              GROUP BY fingerprint) AS i
+        LEFT JOIN LATERAL (SELECT runbook, attempts, successes FROM pattern_action_stats
+                           WHERE fingerprint = i.key AND attempts > 0
+                           ORDER BY successes::float / attempts DESC, attempts DESC LIMIT 1) AS s ON true
+        ORDER BY i.incidents DESC, i.key LIMIT %(limit)s
+        """,
+        {"since": since, "limit": limit},
+    ).fetchall()
+    return [_row(r, title=r["title"], best_runbook=r["runbook"], runbook_attempts=int(r["attempts"]),
+                 runbook_successes=int(r["successes"])) for r in rows]
+
+
+def overall(conn: psycopg.Connection, *, since: datetime | None = None) -> StatsRow:
+    """All incidents together."""
+    r = conn.execute(
+        f"SELECT 'all' AS key, {_AGGREGATES} FROM incidents WHERE %(since)s::timestamptz IS NULL"
+        " OR created_at >= %(since)s",
+        {"since": since},
+    ).fetchone()
+    return _row(r)
