@@ -118,6 +118,9 @@ def _check_config(settings) -> None:
         RunbookSet.load(settings.runbooks_dir)
         Catalog.load(settings.catalog_file)
         monitors = load_monitors(settings.monitors)
+        from .brains import check_settings as check_role_settings   # commander, learning, brain sections
+
+        check_role_settings(settings)
     except ConfigError as exc:
         _fail(str(exc))
     for warning in monitor_warnings(monitors):

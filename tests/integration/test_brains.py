@@ -209,3 +209,14 @@ def test_the_pipeline_records_the_brain_and_every_fallback_reason_on_the_timelin
         assert row["severity"] == "P3" and row["root_cause"] == "The brain-check widget hangs after a while."
     assert "severity" in rows["badsev-case"]["assessment"]["brain"]["fallback"]
     assert "confidence" in rows["badsev-case"]["diagnosis"]["brain"]["fallback"]
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"ERDU_BRAIN": json.dumps({"enabled": True})}, "needs base_url and model"),
+    ({"ERDU_COMMANDER": json.dumps({"business_hours": {"timezone": "Mars/Base"}})}, "unknown timezone"),
+    ({"ERDU_LEARNING": json.dumps({"auto_resolve_min_samples": 0})}, "auto_resolve_min_samples"),
+])
+def test_a_worker_refuses_to_start_with_bad_role_settings(stack_factory, env, needle):
+    stack = stack_factory(env)
+    result = stack.erdu("worker", "commander")
+    assert result.returncode == 2 and needle in result.stderr, result.stderr
