@@ -30,6 +30,21 @@ from .guard import BodyGuard
 
 RETRY_AFTER_SECONDS = "5"
 
+# What any /v1 operation may answer besides its own responses.
+COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "The body or URL is not clean JSON / text (invalid UTF-8, too deep, NUL characters)"},
+    401: {"description": "No or wrong bearer token"},
+    403: {"description": "The read-only token cannot write"},
+    413: {"description": "The body is over the size limit"},
+    503: {"description": "Redis or Postgres is unreachable; nothing changed, retry later"},
+}
+
+
+def _guard_error(path: str, detail: str) -> dict[str, Any]:
+    if path == "/v1/pagerduty":
+        return {"status": "invalid event", "message": "Event object is invalid", "errors": [detail]}
+    return {"detail": detail}
+
 
 def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     log.warning("answering 503", path=request.url.path, error=f"{exc.__class__.__name__}: {exc}")
@@ -79,7 +94,8 @@ def create_app(settings: Settings, config: ApiConfig | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.erdu = ctx
-    app.add_middleware(BodyGuard, max_bytes=config.max_body_bytes, max_depth=config.max_json_depth)
+    app.add_middleware(BodyGuard, max_bytes=config.max_body_bytes, max_depth=config.max_json_depth,
+                       error_body=_guard_error)
     app.add_exception_handler(TransientError, _unavailable)
     app.add_exception_handler(kombu.exceptions.OperationalError, _broker_failed)
     app.add_exception_handler(redis.RedisError, _broker_failed)
@@ -87,10 +103,10 @@ def create_app(settings: Settings, config: ApiConfig | None = None) -> FastAPI:
     app.add_exception_handler(pydantic.ValidationError, _invalid)
     app.add_exception_handler(InvalidEvent, _invalid)
     app.add_exception_handler(Exception, _internal)
-    for module in (routes_events, routes_alertmanager, routes_pagerduty, routes_incidents, routes_silences,
-                   routes_health):
-        app.include_router(module.router)
+    for module in (routes_events, routes_alertmanager, routes_pagerduty, routes_incidents, routes_silences):
+        app.include_router(module.router, responses=COMMON_RESPONSES)
+    app.include_router(routes_health.router)
     from . import routes_failed  # `erdu failed ls|retry` over HTTP
 
-    app.include_router(routes_failed.router)
+    app.include_router(routes_failed.router, responses=COMMON_RESPONSES)
     return app

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -81,8 +82,12 @@ def decode_json(body: bytes, max_depth: int) -> Any:
     return data
 
 
-async def _reply(send: Send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
+def _default_body(path: str, detail: str) -> dict[str, Any]:
+    return {"detail": detail}
+
+
+async def _reply(send: Send, status: int, body_of: dict[str, Any]) -> None:
+    body = json.dumps(body_of).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
@@ -92,8 +97,10 @@ async def _reply(send: Send, status: int, detail: str) -> None:
 class BodyGuard:
     """ASGI middleware: 413 over the size limit, 400 for a body that is not clean JSON or a bad URL."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, max_depth: int, drain_bytes: int | None = None) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, max_depth: int, drain_bytes: int | None = None,
+                 error_body: Callable[[str, str], dict[str, Any]] = _default_body) -> None:
         self.app = app
+        self.error_body = error_body
         self.max_bytes = max_bytes
         self.max_depth = max_depth
         # Reading (and dropping) a too-large body lets the client see the 413 instead of a reset
@@ -108,7 +115,7 @@ class BodyGuard:
         problem = text_problem(target) or ("NUL in the query string" if b"%00" in scope.get("query_string", b"")
                                            else None)
         if problem:
-            await _reply(send, 400, f"request URL refused: {problem}")
+            await self._refuse(send, scope, 400, f"request URL refused: {problem}")
             return
         if scope["method"] not in _BODY_METHODS:
             await self.app(scope, receive, send)
@@ -117,11 +124,12 @@ class BodyGuard:
         declared = headers.get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
-                await _reply(send, 400, "Content-Length is not a number")
+                await self._refuse(send, scope, 400, "Content-Length is not a number")
                 return
             if int(declared) > self.max_bytes:
                 await self._drain(receive, int(declared))
-                await _reply(send, 413, f"body of {int(declared)} bytes is over the limit of {self.max_bytes}")
+                await self._refuse(send, scope, 413,
+                                   f"body of {int(declared)} bytes is over the limit of {self.max_bytes}")
                 return
         body = bytearray()
         more = True
@@ -134,19 +142,22 @@ class BodyGuard:
             if len(body) > self.max_bytes:
                 if more:
                     await self._drain(receive, None)
-                await _reply(send, 413, f"body is over the limit of {self.max_bytes} bytes")
+                await self._refuse(send, scope, 413, f"body is over the limit of {self.max_bytes} bytes")
                 return
         if body:
             try:
                 decode_json(bytes(body), self.max_depth)
             except BodyError as exc:
-                await _reply(send, 400, str(exc))
+                await self._refuse(send, scope, 400, str(exc))
                 return
             # The body is JSON whatever the client called it (curl -d says form-urlencoded).
             scope = dict(scope)
             scope["headers"] = [(k, v) for k, v in scope.get("headers", []) if k != b"content-type"]
             scope["headers"].append((b"content-type", b"application/json"))
         await self.app(scope, _replay(bytes(body), receive), send)
+
+    async def _refuse(self, send: Send, scope: Scope, status: int, detail: str) -> None:
+        await _reply(send, status, self.error_body(scope.get("path", ""), detail))
 
     async def _drain(self, receive: Receive, declared: int | None) -> None:
         if declared is not None and declared > self.drain_bytes:

@@ -143,8 +143,7 @@ def _act(ctx: ApiContext, name: str, incident_id: str, body: ActionBody | None) 
 
 
 ACTION_RESPONSES = {404: {"description": "No such incident"},
-                    409: {"description": "The incident's status does not allow this action"},
-                    503: {"description": "Redis or Postgres is unreachable; nothing changed"}}
+                    409: {"description": "The incident's status does not allow this action"}}
 OptionalBody = Annotated[ActionBody | None, Body()]
 
 

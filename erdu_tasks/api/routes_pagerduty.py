@@ -65,11 +65,9 @@ def _trigger(ctx: ApiContext, event: pd.TriggerEvent) -> str:
 
 @router.post("/v1/pagerduty", status_code=202, response_model=Accepted,
              responses={400: {"model": Invalid, "description": "Invalid event: do not retry"},
-                        401: {"description": "No or wrong token (bearer or routing_key)"},
-                        403: {"description": "The read-only token cannot write"},
-                        413: {"description": "The body is over the size limit"},
-                        503: {"description": "Redis or Postgres is unreachable; retry later"}})
-def post_pagerduty(event: Annotated[pd.PagerDutyEvent, Body()], request: Request, ctx: Annotated[ApiContext, Depends(context)],
+                        401: {"description": "No or wrong token (bearer or routing_key)"}})
+def post_pagerduty(event: Annotated[pd.PagerDutyEvent, Body()], request: Request,
+                   ctx: Annotated[ApiContext, Depends(context)],
                    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Accepted:
     """trigger opens (or counts on) the incident of its dedup_key; acknowledge and resolve act on it.
 

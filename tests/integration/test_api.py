@@ -213,7 +213,7 @@ def test_pagerduty_senders_may_use_the_write_token_as_routing_key(api):
     (b'{"message": 12}', 422, "message"),
     (b'{"service": "no message"}', 422, "message"),
     (b'{"message": "x", "unknown_field": 1}', 422, "unknown_field"),
-    (b'[]', 422, "empty batch"),
+    (b'[]', 422, "at least 1"),
     (b'"just a string"', 422, ""),
     (b'{"message": "x", "labels": {"a": 1}}', 422, "labels"),
     (b'{"message": "x", "severity": "P9"}', 422, "severity"),

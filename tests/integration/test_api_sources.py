@@ -202,7 +202,8 @@ def test_with_redis_down_nothing_is_accepted_and_the_api_says_so(tmp_path):
                 r = c.post("/v1/events", params=params, json={"message": "during the outage", "service": "o"})
                 assert r.status_code == 503, r.text
                 assert "Redis" in r.json()["detail"] and r.headers["retry-after"]
-            r = c.post("/v1/alertmanager", json=notification("firing", alert("firing", "ff01", "h", "2024-01-01T00:00:00Z")))
+            firing = alert("firing", "ff01", "h", "2024-01-01T00:00:00Z")
+            r = c.post("/v1/alertmanager", json=notification("firing", firing))
             assert r.status_code == 503
             assert c.post("/v1/pagerduty", json=pd("trigger", "outage")).status_code == 503
             health = c.get("/healthz")
@@ -243,7 +244,8 @@ def test_with_postgres_gone_the_api_answers_503(tmp_path, redis_server):
 
 # ---- where it may listen ---------------------------------------------------------------------
 
-def _api_exit(env_extra: dict[str, str], host: str, tmp_path, redis_server, database_url) -> subprocess.CompletedProcess:
+def _api_exit(env_extra: dict[str, str], host: str, tmp_path, redis_server,
+              database_url) -> subprocess.CompletedProcess:
     api = ApiServer(tmp_path, redis_server.url, database_url, env_extra, host=host)
     return subprocess.run([sys.executable, "-m", "erdu_tasks.cli", "api", "--host", host, "--port", str(api.port)],
                           env=api.env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
