@@ -9,7 +9,9 @@ Every key is optional; a monitor runs only when its section is present::
         files:
           - path: /var/log/orders/app.log
             service: orders
-          - path: /var/log/billing/*.log   # a glob: every matching file is tailed on its own
+          - path: /var/log/billing/*.log   # a glob: every matching file is tailed on its own; it
+                                           # must not match rotated copies (app.log.1), which are
+                                           # followed through the file they were rotated from
             service: billing
             exclude: ['*.gz']        # file names (fnmatch) a glob must skip
             from_start: false        # files present at the first scan start at their end
@@ -17,6 +19,7 @@ Every key is optional; a monitor runs only when its section is present::
         max_line_bytes: 65536        # longer lines are cut and marked "[line truncated ...]"
         hold_timeout: 5              # a partial last line / unfinished traceback waits this long
         rotate_wait: 10              # a rotated file is still read this long after rotation
+        lock_timeout: 5              # per-file lock, renewed while reading (bounds the pause after a crash)
       probes:
         interval: 10
         checks:
@@ -120,7 +123,8 @@ class LogsConfig(_Model):
     run_seconds: float = Field(default=20.0, gt=0, le=600, description="time budget of one scan")
     hold_timeout: float = Field(default=5.0, ge=0, le=3600)
     rotate_wait: float = Field(default=10.0, ge=0, le=3600)
-    lock_timeout: float = Field(default=60.0, ge=1, le=3600)
+    lock_timeout: float = Field(default=5.0, ge=1, le=3600, description="renewed between commits; after a "
+                                "worker crash its file waits at most this long")
     max_event_lines: int = Field(default=200, ge=2, le=10_000)
 
     @model_validator(mode="after")

@@ -118,7 +118,33 @@ class FileStats:
 
 
 class _Conflict(Exception):
-    """Another scanner moved the position first: this one's reads are thrown away."""
+    """Another scanner moved the position first (or took the file's lock): this one stops."""
+
+
+@dataclass
+class _Budget:
+    """The scan's time budget, and the file's lock kept alive between commits."""
+
+    deadline: float
+    lock: Any = None
+
+    def keepalive(self) -> None:
+        """Push the lock's expiry back; _Conflict if it expired and another worker took it."""
+        if self.lock is None:
+            return
+        try:
+            self.lock.reacquire()
+        except redis.exceptions.LockError:
+            raise _Conflict("lost the file's lock") from None
+        except redis.RedisError as exc:
+            raise TransientError(f"redis unavailable for the tail lock: {exc}") from exc
+
+    def over(self) -> bool:
+        """True when the scan should stop reading (time is up); otherwise keeps the lock alive."""
+        if time.monotonic() > self.deadline:
+            return True
+        self.keepalive()
+        return False
 
 
 _registered: set[tuple[str, str]] = set()
@@ -146,7 +172,7 @@ def _locked(path: str, watch: LogFile, config: LogsConfig, deps: TailDeps, deadl
     except redis.RedisError as exc:
         raise TransientError(f"redis unavailable for the tail lock: {exc}") from exc
     try:
-        return tail_file(path, watch, config, deps, deadline)
+        return tail_file(path, watch, config, deps, _Budget(deadline, lock))
     finally:
         try:
             lock.release()
@@ -172,11 +198,13 @@ def _paths(watch: LogFile, deps: TailDeps) -> set[str]:
     """Files matching the watch now, plus files it tailed before (they may have been rotated away)."""
     matches = _matches(watch)
     marker = (deps.db.url, watch.path)
+    if marker in _registered and not watch.is_glob:
+        return {watch.path}
     with deps.db.transaction() as conn:
         if marker not in _registered:
             _register(conn, watch, matches)
         stored = [r["path"] for r in conn.execute(
-            "SELECT path FROM tail_positions WHERE watch = %s", (watch.path,)).fetchall()]
+            "SELECT path FROM tail_positions WHERE watch = %s", (watch.path,)).fetchall()] if watch.is_glob else []
     _registered.add(marker)
     if not watch.is_glob:
         return {watch.path}
@@ -349,7 +377,7 @@ def _read(handle: BinaryIO, offset: int, skipping: bool, force: bool, config: Lo
 
 
 def _drain_rotated(pos: Position, watch: LogFile, config: LogsConfig, deps: TailDeps, stats: FileStats,
-                   deadline: float, *, finish: bool = False) -> Position:
+                   budget: _Budget, *, finish: bool = False) -> Position:
     """Read the rotated-away file; forget it once rotate_wait has passed (or `finish`) and it is read."""
     rot = pos.rotated
     assert rot is not None
@@ -371,28 +399,28 @@ def _drain_rotated(pos: Position, watch: LogFile, config: LogsConfig, deps: Tail
             new = replace(pos, rotated=None if done else rot)
             if new != pos or r.events:
                 pos = _commit(deps, pos, new, r.events, watch, r.lines, stats)
-            if r.eof or time.monotonic() > deadline:
+            if r.eof or budget.over():
                 return pos
 
 
-def tail_file(path: str, watch: LogFile, config: LogsConfig, deps: TailDeps, deadline: float) -> FileStats:
+def tail_file(path: str, watch: LogFile, config: LogsConfig, deps: TailDeps, budget: _Budget) -> FileStats:
     """Read what is new in one file (and in the file it was rotated from); the caller holds its lock."""
     stats = FileStats(path)
     try:
         with deps.db.transaction() as conn:
             pos = load_position(conn, path, watch.path)
         if pos.rotated is not None:
-            pos = _drain_rotated(pos, watch, config, deps, stats, deadline)
+            pos = _drain_rotated(pos, watch, config, deps, stats, budget)
         st = _stat(path)
         if pos.file is not None and (st is None or FileId.of(st) != pos.file):
             if pos.rotated is not None:  # rotated twice since it was last drained: finish the older one
-                pos = _drain_rotated(pos, watch, config, deps, stats, deadline, finish=True)
+                pos = _drain_rotated(pos, watch, config, deps, stats, budget, finish=True)
             moved = Rotated(pos.file.dev, pos.file.ino, pos.offset, pos.head_len, pos.head_hash, pos.skipping,
                             deps.clock() + config.rotate_wait)
             stats.notes.append(f"{path} was rotated or replaced; reading the old file for {config.rotate_wait:g}s")
             pos = _commit(deps, pos, replace(pos, file=None, offset=0, head_len=0, head_hash="", skipping=False,
                                              held_since=None, rotated=moved), [], watch, 0, stats)
-            pos = _drain_rotated(pos, watch, config, deps, stats, deadline)
+            pos = _drain_rotated(pos, watch, config, deps, stats, budget)
         if st is None:
             return stats
         try:
@@ -400,7 +428,8 @@ def tail_file(path: str, watch: LogFile, config: LogsConfig, deps: TailDeps, dea
         except FileNotFoundError:
             return stats
         with handle:
-            _tail_current(handle, pos, watch, config, deps, stats, deadline)
+            budget.keepalive()
+            _tail_current(handle, pos, watch, config, deps, stats, budget)
     except _Conflict:
         stats.skipped = "another scanner moved the position first"
     except PermissionError as exc:
@@ -410,7 +439,7 @@ def tail_file(path: str, watch: LogFile, config: LogsConfig, deps: TailDeps, dea
 
 
 def _tail_current(handle: BinaryIO, pos: Position, watch: LogFile, config: LogsConfig, deps: TailDeps,
-                  stats: FileStats, deadline: float) -> None:
+                  stats: FileStats, budget: _Budget) -> None:
     fid = FileId.of(os.fstat(handle.fileno()))
     if pos.file != fid:
         if pos.file is not None:
@@ -433,5 +462,5 @@ def _tail_current(handle: BinaryIO, pos: Position, watch: LogFile, config: LogsC
                       held_since=_held_since(current.held_since, r, deps))
         if new != pos or r.events:
             pos = current = _commit(deps, pos, new, r.events, watch, r.lines, stats)
-        if r.eof or time.monotonic() > deadline:
+        if r.eof or budget.over():
             return

@@ -205,6 +205,21 @@ def test_a_file_that_appears_later_is_read_from_its_start(tail_env):
     assert occurrences(url) == {"A": 1, "B": 4}
 
 
+def test_a_partial_line_left_unfinished_is_taken_after_the_hold_timeout(tail_env):
+    logs, config, deps, created, url = tail_env
+    cfg = config(hold_timeout=0.3)
+    with open(logs / "app.log", "ab", buffering=0) as fh:
+        fh.write(b"2024 ERROR checkout failed for order 1\n2024 ERROR inventory sync failed for sku 9")
+        scan(cfg, deps)
+        assert occurrences(url) == {"A": 1}
+        time.sleep(0.4)
+        scan(cfg, deps)
+        assert occurrences(url) == {"A": 1, "B": 1}
+        fh.write(b"9 (the rest of the held line, never counted twice)\n2024 ERROR inventory sync failed for sku 3\n")
+        scan(cfg, deps)
+    assert occurrences(url) == {"A": 1, "B": 2}
+
+
 def test_a_traceback_split_across_writes_is_one_event(tail_env):
     logs, config, deps, created, url = tail_env
     cfg = config()

@@ -72,14 +72,17 @@ def listening_ports(procs: list[psutil.Process]) -> set[int]:
             if c.status == psutil.CONN_LISTEN and c.pid in pids}
 
 
-def rss_of(procs: list[psutil.Process]) -> int:
-    total = 0
+def memory_of(procs: list[psutil.Process]) -> tuple[int, int]:
+    """Summed RSS (shared pages counted in every process) and PSS (shared pages split between them)."""
+    rss = pss = 0
     for p in procs:
         try:
-            total += p.memory_info().rss
+            info = p.memory_full_info()
         except psutil.Error:
-            pass
-    return total
+            continue
+        rss += info.rss
+        pss += getattr(info, "pss", info.rss)
+    return rss, pss
 
 
 def answers(port: int) -> bool:
@@ -133,8 +136,9 @@ def test_up_in_a_fresh_directory_runs_everything_closes_an_incident_and_leaves_n
         time.sleep(5)  # idle
         procs = [psutil.Process(up.proc.pid), *up.tree()]
         ports = listening_ports(procs)
-        idle_rss = rss_of(procs)
-        print(f"\nidle stack: {len(procs)} processes, RSS {idle_rss / 2**20:.0f} MiB, listening on {sorted(ports)}")
+        rss, pss = memory_of(procs)
+        print(f"\nidle stack: {len(procs)} processes, RSS {rss / 2**20:.0f} MiB (PSS {pss / 2**20:.0f} MiB), "
+              f"listening on {sorted(ports)}")
         assert len(ports) >= 4, ports  # redis, postgres, flower, metrics at least
     finally:
         tree = up.tree() if up.proc.poll() is None else []
