@@ -448,3 +448,49 @@ def test_incidents_stuck_in_a_stage_are_found_unless_a_silence_holds_them(db, t0
         found = [r["id"] for r in escalation.stuck_incidents(conn, now=t0, after=timedelta(minutes=15))]
     assert found == [stuck]
     assert fresh not in found
+
+
+# --------------------------------------------------------------------------- email
+
+
+def test_a_level_that_mails_reaches_a_local_smtp_server_once(db, redis_client, t0):
+    from email import message_from_bytes, policy
+
+    from aiosmtpd.controller import Controller
+
+    from tests.conftest import free_port
+
+    class Inbox:
+        def __init__(self) -> None:
+            self.messages = []
+
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802 - the aiosmtpd API
+            self.messages.append(message_from_bytes(envelope.content, policy=policy.default))
+            return "250 Message accepted"
+
+    inbox, port = Inbox(), free_port()
+    smtp = Controller(inbox, hostname="127.0.0.1", port=port)
+    smtp.start()
+    try:
+        section = {"channels": {"mail": {"type": "email", "host": "127.0.0.1", "port": port,
+                                         "sender": "erdu@example.com", "recipients": ["oncall@example.com"]}},
+                   "policies": {"default": [{"channels": ["mail"], "ack_deadline": "10m"}, {"channels": ["mail"]}]}}
+        esc = make_escalator(db, section, redis=redis_client)
+        with db.transaction() as conn:
+            iid = new_incident(conn, service="orders-db", title="Database connection failed")
+            store.update_fields(conn, iid, {"root_cause": "connection pool exhausted", "fix": FIX})
+            escalate(conn, iid, now=t0, reason="runbook restart-db did not fix it")
+        esc.sweep(t0)
+        esc.sweep(at(t0, 5))
+        assert len(inbox.messages) == 1
+        mail = inbox.messages[0]
+        assert iid in mail["Subject"] and mail["To"] == "oncall@example.com"
+        text = mail.get_content()
+        for expected in ("runbook restart-db did not fix it", "connection pool exhausted",
+                         "restart-db: restart: succeeded", "Job for orders-db.service failed",
+                         f"erdu incidents show {iid}"):
+            assert expected in text, expected
+        esc.sweep(at(t0, 10))
+        assert [m["Subject"].count("level 2") for m in inbox.messages] == [0, 1]
+    finally:
+        smtp.stop()
