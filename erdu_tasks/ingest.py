@@ -16,6 +16,7 @@ from .catalog import Catalog
 from .detect.fingerprint import fingerprint
 from .detect.rules import RuleSet
 from .errors import InvalidEvent
+from .jsonsafe import UnsafeJSON, check_tree
 from .model import Event, Severity
 
 MAX_BATCH = 10_000
@@ -43,6 +44,10 @@ def parse_events(payload: Any) -> list[Event]:
         raise InvalidEvent("empty batch: expected at least one event")
     if len(payload) > MAX_BATCH:
         raise InvalidEvent(f"batch of {len(payload)} events is over the limit of {MAX_BATCH}")
+    try:
+        check_tree(payload)
+    except UnsafeJSON as exc:
+        raise InvalidEvent(f"invalid event: {exc}") from None
     try:
         return _events.validate_python(payload)
     except ValidationError as exc:

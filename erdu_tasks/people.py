@@ -33,32 +33,35 @@ def _load(conn, incident_id: str):
     return incident
 
 
-def acknowledge(rt: Runtime, incident_id: str, who: str) -> ActionDone:
-    """Acknowledge: an escalated incident becomes acknowledged; any open one gets acknowledged_at."""
+def acknowledge(rt: Runtime, incident_id: str, who: str, *, kind: str = "person") -> ActionDone:
+    """Acknowledge: an escalated incident becomes acknowledged; any open one gets acknowledged_at.
+
+    kind is "person" for people and "source" for an alert source (Alertmanager, PagerDuty) acting for one.
+    """
     with rt.db.transaction() as conn:
         incident = _load(conn, incident_id)
         if incident.status not in OPEN_STATUSES:
             raise ActionRefused(f"{incident_id} is {incident.status.value}: nothing to acknowledge")
         if incident.status is Status.ESCALATED:
             store.transition(conn, incident_id, expected=[Status.ESCALATED], to=Status.ACKNOWLEDGED,
-                             actor=f"person:{who}", what=f"acknowledged by {who}")
+                             actor=f"{kind}:{who}", what=f"acknowledged by {who}")
         else:
             conn.execute("UPDATE incidents SET acknowledged_at = coalesce(acknowledged_at, now()) WHERE id = %s",
                          (incident_id,))
-            store.add_timeline(conn, incident_id, actor=f"person:{who}", what=f"acknowledged by {who}")
+            store.add_timeline(conn, incident_id, actor=f"{kind}:{who}", what=f"acknowledged by {who}")
     return ActionDone(incident_id, f"{incident_id} acknowledged by {who}")
 
 
-def resolve(rt: Runtime, incident_id: str, who: str, note: str | None = None) -> ActionDone:
-    """Resolve by a person; the resolver still writes the report and learns (marked human-resolved)."""
+def resolve(rt: Runtime, incident_id: str, who: str, note: str | None = None, *, kind: str = "person") -> ActionDone:
+    """Resolve by hand; the resolver still writes the report and learns (human-resolved when kind is person)."""
     with rt.db.transaction() as conn:
         incident = _load(conn, incident_id)
         if incident.status not in OPEN_STATUSES:
             raise ActionRefused(f"{incident_id} is already {incident.status.value}")
-        updates = {"resolved_by": f"person:{who}", "auto_resolved": False}
+        updates = {"resolved_by": f"{kind}:{who}", "auto_resolved": False}
         if note:
             updates["root_cause"] = incident.root_cause or note
-        store.transition(conn, incident_id, expected=[incident.status], to=Status.RESOLVED, actor=f"person:{who}",
+        store.transition(conn, incident_id, expected=[incident.status], to=Status.RESOLVED, actor=f"{kind}:{who}",
                          what=f"resolved by {who}" + (f": {note}" if note else ""), updates=updates,
                          details={"note": note} if note else None)
     send_stage("resolve", incident_id)

@@ -12,6 +12,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..jsonsafe import check_tree as _check_tree
+from ..jsonsafe import text_problem  # noqa: F401  (re-exported for the routes)
+
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -30,36 +33,9 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def text_problem(text: str) -> str | None:
-    """Why a string cannot be stored as text in Postgres (NUL, lone surrogates), or None."""
-    if "\x00" in text:
-        return "NUL characters (\\u0000) are not allowed"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "unpaired surrogate escapes (\\ud800-\\udfff) are not allowed"
-    return None
-
-
 def check_tree(data: Any, max_depth: int) -> None:
     """Raise BodyError if data nests deeper than max_depth or holds text Postgres cannot store."""
-    stack: list[tuple[Any, int]] = [(data, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, (dict, list)):
-            if depth > max_depth:
-                raise BodyError(f"JSON nested deeper than {max_depth} levels")
-            items = node.items() if isinstance(node, dict) else enumerate(node)
-            for key, value in items:
-                if isinstance(key, str):
-                    problem = text_problem(key)
-                    if problem:
-                        raise BodyError(f"key {key[:40]!r}: {problem}")
-                stack.append((value, depth + 1))
-        elif isinstance(node, str):
-            problem = text_problem(node)
-            if problem:
-                raise BodyError(problem)
+    _check_tree(data, max_depth, BodyError)
 
 
 def decode_json(body: bytes, max_depth: int) -> Any:

@@ -99,7 +99,7 @@ def _resolve(ctx: ApiContext, alert: am.Alert) -> AlertResult:
     done = None
     if incident_id:
         ends = alert.endsAt.isoformat() if alert.endsAt else "now"
-        done = ctx.try_action(resolve, incident_id, am.SOURCE, note=f"alert {key} resolved at {ends}")
+        done = ctx.try_action(resolve, incident_id, am.SOURCE, note=f"alert {key} resolved at {ends}", kind="source")
     # Recorded after the incident is resolved: a retry after a failure here finds it resolved already.
     with ctx.rt.db.transaction() as conn:
         conn.execute(

@@ -83,5 +83,5 @@ def post_pagerduty(event: Annotated[pd.PagerDutyEvent, Body()], request: Request
     incident_id = _open_incident(ctx, key)
     if incident_id:
         action = acknowledge if event.event_action == pd.Action.ACKNOWLEDGE else resolve
-        ctx.try_action(action, incident_id, pd.SOURCE)
+        ctx.try_action(action, incident_id, pd.SOURCE, kind="source")
     return Accepted(dedup_key=key)

@@ -75,7 +75,7 @@ def test_alertmanager_firing_then_resolved_opens_and_resolves_one_incident_per_a
         wait_for(lambda: state(stack, f"SELECT status FROM incidents WHERE id = '{first['id']}'")[0]["status"]
                  == "closed", 60, what="resolver closes the incident")
         row = next(i for i in state(stack) if i["id"] == first["id"])
-        assert row["resolved_by"] == "person:alertmanager" and row["resolved_at"] is not None
+        assert row["resolved_by"] == "source:alertmanager" and row["resolved_at"] is not None
         assert (stack.reports / f"{first['id']}.md").is_file()
         other = next(i for i in state(stack) if i["id"] != first["id"])
         assert other["status"] == "detected", "resolving one alert must leave the other open"
@@ -135,7 +135,7 @@ def test_pagerduty_trigger_ack_resolve_with_one_dedup_key_then_a_new_trigger_ope
         wait_for(lambda: state(stack)[0]["resolved_at"] is not None, 10, what="resolved")
         wait_for(lambda: state(stack, "SELECT status FROM incidents")[0]["status"] == "closed", 60, what="closed")
         done = state(stack)[0]
-        assert done["acknowledged_at"] is not None and done["resolved_by"] == "person:pagerduty"
+        assert done["acknowledged_at"] is not None and done["resolved_by"] == "source:pagerduty"
 
         # A trigger after the resolve opens a new incident.
         assert c.post("/v1/pagerduty", json=pd("trigger", "checkout-db")).status_code == 202
