@@ -283,13 +283,14 @@ def _save(conn: psycopg.Connection, old: Position, new: Position, *, lines: int,
 # --- events ----------------------------------------------------------------------------------
 
 
-def is_event(text: str, watch: LogFile, rules: RuleSet, event: Event) -> bool:
+def is_event(text: str, watch: LogFile, rules: RuleSet, event: Callable[[], Event]) -> bool:
     """Error-level text, or (unless the line says it is below warning) text a rule gives a severity."""
     if compile_pattern(watch.error_pattern).search(text):
         return True
     if compile_pattern(watch.quiet_pattern).search(text.split("\n", 1)[0]):
         return False
-    return any(r.severity is not None and r.ignore is not True and r.test(event) is not None for r in rules.rules)
+    candidate = event()
+    return any(r.severity is not None and r.ignore is not True and r.test(candidate) is not None for r in rules.rules)
 
 
 def to_events(texts: list[str], watch: LogFile, path: str, deps: TailDeps) -> list[Event]:
@@ -302,9 +303,15 @@ def to_events(texts: list[str], watch: LogFile, path: str, deps: TailDeps) -> li
         # A cut line is marked in its text and, since stored descriptions are shorter than a
         # line may be, in a label as well.
         marked = {**labels, "truncated": "true"} if TRUNCATED_MARK in text else labels
-        event = Event(source="log", message=text, service=watch.service, host=deps.host, labels=marked)
+        made: list[Event] = []
+
+        def event(text: str = text, marked: dict[str, str] = marked) -> Event:
+            if not made:
+                made.append(Event(source="log", message=text, service=watch.service, host=deps.host, labels=marked))
+            return made[0]
+
         if is_event(text, watch, deps.rules, event):
-            out.append(event)
+            out.append(event())
     return out
 
 

@@ -84,7 +84,7 @@ def _event(text):
 ])
 def test_only_error_level_lines_or_lines_a_rule_grades_are_events(text, expected):
     cfg = load_monitors({"logs": {"files": [{"path": "/x.log"}]}})
-    assert is_event(text, cfg.logs.files[0], RuleSet.load(None), _event(text)) is expected
+    assert is_event(text, cfg.logs.files[0], RuleSet.load(None), lambda: _event(text)) is expected
 
 
 def test_live_roles_are_read_from_worker_names():
