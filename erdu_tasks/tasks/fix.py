@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import fixing, history, names, store
+from .. import escalation, fixing, history, names, silences, store
 from ..app import app
 from ..errors import PermanentError
 from ..model import Status
@@ -51,6 +51,8 @@ def _plan(rt: Runtime, incident_id: str, worker: str):
         if incident.status not in STAGE_FROM["fix"]:
             log.info("stage already done", stage="fix", incident_id=incident_id, status=incident.status.value)
             return None
+        if incident.status is not Status.FIXING and _silenced(conn, incident, worker):
+            return None
         fix_state = dict(incident.fix or {})
         attempt = int(fix_state.get("attempt", 1))
         runbooks = fixing.matching_runbooks(rt, incident, history.runbook_stats(conn, incident.fingerprint))
@@ -95,6 +97,16 @@ def _plan(rt: Runtime, incident_id: str, worker: str):
             return None
         fixing.claim_run(conn, incident, attempt, runbook)
         return incident, runbook, attempt
+
+
+def _silenced(conn, incident, worker: str) -> bool:
+    """A silence that began after the commander's check still stops the fix before anything runs."""
+    now = escalation.utcnow()
+    silence = silences.silencing(silences.active_silences(conn, now), incident, now)
+    if silence is None:
+        return False
+    escalation.hold(conn, incident, kind="silence", stage="fix", now=now, worker=worker, silence=silence)
+    return True
 
 
 def _act(rt: Runtime, incident, runbook, attempt: int) -> dict[str, Any]:
