@@ -24,6 +24,7 @@ import fnmatch
 import glob
 import hashlib
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -148,6 +149,8 @@ class _Budget:
 
 
 _registered: set[tuple[str, str]] = set()
+_unreadable: set[str] = set()
+UNREADABLE = "cannot read: "
 
 
 def scan(config: LogsConfig, deps: TailDeps) -> list[FileStats]:
@@ -159,8 +162,26 @@ def scan(config: LogsConfig, deps: TailDeps) -> list[FileStats]:
             if time.monotonic() > deadline:
                 results.append(FileStats(path, skipped="time budget of this scan used up"))
                 continue
-            results.append(_locked(path, watch, config, deps, deadline))
+            stats = _locked(path, watch, config, deps, deadline)
+            failing = bool(stats.skipped and stats.skipped.startswith(UNREADABLE))
+            if failing or path in _unreadable:
+                _report_unreadable(path, watch, deps, stats.skipped if failing else None)
+            results.append(stats)
     return results
+
+
+def _report_unreadable(path: str, watch: LogFile, deps: TailDeps, problem: str | None) -> None:
+    """A watched file that cannot be read is an incident (once), and its recovery is on the timeline."""
+    key = f"logtail:{path}"
+    event = Event(source="monitor", message=f"Watched log file cannot be read: {path}", service=watch.service,
+                  host=deps.host, dedup_key=f"logtail:unreadable:{path}"[:255], labels={"path": path[:1024]})
+    obs = state.Observation(key=key, failing=problem is not None, detail=problem or f"{path} is readable again",
+                            event=event, repeat=False, data={"path": path})
+    state.observe(deps.db, [obs], deps.rules, deps.catalog, deps.notify, _now(deps))
+    if problem is None:
+        _unreadable.discard(path)
+    else:
+        _unreadable.add(path)
 
 
 def _locked(path: str, watch: LogFile, config: LogsConfig, deps: TailDeps, deadline: float) -> FileStats:
@@ -430,6 +451,9 @@ def tail_file(path: str, watch: LogFile, config: LogsConfig, deps: TailDeps, bud
             pos = _drain_rotated(pos, watch, config, deps, stats, budget)
         if st is None:
             return stats
+        if not stat.S_ISREG(st.st_mode):  # a directory, a FIFO (would block), a device
+            stats.skipped = UNREADABLE + "not a regular file"
+            return stats
         try:
             handle = open(path, "rb")
         except FileNotFoundError:
@@ -439,8 +463,8 @@ def tail_file(path: str, watch: LogFile, config: LogsConfig, deps: TailDeps, bud
             _tail_current(handle, pos, watch, config, deps, stats, budget)
     except _Conflict:
         stats.skipped = "another scanner moved the position first"
-    except PermissionError as exc:
-        stats.skipped = f"cannot read: {exc}"
+    except (PermissionError, IsADirectoryError) as exc:
+        stats.skipped = UNREADABLE + str(exc)
         log.warning("cannot read log file", path=path, error=str(exc))
     return stats
 

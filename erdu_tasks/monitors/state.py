@@ -134,6 +134,7 @@ class Observation:
     sustained_for: float = 0.0
     top_details: dict[str, Any] | None = None
     data: dict[str, Any] | None = None  # for the timeline of a recovery / a relapse
+    repeat: bool = True                 # report every firing run (bumps occurrences) or only the first
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,8 @@ def observe(db: Any, observations: Sequence[Observation], rules: RuleSet, catalo
             verdict, cond = step(conds[obs.key], obs.failing, now, failures_needed=obs.failures_needed,
                                  sustained_for=obs.sustained_for, detail=obs.detail)
             stepped.append((obs, verdict, cond, conds[obs.key].firing))
-        firing = [o for o, v, _, _ in stepped if v is Verdict.FIRING and o.event is not None]
+        firing = [o for o, v, _, was in stepped
+                  if v is Verdict.FIRING and o.event is not None and (o.repeat or not was)]
         top = {o.event.dedup_key: o.top_details for o in firing if o.top_details and o.event.dedup_key}
         outcomes = report(conn, [o.event for o in firing], rules, catalog, top_details=top)
         for obs, verdict, cond, was_firing in stepped:

@@ -217,6 +217,24 @@ def test_a_partial_line_left_unfinished_is_taken_after_the_hold_timeout(tail_env
     assert occurrences(url) == {"A": 1, "B": 2}
 
 
+def test_a_watched_path_that_cannot_be_read_is_one_incident_until_it_recovers(tail_env):
+    logs, config, deps, created, url = tail_env
+    cfg = config()
+    os.mkfifo(logs / "app.log")  # opening a FIFO would block the worker: it must be refused, not read
+    for _ in range(3):
+        stats = scan(cfg, deps)
+        assert stats[0].skipped == "cannot read: not a regular file"
+    rows = incident_rows(url)
+    assert len(rows) == 1 and rows[0]["occurrences"] == 1 and rows[0]["source"] == "monitor"
+    assert str(logs / "app.log") in rows[0]["description"]
+    os.unlink(logs / "app.log")
+    (logs / "app.log").write_bytes(b"2024 ERROR checkout failed for order 5\n")
+    scan(cfg, deps)
+    timeline = incident_rows(url, "SELECT what FROM incident_timeline WHERE incident_id = %s", (rows[0]["id"],))
+    assert any(t["what"].startswith("recovered") for t in timeline)
+    assert occurrences(url)["A"] == 1
+
+
 def test_a_traceback_split_across_writes_is_one_event(tail_env):
     logs, config, deps, created, url = tail_env
     cfg = config()
