@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ import httpx
 import psycopg
 import yaml
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.markup import escape
+from rich.progress import Progress, SpinnerColumn, TextColumn
 
 from .embedded import EmbeddedServer, free_port, start_postgres, start_redis
 from .errors import ErduError
@@ -188,20 +190,23 @@ def _rows(url: str, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
 class Narrator:
     """Turns what the pipeline wrote to Postgres into finished steps of the progress display."""
 
-    def __init__(self, progress: Progress, database_url: str) -> None:
+    def __init__(self, progress: Progress, database_url: str, broken_at: datetime) -> None:
         self.progress = progress
         self.url = database_url
+        self.broken_at = broken_at
         self.tasks = {step: progress.add_task(f"[bold]{step}[/]", total=1) for step in STEPS}
         self.done: set[str] = set()
         self.incident: dict[str, Any] | None = None
         self.failure: str | None = None
 
-    def finish(self, step: str, detail: str) -> None:
-        """Mark a step done with what happened."""
+    def finish(self, step: str, at: datetime, detail: str) -> None:
+        """Mark a step done with when (seconds after the service broke) and what happened."""
         if step in self.done:
             return
         self.done.add(step)
-        self.progress.update(self.tasks[step], completed=1, description=f"[bold]{step:<11}[/] {detail}")
+        after = (at - self.broken_at).total_seconds()
+        self.progress.update(self.tasks[step], completed=1,
+                             description=f"[bold]{step:<11}[/] [dim]+{after:5.2f} s[/]  {escape(detail)}")
 
     def poll(self) -> bool:
         """Read the incident and its timeline; True once the report is written (or the incident escalated)."""
@@ -210,25 +215,26 @@ class Narrator:
         if not rows:
             return False
         inc = self.incident = rows[0]
-        self.finish("detection", f"{inc['id']}: {inc['title']} (probe failed twice in a row)")
+        self.finish("detection", inc["created_at"], f"{inc['id']}: {inc['title']} (the probe failed twice in a row)")
         timeline = _rows(self.url, "SELECT * FROM incident_timeline WHERE incident_id = %s ORDER BY id", (inc["id"],))
         by_status = {t["to_status"]: t for t in timeline if t["to_status"]}
         if "assigned" in by_status:
             t = by_status["assigned"]
-            self.finish("assessment", f"commander on {t['worker'] or '?'}: {t['what']}")
+            self.finish("assessment", t["at"], f"commander on {t['worker'] or '?'}: {t['what']}")
         if "investigating" in by_status:
             t = by_status["investigating"]
-            self.finish("diagnosis", f"diagnostician: {inc['root_cause'] or t['what']}")
+            self.finish("diagnosis", t["at"], f"diagnostician: {inc['root_cause'] or t['what']}")
         runs = _rows(self.url, "SELECT * FROM action_runs WHERE incident_id = %s AND action = 'restart'"
                      " AND finished_at IS NOT NULL", (inc["id"],))
         if runs:
             result = runs[0]["result"] or {}
             out = (result.get("output") or {}).get("stdout", "").strip()
-            self.finish("restart", f"fixer ran restart: {result.get('detail', '')} {out}".strip())
+            self.finish("restart", runs[0]["finished_at"], f"fixer ran restart: {result.get('detail', '')} {out}".strip())
         if "resolved" in by_status:
-            self.finish("validation", f"fixer re-checked GET /health: {by_status['resolved']['what']}")
+            self.finish("validation", by_status["resolved"]["at"],
+                        f"fixer re-checked GET /health: {by_status['resolved']['what']}")
         if "closed" in by_status and inc["report_path"]:
-            self.finish("report", f"resolver wrote {inc['report_path']}")
+            self.finish("report", by_status["closed"]["at"], f"resolver wrote {inc['report_path']}")
             return True
         if "escalated" in by_status:
             self.failure = by_status["escalated"]["what"]
@@ -266,9 +272,10 @@ def run_demo(console: Console, *, keep: bool = False, reports_dir: Path | None =
         console.print(f"stack ready in {time.monotonic() - started:.1f} s: Redis {servers[0].url}, "
                       f"Postgres {servers[1].url}, {len(children)} processes; demo-web on {scenario.health_url}",
                       highlight=False)
+        broken_at = datetime.now(timezone.utc)
         httpx.post(f"http://127.0.0.1:{scenario.port}/break", timeout=5).raise_for_status()
         console.print("[red]demo-web broken[/]: GET /health now answers 500", highlight=False)
-        narrator = _narrate(console, urls["ERDU_DATABASE_URL"], supervisor)
+        narrator = _narrate(console, urls["ERDU_DATABASE_URL"], supervisor, broken_at)
         if narrator.incident is None:
             console.print("[red]no incident was detected in time[/]")
             return 1
@@ -319,10 +326,10 @@ def _service(scenario: Scenario, command: str) -> None:
         raise ErduError(f"demo-web {command} failed: {done.stderr.strip() or done.stdout.strip()}")
 
 
-def _narrate(console: Console, database_url: str, supervisor: Supervisor) -> Narrator:
-    columns = (SpinnerColumn(finished_text="[green]✓[/]"), TextColumn("{task.description}"), TimeElapsedColumn())
+def _narrate(console: Console, database_url: str, supervisor: Supervisor, broken_at: datetime) -> Narrator:
+    columns = (SpinnerColumn(finished_text="[green]✓[/]"), TextColumn("{task.description}"))
     with Progress(*columns, console=console, transient=False) as progress:
-        narrator = Narrator(progress, database_url)
+        narrator = Narrator(progress, database_url, broken_at)
         deadline = time.monotonic() + SCENARIO_TIMEOUT
         while time.monotonic() < deadline:
             supervisor.tick()
