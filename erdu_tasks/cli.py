@@ -109,6 +109,7 @@ def _check_config(settings) -> None:
     """Load rules, runbooks and the catalog once so a bad file fails at start-up, naming file and reason."""
     from .catalog import Catalog
     from .detect.rules import RuleSet
+    from .escalation import check_settings as check_escalation_settings
     from .monitors.config import load_monitors
     from .monitors.config import warnings as monitor_warnings
     from .runbooks import RunbookSet
@@ -116,7 +117,7 @@ def _check_config(settings) -> None:
     try:
         RuleSet.load(settings.rules_file)
         RunbookSet.load(settings.runbooks_dir)
-        Catalog.load(settings.catalog_file)
+        check_escalation_settings(settings, Catalog.load(settings.catalog_file))
         monitors = load_monitors(settings.monitors)
         from .brains import check_settings as check_role_settings   # commander, learning, brain sections
 
@@ -149,6 +150,7 @@ def beat(loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO
         check_redis(settings.redis_url)
     except ServiceUnreachable as exc:
         _fail(str(exc))
+    _check_config(settings)
     run_beat(settings, loglevel=loglevel)
 
 

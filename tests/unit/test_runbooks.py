@@ -112,11 +112,12 @@ def test_it_loads_a_directory_of_runbooks_with_every_field(tmp_path: Path) -> No
     assert cache.approval is Approval.NONE and cache.limits.max_runs == 3 and not cache.dry_run
 
 
-def test_the_shipped_example_runbooks_are_valid_and_dry_runs() -> None:
+def test_the_shipped_runbooks_are_valid_and_only_observe_unless_dry_run() -> None:
     assert check_runbooks() == []
     rbs = RunbookSet.load()
     assert len(rbs.runbooks) >= 2
-    assert all(rb.dry_run for rb in rbs.runbooks)
+    # A shipped runbook may act for real only if all it does is record (noop) and verify.
+    assert all(rb.dry_run or {a.action for a in rb.actions} == {"noop"} for rb in rbs.runbooks)
     assert {a.action for rb in rbs.runbooks for a in rb.actions} >= {"restart", "clear_cache"}
     assert rbs.path == DEFAULT_RUNBOOKS_DIR
 
