@@ -299,3 +299,33 @@ def test_dry_run_records_what_would_run_without_running_it(stack_factory, tmp_pa
     whats = [t["what"] for t in incident_rows(stack.database_url,
              "SELECT what FROM incident_timeline WHERE incident_id = %s", (incident["id"],))]
     assert any("dry run: would run run_command" in w for w in whats), whats
+
+
+def test_the_probe_detects_the_outage_and_the_fixer_revalidates_with_the_same_probe(stack_factory, tmp_path, web):
+    web.start()
+    runbook = restart_runbook(web).replace(
+        f'validation: {{check: http, url: "http://127.0.0.1:{web.port}/", expect_status: 200, timeout: 2,\n'
+        f'                          attempts: 10, interval: 0.5}}',
+        "validation: {check: from_incident, attempts: 10, interval: 0.5}")
+    assert "from_incident" in runbook
+    monitors = {"probes": {"interval": 1, "checks": [
+        {"name": "web", "url": f"http://127.0.0.1:{web.port}/", "timeout": 1, "failures": 2, "service": "web"}]}}
+    stack = stack_factory({"ERDU_RUNBOOKS_DIR": str(write_runbooks(tmp_path, runbook)),
+                           "ERDU_MONITORS": json.dumps(monitors)})
+    stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"))
+
+    def tick():
+        stack.client.send_task("erdu.monitor.probes", queue="monitor")
+        time.sleep(0.5)
+        return incident_rows(stack.database_url)
+
+    for _ in range(4):
+        tick()
+    assert incident_rows(stack.database_url) == []   # healthy: no incident
+    web.kill()
+    incident = wait_for(tick, 30, 0, what="probe incident")[0]
+    assert incident["source"].startswith("probe") and incident["error_details"]["check"]["check"] == "http"
+    wait_for(lambda: status_of(stack, incident["id"]) == "closed", 90, what="closed")
+    assert web.healthy() and web.restarts() == 1
+    data = json.loads((stack.reports / f"{incident['id']}.json").read_text())
+    assert data["validation"]["ok"] is True and data["actions"][0]["action"] == "restart"
