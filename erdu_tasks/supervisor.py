@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -47,7 +47,6 @@ class Child:
     backoff: float = 1.0
     next_start: float = 0.0
     _log_offset: int = 0
-    extra: dict = field(default_factory=dict)
 
     def start(self, env: dict[str, str], logs: Path, cwd: Path | None = None) -> None:
         """Start (or restart) the process, appending to var/logs/NAME.log."""
