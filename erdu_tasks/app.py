@@ -8,6 +8,17 @@ from kombu import Exchange, Queue
 from . import names
 from .settings import Settings, get_settings
 
+# The task modules each role's worker imports: a worker only needs the tasks its queue carries
+# (others are published by name), which keeps every process smaller.
+ROLE_TASK_MODULES: dict[str, list[str]] = {
+    "ingest": ["erdu_tasks.tasks.ingest"],
+    "commander": ["erdu_tasks.tasks.pipeline", "erdu_tasks.tasks.escalate"],
+    "diagnostician": ["erdu_tasks.tasks.pipeline"],
+    "fixer": ["erdu_tasks.tasks.fix"],
+    "resolver": ["erdu_tasks.tasks.pipeline"],
+    "monitor": ["erdu_tasks.tasks.reconcile", "erdu_tasks.tasks.monitors", "erdu_tasks.tasks.escalation"],
+}
+
 TASK_MODULES = [
     "erdu_tasks.tasks.ingest",
     "erdu_tasks.tasks.pipeline",
@@ -41,6 +52,10 @@ def make_celery(settings: Settings) -> Celery:
             # Longer than the longest stage, far below the one-hour default, so a message held by a
             # dead worker comes back in minutes, not an hour.
             "visibility_timeout": settings.visibility_timeout,
+            # Sweep for messages whose visibility timeout passed every 5 s (kombu's default sweeps
+            # every 10 s x throttle 10, which adds up to 100 s to every redelivery).
+            "unacked_restore_interval": 5,
+            "unacked_restore_throttle": 1,
             "socket_timeout": 10,
             "socket_connect_timeout": 5,
             "health_check_interval": 15,

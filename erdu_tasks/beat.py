@@ -26,4 +26,5 @@ def run_beat(settings: Settings, *, loglevel: str = "INFO") -> None:
     from .app import app as celery_app
 
     configure_beat(celery_app, settings)
+    celery_app.conf.include = []   # beat publishes tasks by name; it needs none of their code
     celery_app.start(["beat", "-l", loglevel, "-S", "redbeat.RedBeatScheduler", "--max-interval", "5"])

@@ -90,7 +90,10 @@ def run_worker(role: str, *, concurrency: int | None = None, pool: str | None = 
         _fail(str(exc))
     _check_config(settings)
     pool_settings = pool_for(role)
+    from .app import ROLE_TASK_MODULES
     from .app import app as celery_app
+
+    celery_app.conf.include = ROLE_TASK_MODULES[role]
 
     argv = [
         "worker", "-Q", pool_settings.queue, "-n", f"{role}@%h",

@@ -185,6 +185,7 @@ class Incident:
     auto_resolved: bool = False
     parent_id: str | None = None
     reopened_from: str | None = None
+    report_path: str | None = None
     timeline: list[TimelineEntry] = field(default_factory=list)
 
     @property

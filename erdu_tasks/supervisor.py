@@ -133,7 +133,10 @@ def build_children(settings: Settings, *, with_api: bool, with_flower: bool, wit
         port = _port(int((settings.flower or {}).get("port", DEFAULT_FLOWER_PORT)), taken)
         children.append(Child("flower", [*exe, "flower", "--port", str(port)], where=f"http://127.0.0.1:{port}/",
                               ready_port=port))
-    if with_metrics and _has_command("metrics"):
+    api_serves_metrics = any(c.name == "api" for c in children)
+    if api_serves_metrics:
+        children[-1].where += f"  (metrics: http://127.0.0.1:{children[-1].ready_port}/metrics)"
+    if with_metrics and not api_serves_metrics and _has_command("metrics"):
         port = _port(DEFAULT_METRICS_PORT, taken)
         children.append(Child("metrics", [*exe, "metrics", "--port", str(port)],
                               where=f"http://127.0.0.1:{port}/metrics", ready_port=port))

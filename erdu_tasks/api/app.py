@@ -109,4 +109,8 @@ def create_app(settings: Settings, config: ApiConfig | None = None) -> FastAPI:
     from . import routes_failed  # `erdu failed ls|retry` over HTTP
 
     app.include_router(routes_failed.router, responses=COMMON_RESPONSES)
+    from ..metrics import asgi_app as metrics_app
+
+    # Prometheus metrics (counts only, no incident text), unauthenticated like /healthz.
+    app.mount("/metrics", metrics_app(settings.database_url, settings.redis_url))
     return app
