@@ -47,7 +47,8 @@ _env.filters.update(cell=_cell, dur=human_duration, code=_code)
 
 
 def build_report(incident: Incident, resolution: dict[str, Any], *, related: list[dict[str, Any]] | None = None,
-                 learning: dict[str, Any] | None = None) -> dict[str, Any]:
+                 learning: dict[str, Any] | None = None,
+                 children: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The report as data: facts from the incident plus the resolver's summary and what was learned."""
     previous = incident.created_at
     timeline = []
@@ -110,6 +111,9 @@ def build_report(incident: Incident, resolution: dict[str, Any], *, related: lis
         "lessons_learned": resolution["lessons_learned"],
         "follow_ups": resolution["follow_ups"],
         "learning": learning or {},
+        "parent_id": incident.parent_id,
+        "children": [{k: c.get(k) for k in ("id", "status", "severity", "service", "title")}
+                     for c in (children or [])],
         "timeline": timeline,
     }
 

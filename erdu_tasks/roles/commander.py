@@ -173,6 +173,7 @@ class Factor:
     name: str
     effect: Effect
     detail: str
+    severity: Severity | None = None    # the severity after this factor
 
 
 @dataclass(frozen=True)
@@ -248,7 +249,7 @@ def assess(incident: Incident, ctx: CommanderContext) -> Assessment:
     """Weigh blast radius, hours, load, flapping and rate; decide the path."""
     cfg = ctx.config
     severity = incident.severity
-    factors = [Factor("classification", Effect.NOTE, f"classified {severity.value}")]
+    factors = [Factor("classification", Effect.NOTE, f"classified {severity.value}", severity)]
 
     def move(name: str, effect: Effect, detail: str) -> None:
         nonlocal severity
@@ -259,7 +260,7 @@ def assess(incident: Incident, ctx: CommanderContext) -> Assessment:
             severity = severity.lowered()
         if severity is before and effect is not Effect.NOTE:
             effect, detail = Effect.NOTE, f"{detail} (already {severity.value})"
-        factors.append(Factor(name, effect, detail))
+        factors.append(Factor(name, effect, detail, severity))
 
     affected = list(dict.fromkeys(incident.affected_services or ([incident.service] if incident.service else [])))
     if len(affected) >= cfg.blast_radius_services:

@@ -194,12 +194,17 @@ def _candidates(incident: Incident, ctx: DiagnosticianContext) -> list[Hypothesi
             confidence += 0.35 * record.rate
             basis.append(f"runbook {name} fixed this pattern {record.successes}/{record.attempts} times")
         out.append(Hypothesis(hint, max(confidence, 0.2), basis))
+    by_cause: dict[str, list[Related]] = {}
     for r in ctx.related:
         if r.root_cause and UNKNOWN not in r.root_cause:
-            weight = 0.35 + 0.35 * min(r.score, 1.0) + (0.1 if r.same_fingerprint else 0.0)
-            out.append(Hypothesis(r.root_cause, weight,
-                                  [f"earlier incident {r.id} (similarity {r.score:.2f}) had root cause: "
-                                   f"{r.root_cause}"]))
+            by_cause.setdefault(r.root_cause, []).append(r)
+    for cause, group in by_cause.items():   # related come best first: the first of a group is its best
+        best = group[0]
+        weight = 0.35 + 0.35 * min(best.score, 1.0) + (0.1 if best.same_fingerprint else 0.0)
+        weight += 0.03 * (len(group) - 1)   # the same cause again and again
+        names = ", ".join(f"{r.id} ({r.score:.2f})" for r in group[:4]) + (" ..." if len(group) > 4 else "")
+        which = "earlier incident" if len(group) == 1 else f"{len(group)} earlier incidents"
+        out.append(Hypothesis(cause, weight, [f"{which} {names} had root cause: {cause}"]))
     if ctx.log is not None and ctx.log.lines:
         for pattern, cause in _LOG_SIGNATURES:
             hits = [line.text for line in ctx.log.lines if pattern.search(line.text)]

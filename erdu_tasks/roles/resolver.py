@@ -49,6 +49,8 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
 def _human(seconds: float | None) -> str:
     if seconds is None:
         return "unknown time"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
     if seconds < 120:
         return f"{seconds:.1f} s"
     if seconds < 7200:

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import psycopg
 
-from .. import escalation, history, names, store
+from .. import escalation, history, inhibition, names, store
 from ..app import app
 from ..errors import PermanentError
 from ..model import Incident, Status
@@ -316,7 +316,8 @@ def close_incident(conn: psycopg.Connection, rt: Runtime, incident: Incident, wo
     # a failure to write it rolls the close back and the stage is retried.
     closed = store.get_incident(conn, incident.id, with_timeline=True) or incident
     report = build_report(closed, {**resolution.as_dict(), "brain": thought.note()}, related=related,
-                          learning=_learning(conn, incident.fingerprint, lcfg))
+                          learning=_learning(conn, incident.fingerprint, lcfg),
+                          children=inhibition.children_of(conn, incident.id))
     write_report(rt.settings.reports_dir, report)
     return True
 

@@ -167,13 +167,13 @@ RUNBOOK = textwrap.dedent("""
 
 def test_the_pipeline_records_the_brain_and_every_fallback_reason_on_the_timeline(stack_factory, fake_llm,
                                                                                    tmp_path):
-    fake_llm.slow_seconds = 6.0   # workers on a busy machine get 3 s; the slow case takes longer
+    fake_llm.slow_seconds = 10.0   # workers on a busy machine get 5 s; the slow case takes longer
     (tmp_path / "runbooks").mkdir()
     (tmp_path / "runbooks" / "rb.yaml").write_text(RUNBOOK)
     stack = stack_factory({
         "ERDU_RUNBOOKS_DIR": str(tmp_path / "runbooks"),
         "ERDU_BRAIN": json.dumps({"base_url": fake_llm.base_url, "model": "fake-1", "api_key": "sk-test",
-                                  "timeout": 3}),
+                                  "timeout": 5}),
     })
     stack.start_all()
     cases = ["valid-case", "malformed-case", "slow-case", "badsev-case"]
@@ -199,7 +199,7 @@ def test_the_pipeline_records_the_brain_and_every_fallback_reason_on_the_timelin
     md = (stack.reports / f"{valid['id']}.md").read_text()
     assert "Fake model summary" in md and "by the llm brain" in md
 
-    for case, reason in (("malformed-case", "malformed JSON"), ("slow-case", "timeout: no answer within 3 s"),
+    for case, reason in (("malformed-case", "malformed JSON"), ("slow-case", "timeout: no answer within 5 s"),
                          ("badsev-case", "answer does not fit the")):
         row = rows[case]
         found = notes(row)

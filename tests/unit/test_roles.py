@@ -145,7 +145,7 @@ def test_every_severity_change_has_a_stated_reason():
     stored = result.as_dict()
     assert stored["decision"] == "escalate" and stored["facts"]["business_hours"] is False
     assert stored["factors"][1] == {"name": "blast_radius", "effect": "raise",
-                                    "detail": "blast radius: 3 services affected (a, b, c)"}
+                                    "detail": "blast radius: 3 services affected (a, b, c)", "severity": "P2"}
     assert "escalate to people now" in stored["reasons"][-1]
 
 
@@ -467,3 +467,14 @@ def test_brains_are_off_unless_configured():
         BrainConfig.from_section({"base_url": "file:///etc/passwd", "model": "m"})
     only = build_brains(BrainConfig(base_url="http://127.0.0.1:9/v1", model="m", roles=["resolver"]))
     assert (only.commander.name, only.diagnostician.name, only.resolver.name) == ("rules", "rules", "llm")
+
+
+def test_the_report_names_the_parent_and_lists_linked_children():
+    inc = closed(parent_id="INC-20250611090000-000000aa", status=Status.CLOSED)
+    resolution = resolver.resolve(inc, resolver.ResolverContext(now=WEDNESDAY))
+    md = render_markdown(build_report(inc, resolution.as_dict(), children=[
+        {"id": "INC-20250611100001-000000bb", "status": "escalated", "severity": "P3", "service": "shop",
+         "title": "Checkout | slow"}]))
+    assert "| Caused by | INC-20250611090000-000000aa" in md
+    assert "## Incidents linked to this one" in md and "- INC-20250611100001-000000bb (P3, escalated, shop): " \
+                                                     "Checkout / slow" in md
