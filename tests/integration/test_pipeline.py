@@ -153,7 +153,7 @@ def test_a_redelivered_stage_changes_nothing_and_hands_on_once(stack):
     import redis
 
     r = redis.Redis.from_url(stack.redis_url)
-    assert r.llen("diagnostician") == 1
+    wait_for(lambda: r.llen("diagnostician") == 1, 10, what="the one hand-off (published after commit)")
     # Deliver the commander's stage again, twice, with one task id: it must not act or hand on again.
     for _ in range(2):
         stack.client.send_task("erdu.assess", args=(incident["id"],), queue="commander", task_id="same-task-id")
