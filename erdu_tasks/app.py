@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue
 
-from . import names
+from . import broker, names
 from .settings import Settings, get_settings
 
 # The task modules each role's worker imports: a worker only needs the tasks its queue carries
@@ -33,6 +33,8 @@ TASK_MODULES = [
 def make_celery(settings: Settings) -> Celery:
     """Build the Celery app from settings: JSON only, late acks, one queue per role."""
     app = Celery("erdu", broker=settings.redis_url, include=TASK_MODULES)
+    # A queue entry that is not a message envelope is rejected instead of breaking the consumer.
+    broker.install()
     exchange = Exchange("erdu", type="direct")
     app.conf.update(
         task_serializer="json",

@@ -50,6 +50,16 @@ def stuck(conn: psycopg.Connection, *, deadline_seconds: float, limit: int = 500
     return out
 
 
+def lease(conn: psycopg.Connection, incident_id: str, seconds: float) -> None:
+    """A live worker owns the incident's stage for `seconds`: the reconciler waits that long plus its deadline.
+
+    The fixer holds the incident for its runbook's whole time budget, so a long action is not re-driven
+    (and its step taken for lost) while it still runs; `seconds=0` hands the incident back to the deadline.
+    """
+    conn.execute("UPDATE incidents SET driven_at = now() + make_interval(secs => %s) WHERE id = %s",
+                 (float(seconds), incident_id))
+
+
 def approvals_overdue(conn: psycopg.Connection, *, deadline_seconds: float) -> list[str]:
     """Incidents waiting for approval longer than the deadline."""
     rows = conn.execute(

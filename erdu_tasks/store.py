@@ -305,3 +305,18 @@ def stage_finished(conn: psycopg.Connection, incident_id: str, stage: str) -> No
         "UPDATE stage_runs SET finishes = least(starts, finishes + 1) WHERE incident_id = %s AND stage = %s",
         (incident_id, stage),
     )
+
+
+def take_receipt(conn: psycopg.Connection, message_id: str) -> bool:
+    """Record that a broker message was ingested; False if it already was (a redelivery)."""
+    row = conn.execute("INSERT INTO ingest_receipts (message_id) VALUES (%s) ON CONFLICT DO NOTHING"
+                       " RETURNING 1 AS taken", (message_id,)).fetchone()
+    return row is not None
+
+
+def prune_receipts(conn: psycopg.Connection, *, older_than_seconds: float, limit: int = 5000) -> int:
+    """Forget ingest receipts older than any redelivery can be; returns how many went."""
+    cur = conn.execute(
+        "DELETE FROM ingest_receipts WHERE message_id IN (SELECT message_id FROM ingest_receipts"
+        " WHERE received_at < now() - make_interval(secs => %s) LIMIT %s)", (older_than_seconds, limit))
+    return cur.rowcount

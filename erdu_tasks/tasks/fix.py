@@ -8,6 +8,7 @@ from .. import escalation, fixing, history, names, silences, store
 from ..app import app
 from ..errors import PermanentError
 from ..model import Status
+from ..reconcile import lease
 from ..runtime import Runtime, runtime, worker_name
 from .base import ErduTask, log, send_stage
 from .pipeline import STAGE_FROM, _finish_quietly, escalate_in_tx, park_poisoned
@@ -96,6 +97,7 @@ def _plan(rt: Runtime, incident_id: str, worker: str):
                              what=f"runbook {runbook.name} needs approval: run `erdu incidents approve {incident.id}`")
             return None
         fixing.claim_run(conn, incident, attempt, runbook)
+        lease(conn, incident.id, _budget(runbook))
         return incident, runbook, attempt
 
 
@@ -109,6 +111,15 @@ def _silenced(conn, incident, worker: str) -> bool:
     return True
 
 
+def _budget(runbook) -> float:
+    """The longest a live fixer can take on the runbook: every step's timeout, the check, the rollback."""
+    seconds = sum(step.timeout for step in runbook.actions) + sum(step.timeout for step in runbook.rollback)
+    check = runbook.validation
+    if check is not None:
+        seconds += check.delay + check.attempts * (check.timeout + check.interval) + getattr(check, "window", 0.0)
+    return seconds
+
+
 def _act(rt: Runtime, incident, runbook, attempt: int) -> dict[str, Any]:
     dry = rt.settings.dry_run
     steps = []
@@ -120,8 +131,16 @@ def _act(rt: Runtime, incident, runbook, attempt: int) -> dict[str, Any]:
         if outcome.ok is False:
             failed = True
             break
-    validation = ({"ok": False, "detail": "not validated: a step failed", "duration": 0.0} if failed
-                  else fixing.validate(runbook, incident, rt.db))
+    unknown = [s["step"] for s in steps if s["ok"] is None]
+    if failed:
+        validation = {"ok": False, "detail": "not validated: a step failed", "duration": 0.0}
+    elif unknown and runbook.validation is None:
+        # A step whose worker died may or may not have acted; without a check nothing proves the fix.
+        validation = {"ok": False, "duration": 0.0,
+                      "detail": f"outcome of step {unknown[0]} unknown (its worker was lost) and the runbook "
+                                "has no validation check to prove the fix"}
+    else:
+        validation = fixing.validate(runbook, incident, rt.db)
     rollback = []
     if not validation["ok"]:
         for i, step in enumerate(runbook.rollback):
@@ -144,6 +163,7 @@ def _settle(rt: Runtime, incident, runbook, attempt: int, outcome: dict[str, Any
                                     f"{'ok' if entry['ok'] else 'unknown' if entry['ok'] is None else 'failed'}"
                                     f" — {entry['detail'][:300]}",
                                details=entry)
+        lease(conn, incident.id, 0)   # settled: the next stage is on the normal deadline again
         if not outcome.get("dry_run"):   # a dry run changed nothing, so it proves nothing about the fix
             history.record_fix_attempt(conn, incident.fingerprint, runbook.name, success=ok)
         conn.execute("UPDATE runbook_runs SET outcome = %s WHERE incident_id = %s AND attempt = %s",

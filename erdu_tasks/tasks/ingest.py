@@ -35,11 +35,18 @@ def ingest(self: ErduTask, payload: Any = None, *args: Any, **kwargs: Any) -> di
         return {"rejected": str(exc), "rejected_id": rejected_id}
     groups, ignored = fold(events, rt.rules)
 
+    message_id = self.request.id
+
     def write():
         with rt.db.transaction() as conn:
+            if message_id and not store.take_receipt(conn, message_id):
+                return None   # redelivered after its acknowledgement was lost: already counted
             return upsert_groups(conn, groups, rt.catalog, flap_window=rt.settings.flap_window_seconds)
 
     outcomes = self.with_retries(write)
+    if outcomes is None:
+        log.info("message already ingested", message_id=message_id)
+        return {"incidents": [], "ignored": ignored, "already_ingested": True}
     for outcome in outcomes:
         if outcome.created:
             send_stage("assess", outcome.incident_id)

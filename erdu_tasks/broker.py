@@ -1,0 +1,93 @@
+"""The Redis broker transport, hardened: foreign queue entries and a vanished broker do not stop a worker.
+
+Any client may LPUSH onto ERDU's queues. kombu's Redis transport assumes every entry is its own
+envelope; anything else (say `{"hello": 1}`) raises inside the worker's event loop, which then
+drops the entry without a trace and reconnects, handing back every message it held. This transport
+wraps such an entry in a proper envelope with no task name, so Celery rejects it like any other
+unknown message (and the rejection is recorded), and the worker carries on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from typing import Any
+
+from kombu import transport as kombu_transport
+from kombu.transport import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+SCHEMES = ("redis", "rediss")
+"""URL schemes served by this transport (sentinel URLs keep kombu's own)."""
+
+
+def is_envelope(raw: Any) -> bool:
+    """True if kombu can turn the entry into a message (properties, delivery tag and info, decodable body)."""
+    if not isinstance(raw, dict):
+        return False
+    props = raw.get("properties")
+    if not isinstance(props, dict) or "delivery_tag" not in props:
+        return False
+    info = props.get("delivery_info")
+    if not isinstance(info, dict) or "exchange" not in info or "routing_key" not in info:
+        return False
+    if not isinstance(raw.get("headers", {}), (dict, type(None))):
+        return False
+    body = raw.get("body")
+    if body is not None and not isinstance(body, str):
+        return False
+    if body and props.get("body_encoding") == "base64":
+        try:
+            base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            return False
+    return True
+
+
+def wrap(raw: Any, queue: str) -> dict[str, Any]:
+    """An envelope around a foreign entry: JSON body, no task header, so the consumer rejects it."""
+    return {
+        "body": json.dumps(raw)[:100_000],
+        "content-type": "application/json",
+        "content-encoding": "utf-8",
+        "headers": {},
+        "properties": {"delivery_tag": str(uuid.uuid4()), "body_encoding": None,
+                       "delivery_info": {"exchange": "", "routing_key": queue}},
+    }
+
+
+class Channel(redis.Channel):
+    """kombu's Redis channel, except that using it after its connection is gone is a connection error.
+
+    When the broker vanishes, Celery collects the connection (dropping the transport's client) and
+    closes it again; closing hands the unacknowledged messages back, and a task that finishes late acks
+    on the old channel. Both build a client from the dropped connection and raise AttributeError,
+    which stops the whole worker. As a connection error Celery logs it and reconnects; the messages
+    concerned are still in the broker's unacked set and come back after the visibility timeout.
+    """
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        transport = self.connection
+        if transport is None or getattr(transport, "client", None) is None:
+            raise RedisConnectionError("this channel's broker connection was closed")
+        return super()._connparams(asynchronous)
+
+
+class Transport(redis.Transport):
+    """kombu's Redis transport, except that a foreign entry becomes a rejectable message."""
+
+    Channel = Channel
+
+    def _deliver(self, message: Any, queue: str) -> None:
+        if queue and not is_envelope(message):
+            message = wrap(message, queue)
+        super()._deliver(message, queue)
+
+
+def install() -> None:
+    """Serve redis:// and rediss:// URLs with this transport in this process (URLs and Flower stay as they are)."""
+    for scheme in SCHEMES:
+        kombu_transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"
+        kombu_transport._transport_cache.pop(scheme, None)

@@ -1,0 +1,351 @@
+"""Proof under fire: worker crashes, a poison task, broker and database outages, poison messages.
+
+Real processes only: `erdu worker ROLE` pools, `erdu beat` running the reconciler, private Redis
+servers and private Postgres databases (or a private Postgres cluster, for the outage). Each test
+prints its figures: incidents sent, closed, escalated, lost and duplicated.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.integration.faultkit import (
+    alive_or_restart,
+    elapsed,
+    event,
+    figures,
+    held_messages,
+    rows,
+    start_beat,
+    stop_process_group,
+)
+
+FAST_RECOVERY = {
+    "ERDU_STAGE_DEADLINE_SECONDS": "3",
+    "ERDU_RECONCILE_INTERVAL_SECONDS": "1",
+    "ERDU_VISIBILITY_TIMEOUT": "30",
+}
+
+
+def runbooks_dir(tmp_path: Path, text: str) -> Path:
+    directory = tmp_path / "runbooks"
+    directory.mkdir(exist_ok=True)
+    (directory / "faults.yaml").write_text(textwrap.dedent(text))
+    return directory
+
+
+def log_of(stack, role: str) -> str:
+    return "".join(p.log_path.read_text(errors="replace") for p in stack.procs.get(role, []))
+
+
+@pytest.fixture()
+def beat_for():
+    started = []
+
+    def start(stack):
+        proc = start_beat(stack)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        stop_process_group(proc)
+
+
+def test_sigkill_of_the_fixer_mid_action_closes_the_incident_once_and_acts_once(stack_factory, beat_for, tmp_path):
+    effect = tmp_path / "effect.log"
+    runbooks = runbooks_dir(tmp_path, f"""
+        runbooks:
+          - name: append-then-wait
+            match: {{title_pattern: "(?i)slow disk"}}
+            actions:
+              - action: run_command
+                params: {{argv: ["sh", "-c", "echo ran >> {effect}; sleep 6"]}}
+                timeout: 10
+            validation: {{check: command, argv: ["grep", "-q", "ran", "{effect}"]}}
+            limits: {{max_runs: 100, per_seconds: 3600}}
+    """)
+    stack = stack_factory({**FAST_RECOVERY, "ERDU_RUNBOOKS_DIR": str(runbooks)})
+    stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"))
+    beat_for(stack)
+
+    stack.send_event(event("disk-1", "Slow disk on volume data"))
+    wait_for(lambda: effect.exists() and effect.read_text().count("ran") == 1, 60, what="the action running")
+    stack.kill("fixer")  # SIGKILL to the whole process group: parent and pool children
+    killed_at = time.monotonic()
+    stack.start("fixer")
+
+    incident = wait_for(lambda: rows(stack.database_url, "SELECT * FROM incidents WHERE status = 'closed'"), 60,
+                        what="the incident closed after the crash")[0]
+    took = elapsed(killed_at)
+    # The message the dead worker held comes back after the visibility timeout: it must change nothing.
+    assert held_messages(stack.redis_url, "erdu.fix") == 1  # the dead worker's delivery, not yet back
+    wait_for(lambda: held_messages(stack.redis_url, "erdu.fix") == 0 and "already done" in log_of(stack, "fixer"),
+             90, 0.5, what="the dead worker's message redelivered and consumed")
+    time.sleep(2)
+
+    figs = figures(stack.database_url, ["disk-1"])
+    figs.show("fixer SIGKILL mid-action")
+    print(f"closed {took} s after the kill")
+    assert effect.read_text().count("ran") == 1, "the action's effect must happen once"
+    closes = rows(stack.database_url, "SELECT count(*) AS n FROM incident_timeline WHERE incident_id = %s"
+                  " AND to_status = 'closed'", (incident["id"],))[0]["n"]
+    assert closes == 1
+    assert took < 60
+    steps = rows(stack.database_url, "SELECT * FROM action_runs WHERE incident_id = %s", (incident["id"],))
+    assert len(steps) == 1 and steps[0]["finished_at"] is None  # started, never finished: not run again
+    assert (figs.sent, figs.closed, figs.escalated, figs.lost, figs.duplicated) == (1, 1, 0, 0, 0)
+
+
+def test_a_long_action_is_not_redriven_while_its_worker_lives(stack_factory, beat_for, tmp_path):
+    effect = tmp_path / "effect.log"
+    runbooks = runbooks_dir(tmp_path, f"""
+        runbooks:
+          - name: slow-remedy
+            match: {{title_pattern: "(?i)slow disk"}}
+            actions:
+              - action: run_command
+                params: {{argv: ["sh", "-c", "echo ran >> {effect}; sleep 8"]}}
+                timeout: 20
+            validation: {{check: command, argv: ["grep", "-q", "ran", "{effect}"]}}
+            limits: {{max_runs: 100, per_seconds: 3600}}
+    """)
+    stack = stack_factory({**FAST_RECOVERY, "ERDU_RUNBOOKS_DIR": str(runbooks)})  # deadline 3 s < 8 s action
+    stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"))
+    beat_for(stack)
+
+    stack.send_event(event("disk-2", "Slow disk on volume logs"))
+    incident = wait_for(lambda: rows(stack.database_url, "SELECT * FROM incidents WHERE status = 'closed'"), 60,
+                        what="closed")[0]
+    timeline = rows(stack.database_url, "SELECT actor, what FROM incident_timeline WHERE incident_id = %s",
+                    (incident["id"],))
+    figs = figures(stack.database_url, ["disk-2"])
+    figs.show("long action, live worker")
+    assert not [t for t in timeline if t["actor"] == "reconciler"], timeline
+    assert all(step["reused"] is False and step["ok"] is True for step in incident["resolution_actions"])
+    assert effect.read_text().count("ran") == 1
+    assert (figs.closed, figs.lost, figs.duplicated) == (1, 0, 0)
+
+
+def test_a_task_that_kills_its_worker_every_time_is_parked_and_the_pool_serves_on(stack_factory, beat_for, tmp_path):
+    attempts = tmp_path / "attempts.log"
+    kill_parent = ("import os, signal, sys; open(sys.argv[1], 'a').write(sys.argv[2] + chr(10)); "
+                   "os.kill(os.getppid(), signal.SIGKILL)")
+    runbooks = runbooks_dir(tmp_path, f"""
+        runbooks:
+          - name: kills-its-worker
+            match: {{title_pattern: "(?i)poison pill"}}
+            actions:
+              - action: run_command
+                params: {{argv: ["{sys.executable}", "-c", "{kill_parent}", "{attempts}", "action"]}}
+                timeout: 10
+            validation: {{check: command, argv: ["{sys.executable}", "-c", "{kill_parent}", "{attempts}", "check"]}}
+            limits: {{max_runs: 100, per_seconds: 3600}}
+          - name: routine-remedy
+            match: {{title_pattern: "(?i)routine"}}
+            actions:
+              - action: noop
+                params: {{message: "done"}}
+            validation: {{check: noop}}
+            limits: {{max_runs: 1000, per_seconds: 3600}}
+    """)
+    stack = stack_factory({**FAST_RECOVERY, "ERDU_RUNBOOKS_DIR": str(runbooks), "ERDU_MAX_WORKER_CRASHES": "3"})
+    stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"))
+    beat_for(stack)
+
+    keys = ["poison"] + [f"routine-{i}" for i in range(10)]
+    stack.send_event(event("poison", "Poison pill in the fixer"))
+    for key in keys[1:]:
+        stack.send_event(event(key, f"Routine hiccup {key}"))
+    restarts = 0
+
+    def poison_parked():
+        nonlocal restarts
+        restarts += alive_or_restart(stack, "fixer")  # a supervisor restarts a worker that exited
+        return rows(stack.database_url, "SELECT * FROM incidents WHERE error_details->>'dedup_key' = 'poison'"
+                                        " AND status = 'escalated'")
+
+    poison = wait_for(poison_parked, 120, 0.5, what="the poison incident parked")[0]
+    more = [f"routine-late-{i}" for i in range(5)]  # the pool still serves after the crashes
+    for key in more:
+        stack.send_event(event(key, f"Routine hiccup {key}"))
+    keys += more
+    wait_for(lambda: rows(stack.database_url, "SELECT count(*) AS n FROM incidents WHERE status = 'closed'")[0]["n"]
+             == len(keys) - 1, 90, 0.5, what="every routine incident closed")
+
+    figs = figures(stack.database_url, keys)
+    figs.show("worker-killing task")
+    ran = attempts.read_text().split()
+    print(f"action ran {ran.count('action')}x, check ran {ran.count('check')}x, worker restarts {restarts}")
+    escalation = rows(stack.database_url, "SELECT reason, stage FROM escalations WHERE incident_id = %s",
+                      (poison["id"],))
+    assert len(escalation) == 1 and escalation[0]["stage"] == "fix"
+    assert "lost its worker 3 times" in escalation[0]["reason"]
+    assert ran.count("action") == 1            # the idempotency key: the action itself never runs twice
+    assert ran.count("action") + ran.count("check") == 3   # three crashes, then parked
+    assert (figs.sent, figs.closed, figs.escalated, figs.lost, figs.duplicated) == (16, 15, 1, 0, 0)
+
+
+POISON_TASK = {"ingest": "erdu.ingest", "commander": "erdu.assess", "diagnostician": "erdu.diagnose",
+               "fixer": "erdu.fix", "resolver": "erdu.resolve", "monitor": "erdu.reconcile"}
+
+
+def test_a_poison_message_on_each_queue_is_rejected_recorded_and_workers_serve_on(stack_factory, tmp_path):
+    import base64
+    import json
+
+    import redis
+
+    runbooks = runbooks_dir(tmp_path, """
+        runbooks:
+          - name: routine-remedy
+            match: {title_pattern: "(?i)routine"}
+            actions:
+              - action: noop
+                params: {message: "done"}
+            validation: {check: noop}
+            limits: {max_runs: 1000, per_seconds: 3600}
+    """)
+    stack = stack_factory({**FAST_RECOVERY, "ERDU_RUNBOOKS_DIR": str(runbooks)})
+    stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"))
+    r = redis.Redis.from_url(stack.redis_url)
+    for queue, task in POISON_TASK.items():
+        # 1. a task message whose JSON arguments have the wrong shape
+        stack.client.send_task(task, args=({"incident": 42, "queue": queue},), queue=queue)
+        # 2. a task name nobody registered
+        stack.client.send_task("erdu.no_such_task", args=(queue,), queue=queue)
+        # 3. valid JSON that is not a task message at all
+        r.lpush(queue, json.dumps({"hello": queue}))
+        # 4. a task envelope whose body is JSON of the wrong shape
+        envelope = {"body": base64.b64encode(json.dumps({"a": queue}).encode()).decode(),
+                    "content-encoding": "utf-8", "content-type": "application/json",
+                    "headers": {"lang": "py", "task": task, "id": f"bad-body-{queue}", "retries": 0,
+                                "root_id": f"bad-body-{queue}", "parent_id": None, "argsrepr": "", "kwargsrepr": ""},
+                    "properties": {"correlation_id": f"bad-body-{queue}", "delivery_mode": 2,
+                                   "delivery_info": {"exchange": "erdu", "routing_key": queue},
+                                   "priority": 0, "body_encoding": "base64", "delivery_tag": f"tag-{queue}"}}
+        r.lpush(queue, json.dumps(envelope))
+    recorded = wait_for(lambda: (lambda n: n if n >= 23 else None)(
+        rows(stack.database_url, "SELECT count(*) AS n FROM failed_tasks")[0]["n"]), 60, 0.5, what="poison recorded")
+    stack.send_event(event("after-poison", "Routine hiccup after poison"))
+    stack.client.send_task("erdu.reconcile", queue="monitor", task_id="reconcile-after-poison")
+    wait_for(lambda: rows(stack.database_url, "SELECT 1 FROM incidents WHERE status = 'closed'"), 60,
+             what="an incident closed after the poison")
+    wait_for(lambda: "reconcile-after-poison] succeeded" in log_of(stack, "monitor"), 30,
+             what="the monitor worker still runs the reconciler")
+
+    failed = rows(stack.database_url, "SELECT task_id, task_name, stage, error FROM failed_tasks")
+    rejected = rows(stack.database_url, "SELECT error FROM rejected_events")
+    figs = figures(stack.database_url, ["after-poison"])
+    figs.show("poison messages")
+    print(f"poison messages sent {4 * len(POISON_TASK)}, recorded {recorded} in failed_tasks + "
+          f"{len(rejected)} in rejected_events")
+    for queue, task in POISON_TASK.items():
+        on_queue = [f for f in failed if f"queue {queue}:" in f["error"]]
+        assert any(f["task_name"] == "(not a task message)" and '"hello"' in f["error"] for f in on_queue), queue
+        assert any(f["task_name"] == "erdu.no_such_task" for f in on_queue), queue
+        assert any(f["task_id"] == f"bad-body-{queue}" and "malformed" in f["error"] for f in on_queue), queue
+        if queue == "ingest":
+            assert len(rejected) == 1 and "invalid event" in rejected[0]["error"]
+        else:
+            assert any(f["task_name"] == task and f["task_id"] != f"bad-body-{queue}" for f in failed), queue
+    assert len(failed) == 23
+    for role, procs in stack.procs.items():
+        assert len(procs) == 1 and procs[0].poll() is None, f"{role} worker died"
+        text = log_of(stack, role)
+        assert "Connection to broker lost" not in text and "Unrecoverable error" not in text, role
+    assert (figs.sent, figs.closed, figs.lost, figs.duplicated) == (1, 1, 0, 0)
+
+
+ROUTINE_RUNBOOK = """
+    runbooks:
+      - name: routine-remedy
+        match: {title_pattern: "(?i)routine"}
+        actions:
+          - action: noop
+            params: {message: "done"}
+        validation: {check: noop}
+        limits: {max_runs: 100000, per_seconds: 3600}
+"""
+
+
+@pytest.fixture()
+def own_stack(tmp_path):
+    """A stack on a Redis and/or database the test brings (to crash or stop them)."""
+    from erdu_tasks.migrate import migrate
+    from tests.conftest import Stack, create_database, drop_database
+
+    made = []
+
+    def make(redis_url: str, database_url: str | None = None, extra_env: dict | None = None) -> Stack:
+        url = database_url or create_database()
+        migrate(url)
+        stack = Stack(tmp_path / f"own{len(made)}", redis_url, url, extra_env)
+        stack.tmp.mkdir(parents=True, exist_ok=True)
+        made.append((stack, url, database_url is None))
+        return stack
+
+    yield make
+    for stack, url, ours in made:
+        stack.stop()
+        if ours:
+            drop_database(url)
+
+
+def count_redrives(url: str) -> int:
+    return rows(url, "SELECT count(*) AS n FROM incident_timeline WHERE actor = 'reconciler'")[0]["n"]
+
+
+@pytest.mark.timeout(600)
+def test_a_redis_crash_with_500_incidents_in_flight_loses_and_duplicates_nothing(own_stack, beat_for, tmp_path):
+    from tests.integration.faultkit import CrashableRedis, Supervisor, all_final, progress
+
+    broker = CrashableRedis(tmp_path / "redis", fsync="always")
+    try:
+        runbooks = runbooks_dir(tmp_path, ROUTINE_RUNBOOK)
+        stack = own_stack(broker.url, extra_env={**FAST_RECOVERY, "ERDU_RUNBOOKS_DIR": str(runbooks)})
+        stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"))
+        beat = beat_for(stack)
+        keys = [f"burst-{i}" for i in range(500)]
+        started = time.monotonic()
+        for key in keys:
+            stack.send_event(event(key, f"Routine hiccup {key}"))
+        sent_in = elapsed(started)
+        # Every event is an incident in Postgres, most of them still between stages, when Redis dies.
+        wait_for(lambda: rows(stack.database_url, "SELECT count(*) AS n FROM incidents")[0]["n"] >= 500, 120, 0.2,
+                 what="500 incidents opened")
+        states = rows(stack.database_url, "SELECT status, count(*) AS n FROM incidents GROUP BY status")
+        broker.crash()
+        crashed_at = time.monotonic()
+        time.sleep(5)
+        broker.start()
+        print(f"\nsent 500 in {sent_in} s; crashed Redis with {states} in Postgres; down 5 s")
+
+        supervisor = Supervisor(stack, beat)
+
+        def done():
+            supervisor.check()
+            return all_final(stack.database_url, len(keys))
+
+        try:
+            wait_for(done, 240, 1.0, what="every incident final")
+        finally:
+            print(progress(stack.database_url, keys))
+        took = elapsed(crashed_at)
+        figs = figures(stack.database_url, keys)
+        figs.show("Redis crash, 500 in flight")
+        print(f"all final {took} s after the crash; reconciler re-drives {count_redrives(stack.database_url)}; "
+              f"restarts {supervisor.restarts or 'none'}")
+        redelivered = log_of(stack, "ingest").count("message already ingested")
+        print(f"ingest messages redelivered and recognised: {redelivered}")
+        assert set(supervisor.restarts) <= {"beat"}, supervisor.restarts  # workers ride out the outage
+        assert figs.incidents == 500 and figs.lost == 0 and figs.duplicated == 0
+        assert figs.closed + figs.escalated == 500
+    finally:
+        broker.stop()
