@@ -10,6 +10,8 @@ import structlog
 from celery import Task, signals
 from celery.exceptions import InvalidTaskError
 from celery.worker.strategy import default as default_strategy
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
 
 from .. import names, store
 from ..app import app
@@ -115,3 +117,18 @@ def send_stage(stage: str, incident_id: str, *, countdown: float | None = None) 
     task_name, queue = names.STAGES[stage]
     app.send_task(task_name, args=(incident_id,), queue=queue.value, routing_key=queue.value,
                   countdown=countdown)
+
+
+def hand_on(stage: str, incident_id: str) -> bool:
+    """Publish the next stage after the commit; if the broker is down, leave it to the reconciler.
+
+    Postgres already says which stage the incident is owed, so a failed publish is no reason to fail
+    (and escalate) a stage that did its work: the reconciler re-drives it after the stage deadline.
+    """
+    try:
+        send_stage(stage, incident_id)
+        return True
+    except (KombuError, RedisError, OSError) as exc:
+        log.warning("hand-off failed; the reconciler re-drives it", stage=stage, incident_id=incident_id,
+                    error=f"{exc.__class__.__name__}: {exc}")
+        return False

@@ -10,7 +10,7 @@ from ..errors import PermanentError
 from ..model import Status
 from ..reconcile import lease
 from ..runtime import Runtime, runtime, worker_name
-from .base import ErduTask, log, send_stage
+from .base import ErduTask, hand_on, log
 from .pipeline import STAGE_FROM, _finish_quietly, escalate_in_tx, park_poisoned
 
 
@@ -35,7 +35,7 @@ def fix(self: ErduTask, incident_id: str) -> str | None:
         if plan is None:
             return None
         if plan == "diagnose":
-            send_stage("diagnose", incident_id)
+            hand_on("diagnose", incident_id)
             return "diagnose"
         incident, runbook, attempt = plan
         outcome = self.with_retries(lambda: _act(rt, incident, runbook, attempt))
@@ -183,6 +183,6 @@ def _settle(rt: Runtime, incident, runbook, attempt: int, outcome: dict[str, Any
                                   f"{outcome['validation']['detail'][:300]}",
                            details=outcome)
     if ok:
-        send_stage("resolve", incident.id)
+        hand_on("resolve", incident.id)
         return "resolve"
     return None

@@ -10,7 +10,7 @@ from ..app import app
 from ..errors import InvalidEvent
 from ..ingest import fold, parse_events, upsert_groups
 from ..runtime import runtime
-from .base import ErduTask, log, send_stage
+from .base import ErduTask, hand_on, log
 
 
 def _payload_text(payload: Any) -> str:
@@ -49,7 +49,7 @@ def ingest(self: ErduTask, payload: Any = None, *args: Any, **kwargs: Any) -> di
         return {"incidents": [], "ignored": ignored, "already_ingested": True}
     for outcome in outcomes:
         if outcome.created:
-            send_stage("assess", outcome.incident_id)
+            hand_on("assess", outcome.incident_id)
     return {"incidents": [{"id": o.incident_id, "new": o.created, "occurrences": o.occurrences}
                           for o in outcomes], "ignored": ignored}
 

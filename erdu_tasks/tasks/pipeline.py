@@ -15,7 +15,7 @@ from ..brains import Thought, brains_for
 from ..report import build_report, report_paths, write_report
 from ..roles import commander, diagnostician, logwindow, resolver
 from ..runtime import Runtime, runtime, worker_name
-from .base import ErduTask, log, send_stage
+from .base import ErduTask, hand_on, log
 
 # Which statuses a stage acts on; finding the incident elsewhere means it already moved on.
 STAGE_FROM: dict[str, frozenset[Status]] = {
@@ -64,7 +64,7 @@ def run_stage(task: ErduTask, stage: str, incident_id: str, body: Body) -> str |
 
     next_stage = task.with_retries(work)
     if next_stage:
-        send_stage(next_stage, incident_id)
+        hand_on(next_stage, incident_id)
     return next_stage
 
 

@@ -6,7 +6,7 @@ from .. import names, store
 from ..app import app
 from ..reconcile import approvals_overdue, stuck
 from ..runtime import runtime, worker_name
-from .base import ErduTask, log, send_stage
+from .base import ErduTask, hand_on, log
 from .escalate import escalate_incident
 
 
@@ -29,7 +29,7 @@ def reconcile(self: ErduTask) -> dict[str, int]:
 
     owed = self.with_retries(claim)
     for item in owed:
-        send_stage(item.stage, item.incident_id)
+        hand_on(item.stage, item.incident_id)   # if the broker is down, the next pass after the deadline retries
     approval_deadline = rt.settings.approval_deadline_seconds
 
     def overdue():
