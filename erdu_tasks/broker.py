@@ -68,6 +68,21 @@ class Channel(redis.Channel):
     concerned are still in the broker's unacked set and come back after the visibility timeout.
     """
 
+    _sync_client: Any = None
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        """One client per connection pool, not one per command: redis-py builds ~200 callbacks per client.
+
+        kombu makes a new client for every publish, ack and event; the client is thread-safe (it borrows a
+        pooled connection per command), so the channel keeps one until its pool is replaced.
+        """
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        client = self._sync_client
+        if client is None or client.connection_pool is not self.pool:
+            client = self._sync_client = super()._create_client()
+        return client
+
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         transport = self.connection
         if transport is None or getattr(transport, "client", None) is None:

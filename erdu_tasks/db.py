@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,6 +17,27 @@ from .errors import ServiceUnreachable, TransientError
 
 _TRANSIENT = (psycopg.OperationalError, psycopg.errors.SerializationFailure,
               psycopg.errors.DeadlockDetected, PoolTimeout)
+
+
+class _RecentlyUsed:
+    """The pool's connection check, skipped for a connection that came back healthy moments ago.
+
+    Checking costs a round trip on every borrow; a connection returned idle a few seconds ago is as
+    good as checked. One that sat longer (or whose server restarted meanwhile) is still checked, and
+    one that breaks mid-use fails its transaction, which is retried as a TransientError.
+    """
+
+    def __init__(self, fresh_seconds: float = 5.0) -> None:
+        self.fresh_seconds = fresh_seconds
+        self._returned: weakref.WeakKeyDictionary[psycopg.Connection, float] = weakref.WeakKeyDictionary()
+
+    def check(self, conn: psycopg.Connection) -> None:
+        returned = self._returned.get(conn)
+        if returned is None or time.monotonic() - returned > self.fresh_seconds:
+            ConnectionPool.check_connection(conn)
+
+    def returned(self, conn: psycopg.Connection) -> None:
+        self._returned[conn] = time.monotonic()
 
 
 class Database:
@@ -32,10 +55,11 @@ class Database:
         if self._pool is None or self._pid != os.getpid():
             with self._lock:
                 if self._pool is None or self._pid != os.getpid():
+                    recent = _RecentlyUsed()
                     self._pool = ConnectionPool(
                         self.url, min_size=1, max_size=self._max_size, open=False,
                         kwargs={"row_factory": dict_row, "autocommit": False},
-                        check=ConnectionPool.check_connection, timeout=self._timeout,
+                        check=recent.check, reset=recent.returned, timeout=self._timeout,
                         reconnect_timeout=0, name="erdu",
                     )
                     self._pool.open(wait=False)

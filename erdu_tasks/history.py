@@ -63,21 +63,31 @@ def related_incidents(conn: psycopg.Connection, incident: Incident, *, limit: in
     """Earlier incidents ranked by trigram similarity of template and title (pg_trgm), best first.
 
     score = 1.0 for the same fingerprint, else the better of template and title similarity.
+    The top `limit` by that score are among the `limit` nearest by template, the `limit` nearest by
+    title (GiST trigram indexes, nearest first) and the `limit` latest of the same fingerprint, so only
+    those candidates are scored: a storm of similar incidents costs a few index probes, not a scan.
     """
-    conn.execute("SELECT set_config('pg_trgm.similarity_threshold', %s, true)", (str(min_score),))
+    window = """id <> %(id)s AND created_at <= %(created)s
+                AND created_at > %(created)s - make_interval(secs => %(lookback)s)"""
     rows = conn.execute(
-        """
+        f"""
+        WITH candidates AS (
+            (SELECT id FROM incidents WHERE {window} AND fingerprint = %(fp)s
+             ORDER BY created_at DESC LIMIT %(limit)s)
+            UNION
+            (SELECT id FROM incidents WHERE {window} ORDER BY template <-> %(template)s LIMIT %(limit)s)
+            UNION
+            (SELECT id FROM incidents WHERE {window} ORDER BY title <-> %(title)s LIMIT %(limit)s)
+        )
         SELECT id, title, status, root_cause, fingerprint = %(fp)s AS same_fingerprint, created_at,
                resolved_by, auto_resolved, fix->>'runbook' AS runbook,
                similarity(template, %(template)s) AS template_similarity,
                similarity(title, %(title)s) AS title_similarity
-        FROM incidents
-        WHERE id <> %(id)s AND created_at <= %(created)s
-          AND created_at > %(created)s - make_interval(secs => %(lookback)s)
-          AND (fingerprint = %(fp)s OR template %% %(template)s OR title %% %(title)s)
+        FROM incidents JOIN candidates USING (id)
         """,
         {"id": incident.id, "template": incident.template or incident.title, "title": incident.title,
-         "fp": incident.fingerprint, "created": incident.created_at, "lookback": lookback_days * 86400.0},
+         "fp": incident.fingerprint, "created": incident.created_at, "lookback": lookback_days * 86400.0,
+         "limit": limit},
     ).fetchall()
     out = []
     for r in rows:

@@ -15,7 +15,8 @@ from .model import Incident
 
 _ID = re.compile(r"^INC-\d{14}-[0-9a-f]{8}$")
 _env = Environment(loader=PackageLoader("erdu_tasks", "templates"), undefined=StrictUndefined,
-                   keep_trailing_newline=True, autoescape=False, trim_blocks=True, lstrip_blocks=True)
+                   keep_trailing_newline=True, autoescape=False, trim_blocks=True, lstrip_blocks=True,
+                   auto_reload=False)   # the template ships with the code: no stat of it per report
 
 
 def _cell(value: Any, width: int = 200) -> str:

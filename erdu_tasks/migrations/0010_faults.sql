@@ -5,3 +5,8 @@ CREATE TABLE ingest_receipts (
     received_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX ingest_receipts_received ON ingest_receipts (received_at);
+
+-- Nearest-neighbour trigram search (ORDER BY title <-> $1 LIMIT n) for related incidents: the GIN
+-- indexes answer "similar enough?" but a storm of similar titles makes that every row.
+CREATE INDEX incidents_title_knn ON incidents USING gist (title gist_trgm_ops);
+CREATE INDEX incidents_template_knn ON incidents USING gist (template gist_trgm_ops);

@@ -355,8 +355,6 @@ def test_a_redis_crash_with_500_incidents_in_flight_loses_and_duplicates_nothing
 
 @pytest.mark.timeout(600)
 def test_postgres_down_for_20_s_under_load_retries_and_loses_nothing(own_stack, beat_for, tmp_path):
-    import httpx
-
     from tests.conftest import RedisServer
     from tests.integration.faultkit import PrivatePostgres, Supervisor, all_final, progress
     from tests.integration.test_api import WRITE, ApiServer
@@ -390,7 +388,8 @@ def test_postgres_down_for_20_s_under_load_retries_and_loses_nothing(own_stack, 
             supervisor.check()
             time.sleep(1)
         pg.start()
-        print(f"\nPostgres stopped for {elapsed(stopped_at)} s with {before}; API answers meanwhile {sorted(set(answers))}")
+        print(f"\nPostgres stopped for {elapsed(stopped_at)} s with {before}; "
+              f"API answers meanwhile {sorted(set(answers))}")
 
         after = http.post("/v1/events", json=event("api-after", "Routine hiccup via the API after"))
         keys.append("api-after")
