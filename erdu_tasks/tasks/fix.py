@@ -32,16 +32,17 @@ def fix(self: ErduTask, incident_id: str) -> str | None:
         return None
     try:
         plan = self.with_retries(lambda: _plan(rt, incident_id, worker))
-        if plan is None:
-            return None
-        if plan == "diagnose":
-            hand_on("diagnose", incident_id)
-            return "diagnose"
+        if not isinstance(plan, tuple):
+            _finish_quietly(rt, incident_id, "fix")
+            if plan == "diagnose":
+                hand_on("diagnose", incident_id)
+            return plan
         incident, runbook, attempt = plan
         outcome = self.with_retries(lambda: _act(rt, incident, runbook, attempt))
         return self.with_retries(lambda: _settle(rt, incident, runbook, attempt, outcome, worker))
-    finally:
+    except BaseException:   # a failure handled here (or a retry) is not a lost worker
         _finish_quietly(rt, incident_id, "fix")
+        raise
 
 
 def _plan(rt: Runtime, incident_id: str, worker: str):
@@ -153,6 +154,7 @@ def _act(rt: Runtime, incident, runbook, attempt: int) -> dict[str, Any]:
 def _settle(rt: Runtime, incident, runbook, attempt: int, outcome: dict[str, Any], worker: str) -> str | None:
     ok = bool(outcome["validation"]["ok"])
     with rt.db.transaction() as conn:
+        store.stage_finished(conn, incident.id, "fix")   # the finish counts with the outcome, one commit
         current = store.get_incident(conn, incident.id, for_update=True)
         if current is None or current.status is not Status.FIXING:
             return None
