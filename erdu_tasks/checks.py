@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -14,7 +13,7 @@ import psutil
 import re2
 from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
-from .actions.base import ParamsModel, as_int_list, build_env, http_exchange, render_params, run_argv
+from .actions.base import ActionResult, ParamsModel, as_int_list, build_env, http_exchange, render_params, run_argv
 from .actions.http_call import Method, check_url
 from .errors import PermanentError
 
@@ -32,18 +31,8 @@ def compile_pattern(pattern: str) -> Any:
         raise ValueError(f"invalid regular expression {pattern!r}: {reason}") from None
 
 
-@dataclass(frozen=True)
-class CheckResult:
-    """The outcome of one validation check."""
-
-    ok: bool
-    detail: str
-    duration: float = 0.0
-    output: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict for the incident's timeline."""
-        return asdict(self)
+class CheckResult(ActionResult):
+    """The outcome of one validation check: the same shape as an action's result."""
 
 
 class _Check(ParamsModel):

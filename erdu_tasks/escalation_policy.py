@@ -79,12 +79,13 @@ from datetime import datetime, time, timedelta, timezone
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .model import Severity
+from .timecfg import quoted_time, valid_timezone
 from .notify import CHANNEL_TYPES, AnyChannelSettings, DeliveryResult, Notification, NotificationKind
 from .notify.file import FileSettings
 
@@ -169,18 +170,12 @@ class QuietHoursConfig(_Model):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown timezone {value!r} (use an IANA name such as Europe/Berlin)") from None
-        return value
+        return valid_timezone(value)
 
     @field_validator("start", "end", mode="before")
     @classmethod
     def _not_a_number(cls, value: Any) -> Any:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            raise ValueError('quote times in YAML, e.g. "22:00" (unquoted, YAML reads 22:00 as the number 1320)')
-        return value
+        return quoted_time(value, "22:00")
 
     @model_validator(mode="after")
     def _sane(self) -> QuietHoursConfig:

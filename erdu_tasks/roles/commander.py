@@ -32,12 +32,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, time, timezone
 from enum import StrEnum
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError
 from ..model import Incident, Severity
+from ..timecfg import quoted_time, valid_timezone
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 _WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -73,18 +74,12 @@ class BusinessHours(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown timezone {value!r} (use an IANA name such as Europe/Berlin)") from None
-        return value
+        return valid_timezone(value)
 
     @field_validator("start", "end", mode="before")
     @classmethod
     def _quoted(cls, value: Any) -> Any:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            raise ValueError('quote times in YAML, e.g. "09:00" (unquoted, YAML reads 09:00 as a number)')
-        return value
+        return quoted_time(value, "09:00")
 
     @model_validator(mode="after")
     def _ordered(self) -> "BusinessHours":

@@ -11,7 +11,7 @@ from ..model import Status
 from ..reconcile import lease
 from ..runtime import Runtime, runtime, worker_name
 from .base import ErduTask, hand_on, log
-from .pipeline import STAGE_FROM, _finish_quietly, escalate_in_tx, park_poisoned
+from .pipeline import STAGE_FROM, _finish_quietly, begin_stage, escalate_in_tx
 
 
 @app.task(name=names.FIX, base=ErduTask, bind=True, stage="fix")
@@ -19,16 +19,7 @@ def fix(self: ErduTask, incident_id: str) -> str | None:
     """Fixer: run the chosen runbook once, validate by re-checking, resolve or roll back and escalate."""
     rt = runtime()
     worker = worker_name(self.request.hostname)
-    if not isinstance(incident_id, str):
-        raise PermanentError(f"{self.name} expects an incident id string")
-
-    def start() -> int:
-        with rt.db.transaction() as conn:
-            return store.stage_started(conn, incident_id, "fix")
-
-    crashes = self.with_retries(start)
-    if crashes >= rt.settings.max_worker_crashes:
-        self.with_retries(lambda: park_poisoned(rt, incident_id, "fix", crashes, worker))
+    if not begin_stage(self, rt, "fix", incident_id, worker):
         return None
     try:
         plan = self.with_retries(lambda: _plan(rt, incident_id, worker))

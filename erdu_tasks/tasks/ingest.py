@@ -29,10 +29,11 @@ def ingest(self: ErduTask, payload: Any = None, *args: Any, **kwargs: Any) -> di
             raise InvalidEvent("erdu.ingest takes exactly one argument: an event object or a list of events")
         events = parse_events(payload)
     except InvalidEvent as exc:
+        error = str(exc)
         text = _payload_text(payload if not (args or kwargs) else [payload, args, kwargs])
-        rejected_id = self.with_retries(lambda: _reject(rt, str(exc), text))
-        log.warning("event rejected", error=str(exc), rejected_id=rejected_id)
-        return {"rejected": str(exc), "rejected_id": rejected_id}
+        rejected_id = self.with_retries(lambda: _reject(rt, error, text))
+        log.warning("event rejected", error=error, rejected_id=rejected_id)
+        return {"rejected": error, "rejected_id": rejected_id}
     groups, ignored = fold(events, rt.rules)
 
     message_id = self.request.id

@@ -28,10 +28,8 @@ STAGE_FROM: dict[str, frozenset[Status]] = {
 Body = Callable[[psycopg.Connection, Runtime, Incident, str], str | None]
 
 
-def run_stage(task: ErduTask, stage: str, incident_id: str, body: Body) -> str | None:
-    """Load the incident locked, run the body if the incident is still owed this stage, hand on after commit."""
-    rt = runtime()
-    worker = worker_name(task.request.hostname)
+def begin_stage(task: ErduTask, rt: Runtime, stage: str, incident_id: object, worker: str) -> bool:
+    """Count this start of (incident, stage); False when earlier starts crashed too often (then it is parked)."""
     if not isinstance(incident_id, str):
         raise PermanentError(f"{task.name} expects an incident id string, got {type(incident_id).__name__}")
 
@@ -42,6 +40,15 @@ def run_stage(task: ErduTask, stage: str, incident_id: str, body: Body) -> str |
     crashes = task.with_retries(start)
     if crashes >= rt.settings.max_worker_crashes:
         task.with_retries(lambda: park_poisoned(rt, incident_id, stage, crashes, worker))
+        return False
+    return True
+
+
+def run_stage(task: ErduTask, stage: str, incident_id: str, body: Body) -> str | None:
+    """Load the incident locked, run the body if the incident is still owed this stage, hand on after commit."""
+    rt = runtime()
+    worker = worker_name(task.request.hostname)
+    if not begin_stage(task, rt, stage, incident_id, worker):
         return None
 
     def work() -> str | None:

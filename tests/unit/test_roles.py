@@ -19,7 +19,6 @@ from erdu_tasks.roles.commander import (
     BusinessHours,
     CommanderConfig,
     CommanderContext,
-    Decision,
     RunbookRecord,
 )
 
