@@ -299,10 +299,11 @@ def run_demo(console: Console, *, keep: bool = False, reports_dir: Path | None =
             _keep_running(console, urls)
         return 0
     finally:
+        if supervisor is not None:
+            supervisor.stop_all()   # first, so no fixer can restart the service behind our back
         if scenario is not None:
             subprocess.run(scenario.service("stop"), capture_output=True, timeout=30)
-        if supervisor is not None:
-            supervisor.stop_all()
+            _kill_leftovers(scenario.script)
         for server in reversed(servers):
             server.stop()
         link = home / "var" / "postgres"
@@ -310,6 +311,19 @@ def run_demo(console: Console, *, keep: bool = False, reports_dir: Path | None =
             shutil.rmtree(link.resolve(), ignore_errors=True)
         if not keep_home:
             shutil.rmtree(home, ignore_errors=True)
+
+
+def _kill_leftovers(script: Path) -> None:
+    """Any copy of the flaky service still running (a restart racing the stop) is ended too."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        if str(script) in (proc.info["cmdline"] or []):
+            try:
+                proc.kill()
+                proc.wait(5)
+            except (psutil.NoSuchProcess, psutil.TimeoutExpired):
+                pass
 
 
 def _children() -> list[Child]:
