@@ -490,7 +490,7 @@ def stats(
     """MTTA and MTTR per severity and per fingerprint, with resolved, escalated and auto-resolved counts."""
     from . import stats as incident_stats
     from .escalation_policy import parse_duration
-    from .report import human_duration as _dur
+    from .durations import human_duration as _dur
 
     start = None
     if since:

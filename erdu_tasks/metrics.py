@@ -274,13 +274,6 @@ def build_registry(database_url: str, redis_url: str, **kwargs: Any) -> Collecto
     return registry
 
 
-def asgi_app(database_url: str, redis_url: str) -> Any:
-    """An ASGI app serving the metrics, for mounting at /metrics in the HTTP API."""
-    from prometheus_client import make_asgi_app
-
-    return make_asgi_app(build_registry(database_url, redis_url))
-
-
 def serve(database_url: str, redis_url: str, *, port: int, address: str = "127.0.0.1") -> None:
     """Serve /metrics (and /healthz) until the process is stopped."""
     from wsgiref.simple_server import WSGIRequestHandler, make_server

@@ -11,6 +11,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from .durations import human_duration, seconds_between
 from .model import Incident
 
 _ID = re.compile(r"^INC-\d{14}-[0-9a-f]{8}$")
@@ -24,19 +25,6 @@ def _cell(value: Any, width: int = 200) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str, separators=(",", ":"))
     text = " ".join(text.replace("|", "/").split())
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def human_duration(seconds: float | None) -> str:
-    """Seconds as a short human duration."""
-    if seconds is None:
-        return "-"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _code(text: str) -> str:
@@ -58,7 +46,7 @@ def build_report(incident: Incident, resolution: dict[str, Any], *, related: lis
         previous = t.at
         timeline.append({"at": t.at.isoformat(), "actor": t.actor, "worker": t.worker,
                          "from_status": t.from_status, "to_status": t.to_status, "what": t.what,
-                         "delta": max(delta, 0.0), "since_detected": _seconds(incident.created_at, t.at),
+                         "delta": max(delta, 0.0), "since_detected": seconds_between(incident.created_at, t.at),
                          "details": t.details})
     resolved_at = incident.resolved_at
     ack = incident.acknowledged_at
@@ -81,9 +69,9 @@ def build_report(incident: Incident, resolution: dict[str, Any], *, related: lis
         "resolved_at": _iso(resolved_at),
         "closed_at": _iso(incident.closed_at),
         "durations": {
-            "time_to_acknowledge": _seconds(incident.created_at, ack),
-            "time_to_escalate": _seconds(incident.created_at, incident.escalated_at),
-            "time_to_resolve": _seconds(incident.created_at, resolved_at),
+            "time_to_acknowledge": seconds_between(incident.created_at, ack),
+            "time_to_escalate": seconds_between(incident.created_at, incident.escalated_at),
+            "time_to_resolve": seconds_between(incident.created_at, resolved_at),
         },
         "phases": phases(incident),
         "resolved_by": incident.resolved_by,
@@ -175,10 +163,6 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
-
-
-def _seconds(start: datetime | None, end: datetime | None) -> float | None:
-    return (end - start).total_seconds() if start and end else None
 
 
 class _Attr(dict):

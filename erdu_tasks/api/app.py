@@ -109,8 +109,16 @@ def create_app(settings: Settings, config: ApiConfig | None = None) -> FastAPI:
     from . import routes_failed  # `erdu failed ls|retry` over HTTP
 
     app.include_router(routes_failed.router, responses=COMMON_RESPONSES)
-    from ..metrics import asgi_app as metrics_app
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from starlette.responses import Response
 
-    # Prometheus metrics (counts only, no incident text), unauthenticated like /healthz.
-    app.mount("/metrics", metrics_app(settings.database_url, settings.redis_url))
+    from ..metrics import build_registry
+
+    registry = build_registry(settings.database_url, settings.redis_url)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        """Prometheus metrics (counts only, no incident text), unauthenticated like /healthz."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
     return app

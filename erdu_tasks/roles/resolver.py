@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ..durations import human_duration, seconds_between
 from ..model import Incident
 from .diagnostician import PatternHistory
 
@@ -42,20 +43,8 @@ class Resolution:
         return asdict(self)
 
 
-def _seconds(start: datetime | None, end: datetime | None) -> float | None:
-    return (end - start).total_seconds() if start and end else None
-
-
 def _human(seconds: float | None) -> str:
-    if seconds is None:
-        return "unknown time"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+    return human_duration(seconds, unknown="unknown time")
 
 
 def resolve(incident: Incident, ctx: ResolverContext) -> Resolution:
@@ -63,7 +52,7 @@ def resolve(incident: Incident, ctx: ResolverContext) -> Resolution:
     fix = incident.fix or {}
     runbook = fix.get("runbook") if fix.get("validation", {}).get("ok") else None
     person = incident.resolved_by if (incident.resolved_by or "").startswith("person:") else None
-    duration = _seconds(incident.created_at, incident.resolved_at)
+    duration = seconds_between(incident.created_at, incident.resolved_at)
     if person:
         how = f"resolved by {person.split(':', 1)[1]}"
     elif runbook:

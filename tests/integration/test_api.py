@@ -348,3 +348,9 @@ def test_the_openapi_schema_lists_every_endpoint(api):
 
 def test_no_500_was_logged(api):
     assert "internal error" not in api.log_text() and "Traceback" not in api.log_text(), api.log_text()[-3000:]
+
+
+def test_metrics_are_served_at_slash_metrics_without_a_redirect(api):
+    r = httpx.get(api.url + "/metrics", follow_redirects=False)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    assert "erdu_backend_up" in r.text
