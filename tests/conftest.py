@@ -41,10 +41,12 @@ def wait_for(check: Callable[[], object], timeout: float = 30.0, interval: float
 class RedisServer:
     """A private redis-server on a free port, killed at the end."""
 
-    def __init__(self, tmp: Path, *, appendonly: bool = False) -> None:
+    def __init__(self, tmp: Path, *, appendonly: bool = False, extra_args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.dir = tmp
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.appendonly = appendonly
+        self.extra_args = extra_args
         self.proc: subprocess.Popen | None = None
         self.start()
 
@@ -57,7 +59,8 @@ class RedisServer:
         assert exe, "redis-server must be on PATH for the integration tests"
         self.proc = subprocess.Popen(
             [exe, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--dir", str(self.dir),
-             "--appendonly", "yes" if self.appendonly else "no", "--daemonize", "no", "--loglevel", "warning"],
+             "--appendonly", "yes" if self.appendonly else "no", "--daemonize", "no", "--loglevel", "warning",
+             *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_for(self._up, 10, what="private redis")
@@ -72,7 +75,11 @@ class RedisServer:
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(10)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
 
 
 @pytest.fixture(scope="session")

@@ -19,37 +19,19 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import dict_row
 
-from tests.conftest import Stack, free_port, wait_for
+from tests.conftest import RedisServer, Stack, free_port, wait_for
 
 FINAL = ("closed", "escalated")
 
 
 # ---- Redis that can be crashed and brought back with its data --------------------------------------
 
-class CrashableRedis:
+class CrashableRedis(RedisServer):
     """A private redis-server with an append-only file, so a restart keeps what it acknowledged."""
 
     def __init__(self, directory: Path, *, fsync: str = "always") -> None:
-        self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
         self.fsync = fsync
-        self.proc: subprocess.Popen | None = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        exe = shutil.which("redis-server")
-        assert exe, "redis-server must be on PATH"
-        self.proc = subprocess.Popen(
-            [exe, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir), "--save", "",
-             "--appendonly", "yes", "--appendfsync", self.fsync, "--daemonize", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        wait_for(self.ping, 20, 0.1, what="private redis up")
+        super().__init__(directory, appendonly=True, extra_args=("--appendfsync", fsync))
 
     def ping(self) -> bool:
         import redis
@@ -64,15 +46,6 @@ class CrashableRedis:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 # ---- a Postgres cluster of the test's own, so it can be stopped -------------------------------------
