@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,28 @@ import psycopg
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Two runbooks many tests use: one that fixes database incidents, one that always fails.
+NOOP_RUNBOOK = textwrap.dedent("""
+    runbooks:
+      - name: reset-db-connections
+        description: Reset the pool of database connections.
+        match:
+          tags: [database]
+        diagnosis_hint: The database connection pool holds dead connections.
+        actions:
+          - action: noop
+            params: {message: "connection pool reset"}
+        validation: {check: noop}
+        limits: {max_runs: 1000, per_seconds: 3600}
+      - name: always-broken
+        match:
+          title_pattern: "(?i)unfixable"
+        actions:
+          - action: noop
+            params: {fail: true}
+        limits: {max_runs: 1000, per_seconds: 3600}
+""")
+
 PG_ADMIN_URL = os.environ.get("ERDU_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 

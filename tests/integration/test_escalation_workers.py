@@ -6,34 +6,16 @@ import json
 import re
 import subprocess
 import sys
-import textwrap
 import time
 from datetime import datetime, timezone
 
 import pytest
 
 from erdu_tasks.db import Database
-from tests.conftest import incident_rows, wait_for
+from tests.conftest import NOOP_RUNBOOK, incident_rows, wait_for
 from tests.integration.escalation_support import Endpoints, escalate, new_incident, rows, webhook
 
-RUNBOOKS = textwrap.dedent("""
-    runbooks:
-      - name: reset-db-connections
-        match:
-          tags: [database]
-        actions:
-          - action: noop
-            params: {message: "connection pool reset"}
-        validation: {check: noop}
-        limits: {max_runs: 1000, per_seconds: 3600}
-      - name: always-broken
-        match:
-          title_pattern: "(?i)unfixable"
-        actions:
-          - action: noop
-            params: {fail: true}
-        limits: {max_runs: 1000, per_seconds: 3600}
-""")
+RUNBOOKS = NOOP_RUNBOOK
 
 
 @pytest.fixture()

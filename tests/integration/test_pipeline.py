@@ -3,33 +3,12 @@
 from __future__ import annotations
 
 import json
-import textwrap
 import threading
 
 import pytest
 
-from tests.conftest import incident_rows, wait_for
+from tests.conftest import NOOP_RUNBOOK, incident_rows, wait_for
 
-NOOP_RUNBOOK = textwrap.dedent("""
-    runbooks:
-      - name: reset-db-connections
-        description: Reset the pool of database connections.
-        match:
-          tags: [database]
-        diagnosis_hint: The database connection pool holds dead connections.
-        actions:
-          - action: noop
-            params: {message: "connection pool reset"}
-        validation: {check: noop}
-        limits: {max_runs: 1000, per_seconds: 3600}
-      - name: always-broken
-        match:
-          title_pattern: "(?i)unfixable"
-        actions:
-          - action: noop
-            params: {fail: true}
-        limits: {max_runs: 1000, per_seconds: 3600}
-""")
 
 
 @pytest.fixture()
