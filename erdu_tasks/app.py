@@ -79,6 +79,10 @@ def make_celery(settings: Settings) -> Celery:
         beat_schedule={},
     )
     app.conf.erdu_settings = settings
+    # A worker whose consumer goes quiet while work waits reconnects instead of idling forever.
+    from .consumer_guard import ConsumerGuard
+
+    app.steps["consumer"].add(ConsumerGuard)
     return app
 
 

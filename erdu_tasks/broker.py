@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 
 from kombu import transport as kombu_transport
-from kombu.transport import redis
+from kombu.transport import redis, virtual
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 SCHEMES = ("redis", "rediss")
@@ -58,6 +58,33 @@ def wrap(raw: Any, queue: str) -> dict[str, Any]:
     }
 
 
+class QoS(redis.QoS):
+    """kombu's Redis QoS, except that an ack the broker never got still frees the consumer's prefetch slot.
+
+    kombu removes the message from the broker's unacked set first and from its own books second, so an
+    ack that fails because the broker just died leaves the message counted as in flight forever. With
+    every slot counted, the worker never polls again, never notices the lost connection and never
+    reconnects: it stays up and consumes nothing. Here the books are settled either way and the error
+    still reaches the caller (Celery logs it); the message stays in the broker's unacked set and comes
+    back after the visibility timeout, where the stage's compare-and-set finds it done.
+    """
+
+    def ack(self, delivery_tag: Any) -> None:
+        try:
+            self._remove_from_indices(delivery_tag).execute()
+        finally:
+            virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        try:
+            if requeue:
+                self.restore_by_tag(delivery_tag, leftmost=True)
+            else:
+                self._remove_from_indices(delivery_tag).execute()
+        finally:
+            virtual.QoS.ack(self, delivery_tag)
+
+
 class Channel(redis.Channel):
     """kombu's Redis channel, except that using it after its connection is gone is a connection error.
 
@@ -68,6 +95,7 @@ class Channel(redis.Channel):
     concerned are still in the broker's unacked set and come back after the visibility timeout.
     """
 
+    QoS = QoS
     _sync_client: Any = None
 
     def _create_client(self, asynchronous: bool = False) -> Any:

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     stage_deadline_seconds: float = Field(default=120.0, gt=0)
     reconcile_interval_seconds: float = Field(default=30.0, gt=0)
     max_worker_crashes: int = Field(default=3, ge=1)
+    # A worker that takes no waiting work this long reconnects to the broker (consumer_guard.py); 0 turns it off.
+    consumer_stall_seconds: float = Field(default=30.0, ge=0)
     task_max_retries: int = Field(default=8, ge=0)
     retry_backoff_max: float = Field(default=60.0, gt=0)
     db_pool_max: int = Field(default=4, ge=1)

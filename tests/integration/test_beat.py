@@ -45,6 +45,7 @@ def beats(tmp_path):
         procs.append(proc)
         return proc
 
+    start.server = server
     yield start, redis.Redis.from_url(server.url)
     for proc in procs:
         if proc.poll() is None:
@@ -82,3 +83,46 @@ def test_only_one_beat_schedules_and_the_second_takes_over_when_the_first_dies(b
     assert took <= 40, f"took over after {took:.0f} s"
     sent = rate(client, 5.0)
     assert 3 <= sent <= 7, f"{sent} reconcile messages in 5 s after the takeover"
+
+
+@pytest.mark.parametrize("persistent", [False, True], ids=["redis-forgets-the-lock", "redis-keeps-the-lock"])
+def test_beat_rides_out_a_redis_crash_and_schedules_again_as_soon_as_redis_is_back(beats, persistent):
+    start, client = beats
+    server = start.server
+    if persistent:   # the lock survives the crash (append-only file, fsync always)
+        client.config_set("appendonly", "yes")
+        client.config_set("appendfsync", "always")
+        wait_for(lambda: client.info("persistence")["aof_rewrite_in_progress"] == 0, 30, what="AOF on")
+        server.appendonly = True
+        server.extra_args = ("--appendfsync", "always")
+    beat = start("beat-1")
+    wait_for(lambda: reconciles(client) >= 2, 60, what="beat scheduling")
+    lock_key = REDBEAT_PREFIX + BEAT_LOCK_KEY
+    token = client.get(lock_key)
+
+    server.proc.kill()
+    server.proc.wait(10)
+    time.sleep(4)
+    server.start()
+    back_at = time.monotonic()
+    client = redis.Redis.from_url(server.url)
+    if not persistent:
+        assert not client.exists(lock_key)
+    client.delete("monitor")   # what the AOF kept from before the crash
+    # Scheduling resumes within seconds, not after the old lock's 30 s timeout or a restart.
+    wait_for(lambda: reconciles(client) >= 2, 20, 0.2, what="beat scheduling again")
+    took = time.monotonic() - back_at
+    assert beat.poll() is None, log_of(beat)[-3000:]
+    assert took < 10, f"scheduling resumed {took:.1f} s after Redis came back"
+    assert client.get(lock_key) == token   # the same beat holds the same lock
+    text = log_of(beat)
+    assert "scheduling paused" in text and "scheduling resumed" in text
+    assert ("took its lock back" in text) is (not persistent)
+    assert ("wrote it again" in text) is (not persistent)
+
+    # Still a singleton: a second beat waits.
+    second = start("beat-2")
+    wait_for(lambda: "beat: Starting" in log_of(second), 60, what="the second beat started")
+    sent = rate(client, 5.0)
+    assert 3 <= sent <= 7, f"{sent} reconcile messages in 5 s"
+    assert "Acquired lock" not in log_of(second)
