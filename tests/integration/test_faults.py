@@ -40,6 +40,21 @@ def runbooks_dir(tmp_path: Path, text: str) -> Path:
     return directory
 
 
+def slow_disk_runbooks(tmp_path: Path, effect: Path, *, sleep: int, timeout: int = 20) -> Path:
+    """A runbook for "slow disk" incidents whose action notes its run in `effect`, then takes `sleep` s."""
+    return runbooks_dir(tmp_path, f"""
+        runbooks:
+          - name: slow-remedy
+            match: {{title_pattern: "(?i)slow disk"}}
+            actions:
+              - action: run_command
+                params: {{argv: ["sh", "-c", "echo ran >> {effect}; sleep {sleep}"]}}
+                timeout: {timeout}
+            validation: {{check: command, argv: ["grep", "-q", "ran", "{effect}"]}}
+            limits: {{max_runs: 100, per_seconds: 3600}}
+    """)
+
+
 def log_of(stack, role: str) -> str:
     return "".join(p.log_path.read_text(errors="replace") for p in stack.procs.get(role, []))
 
@@ -60,17 +75,7 @@ def beat_for():
 
 def test_sigkill_of_the_fixer_mid_action_closes_the_incident_once_and_acts_once(stack_factory, beat_for, tmp_path):
     effect = tmp_path / "effect.log"
-    runbooks = runbooks_dir(tmp_path, f"""
-        runbooks:
-          - name: append-then-wait
-            match: {{title_pattern: "(?i)slow disk"}}
-            actions:
-              - action: run_command
-                params: {{argv: ["sh", "-c", "echo ran >> {effect}; sleep 6"]}}
-                timeout: 10
-            validation: {{check: command, argv: ["grep", "-q", "ran", "{effect}"]}}
-            limits: {{max_runs: 100, per_seconds: 3600}}
-    """)
+    runbooks = slow_disk_runbooks(tmp_path, effect, sleep=6, timeout=10)
     stack = stack_factory({**FAST_RECOVERY, "ERDU_RUNBOOKS_DIR": str(runbooks)})
     stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"))
     beat_for(stack)
@@ -105,17 +110,7 @@ def test_sigkill_of_the_fixer_mid_action_closes_the_incident_once_and_acts_once(
 
 def test_a_long_action_is_not_redriven_while_its_worker_lives(stack_factory, beat_for, tmp_path):
     effect = tmp_path / "effect.log"
-    runbooks = runbooks_dir(tmp_path, f"""
-        runbooks:
-          - name: slow-remedy
-            match: {{title_pattern: "(?i)slow disk"}}
-            actions:
-              - action: run_command
-                params: {{argv: ["sh", "-c", "echo ran >> {effect}; sleep 8"]}}
-                timeout: 20
-            validation: {{check: command, argv: ["grep", "-q", "ran", "{effect}"]}}
-            limits: {{max_runs: 100, per_seconds: 3600}}
-    """)
+    runbooks = slow_disk_runbooks(tmp_path, effect, sleep=8)
     stack = stack_factory({**FAST_RECOVERY, "ERDU_RUNBOOKS_DIR": str(runbooks)})  # deadline 3 s < 8 s action
     stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"))
     beat_for(stack)
@@ -362,17 +357,7 @@ def test_a_redis_crash_while_the_fixer_acts_closes_both_incidents_and_runs_each_
     effect = tmp_path / "effect.log"
     broker = CrashableRedis(tmp_path / "redis", fsync="always")
     try:
-        runbooks = runbooks_dir(tmp_path, f"""
-            runbooks:
-              - name: slow-remedy
-                match: {{title_pattern: "(?i)slow disk"}}
-                actions:
-                  - action: run_command
-                    params: {{argv: ["sh", "-c", "echo ran >> {effect}; sleep 3"]}}
-                    timeout: 20
-                validation: {{check: command, argv: ["grep", "-q", "ran", "{effect}"]}}
-                limits: {{max_runs: 100, per_seconds: 3600}}
-        """)
+        runbooks = slow_disk_runbooks(tmp_path, effect, sleep=3)
         stack = own_stack(broker.url, extra_env={**FAST_RECOVERY, "ERDU_RUNBOOKS_DIR": str(runbooks)})
         stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"))
         supervisor = Supervisor(stack, beat_for(stack))
