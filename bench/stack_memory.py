@@ -37,7 +37,7 @@ def measure(pid: int) -> dict[str, float]:
             continue
         rss += info.rss
         pss += getattr(info, "pss", info.rss)
-        name = " ".join(cmd[3:5]) if len(cmd) > 4 and cmd[1:3] == ["-m", "erdu_tasks.cli"] else Path(cmd[0]).name
+        name = " ".join(cmd[3:5]) if len(cmd) > 3 and cmd[1:3] == ["-m", "erdu_tasks.cli"] else Path(cmd[0]).name
         per_part[name] = per_part.get(name, 0) + info.rss / 2**20
     return {"rss_mb": round(rss / 2**20, 1), "pss_mb": round(pss / 2**20, 1),
             "processes": len(tree(pid)), "parts": {k: round(v, 1) for k, v in sorted(per_part.items())}}
