@@ -1,0 +1,53 @@
+"""The reconciler's query on a real Postgres: which incidents are owed a re-drive, and when."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from erdu_tasks.reconcile import stuck
+from tests.integration.escalation_support import new_incident
+
+DEADLINE = 10.0
+
+
+@pytest.fixture()
+def conn(fresh_database_url):
+    with psycopg.connect(fresh_database_url, autocommit=True, row_factory=dict_row) as c:
+        yield c
+
+
+def stuck_for(conn, incident_id: str, *, changed_ago: float, driven_ago: float | None) -> bool:
+    """Set when the status last changed and when the incident was last driven; is it claimed now?"""
+    conn.execute("UPDATE incidents SET status_changed_at = now() - make_interval(secs => %s),"
+                 " driven_at = now() - make_interval(secs => %s) WHERE id = %s",
+                 (changed_ago, driven_ago, incident_id))
+    if driven_ago is None:
+        conn.execute("UPDATE incidents SET driven_at = NULL WHERE id = %s", (incident_id,))
+    return incident_id in [o.incident_id for o in stuck(conn, deadline_seconds=DEADLINE)]
+
+
+def test_a_stage_is_redriven_after_the_deadline_and_claimed_once_per_deadline(conn):
+    incident = new_incident(conn, service="orders")
+    assert not stuck_for(conn, incident, changed_ago=5, driven_ago=None)     # within the deadline
+    assert stuck_for(conn, incident, changed_ago=11, driven_ago=None)        # first re-drive
+    assert not [o for o in stuck(conn, deadline_seconds=DEADLINE) if o.incident_id == incident]   # just driven
+    assert not stuck_for(conn, incident, changed_ago=60, driven_ago=9)       # driven within the deadline
+    assert stuck_for(conn, incident, changed_ago=60, driven_ago=11)
+
+
+def test_a_status_change_starts_the_deadline_afresh_and_a_lease_holds_it_off(conn):
+    incident = new_incident(conn, service="billing")
+    # Driven long ago for an earlier status: the new status gets the plain deadline.
+    assert not stuck_for(conn, incident, changed_ago=9, driven_ago=500)
+    assert stuck_for(conn, incident, changed_ago=11, driven_ago=500)
+    # A live fixer leased the incident until 30 s from now: not re-driven while the lease runs.
+    assert not stuck_for(conn, incident, changed_ago=60, driven_ago=-30)
+
+
+def test_final_and_parked_states_are_never_redriven(conn):
+    incident = new_incident(conn, service="search")
+    for status in ("closed", "escalated", "awaiting_approval"):
+        conn.execute("UPDATE incidents SET status = %s WHERE id = %s", (status, incident))
+        assert not stuck_for(conn, incident, changed_ago=3600, driven_ago=None), status
