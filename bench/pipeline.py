@@ -78,70 +78,77 @@ def backend_cpu(database: str) -> float:
     return total
 
 
-class PeakRss:
+class Sampler:
+    """A background thread that calls sample() every `interval` seconds while the `with` block runs."""
+
+    interval = 0.5
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class PeakRss(Sampler):
     """Samples the RSS of each process tree twice a second and keeps the peak (MB); also CPU used."""
 
     def __init__(self, pids: dict[str, int], database: str | None = None) -> None:
+        super().__init__()
         self.pids = pids
         self.database = database
         self.peak = {name: 0.0 for name in pids}
         self.cpu: dict[str, float] = {}
         self._cpu0 = {name: tree_cpu(pid) for name, pid in pids.items()}
         self._pg = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for name, pid in self.pids.items():
-                try:
-                    root = psutil.Process(pid)
-                    total = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
-                except psutil.Error:
-                    continue
-                self.peak[name] = max(self.peak[name], total / 2**20)
-            if self.database:
-                self._pg = max(self._pg, backend_cpu(self.database))  # backends live as long as the pools
-            self._stop.wait(0.5)
-
-    def __enter__(self) -> "PeakRss":
-        self._thread.start()
-        return self
+    def sample(self) -> None:
+        for name, pid in self.pids.items():
+            try:
+                root = psutil.Process(pid)
+                total = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+            except psutil.Error:
+                continue
+            self.peak[name] = max(self.peak[name], total / 2**20)
+        if self.database:
+            self._pg = max(self._pg, backend_cpu(self.database))  # backends live as long as the pools
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+        super().__exit__(*exc)
         self.cpu = {name: round(tree_cpu(pid) - self._cpu0[name], 2) for name, pid in self.pids.items()}
-
-
-class QueueDepth:
+class QueueDepth(Sampler):
     """Samples each role queue's length (messages waiting) every 0.2 s: the deepest queue is the bottleneck."""
+
+    interval = 0.2
 
     def __init__(self, redis_url: str, queues: tuple[str, ...]) -> None:
         import redis
 
+        super().__init__()
         self.client = redis.Redis.from_url(redis_url)
         self.queues = queues
         self.samples: list[list[int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            self.samples.append([self.client.llen(q) for q in self.queues])
+    def sample(self) -> None:
+        self.samples.append([self.client.llen(q) for q in self.queues])
 
     def mean(self) -> dict[str, float]:
         if not self.samples:
             return {}
         return {q: round(sum(s[i] for s in self.samples) / len(self.samples), 1) for i, q in enumerate(self.queues)}
-
-    def __enter__(self) -> "QueueDepth":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 # ---- ERDU ------------------------------------------------------------------------------------------
