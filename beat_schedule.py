@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from erdu_tasks import names
-from erdu_tasks.escalation import sweep_options
+from erdu_tasks.escalation.runs import sweep_options
 from erdu_tasks.monitors.config import load_monitors
 from erdu_tasks.monitors.config import schedule as monitor_schedule
 from erdu_tasks.settings import Settings

@@ -35,7 +35,7 @@ class BenchStack:
         self.workers: dict[str, subprocess.Popen] = {}
 
     def __enter__(self) -> "BenchStack":
-        from erdu_tasks.migrate import migrate
+        from erdu_tasks.store.migrate import migrate
 
         self.redis_port = free_port()
         self.redis = subprocess.Popen([shutil.which("redis-server"), "--bind", "127.0.0.1", "--port",

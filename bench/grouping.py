@@ -33,7 +33,7 @@ _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
-from erdu_tasks.detect.fingerprint import fingerprint  # noqa: E402
+from erdu_tasks.ingest.detect.fingerprint import fingerprint  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub"
 

@@ -46,7 +46,7 @@ def main() -> None:
 
     from celery import Celery
 
-    from erdu_tasks.storm import batches_from_lines
+    from erdu_tasks.ingest.storm import batches_from_lines
 
     with BenchStack() as stack:
         stack.start("ingest")

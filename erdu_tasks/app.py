@@ -5,8 +5,9 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue
 
-from . import broker, names
-from .settings import Settings, get_settings
+from erdu_tasks.celery_ext import broker
+from erdu_tasks import names
+from erdu_tasks.settings import Settings, get_settings
 
 # The task modules each role's worker imports: a worker only needs the tasks its queue carries
 # (others are published by name), which keeps every process smaller.
@@ -80,7 +81,7 @@ def make_celery(settings: Settings) -> Celery:
     )
     app.conf.erdu_settings = settings
     # A worker whose consumer goes quiet while work waits reconnects instead of idling forever.
-    from .consumer_guard import ConsumerGuard
+    from erdu_tasks.celery_ext.consumer_guard import ConsumerGuard
 
     app.steps["consumer"].add(ConsumerGuard)
     return app
@@ -89,6 +90,6 @@ def make_celery(settings: Settings) -> Celery:
 app = make_celery(get_settings())
 
 # Workers and beat log JSON lines (erdu_tasks/logs.py), with the incident id bound around each task.
-from .logs import install_celery_hooks  # noqa: E402
+from erdu_tasks.celery_ext.logs import install_celery_hooks  # noqa: E402
 
 install_celery_hooks()

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from .errors import ConfigError
+from erdu_tasks.errors import ConfigError
 
 
 class Service(BaseModel):

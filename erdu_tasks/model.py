@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .errors import InvalidTransition
+from erdu_tasks.errors import InvalidTransition
 
 
 class Severity(StrEnum):

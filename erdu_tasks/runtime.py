@@ -7,10 +7,10 @@ import socket
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from .catalog import Catalog
-from .db import Database
-from .detect.rules import RuleSet
-from .settings import Settings, get_settings
+from erdu_tasks.catalog import Catalog
+from erdu_tasks.store.db import Database
+from erdu_tasks.ingest.detect.rules import RuleSet
+from erdu_tasks.settings import Settings, get_settings
 
 
 @dataclass

@@ -127,7 +127,7 @@ def drop_database(url: str) -> None:
 
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
-    from erdu_tasks.migrate import migrate
+    from erdu_tasks.store.migrate import migrate
 
     url = create_database()
     migrate(url)
@@ -138,7 +138,7 @@ def database_url() -> Iterator[str]:
 @pytest.fixture()
 def fresh_database_url() -> Iterator[str]:
     """A database of the test's own, migrated, dropped afterwards."""
-    from erdu_tasks.migrate import migrate
+    from erdu_tasks.store.migrate import migrate
 
     url = create_database()
     migrate(url)
@@ -243,7 +243,7 @@ def stack_factory(tmp_path, redis_server) -> Iterator[Callable[..., Stack]]:
     counter = iter(range(1, 16))
 
     def make(extra_env: dict[str, str] | None = None, redis_url: str | None = None) -> Stack:
-        from erdu_tasks.migrate import migrate
+        from erdu_tasks.store.migrate import migrate
 
         url = create_database()
         migrate(url)

@@ -7,6 +7,6 @@ POOL = PoolSettings(queue="commander", concurrency=4, pool="threads", prefetch_m
 
 def main() -> None:
     """Start this role's worker (same as `erdu worker commander`)."""
-    from erdu_tasks.cli import run_worker
+    from erdu_tasks.cli.main import run_worker
 
     run_worker("commander")

@@ -7,6 +7,6 @@ POOL = PoolSettings(queue="diagnostician", concurrency=4, pool="threads", prefet
 
 def main() -> None:
     """Start this role's worker (same as `erdu worker diagnostician`)."""
-    from erdu_tasks.cli import run_worker
+    from erdu_tasks.cli.main import run_worker
 
     run_worker("diagnostician")

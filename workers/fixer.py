@@ -13,6 +13,6 @@ POOL = PoolSettings(queue="fixer", concurrency=1, pool="prefork", prefetch_multi
 
 def main() -> None:
     """Start this role's worker (same as `erdu worker fixer`)."""
-    from erdu_tasks.cli import run_worker
+    from erdu_tasks.cli.main import run_worker
 
     run_worker("fixer")

@@ -7,6 +7,6 @@ POOL = PoolSettings(queue="ingest", concurrency=4, pool="threads", prefetch_mult
 
 def main() -> None:
     """Start this role's worker (same as `erdu worker ingest`)."""
-    from erdu_tasks.cli import run_worker
+    from erdu_tasks.cli.main import run_worker
 
     run_worker("ingest")

@@ -7,6 +7,6 @@ POOL = PoolSettings(queue="monitor", concurrency=4, pool="threads", prefetch_mul
 
 def main() -> None:
     """Start this role's worker (same as `erdu worker monitor`)."""
-    from erdu_tasks.cli import run_worker
+    from erdu_tasks.cli.main import run_worker
 
     run_worker("monitor")

@@ -13,10 +13,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from ..errors import InvalidEvent, TransientError
-from ..settings import Settings
-from . import pagerduty as pd
-from . import (
+from erdu_tasks.errors import InvalidEvent, TransientError
+from erdu_tasks.settings import Settings
+from erdu_tasks.ingest.formats import pagerduty as pd
+from erdu_tasks.api import (
     routes_alertmanager,
     routes_events,
     routes_health,
@@ -24,9 +24,9 @@ from . import (
     routes_pagerduty,
     routes_silences,
 )
-from .config import ApiConfig, api_config
-from .context import ApiContext, log
-from .guard import BodyGuard
+from erdu_tasks.api.config import ApiConfig, api_config
+from erdu_tasks.api.context import ApiContext, log
+from erdu_tasks.api.guard import BodyGuard
 
 RETRY_AFTER_SECONDS = "5"
 
@@ -106,13 +106,13 @@ def create_app(settings: Settings, config: ApiConfig | None = None) -> FastAPI:
     for module in (routes_events, routes_alertmanager, routes_pagerduty, routes_incidents, routes_silences):
         app.include_router(module.router, responses=COMMON_RESPONSES)
     app.include_router(routes_health.router)
-    from . import routes_failed  # `erdu failed ls|retry` over HTTP
+    from erdu_tasks.api import routes_failed  # `erdu failed ls|retry` over HTTP
 
     app.include_router(routes_failed.router, responses=COMMON_RESPONSES)
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.responses import Response
 
-    from ..metrics import build_registry
+    from erdu_tasks.store.metrics import build_registry
 
     registry = build_registry(settings.database_url, settings.redis_url)
 

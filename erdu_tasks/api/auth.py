@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from .config import ApiConfig
+from erdu_tasks.api.config import ApiConfig
 
 
 class Access(StrEnum):

@@ -10,14 +10,14 @@ import redis
 import structlog
 from fastapi import Request
 
-from .. import names
-from ..db import Database
-from ..errors import TransientError
-from ..people import ActionDone, ActionRefused
-from ..preflight import redact_redis
-from ..runtime import Runtime
-from ..settings import Settings
-from .config import ApiConfig
+from erdu_tasks import names
+from erdu_tasks.store.db import Database
+from erdu_tasks.errors import TransientError
+from erdu_tasks.tasks.people import ActionDone, ActionRefused
+from erdu_tasks.cli.preflight import redact_redis
+from erdu_tasks.runtime import Runtime
+from erdu_tasks.settings import Settings
+from erdu_tasks.api.config import ApiConfig
 
 log = structlog.get_logger("erdu.api")
 
@@ -53,7 +53,7 @@ class ApiContext:
 
     def enqueue_ingest(self, payload: Any) -> str:
         """Put events on the ingest queue; BrokerDown if Redis refuses (the caller answers 503)."""
-        from ..app import app
+        from erdu_tasks.app import app
 
         self.require_broker()
         try:
@@ -65,7 +65,7 @@ class ApiContext:
 
     def hand_off(self, stage: str, incident_ids: Iterable[str]) -> bool:
         """Publish a stage for stored incidents; False if Redis failed (the reconciler re-drives them)."""
-        from ..tasks.base import send_stage
+        from erdu_tasks.tasks.base import send_stage
 
         ok = True
         for incident_id in incident_ids:

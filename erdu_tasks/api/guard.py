@@ -12,8 +12,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..jsonsafe import check_tree as _check_tree
-from ..jsonsafe import text_problem  # noqa: F401  (re-exported for the routes)
+from erdu_tasks.ingest.jsonsafe import check_tree as _check_tree
+from erdu_tasks.ingest.jsonsafe import text_problem  # noqa: F401  (re-exported for the routes)
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 

@@ -9,12 +9,12 @@ import psycopg
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
-from ..ingest import dedup_fingerprint, fold, upsert_groups
-from ..people import resolve
-from . import alertmanager as am
-from .auth import require_write
-from .context import ApiContext, context
-from .routes_events import ERRORS
+from erdu_tasks.ingest.accept import dedup_fingerprint, fold, upsert_groups
+from erdu_tasks.tasks.people import resolve
+from erdu_tasks.ingest.formats import alertmanager as am
+from erdu_tasks.api.auth import require_write
+from erdu_tasks.api.context import ApiContext, context
+from erdu_tasks.api.routes_events import ERRORS
 
 router = APIRouter(tags=["alert sources"])
 

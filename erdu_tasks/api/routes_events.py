@@ -9,10 +9,10 @@ from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from ..ingest import MAX_BATCH, fold, upsert_groups
-from ..model import Event
-from .auth import require_write
-from .context import ApiContext, context
+from erdu_tasks.ingest.accept import MAX_BATCH, fold, upsert_groups
+from erdu_tasks.model import Event
+from erdu_tasks.api.auth import require_write
+from erdu_tasks.api.context import ApiContext, context
 
 router = APIRouter(tags=["events"])
 

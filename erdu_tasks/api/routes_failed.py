@@ -8,9 +8,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .. import people
-from .auth import require_read, require_write
-from .context import ApiContext, context
+from erdu_tasks.tasks import people
+from erdu_tasks.api.auth import require_read, require_write
+from erdu_tasks.api.context import ApiContext, context
 
 router = APIRouter(tags=["failed tasks"])
 Ctx = Annotated[ApiContext, Depends(context)]

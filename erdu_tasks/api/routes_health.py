@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from ..errors import ErduError
-from .context import ApiContext, context
+from erdu_tasks.errors import ErduError
+from erdu_tasks.api.context import ApiContext, context
 
 router = APIRouter(tags=["health"])
 

@@ -9,10 +9,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from .. import people, store
-from ..model import Incident, Severity, Status
-from .auth import require_read, require_write
-from .context import ApiContext, context
+from erdu_tasks.tasks import people
+from erdu_tasks.store import incidents as store
+from erdu_tasks.model import Incident, Severity, Status
+from erdu_tasks.api.auth import require_read, require_write
+from erdu_tasks.api.context import ApiContext, context
 
 router = APIRouter(tags=["incidents"])
 

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel
 
-from ..ingest import dedup_fingerprint, fold, upsert_groups
-from ..model import OPEN_STATUSES
-from ..people import acknowledge, resolve
-from . import pagerduty as pd
-from .auth import Access, access_for, bearer
-from .context import ApiContext, context
+from erdu_tasks.ingest.accept import dedup_fingerprint, fold, upsert_groups
+from erdu_tasks.model import OPEN_STATUSES
+from erdu_tasks.tasks.people import acknowledge, resolve
+from erdu_tasks.ingest.formats import pagerduty as pd
+from erdu_tasks.api.auth import Access, access_for, bearer
+from erdu_tasks.api.context import ApiContext, context
 
 router = APIRouter(tags=["alert sources"])
 

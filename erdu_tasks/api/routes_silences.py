@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .. import silences
-from ..escalation_policy import parse_duration
-from .auth import require_read, require_write
-from .context import ApiContext, context
+from erdu_tasks.escalation import silences
+from erdu_tasks.escalation.policy import parse_duration
+from erdu_tasks.api.auth import require_read, require_write
+from erdu_tasks.api.context import ApiContext, context
 
 router = APIRouter(tags=["silences"])
 Ctx = Annotated[ApiContext, Depends(context)]

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from ..settings import Settings
-from .config import api_config, check_bind
+from erdu_tasks.settings import Settings
+from erdu_tasks.api.config import api_config, check_bind
 
 
 def serve(settings: Settings, *, host: str | None = None, port: int | None = None, log_level: str = "info") -> None:
     """Run the API until stopped; ConfigError if it would listen beyond localhost without a token."""
     import uvicorn
 
-    from .app import create_app
+    from erdu_tasks.api.app import create_app
 
     config = api_config(settings)
     host = host or config.host

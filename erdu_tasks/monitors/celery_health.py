@@ -18,14 +18,14 @@ from typing import Any
 
 import redis
 
-from ..catalog import Catalog
-from ..detect.rules import RuleSet
-from ..errors import TransientError
-from ..ingest import Outcome
-from ..model import Event, Severity
-from ..names import ROLES
-from .config import CeleryConfig
-from .state import Decision, Observation, observe, report
+from erdu_tasks.catalog import Catalog
+from erdu_tasks.ingest.detect.rules import RuleSet
+from erdu_tasks.errors import TransientError
+from erdu_tasks.ingest.accept import Outcome
+from erdu_tasks.model import Event, Severity
+from erdu_tasks.names import ROLES
+from erdu_tasks.monitors.config import CeleryConfig
+from erdu_tasks.monitors.state import Decision, Observation, observe, report
 
 PRIORITY_SEP = "\x06\x16"
 """kombu's Redis transport keeps priority n of queue q in the list `q + PRIORITY_SEP + n` (n > 0)."""

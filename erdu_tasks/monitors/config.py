@@ -63,12 +63,12 @@ from typing import Annotated, Any, Literal
 import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..actions.base import as_int_list
-from ..checks import HttpCheck, compile_pattern
-from ..errors import ConfigError
-from ..model import Severity
-from .. import names
-from ..names import ROLES, Queue
+from erdu_tasks.fixer.actions.base import as_int_list
+from erdu_tasks.fixer.checks import HttpCheck, compile_pattern
+from erdu_tasks.errors import ConfigError
+from erdu_tasks.model import Severity
+from erdu_tasks import names
+from erdu_tasks.names import ROLES, Queue
 
 DEFAULT_ERROR_PATTERN = (
     r"\b(?:ERROR|ERR|EXCEPTION|CRITICAL|CRIT|FATAL|SEVERE|PANIC|EMERG|ALERT)\b"

@@ -12,12 +12,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
-from ..catalog import Catalog
-from ..checks import CheckResult, HttpCheck, run_check
-from ..detect.rules import RuleSet
-from ..model import Event
-from .config import Probe, ProbesConfig
-from .state import Decision, Observation, observe
+from erdu_tasks.catalog import Catalog
+from erdu_tasks.fixer.checks import CheckResult, HttpCheck, run_check
+from erdu_tasks.ingest.detect.rules import RuleSet
+from erdu_tasks.model import Event
+from erdu_tasks.monitors.config import Probe, ProbesConfig
+from erdu_tasks.monitors.state import Decision, Observation, observe
 
 
 def run_probe(probe: Probe) -> CheckResult:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from ..detect.multiline import LineFolder
+from erdu_tasks.ingest.detect.multiline import LineFolder
 
 HEAD_BYTES = 1024
 """How much of a file's start identifies it (with its device and inode)."""

@@ -36,16 +36,16 @@ import redis
 import structlog
 from psycopg.types.json import Jsonb
 
-from ..catalog import Catalog
-from ..checks import compile_pattern
-from ..db import Database
-from ..detect.rules import RuleSet
-from ..errors import TransientError
-from ..model import Event
-from ..names import TAIL_LOCK_PREFIX
-from . import state
-from .config import LogFile, LogsConfig
-from .logread import (
+from erdu_tasks.catalog import Catalog
+from erdu_tasks.fixer.checks import compile_pattern
+from erdu_tasks.store.db import Database
+from erdu_tasks.ingest.detect.rules import RuleSet
+from erdu_tasks.errors import TransientError
+from erdu_tasks.model import Event
+from erdu_tasks.names import TAIL_LOCK_PREFIX
+from erdu_tasks.monitors import state
+from erdu_tasks.monitors.config import LogFile, LogsConfig
+from erdu_tasks.monitors.logread import (
     HEAD_BYTES,
     TRUNCATED_MARK,
     FileId,

@@ -18,11 +18,11 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from .. import store
-from ..catalog import Catalog
-from ..detect.rules import RuleSet
-from ..ingest import Outcome, dedup_fingerprint, fold, upsert_groups
-from ..model import Event
+from erdu_tasks.store import incidents as store
+from erdu_tasks.catalog import Catalog
+from erdu_tasks.ingest.detect.rules import RuleSet
+from erdu_tasks.ingest.accept import Outcome, dedup_fingerprint, fold, upsert_groups
+from erdu_tasks.model import Event
 
 
 class Verdict(StrEnum):

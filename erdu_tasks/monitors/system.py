@@ -13,12 +13,12 @@ from datetime import datetime
 
 import psutil
 
-from ..catalog import Catalog
-from ..checks import ProcessCheck, run_check
-from ..detect.rules import RuleSet
-from ..model import Event
-from .config import ProcessRequirement, SystemConfig, Threshold
-from .state import Decision, Observation, observe
+from erdu_tasks.catalog import Catalog
+from erdu_tasks.fixer.checks import ProcessCheck, run_check
+from erdu_tasks.ingest.detect.rules import RuleSet
+from erdu_tasks.model import Event
+from erdu_tasks.monitors.config import ProcessRequirement, SystemConfig, Threshold
+from erdu_tasks.monitors.state import Decision, Observation, observe
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,9 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..errors import ConfigError
-from ..model import Incident, Severity
-from ..timecfg import quoted_time, valid_timezone
+from erdu_tasks.errors import ConfigError
+from erdu_tasks.model import Incident, Severity
+from erdu_tasks.timecfg import quoted_time, valid_timezone
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 _WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

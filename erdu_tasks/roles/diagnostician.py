@@ -13,8 +13,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..model import Incident
-from .logwindow import LogWindow
+from erdu_tasks.model import Incident
+from erdu_tasks.roles.logwindow import LogWindow
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ..durations import human_duration, seconds_between
-from ..model import Incident
-from .diagnostician import PatternHistory
+from erdu_tasks.durations import human_duration, seconds_between
+from erdu_tasks.model import Incident
+from erdu_tasks.roles.diagnostician import PatternHistory
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,11 @@ from celery.worker.strategy import default as default_strategy
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from .. import names, store
-from ..app import app
-from ..errors import TransientError
-from ..runtime import runtime, worker_name
+from erdu_tasks import names
+from erdu_tasks.store import incidents as store
+from erdu_tasks.app import app
+from erdu_tasks.errors import TransientError
+from erdu_tasks.runtime import runtime, worker_name
 
 log = structlog.get_logger("erdu.tasks")
 T = TypeVar("T")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from .. import names, store
-from ..app import app
-from ..runtime import runtime, worker_name
-from .base import ErduTask, log
-from .escalation import kick_sweep
-from .pipeline import escalate_in_tx
+from erdu_tasks import names
+from erdu_tasks.store import incidents as store
+from erdu_tasks.app import app
+from erdu_tasks.runtime import runtime, worker_name
+from erdu_tasks.tasks.base import ErduTask, log
+from erdu_tasks.tasks.escalation import kick_sweep
+from erdu_tasks.tasks.pipeline import escalate_in_tx
 
 
 def escalate_incident(incident_id: str, reason: str, *, stage: str | None, actor: str, worker: str | None) -> bool:

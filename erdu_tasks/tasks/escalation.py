@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import names
-from ..app import app
-from ..escalation import stuck_incidents, utcnow
-from ..escalation_sweep import Escalator
-from ..model import Status
-from ..reconcile import OWED
-from ..runtime import Runtime, runtime, worker_name
-from .base import ErduTask, log, send_stage
+from erdu_tasks import names
+from erdu_tasks.app import app
+from erdu_tasks.escalation.runs import stuck_incidents, utcnow
+from erdu_tasks.escalation.sweep import Escalator
+from erdu_tasks.model import Status
+from erdu_tasks.store.reconcile import OWED
+from erdu_tasks.runtime import Runtime, runtime, worker_name
+from erdu_tasks.tasks.base import ErduTask, log, send_stage
 
 _escalators: dict[int, Escalator] = {}
 
@@ -38,7 +38,7 @@ def _escalate_stuck(rt: Runtime, esc: Escalator, worker: str) -> int:
     after = esc.options.stuck_after
     if after is None:
         return 0
-    from .escalate import escalate_incident   # escalate imports this module for kick_sweep
+    from erdu_tasks.tasks.escalate import escalate_incident   # escalate imports this module for kick_sweep
 
     with rt.db.transaction() as conn:
         rows = stuck_incidents(conn, now=utcnow(), after=after)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import escalation, fixing, history, names, silences, store
-from ..app import app
-from ..errors import PermanentError
-from ..model import Status
-from ..reconcile import lease
-from ..runtime import Runtime, runtime, worker_name
-from .base import ErduTask, hand_on, log
-from .pipeline import STAGE_FROM, _finish_quietly, begin_stage, escalate_in_tx
+from erdu_tasks.escalation import runs as escalation, silences
+from erdu_tasks.fixer import engine as fixing
+from erdu_tasks.store import history, incidents as store
+from erdu_tasks import names
+from erdu_tasks.app import app
+from erdu_tasks.errors import PermanentError
+from erdu_tasks.model import Status
+from erdu_tasks.store.reconcile import lease
+from erdu_tasks.runtime import Runtime, runtime, worker_name
+from erdu_tasks.tasks.base import ErduTask, hand_on, log
+from erdu_tasks.tasks.pipeline import STAGE_FROM, _finish_quietly, begin_stage, escalate_in_tx
 
 
 @app.task(name=names.FIX, base=ErduTask, bind=True, stage="fix")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .. import names, store
-from ..app import app
-from ..errors import InvalidEvent
-from ..ingest import fold, parse_events, upsert_groups
-from ..runtime import runtime
-from .base import ErduTask, hand_on, log
+from erdu_tasks import names
+from erdu_tasks.store import incidents as store
+from erdu_tasks.app import app
+from erdu_tasks.errors import InvalidEvent
+from erdu_tasks.ingest.accept import fold, parse_events, upsert_groups
+from erdu_tasks.runtime import runtime
+from erdu_tasks.tasks.base import ErduTask, hand_on, log
 
 
 def _payload_text(payload: Any) -> str:

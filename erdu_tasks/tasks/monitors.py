@@ -16,13 +16,13 @@ from typing import Any, TypeVar
 
 import redis
 
-from .. import names
-from ..app import app
-from ..errors import TransientError
-from ..monitors import celery_health, http_probe, logtail, system
-from ..monitors.config import MonitorsConfig, monitors_of
-from ..runtime import runtime
-from .base import ErduTask, log, send_stage
+from erdu_tasks import names
+from erdu_tasks.app import app
+from erdu_tasks.errors import TransientError
+from erdu_tasks.monitors import celery_health, http_probe, logtail, system
+from erdu_tasks.monitors.config import MonitorsConfig, monitors_of
+from erdu_tasks.runtime import runtime
+from erdu_tasks.tasks.base import ErduTask, log, send_stage
 
 T = TypeVar("T")
 

@@ -7,15 +7,17 @@ from datetime import datetime, timezone
 
 import psycopg
 
-from .. import escalation, history, inhibition, names, store
-from ..app import app
-from ..errors import PermanentError
-from ..model import Incident, Status
-from ..brains import Thought, brains_for
-from ..report import build_report, report_paths, write_report
-from ..roles import commander, diagnostician, logwindow, resolver
-from ..runtime import Runtime, runtime, worker_name
-from .base import ErduTask, hand_on, log
+from erdu_tasks.escalation import runs as escalation, inhibition
+from erdu_tasks.store import history, incidents as store
+from erdu_tasks import names
+from erdu_tasks.app import app
+from erdu_tasks.errors import PermanentError
+from erdu_tasks.model import Incident, Status
+from erdu_tasks.roles.brains import Thought, brains_for
+from erdu_tasks.roles.report import build_report, report_paths, write_report
+from erdu_tasks.roles import commander, diagnostician, logwindow, resolver
+from erdu_tasks.runtime import Runtime, runtime, worker_name
+from erdu_tasks.tasks.base import ErduTask, hand_on, log
 
 # Which statuses a stage acts on; finding the incident elsewhere means it already moved on.
 STAGE_FROM: dict[str, frozenset[Status]] = {
@@ -117,7 +119,7 @@ def escalate_in_tx(conn: psycopg.Connection, incident: Incident, *, reason: str,
 
 def commander_context(conn: psycopg.Connection, rt: Runtime, incident: Incident) -> commander.CommanderContext:
     """Gather what the commander weighs."""
-    from ..fixing import matching_runbooks   # the fixer's runbook engine
+    from erdu_tasks.fixer.engine import matching_runbooks   # the fixer's runbook engine
 
     ccfg, lcfg = _configs(rt)
     records = history.runbook_records(conn, incident.fingerprint)
@@ -209,7 +211,7 @@ def assess(self: ErduTask, incident_id: str) -> str | None:
 def diagnostician_context(conn: psycopg.Connection, rt: Runtime,
                           incident: Incident) -> diagnostician.DiagnosticianContext:
     """Gather the evidence: related incidents, the pattern's history and fixes, log lines, runbook hints."""
-    from ..fixing import matching_runbooks
+    from erdu_tasks.fixer.engine import matching_runbooks
 
     _, lcfg = _configs(rt)
     related = [diagnostician.Related(r["id"], r["title"], r["status"], r["score"], r["root_cause"],

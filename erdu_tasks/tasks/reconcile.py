@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from .. import names, store
-from ..app import app
-from ..reconcile import approvals_overdue, stuck
-from ..runtime import runtime, worker_name
-from .base import ErduTask, hand_on, log
-from .escalate import escalate_incident
+from erdu_tasks import names
+from erdu_tasks.store import incidents as store
+from erdu_tasks.app import app
+from erdu_tasks.store.reconcile import approvals_overdue, stuck
+from erdu_tasks.runtime import runtime, worker_name
+from erdu_tasks.tasks.base import ErduTask, hand_on, log
+from erdu_tasks.tasks.escalate import escalate_incident
 
 
 @app.task(name=names.RECONCILE, base=ErduTask, bind=True)

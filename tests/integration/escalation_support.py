@@ -11,12 +11,13 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from erdu_tasks import escalation, store
-from erdu_tasks.db import Database
-from erdu_tasks.escalation import escalation_config
-from erdu_tasks.escalation_sweep import Escalator
+from erdu_tasks.escalation import runs as escalation
+from erdu_tasks.store import incidents as store
+from erdu_tasks.store.db import Database
+from erdu_tasks.escalation.runs import escalation_config
+from erdu_tasks.escalation.sweep import Escalator
 from erdu_tasks.model import Severity, Status
-from erdu_tasks.store import NewIncident
+from erdu_tasks.store.incidents import NewIncident
 
 SECRET = "a-long-shared-secret-for-hmac"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from erdu_tasks import broker
+from erdu_tasks.celery_ext import broker
 from erdu_tasks.app import make_celery
 from erdu_tasks.settings import get_settings
 

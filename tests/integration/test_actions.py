@@ -20,10 +20,10 @@ import pytest
 import redis
 from pydantic import TypeAdapter
 
-from erdu_tasks.actions import rollback_step, run_step
-from erdu_tasks.checks import CheckSpec, run_check
+from erdu_tasks.fixer.actions import rollback_step, run_step
+from erdu_tasks.fixer.checks import CheckSpec, run_check
 from erdu_tasks.model import Incident, Severity, Status
-from erdu_tasks.runbooks import RunbookSet, Step, placeholder_values
+from erdu_tasks.fixer.runbooks import RunbookSet, Step, placeholder_values
 
 PY = sys.executable
 SPEC = TypeAdapter(CheckSpec)
@@ -628,7 +628,7 @@ def test_a_runbook_file_drives_actions_and_validation(tmp_path: Path, http_serve
     """))
     client = redis.Redis.from_url(redis_url)
     client.mset({"cache:web:1": 1, "cache:web:2": 2, "cache:db:1": 3})
-    from erdu_tasks.runbooks import MatchInput
+    from erdu_tasks.fixer.runbooks import MatchInput
 
     [runbook] = RunbookSet.load(rb_dir).match(MatchInput("fp", "web", (), "P2", "Stale data served"))
     fields = {"service": "web", "host": None}

@@ -86,7 +86,7 @@ def api(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("api")
     redis = RedisServer(tmp)
     url = create_database()
-    from erdu_tasks.migrate import migrate
+    from erdu_tasks.store.migrate import migrate
 
     migrate(url)
     server = ApiServer(tmp, redis.url, url, {"ERDU_API_TOKEN": WRITE, "ERDU_API_READ_TOKEN": READ}).start()

@@ -22,7 +22,7 @@ TIME_BUDGET = 75  # seconds of fuzzing; the whole test must finish in under two 
 def api(tmp_path):
     redis = RedisServer(tmp_path)
     url = create_database()
-    from erdu_tasks.migrate import migrate
+    from erdu_tasks.store.migrate import migrate
 
     migrate(url)
     server = ApiServer(tmp_path, redis.url, url, {"ERDU_API_TOKEN": WRITE}).start()

@@ -190,7 +190,7 @@ def test_pagerduty_answers_an_invalid_event_with_400_like_pagerduty(live, event,
 def test_with_redis_down_nothing_is_accepted_and_the_api_says_so(tmp_path):
     redis = RedisServer(tmp_path)
     url = create_database()
-    from erdu_tasks.migrate import migrate
+    from erdu_tasks.store.migrate import migrate
 
     migrate(url)
     api = ApiServer(tmp_path, redis.url, url).start()
@@ -222,7 +222,7 @@ def test_with_redis_down_nothing_is_accepted_and_the_api_says_so(tmp_path):
 
 def test_with_postgres_gone_the_api_answers_503(tmp_path, redis_server):
     url = create_database()
-    from erdu_tasks.migrate import migrate
+    from erdu_tasks.store.migrate import migrate
 
     migrate(url)
     api = ApiServer(tmp_path, redis_server.url.replace("/0", "/9"), url).start()

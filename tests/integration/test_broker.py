@@ -6,7 +6,7 @@ import pytest
 from kombu import Connection, Exchange, Queue
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from erdu_tasks import broker
+from erdu_tasks.celery_ext import broker
 from tests.conftest import RedisServer
 
 

@@ -22,12 +22,12 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from erdu_tasks.escalation_policy import EscalationConfig
-from erdu_tasks.notify import AttemptedFix, Notification, NotificationKind, build_channels
-from erdu_tasks.notify.email import EmailChannel, EmailSettings
-from erdu_tasks.notify.pagerduty import PagerDutyChannel, PagerDutySettings
-from erdu_tasks.notify.slack import SlackChannel, SlackSettings, slack_payload
-from erdu_tasks.notify.webhook import WebhookChannel, WebhookSettings, verify_signature
+from erdu_tasks.escalation.policy import EscalationConfig
+from erdu_tasks.escalation.channels import AttemptedFix, Notification, NotificationKind, build_channels
+from erdu_tasks.escalation.channels.email import EmailChannel, EmailSettings
+from erdu_tasks.escalation.channels.pagerduty import PagerDutyChannel, PagerDutySettings
+from erdu_tasks.escalation.channels.slack import SlackChannel, SlackSettings, slack_payload
+from erdu_tasks.escalation.channels.webhook import WebhookChannel, WebhookSettings, verify_signature
 
 SECRET = "a-long-shared-secret-for-hmac"
 NOTIFICATION = Notification(

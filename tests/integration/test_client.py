@@ -13,8 +13,8 @@ import time
 import pytest
 import redis as redis_lib
 
-from erdu_tasks.client import Client, ClientError, report_event
-from erdu_tasks.logging_handler import ErduHandler
+from erdu_tasks.client.producer import Client, ClientError, report_event
+from erdu_tasks.client.logging_handler import ErduHandler
 from tests.conftest import ROOT, RedisServer, free_port, incident_rows, wait_for
 from tests.integration.test_api import WRITE, ApiServer
 

@@ -10,12 +10,14 @@ from types import SimpleNamespace
 import pytest
 import redis
 
-from erdu_tasks import escalation, escalation_sweep, people, store
+from erdu_tasks.escalation import runs as escalation, sweep as escalation_sweep
+from erdu_tasks.tasks import people
+from erdu_tasks.store import incidents as store
 from erdu_tasks.catalog import Catalog, Service
-from erdu_tasks.db import Database
+from erdu_tasks.store.db import Database
 from erdu_tasks.model import Status
 from erdu_tasks.settings import load_settings
-from erdu_tasks.notify.webhook import verify_signature
+from erdu_tasks.escalation.channels.webhook import verify_signature
 from tests.integration.escalation_support import (
     SECRET,
     Endpoints,
@@ -267,7 +269,7 @@ def test_a_sweeper_lost_between_claim_and_send_loses_no_step(db, endpoints, redi
 
 def test_a_maintenance_window_keeps_matching_incidents_quiet_and_resumes_them_when_it_ends(db, endpoints,
                                                                                           redis_client, t0):
-    from erdu_tasks import silences
+    from erdu_tasks.escalation import silences
 
     section = {"channels": {"page": webhook(endpoints, "/page")},
                "policies": {"default": [{"channels": ["page"], "repeat_interval": "2m"}]}}
@@ -304,7 +306,7 @@ def test_a_maintenance_window_keeps_matching_incidents_quiet_and_resumes_them_wh
 
 
 def test_expiring_a_silence_early_resumes_at_the_next_sweep(db, endpoints, redis_client, t0):
-    from erdu_tasks import silences
+    from erdu_tasks.escalation import silences
 
     section = {"channels": {"page": webhook(endpoints, "/page")}}
     esc = make_escalator(db, section, redis=redis_client)
@@ -435,7 +437,7 @@ def test_quiet_hours_hold_back_p4_but_never_p1(db, endpoints, redis_client, t0):
 
 
 def test_incidents_stuck_in_a_stage_are_found_unless_a_silence_holds_them(db, t0):
-    from erdu_tasks import silences
+    from erdu_tasks.escalation import silences
 
     with db.transaction() as conn:
         stuck, held, fresh = (new_incident(conn, service=s) for s in ("a", "b", "c"))

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from erdu_tasks.db import Database
+from erdu_tasks.store.db import Database
 from tests.conftest import NOOP_RUNBOOK, incident_rows, wait_for
 from tests.integration.escalation_support import Endpoints, escalate, new_incident, rows, webhook
 

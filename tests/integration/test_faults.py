@@ -273,7 +273,7 @@ ROUTINE_RUNBOOK = """
 @pytest.fixture()
 def own_stack(tmp_path):
     """A stack on a Redis and/or database the test brings (to crash or stop them)."""
-    from erdu_tasks.migrate import migrate
+    from erdu_tasks.store.migrate import migrate
     from tests.conftest import Stack, create_database, drop_database
 
     made = []

@@ -17,8 +17,8 @@ import pytest
 import redis
 
 from erdu_tasks.catalog import Catalog
-from erdu_tasks.db import Database
-from erdu_tasks.detect.rules import RuleSet
+from erdu_tasks.store.db import Database
+from erdu_tasks.ingest.detect.rules import RuleSet
 from erdu_tasks.monitors import http_probe, logtail, state, system
 from erdu_tasks.monitors.config import load_monitors
 from tests.conftest import incident_rows, wait_for
@@ -386,9 +386,9 @@ def test_a_probe_fails_three_times_opens_one_incident_recovers_and_flaps(fresh_d
 
 
 def test_the_fixer_validates_a_probe_incident_by_re_running_the_probe(fresh_database_url, flaky):
-    from erdu_tasks import store
-    from erdu_tasks.fixing import validate
-    from erdu_tasks.runbooks import Runbook
+    from erdu_tasks.store import incidents as store
+    from erdu_tasks.fixer.engine import validate
+    from erdu_tasks.fixer.runbooks import Runbook
 
     db = Database(fresh_database_url)
     cfg = load_monitors({"probes": {"checks": [{"name": "api", "url": flaky.url, "failures": 1,

@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from erdu_tasks.reconcile import stuck
+from erdu_tasks.store.reconcile import stuck
 from tests.integration.escalation_support import new_incident
 
 DEADLINE = 10.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from erdu_tasks.storm import batches_from_lines
+from erdu_tasks.ingest.storm import batches_from_lines
 from tests.conftest import incident_rows, wait_for
 
 TEMPLATES = [

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from erdu_tasks.detect.aggregate import MAX_COUNT, fold
+from erdu_tasks.ingest.detect.aggregate import MAX_COUNT, fold
 from erdu_tasks.model import Event
 
 

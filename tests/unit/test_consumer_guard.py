@@ -1,6 +1,6 @@
 """The consumer guard's judgement: only waiting work, an idle worker and no progress for the whole window."""
 
-from erdu_tasks.consumer_guard import Watch, queue_keys
+from erdu_tasks.celery_ext.consumer_guard import Watch, queue_keys
 
 
 def test_waiting_work_and_an_idle_worker_for_the_whole_window_is_a_stall():

@@ -11,7 +11,7 @@ import pytest
 
 from erdu_tasks.errors import ConfigError
 from erdu_tasks.catalog import Catalog, Service
-from erdu_tasks.escalation import (
+from erdu_tasks.escalation.runs import (
     attempted_fixes,
     build_notification,
     check_settings,
@@ -19,7 +19,7 @@ from erdu_tasks.escalation import (
     sweep_options,
 )
 from erdu_tasks.model import Incident, Severity, Status
-from erdu_tasks.notify import NotificationKind
+from erdu_tasks.escalation.channels import NotificationKind
 
 T0 = datetime(2025, 3, 3, 12, 0, tzinfo=timezone.utc)
 FIX = {

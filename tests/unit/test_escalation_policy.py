@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from erdu_tasks import escalation_policy as ep
+from erdu_tasks.escalation import policy as ep
 from erdu_tasks.errors import ConfigError, PermanentError, TransientError
-from erdu_tasks.escalation_policy import (
+from erdu_tasks.escalation.policy import (
     ChannelRateLimiter,
     EscalationConfig,
     PlanState,
@@ -28,8 +28,8 @@ from erdu_tasks.escalation_policy import (
     step_key,
 )
 from erdu_tasks.model import Severity
-from erdu_tasks.notify import DeliveryResult, Notification, NotificationKind, build_channels
-from erdu_tasks.notify.file import FileChannel, FileSettings
+from erdu_tasks.escalation.channels import DeliveryResult, Notification, NotificationKind, build_channels
+from erdu_tasks.escalation.channels.file import FileChannel, FileSettings
 
 T0 = datetime(2025, 3, 3, 12, 0, tzinfo=timezone.utc)
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from erdu_tasks.detect.fingerprint import MASK, Template, fingerprint, mask
+from erdu_tasks.ingest.detect.fingerprint import MASK, Template, fingerprint, mask
 
 # --- generators --------------------------------------------------------------------------------
 

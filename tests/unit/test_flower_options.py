@@ -3,7 +3,7 @@
 import pytest
 
 from erdu_tasks.errors import ConfigError
-from erdu_tasks.flower import flower_argv, flower_env, flower_options, is_loopback
+from erdu_tasks.devstack.flower import flower_argv, flower_env, flower_options, is_loopback
 
 
 @pytest.mark.parametrize("address, loopback", [

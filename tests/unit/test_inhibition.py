@@ -8,7 +8,7 @@ import pytest
 
 from erdu_tasks.catalog import Catalog, Service
 from erdu_tasks.errors import ConfigError
-from erdu_tasks.inhibition import DEFAULT_RULES, InhibitRule, find_parent, rules_from_section
+from erdu_tasks.escalation.inhibition import DEFAULT_RULES, InhibitRule, find_parent, rules_from_section
 from erdu_tasks.model import Incident, Severity, Status
 
 T0 = datetime(2025, 3, 3, 12, 0, tzinfo=timezone.utc)

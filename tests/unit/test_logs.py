@@ -7,7 +7,7 @@ import logging
 import pytest
 import structlog
 
-from erdu_tasks import logs
+from erdu_tasks.celery_ext import logs
 
 INC = "INC-20240101120000-1a2b3c4d"
 

@@ -2,7 +2,7 @@
 
 from prometheus_client.core import Metric
 
-from erdu_tasks.metrics import Histogram, Snapshot, families
+from erdu_tasks.store.metrics import Histogram, Snapshot, families
 
 
 def samples(snap: Snapshot) -> dict[tuple[str, tuple], float]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 from pydantic import TypeAdapter
 
-from erdu_tasks.checks import CheckSpec
+from erdu_tasks.fixer.checks import CheckSpec
 from erdu_tasks.errors import ConfigError
 from erdu_tasks.monitors.celery_health import backlog_observations, live_roles, worker_observations
 from erdu_tasks.monitors.config import load_monitors, schedule, warnings
 from erdu_tasks.monitors.logtail import is_event
 from erdu_tasks.monitors.system import Sample, observations
-from erdu_tasks.detect.rules import RuleSet
+from erdu_tasks.ingest.detect.rules import RuleSet
 from erdu_tasks.model import Event, Severity
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from erdu_tasks.detect.fingerprint import fingerprint
-from erdu_tasks.detect.multiline import LineFolder
+from erdu_tasks.ingest.detect.fingerprint import fingerprint
+from erdu_tasks.ingest.detect.multiline import LineFolder
 
 
 def fold_all(text: str, folder: LineFolder | None = None) -> list[str]:

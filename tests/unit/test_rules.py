@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from erdu_tasks.detect import rules as rules_module
-from erdu_tasks.detect.rules import Classification, RuleSet, compile_pattern
+from erdu_tasks.ingest.detect import rules as rules_module
+from erdu_tasks.ingest.detect.rules import Classification, RuleSet, compile_pattern
 from erdu_tasks.errors import ConfigError
 from erdu_tasks.model import Event, Severity
 

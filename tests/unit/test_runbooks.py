@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from erdu_tasks.actions import describe_step, get_action, prepare_step
-from erdu_tasks.actions.base import SAFE_VALUE, render_params
+from erdu_tasks.fixer.actions import describe_step, get_action, prepare_step
+from erdu_tasks.fixer.actions.base import SAFE_VALUE, render_params
 from erdu_tasks.errors import ConfigError, PermanentError
 from erdu_tasks.model import Incident, Severity, Status
-from erdu_tasks.runbooks import (
+from erdu_tasks.fixer.runbooks import (
     DEFAULT_RUNBOOKS_DIR,
     Approval,
     MatchInput,

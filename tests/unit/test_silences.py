@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from erdu_tasks.model import Incident, Severity, Status
-from erdu_tasks.silences import (
+from erdu_tasks.escalation.silences import (
     Matcher,
     MatchOp,
     Silence,

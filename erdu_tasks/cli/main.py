@@ -1,0 +1,545 @@
+"""The `erdu` command line: run the stack or one part of it, send events, work incidents."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from erdu_tasks.errors import ConfigError, ErduError, ServiceUnreachable
+from erdu_tasks.names import ROLES
+
+app = typer.Typer(help="ERDU: self-healing incident response on Celery, Redis and Postgres.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+incidents_app = typer.Typer(help="List, inspect and act on incidents.", no_args_is_help=True)
+failed_app = typer.Typer(help="Stage tasks that failed for good, and re-driving them.", no_args_is_help=True)
+app.add_typer(incidents_app, name="incidents")
+app.add_typer(failed_app, name="failed")
+runbooks_app = typer.Typer(help="Check and list runbooks.", no_args_is_help=True)
+app.add_typer(runbooks_app, name="runbooks")
+from erdu_tasks.cli.silences import silence_app  # noqa: E402
+
+app.add_typer(silence_app, name="silence")
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _settings():
+    from erdu_tasks.settings import get_settings
+
+    try:
+        return get_settings()
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _runtime(*, need_schema: bool = True):
+    from erdu_tasks.cli.preflight import check_postgres
+    from erdu_tasks.runtime import runtime
+
+    settings = _settings()
+    try:
+        check_postgres(settings.database_url, need_schema=need_schema)
+    except ServiceUnreachable as exc:
+        _fail(str(exc))
+    return runtime()
+
+
+def _who() -> str:
+    return os.environ.get("ERDU_USER") or os.environ.get("USER") or "operator"
+
+
+@app.command()
+def migrate() -> None:
+    """Create the database if needed and apply pending schema migrations (safe to repeat)."""
+    from erdu_tasks.store.migrate import migrate as run
+
+    settings = _settings()
+    try:
+        applied = run(settings.database_url)
+    except ServiceUnreachable as exc:
+        _fail(str(exc))
+    console.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+
+
+def run_worker(role: str, *, concurrency: int | None = None, pool: str | None = None,
+               loglevel: str = "INFO") -> None:
+    """Start one role's worker, consuming only that role's queue."""
+    from workers import pool_for
+
+    from erdu_tasks.cli.preflight import check_all
+
+    if role not in ROLES:
+        _fail(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
+    settings = _settings()
+    try:
+        check_all(settings)
+    except ServiceUnreachable as exc:
+        _fail(str(exc))
+    _check_config(settings)
+    pool_settings = pool_for(role)
+    from erdu_tasks.app import ROLE_TASK_MODULES
+    from erdu_tasks.app import app as celery_app
+
+    celery_app.conf.include = ROLE_TASK_MODULES[role]
+
+    argv = [
+        "worker", "-Q", pool_settings.queue, "-n", f"{role}@%h",
+        "-c", str(concurrency or settings.worker_concurrency.get(role, pool_settings.concurrency)),
+        "-P", pool or pool_settings.pool, "--prefetch-multiplier", str(pool_settings.prefetch_multiplier),
+        "-E", "--without-gossip", "--without-mingle", "-l", loglevel,
+    ]
+    if pool_settings.max_tasks_per_child:
+        argv += ["--max-tasks-per-child", str(pool_settings.max_tasks_per_child)]
+    if pool_settings.max_memory_per_child_kb:
+        argv += ["--max-memory-per-child", str(pool_settings.max_memory_per_child_kb)]
+    celery_app.worker_main(argv)
+
+
+def _check_config(settings) -> None:
+    """Load rules, runbooks and the catalog once so a bad file fails at start-up, naming file and reason."""
+    from erdu_tasks.catalog import Catalog
+    from erdu_tasks.ingest.detect.rules import RuleSet
+    from erdu_tasks.escalation.runs import check_settings as check_escalation_settings
+    from erdu_tasks.monitors.config import load_monitors
+    from erdu_tasks.monitors.config import warnings as monitor_warnings
+    from erdu_tasks.fixer.runbooks import RunbookSet
+
+    try:
+        RuleSet.load(settings.rules_file)
+        RunbookSet.load(settings.runbooks_dir)
+        check_escalation_settings(settings, Catalog.load(settings.catalog_file))
+        monitors = load_monitors(settings.monitors)
+        from erdu_tasks.roles.brains import check_settings as check_role_settings   # commander, learning, brain sections
+
+        check_role_settings(settings)
+    except ConfigError as exc:
+        _fail(str(exc))
+    for warning in monitor_warnings(monitors):
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+@app.command()
+def worker(
+    role: Annotated[str, typer.Argument(help=f"One of: {', '.join(ROLES)}")],
+    concurrency: Annotated[Optional[int], typer.Option(help="Override the pool size from workers/")] = None,
+    pool: Annotated[Optional[str], typer.Option(help="Override the pool type: prefork, threads or solo")] = None,
+    loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
+) -> None:
+    """Run the worker pool of one role (it consumes only that role's queue)."""
+    run_worker(role, concurrency=concurrency, pool=pool, loglevel=loglevel)
+
+
+@app.command()
+def beat(loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO") -> None:
+    """Run Celery beat with a Redis lock: a second beat waits instead of double-scheduling."""
+    from erdu_tasks.celery_ext.beat import run_beat
+    from erdu_tasks.cli.preflight import check_redis
+
+    settings = _settings()
+    try:
+        check_redis(settings.redis_url)
+    except ServiceUnreachable as exc:
+        _fail(str(exc))
+    _check_config(settings)
+    run_beat(settings, loglevel=loglevel)
+
+
+@app.command("api")
+def api_command(
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on (default 127.0.0.1; "
+                                                     "anything else needs ERDU_API_TOKEN)")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default 8080)")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Run the HTTP API: events, Alertmanager and PagerDuty webhooks, incidents (OpenAPI at /docs)."""
+    from erdu_tasks.api.server import serve
+    from erdu_tasks.cli.preflight import check_all
+
+    settings = _settings()
+    try:
+        check_all(settings)
+        serve(settings, host=host, port=port, log_level=log_level)
+    except (ServiceUnreachable, ConfigError) as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def up(
+    api: Annotated[bool, typer.Option(help="Also run the HTTP API")] = True,
+    flower: Annotated[bool, typer.Option(help="Also run Flower")] = True,
+) -> None:
+    """Run the whole stack in the foreground: migrate, one worker per role, beat (Ctrl-C stops all)."""
+    from erdu_tasks.devstack.supervisor import run_up
+
+    settings = _settings()
+    try:
+        code = run_up(settings, with_api=api, with_flower=flower, console=console)
+    except (ServiceUnreachable, ErduError) as exc:
+        _fail(str(exc))
+    raise typer.Exit(code)
+
+
+@app.command()
+def send(
+    message: Annotated[str, typer.Argument(help="What happened, e.g. 'Database connection failed'")],
+    service: Annotated[Optional[str], typer.Option(help="The service it happened in")] = None,
+    severity: Annotated[Optional[str], typer.Option(help="Severity hint P1..P5")] = None,
+    source: Annotated[str, typer.Option(help="Where the event comes from")] = "cli",
+    host: Annotated[Optional[str], typer.Option(help="The host it happened on")] = None,
+    label: Annotated[Optional[list[str]], typer.Option(help="key=value, repeatable")] = None,
+    count: Annotated[int, typer.Option(help="How many times it happened")] = 1,
+    dedup_key: Annotated[Optional[str], typer.Option(help="Your own dedup key (overrides the fingerprint)")] = None,
+) -> None:
+    """Send one event to ERDU's ingest queue."""
+    from erdu_tasks.client.producer import Client, ClientError
+
+    labels = {}
+    for item in label or []:
+        if "=" not in item:
+            _fail(f"label {item!r} is not key=value")
+        k, v = item.split("=", 1)
+        labels[k] = v
+    event = {"message": message, "source": source, "count": count, "labels": labels}
+    for key, value in (("service", service), ("severity", severity), ("host", host), ("dedup_key", dedup_key)):
+        if value is not None:
+            event[key] = value
+    settings = _settings()
+    try:
+        task_id = Client.from_settings(settings).send(event)
+    except ClientError as exc:
+        _fail(str(exc))
+    console.print(f"sent (task {task_id})")
+
+
+def _age(ts: datetime | None) -> str:
+    if ts is None:
+        return "-"
+    seconds = (datetime.now(timezone.utc) - ts).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+@incidents_app.command("ls")
+def incidents_ls(
+    status: Annotated[Optional[list[str]], typer.Option(help="Filter by status (repeatable)")] = None,
+    severity: Annotated[Optional[list[str]], typer.Option(help="Filter by severity (repeatable)")] = None,
+    service: Annotated[Optional[str], typer.Option(help="Filter by service")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
+) -> None:
+    """List incidents, newest first."""
+    from erdu_tasks.store import incidents as store
+
+    rt = _runtime()
+    with rt.db.transaction() as conn:
+        rows = store.list_incidents(conn, statuses=status, severities=severity, service=service, limit=limit)
+    if as_json:
+        for i in rows:
+            print(json.dumps({"id": i.id, "severity": i.severity.value, "status": i.status.value,
+                              "title": i.title, "service": i.service, "occurrences": i.occurrences,
+                              "created_at": i.created_at.isoformat() if i.created_at else None}))
+        return
+    table = Table(title=f"{len(rows)} incident(s)")
+    for col in ("ID", "Sev", "Status", "Service", "Title", "Count", "Created"):
+        table.add_column(col)
+    for i in rows:
+        table.add_row(i.id, i.severity.value, i.status.value, i.service or "-", i.title[:60], str(i.occurrences),
+                      _age(i.created_at))
+    console.print(table)
+
+
+@incidents_app.command("show")
+def incidents_show(incident_id: str) -> None:
+    """One incident with its timeline."""
+    from erdu_tasks.store import incidents as store
+
+    rt = _runtime()
+    with rt.db.transaction() as conn:
+        i = store.get_incident(conn, incident_id, with_timeline=True)
+    if i is None:
+        _fail(f"no incident {incident_id}", 1)
+    console.print(f"[bold]{i.id}[/]  {i.severity.value}  {i.status.value}  {i.title}", highlight=False)
+    console.print(f"service: {i.service or '-'}  source: {i.source}  occurrences: {i.occurrences}  "
+                  f"fingerprint: {i.fingerprint}", highlight=False)
+    if i.root_cause:
+        console.print(f"root cause: {i.root_cause}", highlight=False)
+    if i.report_path:
+        console.print(f"report: {i.report_path}", highlight=False)
+    table = Table(title="timeline")
+    for col in ("When", "Who", "Worker", "Status", "What"):
+        table.add_column(col)
+    for t in i.timeline:
+        status = f"{t.from_status or ''} → {t.to_status}" if t.to_status else ""
+        table.add_row(t.at.strftime("%H:%M:%S.%f")[:-3], t.actor, t.worker or "", status, t.what[:100])
+    console.print(table)
+
+
+@incidents_app.command("report")
+def incidents_report(incident_id: str) -> None:
+    """Print the incident's Markdown report."""
+    from pathlib import Path
+
+    from erdu_tasks.roles.report import report_paths
+
+    rt = _runtime()
+    with rt.db.transaction() as conn:
+        row = conn.execute("SELECT status, report_path FROM incidents WHERE id = %s", (incident_id,)).fetchone()
+    if row is None:
+        _fail(f"no incident {incident_id}", 1)
+    path = Path(row["report_path"]) if row["report_path"] else report_paths(rt.settings.reports_dir, incident_id)[1]
+    if not path.is_file():
+        _fail(f"{incident_id} has no report yet (status {row['status']})", 1)
+    print(path.read_text(encoding="utf-8"))
+
+
+def _person(action, incident_id: str, **kwargs) -> None:
+    from erdu_tasks.tasks.people import ActionRefused
+
+    rt = _runtime()
+    try:
+        done = action(rt, incident_id, _who(), **kwargs)
+    except ActionRefused as exc:
+        _fail(str(exc), 1)
+    console.print(done.message, highlight=False)
+
+
+@incidents_app.command("ack")
+def incidents_ack(incident_id: str) -> None:
+    """Acknowledge an incident (stops its escalation)."""
+    from erdu_tasks.tasks.people import acknowledge
+
+    _person(acknowledge, incident_id)
+
+
+@incidents_app.command("resolve")
+def incidents_resolve(incident_id: str,
+                      note: Annotated[Optional[str], typer.Option(help="What you did / the cause")] = None) -> None:
+    """Resolve an incident by hand; the report is still written and ERDU learns from it."""
+    from erdu_tasks.tasks.people import resolve
+
+    _person(resolve, incident_id, note=note)
+
+
+@incidents_app.command("approve")
+def incidents_approve(incident_id: str) -> None:
+    """Approve a fix parked in awaiting_approval."""
+    from erdu_tasks.tasks.people import approve
+
+    _person(approve, incident_id)
+
+
+@incidents_app.command("retry")
+def incidents_retry(incident_id: str) -> None:
+    """Re-drive an escalated incident from the stage that failed."""
+    from erdu_tasks.tasks.people import retry
+
+    _person(retry, incident_id)
+
+
+@failed_app.command("ls")
+def failed_ls(all_: Annotated[bool, typer.Option("--all", help="Include already retried")] = False) -> None:
+    """Failed stage tasks: incident, stage, error, time."""
+    rt = _runtime()
+    with rt.db.transaction() as conn:
+        rows = conn.execute(
+            "SELECT id, task_id, task_name, stage, incident_id, error, worker, failed_at, retried_at"
+            " FROM failed_tasks" + ("" if all_ else " WHERE retried_at IS NULL") + " ORDER BY id DESC LIMIT 200"
+        ).fetchall()
+    table = Table(title=f"{len(rows)} failed task(s)")
+    for col in ("#", "Incident", "Stage", "Task", "Error", "Failed", "Retried"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["id"]), r["incident_id"] or "-", r["stage"] or "-", r["task_name"], r["error"][:70],
+                      _age(r["failed_at"]), _age(r["retried_at"]) if r["retried_at"] else "")
+    console.print(table)
+
+
+@failed_app.command("retry")
+def failed_retry(
+    incident_id: Annotated[Optional[str], typer.Argument(help="Incident whose failed stage to re-drive")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Re-drive every incident with an unretried failure")] = False,
+) -> None:
+    """Re-drive incidents from the stage that failed (idempotent)."""
+    from erdu_tasks.tasks.people import ActionRefused, retry
+
+    if not incident_id and not all_:
+        _fail("give an incident id or --all")
+    rt = _runtime()
+    if all_:
+        with rt.db.transaction() as conn:
+            ids = [r["incident_id"] for r in conn.execute(
+                "SELECT DISTINCT incident_id FROM failed_tasks WHERE retried_at IS NULL AND incident_id IS NOT NULL"
+            ).fetchall()]
+    else:
+        ids = [incident_id]
+    for iid in ids:
+        try:
+            console.print(retry(rt, iid, _who()).message, highlight=False)
+        except ActionRefused as exc:
+            err.print(f"skipped: {exc}", highlight=False)
+
+
+@runbooks_app.command("check")
+def runbooks_check(
+    path: Annotated[Optional[str], typer.Argument(help="A runbook file or directory (default: ERDU_RUNBOOKS_DIR)")] = None,
+) -> None:
+    """Validate every runbook file; print each problem with file, line, runbook and field."""
+    from pathlib import Path
+
+    from erdu_tasks.fixer.runbooks import DEFAULT_RUNBOOKS_DIR, RunbookSet, check_runbooks
+
+    target = Path(path) if path else (_settings().runbooks_dir or DEFAULT_RUNBOOKS_DIR)
+    if not target.exists():
+        _fail(f"{target} does not exist")
+    problems = check_runbooks(target)
+    if problems:
+        for problem in problems:
+            err.print(problem, highlight=False, markup=False)
+        _fail(f"{len(problems)} problem(s) in {target}", 1)
+    count = len(RunbookSet.load(target).runbooks)
+    console.print(f"{target}: {count} runbook(s), no problems", highlight=False)
+
+
+@runbooks_app.command("ls")
+def runbooks_ls() -> None:
+    """List runbooks: what each matches, what it runs, how it is validated, its limits."""
+    from erdu_tasks.fixer.runbooks import RunbookSet
+
+    try:
+        runbooks = RunbookSet.load(_settings().runbooks_dir)
+    except ConfigError as exc:
+        _fail(str(exc))
+    table = Table(title=f"{len(runbooks.runbooks)} runbook(s) from {runbooks.path}")
+    for col in ("Name", "Matches", "Actions", "Validation", "Approval", "Limit", "Dry run"):
+        table.add_column(col)
+    for rb in runbooks.runbooks:
+        table.add_row(rb.name, escape(rb.match.describe()), ", ".join(step.action for step in rb.actions),
+                      rb.validation.check if rb.validation else "-", rb.approval.value,
+                      f"{rb.limits.max_runs}/{rb.limits.per_seconds:.0f}s", "yes" if rb.dry_run else "no")
+    console.print(table)
+
+
+@app.command()
+def flower(
+    port: Annotated[Optional[int], typer.Option(help="Port (default flower.port or 5555)")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Address (default flower.address or 127.0.0.1)")] = None,
+) -> None:
+    """Run the Flower dashboard on ERDU's queues (basic auth from settings.flower: user, password)."""
+    from erdu_tasks.devstack.flower import flower_options, run_flower
+    from erdu_tasks.cli.preflight import check_redis
+
+    settings = _settings()
+    try:
+        opts = flower_options(settings.flower or {}, port=port, address=address)
+        check_redis(settings.redis_url)
+    except (ConfigError, ServiceUnreachable) as exc:
+        _fail(str(exc))
+    raise typer.Exit(run_flower(opts, settings))
+
+
+@app.command()
+def metrics(
+    port: Annotated[int, typer.Option(help="Port to serve /metrics on")] = 9808,
+    address: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+) -> None:
+    """Serve Prometheus metrics computed from Postgres and Redis on each scrape."""
+    from erdu_tasks.store.metrics import serve
+
+    settings = _settings()
+    try:
+        serve(settings.database_url, settings.redis_url, port=port, address=address)
+    except OSError as exc:
+        _fail(f"cannot listen on {address}:{port}: {exc}")
+
+
+@app.command()
+def demo(
+    keep: Annotated[bool, typer.Option(help="Keep the demo stack running until Ctrl-C")] = False,
+) -> None:
+    """A live scenario on a private stack: a flaky service breaks, ERDU detects, restarts and reports it."""
+    from erdu_tasks.devstack.demo import run_demo
+
+    try:
+        code = run_demo(console, keep=keep)
+    except (ServiceUnreachable, ErduError) as exc:
+        _fail(str(exc))
+    raise typer.Exit(code)
+
+
+@app.command()
+def stats(
+    since: Annotated[Optional[str], typer.Option(help="Only incidents detected within this long, e.g. 24h, 7d")] = None,
+    limit: Annotated[int, typer.Option(help="How many fingerprints, most incidents first")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of tables")] = False,
+) -> None:
+    """MTTA and MTTR per severity and per fingerprint, with resolved, escalated and auto-resolved counts."""
+    from erdu_tasks.store import stats as incident_stats
+    from erdu_tasks.escalation.policy import parse_duration
+    from erdu_tasks.durations import human_duration as _dur
+
+    start = None
+    if since:
+        try:
+            start = datetime.now(timezone.utc) - parse_duration(since)
+        except ValueError as exc:
+            _fail(f"--since {since!r}: {exc}")
+    rt = _runtime()
+    with rt.db.transaction() as conn:
+        total = incident_stats.overall(conn, since=start)
+        severities = incident_stats.by_severity(conn, since=start)
+        patterns = incident_stats.by_fingerprint(conn, since=start, limit=limit)
+    if as_json:
+        print(json.dumps({"since": start.isoformat() if start else None, "overall": total.as_dict(),
+                          "by_severity": [r.as_dict() for r in severities],
+                          "by_fingerprint": [r.as_dict() for r in patterns]}, indent=2))
+        return
+    columns = ("Incidents", "Open", "Resolved", "Escalated", "Auto", "MTTA (n)", "MTTR")
+
+    def cells(r) -> list[str]:
+        return [str(r.incidents), str(r.open), str(r.resolved), str(r.escalated), str(r.auto_resolved),
+                f"{_dur(r.mtta)} ({r.acknowledged})", _dur(r.mttr)]
+
+    table = Table(title="by severity" + (f" (since {start:%Y-%m-%d %H:%M} UTC)" if start else ""))
+    for col in ("Severity", *columns):
+        table.add_column(col)
+    for r in [*severities, total]:
+        table.add_row(r.key, *cells(r))
+    console.print(table)
+    table = Table(title="by fingerprint")
+    for col in ("Fingerprint", "Title", *columns, "Best runbook"):
+        table.add_column(col)
+    for r in patterns:
+        best = f"{r.best_runbook} {r.runbook_successes}/{r.runbook_attempts}" if r.best_runbook else "-"
+        table.add_row(r.key[:16], (r.title or "")[:40], *cells(r), best)
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point of the `erdu` script."""
+    try:
+        app()
+    except ServiceUnreachable as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except ConfigError as exc:
+        err.print(f"[bold red]configuration error:[/] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

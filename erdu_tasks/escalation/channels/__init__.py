@@ -1,0 +1,69 @@
+"""Notification channels, found by their type name, and the one place that builds them from config."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Protocol
+
+from pydantic import Field
+
+from erdu_tasks.escalation.channels.base import (
+    AttemptedFix,
+    Channel,
+    ChannelSettings,
+    DeliveryResult,
+    Notification,
+    NotificationKind,
+)
+from erdu_tasks.escalation.channels.email import EmailChannel, EmailSettings
+from erdu_tasks.escalation.channels.file import FileChannel, FileSettings
+from erdu_tasks.escalation.channels.pagerduty import PagerDutyChannel, PagerDutySettings
+from erdu_tasks.escalation.channels.slack import SlackChannel, SlackSettings
+from erdu_tasks.escalation.channels.webhook import WebhookChannel, WebhookSettings
+
+CHANNEL_TYPES: dict[str, tuple[type[ChannelSettings], Any]] = {
+    "file": (FileSettings, FileChannel),
+    "webhook": (WebhookSettings, WebhookChannel),
+    "slack": (SlackSettings, SlackChannel),
+    "pagerduty": (PagerDutySettings, PagerDutyChannel),
+    "email": (EmailSettings, EmailChannel),
+}
+"""Type name -> (settings model, channel class)."""
+
+AnyChannelSettings = Annotated[
+    FileSettings | WebhookSettings | SlackSettings | PagerDutySettings | EmailSettings,
+    Field(discriminator="type"),
+]
+
+
+class _HasChannels(Protocol):
+    channels: Mapping[str, ChannelSettings]
+
+
+def build_channel(name: str, settings: ChannelSettings) -> Channel:
+    """One channel from its validated settings."""
+    try:
+        _, cls = CHANNEL_TYPES[settings.type]
+    except KeyError:
+        raise ValueError(f"unknown channel type {settings.type!r}") from None
+    return cls(name, settings)
+
+
+def build_channels(config: _HasChannels | Mapping[str, ChannelSettings]) -> dict[str, Channel]:
+    """Every configured channel by name (pass an EscalationConfig or a name -> settings mapping)."""
+    channels = config if isinstance(config, Mapping) else config.channels
+    return {name: build_channel(name, settings) for name, settings in channels.items()}
+
+
+__all__ = [
+    "AnyChannelSettings",
+    "AttemptedFix",
+    "CHANNEL_TYPES",
+    "Channel",
+    "ChannelSettings",
+    "DeliveryResult",
+    "Notification",
+    "NotificationKind",
+    "build_channel",
+    "build_channels",
+]

@@ -1,0 +1,388 @@
+"""What every channel shares: the notification payload, the delivery result, the channel
+interface, the common channel settings and the one place where httpx errors are translated."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from erdu_tasks import __version__
+from erdu_tasks.errors import ErduError, PermanentError, TransientError
+
+if TYPE_CHECKING:
+    from erdu_tasks.model import Incident
+
+SCHEMA = "erdu.notification/v1"
+USER_AGENT = f"erdu/{__version__}"
+MAX_TEXT_CHARS = 4000
+"""Reason, root cause and each fix output are cut to this length in every payload."""
+MAX_DETAIL_CHARS = 300
+"""A peer's error body is cut to this length in a DeliveryResult."""
+
+
+class NotificationKind(StrEnum):
+    """Why a notification is sent."""
+
+    TRIGGER = "trigger"
+    RESOLVE = "resolve"
+    DIGEST = "digest"
+
+
+def _cut(text: str | None, limit: int = MAX_TEXT_CHARS) -> str:
+    text = text or ""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f" …[{len(text) - limit} more chars]"
+
+
+@dataclass(frozen=True)
+class AttemptedFix:
+    """One fix ERDU tried, and what it printed."""
+
+    action: str
+    ok: bool | None = None
+    output: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "output", _cut(self.output))
+
+
+@dataclass(frozen=True)
+class Notification:
+    """Everything a responder needs, built from an incident; the same payload goes to every channel."""
+
+    incident_id: str
+    title: str
+    severity: str
+    status: str
+    reason: str
+    level: int = 1
+    repeat: int = 0
+    kind: NotificationKind = NotificationKind.TRIGGER
+    service: str | None = None
+    affected_services: tuple[str, ...] = ()
+    root_cause: str | None = None
+    attempted_fixes: tuple[AttemptedFix, ...] = ()
+    occurrences: int = 1
+    see_command: str = ""
+    url: str | None = None
+    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    held_count: int = 0
+    held_incidents: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "severity", str(self.severity))
+        object.__setattr__(self, "status", str(self.status))
+        object.__setattr__(self, "kind", NotificationKind(self.kind))
+        object.__setattr__(self, "reason", _cut(self.reason))
+        object.__setattr__(self, "root_cause", _cut(self.root_cause) if self.root_cause else None)
+        object.__setattr__(self, "affected_services", tuple(self.affected_services))
+        object.__setattr__(self, "attempted_fixes", tuple(self.attempted_fixes))
+        if not self.see_command:
+            object.__setattr__(self, "see_command", f"erdu incidents show {self.incident_id}")
+
+    @classmethod
+    def from_incident(
+        cls,
+        incident: Incident,
+        *,
+        reason: str,
+        level: int = 1,
+        repeat: int = 0,
+        kind: NotificationKind = NotificationKind.TRIGGER,
+        attempted_fixes: list[AttemptedFix] | None = None,
+        see_command: str = "",
+        url: str | None = None,
+        now: datetime | None = None,
+    ) -> Notification:
+        """The notification for an incident; fixes default to the incident's resolution actions."""
+        fixes = attempted_fixes if attempted_fixes is not None else _fixes_from_actions(incident.resolution_actions)
+        root = incident.root_cause or (incident.diagnosis or {}).get("root_cause")
+        return cls(
+            incident_id=incident.id,
+            title=incident.title,
+            severity=str(incident.severity),
+            status=str(incident.status),
+            reason=reason,
+            level=level,
+            repeat=repeat,
+            kind=kind,
+            service=incident.service,
+            affected_services=tuple(incident.affected_services),
+            root_cause=str(root) if root else None,
+            attempted_fixes=tuple(fixes),
+            occurrences=incident.occurrences,
+            see_command=see_command,
+            url=url,
+            created_at=now or datetime.now(timezone.utc),
+        )
+
+    @classmethod
+    def digest(
+        cls,
+        *,
+        channel: str,
+        held: int,
+        window_start: datetime,
+        window_end: datetime,
+        sample_incidents: tuple[str, ...] = (),
+        see_command: str = "erdu incidents ls --status escalated",
+    ) -> Notification:
+        """The one message that says how many notifications a channel's rate limit held back."""
+        return cls(
+            incident_id=f"DIGEST-{window_start.astimezone(timezone.utc):%Y%m%d%H%M%S}",
+            title=f"{held} notification(s) held back on {channel}",
+            severity="P3",
+            status="digest",
+            reason=(
+                f"{held} notification(s) for channel {channel!r} were held back between "
+                f"{window_start.isoformat()} and {window_end.isoformat()} by its rate limit"
+            ),
+            kind=NotificationKind.DIGEST,
+            see_command=see_command,
+            created_at=window_end,
+            held_count=held,
+            held_incidents=tuple(sample_incidents),
+        )
+
+    def summary(self) -> str:
+        """One line: severity, id, title, level."""
+        if self.kind is NotificationKind.DIGEST:
+            return f"[ERDU] {self.title}"
+        if self.kind is NotificationKind.RESOLVE:
+            return f"[RESOLVED] [{self.severity}] {self.incident_id}: {self.title}"
+        again = f", repeat {self.repeat}" if self.repeat else ""
+        return f"[{self.severity}] {self.incident_id}: {self.title} (level {self.level}{again})"
+
+    def text(self) -> str:
+        """A plain-text body for people (email, chat fallbacks)."""
+        lines = [self.summary(), ""]
+        lines.append(f"Status:    {self.status}")
+        lines.append(f"Severity:  {self.severity}")
+        if self.kind is not NotificationKind.DIGEST:
+            lines.append(f"Level:     {self.level}" + (f" (repeat {self.repeat})" if self.repeat else ""))
+            services = ", ".join(self.affected_services) or self.service or "unknown"
+            lines.append(f"Services:  {services}")
+            lines.append(f"Seen:      {self.occurrences} time(s)")
+        lines += ["", "Why:", f"  {self.reason}"]
+        if self.root_cause:
+            lines += ["", "Root-cause hypothesis:", f"  {self.root_cause}"]
+        if self.attempted_fixes:
+            lines += ["", "Attempted fixes:"]
+            for fix in self.attempted_fixes:
+                outcome = {True: "succeeded", False: "failed", None: "outcome unknown"}[fix.ok]
+                lines.append(f"  - {fix.action}: {outcome}")
+                for out_line in fix.output.splitlines()[:40]:
+                    lines.append(f"      {out_line}")
+        if self.held_incidents:
+            lines += ["", "Some of the held incidents:"] + [f"  - {i}" for i in self.held_incidents]
+        lines += ["", f"See it:    {self.see_command}"]
+        if self.url:
+            lines.append(f"Open:      {self.url}")
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON payload (stable schema, used by the file and webhook channels)."""
+        data: dict[str, Any] = {
+            "schema": SCHEMA,
+            "kind": self.kind.value,
+            "incident_id": self.incident_id,
+            "title": self.title,
+            "severity": self.severity,
+            "status": self.status,
+            "reason": self.reason,
+            "level": self.level,
+            "repeat": self.repeat,
+            "service": self.service,
+            "affected_services": list(self.affected_services),
+            "root_cause": self.root_cause,
+            "attempted_fixes": [asdict(f) for f in self.attempted_fixes],
+            "occurrences": self.occurrences,
+            "see": {"command": self.see_command, "url": self.url},
+            "created_at": self.created_at.isoformat(),
+        }
+        if self.kind is NotificationKind.DIGEST:
+            data["digest"] = {"held": self.held_count, "sample_incidents": list(self.held_incidents)}
+        return data
+
+    def to_json_bytes(self) -> bytes:
+        """The payload as compact UTF-8 JSON with sorted keys (the exact bytes a webhook signs)."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def resolved(self) -> Notification:
+        """This notification turned into a resolve notice."""
+        return replace(self, kind=NotificationKind.RESOLVE)
+
+
+def _fixes_from_actions(actions: list[dict[str, Any]]) -> list[AttemptedFix]:
+    fixes = []
+    for action in actions or []:
+        if not isinstance(action, dict):
+            continue
+        name = action.get("action") or action.get("name") or action.get("type") or "action"
+        ok = action.get("ok", action.get("success"))
+        output = action.get("output") or action.get("detail") or action.get("error") or ""
+        fixes.append(AttemptedFix(str(name), ok if isinstance(ok, bool) else None, str(output)))
+    return fixes
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """What one delivery attempt did; failures say whether retrying can help."""
+
+    ok: bool
+    channel: str
+    detail: str = ""
+    permanent: bool = False
+    response_code: int | None = None
+    retry_after: float | None = None
+
+    @classmethod
+    def sent(cls, channel: str, detail: str = "", response_code: int | None = None) -> DeliveryResult:
+        """A delivery the peer accepted."""
+        return cls(True, channel, detail, False, response_code)
+
+    @classmethod
+    def failed(
+        cls,
+        channel: str,
+        detail: str,
+        *,
+        permanent: bool,
+        response_code: int | None = None,
+        retry_after: float | None = None,
+    ) -> DeliveryResult:
+        """A delivery that did not happen, with the reason."""
+        return cls(False, channel, _cut(detail, MAX_DETAIL_CHARS), permanent, response_code, retry_after)
+
+    @property
+    def retryable(self) -> bool:
+        """True when the delivery failed but a later attempt may succeed."""
+        return not self.ok and not self.permanent
+
+    def as_error(self) -> ErduError | None:
+        """The project error for a failure (TransientError carries Retry-After), None when sent."""
+        if self.ok:
+            return None
+        message = f"channel {self.channel}: {self.detail}"
+        return PermanentError(message) if self.permanent else TransientError(message, delay=self.retry_after)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe record for the incident's timeline and delivery table."""
+        return asdict(self)
+
+
+@runtime_checkable
+class Channel(Protocol):
+    """A way to reach people. send() and resolve() never raise: they return a DeliveryResult."""
+
+    name: str
+
+    def send(self, notification: Notification) -> DeliveryResult:
+        """Deliver a trigger (or digest) notification."""
+        ...
+
+    def resolve(self, notification: Notification) -> DeliveryResult:
+        """Tell the channel the incident is resolved."""
+        ...
+
+
+class ChannelSettings(BaseModel):
+    """Settings every channel type has."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    send_resolved: bool = True
+    max_per_minute: int = Field(default=20, ge=1, le=10_000)
+    timeout: float = Field(default=5.0, gt=0, le=120)
+
+
+class BaseChannel:
+    """Common behaviour: resolve notices, and no exception ever escapes send()/resolve()."""
+
+    def __init__(self, name: str, settings: ChannelSettings) -> None:
+        self.name = name
+        self.settings = settings
+
+    def send(self, notification: Notification) -> DeliveryResult:
+        """Deliver a notification; any unexpected failure becomes a permanent DeliveryResult."""
+        return self._guarded(notification)
+
+    def resolve(self, notification: Notification) -> DeliveryResult:
+        """Send a resolve notice, unless this channel has them switched off."""
+        if not self.settings.send_resolved:
+            return DeliveryResult.sent(self.name, "resolve notices are off for this channel")
+        return self._guarded(notification.resolved())
+
+    def _guarded(self, notification: Notification) -> DeliveryResult:
+        try:
+            return self._deliver(notification)
+        except Exception as exc:  # noqa: BLE001 - a channel must report, never raise
+            return DeliveryResult.failed(self.name, f"internal error: {type(exc).__name__}: {exc}", permanent=True)
+
+    def _deliver(self, notification: Notification) -> DeliveryResult:
+        raise NotImplementedError
+
+
+def classify_status(code: int) -> tuple[bool, bool]:
+    """(ok, permanent) for an HTTP status: 2xx sent; 408/425/429/5xx retry; anything else permanent."""
+    if 200 <= code < 300:
+        return True, False
+    if code in (408, 425, 429) or code >= 500:
+        return False, False
+    return False, True
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "").strip()
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def post_json(
+    channel: str,
+    url: str,
+    body: bytes,
+    *,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+    client: httpx.Client | None = None,
+) -> DeliveryResult:
+    """POST JSON bytes; the only place where httpx errors become DeliveryResults."""
+    all_headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, **(headers or {})}
+    try:
+        if client is not None:
+            response = client.post(url, content=body, headers=all_headers, timeout=timeout)
+        else:
+            with httpx.Client(timeout=timeout, follow_redirects=False) as own:
+                response = own.post(url, content=body, headers=all_headers)
+    except httpx.TimeoutException as exc:
+        return DeliveryResult.failed(channel, f"timed out after {timeout}s: {type(exc).__name__}", permanent=False)
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        return DeliveryResult.failed(channel, f"bad URL: {exc}", permanent=True)
+    except httpx.HTTPError as exc:
+        return DeliveryResult.failed(channel, f"{type(exc).__name__}: {exc}", permanent=False)
+    ok, permanent = classify_status(response.status_code)
+    if ok:
+        return DeliveryResult.sent(channel, f"HTTP {response.status_code}", response.status_code)
+    detail = f"HTTP {response.status_code}: {response.text.strip()}"
+    if 300 <= response.status_code < 400:
+        detail += f" (redirected to {response.headers.get('location', '?')}; configure the final URL)"
+    return DeliveryResult.failed(
+        channel, detail, permanent=permanent, response_code=response.status_code, retry_after=_retry_after(response)
+    )
+
+
+def unix_now() -> int:
+    """Seconds since the epoch (the default clock of signing channels)."""
+    return int(time.time())

@@ -1,0 +1,98 @@
+"""PagerDuty Events API v2: trigger with dedup_key = incident id, resolve when ERDU resolves.
+
+Repeated triggers for the same incident carry the same dedup_key, so PagerDuty folds them
+into one alert (its own escalation policy then takes over). A 4xx answer is permanent
+(bad routing key or payload); 429 and 5xx are worth retrying.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import httpx
+from pydantic import Field, SecretStr, field_validator
+
+from erdu_tasks.escalation.channels.base import BaseChannel, ChannelSettings, DeliveryResult, Notification, NotificationKind, post_json
+from erdu_tasks.escalation.channels.webhook import check_http_url
+
+EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
+_SEVERITY = {"P1": "critical", "P2": "error", "P3": "warning", "P4": "info", "P5": "info"}
+_SUMMARY_MAX = 1024
+
+
+class PagerDutySettings(ChannelSettings):
+    """The integration's routing key and, for tests or proxies, the events URL."""
+
+    type: Literal["pagerduty"] = "pagerduty"
+    routing_key: SecretStr = Field(min_length=1)
+    events_url: str = EVENTS_URL
+    source: str | None = None
+
+    @field_validator("events_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return check_http_url(value)
+
+
+def trigger_body(n: Notification, routing_key: str, source: str | None = None) -> dict[str, Any]:
+    """The Events v2 trigger for a notification."""
+    details: dict[str, Any] = {
+        "incident_id": n.incident_id,
+        "status": n.status,
+        "reason": n.reason,
+        "level": n.level,
+        "repeat": n.repeat,
+        "affected_services": list(n.affected_services),
+        "root_cause": n.root_cause,
+        "attempted_fixes": [{"action": f.action, "ok": f.ok, "output": f.output} for f in n.attempted_fixes],
+        "occurrences": n.occurrences,
+        "see": n.see_command,
+    }
+    if n.held_count:
+        details["held"] = n.held_count
+        details["sample_incidents"] = list(n.held_incidents)
+    body: dict[str, Any] = {
+        "routing_key": routing_key,
+        "event_action": "trigger",
+        "dedup_key": n.incident_id,
+        "client": "ERDU",
+        "payload": {
+            "summary": n.summary()[:_SUMMARY_MAX],
+            "source": source or n.service or "erdu",
+            "severity": _SEVERITY.get(n.severity, "error"),
+            "component": n.service,
+            "group": ", ".join(n.affected_services) or None,
+            "class": n.kind.value,
+            "custom_details": details,
+        },
+    }
+    body["payload"] = {k: v for k, v in body["payload"].items() if v is not None}
+    if n.url:
+        body["client_url"] = n.url
+        body["links"] = [{"href": n.url, "text": f"ERDU {n.incident_id}"}]
+    return body
+
+
+def resolve_body(n: Notification, routing_key: str) -> dict[str, Any]:
+    """The Events v2 resolve for an incident."""
+    return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": n.incident_id}
+
+
+class PagerDutyChannel(BaseChannel):
+    """Sends Events v2 triggers and resolves."""
+
+    def __init__(self, name: str, settings: PagerDutySettings, *, client: httpx.Client | None = None) -> None:
+        super().__init__(name, settings)
+        self.events_url = settings.events_url
+        self._key = settings.routing_key.get_secret_value()
+        self._source = settings.source
+        self._client = client
+
+    def _deliver(self, notification: Notification) -> DeliveryResult:
+        if notification.kind is NotificationKind.RESOLVE:
+            body = resolve_body(notification, self._key)
+        else:
+            body = trigger_body(notification, self._key, self._source)
+        raw = json.dumps(body, ensure_ascii=False).encode()
+        return post_json(self.name, self.events_url, raw, timeout=self.settings.timeout, client=self._client)

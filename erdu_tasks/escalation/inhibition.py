@@ -1,0 +1,148 @@
+"""Inhibition: while a severe incident of a service is open, incidents of the services that
+depend on it are linked to it as children and are not escalated on their own.
+
+Rules live in the `escalation` settings section under `inhibit`; the default is one rule,
+"an open P1 inhibits incidents of every service that depends on its service", with the
+dependencies read from the service catalog (`depends_on`, transitively):
+
+    escalation:
+      inhibit:
+        - source_severities: [P1]      # the parent's severities (default [P1])
+          source_services: [orders-db] # optional: only parents of these services
+          targets: dependants          # or a list of service names
+      # inhibit: []                    # switches inhibition off
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import psycopg
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from erdu_tasks.store import incidents as store
+from erdu_tasks.errors import ConfigError
+from erdu_tasks.model import OPEN_STATUSES, Incident, Severity
+
+DependantsOf = Callable[[str], Iterable[str]]
+
+
+class InhibitRule(BaseModel):
+    """Which open incidents inhibit which others."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source_severities: list[Severity] = Field(default_factory=lambda: [Severity.P1], min_length=1)
+    source_services: list[str] | None = None
+    targets: Literal["dependants"] | list[str] = "dependants"
+
+    def describe(self) -> str:
+        """One line for timelines."""
+        sources = "/".join(s.value for s in self.source_severities)
+        scope = "services that depend on it" if self.targets == "dependants" else ", ".join(self.targets)
+        return f"an open {sources} incident inhibits {scope}"
+
+
+DEFAULT_RULES: tuple[InhibitRule, ...] = (InhibitRule(),)
+
+
+def rules_from_section(section: Mapping[str, Any] | None) -> tuple[InhibitRule, ...]:
+    """The inhibit rules of the escalation section (the default rule when the key is absent)."""
+    raw = (section or {}).get("inhibit")
+    if raw is None:
+        return DEFAULT_RULES
+    if not isinstance(raw, list):
+        raise ConfigError("escalation.inhibit must be a list of rules (or [] to switch inhibition off)")
+    rules = []
+    for index, item in enumerate(raw):
+        try:
+            rules.append(InhibitRule.model_validate(item))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'rule'}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"escalation.inhibit[{index}]: {problems}") from None
+    return tuple(rules)
+
+
+def services_of(incident: Incident) -> list[str]:
+    """The incident's service and affected services, without repeats."""
+    return [s for s in dict.fromkeys([incident.service or "", *incident.affected_services]) if s]
+
+
+def inhibits(rule: InhibitRule, parent: Incident, child: Incident, dependants_of: DependantsOf) -> bool:
+    """True when the rule makes parent inhibit child."""
+    if parent.id == child.id or parent.severity not in rule.source_severities:
+        return False
+    parent_services = services_of(parent)
+    if rule.source_services is not None and not set(parent_services) & set(rule.source_services):
+        return False
+    if rule.targets == "dependants":
+        targets = {d for s in parent_services for d in dependants_of(s)}
+    else:
+        targets = set(rule.targets)
+    targets -= set(parent_services)
+    return bool(set(services_of(child)) & targets)
+
+
+def find_parent(
+    child: Incident,
+    candidates: Sequence[Incident],
+    rules: Sequence[InhibitRule],
+    dependants_of: DependantsOf,
+) -> tuple[Incident, InhibitRule] | None:
+    """The oldest open, top-level candidate that inhibits the child, with the rule that says so."""
+    ordered = sorted(candidates, key=lambda i: (i.created_at is None, i.created_at, i.id))
+    for parent in ordered:
+        if not parent.is_open or parent.parent_id is not None or parent.id == child.id:
+            continue
+        for rule in rules:
+            if inhibits(rule, parent, child, dependants_of):
+                return parent, rule
+    return None
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def candidates(conn: psycopg.Connection, rules: Sequence[InhibitRule], *, limit: int = 500) -> list[Incident]:
+    """Open top-level incidents whose severity could make them a parent."""
+    severities = sorted({s.value for r in rules for s in r.source_severities})
+    if not severities:
+        return []
+    found = store.list_incidents(conn, statuses=[s.value for s in OPEN_STATUSES], severities=severities,
+                                 limit=limit)
+    return [i for i in found if i.parent_id is None]
+
+
+def open_parent(conn: psycopg.Connection, incident: Incident) -> Incident | None:
+    """The incident's linked parent, when it is still open."""
+    if not incident.parent_id:
+        return None
+    parent = store.get_incident(conn, incident.parent_id)
+    return parent if parent is not None and parent.is_open else None
+
+
+def link(conn: psycopg.Connection, child: Incident, parent: Incident, rule: InhibitRule, *,
+         worker: str | None) -> bool:
+    """Make child a child of parent (both timelines say so); False when it already was."""
+    if child.parent_id == parent.id:
+        return False
+    store.update_fields(conn, child.id, {"parent_id": parent.id})
+    child.parent_id = parent.id
+    store.add_timeline(conn, child.id, actor="escalation", worker=worker,
+                       what=f"linked to parent {parent.id} ({parent.severity.value} {parent.service or ''}): "
+                            "not escalated on its own while the parent is open",
+                       details={"parent_id": parent.id, "rule": rule.describe()})
+    store.add_timeline(conn, parent.id, actor="escalation", worker=worker,
+                       what=f"child {child.id} linked ({child.severity.value} {child.service or '-'}: "
+                            f"{child.title[:60]})",
+                       details={"child_id": child.id, "rule": rule.describe()})
+    return True
+
+
+def children_of(conn: psycopg.Connection, parent_id: str) -> list[dict[str, Any]]:
+    """The parent's children: id, status, severity, service, title."""
+    return conn.execute(
+        "SELECT id, status, severity, service, title FROM incidents WHERE parent_id = %s ORDER BY created_at, id",
+        (parent_id,),
+    ).fetchall()

@@ -1,0 +1,360 @@
+"""Escalation service: durable runs in Postgres, holds, the payload, and the pipeline's hooks.
+
+- `start_escalation` / `start_in_tx` open a run for an incident (in the transaction that escalates it);
+  `escalation_sweep.Escalator.sweep(now)` then plans and delivers its steps.
+- `assess_gate` (the commander) keeps silenced incidents out of the pipeline (a hold the sweeper
+  releases when the silence ends) and links children to an open parent (inhibition).
+- `on_resolved` (the resolver's close) stops the run, queues resolve notices (PagerDuty
+  resolve) for every channel that was notified, and re-checks the incident's children.
+
+Nothing here waits in memory: every due time is a Postgres row, so a restarted worker or
+beat loses no step. Time is always the `now` passed in (tests inject it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg.types.json import Jsonb
+
+from erdu_tasks.escalation import inhibition, silences
+from erdu_tasks.store import incidents as store
+from erdu_tasks.catalog import Catalog
+from erdu_tasks.errors import ConfigError
+from erdu_tasks.escalation.policy import EscalationConfig, parse_duration
+from erdu_tasks.escalation.inhibition import InhibitRule
+from erdu_tasks.model import Incident, Status
+from erdu_tasks.escalation.channels import AttemptedFix, Notification, NotificationKind
+
+log = structlog.get_logger("erdu.escalation")
+
+ACTOR = "escalation"
+OWN_KEYS = frozenset({"inhibit", "sweep_interval", "stuck_after", "sweep_batch", "approval_deadline_seconds"})
+"""Keys of the `escalation` section read here (or by the reconciler), not by EscalationConfig."""
+
+_PIPELINE_STATUSES = ("detected", "assigned", "investigating", "fixing")
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware (the default clock)."""
+    return datetime.now(timezone.utc)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """How the sweeper runs: its beat interval, when a stuck incident escalates, batch size."""
+
+    sweep_interval: float = 5.0
+    stuck_after: timedelta | None = timedelta(minutes=15)
+    batch: int = 200
+
+
+def split_section(section: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(what EscalationConfig validates, what this module and the reconciler read)."""
+    section = dict(section or {})
+    own = {k: section.pop(k) for k in list(section) if k in OWN_KEYS}
+    return section, own
+
+
+def sweep_options(section: Mapping[str, Any] | None) -> SweepOptions:
+    """The sweeper's options from the escalation section."""
+    _, own = split_section(section)
+    try:
+        interval = parse_duration(own.get("sweep_interval", 5)).total_seconds()
+        raw_stuck = own.get("stuck_after", "15m")
+        stuck = None if raw_stuck in (None, False, "off", "never") else parse_duration(raw_stuck)
+        batch = int(own.get("sweep_batch", 200))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid escalation sweeper settings: {exc}") from None
+    if batch < 1:
+        raise ConfigError("escalation.sweep_batch must be at least 1")
+    return SweepOptions(interval, stuck, batch)
+
+
+def escalation_config(section: Mapping[str, Any] | None, alerts_dir: Any) -> EscalationConfig:
+    """The validated policies and channels of the escalation section."""
+    policy_part, _ = split_section(section)
+    return EscalationConfig.from_settings_section(policy_part, alerts_dir)
+
+
+def check_settings(settings: Any, catalog: Catalog) -> None:
+    """Validate the whole escalation section at start-up; ConfigError names the place and the reason."""
+    config = escalation_config(settings.escalation, settings.alerts_dir)
+    config.check_policy_names({name: s.escalation_policy for name, s in catalog.services.items()})
+    inhibition.rules_from_section(settings.escalation)
+    sweep_options(settings.escalation)
+
+
+# --------------------------------------------------------------------------- payload
+
+
+def _output_text(entry: Mapping[str, Any]) -> str:
+    lines = [str(entry.get("detail") or "").strip()]
+    output = entry.get("output")
+    if isinstance(output, Mapping):
+        for key, value in output.items():
+            if value in (None, "", [], {}):
+                continue
+            text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+            if "\n" in text.strip():
+                lines.append(f"{key}:")
+                lines += [f"  {line}" for line in text.strip().splitlines()]
+            else:
+                lines.append(f"{key}: {text}")
+    elif output:
+        lines.append(str(output))
+    if entry.get("reused"):
+        lines.append("(result of an earlier run of this step, not run again)")
+    return "\n".join(line for line in lines if line)
+
+
+def attempted_fixes(incident: Incident) -> list[AttemptedFix]:
+    """What the fixer tried, with outputs: runbook steps, validation, rollback (StepOutcome dicts)."""
+    fix = incident.fix or {}
+    runbook = fix.get("runbook")
+    prefix = f"{runbook}: " if runbook else ""
+    out: list[AttemptedFix] = []
+    for entry in fix.get("actions") or incident.resolution_actions or []:
+        if isinstance(entry, Mapping):
+            ok = entry.get("ok")
+            out.append(AttemptedFix(prefix + str(entry.get("action") or entry.get("step") or "action"),
+                                    ok if isinstance(ok, bool) else None, _output_text(entry)))
+    validation = fix.get("validation")
+    if isinstance(validation, Mapping):
+        ok = validation.get("ok")
+        out.append(AttemptedFix(prefix + "validation", ok if isinstance(ok, bool) else None,
+                                str(validation.get("detail") or "")))
+    for entry in fix.get("rollback") or []:
+        if isinstance(entry, Mapping):
+            ok = entry.get("ok")
+            out.append(AttemptedFix(prefix + "rollback " + str(entry.get("action") or ""),
+                                    ok if isinstance(ok, bool) else None, _output_text(entry)))
+    return out
+
+
+def build_notification(config: EscalationConfig, incident: Incident, *, reason: str, level: int, repeat: int,
+                       kind: NotificationKind, now: datetime) -> Notification:
+    """The payload a responder gets: title, severity, reason, systems, root cause, fixes, how to see it."""
+    return Notification.from_incident(
+        incident, reason=reason, level=max(level, 1), repeat=repeat, kind=kind,
+        attempted_fixes=attempted_fixes(incident), see_command=config.see_command_for(incident.id),
+        url=config.url_for(incident.id), now=now,
+    )
+
+
+# --------------------------------------------------------------------------- runs (in the caller's transaction)
+
+
+def start_escalation(conn: psycopg.Connection, incident_id: str, *, reason: str, stage: str | None = None,
+                     now: datetime | None = None, worker: str | None = None) -> datetime:
+    """Open a new escalation run for the incident (stopping a live one); its level 1 is due now."""
+    now = now or utcnow()
+    conn.execute(
+        "UPDATE escalation_runs SET stopped_at = %s, stop_reason = 'superseded', state = 'stopped', next_at = NULL"
+        " WHERE incident_id = %s AND stopped_at IS NULL",
+        (now, incident_id),
+    )
+    conn.execute(
+        "INSERT INTO escalation_runs (incident_id, started_at, reason, stage, next_at)"
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (incident_id, now, reason[:2000], stage, now),
+    )
+    return now
+
+
+def start_in_tx(conn: psycopg.Connection, incident: Incident, *, reason: str, stage: str | None) -> None:
+    """The hook of the pipeline's escalation: open a run in the same transaction."""
+    start_escalation(conn, incident.id, reason=reason, stage=stage)
+
+
+def stop_run(conn: psycopg.Connection, run: Mapping[str, Any], why: str, state: str, now: datetime,
+              worker: str | None) -> bool:
+    row = conn.execute(
+        "UPDATE escalation_runs SET stopped_at = %s, stop_reason = %s, state = %s, next_at = NULL"
+        " WHERE incident_id = %s AND started_at = %s AND stopped_at IS NULL RETURNING level",
+        (now, why, state, run["incident_id"], run["started_at"]),
+    ).fetchone()
+    if row is not None:
+        store.add_timeline(conn, run["incident_id"], actor=ACTOR, worker=worker,
+                           what=f"escalation stopped at level {row['level']}: {why}",
+                           details={"started_at": run["started_at"].isoformat(), "state": state})
+    return row is not None
+
+
+# --------------------------------------------------------------------------- holds
+
+
+def hold(conn: psycopg.Connection, incident: Incident, *, kind: str, stage: str, now: datetime,
+          worker: str | None, silence: silences.Silence | None = None, parent: Incident | None = None) -> bool:
+    """Keep the incident quiet; True when this is news (a new or changed hold), written on the timeline."""
+    silence_id = silence.id if silence else None
+    parent_id = parent.id if parent else None
+    until = silence.end() if silence else None
+    live = conn.execute("SELECT * FROM incident_holds WHERE incident_id = %s AND released_at IS NULL FOR UPDATE",
+                        (incident.id,)).fetchone()
+    if live is not None and live["kind"] == kind and live["silence_id"] == silence_id \
+            and live["parent_id"] == parent_id:
+        return False
+    if live is not None:
+        conn.execute("UPDATE incident_holds SET kind = %s, silence_id = %s, parent_id = %s, until = %s"
+                     " WHERE id = %s", (kind, silence_id, parent_id, until, live["id"]))
+    else:
+        conn.execute("INSERT INTO incident_holds (incident_id, kind, silence_id, parent_id, stage, held_at, until)"
+                     " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                     (incident.id, kind, silence_id, parent_id, stage, now, until))
+    if silence is not None:
+        what = (f"silenced by {silence.id} ({silence.describe()}) until {silence.end().isoformat()}: "
+                f"counted, but no fix and no notification — {silence.comment[:80]}")
+    else:
+        what = f"held: parent {parent_id} is open, so this incident is not escalated on its own"
+    store.add_timeline(conn, incident.id, actor=ACTOR, worker=worker, what=what,
+                       details={"hold": kind, "silence_id": silence_id, "parent_id": parent_id,
+                                "author": silence.author if silence else None})
+    return True
+
+
+def hold_before_assess(conn: psycopg.Connection, incident: Incident, *, rules: Sequence[InhibitRule],
+                       catalog: Catalog, worker: str | None, now: datetime | None = None) -> bool:
+    """The commander's gate: True when a silence holds the incident (park it; the sweeper resumes it).
+
+    Also links the incident to an open parent (inhibition) without holding its pipeline.
+    """
+    now = now or utcnow()
+    silence = silences.silencing(silences.active_silences(conn, now), incident, now)
+    if silence is not None:
+        hold(conn, incident, kind="silence", stage="assess", now=now, worker=worker, silence=silence)
+        return True
+    if rules and incident.parent_id is None:
+        found = inhibition.find_parent(incident, inhibition.candidates(conn, rules), rules, catalog.dependants)
+        if found is not None:
+            inhibition.link(conn, incident, found[0], found[1], worker=worker)
+    return False
+
+
+def assess_gate(conn: psycopg.Connection, rt: Any, incident: Incident, worker: str | None) -> bool:
+    """`hold_before_assess` with the runtime's catalog and inhibit rules (a bad rule only skips linking)."""
+    try:
+        rules = inhibition.rules_from_section(rt.settings.escalation)
+    except ConfigError as exc:
+        log.error("inhibition rules ignored", error=str(exc))
+        rules = ()
+    return hold_before_assess(conn, incident, rules=rules, catalog=rt.catalog, worker=worker)
+
+
+def release_hold(conn: psycopg.Connection, row: Mapping[str, Any], incident: Incident | None, why: str,
+             now: datetime, worker: str | None) -> tuple[str, str] | None:
+    """End a hold; returns (incident id, stage) when a pipeline stage must be re-driven."""
+    done = conn.execute("UPDATE incident_holds SET released_at = %s, release_reason = %s"
+                        " WHERE id = %s AND released_at IS NULL RETURNING id", (now, why, row["id"])).fetchone()
+    if done is None or incident is None or not incident.is_open:
+        return None
+    stage = row["stage"]
+    if stage == "escalate":
+        if incident.status is Status.ESCALATED:
+            last = conn.execute("SELECT reason, stage FROM escalation_runs WHERE incident_id = %s"
+                                " ORDER BY started_at DESC LIMIT 1", (incident.id,)).fetchone()
+            reason = f"{last['reason']} ({why})" if last else why
+            start_escalation(conn, incident.id, reason=reason, stage=last["stage"] if last else None, now=now)
+            store.add_timeline(conn, incident.id, actor=ACTOR, worker=worker, what=f"{why}: escalation resumes")
+        else:
+            store.add_timeline(conn, incident.id, actor=ACTOR, worker=worker,
+                               what=f"{why}; incident is {incident.status.value}, nothing to resume")
+        return None
+    store.add_timeline(conn, incident.id, actor=ACTOR, worker=worker, what=f"{why}: resuming {stage}")
+    return incident.id, stage
+
+
+def on_resolved(conn: psycopg.Connection, incident: Incident, *, worker: str | None,
+                now: datetime | None = None) -> None:
+    """The resolver's close: stop the escalation, queue resolve notices, re-check children."""
+    now = now or utcnow()
+    run = conn.execute(
+        "UPDATE escalation_runs SET stopped_at = %s, stop_reason = 'resolved', state = 'resolved', next_at = NULL"
+        " WHERE incident_id = %s AND stopped_at IS NULL RETURNING started_at, level",
+        (now, incident.id),
+    ).fetchone()
+    if run is not None:
+        store.add_timeline(conn, incident.id, actor=ACTOR, worker=worker,
+                           what=f"escalation stopped at level {run['level']}: resolved")
+    conn.execute("UPDATE incident_holds SET released_at = %s, release_reason = 'resolved'"
+                 " WHERE incident_id = %s AND released_at IS NULL", (now, incident.id))
+    notified = [r["channel"] for r in conn.execute(
+        "SELECT DISTINCT d.channel FROM deliveries d JOIN escalation_steps s ON s.id = d.step_id"
+        " WHERE s.incident_id = %s AND s.kind = 'trigger' AND d.ok ORDER BY d.channel", (incident.id,))]
+    if notified:
+        last = conn.execute("SELECT started_at, level FROM escalation_runs WHERE incident_id = %s"
+                            " ORDER BY started_at DESC LIMIT 1", (incident.id,)).fetchone()
+        queued = conn.execute(
+            "INSERT INTO escalation_steps (step_key, kind, incident_id, started_at, level, repeat, channels,"
+            " payload, due_at, sent_at, next_at) VALUES (%s, 'resolve', %s, %s, 0, 0, %s, %s, %s, %s, %s)"
+            " ON CONFLICT DO NOTHING RETURNING id",
+            (f"{incident.id}:resolve", incident.id, last["started_at"] if last else None, Jsonb(notified),
+             Jsonb({"level": int(last["level"]) if last else 1}), now, now, now),
+        ).fetchone()
+        if queued is not None:
+            store.add_timeline(conn, incident.id, actor=ACTOR, worker=worker,
+                               what=f"resolve notice queued for {', '.join(notified)}")
+    for child in inhibition.children_of(conn, incident.id):
+        _recheck_child(conn, incident, child, now, worker)
+
+
+def _recheck_child(conn: psycopg.Connection, parent: Incident, child: Mapping[str, Any], now: datetime,
+                   worker: str | None) -> None:
+    label = f"child {child['id']} ({child['severity']} {child['service'] or '-'}, {child['status']})"
+    if child["status"] in ("resolved", "closed"):
+        store.add_timeline(conn, parent.id, actor=ACTOR, worker=worker, what=f"{label}: already {child['status']}")
+        return
+    live = conn.execute("SELECT * FROM incident_holds WHERE incident_id = %s AND released_at IS NULL"
+                        " AND kind = 'inhibit' AND parent_id = %s FOR UPDATE", (child["id"], parent.id)).fetchone()
+    if live is not None:
+        current = store.get_incident(conn, child["id"])
+        release_hold(conn, live, current, f"parent {parent.id} resolved", now, worker)
+        outcome = "escalating on its own" if current and current.status is Status.ESCALATED else "released"
+    else:
+        outcome = "still open, continues on its own path"
+    store.add_timeline(conn, parent.id, actor=ACTOR, worker=worker, what=f"{label} re-checked: {outcome}")
+
+
+# --------------------------------------------------------------------------- queries for people and tasks
+
+
+def stuck_incidents(conn: psycopg.Connection, *, now: datetime, after: timedelta, limit: int = 100) -> list[dict]:
+    """Incidents in a pipeline stage for longer than `after`, not held by (or just released from) a silence."""
+    return conn.execute(
+        """
+        SELECT i.id, i.status, i.status_changed_at FROM incidents i
+        WHERE i.status = ANY(%(statuses)s) AND i.status_changed_at < %(since)s
+          AND NOT EXISTS (SELECT 1 FROM incident_holds h WHERE h.incident_id = i.id
+                          AND (h.released_at IS NULL OR h.released_at > %(since)s))
+        ORDER BY i.status_changed_at LIMIT %(limit)s
+        """,
+        {"statuses": list(_PIPELINE_STATUSES), "since": now - after, "limit": limit},
+    ).fetchall()
+
+
+def deliveries_of(conn: psycopg.Connection, incident_id: str) -> list[dict[str, Any]]:
+    """Every delivery attempt for an incident, oldest first."""
+    return conn.execute(
+        "SELECT s.kind, s.level, s.repeat, d.channel, d.attempt, d.claimed_at, d.at, d.ok, d.held, d.gave_up,"
+        " d.detail, d.permanent, d.response_code, d.retry_at FROM deliveries d"
+        " JOIN escalation_steps s ON s.id = d.step_id WHERE d.incident_id = %s ORDER BY d.id",
+        (incident_id,),
+    ).fetchall()
+
+
+def run_states(conn: psycopg.Connection, incident_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The latest run of each incident: state, level, next_at."""
+    rows = conn.execute(
+        "SELECT DISTINCT ON (incident_id) * FROM escalation_runs WHERE incident_id = ANY(%s)"
+        " ORDER BY incident_id, started_at DESC", (list(incident_ids),),
+    ).fetchall()
+    return {r["incident_id"]: r for r in rows}

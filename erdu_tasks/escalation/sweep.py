@@ -1,0 +1,563 @@
+"""The escalation sweeper: everything due at `now`, run by beat on the monitor queue.
+
+One sweep releases holds whose silence or parent ended, opens runs for escalated incidents
+that have none, plans each due run with `plan_escalation` and claims its due steps, delivers
+claimed steps channel by channel, and queues one digest per channel and minute for what a
+rate limit held back. Every claim is an INSERT … ON CONFLICT DO NOTHING on a unique key
+(a step, a delivery attempt, a digest), so two sweepers at once, or a redelivered one, send
+nothing twice; a sweeper that dies leaves rows that the next one finishes.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import httpx
+import psycopg
+import redis as redis_lib
+from psycopg.types.json import Jsonb
+
+from erdu_tasks.escalation import inhibition, silences
+from erdu_tasks import names
+from erdu_tasks.store import incidents as store
+from erdu_tasks.catalog import Catalog
+from erdu_tasks.store.db import Database
+from erdu_tasks.escalation.runs import (
+    ACTOR,
+    log,
+    SweepOptions,
+    build_notification,
+    escalation_config,
+    hold,
+    release_hold,
+    start_escalation,
+    stop_run,
+    sweep_options,
+    utcnow,
+)
+from erdu_tasks.escalation.policy import (
+    RATE_WINDOW,
+    ChannelRateLimiter,
+    Digest,
+    EscalationConfig,
+    PlanState,
+    RateDecision,
+    RetryDecision,
+    SentStep,
+    delivery_retry,
+    plan_escalation,
+    rate_decision,
+    rate_window,
+    step_key,
+)
+from erdu_tasks.escalation.inhibition import InhibitRule
+from erdu_tasks.model import Incident, Status
+from erdu_tasks.escalation.channels import CHANNEL_TYPES, Channel, DeliveryResult, Notification, NotificationKind, build_channel
+
+_MAX_ROUNDS = 5
+_HTTP_CHANNELS = frozenset({"webhook", "slack", "pagerduty"})
+
+
+def build_shared_channels(config: EscalationConfig, http: httpx.Client) -> dict[str, Channel]:
+    """Every configured channel; the HTTP ones share one connection pool."""
+    channels: dict[str, Channel] = {}
+    for name, settings in config.channels.items():
+        if settings.type in _HTTP_CHANNELS:
+            channels[name] = CHANNEL_TYPES[settings.type][1](name, settings, client=http)
+        else:
+            channels[name] = build_channel(name, settings)
+    return channels
+_DIGEST_LOOKBACK = timedelta(days=1)
+
+
+@dataclass
+class SweepReport:
+    """What one sweep did (counts for logs and tests, and the stages to re-drive)."""
+
+    runs_started: int = 0
+    runs_planned: int = 0
+    runs_stopped: int = 0
+    steps_claimed: int = 0
+    attempts: int = 0
+    sent: int = 0
+    failed: int = 0
+    held: int = 0
+    digests: int = 0
+    holds_released: int = 0
+    resume: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Counts only (a task result)."""
+        return {k: v for k, v in self.__dict__.items() if k != "resume"} | {"resumed": len(self.resume)}
+
+
+@dataclass
+class _Context:
+    silences: list[silences.Silence]
+    candidates: list[Incident]
+
+
+class RateLimiter:
+    """Per-channel notifications per minute, counted in Redis so every worker shares the count."""
+
+    def __init__(self, limits: Mapping[str, int], client: redis_lib.Redis | None,
+                 prefix: str = names.NOTIFY_RATE_PREFIX) -> None:
+        self.limits = dict(limits)
+        self.client = client
+        self.prefix = prefix
+        self._local = ChannelRateLimiter(limits)
+
+    def admit(self, channel: str, now: datetime, incident_id: str | None) -> tuple[RateDecision, int]:
+        """Count one notification; SEND within the limit, HOLD beyond it (with the count)."""
+        limit = self.limits.get(channel, 20)
+        if self.client is None:
+            return self._local.admit(channel, now, incident_id), 0
+        window = rate_window(now)
+        key = f"{self.prefix}{channel}:{int(window.timestamp())}"
+        try:
+            pipe = self.client.pipeline()
+            pipe.incr(key)
+            pipe.expire(key, int(RATE_WINDOW.total_seconds() * 3))
+            count = int(pipe.execute()[0])
+        except redis_lib.RedisError as exc:
+            # A page must not wait for the counter: fall back to this process's own count.
+            log.warning("rate limit counter unavailable; counting in this process", channel=channel, error=str(exc))
+            return self._local.admit(channel, now, incident_id), 0
+        return rate_decision(count, limit), count
+
+
+class Escalator:
+    """Everything the sweeper needs, built once per process: config, channels, database, Redis, catalog."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        config: EscalationConfig,
+        catalog: Catalog | None = None,
+        redis: redis_lib.Redis | None = None,
+        channels: Mapping[str, Channel] | None = None,
+        rules: Sequence[InhibitRule] = inhibition.DEFAULT_RULES,
+        options: SweepOptions | None = None,
+        worker: str | None = None,
+        rate_prefix: str = names.NOTIFY_RATE_PREFIX,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.db = db
+        self.config = config
+        self.catalog = catalog or Catalog([])
+        self._http = httpx.Client(follow_redirects=False) if channels is None else None
+        self.channels = dict(channels) if channels is not None else build_shared_channels(config, self._http)
+        self.rules = tuple(rules)
+        self.options = options or SweepOptions()
+        self.worker = worker
+        self.jitter = jitter
+        self.rates = RateLimiter(config.rate_limits(), redis, rate_prefix)
+        self.policy_names = {name: s.escalation_policy for name, s in self.catalog.services.items()}
+        config.check_policy_names(self.policy_names)
+
+    @classmethod
+    def from_settings(cls, settings: Any, db: Database, catalog: Catalog, *, worker: str | None = None,
+                      redis: redis_lib.Redis | None = None) -> Escalator:
+        """Build from the settings' escalation section (ConfigError when it is wrong)."""
+        client = redis if redis is not None else redis_lib.Redis.from_url(
+            settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        return cls(db=db, config=escalation_config(settings.escalation, settings.alerts_dir), catalog=catalog,
+                   redis=client, rules=inhibition.rules_from_section(settings.escalation),
+                   options=sweep_options(settings.escalation), worker=worker)
+
+    def close(self) -> None:
+        """Close the shared HTTP connection pool."""
+        if self._http is not None:
+            self._http.close()
+
+    # ---- the sweep ------------------------------------------------------------------------
+
+    def sweep(self, now: datetime | None = None) -> SweepReport:
+        """Do everything due at now; safe to run twice at once (claims decide who sends)."""
+        now = now or utcnow()
+        report = SweepReport()
+        with self.db.transaction() as conn:
+            ctx = _Context(silences.active_silences(conn, now),
+                           inhibition.candidates(conn, self.rules) if self.rules else [])
+        self._release_holds(now, ctx, report)
+        self._start_missing_runs(now, report)
+        for _ in range(_MAX_ROUNDS):
+            planned = self._plan_due_runs(now, ctx, report)
+            worked = self._work_due_steps(now, report)
+            if not planned and not worked:
+                break
+        if self._queue_digests(now, report):
+            self._work_due_steps(now, report)
+        return report
+
+    def _start_missing_runs(self, now: datetime, report: SweepReport) -> None:
+        """An escalated incident without a live run or hold (escalated by a path without the hook) gets one."""
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                """
+                SELECT i.id, (SELECT e.reason FROM escalations e WHERE e.incident_id = i.id
+                              ORDER BY e.id DESC LIMIT 1) AS reason
+                FROM incidents i
+                WHERE i.status = 'escalated'
+                  AND NOT EXISTS (SELECT 1 FROM escalation_runs r WHERE r.incident_id = i.id AND r.stopped_at IS NULL)
+                  AND NOT EXISTS (SELECT 1 FROM incident_holds h WHERE h.incident_id = i.id AND h.released_at IS NULL)
+                ORDER BY i.status_changed_at LIMIT %s FOR UPDATE OF i SKIP LOCKED
+                """,
+                (self.options.batch,),
+            ).fetchall()
+            for row in rows:
+                start_escalation(conn, row["id"], reason=row["reason"] or "escalated", now=now)
+                report.runs_started += 1
+
+    # ---- planning -------------------------------------------------------------------------
+
+    def _plan_due_runs(self, now: datetime, ctx: _Context, report: SweepReport) -> int:
+        total = 0
+        while True:
+            with self.db.transaction() as conn:
+                runs = conn.execute(
+                    "SELECT * FROM escalation_runs WHERE stopped_at IS NULL AND next_at <= %s"
+                    " ORDER BY next_at LIMIT %s FOR UPDATE SKIP LOCKED",
+                    (now, self.options.batch),
+                ).fetchall()
+                for run in runs:
+                    self._plan_run(conn, run, now, ctx, report)
+            total += len(runs)
+            if len(runs) < self.options.batch:
+                return total
+
+    def _plan_run(self, conn: psycopg.Connection, run: Mapping[str, Any], now: datetime, ctx: _Context,
+                  report: SweepReport) -> None:
+        report.runs_planned += 1
+        incident = store.get_incident(conn, run["incident_id"])
+        if incident is None or incident.status is not Status.ESCALATED:
+            status = incident.status if incident else None
+            why = {Status.ACKNOWLEDGED: "acknowledged", Status.RESOLVED: "resolved",
+                   Status.CLOSED: "resolved", None: "incident gone"}.get(
+                status, f"incident is {status.value if status else '?'} again (back in automation)")
+            report.runs_stopped += stop_run(conn, run, why, "acknowledged" if status is Status.ACKNOWLEDGED
+                                             else "stopped", now, self.worker)
+            return
+        silence = silences.silencing(ctx.silences, incident, now)
+        if silence is not None:
+            report.runs_stopped += stop_run(conn, run, f"silenced by {silence.id}", "silenced", now, self.worker)
+            hold(conn, incident, kind="silence", stage="escalate", now=now, worker=self.worker, silence=silence)
+            return
+        parent = self._parent(conn, incident, ctx)
+        if parent is not None:
+            report.runs_stopped += stop_run(conn, run, f"inhibited by parent {parent.id}", "inhibited", now,
+                                             self.worker)
+            hold(conn, incident, kind="inhibit", stage="escalate", now=now, worker=self.worker, parent=parent)
+            return
+        sent = [SentStep(r["level"], r["repeat"], r["sent_at"], r["failed_at"]) for r in conn.execute(
+            "SELECT level, repeat, sent_at, failed_at FROM escalation_steps"
+            " WHERE incident_id = %s AND started_at = %s AND kind = 'trigger'",
+            (run["incident_id"], run["started_at"]))]
+        plan = plan_escalation(self.config, severity=incident.severity, service=incident.service,
+                               started_at=run["started_at"], now=now, sent=sent,
+                               policy_name=self.policy_names.get(incident.service or ""))
+        for step in plan.due:
+            claimed = conn.execute(
+                "INSERT INTO escalation_steps (step_key, kind, incident_id, started_at, level, repeat, channels,"
+                " payload, due_at, sent_at, next_at) VALUES (%s, 'trigger', %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT DO NOTHING RETURNING id",
+                (step_key(incident.id, run["started_at"], step.level, step.repeat), incident.id,
+                 run["started_at"], step.level, step.repeat, Jsonb(list(step.channels)),
+                 Jsonb({"reason": run["reason"]}), step.due_at, now, now),
+            ).fetchone()
+            if claimed is not None:
+                report.steps_claimed += 1
+                again = f" (reminder {step.repeat})" if step.repeat else ""
+                store.add_timeline(conn, incident.id, actor=ACTOR, worker=self.worker,
+                                   what=f"escalation level {step.level}{again}: notifying {', '.join(step.channels)}",
+                                   details={"level": step.level, "repeat": step.repeat,
+                                            "channels": list(step.channels), "due_at": step.due_at.isoformat()})
+        if plan.state is PlanState.QUIET and run["state"] != "quiet":
+            store.add_timeline(conn, incident.id, actor=ACTOR, worker=self.worker,
+                               what=f"quiet hours: {incident.severity.value} notifications wait until "
+                                    f"{plan.next_at.isoformat() if plan.next_at else '?'}")
+        conn.execute(
+            "UPDATE escalation_runs SET state = %s, level = greatest(level, %s), next_at = %s"
+            " WHERE incident_id = %s AND started_at = %s",
+            (plan.state.value, plan.level, plan.next_at, run["incident_id"], run["started_at"]),
+        )
+
+    def _parent(self, conn: psycopg.Connection, incident: Incident, ctx: _Context) -> Incident | None:
+        parent = inhibition.open_parent(conn, incident)
+        if parent is not None or not self.rules:
+            return parent
+        found = inhibition.find_parent(incident, ctx.candidates, self.rules, self.catalog.dependants)
+        if found is None:
+            return None
+        fresh = store.get_incident(conn, found[0].id)
+        if fresh is None or not fresh.is_open:
+            return None
+        inhibition.link(conn, incident, fresh, found[1], worker=self.worker)
+        return fresh
+
+    # ---- holds ----------------------------------------------------------------------------
+
+    def _release_holds(self, now: datetime, ctx: _Context, report: SweepReport) -> None:
+        with self.db.transaction() as conn:
+            holds = conn.execute(
+                """
+                SELECT h.* FROM incident_holds h
+                JOIN incidents i ON i.id = h.incident_id
+                LEFT JOIN silences s ON s.id = h.silence_id
+                LEFT JOIN incidents p ON p.id = h.parent_id
+                WHERE h.released_at IS NULL AND (
+                      i.status IN ('resolved', 'closed')
+                   OR (h.kind = 'silence' AND (s.ends_at <= %(now)s OR s.expired_at <= %(now)s))
+                   OR (h.kind = 'inhibit' AND (p.id IS NULL OR p.status IN ('resolved', 'closed'))))
+                ORDER BY h.id LIMIT %(limit)s FOR UPDATE OF h SKIP LOCKED
+                """,
+                {"now": now, "limit": self.options.batch},
+            ).fetchall()
+            for row in holds:
+                incident = store.get_incident(conn, row["incident_id"])
+                if incident is not None and incident.is_open and row["kind"] == "silence":
+                    other = silences.silencing(ctx.silences, incident, now)
+                    if other is not None:
+                        hold(conn, incident, kind="silence", stage=row["stage"], now=now, worker=self.worker,
+                             silence=other)
+                        continue
+                    why = f"silence {row['silence_id']} ended"
+                elif incident is not None and incident.is_open:
+                    why = f"parent {row['parent_id']} resolved"
+                else:
+                    why = "incident closed"
+                resume = release_hold(conn, row, incident, why, now, self.worker)
+                report.holds_released += 1
+                if resume is not None:
+                    report.resume.append(resume)
+
+    # ---- delivery -------------------------------------------------------------------------
+
+    def _work_due_steps(self, now: datetime, report: SweepReport) -> int:
+        total = 0
+        while True:
+            with self.db.transaction() as conn:
+                steps = conn.execute(
+                    "SELECT * FROM escalation_steps WHERE done_at IS NULL AND next_at <= %s"
+                    " ORDER BY next_at, id LIMIT %s",
+                    (now, self.options.batch),
+                ).fetchall()
+            for step in steps:
+                self._work_step(step, now, report)
+            total += len(steps)
+            if len(steps) < self.options.batch:
+                return total
+
+    def _work_step(self, step: Mapping[str, Any], now: datetime, report: SweepReport) -> None:
+        kind = NotificationKind(step["kind"])
+        incident = None
+        if step["incident_id"]:
+            with self.db.transaction() as conn:
+                incident = store.get_incident(conn, step["incident_id"])
+        cancel = None
+        if incident is None and kind is not NotificationKind.DIGEST:
+            cancel = "incident gone"
+        elif kind is NotificationKind.TRIGGER and incident.status is not Status.ESCALATED:
+            cancel = f"incident is {incident.status.value}"
+        if cancel is not None:
+            self._settle(step, now, cancelled=cancel)
+            return
+        notification = self._notification(step, incident, kind, now)
+        for channel in step["channels"]:
+            self._work_channel(step, channel, notification, incident, now, report)
+        self._settle(step, now)
+
+    def _notification(self, step: Mapping[str, Any], incident: Incident | None, kind: NotificationKind,
+                      now: datetime) -> Notification:
+        payload = step["payload"] or {}
+        if kind is NotificationKind.DIGEST:
+            start = datetime.fromisoformat(payload["window_start"])
+            digest = Digest(payload["channel"], start, start + RATE_WINDOW, int(payload["held"]),
+                            tuple(payload.get("sample", ())))
+            return digest.notification()
+        assert incident is not None
+        level = int(payload.get("level", step["level"])) if kind is NotificationKind.RESOLVE else step["level"]
+        reason = payload.get("reason") or "escalated"
+        if kind is NotificationKind.TRIGGER and step["level"] > 1:
+            reason = f"{reason} (not acknowledged at level {step['level'] - 1})"
+        if kind is NotificationKind.RESOLVE:
+            reason = f"resolved ({incident.resolved_by or 'resolved'})"
+        return build_notification(self.config, incident, reason=reason, level=level, repeat=step["repeat"],
+                                   kind=NotificationKind.TRIGGER if kind is NotificationKind.RESOLVE else kind,
+                                   now=now)
+
+    def _lease(self, channel: str) -> timedelta:
+        ch = self.channels.get(channel)
+        timeout = float(getattr(getattr(ch, "settings", None), "timeout", 5.0))
+        return timedelta(seconds=2 * timeout + 30)
+
+    def _work_channel(self, step: Mapping[str, Any], channel: str, notification: Notification,
+                      incident: Incident | None, now: datetime, report: SweepReport) -> None:
+        with self.db.transaction() as conn:
+            last = conn.execute("SELECT * FROM deliveries WHERE step_id = %s AND channel = %s"
+                                " ORDER BY attempt DESC LIMIT 1", (step["id"], channel)).fetchone()
+            if last is not None:
+                if last["ok"] or last["held"] or last["gave_up"]:
+                    return
+                if last["ok"] is None:
+                    if last["claimed_at"] + self._lease(channel) > now:
+                        return   # another sweeper is delivering it right now
+                    lost = DeliveryResult.failed(channel, "the worker was lost during this delivery; outcome "
+                                                 "unknown", permanent=False)
+                    self._record(conn, step, last["id"], last["attempt"], lost, incident, now, report, lost=True)
+                    return
+                if last["retry_at"] is None or last["retry_at"] > now:
+                    return
+            attempt = 1 if last is None else int(last["attempt"]) + 1
+            claimed = conn.execute(
+                "INSERT INTO deliveries (step_id, incident_id, channel, attempt, claimed_at)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id",
+                (step["id"], step["incident_id"], channel, attempt, now),
+            ).fetchone()
+        if claimed is None:
+            return
+        delivery_id = claimed["id"]
+        report.attempts += 1
+        target = self.channels.get(channel)
+        kind = NotificationKind(step["kind"])
+        if target is None:
+            result = DeliveryResult.failed(channel, f"channel {channel!r} is no longer configured", permanent=True)
+        else:
+            if attempt == 1 and kind is not NotificationKind.DIGEST:
+                decision, count = self.rates.admit(channel, now, step["incident_id"])
+                if decision is RateDecision.HOLD:
+                    with self.db.transaction() as conn:
+                        self._record_held(conn, step, delivery_id, channel, count, incident, now)
+                    report.held += 1
+                    return
+            result = target.resolve(notification) if kind is NotificationKind.RESOLVE else target.send(notification)
+        with self.db.transaction() as conn:
+            self._record(conn, step, delivery_id, attempt, result, incident, now, report)
+
+    def _record_held(self, conn: psycopg.Connection, step: Mapping[str, Any], delivery_id: int, channel: str,
+                     count: int, incident: Incident | None, now: datetime) -> None:
+        limit = self.rates.limits.get(channel, 20)
+        detail = f"held by the rate limit ({limit}/minute; {count} this minute): counted in the next digest"
+        conn.execute("UPDATE deliveries SET at = %s, ok = false, held = true, detail = %s WHERE id = %s",
+                     (now, detail, delivery_id))
+        if incident is not None:
+            store.add_timeline(conn, incident.id, actor=ACTOR, worker=self.worker,
+                               what=f"notification to {channel} {detail}",
+                               details={"channel": channel, "step": step["step_key"], "held": True})
+
+    def _record(self, conn: psycopg.Connection, step: Mapping[str, Any], delivery_id: int, attempt: int,
+                result: DeliveryResult, incident: Incident | None, now: datetime, report: SweepReport, *,
+                lost: bool = False) -> None:
+        retry = delivery_retry(result, attempt, self.config.retry, jitter=self.jitter)
+        retry_at = now + timedelta(seconds=retry.delay) if retry.decision is RetryDecision.RETRY else None
+        gave_up = retry.decision is RetryDecision.GIVE_UP
+        updated = conn.execute(
+            "UPDATE deliveries SET at = %s, ok = %s, detail = %s, permanent = %s, response_code = %s,"
+            " retry_at = %s, gave_up = %s WHERE id = %s AND ok IS NULL RETURNING id",
+            (now, result.ok, result.detail[:2000], result.permanent, result.response_code, retry_at, gave_up,
+             delivery_id),
+        ).fetchone()
+        if updated is None:
+            return
+        if result.ok:
+            report.sent += 1
+        else:
+            report.failed += 1
+        if incident is None:
+            return
+        channel = result.channel
+        what_kind = "resolve notice" if step["kind"] == "resolve" else f"level {step['level']} notification"
+        if result.ok:
+            what = f"{what_kind} sent to {channel}: {result.detail[:200]}"
+        else:
+            tries = f"attempt {attempt}/{self.config.retry.max_attempts}"
+            then = (f"retry in {retry.delay:.1f} s" if retry_at is not None
+                    else "giving up" + (" (permanent error)" if result.permanent else ""))
+            what = f"{what_kind} to {channel} failed ({tries}): {result.detail[:200]}; {then}"
+        store.add_timeline(conn, incident.id, actor=ACTOR, worker=self.worker, what=what,
+                           details={**result.to_dict(), "attempt": attempt, "step": step["step_key"],
+                                    "retry_at": retry_at.isoformat() if retry_at else None, "lost": lost})
+
+    def _settle(self, step: Mapping[str, Any], now: datetime, *, cancelled: str | None = None) -> None:
+        """Mark the step done when every channel settled; otherwise set when to look again."""
+        with self.db.transaction() as conn:
+            if cancelled is not None:
+                conn.execute("UPDATE escalation_steps SET done_at = %s, next_at = NULL, payload = payload || %s"
+                             " WHERE id = %s AND done_at IS NULL",
+                             (now, Jsonb({"cancelled": cancelled}), step["id"]))
+                return
+            rows = conn.execute(
+                "SELECT DISTINCT ON (channel) * FROM deliveries WHERE step_id = %s ORDER BY channel, attempt DESC",
+                (step["id"],),
+            ).fetchall()
+            latest = {r["channel"]: r for r in rows}
+            pending: list[datetime] = []
+            delivered = False
+            for channel in step["channels"]:
+                row = latest.get(channel)
+                if row is None:
+                    pending.append(now)
+                elif row["ok"] or row["held"]:
+                    delivered = True
+                elif row["gave_up"]:
+                    continue
+                elif row["ok"] is None:
+                    pending.append(row["claimed_at"] + self._lease(channel))
+                else:
+                    pending.append(row["retry_at"] or now)
+            if pending:
+                conn.execute("UPDATE escalation_steps SET next_at = %s WHERE id = %s AND done_at IS NULL",
+                             (max(min(pending), now + timedelta(milliseconds=1)), step["id"]))
+                return
+            failed = not delivered
+            done = conn.execute(
+                "UPDATE escalation_steps SET done_at = %s, failed_at = %s, next_at = NULL"
+                " WHERE id = %s AND done_at IS NULL RETURNING id",
+                (now, now if failed else None, step["id"]),
+            ).fetchone()
+            if done is None or not failed or step["kind"] != "trigger":
+                return
+            store.add_timeline(conn, step["incident_id"], actor=ACTOR, worker=self.worker,
+                               what=f"every delivery of level {step['level']} failed: moving on to the next level")
+            conn.execute("UPDATE escalation_runs SET next_at = %s WHERE incident_id = %s AND started_at = %s"
+                         " AND stopped_at IS NULL", (now, step["incident_id"], step["started_at"]))
+
+    # ---- digests --------------------------------------------------------------------------
+
+    def _queue_digests(self, now: datetime, report: SweepReport) -> int:
+        """One digest per channel and finished minute in which the rate limit held something back."""
+        current = rate_window(now)
+        window_seconds = int(RATE_WINDOW.total_seconds())
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                """
+                SELECT channel, window_epoch, count(*) AS held,
+                       (array_agg(incident_id ORDER BY at, id))[1:10] AS sample
+                FROM (SELECT d.*, (floor(extract(epoch FROM d.at) / %(w)s) * %(w)s)::bigint AS window_epoch
+                      FROM deliveries d
+                      WHERE d.held AND d.at < %(current)s AND d.at >= %(since)s) held
+                WHERE NOT EXISTS (SELECT 1 FROM escalation_steps s
+                                  WHERE s.step_key = 'DIGEST:' || held.channel || ':' || held.window_epoch)
+                GROUP BY channel, window_epoch ORDER BY window_epoch, channel
+                """,
+                {"w": window_seconds, "current": current, "since": current - _DIGEST_LOOKBACK},
+            ).fetchall()
+            queued = 0
+            for row in rows:
+                start = datetime.fromtimestamp(int(row["window_epoch"]), timezone.utc)
+                payload = {"channel": row["channel"], "window_start": start.isoformat(), "held": int(row["held"]),
+                           "sample": [i for i in row["sample"] if i]}
+                claimed = conn.execute(
+                    "INSERT INTO escalation_steps (step_key, kind, channels, payload, due_at, sent_at, next_at)"
+                    " VALUES (%s, 'digest', %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id",
+                    (f"DIGEST:{row['channel']}:{row['window_epoch']}", Jsonb([row["channel"]]), Jsonb(payload),
+                     start + RATE_WINDOW, now, now),
+                ).fetchone()
+                queued += claimed is not None
+        report.digests += queued
+        return queued

@@ -1,0 +1,104 @@
+"""The action registry (name -> action module) and run_step, the one way the fixer runs a step."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
+
+from pydantic import BaseModel, ValidationError
+
+from erdu_tasks.errors import PermanentError
+from erdu_tasks.fixer.actions import clear_cache, http_call, noop, restart, run_command, scale
+from erdu_tasks.fixer.actions.base import Action, ActionContext, ActionResult, render_params
+
+if TYPE_CHECKING:
+    from erdu_tasks.fixer.runbooks import Step
+
+ACTIONS: dict[str, Action] = {
+    cast(Action, m).NAME: cast(Action, m) for m in (clear_cache, http_call, noop, restart, run_command, scale)
+}
+
+__all__ = ["ACTIONS", "Action", "ActionContext", "ActionResult", "get_action", "has_rollback",
+           "prepare_step", "describe_step", "run_step", "rollback_step"]
+
+
+def get_action(name: str) -> Action:
+    """The action registered under name; PermanentError if there is none."""
+    try:
+        return ACTIONS[name]
+    except KeyError:
+        raise PermanentError(f"unknown action {name!r} (known: {', '.join(sorted(ACTIONS))})") from None
+
+
+def has_rollback(name: str) -> bool:
+    """True if the action knows how to undo itself."""
+    return callable(getattr(ACTIONS.get(name), "rollback", None))
+
+
+def _errors(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in exc.errors())
+
+
+def prepare_step(step: Step, allowed_fields: Mapping[str, object]) -> tuple[Action, BaseModel]:
+    """Render the step's params with the allowed incident fields and validate them.
+
+    Raises PermanentError (unknown action, bad placeholder, unsafe value, invalid params)
+    before anything runs.
+    """
+    action = get_action(step.action)
+    rendered = render_params(step.params, allowed_fields)
+    try:
+        params = action.Params.model_validate(rendered)
+    except ValidationError as exc:
+        raise PermanentError(f"invalid params for {step.action}: {_errors(exc)}") from None
+    return action, params
+
+
+def describe_step(step: Step, allowed_fields: Mapping[str, object]) -> str:
+    """What the step would do with these fields, or why it would be refused."""
+    try:
+        action, params = prepare_step(step, allowed_fields)
+    except PermanentError as exc:
+        return f"{step.action}: refused: {exc}"
+    return f"{action.NAME}: {action.describe(params)}"
+
+
+def _execute(step: Step, allowed_fields: Mapping[str, object], *, undo: bool, dry_run: bool,
+             redis_url_for_cache: str | None, idempotency_key: str | None) -> ActionResult:
+    started = time.monotonic()
+    output: dict[str, Any] = {"action": step.action, "rollback": undo}
+    try:
+        action, params = prepare_step(step, allowed_fields)
+    except PermanentError as exc:
+        return ActionResult(False, f"refused: {exc}", time.monotonic() - started, output)
+    what = action.describe(params)
+    output["what"] = what
+    verb = "roll back" if undo else "run"
+    if undo and not has_rollback(step.action):
+        return ActionResult(True, f"nothing to undo: {step.action} has no rollback", 0.0, output)
+    if dry_run:
+        return ActionResult(True, f"dry run: would {verb} {step.action}: {what}", 0.0, {**output, "dry_run": True})
+    ctx = ActionContext(timeout=step.timeout, redis_url=redis_url_for_cache, idempotency_key=idempotency_key)
+    try:
+        fn = getattr(action, "rollback") if undo else action.run
+        result: ActionResult = fn(params, ctx)
+    except Exception as exc:  # an action bug must not kill the fixer: it becomes a failed step
+        return ActionResult(False, f"{step.action} raised {type(exc).__name__}: {exc}",
+                            time.monotonic() - started, output)
+    return ActionResult(result.ok, result.detail, result.duration, {**output, **result.output})
+
+
+def run_step(step: Step, allowed_fields: Mapping[str, object], *, dry_run: bool = False,
+             redis_url_for_cache: str | None = None, idempotency_key: str | None = None) -> ActionResult:
+    """Run one step; never raises for a refused or failed action (ok=False with the reason instead)."""
+    return _execute(step, allowed_fields, undo=False, dry_run=dry_run,
+                    redis_url_for_cache=redis_url_for_cache, idempotency_key=idempotency_key)
+
+
+def rollback_step(step: Step, allowed_fields: Mapping[str, object], *, dry_run: bool = False,
+                  redis_url_for_cache: str | None = None, idempotency_key: str | None = None) -> ActionResult:
+    """Undo one step with its action's own rollback, if it has one (ok=True "nothing to undo" if not)."""
+    return _execute(step, allowed_fields, undo=True, dry_run=dry_run,
+                    redis_url_for_cache=redis_url_for_cache, idempotency_key=idempotency_key)
+

@@ -1,0 +1,287 @@
+"""Validation checks the fixer re-runs after a runbook's actions: http, process, command, log_absent, noop."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import psutil
+import re2
+from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError, field_validator, model_validator
+
+from erdu_tasks.fixer.actions.base import ActionResult, ParamsModel, as_int_list, build_env, http_exchange, render_params, run_argv
+from erdu_tasks.fixer.actions.http_call import Method, check_url
+from erdu_tasks.errors import PermanentError
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+
+
+@lru_cache(maxsize=512)
+def compile_pattern(pattern: str) -> Any:
+    """Compile a user regex with RE2 (linear time); ValueError with RE2's reason if it is invalid."""
+    try:
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ValueError(f"invalid regular expression {pattern!r}: {reason}") from None
+
+
+class CheckResult(ActionResult):
+    """The outcome of one validation check: the same shape as an action's result."""
+
+
+class _Check(ParamsModel):
+    """Common to every check: a timeout, a settle delay, and how many attempts (interval apart) may pass it."""
+
+    timeout: float = Field(default=10.0, gt=0, le=3600)
+    delay: float = Field(default=0.0, ge=0, le=600)
+    attempts: int = Field(default=1, ge=1, le=100)
+    interval: float = Field(default=1.0, ge=0, le=600)
+
+
+class HttpCheck(_Check):
+    """An HTTP request whose status (default any 2xx), latency and body must fit; the shape a probe uses."""
+
+    check: Literal["http"]
+    url: str
+    method: Method = "GET"
+    headers: dict[str, str] = Field(default_factory=dict)
+    expect_status: Annotated[list[int] | None, BeforeValidator(as_int_list)] = None
+    max_latency: float | None = Field(default=None, gt=0)
+    body_contains: str | None = None
+    verify_tls: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _http_only(cls, url: str) -> str:
+        return check_url(url)
+
+
+class ProcessCheck(_Check):
+    """A process is running: by name, by pid file, or by a substring of its command line."""
+
+    check: Literal["process"]
+    name: str | None = Field(default=None, min_length=1)
+    pidfile: str | None = Field(default=None, min_length=1)
+    cmdline_contains: str | None = Field(default=None, min_length=1)
+    min_count: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> "ProcessCheck":
+        given = [k for k in ("name", "pidfile", "cmdline_contains") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of name, pidfile, cmdline_contains (got {', '.join(given) or 'none'})")
+        return self
+
+
+class CommandCheck(_Check):
+    """An argv (no shell) that must exit with an accepted code (default 0)."""
+
+    check: Literal["command"]
+    argv: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    env_passthrough: list[str] = Field(default_factory=list)
+    cwd: str | None = None
+    expect_exit: Annotated[list[int], BeforeValidator(as_int_list)] = Field(default_factory=lambda: [0])
+
+
+class LogAbsentCheck(_Check):
+    """A regex must not appear in the bytes appended to a file during `window` seconds."""
+
+    check: Literal["log_absent"]
+    path: str = Field(min_length=1)
+    pattern: str
+    window: float = Field(default=60.0, gt=0, le=3600)
+
+    @field_validator("pattern")
+    @classmethod
+    def _re2(cls, pattern: str) -> str:
+        compile_pattern(pattern)
+        return pattern
+
+
+class NoopCheck(_Check):
+    """Passes (or fails if asked): for tests and for runbooks that need no validation."""
+
+    check: Literal["noop"]
+    fail: bool = False
+
+
+class QuietCheck(_Check):
+    """The incident's own error must not recur for `window` seconds (its occurrences stop rising).
+
+    Run by the fixer, which reads the incident's occurrence count from Postgres before and after.
+    """
+
+    check: Literal["quiet"]
+    window: float = Field(default=10.0, gt=0, le=3600)
+
+
+class FromIncidentCheck(_Check):
+    """Re-run the check the detecting monitor stored on the incident (`error_details["check"]`, e.g. an
+    HTTP probe). Resolved by the fixer, which has the incident; this check's delay/attempts/interval apply."""
+
+    check: Literal["from_incident"]
+
+
+CheckSpec = Annotated[
+    Union[HttpCheck, ProcessCheck, CommandCheck, LogAbsentCheck, NoopCheck, QuietCheck, FromIncidentCheck],
+    Field(discriminator="check"),
+]
+"""A runbook's `validation:` block; `check:` names the kind."""
+
+CHECK_KINDS: tuple[str, ...] = ("http", "process", "command", "log_absent", "noop", "quiet", "from_incident")
+
+LITERAL_KEYS: dict[str, frozenset[str]] = {"log_absent": frozenset({"pattern"})}
+"""Fields that are never templated (a regex's {n,m} is not a placeholder)."""
+
+COMMON_FIELDS = frozenset({"check", "timeout", "delay", "attempts", "interval"})
+"""Fields every check has; never templated."""
+
+
+def _http(spec: HttpCheck) -> CheckResult:
+    r = http_exchange(spec.method, spec.url, timeout=spec.timeout, headers=spec.headers,
+                      expect_status=spec.expect_status, max_latency=spec.max_latency,
+                      body_contains=spec.body_contains, verify_tls=spec.verify_tls)
+    return CheckResult(r.ok, r.detail, r.duration, r.output)
+
+
+def _process(spec: ProcessCheck) -> CheckResult:
+    started = time.monotonic()
+    if spec.pidfile is not None:
+        try:
+            pid = int(Path(spec.pidfile).read_text().strip())
+        except (OSError, ValueError) as exc:
+            return CheckResult(False, f"cannot read pid file {spec.pidfile}: {exc}", time.monotonic() - started)
+        try:
+            proc = psutil.Process(pid)
+            alive = proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            alive = False
+        detail = f"pid {pid} from {spec.pidfile} is " + ("running" if alive else "not running")
+        return CheckResult(alive, detail, time.monotonic() - started, {"pid": pid})
+    pids = []
+    for proc in psutil.process_iter(["name", "cmdline", "status"]):
+        info = proc.info
+        if info.get("status") == psutil.STATUS_ZOMBIE:
+            continue
+        cmdline = info.get("cmdline") or []
+        if spec.name is not None:
+            hit = info.get("name") == spec.name or (bool(cmdline) and os.path.basename(cmdline[0]) == spec.name)
+        else:
+            hit = spec.cmdline_contains in " ".join(cmdline)
+        if hit and proc.pid != os.getpid():
+            pids.append(proc.pid)
+    what = f"name {spec.name!r}" if spec.name is not None else f"command line containing {spec.cmdline_contains!r}"
+    ok = len(pids) >= spec.min_count
+    detail = f"{len(pids)} process(es) with {what}" + ("" if ok else f", expected at least {spec.min_count}")
+    return CheckResult(ok, detail, time.monotonic() - started, {"pids": pids[:50]})
+
+
+def _command(spec: CommandCheck) -> CheckResult:
+    r = run_argv(spec.argv, timeout=spec.timeout, cwd=spec.cwd, env=build_env(spec.env_passthrough, spec.env),
+                 expect_exit=spec.expect_exit)
+    return CheckResult(r.ok, r.detail, r.duration, r.output)
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _log_absent(spec: LogAbsentCheck, poll: float = 0.2) -> CheckResult:
+    """Watch only bytes written after the check starts; follow truncation and rotation."""
+    started = time.monotonic()
+    path, regex = Path(spec.path), compile_pattern(spec.pattern)
+    file_id, offset = _file_id(path), _size(path)
+    carry = b""
+    deadline = started + spec.window
+    while True:
+        final = time.monotonic() >= deadline
+        now_id = _file_id(path)
+        if now_id != file_id or _size(path) < offset:  # rotated or truncated: read the new file from its start
+            file_id, offset, carry = now_id, 0, b""
+        if now_id is not None:
+            with path.open("rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read(4 * 1024 * 1024)
+            offset += len(chunk)
+            lines = (carry + chunk).split(b"\n")
+            carry = lines.pop()[-65536:]
+            for line in lines + ([carry] if final else []):
+                text = line.decode("utf-8", "replace")
+                if regex.search(text):
+                    return CheckResult(False, f"{spec.pattern!r} seen in {path} after "
+                                       f"{time.monotonic() - started:.1f}s: {text[:200]}",
+                                       time.monotonic() - started, {"line": text[:1000]})
+        if final:
+            return CheckResult(True, f"{spec.pattern!r} not seen in {path} for {spec.window:g}s",
+                               time.monotonic() - started)
+        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+
+
+def _noop(spec: NoopCheck) -> CheckResult:
+    return CheckResult(not spec.fail, "noop check failed as asked" if spec.fail else "noop check passed")
+
+
+_RUNNERS = {"http": _http, "process": _process, "command": _command, "log_absent": _log_absent, "noop": _noop}
+
+
+def check_from_incident(spec: FromIncidentCheck, error_details: Mapping[str, Any]) -> Any:
+    """The check stored on an incident, with the runbook's timing; PermanentError if it has none."""
+    raw = error_details.get("check")
+    if not isinstance(raw, Mapping) or raw.get("check") in (None, "from_incident", "quiet"):
+        raise PermanentError("the incident carries no re-runnable check in error_details.check")
+    timing = {k: getattr(spec, k) for k in ("delay", "attempts", "interval") if k in spec.model_fields_set}
+    try:
+        return TypeAdapter(CheckSpec).validate_python({**raw, **timing})
+    except ValidationError as exc:
+        raise PermanentError(f"the incident's stored check is invalid: {exc.errors()[0]['msg']}") from None
+
+
+def render_check(spec: Any, allowed_fields: Mapping[str, object]) -> Any:
+    """The check with {service}/{host} substituted; PermanentError if a value is unsafe."""
+    raw = spec.model_dump(by_alias=True)
+    literal = COMMON_FIELDS | LITERAL_KEYS.get(spec.check, frozenset())
+    rendered = render_params(raw, allowed_fields, literal_keys=literal)
+    try:
+        return type(spec).model_validate(rendered)
+    except ValidationError as exc:
+        raise PermanentError(f"invalid {spec.check} check after rendering: {exc.errors()[0]['msg']}") from None
+
+
+def run_check(spec: Any, allowed_fields: Mapping[str, object]) -> CheckResult:
+    """Run a validation check (after its delay, up to `attempts` times); never raises."""
+    started = time.monotonic()
+    try:
+        rendered = render_check(spec, allowed_fields)
+    except PermanentError as exc:
+        return CheckResult(False, f"refused: {exc}", time.monotonic() - started)
+    if rendered.delay:
+        time.sleep(rendered.delay)
+    result = CheckResult(False, "not run")
+    for attempt in range(1, rendered.attempts + 1):
+        try:
+            result = _RUNNERS[rendered.check](rendered)
+        except Exception as exc:  # a check bug is a failed check, visible on the timeline
+            result = CheckResult(False, f"{rendered.check} check raised {type(exc).__name__}: {exc}")
+        if result.ok or attempt == rendered.attempts:
+            break
+        time.sleep(rendered.interval)
+    output = {**result.output, "check": rendered.check, "attempts": attempt}
+    return CheckResult(result.ok, result.detail, time.monotonic() - started, output)

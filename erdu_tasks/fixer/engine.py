@@ -1,0 +1,166 @@
+"""The fixer's engine: pick a runbook, run its steps once each (idempotency keys), validate, roll back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from erdu_tasks.fixer.actions import rollback_step, run_step
+from erdu_tasks.fixer.actions.base import ActionResult
+from erdu_tasks.fixer.checks import check_from_incident, run_check
+from erdu_tasks.errors import PermanentError
+from erdu_tasks.model import Incident
+from erdu_tasks.fixer.runbooks import MatchInput, Runbook, RunbookSet, rate_limit_ok
+
+_cache: dict[str, RunbookSet] = {}
+
+
+def load_runbooks(rt: Any) -> RunbookSet:
+    """The runbook set for this process, reloaded when a file in the directory changes."""
+    key = str(rt.settings.runbooks_dir)
+    cached = _cache.get(key)
+    if cached is None or cached.changed():
+        _cache[key] = RunbookSet.load(rt.settings.runbooks_dir)
+    return _cache[key]
+
+
+def match_input(incident: Incident) -> MatchInput:
+    """The incident fields a runbook matcher may look at."""
+    return MatchInput.from_incident(incident)
+
+
+def matching_runbooks(rt: Any, incident: Incident, stats: dict[str, tuple[int, int]] | None = None) -> list[Runbook]:
+    """Runbooks whose matcher fits the incident, best first (learned success rate, then narrowness)."""
+    rates = {name: s / a for name, (a, s) in (stats or {}).items() if a}
+    return load_runbooks(rt).match(match_input(incident), rates)
+
+
+def allowed_fields(incident: Incident) -> dict[str, str]:
+    """The validated incident fields runbook parameters may use; never message text."""
+    fields = {}
+    if incident.service:
+        fields["service"] = incident.service
+    if incident.host:
+        fields["host"] = incident.host
+    return fields
+
+
+def choose_runbook(runbooks: list[Runbook], preferred: str | None) -> Runbook | None:
+    """The commander's pick if it still matches, else the first of the ranked matches."""
+    if not runbooks:
+        return None
+    return next((rb for rb in runbooks if rb.name == preferred), runbooks[0])
+
+
+def recent_runs(conn: psycopg.Connection, runbook: Runbook, service: str | None, *, exclude: str) -> list[datetime]:
+    """Start times of this runbook's recent runs on this service (for its rate limit)."""
+    rows = conn.execute(
+        "SELECT started_at FROM runbook_runs WHERE runbook = %s AND service IS NOT DISTINCT FROM %s"
+        " AND incident_id <> %s AND started_at > now() - make_interval(secs => %s) ORDER BY started_at",
+        (runbook.name, service, exclude, float(runbook.limits.per_seconds)),
+    ).fetchall()
+    return [r["started_at"] for r in rows]
+
+
+def rate_ok(conn: psycopg.Connection, runbook: Runbook, incident: Incident) -> bool:
+    """True if running the runbook now stays within its limit."""
+    return rate_limit_ok(runbook, recent_runs(conn, runbook, incident.service, exclude=incident.id),
+                         datetime.now(timezone.utc))
+
+
+def claim_run(conn: psycopg.Connection, incident: Incident, attempt: int, runbook: Runbook) -> None:
+    """Record that this attempt of the fix runs (counts toward the rate limit)."""
+    conn.execute(
+        "INSERT INTO runbook_runs (incident_id, attempt, runbook, service) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (incident_id, attempt) DO NOTHING",
+        (incident.id, attempt, runbook.name, incident.service),
+    )
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """One step's result, as stored and reported."""
+
+    step: str
+    action: str
+    ok: bool | None
+    detail: str
+    duration: float
+    output: dict[str, Any]
+    reused: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {"step": self.step, "action": self.action, "ok": self.ok, "detail": self.detail,
+                "duration": self.duration, "output": self.output, "reused": self.reused}
+
+
+def run_keyed(db: Any, incident: Incident, key: str, runbook: Runbook, step: Any, *, rollback: bool,
+              dry_run: bool, redis_url: str | None) -> StepOutcome:
+    """Run a step at most once per key: a redelivered fix reuses the stored result instead of acting again."""
+    with db.transaction() as conn:
+        claimed = conn.execute(
+            "INSERT INTO action_runs (incident_id, step_key, runbook, action) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (incident_id, step_key) DO NOTHING RETURNING step_key",
+            (incident.id, key, runbook.name, step.action),
+        ).fetchone()
+        if claimed is None:
+            row = conn.execute("SELECT ok, result, finished_at FROM action_runs WHERE incident_id = %s"
+                               " AND step_key = %s", (incident.id, key)).fetchone()
+    if claimed is None:
+        if row["finished_at"] is None:
+            return StepOutcome(key, step.action, None,
+                               "started before but its worker was lost; not run again (outcome unknown, "
+                               "validation decides)", 0.0, {}, reused=True)
+        result = row["result"] or {}
+        return StepOutcome(key, step.action, row["ok"], result.get("detail", ""), result.get("duration", 0.0),
+                           result.get("output", {}), reused=True)
+    fn = rollback_step if rollback else run_step
+    result: ActionResult = fn(step, allowed_fields(incident), dry_run=dry_run or runbook.dry_run,
+                              redis_url_for_cache=redis_url, idempotency_key=f"{incident.id}:{key}")
+    with db.transaction() as conn:
+        conn.execute("UPDATE action_runs SET finished_at = now(), ok = %s, result = %s"
+                     " WHERE incident_id = %s AND step_key = %s",
+                     (result.ok, Jsonb(result.as_dict()), incident.id, key))
+    return StepOutcome(key, step.action, result.ok, result.detail, result.duration, result.output)
+
+
+def validate(runbook: Runbook, incident: Incident, db: Any = None) -> dict[str, Any]:
+    """Re-run the check that proves the fix; a runbook without one is validated by its steps alone."""
+    if runbook.validation is None:
+        return {"ok": True, "detail": "no validation check in runbook; steps succeeded", "duration": 0.0}
+    if runbook.validation.check == "quiet":
+        return _quiet(runbook.validation.window, incident, db)
+    spec = runbook.validation
+    if spec.check == "from_incident":  # the probe (or other check) that detected the incident
+        try:
+            spec = check_from_incident(spec, incident.error_details)
+        except PermanentError as exc:
+            return {"ok": False, "detail": str(exc), "duration": 0.0}
+    result = run_check(spec, allowed_fields(incident))
+    return {"ok": bool(result.ok), "detail": result.detail, "duration": result.duration}
+
+
+def _occurrences(db: Any, incident_id: str) -> int:
+    with db.transaction() as conn:
+        row = conn.execute("SELECT occurrences FROM incidents WHERE id = %s", (incident_id,)).fetchone()
+    return int(row["occurrences"]) if row else 0
+
+
+def _quiet(window: float, incident: Incident, db: Any) -> dict[str, Any]:
+    """Passes when no new occurrence of the incident's error arrives during the window."""
+    import time
+
+    started = time.monotonic()
+    before = _occurrences(db, incident.id)
+    time.sleep(window)
+    after = _occurrences(db, incident.id)
+    duration = time.monotonic() - started
+    if after > before:
+        return {"ok": False, "duration": duration,
+                "detail": f"error recurred {after - before} time(s) within {window:g} s after the fix"}
+    return {"ok": True, "duration": duration, "detail": f"no recurrence for {window:g} s after the fix"}

@@ -1,0 +1,198 @@
+"""From events to incidents: validate, classify, fingerprint, fold, upsert; only new incidents start a chain."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from pydantic import TypeAdapter, ValidationError
+
+from erdu_tasks.store import incidents as store
+from erdu_tasks.catalog import Catalog
+from erdu_tasks.ingest.detect.fingerprint import fingerprint
+from erdu_tasks.ingest.detect.rules import RuleSet
+from erdu_tasks.errors import InvalidEvent
+from erdu_tasks.ingest.jsonsafe import UnsafeJSON, check_tree
+from erdu_tasks.model import Event, Severity
+
+MAX_BATCH = 10_000
+_events = TypeAdapter(list[Event])
+FLAP_WINDOW_SECONDS = 3600.0
+
+
+def parse_events(payload: Any) -> list[Event]:
+    """One event (an object) or a batch (a list), as JSON text or already decoded; InvalidEvent if wrong."""
+    if isinstance(payload, (bytes, bytearray)):
+        try:
+            payload = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidEvent("event body is not valid UTF-8") from None
+    if isinstance(payload, str):
+        try:
+            payload = json.loads(payload)
+        except json.JSONDecodeError as exc:
+            raise InvalidEvent(f"event body is not JSON: {exc}") from None
+    if isinstance(payload, dict):
+        payload = [payload]
+    if not isinstance(payload, list):
+        raise InvalidEvent(f"expected an event object or a list of events, got {type(payload).__name__}")
+    if not payload:
+        raise InvalidEvent("empty batch: expected at least one event")
+    if len(payload) > MAX_BATCH:
+        raise InvalidEvent(f"batch of {len(payload)} events is over the limit of {MAX_BATCH}")
+    try:
+        check_tree(payload)
+    except UnsafeJSON as exc:
+        raise InvalidEvent(f"invalid event: {exc}") from None
+    try:
+        return _events.validate_python(payload)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"event {e['loc'][0]}: {'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}"
+            for e in exc.errors()[:10]
+        )
+        raise InvalidEvent(f"invalid event: {problems}") from None
+
+
+@dataclass
+class Group:
+    """Events that share a fingerprint, folded into one upsert."""
+
+    fingerprint: str
+    template: str
+    title: str
+    severity: Severity
+    first: Event
+    tags: set[str] = field(default_factory=set)
+    count: int = 0
+    samples: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Where one folded group of events landed."""
+
+    incident_id: str
+    fingerprint: str
+    created: bool
+    occurrences: int
+    count: int
+    reopened_from: str | None = None
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What ingest did with a batch."""
+
+    outcomes: list[Outcome]
+    ignored: int
+
+    @property
+    def new_incidents(self) -> list[str]:
+        """Ids of incidents opened by this batch (each starts one chain)."""
+        return [o.incident_id for o in self.outcomes if o.created]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary."""
+        return {
+            "incidents": [
+                {"id": o.incident_id, "new": o.created, "occurrences": o.occurrences, "count": o.count}
+                for o in self.outcomes
+            ],
+            "ignored": self.ignored,
+        }
+
+
+def dedup_fingerprint(dedup_key: str) -> str:
+    """A producer's dedup_key becomes the fingerprint, hashed to a fixed size."""
+    return "dk-" + hashlib.sha1(dedup_key.encode("utf-8")).hexdigest()[:24]
+
+
+def fold(events: Sequence[Event], rules: RuleSet) -> tuple[list[Group], int]:
+    """Classify and fingerprint each event and fold them by fingerprint; returns groups and ignored count."""
+    groups: dict[str, Group] = {}
+    ignored = 0
+    for event in events:
+        verdict = rules.classify(event)
+        if verdict.ignore:
+            ignored += event.count
+            continue
+        tpl = fingerprint(event.message, event.service)
+        key = dedup_fingerprint(event.dedup_key) if event.dedup_key else tpl.key
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = Group(key, tpl.template, verdict.title or tpl.title, verdict.severity, event)
+        elif verdict.severity.rank < group.severity.rank:
+            group.severity = verdict.severity
+        group.tags.update(verdict.tags)
+        group.count += event.count
+        for sample in (event.message, *event.samples):
+            if len(group.samples) < 5 and sample not in group.samples:
+                group.samples.append(sample[:2000])
+    return list(groups.values()), ignored
+
+
+def _new_incident(group: Group, catalog: Catalog) -> store.NewIncident:
+    event = group.first
+    affected = [event.service] if event.service else []
+    affected += [s for s in catalog.mentioned(event.message) if s not in affected]
+    details = {"message": event.message[:8000], "source": event.source}
+    if event.dedup_key:
+        details["dedup_key"] = event.dedup_key
+    if event.details:
+        details["details"] = event.details
+    return store.NewIncident(
+        fingerprint=group.fingerprint, template=group.template, title=group.title[:200],
+        description=event.message[:8000], severity=group.severity, source=event.source,
+        service=event.service, host=event.host, affected_services=affected, tags=sorted(group.tags),
+        labels=event.labels, error_details=details, samples=group.samples, count=group.count,
+        occurred_at=event.occurred_at,
+    )
+
+
+def upsert_groups(conn: psycopg.Connection, groups: Sequence[Group], catalog: Catalog,
+                  *, flap_window: float = FLAP_WINDOW_SECONDS) -> list[Outcome]:
+    """Upsert each group in fingerprint order (so racing workers never deadlock) and count it in the pattern."""
+    outcomes = []
+    for group in sorted(groups, key=lambda g: g.fingerprint):
+        new = _new_incident(group, catalog)
+        result = store.upsert_incident(conn, new)
+        reopened = None
+        if result.created:
+            reopened = _link_flapping(conn, result.incident_id, group.fingerprint, flap_window)
+            what = "detected" + (f"; recurred after {reopened} was resolved (flapping)" if reopened else "")
+            store.add_timeline(conn, result.incident_id, actor="ingest", what=what,
+                               details={"count": group.count, "source": new.source})
+        conn.execute(
+            """
+            INSERT INTO error_patterns (fingerprint, template, title, occurrences, incidents)
+            VALUES (%s, %s, %s, %s, %s)
+            ON CONFLICT (fingerprint) DO UPDATE SET occurrences = error_patterns.occurrences + EXCLUDED.occurrences,
+                incidents = error_patterns.incidents + EXCLUDED.incidents, last_seen = now()
+            """,
+            (group.fingerprint, group.template[:2000], new.title, group.count, int(result.created)),
+        )
+        outcomes.append(Outcome(result.incident_id, group.fingerprint, result.created, result.occurrences,
+                                group.count, reopened))
+    return outcomes
+
+
+def _link_flapping(conn: psycopg.Connection, incident_id: str, fp: str, window: float) -> str | None:
+    row = conn.execute(
+        """
+        UPDATE incidents SET reopened_from = prev.id,
+               tags = CASE WHEN incidents.tags ? 'flapping' THEN incidents.tags
+                           ELSE incidents.tags || '["flapping"]'::jsonb END
+        FROM (SELECT id FROM incidents WHERE fingerprint = %s AND status IN ('resolved', 'closed')
+              AND coalesce(resolved_at, closed_at) > now() - make_interval(secs => %s)
+              ORDER BY coalesce(resolved_at, closed_at) DESC LIMIT 1) AS prev
+        WHERE incidents.id = %s
+        RETURNING prev.id
+        """,
+        (fp, window, incident_id),
+    ).fetchone()
+    return row["id"] if row else None

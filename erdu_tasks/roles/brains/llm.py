@@ -1,0 +1,285 @@
+"""An optional LLM brain: any OpenAI-compatible /chat/completions endpoint, answer validated, rules as fallback.
+
+The `brain` settings section; the brain is off unless base_url and model are set::
+
+    brain:
+      base_url: https://api.openai.com/v1     # POST {base_url}/chat/completions
+      model: gpt-4o-mini
+      api_key: sk-...                         # or ERDU_BRAIN__API_KEY in the environment
+      timeout: 10                             # seconds per request phase (connect, write, read)
+      roles: [commander, diagnostician, resolver]
+      temperature: 0
+      max_tokens: 800
+      json_mode: true                         # send response_format {"type": "json_object"}
+      enabled: true                           # false keeps the section but uses the rules
+
+The rules always run first: their decision is sent to the model as a proposal and is what
+ERDU uses when the model fails — an HTTP error, a timeout, non-JSON, or JSON that breaks the
+role's schema (e.g. a severity that is not P1..P5). The model may not invent automation: it
+can ask for auto_fix only where the rules found a proven runbook, and name only runbooks that
+match the incident. The fixer has no LLM brain: only runbooks decide what runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, is_dataclass, replace
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from erdu_tasks.errors import ConfigError
+from erdu_tasks.model import Incident
+from erdu_tasks.roles import commander, diagnostician, resolver
+from erdu_tasks.roles.brains.base import Thought
+from erdu_tasks.roles.brains.schemas import CommanderAnswer, DiagnosisAnswer, ResolutionAnswer
+
+Role = Literal["commander", "diagnostician", "resolver"]
+A = TypeVar("A", bound=BaseModel)
+_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
+
+
+class BrainConfig(BaseModel):
+    """The validated `brain` settings section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool | None = None
+    base_url: str | None = None
+    model: str | None = Field(default=None, min_length=1, max_length=200)
+    api_key: SecretStr | None = None
+    timeout: float = Field(default=10.0, gt=0, le=300)
+    roles: list[Role] = Field(default_factory=lambda: ["commander", "diagnostician", "resolver"])
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    max_tokens: int = Field(default=800, ge=16, le=32_000)
+    json_mode: bool = True
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("base_url must be an http(s) URL such as https://api.openai.com/v1")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _complete(self) -> "BrainConfig":
+        if self.enabled and not (self.base_url and self.model):
+            raise ValueError("an enabled LLM brain needs base_url and model")
+        return self
+
+    @property
+    def active(self) -> bool:
+        """True when the LLM brain should be used."""
+        return self.enabled is not False and bool(self.base_url and self.model)
+
+    @classmethod
+    def from_section(cls, section: dict[str, Any] | None) -> "BrainConfig":
+        """Validate the settings section; ConfigError naming each wrong key."""
+        try:
+            return cls.model_validate(section or {})
+        except ValidationError as exc:
+            lines = [f"  {'.'.join(str(p) for p in e['loc']) or '(section)'}: {e['msg']}" for e in exc.errors()]
+            raise ConfigError("invalid brain settings:\n" + "\n".join(lines)) from None
+
+
+class BrainFailed(Exception):
+    """The model's answer could not be used; the message is the reason recorded on the timeline."""
+
+
+class ChatClient:
+    """POSTs one chat completion and returns the JSON object in the answer, or raises BrainFailed."""
+
+    def __init__(self, cfg: BrainConfig) -> None:
+        self.cfg = cfg
+
+    def ask(self, system: str, user: str) -> Any:
+        """The decoded JSON object the model answered with."""
+        cfg = self.cfg
+        body: dict[str, Any] = {
+            "model": cfg.model, "temperature": cfg.temperature, "max_tokens": cfg.max_tokens,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+        }
+        if cfg.json_mode:
+            body["response_format"] = {"type": "json_object"}
+        headers = {"Content-Type": "application/json", **cfg.headers}
+        if cfg.api_key is not None:
+            headers["Authorization"] = f"Bearer {cfg.api_key.get_secret_value()}"
+        try:
+            response = httpx.post(f"{cfg.base_url}/chat/completions", json=body, headers=headers,
+                                  timeout=httpx.Timeout(cfg.timeout), follow_redirects=False)
+        except httpx.TimeoutException:
+            raise BrainFailed(f"timeout: no answer within {cfg.timeout:g} s") from None
+        except httpx.HTTPError as exc:
+            raise BrainFailed(f"cannot reach {cfg.base_url}: {exc.__class__.__name__}: {exc}"[:300]) from None
+        if response.status_code >= 400:
+            raise BrainFailed(f"HTTP {response.status_code} from the endpoint: {response.text[:200]}")
+        try:
+            content = response.json()["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise BrainFailed("the endpoint's response is not an OpenAI-style chat completion") from None
+        if not isinstance(content, str):
+            raise BrainFailed("the answer has no text content")
+        fenced = _FENCE.match(content)
+        text = fenced.group(1) if fenced else content.strip()
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BrainFailed(f"malformed JSON in the answer: {exc.msg} at char {exc.pos}: {text[:80]!r}") from None
+
+
+def validate(schema: type[A], data: Any, role: str) -> A:
+    """The answer as the role's schema, or BrainFailed listing what is wrong."""
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'answer'}: {e['msg']}"
+                             for e in exc.errors()[:5])
+        raise BrainFailed(f"answer does not fit the {role} schema: {problems}"[:500]) from None
+
+
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(asdict(value))
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _incident_facts(incident: Incident) -> dict[str, Any]:
+    return {
+        "id": incident.id, "title": incident.title, "severity": incident.severity.value,
+        "service": incident.service, "host": incident.host, "affected_services": incident.affected_services,
+        "tags": incident.tags, "occurrences": incident.occurrences, "template": incident.template,
+        "description": incident.description[:2000], "created_at": _jsonable(incident.created_at),
+        "status": incident.status.value, "root_cause": incident.root_cause, "resolved_by": incident.resolved_by,
+        "auto_resolved": incident.auto_resolved,
+    }
+
+
+def _prompt(role: str, schema: type[BaseModel], guidance: str) -> str:
+    return (f"You are the {role} of ERDU, an incident-response service. {guidance} "
+            "Answer with exactly one JSON object and nothing else, matching this JSON schema:\n"
+            + json.dumps(schema.model_json_schema(), separators=(",", ":")))
+
+
+class _LLMBrain:
+    name = "llm"
+
+    def __init__(self, cfg: BrainConfig, client: ChatClient | None = None) -> None:
+        self.cfg = cfg
+        self.client = client or ChatClient(cfg)
+
+    def _think(self, rules: Thought[Any], role: str, schema: type[A], guidance: str, facts: dict[str, Any],
+               merge: Any) -> Thought[Any]:
+        started = time.monotonic()
+        try:
+            user = json.dumps({**_jsonable(facts), "rule_based_proposal": _jsonable(rules.value)},
+                              default=str)[:60_000]
+            answer = validate(schema, self.client.ask(_prompt(role, schema, guidance), user), role)
+            value = merge(answer)
+        except BrainFailed as exc:
+            return replace(rules, fallback=str(exc), seconds=time.monotonic() - started)
+        except Exception as exc:  # the rules must decide whatever went wrong here
+            return replace(rules, fallback=f"internal error: {exc.__class__.__name__}: {exc}"[:300],
+                           seconds=time.monotonic() - started)
+        return Thought(value, self.name, self.cfg.model, None, time.monotonic() - started)
+
+
+class LLMCommander(_LLMBrain):
+    """The commander asking a model, within the rules' limits."""
+
+    def __init__(self, cfg: BrainConfig, rules: Any, client: ChatClient | None = None) -> None:
+        super().__init__(cfg, client)
+        self.rules = rules
+
+    def assess(self, incident: Incident, ctx: commander.CommanderContext) -> Thought[commander.Assessment]:
+        """The model's severity and path, if it fits the schema and the rules' limits."""
+        proposal = self.rules.assess(incident, ctx)
+        rules = proposal.value
+        names = [r.name for r in ctx.runbooks]
+
+        def merge(answer: CommanderAnswer) -> commander.Assessment:
+            if answer.runbook is not None and answer.runbook not in names:
+                raise BrainFailed(f"answer names runbook {answer.runbook!r}, which does not match the incident "
+                                  f"(matching: {', '.join(names) or 'none'})")
+            decision = commander.Decision(answer.decision)
+            runbook = answer.runbook or rules.runbook
+            if decision is commander.Decision.AUTO_FIX:
+                if rules.decision is not commander.Decision.AUTO_FIX or runbook != rules.runbook:
+                    raise BrainFailed("answer asks for auto_fix, but no runbook meets the auto-resolution bar")
+            if decision is commander.Decision.ESCALATE:
+                runbook = None
+            return replace(rules, severity=answer.severity, decision=decision, runbook=runbook,
+                           reasons=[*answer.reasons])
+
+        facts = {"incident": _incident_facts(incident), "context": ctx}
+        return self._think(proposal, "commander", CommanderAnswer,
+                           "Set the incident's severity (P1 worst .. P5) and decide: automate (diagnose then "
+                           "fix), auto_fix (only if the proposal says auto_fix) or escalate (people now). "
+                           "State short reasons.", facts, merge)
+
+
+class LLMDiagnostician(_LLMBrain):
+    """The diagnostician asking a model; the gathered evidence stays as facts."""
+
+    def __init__(self, cfg: BrainConfig, rules: Any, client: ChatClient | None = None) -> None:
+        super().__init__(cfg, client)
+        self.rules = rules
+
+    def diagnose(self, incident: Incident,
+                 ctx: diagnostician.DiagnosticianContext) -> Thought[diagnostician.Diagnosis]:
+        """The model's hypothesis, the rules' facts."""
+        proposal = self.rules.diagnose(incident, ctx)
+        rules = proposal.value
+
+        def merge(answer: DiagnosisAnswer) -> diagnostician.Diagnosis:
+            alternatives = [{"cause": rules.root_cause, "confidence": rules.confidence,
+                             "basis": ["rule-based hypothesis"]}, *rules.alternatives[:2]]
+            gaps = list(dict.fromkeys([*rules.skill_gaps, *answer.skill_gaps]))
+            return replace(rules, root_cause=answer.root_cause, confidence=round(answer.confidence, 2),
+                           evidence=[*answer.evidence], skill_gaps=gaps, alternatives=alternatives,
+                           established=True)
+
+        facts = {"incident": _incident_facts(incident), "evidence": ctx}
+        return self._think(proposal, "diagnostician", DiagnosisAnswer,
+                           "From the evidence (log lines around the event, related incidents, the pattern's "
+                           "history, runbook hints) state the most likely root cause, the evidence it rests "
+                           "on, a confidence between 0 and 1, and skill gaps (what no runbook covers).",
+                           facts, merge)
+
+
+class LLMResolver(_LLMBrain):
+    """The resolver asking a model for the report's words."""
+
+    def __init__(self, cfg: BrainConfig, rules: Any, client: ChatClient | None = None) -> None:
+        super().__init__(cfg, client)
+        self.rules = rules
+
+    def resolve(self, incident: Incident, ctx: resolver.ResolverContext) -> Thought[resolver.Resolution]:
+        """The model's summary, impact, lessons and follow-ups."""
+        proposal = self.rules.resolve(incident, ctx)
+        rules = proposal.value
+
+        def merge(answer: ResolutionAnswer) -> resolver.Resolution:
+            return replace(rules, summary=answer.summary, impact=answer.impact.model_dump(),
+                           lessons_learned=[*answer.lessons_learned], follow_ups=[*answer.follow_ups])
+
+        facts = {"incident": {**_incident_facts(incident), "fix": incident.fix, "diagnosis": incident.diagnosis,
+                              "assessment": incident.assessment}, "context": ctx}
+        return self._think(proposal, "resolver", ResolutionAnswer,
+                           "Write the closing summary of this resolved incident for the people who read "
+                           "post-incident reports: impact (business, technical, user), lessons learned and "
+                           "follow-up tasks.", facts, merge)

@@ -1,0 +1,183 @@
+"""Incident reports: one JSON and one Markdown file per incident, named from the incident id only."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from erdu_tasks.durations import human_duration, seconds_between
+from erdu_tasks.model import Incident
+
+_ID = re.compile(r"^INC-\d{14}-[0-9a-f]{8}$")
+_env = Environment(loader=PackageLoader("erdu_tasks", "templates"), undefined=StrictUndefined,
+                   keep_trailing_newline=True, autoescape=False, trim_blocks=True, lstrip_blocks=True,
+                   auto_reload=False)   # the template ships with the code: no stat of it per report
+
+
+def _cell(value: Any, width: int = 200) -> str:
+    """Text safe inside a Markdown table cell: one line, no pipes, bounded."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str, separators=(",", ":"))
+    text = " ".join(text.replace("|", "/").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _code(text: str) -> str:
+    """A log line that cannot close the surrounding code fence."""
+    return text.replace("`", "'")
+
+
+_env.filters.update(cell=_cell, dur=human_duration, code=_code)
+
+
+def build_report(incident: Incident, resolution: dict[str, Any], *, related: list[dict[str, Any]] | None = None,
+                 learning: dict[str, Any] | None = None,
+                 children: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The report as data: facts from the incident plus the resolver's summary and what was learned."""
+    previous = incident.created_at
+    timeline = []
+    for t in incident.timeline:
+        delta = (t.at - previous).total_seconds() if previous else 0.0
+        previous = t.at
+        timeline.append({"at": t.at.isoformat(), "actor": t.actor, "worker": t.worker,
+                         "from_status": t.from_status, "to_status": t.to_status, "what": t.what,
+                         "delta": max(delta, 0.0), "since_detected": seconds_between(incident.created_at, t.at),
+                         "details": t.details})
+    resolved_at = incident.resolved_at
+    ack = incident.acknowledged_at
+    fix = incident.fix or {}
+    diagnosis = incident.diagnosis or {}
+    return {
+        "id": incident.id,
+        "title": incident.title,
+        "severity": incident.severity.value,
+        "original_severity": (incident.assessment or {}).get("original_severity"),
+        "status": incident.status.value,
+        "service": incident.service,
+        "source": incident.source,
+        "fingerprint": incident.fingerprint,
+        "template": incident.template,
+        "occurrences": incident.occurrences,
+        "created_at": _iso(incident.created_at),
+        "acknowledged_at": _iso(ack),
+        "escalated_at": _iso(incident.escalated_at),
+        "resolved_at": _iso(resolved_at),
+        "closed_at": _iso(incident.closed_at),
+        "durations": {
+            "time_to_acknowledge": seconds_between(incident.created_at, ack),
+            "time_to_escalate": seconds_between(incident.created_at, incident.escalated_at),
+            "time_to_resolve": seconds_between(incident.created_at, resolved_at),
+        },
+        "phases": phases(incident),
+        "resolved_by": incident.resolved_by,
+        "auto_resolved": incident.auto_resolved,
+        "affected_services": incident.affected_services,
+        "tags": incident.tags,
+        "assessment": incident.assessment,
+        "decision": (incident.assessment or {}).get("decision"),
+        "assessment_reasons": (incident.assessment or {}).get("reasons", []),
+        "root_cause": (resolution.get("root_cause") or incident.root_cause
+                       or (diagnosis.get("root_cause") if diagnosis.get("established", True) else None)),
+        "confidence": diagnosis.get("confidence"),
+        "diagnosed": bool(diagnosis.get("evidence")),
+        "evidence": diagnosis.get("evidence", []),
+        "alternatives": diagnosis.get("alternatives", []),
+        "log": diagnosis.get("log"),
+        "skill_gaps": diagnosis.get("skill_gaps", []),
+        "related": related if related is not None else diagnosis.get("related", []),
+        "runbook": fix.get("runbook"),
+        "actions": fix.get("actions", []),
+        "rollback": fix.get("rollback", []),
+        "validation": fix.get("validation"),
+        "dry_run": bool(fix.get("dry_run")),
+        "summary": resolution["summary"],
+        "impact": resolution["impact"],
+        "lessons_learned": resolution["lessons_learned"],
+        "follow_ups": resolution["follow_ups"],
+        "learning": learning or {},
+        "parent_id": incident.parent_id,
+        "children": [{k: c.get(k) for k in ("id", "status", "severity", "service", "title")}
+                     for c in (children or [])],
+        "timeline": timeline,
+    }
+
+
+_PHASE = {
+    "detected": "waiting for assessment",
+    "assigned": "assessed, waiting for diagnosis or fix",
+    "investigating": "diagnosed, waiting for the fixer",
+    "fixing": "fixing and validating",
+    "awaiting_approval": "waiting for a person's approval",
+    "escalated": "escalated to people",
+    "acknowledged": "acknowledged by a person",
+    "resolved": "resolved, writing the report",
+}
+
+
+def phases(incident: Incident) -> list[dict[str, Any]]:
+    """Time spent in each status, in order: from detection to the last status change."""
+    marks: list[tuple[str, datetime, str]] = []
+    if incident.created_at is not None:
+        marks.append(("detected", incident.created_at, "ingest"))
+    for t in incident.timeline:
+        if t.to_status:
+            marks.append((t.to_status, t.at, t.actor))
+    out = []
+    for (status, start, _), (next_status, end, actor) in zip(marks, marks[1:]):
+        out.append({"status": status, "what": _PHASE.get(status, status), "started_at": start.isoformat(),
+                    "seconds": max((end - start).total_seconds(), 0.0), "ended_by": actor, "next": next_status})
+    return out
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The Markdown report people read."""
+    return _env.get_template("report.md.j2").render(r=_Attr(report))
+
+
+def report_paths(directory: Path, incident_id: str) -> tuple[Path, Path]:
+    """Where <id>.json and <id>.md go; the names come from the validated incident id only."""
+    if not _ID.match(incident_id):
+        raise ValueError(f"refusing to name a report after {incident_id!r}")
+    return directory / f"{incident_id}.json", directory / f"{incident_id}.md"
+
+
+def write_report(directory: Path, report: dict[str, Any]) -> tuple[Path, Path]:
+    """Write <id>.json and <id>.md atomically."""
+    json_path, md_path = report_paths(directory, report["id"])
+    directory.mkdir(parents=True, exist_ok=True)
+    _atomic_write(json_path, json.dumps(report, indent=2, default=str))
+    _atomic_write(md_path, render_markdown(report))
+    return json_path, md_path
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+class _Attr(dict):
+    """Dict with attribute access for templates (nested)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return _wrap(self[name])
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _wrap(value: Any) -> Any:
+    if isinstance(value, dict):
+        return _Attr(value)
+    if isinstance(value, list):
+        return [_wrap(v) for v in value]
+    return value

@@ -1,0 +1,186 @@
+"""What Postgres remembers: related incidents, pattern history, per-runbook success, learning updates.
+
+The `learning` settings section — every key optional::
+
+    learning:
+      auto_resolve_min_success: 0.9   # a runbook's success rate needed for auto-resolution
+      auto_resolve_min_samples: 5     # ... over at least this many attempts (the minimum-sample rule)
+      related_limit: 5                # related incidents the diagnostician lists
+      related_min_score: 0.3          # trigram similarity (0..1) below which an incident is not related
+      related_lookback_days: 90
+      evidence:                       # log lines around the event (see roles/logwindow.py)
+        log_roots: [/var/log/myapp]
+        lines_before: 20
+        lines_after: 10
+
+Success rate = successes / attempts of validated fix runs on one fingerprint; below the sample
+minimum it is reported as unknown (None), never as 0 % or 100 %.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from erdu_tasks.errors import ConfigError
+from erdu_tasks.model import Incident
+from erdu_tasks.roles.logwindow import EvidenceConfig
+
+
+class LearningConfig(BaseModel):
+    """The validated `learning` settings section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    auto_resolve_min_success: float = Field(default=0.9, gt=0, le=1)
+    auto_resolve_min_samples: int = Field(default=5, ge=1)
+    related_limit: int = Field(default=5, ge=1, le=50)
+    related_min_score: float = Field(default=0.3, ge=0.05, le=1)
+    related_lookback_days: float = Field(default=90, gt=0)
+    evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
+
+    @classmethod
+    def from_section(cls, section: dict[str, Any] | None) -> "LearningConfig":
+        """Validate the settings section; ConfigError naming each wrong key."""
+        try:
+            return cls.model_validate(section or {})
+        except ValidationError as exc:
+            lines = [f"  {'.'.join(str(p) for p in e['loc']) or '(section)'}: {e['msg']}" for e in exc.errors()]
+            raise ConfigError("invalid learning settings:\n" + "\n".join(lines)) from None
+
+
+def success_rate(attempts: int, successes: int, min_samples: int) -> float | None:
+    """successes / attempts, or None when there are fewer attempts than the sample minimum."""
+    if attempts < max(1, min_samples):
+        return None
+    return successes / attempts
+
+
+def related_incidents(conn: psycopg.Connection, incident: Incident, *, limit: int = 5, min_score: float = 0.3,
+                      lookback_days: float = 90) -> list[dict[str, Any]]:
+    """Earlier incidents ranked by trigram similarity of template and title (pg_trgm), best first.
+
+    score = 1.0 for the same fingerprint, else the better of template and title similarity.
+    The top `limit` by that score are among the `limit` nearest by template, the `limit` nearest by
+    title (GiST trigram indexes, nearest first) and the `limit` latest of the same fingerprint, so only
+    those candidates are scored: a storm of similar incidents costs a few index probes, not a scan.
+    """
+    window = """id <> %(id)s AND created_at <= %(created)s
+                AND created_at > %(created)s - make_interval(secs => %(lookback)s)"""
+    rows = conn.execute(
+        f"""
+        WITH candidates AS (
+            (SELECT id FROM incidents WHERE {window} AND fingerprint = %(fp)s
+             ORDER BY created_at DESC LIMIT %(limit)s)
+            UNION
+            (SELECT id FROM incidents WHERE {window} ORDER BY template <-> %(template)s LIMIT %(limit)s)
+            UNION
+            (SELECT id FROM incidents WHERE {window} ORDER BY title <-> %(title)s LIMIT %(limit)s)
+        )
+        SELECT id, title, status, root_cause, fingerprint = %(fp)s AS same_fingerprint, created_at,
+               resolved_by, auto_resolved, fix->>'runbook' AS runbook,
+               similarity(template, %(template)s) AS template_similarity,
+               similarity(title, %(title)s) AS title_similarity
+        FROM incidents JOIN candidates USING (id)
+        """,
+        {"id": incident.id, "template": incident.template or incident.title, "title": incident.title,
+         "fp": incident.fingerprint, "created": incident.created_at, "lookback": lookback_days * 86400.0,
+         "limit": limit},
+    ).fetchall()
+    out = []
+    for r in rows:
+        tpl, title = float(r["template_similarity"]), float(r["title_similarity"])
+        score = 1.0 if r["same_fingerprint"] else max(tpl, title)
+        if score < min_score:
+            continue
+        out.append({"id": r["id"], "title": r["title"], "status": r["status"], "root_cause": r["root_cause"],
+                    "score": round(score, 3), "template_similarity": round(tpl, 3),
+                    "title_similarity": round(title, 3), "same_fingerprint": bool(r["same_fingerprint"]),
+                    "created_at": r["created_at"].isoformat(), "resolved_by": r["resolved_by"],
+                    "runbook": r["runbook"], "auto_resolved": bool(r["auto_resolved"])})
+    out.sort(key=lambda r: (r["score"], r["created_at"]), reverse=True)
+    return out[:limit]
+
+
+def pattern(conn: psycopg.Connection, fingerprint: str) -> dict[str, Any] | None:
+    """The learned counters of one fingerprint, with its mean time to resolve (None before any)."""
+    row = conn.execute("SELECT * FROM error_patterns WHERE fingerprint = %s", (fingerprint,)).fetchone()
+    if row is None:
+        return None
+    resolved = int(row["resolved"])
+    return {**row, "mean_time_to_resolve": float(row["total_resolve_seconds"]) / resolved if resolved else None}
+
+
+def runbook_stats(conn: psycopg.Connection, fingerprint: str) -> dict[str, tuple[int, int]]:
+    """runbook -> (attempts, successes) for a fingerprint."""
+    return {name: (r["attempts"], r["successes"]) for name, r in runbook_records(conn, fingerprint).items()}
+
+
+def runbook_records(conn: psycopg.Connection, fingerprint: str) -> dict[str, dict[str, Any]]:
+    """runbook -> {attempts, successes, last_outcome, last_attempt_at} for a fingerprint."""
+    rows = conn.execute(
+        "SELECT runbook, attempts, successes, last_outcome, last_attempt_at FROM pattern_action_stats"
+        " WHERE fingerprint = %s",
+        (fingerprint,),
+    ).fetchall()
+    return {r["runbook"]: {"attempts": int(r["attempts"]), "successes": int(r["successes"]),
+                           "last_outcome": r["last_outcome"], "last_attempt_at": r["last_attempt_at"]}
+            for r in rows}
+
+
+def last_root_cause(conn: psycopg.Connection, fingerprint: str, *, exclude: str) -> dict[str, Any] | None:
+    """The latest earlier incident of this fingerprint with a root cause (for a pattern that skipped diagnosis)."""
+    return conn.execute(
+        "SELECT id, root_cause FROM incidents WHERE fingerprint = %s AND id <> %s AND root_cause IS NOT NULL"
+        " ORDER BY created_at DESC LIMIT 1",
+        (fingerprint, exclude),
+    ).fetchone()
+
+
+def recent_recurrences(conn: psycopg.Connection, incident: Incident, *, window_seconds: float = 3600) -> int:
+    """How many earlier incidents of this fingerprint were opened within the window before this one."""
+    row = conn.execute(
+        "SELECT count(*) AS n FROM incidents WHERE fingerprint = %s AND id <> %s"
+        " AND created_at <= %s AND created_at > %s - make_interval(secs => %s)",
+        (incident.fingerprint, incident.id, incident.created_at, incident.created_at, window_seconds),
+    ).fetchone()
+    return int(row["n"])
+
+
+def record_fix_attempt(conn: psycopg.Connection, fingerprint: str, runbook: str, *, success: bool) -> None:
+    """Count one validated (or failed) run of a runbook on a fingerprint: rate = successes / attempts."""
+    conn.execute(
+        """
+        INSERT INTO pattern_action_stats (fingerprint, runbook, attempts, successes, last_attempt_at, last_outcome)
+        VALUES (%s, %s, 1, %s, now(), %s)
+        ON CONFLICT (fingerprint, runbook) DO UPDATE SET attempts = pattern_action_stats.attempts + 1,
+            successes = pattern_action_stats.successes + EXCLUDED.successes,
+            last_attempt_at = now(), last_outcome = EXCLUDED.last_outcome
+        """,
+        (fingerprint, runbook, int(success), "success" if success else "failure"),
+    )
+
+
+def record_resolution(conn: psycopg.Connection, incident: Incident, *, human: bool) -> None:
+    """Count a resolved incident on its pattern, with its time to resolve (called once, when it closes)."""
+    seconds = ((incident.resolved_at - incident.created_at).total_seconds()
+               if incident.resolved_at and incident.created_at else 0.0)
+    conn.execute(
+        """
+        UPDATE error_patterns SET resolved = resolved + 1, auto_resolved = auto_resolved + %s,
+               human_resolved = human_resolved + %s, total_resolve_seconds = total_resolve_seconds + %s
+        WHERE fingerprint = %s
+        """,
+        (int(incident.auto_resolved), int(human), max(seconds, 0.0), incident.fingerprint),
+    )
+
+
+def record_escalated(conn: psycopg.Connection, fingerprint: str) -> None:
+    """Count escalated incidents on the pattern: incidents escalated at least once, so re-escalating counts once."""
+    conn.execute(
+        "UPDATE error_patterns SET escalated = (SELECT count(*) FROM incidents WHERE fingerprint = %s"
+        " AND escalated_at IS NOT NULL) WHERE fingerprint = %s",
+        (fingerprint, fingerprint),
+    )

@@ -1,0 +1,322 @@
+"""Incident persistence: upsert with dedup, compare-and-set status changes, the timeline."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from erdu_tasks.model import (
+    OPEN_STATUSES,
+    Incident,
+    Severity,
+    Status,
+    TimelineEntry,
+    check_transition,
+    new_incident_id,
+)
+
+_OPEN = [s.value for s in OPEN_STATUSES]
+_CLOSED_SQL = "status NOT IN ('resolved', 'closed')"
+
+# Columns a stage may write together with its status change.
+_WRITABLE = {
+    "severity", "title", "description", "affected_services", "tags", "assessment", "diagnosis", "fix",
+    "root_cause", "resolution_actions", "lessons_learned", "follow_ups", "resolved_by", "auto_resolved",
+    "parent_id", "report_path", "error_details", "labels",
+}
+_JSON_COLUMNS = {"affected_services", "tags", "assessment", "diagnosis", "fix", "resolution_actions",
+                 "lessons_learned", "follow_ups", "error_details", "labels", "samples"}
+# Timestamp column stamped when an incident enters a status (first time only).
+_STAMP = {
+    Status.ACKNOWLEDGED: "acknowledged_at",
+    Status.RESOLVED: "resolved_at",
+    Status.ESCALATED: "escalated_at",
+    Status.CLOSED: "closed_at",
+}
+
+
+@dataclass(frozen=True)
+class NewIncident:
+    """What ingest knows about an incident it is about to open or bump."""
+
+    fingerprint: str
+    template: str
+    title: str
+    description: str
+    severity: Severity
+    source: str
+    service: str | None
+    host: str | None
+    affected_services: list[str]
+    tags: list[str]
+    labels: dict[str, str]
+    error_details: dict[str, Any]
+    samples: list[str]
+    count: int
+    occurred_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    """The incident an event landed on, and whether it was opened just now."""
+
+    incident_id: str
+    created: bool
+    occurrences: int
+
+
+def _value(column: str, value: Any) -> Any:
+    if column in _JSON_COLUMNS:
+        return Jsonb(value)
+    if isinstance(value, (Severity, Status)):
+        return value.value
+    return value
+
+
+def upsert_incident(conn: psycopg.Connection, new: NewIncident) -> UpsertResult:
+    """Open an incident for the fingerprint, or add the count to the open one (atomic in Postgres)."""
+    row = conn.execute(
+        f"""
+        INSERT INTO incidents (id, fingerprint, template, title, description, severity, status, source,
+                               service, host, affected_services, tags, labels, error_details, samples,
+                               occurrences, created_at, last_seen, status_changed_at)
+        VALUES (%(id)s, %(fingerprint)s, %(template)s, %(title)s, %(description)s, %(severity)s, 'detected',
+                %(source)s, %(service)s, %(host)s, %(affected)s, %(tags)s, %(labels)s, %(details)s, %(samples)s,
+                %(count)s, now(), coalesce(%(occurred)s, now()), now())
+        ON CONFLICT (fingerprint) WHERE {_CLOSED_SQL}
+        DO UPDATE SET occurrences = incidents.occurrences + EXCLUDED.occurrences,
+                      last_seen = greatest(incidents.last_seen, EXCLUDED.last_seen)
+        RETURNING id, (xmax = 0) AS created, occurrences
+        """,
+        {
+            "id": new_incident_id(), "fingerprint": new.fingerprint, "template": new.template,
+            "title": new.title, "description": new.description, "severity": new.severity.value,
+            "source": new.source, "service": new.service, "host": new.host,
+            "affected": Jsonb(new.affected_services), "tags": Jsonb(new.tags), "labels": Jsonb(new.labels),
+            "details": Jsonb(new.error_details), "samples": Jsonb(new.samples[:10]), "count": new.count,
+            "occurred": new.occurred_at,
+        },
+    ).fetchone()
+    assert row is not None
+    return UpsertResult(row["id"], bool(row["created"]), int(row["occurrences"]))
+
+
+def add_timeline(
+    conn: psycopg.Connection,
+    incident_id: str,
+    *,
+    actor: str,
+    what: str,
+    worker: str | None = None,
+    from_status: Status | None = None,
+    to_status: Status | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Append one line to the incident's timeline."""
+    conn.execute(
+        "INSERT INTO incident_timeline (incident_id, actor, worker, from_status, to_status, what, details)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (incident_id, actor, worker, from_status and from_status.value, to_status and to_status.value,
+         what, Jsonb(details or {})),
+    )
+
+
+def transition(
+    conn: psycopg.Connection,
+    incident_id: str,
+    *,
+    expected: Iterable[Status],
+    to: Status,
+    actor: str,
+    what: str,
+    worker: str | None = None,
+    updates: dict[str, Any] | None = None,
+    details: dict[str, Any] | None = None,
+) -> Status | None:
+    """Compare-and-set the status; returns the previous status, or None if the incident had moved on."""
+    expected = [Status(s) for s in expected]
+    for src in expected:
+        check_transition(src, to)
+    updates = dict(updates or {})
+    unknown = set(updates) - _WRITABLE
+    if unknown:
+        raise ValueError(f"not writable with a status change: {sorted(unknown)}")
+    sets = ["status = %(to)s", "status_changed_at = now()"]
+    params: dict[str, Any] = {"to": to.value, "id": incident_id, "expected": [s.value for s in expected]}
+    stamp = _STAMP.get(to)
+    if stamp:
+        sets.append(f"{stamp} = coalesce({stamp}, now())")
+    for column, value in updates.items():
+        sets.append(f"{column} = %(u_{column})s")
+        params[f"u_{column}"] = _value(column, value)
+    row = conn.execute(
+        f"""
+        UPDATE incidents AS i SET {", ".join(sets)}
+        FROM (SELECT id, status FROM incidents WHERE id = %(id)s FOR UPDATE) AS old
+        WHERE i.id = old.id AND old.status = ANY(%(expected)s)
+        RETURNING old.status AS previous
+        """,
+        params,
+    ).fetchone()
+    if row is None:
+        return None
+    previous = Status(row["previous"])
+    add_timeline(conn, incident_id, actor=actor, worker=worker, from_status=previous, to_status=to,
+                 what=what, details=details)
+    return previous
+
+
+def update_fields(conn: psycopg.Connection, incident_id: str, updates: dict[str, Any]) -> None:
+    """Write fields without a status change (e.g. the fixer's progress)."""
+    unknown = set(updates) - _WRITABLE
+    if unknown:
+        raise ValueError(f"not writable: {sorted(unknown)}")
+    if not updates:
+        return
+    sets = ", ".join(f"{c} = %({c})s" for c in updates)
+    conn.execute(f"UPDATE incidents SET {sets} WHERE id = %(id)s",
+                 {**{c: _value(c, v) for c, v in updates.items()}, "id": incident_id})
+
+
+_INCIDENT_FIELDS = {f.name for f in fields(Incident)} - {"timeline"}
+
+
+def _to_incident(row: dict[str, Any]) -> Incident:
+    data = {k: v for k, v in row.items() if k in _INCIDENT_FIELDS}
+    data["severity"] = Severity(data["severity"])
+    data["status"] = Status(data["status"])
+    return Incident(**data)
+
+
+def get_incident(conn: psycopg.Connection, incident_id: str, *, with_timeline: bool = False,
+                 for_update: bool = False) -> Incident | None:
+    """Load one incident (optionally locked, optionally with its timeline)."""
+    lock = " FOR UPDATE" if for_update else ""
+    row = conn.execute(f"SELECT * FROM incidents WHERE id = %s{lock}", (incident_id,)).fetchone()
+    if row is None:
+        return None
+    incident = _to_incident(row)
+    if with_timeline:
+        incident.timeline = timeline(conn, incident_id)
+    return incident
+
+
+def timeline(conn: psycopg.Connection, incident_id: str) -> list[TimelineEntry]:
+    """The incident's history, oldest first."""
+    rows = conn.execute(
+        "SELECT at, actor, worker, from_status, to_status, what, details FROM incident_timeline"
+        " WHERE incident_id = %s ORDER BY id",
+        (incident_id,),
+    ).fetchall()
+    return [TimelineEntry(**r) for r in rows]
+
+
+def list_incidents(
+    conn: psycopg.Connection,
+    *,
+    statuses: Sequence[str] | None = None,
+    severities: Sequence[str] | None = None,
+    service: str | None = None,
+    since: datetime | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[Incident]:
+    """Incidents, newest first, filtered."""
+    where, params = ["true"], {}
+    if statuses:
+        where.append("status = ANY(%(statuses)s)")
+        params["statuses"] = list(statuses)
+    if severities:
+        where.append("severity = ANY(%(severities)s)")
+        params["severities"] = list(severities)
+    if service:
+        where.append("(service = %(service)s OR affected_services ? %(service)s)")
+        params["service"] = service
+    if since:
+        where.append("created_at >= %(since)s")
+        params["since"] = since
+    params.update(limit=limit, offset=offset)
+    rows = conn.execute(
+        f"SELECT * FROM incidents WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC"
+        " LIMIT %(limit)s OFFSET %(offset)s",
+        params,
+    ).fetchall()
+    return [_to_incident(r) for r in rows]
+
+
+def count_open(conn: psycopg.Connection) -> int:
+    """How many incidents are open now."""
+    row = conn.execute("SELECT count(*) AS n FROM incidents WHERE status = ANY(%s)", (_OPEN,)).fetchone()
+    return int(row["n"]) if row else 0
+
+
+def record_escalation(conn: psycopg.Connection, incident_id: str, *, reason: str, stage: str | None,
+                      level: int = 1) -> int:
+    """Store an escalation record; returns its id."""
+    row = conn.execute(
+        "INSERT INTO escalations (incident_id, level, reason, stage) VALUES (%s, %s, %s, %s) RETURNING id",
+        (incident_id, level, reason, stage),
+    ).fetchone()
+    return int(row["id"])
+
+
+def record_failed_task(conn: psycopg.Connection, *, task_id: str, task_name: str, stage: str | None,
+                       incident_id: str | None, error: str, worker: str | None) -> None:
+    """Keep a failed stage task so `erdu failed retry` can re-drive it."""
+    if incident_id is not None:
+        exists = conn.execute("SELECT 1 FROM incidents WHERE id = %s", (incident_id,)).fetchone()
+        if exists is None:
+            incident_id = None
+    conn.execute(
+        "INSERT INTO failed_tasks (task_id, task_name, stage, incident_id, error, worker)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        (task_id, task_name, stage, incident_id, error[:4000], worker),
+    )
+
+
+def record_rejected(conn: psycopg.Connection, *, source: str | None, error: str, payload: str) -> int:
+    """Keep a refused event with the reason; returns its id."""
+    row = conn.execute(
+        "INSERT INTO rejected_events (source, error, payload) VALUES (%s, %s, %s) RETURNING id",
+        (source, error[:4000], payload[:100_000].replace("\x00", "\\x00")),
+    ).fetchone()
+    return int(row["id"])
+
+
+def stage_started(conn: psycopg.Connection, incident_id: str, stage: str) -> int:
+    """Count a start of (incident, stage); returns how many earlier starts never finished (crashes)."""
+    row = conn.execute(
+        "INSERT INTO stage_runs (incident_id, stage, starts) VALUES (%s, %s, 1)"
+        " ON CONFLICT (incident_id, stage) DO UPDATE SET starts = stage_runs.starts + 1"
+        " RETURNING starts, finishes",
+        (incident_id, stage),
+    ).fetchone()
+    return int(row["starts"]) - int(row["finishes"]) - 1
+
+
+def stage_finished(conn: psycopg.Connection, incident_id: str, stage: str) -> None:
+    """Count a finish of (incident, stage): the start was not a crash."""
+    conn.execute(
+        "UPDATE stage_runs SET finishes = least(starts, finishes + 1) WHERE incident_id = %s AND stage = %s",
+        (incident_id, stage),
+    )
+
+
+def take_receipt(conn: psycopg.Connection, message_id: str) -> bool:
+    """Record that a broker message was ingested; False if it already was (a redelivery)."""
+    row = conn.execute("INSERT INTO ingest_receipts (message_id) VALUES (%s) ON CONFLICT DO NOTHING"
+                       " RETURNING 1 AS taken", (message_id,)).fetchone()
+    return row is not None
+
+
+def prune_receipts(conn: psycopg.Connection, *, older_than_seconds: float, limit: int = 5000) -> int:
+    """Forget ingest receipts older than any redelivery can be; returns how many went."""
+    cur = conn.execute(
+        "DELETE FROM ingest_receipts WHERE message_id IN (SELECT message_id FROM ingest_receipts"
+        " WHERE received_at < now() - make_interval(secs => %s) LIMIT %s)", (older_than_seconds, limit))
+    return cur.rowcount

@@ -1,0 +1,301 @@
+"""Prometheus metrics computed on scrape from Postgres and Redis, so every worker process counts alike."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import redis
+import structlog
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from erdu_tasks.names import ROLES
+
+# Seconds. MTTA/MTTR span seconds to a day; stages span milliseconds to minutes.
+RESPONSE_BUCKETS: tuple[float, ...] = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
+STAGE_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+STAGE_ROLES: tuple[str, ...] = ("commander", "diagnostician", "fixer", "resolver")
+OPEN_EXCLUDED = ("resolved", "closed")
+log = structlog.get_logger("erdu.metrics")
+_PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport keeps priorities 3, 6, 9 in "<queue>\x06\x16<n>"
+_PRIORITY_STEPS = (3, 6, 9)
+
+
+@dataclass
+class Histogram:
+    """Counts per bucket interval (index k: bounds[k-1] <= x < bounds[k], last is +Inf) and the sum."""
+
+    counts: list[int]
+    total: float = 0.0
+
+    def cumulative(self, bounds: Sequence[float]) -> list[tuple[str, float]]:
+        """Prometheus buckets: (le, cumulative count), ending with +Inf."""
+        out, running = [], 0
+        for bound, count in zip(bounds, self.counts):
+            running += count
+            out.append((_fmt(bound), running))
+        out.append(("+Inf", running + sum(self.counts[len(bounds):])))
+        return out
+
+
+def _fmt(bound: float) -> str:
+    return str(float(bound))
+
+
+@dataclass
+class Snapshot:
+    """What one scrape read from Postgres and Redis (plain data; families() turns it into metrics)."""
+
+    opened: list[tuple[str, str, int]] = field(default_factory=list)            # severity, source, n
+    closed: list[tuple[str, str, int]] = field(default_factory=list)
+    by_status: list[tuple[str, str, str, int]] = field(default_factory=list)    # severity, source, status, n
+    resolved_by: dict[str, int] = field(default_factory=dict)                   # automation|person -> n
+    mtta: dict[str, Histogram] = field(default_factory=dict)                    # severity -> histogram
+    mttr: dict[str, Histogram] = field(default_factory=dict)
+    stage: dict[str, Histogram] = field(default_factory=dict)                   # role -> histogram
+    failed_tasks: list[tuple[str, int, int]] = field(default_factory=list)      # stage, open, total
+    notification_failures: list[tuple[str, int]] | None = None                  # channel, n (None: no table)
+    queue_depth: dict[str, int] = field(default_factory=dict)
+    unacked: int | None = None
+    postgres_up: bool = False
+    redis_up: bool = False
+    scrape_seconds: float = 0.0
+
+
+def _histograms(rows: Iterable[dict[str, Any]], n_bounds: int) -> dict[str, Histogram]:
+    out: dict[str, Histogram] = {}
+    for row in rows:
+        h = out.setdefault(row["label"], Histogram([0] * (n_bounds + 1)))
+        h.counts[int(row["bucket"])] += int(row["n"])
+        h.total += float(row["s"] or 0.0)
+    return out
+
+
+_DURATIONS_SQL = """
+    SELECT label, width_bucket(secs, %(bounds)s::float8[]) AS bucket, count(*) AS n, sum(secs) AS s
+    FROM ({inner}) AS d GROUP BY label, bucket
+"""
+
+
+def read_postgres(conn: psycopg.Connection, snap: Snapshot) -> None:
+    """Fill the incident figures from the database (a handful of grouped queries)."""
+    q = conn.execute
+    rows = q("SELECT severity, source, status, count(*) AS n, count(closed_at) AS closed"
+             " FROM incidents GROUP BY severity, source, status").fetchall()
+    opened: dict[tuple[str, str], int] = {}
+    closed: dict[tuple[str, str], int] = {}
+    for r in rows:
+        key = (r["severity"], r["source"])
+        opened[key] = opened.get(key, 0) + int(r["n"])
+        closed[key] = closed.get(key, 0) + int(r["closed"])
+        snap.by_status.append((r["severity"], r["source"], r["status"], int(r["n"])))
+    snap.opened = [(s, src, n) for (s, src), n in sorted(opened.items())]
+    snap.closed = [(s, src, n) for (s, src), n in sorted(closed.items())]
+    for r in q("SELECT CASE WHEN resolved_by LIKE 'person:%%' THEN 'person' ELSE 'automation' END AS by,"
+               " count(*) AS n FROM incidents WHERE resolved_at IS NOT NULL GROUP BY 1").fetchall():
+        snap.resolved_by[r["by"]] = int(r["n"])
+    response = [float(b) for b in RESPONSE_BUCKETS]
+    snap.mtta = _histograms(q(_DURATIONS_SQL.format(inner=(
+        "SELECT severity AS label, extract(epoch FROM acknowledged_at - created_at)::float8 AS secs"
+        " FROM incidents WHERE acknowledged_at IS NOT NULL")), {"bounds": response}).fetchall(), len(response))
+    snap.mttr = _histograms(q(_DURATIONS_SQL.format(inner=(
+        "SELECT severity AS label, extract(epoch FROM resolved_at - created_at)::float8 AS secs"
+        " FROM incidents WHERE resolved_at IS NOT NULL")), {"bounds": response}).fetchall(), len(response))
+    # A role's stage latency: from the incident's previous status change to the one this role made.
+    stage = [float(b) for b in STAGE_BUCKETS]
+    snap.stage = _histograms(q(_DURATIONS_SQL.format(inner=(
+        "SELECT actor AS label, extract(epoch FROM at - prev)::float8 AS secs FROM ("
+        "  SELECT t.actor, t.at, coalesce(lag(t.at) OVER w, i.created_at) AS prev"
+        "  FROM incident_timeline t JOIN incidents i ON i.id = t.incident_id"
+        "  WHERE t.to_status IS NOT NULL WINDOW w AS (PARTITION BY t.incident_id ORDER BY t.id)"
+        ") AS x WHERE actor = ANY(%(roles)s)")), {"bounds": stage, "roles": list(STAGE_ROLES)}).fetchall(),
+        len(stage))
+    snap.failed_tasks = [(r["stage"], int(r["open"]), int(r["n"])) for r in q(
+        "SELECT coalesce(stage, 'none') AS stage, count(*) FILTER (WHERE retried_at IS NULL) AS open,"
+        " count(*) AS n FROM failed_tasks GROUP BY 1 ORDER BY 1").fetchall()]
+    if q("SELECT to_regclass('deliveries') IS NOT NULL AS t").fetchone()["t"]:
+        snap.notification_failures = [(r["channel"], int(r["n"])) for r in q(
+            "SELECT channel, count(*) FILTER (WHERE ok IS FALSE AND NOT held) AS n"
+            " FROM deliveries GROUP BY channel ORDER BY channel").fetchall()]
+
+
+def read_redis(client: redis.Redis, queues: Sequence[str], snap: Snapshot) -> None:
+    """Queue depth per queue (all priority lists of it) and the messages delivered but not yet acked."""
+    pipe = client.pipeline(transaction=False)
+    for queue in queues:
+        pipe.llen(queue)
+        for step in _PRIORITY_STEPS:
+            pipe.llen(f"{queue}{_PRIORITY_SEP}{step}")
+    pipe.hlen("unacked")
+    values = pipe.execute()
+    per = 1 + len(_PRIORITY_STEPS)
+    for i, queue in enumerate(queues):
+        snap.queue_depth[queue] = int(sum(values[i * per:(i + 1) * per]))
+    snap.unacked = int(values[-1])
+
+
+def families(snap: Snapshot) -> Iterator[Any]:
+    """The metric families of one snapshot."""
+    up = GaugeMetricFamily("erdu_backend_up", "1 if the scrape could read this backend", labels=["backend"])
+    up.add_metric(["postgres"], 1 if snap.postgres_up else 0)
+    up.add_metric(["redis"], 1 if snap.redis_up else 0)
+    yield up
+    took = GaugeMetricFamily("erdu_scrape_duration_seconds", "How long reading Postgres and Redis took")
+    took.add_metric([], snap.scrape_seconds)
+    yield took
+    if snap.postgres_up:
+        yield from _incident_families(snap)
+    if snap.redis_up:
+        depth = GaugeMetricFamily("erdu_queue_depth", "Messages waiting in each queue", labels=["queue"])
+        for queue, n in sorted(snap.queue_depth.items()):
+            depth.add_metric([queue], n)
+        yield depth
+        if snap.unacked is not None:
+            unacked = GaugeMetricFamily("erdu_queue_unacked", "Messages delivered to a worker and not yet acked")
+            unacked.add_metric([], snap.unacked)
+            yield unacked
+
+
+def _incident_families(snap: Snapshot) -> Iterator[Any]:
+    labels = ["severity", "source"]
+    opened = CounterMetricFamily("erdu_incidents_opened", "Incidents opened (current severity)", labels=labels)
+    for sev, src, n in snap.opened:
+        opened.add_metric([sev, src], n)
+    yield opened
+    closed = CounterMetricFamily("erdu_incidents_closed", "Incidents closed (current severity)", labels=labels)
+    for sev, src, n in snap.closed:
+        closed.add_metric([sev, src], n)
+    yield closed
+    current = GaugeMetricFamily("erdu_incidents", "Incidents by current status", labels=[*labels, "status"])
+    open_by_sev: dict[str, int] = {}
+    for sev, src, status, n in snap.by_status:
+        current.add_metric([sev, src, status], n)
+        if status not in OPEN_EXCLUDED:
+            open_by_sev[sev] = open_by_sev.get(sev, 0) + n
+    yield current
+    open_ = GaugeMetricFamily("erdu_open_incidents", "Incidents not yet resolved or closed", labels=["severity"])
+    for sev in ("P1", "P2", "P3", "P4", "P5"):
+        open_.add_metric([sev], open_by_sev.get(sev, 0))
+    yield open_
+    resolved = CounterMetricFamily("erdu_incidents_resolved", "Incidents resolved, by automation or a person",
+                                   labels=["by"])
+    for by in ("automation", "person"):
+        resolved.add_metric([by], snap.resolved_by.get(by, 0))
+    yield resolved
+    total = sum(snap.resolved_by.values())
+    ratio = GaugeMetricFamily("erdu_auto_resolve_ratio", "Share of resolved incidents resolved without a person")
+    ratio.add_metric([], snap.resolved_by.get("automation", 0) / total if total else 0.0)
+    yield ratio
+    yield _histogram("erdu_mtta_seconds", "Time from detection to acknowledgement", "severity", snap.mtta,
+                     RESPONSE_BUCKETS)
+    yield _histogram("erdu_mttr_seconds", "Time from detection to resolution", "severity", snap.mttr,
+                     RESPONSE_BUCKETS)
+    yield _histogram("erdu_stage_latency_seconds", "Time a role took for its stage (from the previous status "
+                     "change to its own)", "role", snap.stage, STAGE_BUCKETS)
+    open_failed = GaugeMetricFamily("erdu_failed_tasks_open", "Failed stage tasks not yet retried", labels=["stage"])
+    all_failed = CounterMetricFamily("erdu_failed_tasks", "Stage tasks that failed for good", labels=["stage"])
+    for stage, n_open, n in snap.failed_tasks:
+        open_failed.add_metric([stage], n_open)
+        all_failed.add_metric([stage], n)
+    yield open_failed
+    yield all_failed
+    notify = CounterMetricFamily("erdu_notification_failures", "Notification deliveries that failed",
+                                 labels=["channel"])
+    for channel, n in snap.notification_failures or []:
+        notify.add_metric([channel], n)
+    yield notify
+
+
+def _histogram(name: str, doc: str, label: str, data: dict[str, Histogram], bounds: Sequence[float]) -> Any:
+    family = HistogramMetricFamily(name, doc, labels=[label])
+    for value, h in sorted(data.items()):
+        family.add_metric([value], h.cumulative(bounds), h.total)
+    return family
+
+
+class ErduCollector(Collector):
+    """Reads Postgres and Redis on scrape (results reused for cache_seconds so many scrapers cost one read)."""
+
+    def __init__(self, database_url: str, redis_url: str, *, queues: Sequence[str] = ROLES,
+                 cache_seconds: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.database_url = database_url
+        self.queues = tuple(queues)
+        self.cache_seconds = cache_seconds
+        self.clock = clock
+        self._redis = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=5)
+        self._lock = threading.Lock()
+        self._cached: tuple[float, Snapshot] | None = None
+
+    def snapshot(self) -> Snapshot:
+        """A fresh or recent snapshot."""
+        with self._lock:
+            now = self.clock()
+            if self._cached is not None and now - self._cached[0] < self.cache_seconds:
+                return self._cached[1]
+            snap = self._read()
+            self._cached = (now, snap)
+            return snap
+
+    def _read(self) -> Snapshot:
+        snap = Snapshot()
+        started = time.perf_counter()
+        try:
+            with psycopg.connect(self.database_url, connect_timeout=3, autocommit=True,
+                                 row_factory=psycopg.rows.dict_row,
+                                 options="-c statement_timeout=10000") as conn:
+                read_postgres(conn, snap)
+            snap.postgres_up = True
+        except psycopg.Error as exc:
+            snap.postgres_up = False
+            log.warning("metrics: cannot read Postgres", error=str(exc))
+        try:
+            read_redis(self._redis, self.queues, snap)
+            snap.redis_up = True
+        except (redis.RedisError, OSError) as exc:
+            snap.redis_up = False
+            log.warning("metrics: cannot read Redis", error=str(exc))
+        snap.scrape_seconds = time.perf_counter() - started
+        return snap
+
+    def collect(self) -> Iterator[Any]:
+        """Called by prometheus_client on every scrape."""
+        yield from families(self.snapshot())
+
+
+def build_registry(database_url: str, redis_url: str, **kwargs: Any) -> CollectorRegistry:
+    """A registry holding only ERDU's collector (for `erdu metrics` or an ASGI/WSGI mount in the API)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ErduCollector(database_url, redis_url, **kwargs))
+    return registry
+
+
+def serve(database_url: str, redis_url: str, *, port: int, address: str = "127.0.0.1") -> None:
+    """Serve /metrics (and /healthz) until the process is stopped."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client import make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    metrics_app = make_wsgi_app(build_registry(database_url, redis_url))
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics":
+            return metrics_app(environ, start_response)
+        if path == "/healthz":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"see /metrics\n"]
+
+    class _Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    with make_server(address, port, app, ThreadingWSGIServer, handler_class=_Quiet) as server:
+        server.serve_forever()

@@ -1,0 +1,70 @@
+"""The reconciler's query: which incidents are owed a stage that nobody is running (Postgres decides)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+
+from erdu_tasks.model import Status
+
+# Status -> the stage that moves it on.
+OWED: dict[Status, str] = {
+    Status.DETECTED: "assess",
+    Status.ASSIGNED: "diagnose",
+    Status.INVESTIGATING: "fix",
+    Status.FIXING: "fix",
+    Status.RESOLVED: "resolve",
+}
+
+
+@dataclass(frozen=True)
+class Owed:
+    """An incident stuck in a stage past its deadline."""
+
+    incident_id: str
+    status: Status
+    stage: str
+
+
+def stuck(conn: psycopg.Connection, *, deadline_seconds: float, limit: int = 500) -> list[Owed]:
+    """Claim incidents whose owed stage has not moved for deadline_seconds (marks them driven now)."""
+    rows = conn.execute(
+        """
+        UPDATE incidents SET driven_at = now()
+        WHERE id IN (
+            SELECT id FROM incidents
+            WHERE status = ANY(%(statuses)s)
+              AND greatest(status_changed_at, coalesce(driven_at, status_changed_at))
+                  < now() - make_interval(secs => %(deadline)s)
+            ORDER BY status_changed_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+        RETURNING id, status, auto_resolved
+        """,
+        {"statuses": [s.value for s in OWED], "deadline": deadline_seconds, "limit": limit},
+    ).fetchall()
+    out = []
+    for r in rows:
+        status = Status(r["status"])
+        stage = "fix" if status is Status.ASSIGNED and r["auto_resolved"] else OWED[status]
+        out.append(Owed(r["id"], status, stage))
+    return out
+
+
+def lease(conn: psycopg.Connection, incident_id: str, seconds: float) -> None:
+    """A live worker owns the incident's stage for `seconds`: the reconciler waits that long plus its deadline.
+
+    The fixer holds the incident for its runbook's whole time budget, so a long action is not re-driven
+    (and its step taken for lost) while it still runs; `seconds=0` hands the incident back to the deadline.
+    """
+    conn.execute("UPDATE incidents SET driven_at = now() + make_interval(secs => %s) WHERE id = %s",
+                 (float(seconds), incident_id))
+
+
+def approvals_overdue(conn: psycopg.Connection, *, deadline_seconds: float) -> list[str]:
+    """Incidents waiting for approval longer than the deadline."""
+    rows = conn.execute(
+        "SELECT id FROM incidents WHERE status = 'awaiting_approval'"
+        " AND status_changed_at < now() - make_interval(secs => %s)",
+        (deadline_seconds,),
+    ).fetchall()
+    return [r["id"] for r in rows]

@@ -1,0 +1,108 @@
+"""What people do to incidents — acknowledge, resolve, approve, retry — shared by the CLI and the API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from erdu_tasks.store import incidents as store
+from erdu_tasks.errors import ErduError
+from erdu_tasks.model import OPEN_STATUSES, Status
+from erdu_tasks.runtime import Runtime
+from erdu_tasks.tasks.base import send_stage
+
+# The status a stage expects, used when a person retries from that stage.
+_RETRY_STATUS = {"assess": Status.DETECTED, "diagnose": Status.ASSIGNED, "fix": Status.INVESTIGATING}
+
+
+class ActionRefused(ErduError):
+    """A person's action that does not fit the incident's state; the message says why."""
+
+
+@dataclass(frozen=True)
+class ActionDone:
+    """What happened, in one line."""
+
+    incident_id: str
+    message: str
+
+
+def _load(conn, incident_id: str):
+    incident = store.get_incident(conn, incident_id, for_update=True)
+    if incident is None:
+        raise ActionRefused(f"no incident {incident_id}")
+    return incident
+
+
+def acknowledge(rt: Runtime, incident_id: str, who: str, *, kind: str = "person") -> ActionDone:
+    """Acknowledge: an escalated incident becomes acknowledged; any open one gets acknowledged_at.
+
+    kind is "person" for people and "source" for an alert source (Alertmanager, PagerDuty) acting for one.
+    """
+    with rt.db.transaction() as conn:
+        incident = _load(conn, incident_id)
+        if incident.status not in OPEN_STATUSES:
+            raise ActionRefused(f"{incident_id} is {incident.status.value}: nothing to acknowledge")
+        if incident.status is Status.ESCALATED:
+            store.transition(conn, incident_id, expected=[Status.ESCALATED], to=Status.ACKNOWLEDGED,
+                             actor=f"{kind}:{who}", what=f"acknowledged by {who}")
+        else:
+            conn.execute("UPDATE incidents SET acknowledged_at = coalesce(acknowledged_at, now()) WHERE id = %s",
+                         (incident_id,))
+            store.add_timeline(conn, incident_id, actor=f"{kind}:{who}", what=f"acknowledged by {who}")
+    return ActionDone(incident_id, f"{incident_id} acknowledged by {who}")
+
+
+def resolve(rt: Runtime, incident_id: str, who: str, note: str | None = None, *, kind: str = "person") -> ActionDone:
+    """Resolve by hand; the resolver still writes the report and learns (human-resolved when kind is person)."""
+    with rt.db.transaction() as conn:
+        incident = _load(conn, incident_id)
+        if incident.status not in OPEN_STATUSES:
+            raise ActionRefused(f"{incident_id} is already {incident.status.value}")
+        updates = {"resolved_by": f"{kind}:{who}", "auto_resolved": False}
+        if note:
+            updates["root_cause"] = incident.root_cause or note
+        store.transition(conn, incident_id, expected=[incident.status], to=Status.RESOLVED, actor=f"{kind}:{who}",
+                         what=f"resolved by {who}" + (f": {note}" if note else ""), updates=updates,
+                         details={"note": note} if note else None)
+    send_stage("resolve", incident_id)
+    return ActionDone(incident_id, f"{incident_id} resolved by {who}; report follows")
+
+
+def approve(rt: Runtime, incident_id: str, who: str) -> ActionDone:
+    """Approve a parked fix: awaiting_approval -> fixing, and the fixer resumes."""
+    with rt.db.transaction() as conn:
+        incident = _load(conn, incident_id)
+        if incident.status is not Status.AWAITING_APPROVAL:
+            raise ActionRefused(f"{incident_id} is {incident.status.value}, not awaiting approval")
+        fix = {**(incident.fix or {}), "approved_by": who}
+        store.transition(conn, incident_id, expected=[Status.AWAITING_APPROVAL], to=Status.FIXING,
+                         actor=f"person:{who}", what=f"fix approved by {who}", updates={"fix": fix})
+    send_stage("fix", incident_id)
+    return ActionDone(incident_id, f"{incident_id} approved by {who}; fixer resumes")
+
+
+def retry(rt: Runtime, incident_id: str, who: str) -> ActionDone:
+    """Re-drive an escalated incident from the stage that failed (a new fix attempt if that was the fix)."""
+    with rt.db.transaction() as conn:
+        incident = _load(conn, incident_id)
+        row = conn.execute("SELECT stage FROM escalations WHERE incident_id = %s ORDER BY id DESC LIMIT 1",
+                           (incident_id,)).fetchone()
+        stage = (row or {}).get("stage") or "fix"
+        if incident.status in (Status.ESCALATED, Status.ACKNOWLEDGED):
+            if stage == "resolve":
+                raise ActionRefused(f"{incident_id} failed while closing; use `erdu incidents resolve`")
+            target = _RETRY_STATUS.get(stage, Status.INVESTIGATING)
+            updates = {}
+            if stage == "fix":
+                fix = dict(incident.fix or {})
+                updates["fix"] = {"attempt": int(fix.get("attempt", 1)) + 1, "previous": fix}
+            store.transition(conn, incident_id, expected=[incident.status], to=target, actor=f"person:{who}",
+                             what=f"retry from {stage} by {who}", updates=updates)
+        elif incident.status is Status.RESOLVED:
+            stage = "resolve"
+        else:
+            raise ActionRefused(f"{incident_id} is {incident.status.value}: only escalated incidents are retried")
+        conn.execute("UPDATE failed_tasks SET retried_at = now() WHERE incident_id = %s AND retried_at IS NULL",
+                     (incident_id,))
+    send_stage(stage, incident_id)
+    return ActionDone(incident_id, f"{incident_id} re-driven from {stage}")
