@@ -9,10 +9,3 @@ from workers import PoolSettings
 
 POOL = PoolSettings(queue="fixer", concurrency=1, pool="prefork", prefetch_multiplier=1,
                     max_tasks_per_child=200, max_memory_per_child_kb=300_000)
-
-
-def main() -> None:
-    """Start this role's worker (same as `erdu worker fixer`)."""
-    from erdu_tasks.cli.main import run_worker
-
-    run_worker("fixer")

@@ -14,7 +14,7 @@ from erdu_tasks import names
 from erdu_tasks.store.db import Database
 from erdu_tasks.errors import TransientError
 from erdu_tasks.tasks.people import ActionDone, ActionRefused
-from erdu_tasks.cli.preflight import redact_redis
+from erdu_tasks.store.preflight import redact_redis
 from erdu_tasks.runtime import Runtime
 from erdu_tasks.settings import Settings
 from erdu_tasks.api.config import ApiConfig

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from celery import Celery
 from redbeat import RedBeatScheduler
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import LockError
@@ -96,10 +97,8 @@ def configure_beat(celery_app, settings: Settings) -> None:
     )
 
 
-def run_beat(settings: Settings, *, loglevel: str = "INFO") -> None:
-    """Run beat in the foreground."""
-    from erdu_tasks.app import app as celery_app
-
+def run_beat(celery_app: Celery, settings: Settings, *, loglevel: str = "INFO") -> None:
+    """Run beat for the given app in the foreground."""
     configure_beat(celery_app, settings)
     celery_app.conf.include = []   # beat publishes tasks by name; it needs none of their code
     celery_app.start(["beat", "-l", loglevel, "-S", SCHEDULER, "--max-interval", "5"])

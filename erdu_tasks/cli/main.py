@@ -9,12 +9,13 @@ from datetime import datetime, timezone
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from erdu_tasks.errors import ConfigError, ErduError, ServiceUnreachable
 from erdu_tasks.names import ROLES
+from erdu_tasks.cli.common import console, err, fail, load_settings, runtime, who
+from erdu_tasks.cli.silences import silence_app
 
 app = typer.Typer(help="ERDU: self-healing incident response on Celery, Redis and Postgres.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -24,41 +25,7 @@ app.add_typer(incidents_app, name="incidents")
 app.add_typer(failed_app, name="failed")
 runbooks_app = typer.Typer(help="Check and list runbooks.", no_args_is_help=True)
 app.add_typer(runbooks_app, name="runbooks")
-from erdu_tasks.cli.silences import silence_app  # noqa: E402
-
 app.add_typer(silence_app, name="silence")
-console = Console()
-err = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
-def _settings():
-    from erdu_tasks.settings import get_settings
-
-    try:
-        return get_settings()
-    except ConfigError as exc:
-        _fail(str(exc))
-
-
-def _runtime(*, need_schema: bool = True):
-    from erdu_tasks.cli.preflight import check_postgres
-    from erdu_tasks.runtime import runtime
-
-    settings = _settings()
-    try:
-        check_postgres(settings.database_url, need_schema=need_schema)
-    except ServiceUnreachable as exc:
-        _fail(str(exc))
-    return runtime()
-
-
-def _who() -> str:
-    return os.environ.get("ERDU_USER") or os.environ.get("USER") or "operator"
 
 
 @app.command()
@@ -66,11 +33,11 @@ def migrate() -> None:
     """Create the database if needed and apply pending schema migrations (safe to repeat)."""
     from erdu_tasks.store.migrate import migrate as run
 
-    settings = _settings()
+    settings = load_settings()
     try:
         applied = run(settings.database_url)
     except ServiceUnreachable as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
 
 
@@ -79,15 +46,15 @@ def run_worker(role: str, *, concurrency: int | None = None, pool: str | None = 
     """Start one role's worker, consuming only that role's queue."""
     from workers import pool_for
 
-    from erdu_tasks.cli.preflight import check_all
+    from erdu_tasks.store.preflight import check_all
 
     if role not in ROLES:
-        _fail(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
-    settings = _settings()
+        fail(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
+    settings = load_settings()
     try:
         check_all(settings)
     except ServiceUnreachable as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _check_config(settings)
     pool_settings = pool_for(role)
     from erdu_tasks.app import ROLE_TASK_MODULES
@@ -126,7 +93,7 @@ def _check_config(settings) -> None:
 
         check_role_settings(settings)
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for warning in monitor_warnings(monitors):
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
@@ -145,16 +112,17 @@ def worker(
 @app.command()
 def beat(loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO") -> None:
     """Run Celery beat with a Redis lock: a second beat waits instead of double-scheduling."""
+    from erdu_tasks.app import app as celery_app
     from erdu_tasks.celery_ext.beat import run_beat
-    from erdu_tasks.cli.preflight import check_redis
+    from erdu_tasks.store.preflight import check_redis
 
-    settings = _settings()
+    settings = load_settings()
     try:
         check_redis(settings.redis_url)
     except ServiceUnreachable as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _check_config(settings)
-    run_beat(settings, loglevel=loglevel)
+    run_beat(celery_app, settings, loglevel=loglevel)
 
 
 @app.command("api")
@@ -166,14 +134,14 @@ def api_command(
 ) -> None:
     """Run the HTTP API: events, Alertmanager and PagerDuty webhooks, incidents (OpenAPI at /docs)."""
     from erdu_tasks.api.server import serve
-    from erdu_tasks.cli.preflight import check_all
+    from erdu_tasks.store.preflight import check_all
 
-    settings = _settings()
+    settings = load_settings()
     try:
         check_all(settings)
         serve(settings, host=host, port=port, log_level=log_level)
     except (ServiceUnreachable, ConfigError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @app.command()
@@ -184,11 +152,11 @@ def up(
     """Run the whole stack in the foreground: migrate, one worker per role, beat (Ctrl-C stops all)."""
     from erdu_tasks.devstack.supervisor import run_up
 
-    settings = _settings()
+    settings = load_settings()
     try:
         code = run_up(settings, with_api=api, with_flower=flower, console=console)
     except (ServiceUnreachable, ErduError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     raise typer.Exit(code)
 
 
@@ -209,18 +177,18 @@ def send(
     labels = {}
     for item in label or []:
         if "=" not in item:
-            _fail(f"label {item!r} is not key=value")
+            fail(f"label {item!r} is not key=value")
         k, v = item.split("=", 1)
         labels[k] = v
     event = {"message": message, "source": source, "count": count, "labels": labels}
     for key, value in (("service", service), ("severity", severity), ("host", host), ("dedup_key", dedup_key)):
         if value is not None:
             event[key] = value
-    settings = _settings()
+    settings = load_settings()
     try:
         task_id = Client.from_settings(settings).send(event)
     except ClientError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(f"sent (task {task_id})")
 
 
@@ -245,7 +213,7 @@ def incidents_ls(
     """List incidents, newest first."""
     from erdu_tasks.store import incidents as store
 
-    rt = _runtime()
+    rt = runtime()
     with rt.db.transaction() as conn:
         rows = store.list_incidents(conn, statuses=status, severities=severity, service=service, limit=limit)
     if as_json:
@@ -268,11 +236,11 @@ def incidents_show(incident_id: str) -> None:
     """One incident with its timeline."""
     from erdu_tasks.store import incidents as store
 
-    rt = _runtime()
+    rt = runtime()
     with rt.db.transaction() as conn:
         i = store.get_incident(conn, incident_id, with_timeline=True)
     if i is None:
-        _fail(f"no incident {incident_id}", 1)
+        fail(f"no incident {incident_id}", 1)
     console.print(f"[bold]{i.id}[/]  {i.severity.value}  {i.status.value}  {i.title}", highlight=False)
     console.print(f"service: {i.service or '-'}  source: {i.source}  occurrences: {i.occurrences}  "
                   f"fingerprint: {i.fingerprint}", highlight=False)
@@ -296,25 +264,25 @@ def incidents_report(incident_id: str) -> None:
 
     from erdu_tasks.roles.report import report_paths
 
-    rt = _runtime()
+    rt = runtime()
     with rt.db.transaction() as conn:
         row = conn.execute("SELECT status, report_path FROM incidents WHERE id = %s", (incident_id,)).fetchone()
     if row is None:
-        _fail(f"no incident {incident_id}", 1)
+        fail(f"no incident {incident_id}", 1)
     path = Path(row["report_path"]) if row["report_path"] else report_paths(rt.settings.reports_dir, incident_id)[1]
     if not path.is_file():
-        _fail(f"{incident_id} has no report yet (status {row['status']})", 1)
+        fail(f"{incident_id} has no report yet (status {row['status']})", 1)
     print(path.read_text(encoding="utf-8"))
 
 
 def _person(action, incident_id: str, **kwargs) -> None:
     from erdu_tasks.tasks.people import ActionRefused
 
-    rt = _runtime()
+    rt = runtime()
     try:
-        done = action(rt, incident_id, _who(), **kwargs)
+        done = action(rt, incident_id, who(), **kwargs)
     except ActionRefused as exc:
-        _fail(str(exc), 1)
+        fail(str(exc), 1)
     console.print(done.message, highlight=False)
 
 
@@ -354,7 +322,7 @@ def incidents_retry(incident_id: str) -> None:
 @failed_app.command("ls")
 def failed_ls(all_: Annotated[bool, typer.Option("--all", help="Include already retried")] = False) -> None:
     """Failed stage tasks: incident, stage, error, time."""
-    rt = _runtime()
+    rt = runtime()
     with rt.db.transaction() as conn:
         rows = conn.execute(
             "SELECT id, task_id, task_name, stage, incident_id, error, worker, failed_at, retried_at"
@@ -378,8 +346,8 @@ def failed_retry(
     from erdu_tasks.tasks.people import ActionRefused, retry
 
     if not incident_id and not all_:
-        _fail("give an incident id or --all")
-    rt = _runtime()
+        fail("give an incident id or --all")
+    rt = runtime()
     if all_:
         with rt.db.transaction() as conn:
             ids = [r["incident_id"] for r in conn.execute(
@@ -389,7 +357,7 @@ def failed_retry(
         ids = [incident_id]
     for iid in ids:
         try:
-            console.print(retry(rt, iid, _who()).message, highlight=False)
+            console.print(retry(rt, iid, who()).message, highlight=False)
         except ActionRefused as exc:
             err.print(f"skipped: {exc}", highlight=False)
 
@@ -403,14 +371,14 @@ def runbooks_check(
 
     from erdu_tasks.fixer.runbooks import DEFAULT_RUNBOOKS_DIR, RunbookSet, check_runbooks
 
-    target = Path(path) if path else (_settings().runbooks_dir or DEFAULT_RUNBOOKS_DIR)
+    target = Path(path) if path else (load_settings().runbooks_dir or DEFAULT_RUNBOOKS_DIR)
     if not target.exists():
-        _fail(f"{target} does not exist")
+        fail(f"{target} does not exist")
     problems = check_runbooks(target)
     if problems:
         for problem in problems:
             err.print(problem, highlight=False, markup=False)
-        _fail(f"{len(problems)} problem(s) in {target}", 1)
+        fail(f"{len(problems)} problem(s) in {target}", 1)
     count = len(RunbookSet.load(target).runbooks)
     console.print(f"{target}: {count} runbook(s), no problems", highlight=False)
 
@@ -421,9 +389,9 @@ def runbooks_ls() -> None:
     from erdu_tasks.fixer.runbooks import RunbookSet
 
     try:
-        runbooks = RunbookSet.load(_settings().runbooks_dir)
+        runbooks = RunbookSet.load(load_settings().runbooks_dir)
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     table = Table(title=f"{len(runbooks.runbooks)} runbook(s) from {runbooks.path}")
     for col in ("Name", "Matches", "Actions", "Validation", "Approval", "Limit", "Dry run"):
         table.add_column(col)
@@ -441,14 +409,14 @@ def flower(
 ) -> None:
     """Run the Flower dashboard on ERDU's queues (basic auth from settings.flower: user, password)."""
     from erdu_tasks.devstack.flower import flower_options, run_flower
-    from erdu_tasks.cli.preflight import check_redis
+    from erdu_tasks.store.preflight import check_redis
 
-    settings = _settings()
+    settings = load_settings()
     try:
         opts = flower_options(settings.flower or {}, port=port, address=address)
         check_redis(settings.redis_url)
     except (ConfigError, ServiceUnreachable) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     raise typer.Exit(run_flower(opts, settings))
 
 
@@ -460,11 +428,11 @@ def metrics(
     """Serve Prometheus metrics computed from Postgres and Redis on each scrape."""
     from erdu_tasks.store.metrics import serve
 
-    settings = _settings()
+    settings = load_settings()
     try:
         serve(settings.database_url, settings.redis_url, port=port, address=address)
     except OSError as exc:
-        _fail(f"cannot listen on {address}:{port}: {exc}")
+        fail(f"cannot listen on {address}:{port}: {exc}")
 
 
 @app.command()
@@ -477,7 +445,7 @@ def demo(
     try:
         code = run_demo(console, keep=keep)
     except (ServiceUnreachable, ErduError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     raise typer.Exit(code)
 
 
@@ -497,8 +465,8 @@ def stats(
         try:
             start = datetime.now(timezone.utc) - parse_duration(since)
         except ValueError as exc:
-            _fail(f"--since {since!r}: {exc}")
-    rt = _runtime()
+            fail(f"--since {since!r}: {exc}")
+    rt = runtime()
     with rt.db.transaction() as conn:
         total = incident_stats.overall(conn, since=start)
         severities = incident_stats.by_severity(conn, since=start)

@@ -9,16 +9,12 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from erdu_tasks.cli import common
 from erdu_tasks.escalation import silences
 
 silence_app = typer.Typer(help="Silences and maintenance windows: matching incidents are recorded and counted, "
                                "but notify nobody and run no fix until the silence ends.", no_args_is_help=True)
 
-
-def _cli():
-    from erdu_tasks.cli import main as cli   # the command line's shared helpers (runtime with pre-flight checks, errors, console)
-
-    return cli
 
 
 @silence_app.command("add")
@@ -36,7 +32,6 @@ def silence_add(
     """Add a silence (or a maintenance window, with a later --starts)."""
     from erdu_tasks.escalation.policy import parse_duration
 
-    cli = _cli()
     now = datetime.now(timezone.utc)
     try:
         parsed = silences.parse_matchers(matchers)
@@ -49,16 +44,16 @@ def silence_add(
             except ValueError as exc:
                 raise silences.SilenceError(f"--duration: {exc}") from None
     except silences.SilenceError as exc:
-        cli._fail(str(exc))
-    rt = cli._runtime()
+        common.fail(str(exc))
+    rt = common.runtime()
     try:
         with rt.db.transaction() as conn:
-            silence = silences.add_silence(conn, parsed, starts_at=begin, ends_at=end, author=author or cli._who(),
+            silence = silences.add_silence(conn, parsed, starts_at=begin, ends_at=end, author=author or common.who(),
                                            comment=comment, now=now)
     except silences.SilenceError as exc:
-        cli._fail(str(exc))
+        common.fail(str(exc))
     state = silence.state(now).value
-    cli.console.print(f"{silence.id} ({state}) {silence.describe()} from {begin.isoformat(timespec='seconds')} "
+    common.console.print(f"{silence.id} ({state}) {silence.describe()} from {begin.isoformat(timespec='seconds')} "
                       f"until {end.isoformat(timespec='seconds')}", highlight=False)
 
 
@@ -68,8 +63,7 @@ def silence_ls(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
 ) -> None:
     """Silences with their state and how many incidents (and occurrences) each holds now."""
-    cli = _cli()
-    rt = cli._runtime()
+    rt = common.runtime()
     now = datetime.now(timezone.utc)
     with rt.db.transaction() as conn:
         rows = silences.list_silences(conn, now=now, include_expired=all_)
@@ -91,18 +85,17 @@ def silence_ls(
         table.add_row(s.id, s.state(now).value, s.describe(), s.starts_at.isoformat(timespec="seconds"),
                       s.end().isoformat(timespec="seconds"), s.author, f"{held} ({occurrences} seen)",
                       s.comment[:60])
-    cli.console.print(table)
+    common.console.print(table)
 
 
 @silence_app.command("expire")
 def silence_expire(silence_id: str) -> None:
     """End a silence now; the incidents it held resume on the next escalation sweep."""
-    cli = _cli()
-    rt = cli._runtime()
+    rt = common.runtime()
     now = datetime.now(timezone.utc)
     try:
         with rt.db.transaction() as conn:
-            silence = silences.expire_silence(conn, silence_id, who=cli._who(), now=now)
+            silence = silences.expire_silence(conn, silence_id, who=common.who(), now=now)
     except silences.SilenceError as exc:
-        cli._fail(str(exc), 1)
-    cli.console.print(f"{silence.id} expired; held incidents resume shortly", highlight=False)
+        common.fail(str(exc), 1)
+    common.console.print(f"{silence.id} expired; held incidents resume shortly", highlight=False)

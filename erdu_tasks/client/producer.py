@@ -83,7 +83,7 @@ class Client:
         return self._post(event) if self.over_http else self._enqueue(event)
 
     def _enqueue(self, event: Any) -> str:
-        from erdu_tasks.cli.preflight import check_redis
+        from erdu_tasks.store.preflight import check_redis
 
         try:
             check_redis(self.redis_url)

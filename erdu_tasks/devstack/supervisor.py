@@ -129,14 +129,14 @@ def build_children(settings: Settings, *, with_api: bool, with_flower: bool, wit
         port = _port(int((settings.api or {}).get("port", DEFAULT_API_PORT)), taken)
         children.append(Child("api", [*exe, "api", "--port", str(port)], where=f"http://127.0.0.1:{port}/docs",
                               ready_port=port))
-    if with_flower and _has_command("flower"):
+    if with_flower:
         port = _port(int((settings.flower or {}).get("port", DEFAULT_FLOWER_PORT)), taken)
         children.append(Child("flower", [*exe, "flower", "--port", str(port)], where=f"http://127.0.0.1:{port}/",
                               ready_port=port))
     api_serves_metrics = any(c.name == "api" for c in children)
     if api_serves_metrics:
         children[-1].where += f"  (metrics: http://127.0.0.1:{children[-1].ready_port}/metrics)"
-    if with_metrics and not api_serves_metrics and _has_command("metrics"):
+    if with_metrics and not api_serves_metrics:
         port = _port(DEFAULT_METRICS_PORT, taken)
         children.append(Child("metrics", [*exe, "metrics", "--port", str(port)],
                               where=f"http://127.0.0.1:{port}/metrics", ready_port=port))
@@ -148,11 +148,6 @@ def _has_module(name: str) -> bool:
 
     return importlib.util.find_spec(name) is not None
 
-
-def _has_command(name: str) -> bool:
-    from erdu_tasks.cli.main import app as typer_app
-
-    return any((c.name or (c.callback.__name__ if c.callback else "")) == name for c in typer_app.registered_commands)
 
 
 class Supervisor:
@@ -248,7 +243,7 @@ def run_up(settings: Settings, *, with_api: bool = True, with_flower: bool = Tru
            console: Console | None = None, probe_default_ports: bool | None = None) -> int:
     """Run the stack until SIGINT/SIGTERM; returns the exit code."""
     from erdu_tasks.store.migrate import migrate
-    from erdu_tasks.cli.preflight import check_redis
+    from erdu_tasks.store.preflight import check_redis
 
     console = console or Console()
     var = Path(settings.state_dir)

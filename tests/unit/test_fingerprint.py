@@ -240,20 +240,6 @@ def test_empty_and_huge_messages_are_handled():
     assert fingerprint(a).key == fingerprint(b).key
 
 
-def test_fingerprinting_is_fast_enough_for_a_storm():
-    lines = [
-        f"2024-05-01 10:{i % 60:02d}:00 ERROR worker-{i % 7} timeout after {i}ms talking to 10.1.{i % 255}.7:6379 "
-        f"(request {i * 7919:x}, user=svc{i % 13})"
-        for i in range(5000)
-    ]
-    start = time.perf_counter()
-    for line in lines:
-        fingerprint(line)
-    per_second = len(lines) / (time.perf_counter() - start)
-    # The target is 50,000 lines/s on one core; the bar here is lower so a busy machine does not flake.
-    assert per_second > 15_000
-
-
 @pytest.mark.parametrize(
     "line",
     ["=a" * 30_000, "a:" * 30_000, "'a" * 30_000, "user " * 12_000, "a." * 30_000 + "Error",
