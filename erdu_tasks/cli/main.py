@@ -89,7 +89,7 @@ def _check_config(settings) -> None:
         RunbookSet.load(settings.runbooks_dir)
         check_escalation_settings(settings, Catalog.load(settings.catalog_file))
         monitors = load_monitors(settings.monitors)
-        from erdu_tasks.roles.brains import check_settings as check_role_settings   # commander, learning, brain sections
+        from erdu_tasks.brains import check_settings as check_role_settings   # commander, learning, brain sections
 
         check_role_settings(settings)
     except ConfigError as exc:

@@ -13,7 +13,7 @@ from erdu_tasks import names
 from erdu_tasks.app import app
 from erdu_tasks.errors import PermanentError
 from erdu_tasks.model import Incident, Status
-from erdu_tasks.roles.brains import Thought, brains_for
+from erdu_tasks.brains import Thought, brains_for
 from erdu_tasks.roles.report import build_report, report_paths, write_report
 from erdu_tasks.roles import commander, diagnostician, logwindow, resolver
 from erdu_tasks.runtime import Runtime, runtime, worker_name

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from erdu_tasks.roles.brains import BrainConfig, build_brains
+from erdu_tasks.brains import BrainConfig, build_brains
 from erdu_tasks.model import Incident, Severity, Status
 from erdu_tasks.roles.commander import CommanderContext, RunbookRecord
 from erdu_tasks.roles.diagnostician import DiagnosticianContext

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from erdu_tasks.roles.brains import BrainConfig, build_brains
-from erdu_tasks.roles.brains.llm import BrainFailed
+from erdu_tasks.brains import BrainConfig, build_brains
+from erdu_tasks.brains.llm import BrainFailed
 from erdu_tasks.errors import ConfigError
 from erdu_tasks.store.history import LearningConfig, success_rate
 from erdu_tasks.model import Incident, Severity, Status, TimelineEntry

@@ -1,4 +1,9 @@
-"""Pluggable brains for the thinking roles: the rules by default, an OpenAI-compatible model if configured."""
+"""Pluggable brains for the thinking roles: the rules by default, an OpenAI-compatible model if configured.
+
+A brain advises; the role's own rules bound what it may say. Brains sit beside roles/ rather than inside it
+because the model brain speaks HTTP, and roles import no I/O library.
+
+May import: roles, store (learned history), model, settings, httpx."""
 
 from __future__ import annotations
 
@@ -6,9 +11,9 @@ from typing import Any
 
 from erdu_tasks.store.history import LearningConfig
 from erdu_tasks.roles.commander import CommanderConfig
-from erdu_tasks.roles.brains.base import Brains, CommanderBrain, DiagnosticianBrain, ResolverBrain, Thought
-from erdu_tasks.roles.brains.llm import BrainConfig, ChatClient, LLMCommander, LLMDiagnostician, LLMResolver
-from erdu_tasks.roles.brains.rules import RulesCommander, RulesDiagnostician, RulesResolver
+from erdu_tasks.brains.base import Brains, CommanderBrain, DiagnosticianBrain, ResolverBrain, Thought
+from erdu_tasks.brains.llm import BrainConfig, ChatClient, LLMCommander, LLMDiagnostician, LLMResolver
+from erdu_tasks.brains.rules import RulesCommander, RulesDiagnostician, RulesResolver
 
 __all__ = ["Brains", "BrainConfig", "CommanderBrain", "DiagnosticianBrain", "ResolverBrain", "Thought",
            "build_brains", "brains_for", "check_settings"]

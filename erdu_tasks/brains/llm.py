@@ -35,8 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from erdu_tasks.errors import ConfigError
 from erdu_tasks.model import Incident
 from erdu_tasks.roles import commander, diagnostician, resolver
-from erdu_tasks.roles.brains.base import Thought
-from erdu_tasks.roles.brains.schemas import CommanderAnswer, DiagnosisAnswer, ResolutionAnswer
+from erdu_tasks.brains.base import Thought
+from erdu_tasks.brains.schemas import CommanderAnswer, DiagnosisAnswer, ResolutionAnswer
 
 Role = Literal["commander", "diagnostician", "resolver"]
 A = TypeVar("A", bound=BaseModel)

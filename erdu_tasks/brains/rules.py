@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from erdu_tasks.model import Incident
 from erdu_tasks.roles import commander, diagnostician, resolver
-from erdu_tasks.roles.brains.base import Thought
+from erdu_tasks.brains.base import Thought
 
 
 class RulesCommander:
