@@ -2,9 +2,13 @@
 
 Any client may LPUSH onto ERDU's queues. kombu's Redis transport assumes every entry is its own
 envelope; anything else (say `{"hello": 1}`) raises inside the worker's event loop, which then
-drops the entry without a trace and reconnects, handing back every message it held. This transport
-wraps such an entry in a proper envelope with no task name, so Celery rejects it like any other
-unknown message (and the rejection is recorded), and the worker carries on.
+drops the entry without a trace and reconnects, handing back every message it held. An entry that is
+not JSON at all (`LPUSH commander "not json"`) is worse: kombu decodes it before any hook of Celery's
+runs, and the JSONDecodeError stops the worker ("Unrecoverable error"; celery/celery#4308, and
+celery/kombu#2421 for the same on SQS). This transport decodes leniently and wraps such an entry in a
+proper envelope with no task name, so Celery rejects it like any other unknown message (and the
+rejection is recorded with the entry's text), and the worker carries on. Delete the lenient decoding
+once kombu hands undecodable entries to `on_decode_error` instead of raising.
 """
 
 from __future__ import annotations
@@ -21,6 +25,28 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 SCHEMES = ("redis", "rediss")
 """URL schemes served by this transport (sentinel URLs keep kombu's own)."""
+
+FOREIGN_KEY = "erdu_foreign_entry"
+"""The key under which an entry that was not JSON is carried to the consumer, as text."""
+MAX_FOREIGN_CHARS = 100_000
+
+_kombu_loads = redis.loads
+
+
+def lenient_text(data: Any) -> Any:
+    """kombu's bytes-to-text, except that bytes that are not UTF-8 are replaced, not fatal."""
+    if isinstance(data, (bytes, bytearray)):
+        return bytes(data).decode("utf-8", "replace")
+    return data
+
+
+def lenient_loads(text: Any) -> Any:
+    """kombu's JSON decoding, except that an entry that is not JSON becomes {FOREIGN_KEY: its text}."""
+    try:
+        return _kombu_loads(text)
+    except ValueError:   # JSONDecodeError, and UnicodeDecodeError of bytes that are not UTF-8
+        raw = text.decode("utf-8", "replace") if isinstance(text, (bytes, bytearray)) else str(text)
+        return {FOREIGN_KEY: raw[:MAX_FOREIGN_CHARS]}
 
 
 def is_envelope(raw: Any) -> bool:
@@ -49,7 +75,7 @@ def is_envelope(raw: Any) -> bool:
 def wrap(raw: Any, queue: str) -> dict[str, Any]:
     """An envelope around a foreign entry: JSON body, no task header, so the consumer rejects it."""
     return {
-        "body": json.dumps(raw)[:100_000],
+        "body": json.dumps(raw)[:MAX_FOREIGN_CHARS],
         "content-type": "application/json",
         "content-encoding": "utf-8",
         "headers": {},
@@ -131,6 +157,9 @@ class Transport(redis.Transport):
 
 def install() -> None:
     """Serve redis:// and rediss:// URLs with this transport in this process (URLs and Flower stay as they are)."""
+    # kombu's Redis transport decodes every popped entry with its module-level `loads`.
+    redis.loads = lenient_loads
+    redis.bytes_to_str = lenient_text
     for scheme in SCHEMES:
         kombu_transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"
         kombu_transport._transport_cache.pop(scheme, None)
