@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from erdu_tasks.errors import ConfigError, ServiceUnreachable
 
@@ -15,7 +17,7 @@ err = Console(stderr=True)
 
 def fail(message: str, code: int = 2) -> None:
     """Print the error in one line and exit with code."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {shown(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -45,3 +47,34 @@ def runtime(*, need_schema: bool = True):
 def who() -> str:
     """Who is acting: ERDU_USER, else the login name."""
     return os.environ.get("ERDU_USER") or os.environ.get("USER") or "operator"
+
+
+# C0 and C1 control characters (ESC starts every terminal escape sequence), DEL, and the invisible
+# format characters that reorder or hide text (bidi overrides, zero-width spaces).
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+_UNSAFE_ONE_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def _visible(match: re.Match[str]) -> str:
+    char = match.group(0)
+    return {"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(char) or (
+        f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+def plain(value: object, *, multiline: bool = False) -> str:
+    """Text from an event, safe for a terminal: control and invisible characters are shown as escapes.
+
+    Printed as is (no markup); `shown` adds Rich markup escaping for tables and console.print.
+    """
+    text = "" if value is None else str(value)
+    return (_UNSAFE if multiline else _UNSAFE_ONE_LINE).sub(_visible, text)
+
+
+def shown(value: object, *, limit: int | None = None) -> str:
+    """One line of event text for Rich output: no control characters, no markup interpreted, cut at a word."""
+    text = plain(value)
+    if limit is not None and len(text) > limit:
+        cut = text[: limit - 1]
+        space = cut.rfind(" ")
+        text = (cut[:space] if space > limit // 2 else cut) + "…"
+    return escape(text)

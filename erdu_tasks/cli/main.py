@@ -14,7 +14,7 @@ from rich.table import Table
 
 from erdu_tasks.errors import ConfigError, ErduError, ServiceUnreachable
 from erdu_tasks.names import ROLES
-from erdu_tasks.cli.common import console, err, fail, load_settings, runtime, who
+from erdu_tasks.cli.common import console, err, fail, load_settings, plain, runtime, shown, who
 from erdu_tasks.cli.silences import silence_app
 
 app = typer.Typer(help="ERDU: self-healing incident response on Celery, Redis and Postgres.",
@@ -226,8 +226,8 @@ def incidents_ls(
     for col in ("ID", "Sev", "Status", "Service", "Title", "Count", "Created"):
         table.add_column(col)
     for i in rows:
-        table.add_row(i.id, i.severity.value, i.status.value, i.service or "-", i.title[:60], str(i.occurrences),
-                      _age(i.created_at))
+        table.add_row(i.id, i.severity.value, i.status.value, shown(i.service or "-"), shown(i.title, limit=60),
+                      str(i.occurrences), _age(i.created_at))
     console.print(table)
 
 
@@ -241,19 +241,20 @@ def incidents_show(incident_id: str) -> None:
         i = store.get_incident(conn, incident_id, with_timeline=True)
     if i is None:
         fail(f"no incident {incident_id}", 1)
-    console.print(f"[bold]{i.id}[/]  {i.severity.value}  {i.status.value}  {i.title}", highlight=False)
-    console.print(f"service: {i.service or '-'}  source: {i.source}  occurrences: {i.occurrences}  "
-                  f"fingerprint: {i.fingerprint}", highlight=False)
+    console.print(f"[bold]{shown(i.id)}[/]  {i.severity.value}  {i.status.value}  {shown(i.title)}", highlight=False)
+    console.print(f"service: {shown(i.service or '-')}  source: {shown(i.source)}  occurrences: {i.occurrences}  "
+                  f"fingerprint: {shown(i.fingerprint)}", highlight=False)
     if i.root_cause:
-        console.print(f"root cause: {i.root_cause}", highlight=False)
+        console.print(f"root cause: {shown(i.root_cause)}", highlight=False)
     if i.report_path:
-        console.print(f"report: {i.report_path}", highlight=False)
+        console.print(f"report: {shown(i.report_path)}", highlight=False)
     table = Table(title="timeline")
     for col in ("When", "Who", "Worker", "Status", "What"):
         table.add_column(col)
     for t in i.timeline:
         status = f"{t.from_status or ''} → {t.to_status}" if t.to_status else ""
-        table.add_row(t.at.strftime("%H:%M:%S.%f")[:-3], t.actor, t.worker or "", status, t.what[:100])
+        table.add_row(t.at.strftime("%H:%M:%S.%f")[:-3], shown(t.actor), shown(t.worker or ""), status,
+                      shown(t.what, limit=100))
     console.print(table)
 
 
@@ -272,7 +273,7 @@ def incidents_report(incident_id: str) -> None:
     path = Path(row["report_path"]) if row["report_path"] else report_paths(rt.settings.reports_dir, incident_id)[1]
     if not path.is_file():
         fail(f"{incident_id} has no report yet (status {row['status']})", 1)
-    print(path.read_text(encoding="utf-8"))
+    print(plain(path.read_text(encoding="utf-8", errors="replace"), multiline=True))
 
 
 def _person(action, incident_id: str, **kwargs) -> None:
@@ -283,7 +284,7 @@ def _person(action, incident_id: str, **kwargs) -> None:
         done = action(rt, incident_id, who(), **kwargs)
     except ActionRefused as exc:
         fail(str(exc), 1)
-    console.print(done.message, highlight=False)
+    console.print(shown(done.message), highlight=False)
 
 
 @incidents_app.command("ack")
@@ -332,7 +333,8 @@ def failed_ls(all_: Annotated[bool, typer.Option("--all", help="Include already 
     for col in ("#", "Incident", "Stage", "Task", "Error", "Failed", "Retried"):
         table.add_column(col)
     for r in rows:
-        table.add_row(str(r["id"]), r["incident_id"] or "-", r["stage"] or "-", r["task_name"], r["error"][:70],
+        table.add_row(str(r["id"]), shown(r["incident_id"] or "-"), shown(r["stage"] or "-"), shown(r["task_name"]),
+                      shown(r["error"], limit=70),
                       _age(r["failed_at"]), _age(r["retried_at"]) if r["retried_at"] else "")
     console.print(table)
 
@@ -357,9 +359,9 @@ def failed_retry(
         ids = [incident_id]
     for iid in ids:
         try:
-            console.print(retry(rt, iid, who()).message, highlight=False)
+            console.print(shown(retry(rt, iid, who()).message), highlight=False)
         except ActionRefused as exc:
-            err.print(f"skipped: {exc}", highlight=False)
+            err.print(f"skipped: {shown(exc)}", highlight=False)
 
 
 @runbooks_app.command("check")
@@ -492,8 +494,8 @@ def stats(
     for col in ("Fingerprint", "Title", *columns, "Best runbook"):
         table.add_column(col)
     for r in patterns:
-        best = f"{r.best_runbook} {r.runbook_successes}/{r.runbook_attempts}" if r.best_runbook else "-"
-        table.add_row(r.key[:16], (r.title or "")[:40], *cells(r), best)
+        best = f"{shown(r.best_runbook)} {r.runbook_successes}/{r.runbook_attempts}" if r.best_runbook else "-"
+        table.add_row(shown(r.key[:16]), shown(r.title or "", limit=40), *cells(r), best)
     console.print(table)
 
 
