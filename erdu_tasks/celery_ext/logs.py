@@ -12,6 +12,23 @@ import structlog
 
 _INCIDENT_ID = re.compile(r"INC-\d{14}-[0-9a-f]{8}")
 _FORMATS = ("json", "console")
+MAX_FIELD_CHARS = 4096
+"""A log field longer than this is cut: a 20 MB event must not become a 20 MB log line in every worker."""
+
+
+def _cap_fields(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Cut every long text field (the message, task arguments, an exception's text) to MAX_FIELD_CHARS."""
+    for key, value in list(event_dict.items()):
+        if not isinstance(value, str):
+            if isinstance(value, (dict, list, tuple)):
+                value = repr(value)
+                if len(value) <= MAX_FIELD_CHARS:
+                    continue
+            else:
+                continue
+        if len(value) > MAX_FIELD_CHARS:
+            event_dict[key] = f"{value[:MAX_FIELD_CHARS]}… [{len(value) - MAX_FIELD_CHARS} more characters cut]"
+    return event_dict
 
 
 def _incident_id_from_text(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -53,7 +70,7 @@ def configure(level: int | str = "INFO", fmt: str = "json", stream: Any = None) 
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.format_exc_info, renderer],
+                    structlog.processors.format_exc_info, _cap_fields, renderer],
     )
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(formatter)

@@ -54,3 +54,16 @@ def test_only_incident_ids_count_as_a_tasks_incident():
     assert logs.incident_id_of((INC, "x")) == INC
     assert logs.incident_id_of(({"message": INC},)) is None
     assert logs.incident_id_of(()) is None
+
+
+def test_a_huge_message_or_argument_is_cut_in_the_log_line():
+    stream = io.StringIO()
+    logs.configure("INFO", "json", stream)
+    huge = "x" * 20_000_000
+    structlog.get_logger("erdu.test").error("ingest failed", message=huge, args=[huge])
+    logging.getLogger("celery.worker.strategy").info("Task erdu.ingest[1] received: %s", huge)
+    assert len(stream.getvalue()) < 40_000
+    first, second = lines(stream)
+    assert first["message"].startswith("xxx") and "more characters cut" in first["message"]
+    assert "more characters cut" in first["args"] and "more characters cut" in second["event"]
+    assert first["event"] == "ingest failed"
