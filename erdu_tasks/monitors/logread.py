@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from erdu_tasks.files import storable
 from erdu_tasks.ingest.detect.multiline import LineFolder
 
 HEAD_BYTES = 1024
@@ -100,7 +101,7 @@ TRUNCATED_MARK = " …[line truncated: "
 
 
 def _decode(raw: bytes | bytearray, dropped: int, *, unfinished: bool = False) -> str:
-    text = bytes(raw).decode("utf-8", errors="replace")
+    text = storable(bytes(raw).decode("utf-8", errors="replace"))
     if unfinished:
         text += f"{TRUNCATED_MARK}{dropped}+ more bytes]"
     elif dropped:

@@ -37,6 +37,7 @@ import structlog
 from psycopg.types.json import Jsonb
 
 from erdu_tasks.catalog import Catalog
+from erdu_tasks.files import UnsafeFile, inside, open_regular, root_of
 from erdu_tasks.fixer.checks import compile_pattern
 from erdu_tasks.store.db import Database
 from erdu_tasks.ingest.detect.rules import RuleSet
@@ -208,10 +209,15 @@ def _matches(watch: LogFile) -> list[str]:
     if not watch.is_glob:
         return [watch.path] if os.path.isfile(watch.path) else []
     found = []
+    root = root_of(watch.path)
     for p in glob.glob(watch.path):
         name = os.path.basename(p)
-        if os.path.isfile(p) and not any(fnmatch.fnmatch(name, pat) for pat in watch.exclude):
-            found.append(os.path.abspath(p))
+        if any(fnmatch.fnmatch(name, pat) for pat in watch.exclude) or not os.path.isfile(p):
+            continue
+        if not inside(p, root):   # a symlink in the watched directory that leads out of it
+            log.warning("log file leads outside its watched directory; not read", path=p, root=root)
+            continue
+        found.append(os.path.abspath(p))
     return found
 
 
@@ -241,7 +247,7 @@ def _register(conn: psycopg.Connection, watch: LogFile, matches: list[str]) -> N
         return
     for path in matches:
         try:
-            with open(path, "rb") as handle:
+            with open_regular(path, within=root_of(watch.path)) as handle:
                 st = os.fstat(handle.fileno())
                 offset, skipping = line_start_before(handle, st.st_size)
                 head_len = min(offset, HEAD_BYTES)
@@ -376,7 +382,7 @@ def _open_by_identity(path: str, rot: Rotated) -> BinaryIO | None:
         try:
             if entry.inode() != rot.ino:
                 continue
-            handle = open(entry.path, "rb")
+            handle = open_regular(entry.path, within=folder or ".")
         except OSError:
             continue
         if FileId.of(os.fstat(handle.fileno())) == FileId(rot.dev, rot.ino):
@@ -455,8 +461,12 @@ def tail_file(path: str, watch: LogFile, config: LogsConfig, deps: TailDeps, bud
             stats.skipped = UNREADABLE + "not a regular file"
             return stats
         try:
-            handle = open(path, "rb")
+            handle = open_regular(path, within=root_of(watch.path))
         except FileNotFoundError:
+            return stats
+        except UnsafeFile as exc:
+            stats.skipped = UNREADABLE + exc.strerror
+            log.warning("log file not read", path=path, reason=exc.strerror)
             return stats
         with handle:
             budget.keepalive()

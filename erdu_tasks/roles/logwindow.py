@@ -17,6 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from erdu_tasks.files import open_regular, storable
+
 _TIMESTAMP = re.compile(r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:[.,](\d{1,9}))?\s*(Z|[+-]\d{2}:?\d{2})?")
 _PATH_KEYS = ("path", "file", "log_path", "logfile")
 
@@ -128,7 +130,7 @@ def read_window(path: str, *, message: str | None, at: datetime | None, cfg: Evi
     if not allowed(path, roots):
         return LogWindow(path, error="not under a configured log root (learning.evidence.log_roots); not read")
     try:
-        with open(path, "rb") as handle:
+        with open_regular(os.path.realpath(path)) as handle:   # never a FIFO (it would block), never a link
             size = os.fstat(handle.fileno()).st_size
             if offset is not None and 0 <= offset <= size:
                 start = max(0, min(offset - cfg.max_bytes // 2, size - cfg.max_bytes))
@@ -139,7 +141,7 @@ def read_window(path: str, *, message: str | None, at: datetime | None, cfg: Evi
             data = handle.read(min(cfg.max_bytes, size - start))
     except OSError as exc:
         return LogWindow(path, error=f"cannot read: {exc.strerror or exc}")
-    lines = data.decode("utf-8", "replace").split("\n")
+    lines = storable(data.decode("utf-8", "replace")).split("\n")
     if start + len(data) < size and len(lines) > 1:   # a line still being written at the end
         lines = lines[:-1]
     while lines and not lines[-1].strip():
