@@ -15,8 +15,29 @@ from erdu_tasks.durations import human_duration, seconds_between
 from erdu_tasks.model import Incident
 
 _ID = re.compile(r"^INC-\d{14}-[0-9a-f]{8}$")
+_MARKUP = re.compile(r"([\\`*_\[\]<>|~])")
+
+
+class _Verbatim(str):
+    """Text already made safe for where it stands (inside a code fence or span): not escaped again."""
+
+
+def _escape(value: Any) -> Any:
+    """Every value the template prints is text from an event unless marked verbatim: shown, never rendered.
+
+    Markdown and HTML syntax (links, images, emphasis, tags, table pipes) is backslash-escaped and a
+    newline cannot start a heading or a list of its own, so a title like `<img src=x onerror=…>` or
+    `[click](http://…)` is shown as typed by any Markdown viewer.
+    """
+    if value is None or isinstance(value, (_Verbatim, bool, int, float)):
+        return value
+    text = " ".join(str(value).splitlines())
+    return _MARKUP.sub(r"\\\1", text)
+
+
 _env = Environment(loader=PackageLoader("erdu_tasks", "templates"), undefined=StrictUndefined,
                    keep_trailing_newline=True, autoescape=False, trim_blocks=True, lstrip_blocks=True,
+                   finalize=_escape,
                    auto_reload=False)   # the template ships with the code: no stat of it per report
 
 
@@ -28,8 +49,8 @@ def _cell(value: Any, width: int = 200) -> str:
 
 
 def _code(text: str) -> str:
-    """A log line that cannot close the surrounding code fence."""
-    return text.replace("`", "'")
+    """A log line (or output) that cannot close the surrounding code fence or span; shown verbatim there."""
+    return _Verbatim(" ".join(str(text).replace("`", "'").splitlines()))
 
 
 _env.filters.update(cell=_cell, dur=human_duration, code=_code)
