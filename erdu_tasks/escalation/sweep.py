@@ -55,21 +55,11 @@ from erdu_tasks.escalation.policy import (
 )
 from erdu_tasks.escalation.inhibition import InhibitRule
 from erdu_tasks.model import Incident, Status
-from erdu_tasks.escalation.channels import CHANNEL_TYPES, Channel, DeliveryResult, Notification, NotificationKind, build_channel
+from erdu_tasks.escalation.channels import Channel, DeliveryResult, Notification, NotificationKind, build_channels
 
 _MAX_ROUNDS = 5
-_HTTP_CHANNELS = frozenset({"webhook", "slack", "pagerduty"})
 
 
-def build_shared_channels(config: EscalationConfig, http: httpx.Client) -> dict[str, Channel]:
-    """Every configured channel; the HTTP ones share one connection pool."""
-    channels: dict[str, Channel] = {}
-    for name, settings in config.channels.items():
-        if settings.type in _HTTP_CHANNELS:
-            channels[name] = CHANNEL_TYPES[settings.type][1](name, settings, client=http)
-        else:
-            channels[name] = build_channel(name, settings)
-    return channels
 _DIGEST_LOOKBACK = timedelta(days=1)
 MISSING_RUN = "audit: escalated without an escalation run"
 PLAN_GATES = (GateName.SILENCE, GateName.INHIBITION)
@@ -152,7 +142,7 @@ class Escalator:
         self.config = config
         self.catalog = catalog or Catalog([])
         self._http = httpx.Client(follow_redirects=False) if channels is None else None
-        self.channels = dict(channels) if channels is not None else build_shared_channels(config, self._http)
+        self.channels = dict(channels) if channels is not None else build_channels(config, self._http)
         self.gates = gates if gates is not None else build_gates(
             rules=rules, dependants_of=self.catalog.dependants, rate_limits=config.rate_limits())
         self.rules = self.gates.inhibit_rules

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from erdu_tasks.escalation import policy as ep
-from erdu_tasks.errors import ConfigError, PermanentError, TransientError
+from erdu_tasks.errors import ConfigError
 from erdu_tasks.escalation.policy import (
     EscalationConfig,
     PlanState,
@@ -277,13 +277,6 @@ SLOW_DOWN = DeliveryResult.failed("x", "HTTP 429", permanent=False, response_cod
 def test_delivery_retry_table(result, attempt, decision, delay):
     plan = delivery_retry(result, attempt, RETRY, jitter=lambda: 1.0)
     assert plan.decision is decision and plan.delay == pytest.approx(delay)
-
-
-def test_delivery_results_become_project_errors():
-    assert OK.as_error() is None
-    assert isinstance(GONE.as_error(), PermanentError)
-    error = SLOW_DOWN.as_error()
-    assert isinstance(error, TransientError) and error.delay == 4
 
 
 # --------------------------------------------------------------------------- configuration
