@@ -17,7 +17,7 @@ ROLE_TASK_MODULES: dict[str, list[str]] = {
     "diagnostician": ["erdu_tasks.tasks.pipeline"],
     "fixer": ["erdu_tasks.tasks.fix"],
     "resolver": ["erdu_tasks.tasks.pipeline"],
-    "monitor": ["erdu_tasks.tasks.reconcile", "erdu_tasks.tasks.monitors", "erdu_tasks.tasks.escalation"],
+    "monitor": ["erdu_tasks.tasks.reconcile", "erdu_tasks.tasks.monitors", "erdu_tasks.tasks.sweep_escalations"],
 }
 
 TASK_MODULES = [
@@ -27,7 +27,7 @@ TASK_MODULES = [
     "erdu_tasks.tasks.escalate",
     "erdu_tasks.tasks.reconcile",
     "erdu_tasks.tasks.monitors",
-    "erdu_tasks.tasks.escalation",
+    "erdu_tasks.tasks.sweep_escalations",
 ]
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from erdu_tasks.catalog import Catalog
+from erdu_tasks.escalation.gates import Gates, gates_from_settings
 from erdu_tasks.store.db import Database
 from erdu_tasks.ingest.detect.rules import RuleSet
 from erdu_tasks.settings import Settings, get_settings
@@ -32,6 +33,11 @@ class Runtime:
     def catalog(self) -> Catalog:
         """The service catalog (empty without a file)."""
         return Catalog.load(self.settings.catalog_file)
+
+    @cached_property
+    def gates(self) -> Gates:
+        """The gate list (silence, inhibition, rate limit, approval) every role asks."""
+        return gates_from_settings(self.settings, self.catalog)
 
 
 _runtime: Runtime | None = None

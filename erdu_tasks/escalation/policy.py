@@ -78,7 +78,7 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -86,11 +86,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from erdu_tasks.errors import ConfigError
 from erdu_tasks.model import Severity
 from erdu_tasks.timecfg import quoted_time, valid_timezone
-from erdu_tasks.escalation.channels import CHANNEL_TYPES, AnyChannelSettings, DeliveryResult, Notification, NotificationKind
+from erdu_tasks.escalation.channels import CHANNEL_TYPES, AnyChannelSettings, DeliveryResult, Notification
 from erdu_tasks.escalation.channels.file import FileSettings
-
-if TYPE_CHECKING:
-    from erdu_tasks.model import Incident
 
 # --------------------------------------------------------------------------- configuration
 
@@ -525,22 +522,6 @@ def step_key(incident_id: str, started_at: datetime, level: int, repeat: int) ->
     return f"{incident_id}:{epoch_ms}:L{level}:R{repeat}"
 
 
-def notification_for(
-    config: EscalationConfig, incident: Incident, step: Step, *, reason: str, now: datetime
-) -> Notification:
-    """The notification for one step of an incident's escalation."""
-    return Notification.from_incident(
-        incident,
-        reason=reason,
-        level=step.level,
-        repeat=step.repeat,
-        kind=NotificationKind.TRIGGER,
-        see_command=config.see_command_for(incident.id),
-        url=config.url_for(incident.id),
-        now=now,
-    )
-
-
 # --------------------------------------------------------------------------- delivery retries
 
 
@@ -587,13 +568,6 @@ RATE_WINDOW = timedelta(minutes=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-class RateDecision(StrEnum):
-    """Whether one notification may go out on a channel now."""
-
-    SEND = "send"
-    HOLD = "hold"
-
-
 @dataclass(frozen=True)
 class Digest:
     """How many notifications a channel held back in one window."""
@@ -620,64 +594,3 @@ def rate_window(now: datetime, window: timedelta = RATE_WINDOW) -> datetime:
     """The start of the fixed window (aligned to the epoch, UTC) that now falls in."""
     elapsed = (_aware(now) - _EPOCH) // window
     return _EPOCH + elapsed * window
-
-
-def rate_decision(count_in_window: int, limit: int) -> RateDecision:
-    """SEND while this notification (counted, e.g. a Redis INCR result) is within the limit, else HOLD."""
-    return RateDecision.SEND if count_in_window <= limit else RateDecision.HOLD
-
-
-def digest_for(
-    channel: str,
-    window_start: datetime,
-    count_in_window: int,
-    limit: int,
-    *,
-    window: timedelta = RATE_WINDOW,
-    sample_incidents: Iterable[str] = (),
-) -> Digest | None:
-    """The digest for a finished window, or None when nothing was held."""
-    held = count_in_window - limit
-    if held <= 0:
-        return None
-    return Digest(channel, window_start, window_start + window, held, tuple(sample_incidents))
-
-
-class ChannelRateLimiter:
-    """Fixed one-minute windows per channel, in memory: at most `limit` sends, then one digest.
-
-    A multi-process deployment keeps the same counts in a shared store (INCR on
-    channel+window, a set-if-absent claim for the digest) and uses rate_decision/digest_for.
-    """
-
-    SAMPLE = 10
-
-    def __init__(self, limits: Mapping[str, int], window: timedelta = RATE_WINDOW) -> None:
-        self.limits = dict(limits)
-        self.window = window
-        self._counts: dict[tuple[str, datetime], int] = {}
-        self._samples: dict[tuple[str, datetime], list[str]] = {}
-
-    def admit(self, channel: str, now: datetime, incident_id: str | None = None) -> RateDecision:
-        """Count one notification for a channel and decide whether it goes out."""
-        key = (channel, rate_window(now, self.window))
-        self._counts[key] = count = self._counts.get(key, 0) + 1
-        decision = rate_decision(count, self.limits.get(channel, 20))
-        if decision is RateDecision.HOLD and incident_id is not None:
-            sample = self._samples.setdefault(key, [])
-            if len(sample) < self.SAMPLE and incident_id not in sample:
-                sample.append(incident_id)
-        return decision
-
-    def due_digests(self, now: datetime) -> list[Digest]:
-        """Digests for windows that have ended; each window yields at most one, once."""
-        current = rate_window(now, self.window)
-        digests = []
-        for key in sorted(k for k in self._counts if k[1] < current):
-            channel, start = key
-            count = self._counts.pop(key)
-            digest = digest_for(channel, start, count, self.limits.get(channel, 20), window=self.window,
-                                sample_incidents=self._samples.pop(key, []))
-            if digest is not None:
-                digests.append(digest)
-        return digests

@@ -1,9 +1,10 @@
 """Escalation service: durable runs in Postgres, holds, the payload, and the pipeline's hooks.
 
-- `start_escalation` / `start_in_tx` open a run for an incident (in the transaction that escalates it);
-  `escalation_sweep.Escalator.sweep(now)` then plans and delivers its steps.
-- `assess_gate` (the commander) keeps silenced incidents out of the pipeline (a hold the sweeper
-  releases when the silence ends) and links children to an open parent (inhibition).
+- `open_run` opens a run for an incident; `escalation.start.escalate` calls it in the transaction
+  that escalates the incident, and `escalation.sweep.Escalator.sweep(now)` then plans and delivers its steps.
+- `gate_before_assess` (the commander) and `gate_before_fix` (the fixer) ask the gate list: a silence
+  keeps the incident out of the pipeline (a hold the sweeper releases when the silence ends); the
+  commander also links children to an open parent (inhibition).
 - `on_resolved` (the resolver's close) stops the run, queues resolve notices (PagerDuty
   resolve) for every channel that was notified, and re-checks the incident's children.
 
@@ -14,7 +15,7 @@ beat loses no step. Time is always the `now` passed in (tests inject it).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -24,11 +25,11 @@ import structlog
 from psycopg.types.json import Jsonb
 
 from erdu_tasks.escalation import inhibition, silences
+from erdu_tasks.escalation.gates import GateName, Gates, Outcome, load_facts
 from erdu_tasks.store import incidents as store
 from erdu_tasks.catalog import Catalog
 from erdu_tasks.errors import ConfigError
 from erdu_tasks.escalation.policy import EscalationConfig, parse_duration
-from erdu_tasks.escalation.inhibition import InhibitRule
 from erdu_tasks.model import Incident, Status
 from erdu_tasks.escalation.channels import AttemptedFix, Notification, NotificationKind
 
@@ -154,8 +155,8 @@ def build_notification(config: EscalationConfig, incident: Incident, *, reason: 
 # --------------------------------------------------------------------------- runs (in the caller's transaction)
 
 
-def start_escalation(conn: psycopg.Connection, incident_id: str, *, reason: str, stage: str | None = None,
-                     now: datetime | None = None, worker: str | None = None) -> datetime:
+def open_run(conn: psycopg.Connection, incident_id: str, *, reason: str, stage: str | None = None,
+             now: datetime | None = None) -> datetime:
     """Open a new escalation run for the incident (stopping a live one); its level 1 is due now."""
     now = now or utcnow()
     conn.execute(
@@ -169,11 +170,6 @@ def start_escalation(conn: psycopg.Connection, incident_id: str, *, reason: str,
         (incident_id, now, reason[:2000], stage, now),
     )
     return now
-
-
-def start_in_tx(conn: psycopg.Connection, incident: Incident, *, reason: str, stage: str | None) -> None:
-    """The hook of the pipeline's escalation: open a run in the same transaction."""
-    start_escalation(conn, incident.id, reason=reason, stage=stage)
 
 
 def stop_run(conn: psycopg.Connection, run: Mapping[str, Any], why: str, state: str, now: datetime,
@@ -222,32 +218,35 @@ def hold(conn: psycopg.Connection, incident: Incident, *, kind: str, stage: str,
     return True
 
 
-def hold_before_assess(conn: psycopg.Connection, incident: Incident, *, rules: Sequence[InhibitRule],
-                       catalog: Catalog, worker: str | None, now: datetime | None = None) -> bool:
+ASSESS_GATES = (GateName.SILENCE, GateName.INHIBITION)
+FIX_GATES = (GateName.SILENCE,)
+
+
+def gate_before_assess(conn: psycopg.Connection, gates: Gates, incident: Incident, *, worker: str | None,
+                       now: datetime | None = None) -> bool:
     """The commander's gate: True when a silence holds the incident (park it; the sweeper resumes it).
 
-    Also links the incident to an open parent (inhibition) without holding its pipeline.
+    An inhibiting parent does not hold the pipeline here: the incident is linked to it and goes on.
     """
     now = now or utcnow()
-    silence = silences.silencing(silences.active_silences(conn, now), incident, now)
-    if silence is not None:
-        hold(conn, incident, kind="silence", stage="assess", now=now, worker=worker, silence=silence)
+    decision = gates.check(load_facts(conn, gates, incident, now, ASSESS_GATES), now, ASSESS_GATES)
+    if decision.outcome is Outcome.SILENCED:
+        hold(conn, incident, kind="silence", stage="assess", now=now, worker=worker, silence=decision.silence)
         return True
-    if rules and incident.parent_id is None:
-        found = inhibition.find_parent(incident, inhibition.candidates(conn, rules), rules, catalog.dependants)
-        if found is not None:
-            inhibition.link(conn, incident, found[0], found[1], worker=worker)
+    if decision.outcome is Outcome.INHIBITED and decision.rule is not None and decision.parent is not None:
+        inhibition.link(conn, incident, decision.parent, decision.rule, worker=worker)
     return False
 
 
-def assess_gate(conn: psycopg.Connection, rt: Any, incident: Incident, worker: str | None) -> bool:
-    """`hold_before_assess` with the runtime's catalog and inhibit rules (a bad rule only skips linking)."""
-    try:
-        rules = inhibition.rules_from_section(rt.settings.escalation)
-    except ConfigError as exc:
-        log.error("inhibition rules ignored", error=str(exc))
-        rules = ()
-    return hold_before_assess(conn, incident, rules=rules, catalog=rt.catalog, worker=worker)
+def gate_before_fix(conn: psycopg.Connection, gates: Gates, incident: Incident, *, worker: str | None,
+                    now: datetime | None = None) -> bool:
+    """The fixer's gate: True when a silence that began after the commander's check holds the incident."""
+    now = now or utcnow()
+    decision = gates.check(load_facts(conn, gates, incident, now, FIX_GATES), now, FIX_GATES)
+    if decision.outcome is not Outcome.SILENCED:
+        return False
+    hold(conn, incident, kind="silence", stage="fix", now=now, worker=worker, silence=decision.silence)
+    return True
 
 
 def release_hold(conn: psycopg.Connection, row: Mapping[str, Any], incident: Incident | None, why: str,
@@ -258,12 +257,13 @@ def release_hold(conn: psycopg.Connection, row: Mapping[str, Any], incident: Inc
     if done is None or incident is None or not incident.is_open:
         return None
     stage = row["stage"]
-    if stage == "escalate":
+    if stage == "escalate" or incident.status is Status.ESCALATED:
+        # An incident escalated while held (whatever stage held it) must get its run back now.
         if incident.status is Status.ESCALATED:
             last = conn.execute("SELECT reason, stage FROM escalation_runs WHERE incident_id = %s"
                                 " ORDER BY started_at DESC LIMIT 1", (incident.id,)).fetchone()
             reason = f"{last['reason']} ({why})" if last else why
-            start_escalation(conn, incident.id, reason=reason, stage=last["stage"] if last else None, now=now)
+            open_run(conn, incident.id, reason=reason, stage=last["stage"] if last else None, now=now)
             store.add_timeline(conn, incident.id, actor=ACTOR, worker=worker, what=f"{why}: escalation resumes")
         else:
             store.add_timeline(conn, incident.id, actor=ACTOR, worker=worker,
@@ -339,22 +339,3 @@ def stuck_incidents(conn: psycopg.Connection, *, now: datetime, after: timedelta
         """,
         {"statuses": list(_PIPELINE_STATUSES), "since": now - after, "limit": limit},
     ).fetchall()
-
-
-def deliveries_of(conn: psycopg.Connection, incident_id: str) -> list[dict[str, Any]]:
-    """Every delivery attempt for an incident, oldest first."""
-    return conn.execute(
-        "SELECT s.kind, s.level, s.repeat, d.channel, d.attempt, d.claimed_at, d.at, d.ok, d.held, d.gave_up,"
-        " d.detail, d.permanent, d.response_code, d.retry_at FROM deliveries d"
-        " JOIN escalation_steps s ON s.id = d.step_id WHERE d.incident_id = %s ORDER BY d.id",
-        (incident_id,),
-    ).fetchall()
-
-
-def run_states(conn: psycopg.Connection, incident_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """The latest run of each incident: state, level, next_at."""
-    rows = conn.execute(
-        "SELECT DISTINCT ON (incident_id) * FROM escalation_runs WHERE incident_id = ANY(%s)"
-        " ORDER BY incident_id, started_at DESC", (list(incident_ids),),
-    ).fetchall()
-    return {r["incident_id"]: r for r in rows}

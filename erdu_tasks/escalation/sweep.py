@@ -1,8 +1,10 @@
 """The escalation sweeper: everything due at `now`, run by beat on the monitor queue.
 
-One sweep releases holds whose silence or parent ended, opens runs for escalated incidents
-that have none, plans each due run with `plan_escalation` and claims its due steps, delivers
-claimed steps channel by channel, and queues one digest per channel and minute for what a
+One sweep releases holds whose silence or parent ended, reports escalated incidents that have
+no run (an auditor: `escalation.start.escalate` always opens one, so a gap is a bug to look at,
+not something to fill quietly), asks the gate list (silence, inhibition) before it plans each
+due run with `plan_escalation` and claims its due steps, delivers claimed steps channel by
+channel behind the rate-limit gate, and queues one digest per channel and minute for what the
 rate limit held back. Every claim is an INSERT … ON CONFLICT DO NOTHING on a unique key
 (a step, a delivery attempt, a digest), so two sweepers at once, or a redelivered one, send
 nothing twice; a sweeper that dies leaves rows that the next one finishes.
@@ -34,51 +36,40 @@ from erdu_tasks.escalation.runs import (
     escalation_config,
     hold,
     release_hold,
-    start_escalation,
     stop_run,
     sweep_options,
     utcnow,
 )
+from erdu_tasks.escalation.gates import Facts, GateName, Gates, Outcome, build_gates
 from erdu_tasks.escalation.policy import (
     RATE_WINDOW,
-    ChannelRateLimiter,
     Digest,
     EscalationConfig,
     PlanState,
-    RateDecision,
     RetryDecision,
     SentStep,
     delivery_retry,
     plan_escalation,
-    rate_decision,
     rate_window,
     step_key,
 )
 from erdu_tasks.escalation.inhibition import InhibitRule
 from erdu_tasks.model import Incident, Status
-from erdu_tasks.escalation.channels import CHANNEL_TYPES, Channel, DeliveryResult, Notification, NotificationKind, build_channel
+from erdu_tasks.escalation.channels import Channel, DeliveryResult, Notification, NotificationKind, build_channels
 
 _MAX_ROUNDS = 5
-_HTTP_CHANNELS = frozenset({"webhook", "slack", "pagerduty"})
 
 
-def build_shared_channels(config: EscalationConfig, http: httpx.Client) -> dict[str, Channel]:
-    """Every configured channel; the HTTP ones share one connection pool."""
-    channels: dict[str, Channel] = {}
-    for name, settings in config.channels.items():
-        if settings.type in _HTTP_CHANNELS:
-            channels[name] = CHANNEL_TYPES[settings.type][1](name, settings, client=http)
-        else:
-            channels[name] = build_channel(name, settings)
-    return channels
 _DIGEST_LOOKBACK = timedelta(days=1)
+MISSING_RUN = "audit: escalated without an escalation run"
+PLAN_GATES = (GateName.SILENCE, GateName.INHIBITION)
 
 
 @dataclass
 class SweepReport:
     """What one sweep did (counts for logs and tests, and the stages to re-drive)."""
 
-    runs_started: int = 0
+    runs_missing: int = 0
     runs_planned: int = 0
     runs_stopped: int = 0
     steps_claimed: int = 0
@@ -101,33 +92,32 @@ class _Context:
     candidates: list[Incident]
 
 
-class RateLimiter:
+class NotificationCounter:
     """Per-channel notifications per minute, counted in Redis so every worker shares the count."""
 
-    def __init__(self, limits: Mapping[str, int], client: redis_lib.Redis | None,
-                 prefix: str = names.NOTIFY_RATE_PREFIX) -> None:
-        self.limits = dict(limits)
+    def __init__(self, client: redis_lib.Redis | None, prefix: str = names.NOTIFY_RATE_PREFIX) -> None:
         self.client = client
         self.prefix = prefix
-        self._local = ChannelRateLimiter(limits)
+        self._local: dict[tuple[str, datetime], int] = {}
 
-    def admit(self, channel: str, now: datetime, incident_id: str | None) -> tuple[RateDecision, int]:
-        """Count one notification; SEND within the limit, HOLD beyond it (with the count)."""
-        limit = self.limits.get(channel, 20)
-        if self.client is None:
-            return self._local.admit(channel, now, incident_id), 0
+    def count(self, channel: str, now: datetime) -> int:
+        """Count one notification on the channel; its number in the current window."""
         window = rate_window(now)
-        key = f"{self.prefix}{channel}:{int(window.timestamp())}"
-        try:
-            pipe = self.client.pipeline()
-            pipe.incr(key)
-            pipe.expire(key, int(RATE_WINDOW.total_seconds() * 3))
-            count = int(pipe.execute()[0])
-        except redis_lib.RedisError as exc:
-            # A page must not wait for the counter: fall back to this process's own count.
-            log.warning("rate limit counter unavailable; counting in this process", channel=channel, error=str(exc))
-            return self._local.admit(channel, now, incident_id), 0
-        return rate_decision(count, limit), count
+        if self.client is not None:
+            key = f"{self.prefix}{channel}:{int(window.timestamp())}"
+            try:
+                pipe = self.client.pipeline()
+                pipe.incr(key)
+                pipe.expire(key, int(RATE_WINDOW.total_seconds() * 3))
+                return int(pipe.execute()[0])
+            except redis_lib.RedisError as exc:
+                # A page must not wait for the counter: fall back to this process's own count.
+                log.warning("rate limit counter unavailable; counting in this process", channel=channel,
+                            error=str(exc))
+        for old in [k for k in self._local if k[1] < window]:
+            del self._local[old]
+        self._local[(channel, window)] = count = self._local.get((channel, window), 0) + 1
+        return count
 
 
 class Escalator:
@@ -142,6 +132,7 @@ class Escalator:
         redis: redis_lib.Redis | None = None,
         channels: Mapping[str, Channel] | None = None,
         rules: Sequence[InhibitRule] = inhibition.DEFAULT_RULES,
+        gates: Gates | None = None,
         options: SweepOptions | None = None,
         worker: str | None = None,
         rate_prefix: str = names.NOTIFY_RATE_PREFIX,
@@ -151,24 +142,25 @@ class Escalator:
         self.config = config
         self.catalog = catalog or Catalog([])
         self._http = httpx.Client(follow_redirects=False) if channels is None else None
-        self.channels = dict(channels) if channels is not None else build_shared_channels(config, self._http)
-        self.rules = tuple(rules)
+        self.channels = dict(channels) if channels is not None else build_channels(config, self._http)
+        self.gates = gates if gates is not None else build_gates(
+            rules=rules, dependants_of=self.catalog.dependants, rate_limits=config.rate_limits())
+        self.rules = self.gates.inhibit_rules
         self.options = options or SweepOptions()
         self.worker = worker
         self.jitter = jitter
-        self.rates = RateLimiter(config.rate_limits(), redis, rate_prefix)
+        self.counter = NotificationCounter(redis, rate_prefix)
         self.policy_names = {name: s.escalation_policy for name, s in self.catalog.services.items()}
         config.check_policy_names(self.policy_names)
 
     @classmethod
-    def from_settings(cls, settings: Any, db: Database, catalog: Catalog, *, worker: str | None = None,
-                      redis: redis_lib.Redis | None = None) -> Escalator:
-        """Build from the settings' escalation section (ConfigError when it is wrong)."""
+    def from_settings(cls, settings: Any, db: Database, catalog: Catalog, *, gates: Gates,
+                      worker: str | None = None, redis: redis_lib.Redis | None = None) -> Escalator:
+        """Build from the settings' escalation section and the runtime's gate list (ConfigError when wrong)."""
         client = redis if redis is not None else redis_lib.Redis.from_url(
             settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         return cls(db=db, config=escalation_config(settings.escalation, settings.alerts_dir), catalog=catalog,
-                   redis=client, rules=inhibition.rules_from_section(settings.escalation),
-                   options=sweep_options(settings.escalation), worker=worker)
+                   redis=client, gates=gates, options=sweep_options(settings.escalation), worker=worker)
 
     def close(self) -> None:
         """Close the shared HTTP connection pool."""
@@ -185,7 +177,7 @@ class Escalator:
             ctx = _Context(silences.active_silences(conn, now),
                            inhibition.candidates(conn, self.rules) if self.rules else [])
         self._release_holds(now, ctx, report)
-        self._start_missing_runs(now, report)
+        self._audit_missing_runs(now, report)
         for _ in range(_MAX_ROUNDS):
             planned = self._plan_due_runs(now, ctx, report)
             worked = self._work_due_steps(now, report)
@@ -195,24 +187,32 @@ class Escalator:
             self._work_due_steps(now, report)
         return report
 
-    def _start_missing_runs(self, now: datetime, report: SweepReport) -> None:
-        """An escalated incident without a live run or hold (escalated by a path without the hook) gets one."""
+    def _audit_missing_runs(self, now: datetime, report: SweepReport) -> None:
+        """Report (once per incident: log and timeline) an escalated incident with neither a live run nor a hold.
+
+        `escalation.start.escalate` opens the run in the transaction that escalates, and a released hold
+        reopens it, so no path leaves this gap; finding one means a bug or a hand-edited row, and
+        nobody is being notified about that incident.
+        """
         with self.db.transaction() as conn:
             rows = conn.execute(
                 """
-                SELECT i.id, (SELECT e.reason FROM escalations e WHERE e.incident_id = i.id
-                              ORDER BY e.id DESC LIMIT 1) AS reason
-                FROM incidents i
+                SELECT i.id, i.status_changed_at FROM incidents i
                 WHERE i.status = 'escalated'
                   AND NOT EXISTS (SELECT 1 FROM escalation_runs r WHERE r.incident_id = i.id AND r.stopped_at IS NULL)
                   AND NOT EXISTS (SELECT 1 FROM incident_holds h WHERE h.incident_id = i.id AND h.released_at IS NULL)
-                ORDER BY i.status_changed_at LIMIT %s FOR UPDATE OF i SKIP LOCKED
+                  AND NOT EXISTS (SELECT 1 FROM incident_timeline t WHERE t.incident_id = i.id
+                                  AND t.actor = %(actor)s AND t.what LIKE %(what)s AND t.at >= i.status_changed_at)
+                ORDER BY i.status_changed_at LIMIT %(limit)s FOR UPDATE OF i SKIP LOCKED
                 """,
-                (self.options.batch,),
+                {"actor": ACTOR, "what": MISSING_RUN + "%", "limit": self.options.batch},
             ).fetchall()
             for row in rows:
-                start_escalation(conn, row["id"], reason=row["reason"] or "escalated", now=now)
-                report.runs_started += 1
+                log.error("escalated incident without an escalation run", incident_id=row["id"],
+                          escalated_at=row["status_changed_at"].isoformat())
+                store.add_timeline(conn, row["id"], actor=ACTOR, worker=self.worker,
+                                   what=f"{MISSING_RUN}: nobody is notified; acknowledge or retry it by hand")
+                report.runs_missing += 1
 
     # ---- planning -------------------------------------------------------------------------
 
@@ -243,12 +243,15 @@ class Escalator:
             report.runs_stopped += stop_run(conn, run, why, "acknowledged" if status is Status.ACKNOWLEDGED
                                              else "stopped", now, self.worker)
             return
-        silence = silences.silencing(ctx.silences, incident, now)
-        if silence is not None:
+        facts = Facts(incident=incident, silences=ctx.silences, parent=inhibition.open_parent(conn, incident),
+                      candidates=ctx.candidates)
+        decision = self.gates.check(facts, now, PLAN_GATES)
+        if decision.outcome is Outcome.SILENCED:
+            silence = decision.silence
             report.runs_stopped += stop_run(conn, run, f"silenced by {silence.id}", "silenced", now, self.worker)
             hold(conn, incident, kind="silence", stage="escalate", now=now, worker=self.worker, silence=silence)
             return
-        parent = self._parent(conn, incident, ctx)
+        parent = self._parent(conn, incident, decision)
         if parent is not None:
             report.runs_stopped += stop_run(conn, run, f"inhibited by parent {parent.id}", "inhibited", now,
                                              self.worker)
@@ -287,17 +290,16 @@ class Escalator:
             (plan.state.value, plan.level, plan.next_at, run["incident_id"], run["started_at"]),
         )
 
-    def _parent(self, conn: psycopg.Connection, incident: Incident, ctx: _Context) -> Incident | None:
-        parent = inhibition.open_parent(conn, incident)
-        if parent is not None or not self.rules:
-            return parent
-        found = inhibition.find_parent(incident, ctx.candidates, self.rules, self.catalog.dependants)
-        if found is None:
+    def _parent(self, conn: psycopg.Connection, incident: Incident, decision: Any) -> Incident | None:
+        """The inhibiting parent of an INHIBITED decision; a new one is re-read (still open?) and linked."""
+        if decision.outcome is not Outcome.INHIBITED or decision.parent is None:
             return None
-        fresh = store.get_incident(conn, found[0].id)
+        if decision.rule is None:
+            return decision.parent
+        fresh = store.get_incident(conn, decision.parent.id)
         if fresh is None or not fresh.is_open:
             return None
-        inhibition.link(conn, incident, fresh, found[1], worker=self.worker)
+        inhibition.link(conn, incident, fresh, decision.rule, worker=self.worker)
         return fresh
 
     # ---- holds ----------------------------------------------------------------------------
@@ -321,10 +323,10 @@ class Escalator:
             for row in holds:
                 incident = store.get_incident(conn, row["incident_id"])
                 if incident is not None and incident.is_open and row["kind"] == "silence":
-                    other = silences.silencing(ctx.silences, incident, now)
-                    if other is not None:
+                    other = self.gates.check(Facts(incident=incident, silences=ctx.silences), now, (GateName.SILENCE,))
+                    if other.outcome is Outcome.SILENCED:
                         hold(conn, incident, kind="silence", stage=row["stage"], now=now, worker=self.worker,
-                             silence=other)
+                             silence=other.silence)
                         continue
                     why = f"silence {row['silence_id']} ended"
                 elif incident is not None and incident.is_open:
@@ -429,10 +431,11 @@ class Escalator:
             result = DeliveryResult.failed(channel, f"channel {channel!r} is no longer configured", permanent=True)
         else:
             if attempt == 1 and kind is not NotificationKind.DIGEST:
-                decision, count = self.rates.admit(channel, now, step["incident_id"])
-                if decision is RateDecision.HOLD:
+                facts = Facts(incident=incident, channel=channel, sent_in_window=self.counter.count(channel, now))
+                decision = self.gates.check(facts, now, (GateName.RATE_LIMIT,))
+                if decision.outcome is Outcome.RATE_LIMITED:
                     with self.db.transaction() as conn:
-                        self._record_held(conn, step, delivery_id, channel, count, incident, now)
+                        self._record_held(conn, step, delivery_id, channel, decision.reason, incident, now)
                     report.held += 1
                     return
             result = target.resolve(notification) if kind is NotificationKind.RESOLVE else target.send(notification)
@@ -440,9 +443,7 @@ class Escalator:
             self._record(conn, step, delivery_id, attempt, result, incident, now, report)
 
     def _record_held(self, conn: psycopg.Connection, step: Mapping[str, Any], delivery_id: int, channel: str,
-                     count: int, incident: Incident | None, now: datetime) -> None:
-        limit = self.rates.limits.get(channel, 20)
-        detail = f"held by the rate limit ({limit}/minute; {count} this minute): counted in the next digest"
+                     detail: str, incident: Incident | None, now: datetime) -> None:
         conn.execute("UPDATE deliveries SET at = %s, ok = false, held = true, detail = %s WHERE id = %s",
                      (now, detail, delivery_id))
         if incident is not None:

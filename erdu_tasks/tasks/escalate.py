@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 from erdu_tasks import names
-from erdu_tasks.store import incidents as store
 from erdu_tasks.app import app
+from erdu_tasks.escalation.start import escalate as escalate_in_tx
 from erdu_tasks.runtime import runtime, worker_name
+from erdu_tasks.store import incidents as store
 from erdu_tasks.tasks.base import ErduTask, log
-from erdu_tasks.tasks.escalation import kick_sweep
-from erdu_tasks.tasks.pipeline import escalate_in_tx
+
+
+def kick_sweep() -> None:
+    """Ask for a sweep now (after an escalation commits); beat sweeps anyway, so a failure only logs."""
+    try:
+        app.send_task(names.SWEEP_ESCALATIONS, queue=names.Queue.MONITOR.value,
+                      routing_key=names.Queue.MONITOR.value, expires=60)
+    except Exception as exc:  # the broker may be down; the next beat sweep delivers
+        log.warning("could not request an escalation sweep", error=f"{exc.__class__.__name__}: {exc}")
 
 
 def escalate_incident(incident_id: str, reason: str, *, stage: str | None, actor: str, worker: str | None) -> bool:
-    """Escalate an open incident with the reason on its timeline and an escalation record."""
+    """Escalate an open incident (its run opens in the same commit), then ask for a sweep to notify now."""
     rt = runtime()
     with rt.db.transaction() as conn:
         incident = store.get_incident(conn, incident_id, for_update=True)
@@ -23,7 +31,7 @@ def escalate_incident(incident_id: str, reason: str, *, stage: str | None, actor
             store.add_timeline(conn, incident_id, actor=actor, worker=worker,
                                what=f"stage {stage} failed after the incident moved on: {reason}")
     if done:
-        kick_sweep()   # the run was opened in the transaction; deliver level 1 now
+        kick_sweep()
     return done
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from erdu_tasks.escalation import runs as escalation, silences
+from erdu_tasks.escalation import runs as escalation
+from erdu_tasks.escalation.gates import Facts, GateName
 from erdu_tasks.fixer import engine as fixing
 from erdu_tasks.store import history, incidents as store
 from erdu_tasks import names
@@ -47,7 +48,7 @@ def _plan(rt: Runtime, incident_id: str, worker: str):
         if incident.status not in STAGE_FROM["fix"]:
             log.info("stage already done", stage="fix", incident_id=incident_id, status=incident.status.value)
             return None
-        if incident.status is not Status.FIXING and _silenced(conn, incident, worker):
+        if incident.status is not Status.FIXING and escalation.gate_before_fix(conn, rt.gates, incident, worker=worker):
             return None
         fix_state = dict(incident.fix or {})
         attempt = int(fix_state.get("attempt", 1))
@@ -86,7 +87,8 @@ def _plan(rt: Runtime, incident_id: str, worker: str):
                              updates={"fix": fix_state})
             incident.status = Status.FIXING
             incident.fix = fix_state
-        if runbook.approval == "required" and not fix_state.get("approved_by"):
+        approval = Facts(approval_required=runbook.approval == "required", approved_by=fix_state.get("approved_by"))
+        if not rt.gates.check(approval, escalation.utcnow(), (GateName.APPROVAL,)).passed:
             store.transition(conn, incident.id, expected=[Status.FIXING], to=Status.AWAITING_APPROVAL,
                              actor="fixer", worker=worker,
                              what=f"runbook {runbook.name} needs approval: run `erdu incidents approve {incident.id}`")
@@ -94,16 +96,6 @@ def _plan(rt: Runtime, incident_id: str, worker: str):
         fixing.claim_run(conn, incident, attempt, runbook)
         lease(conn, incident.id, _budget(runbook))
         return incident, runbook, attempt
-
-
-def _silenced(conn, incident, worker: str) -> bool:
-    """A silence that began after the commander's check still stops the fix before anything runs."""
-    now = escalation.utcnow()
-    silence = silences.silencing(silences.active_silences(conn, now), incident, now)
-    if silence is None:
-        return False
-    escalation.hold(conn, incident, kind="silence", stage="fix", now=now, worker=worker, silence=silence)
-    return True
 
 
 def _budget(runbook) -> float:

@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 
 import psycopg
 
-from erdu_tasks.escalation import runs as escalation, inhibition
+from erdu_tasks.escalation import inhibition, runs as escalation
+from erdu_tasks.escalation.start import escalate
 from erdu_tasks.store import history, incidents as store
 from erdu_tasks import names
 from erdu_tasks.app import app
@@ -87,32 +88,21 @@ def _finish_quietly(rt: Runtime, incident_id: str, stage: str) -> None:
 
 
 def park_poisoned(rt: Runtime, incident_id: str, stage: str, crashes: int, worker: str) -> None:
-    """A stage that keeps killing its worker: escalate the incident instead of looping."""
+    """A stage that keeps killing its worker: escalate the incident (its run opens in the same commit)."""
     reason = f"stage {stage} lost its worker {crashes} times (poison protection); parked for a person"
     with rt.db.transaction() as conn:
         incident = store.get_incident(conn, incident_id, for_update=True)
-        if incident is None or not incident.is_open or incident.status is Status.ESCALATED:
+        if incident is None:
             return
-        if store.transition(conn, incident_id, expected=[incident.status], to=Status.ESCALATED,
-                            actor="reconciler", worker=worker, what=reason):
-            store.record_escalation(conn, incident_id, reason=reason, stage=stage)
-            history.record_escalated(conn, incident.fingerprint)
+        if escalate(conn, incident, reason=reason, stage=stage, actor="reconciler", worker=worker, what=reason):
             store.stage_finished(conn, incident_id, stage)
     log.error("incident parked", incident_id=incident_id, stage=stage, crashes=crashes)
 
 
 def escalate_in_tx(conn: psycopg.Connection, incident: Incident, *, reason: str, stage: str | None,
                    actor: str, worker: str | None, details: dict | None = None) -> bool:
-    """Move an open incident to escalated and write the escalation record; False if it was not open."""
-    if not incident.is_open or incident.status is Status.ESCALATED:
-        return False
-    if store.transition(conn, incident.id, expected=[incident.status], to=Status.ESCALATED, actor=actor,
-                        worker=worker, what=f"escalated: {reason}", details=details) is None:
-        return False
-    store.record_escalation(conn, incident.id, reason=reason, stage=stage)
-    history.record_escalated(conn, incident.fingerprint)
-    escalation.start_in_tx(conn, incident, reason=reason, stage=stage)   # durable run; the sweeper notifies
-    return True
+    """`escalation.start.escalate` for the stages: escalated, recorded and its run opened in this transaction."""
+    return escalate(conn, incident, reason=reason, stage=stage, actor=actor, worker=worker, details=details)
 
 
 # ---- commander -------------------------------------------------------------------------------
@@ -173,7 +163,7 @@ def _brain_note(conn: psycopg.Connection, incident_id: str, role: str, thought: 
 
 
 def _assess(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str) -> str | None:
-    if escalation.assess_gate(conn, rt, incident, worker):   # silenced: parked, no fix; the sweeper resumes it
+    if escalation.gate_before_assess(conn, rt.gates, incident, worker=worker):   # silenced: parked; the sweeper resumes it
         return None
     thought = brains_for(rt.settings).commander.assess(incident, commander_context(conn, rt, incident))
     decision = thought.value

@@ -11,12 +11,12 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from erdu_tasks.escalation import runs as escalation
+from erdu_tasks.escalation.start import escalate as escalate_in_tx
 from erdu_tasks.store import incidents as store
 from erdu_tasks.store.db import Database
 from erdu_tasks.escalation.runs import escalation_config
 from erdu_tasks.escalation.sweep import Escalator
-from erdu_tasks.model import Severity, Status
+from erdu_tasks.model import Severity
 from erdu_tasks.store.incidents import NewIncident
 
 SECRET = "a-long-shared-secret-for-hmac"
@@ -100,12 +100,9 @@ def new_incident(conn, *, service: str, severity: str = "P1", title: str | None 
 
 
 def escalate(conn, incident_id: str, *, now: datetime, reason: str = "runbook did not fix it") -> None:
-    """Move an incident to escalated and open its escalation run at `now` (what escalate_in_tx does)."""
+    """Move an incident to escalated through the one way in, its run opened at `now`."""
     incident = store.get_incident(conn, incident_id, for_update=True)
-    store.transition(conn, incident_id, expected=[incident.status], to=Status.ESCALATED, actor="test",
-                     what=f"escalated: {reason}")
-    store.record_escalation(conn, incident_id, reason=reason, stage="fix")
-    escalation.start_escalation(conn, incident_id, reason=reason, stage="fix", now=now)
+    assert escalate_in_tx(conn, incident, reason=reason, stage="fix", actor="test", worker=None, now=now)
 
 
 def make_escalator(db: Database, section: dict[str, Any], *, redis=None, catalog=None, rules=None,

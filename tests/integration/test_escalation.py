@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from erdu_tasks.escalation import runs as escalation, sweep as escalation_sweep
+from erdu_tasks.escalation.gates import build_gates
 from erdu_tasks.tasks import people
 from erdu_tasks.store import incidents as store
 from erdu_tasks.catalog import Catalog, Service
@@ -294,8 +295,8 @@ def test_a_maintenance_window_keeps_matching_incidents_quiet_and_resumes_them_wh
         assert silences.held_counts(conn, [window.id]) == {window.id: (1, 1)}
         # A new incident for the silenced service is parked before its fix, and counted.
         fresh = new_incident(conn, service="payments", labels={"env": "prod"})
-        assert escalation.hold_before_assess(conn, store.get_incident(conn, fresh), rules=(),
-                                             catalog=Catalog([]), worker="commander", now=at(t0, 11))
+        assert escalation.gate_before_assess(conn, build_gates(rules=()), store.get_incident(conn, fresh),
+                                             worker="commander", now=at(t0, 11))
         assert silences.held_counts(conn, [window.id]) == {window.id: (2, 2)}
 
     report = esc.sweep(at(t0, 31))

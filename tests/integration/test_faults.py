@@ -182,6 +182,12 @@ def test_a_task_that_kills_its_worker_every_time_is_parked_and_the_pool_serves_o
                       (poison["id"],))
     assert len(escalation) == 1 and escalation[0]["stage"] == "fix"
     assert "lost its worker 3 times" in escalation[0]["reason"]
+    # Parked and its escalation run opened in one commit, not back-filled by a later sweep.
+    run = rows(stack.database_url, "SELECT r.stage, r.reason, abs(extract(epoch FROM r.started_at - i.escalated_at))"
+                                   " AS gap FROM escalation_runs r JOIN incidents i ON i.id = r.incident_id"
+                                   " WHERE r.incident_id = %s ORDER BY r.started_at", (poison["id"],))
+    assert run and run[0]["stage"] == "fix" and "lost its worker 3 times" in run[0]["reason"]
+    assert run[0]["gap"] < 2, run
     assert ran.count("action") == 1            # the idempotency key: the action itself never runs twice
     assert ran.count("action") + ran.count("check") == 3   # three crashes, then parked
     assert (figs.sent, figs.closed, figs.escalated, figs.lost, figs.duplicated) == (16, 15, 1, 0, 0)

@@ -11,12 +11,10 @@ import pytest
 import yaml
 
 from erdu_tasks.escalation import policy as ep
-from erdu_tasks.errors import ConfigError, PermanentError, TransientError
+from erdu_tasks.errors import ConfigError
 from erdu_tasks.escalation.policy import (
-    ChannelRateLimiter,
     EscalationConfig,
     PlanState,
-    RateDecision,
     RetryConfig,
     RetryDecision,
     SentStep,
@@ -236,53 +234,23 @@ def test_quiet_hours_within_one_day():
 # --------------------------------------------------------------------------- rate limits and digests
 
 
-def test_500_notifications_in_a_minute_send_at_most_the_limit_plus_one_digest(tmp_path: Path):
+def test_a_digest_becomes_one_file_of_kind_digest(tmp_path: Path):
     cfg = config({"channels": {"file": {"dir": str(tmp_path), "max_per_minute": 10}}})
     channel = build_channels(cfg)["file"]
-    limiter = ChannelRateLimiter(cfg.rate_limits())
     start = datetime(2025, 3, 3, 12, 0, 0, tzinfo=timezone.utc)
-    results = []
-    for i in range(500):
-        now = start + timedelta(seconds=i * 59 / 500)
-        incident = f"INC-20250303120000-{i:08x}"
-        plan = plan_escalation(cfg, severity="P2", service=None, started_at=now, now=now)
-        for step in plan.due:
-            for name in step.channels:
-                if limiter.admit(name, now, incident) is RateDecision.SEND:
-                    n = Notification(incident, "db down", "P2", "escalated", "no fix", level=step.level)
-                    results.append(channel.send(n))
-    assert limiter.due_digests(start + timedelta(seconds=59)) == []  # the minute is not over yet
-    digests = limiter.due_digests(start + timedelta(seconds=60))
-    assert len(digests) == 1 and digests[0].held == 490 and len(digests[0].sample_incidents) == 10
-    results.append(channel.send(digests[0].notification()))
-    assert limiter.due_digests(start + timedelta(seconds=120)) == []  # never a second digest
-    assert all(r.ok for r in results)
+    sample = tuple(f"INC-20250303120000-{i:08x}" for i in range(10))
+    digest = ep.Digest("file", start, start + ep.RATE_WINDOW, 490, sample)
+    assert channel.send(digest.notification()).ok
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert len(files) == 11
-    digest_files = [f for f in files if "-digest-" in f]
-    assert digest_files == ["DIGEST-20250303120000-digest-0001.json"]
-    body = yaml.safe_load((tmp_path / digest_files[0]).read_text())
+    assert files == ["DIGEST-20250303120000-digest-0001.json"]
+    body = yaml.safe_load((tmp_path / files[0]).read_text())
     assert body["kind"] == "digest" and body["digest"]["held"] == 490
 
 
-def test_rate_windows_are_per_channel_and_per_minute():
-    limiter = ChannelRateLimiter({"a": 2, "b": 1})
-    decisions = [limiter.admit(ch, at(m)) for ch, m in [("a", 0), ("a", 0.5), ("a", 0.9), ("b", 0.9), ("a", 1.0)]]
-    assert decisions == [RateDecision.SEND, RateDecision.SEND, RateDecision.HOLD, RateDecision.SEND, RateDecision.SEND]
-    assert [(d.channel, d.held, d.window_start) for d in limiter.due_digests(at(1.5))] == [("a", 1, at(0))]
-
-
-@pytest.mark.parametrize("count, limit, decision", [(1, 10, "send"), (10, 10, "send"), (11, 10, "hold")])
-def test_rate_decision_table(count, limit, decision):
-    assert ep.rate_decision(count, limit) == decision
-
-
-def test_rate_window_and_digest_for():
+def test_rate_windows_are_aligned_minutes():
     assert rate_window(at(0.99)) == T0
-    assert ep.digest_for("a", T0, 10, 10) is None
-    digest = ep.digest_for("a", T0, 15, 10)
-    assert (digest.held, digest.window_end) == (5, at(1))
-    n = digest.notification()
+    assert rate_window(at(1.0)) == at(1)
+    n = ep.Digest("a", T0, at(1), 5).notification()
     assert n.kind is NotificationKind.DIGEST and "5 notification(s)" in n.title
 
 
@@ -309,13 +277,6 @@ SLOW_DOWN = DeliveryResult.failed("x", "HTTP 429", permanent=False, response_cod
 def test_delivery_retry_table(result, attempt, decision, delay):
     plan = delivery_retry(result, attempt, RETRY, jitter=lambda: 1.0)
     assert plan.decision is decision and plan.delay == pytest.approx(delay)
-
-
-def test_delivery_results_become_project_errors():
-    assert OK.as_error() is None
-    assert isinstance(GONE.as_error(), PermanentError)
-    error = SLOW_DOWN.as_error()
-    assert isinstance(error, TransientError) and error.delay == 4
 
 
 # --------------------------------------------------------------------------- configuration

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Protocol
 
+import httpx
 from pydantic import Field
 
 from erdu_tasks.escalation.channels.base import (
@@ -40,19 +41,25 @@ class _HasChannels(Protocol):
     channels: Mapping[str, ChannelSettings]
 
 
-def build_channel(name: str, settings: ChannelSettings) -> Channel:
-    """One channel from its validated settings."""
+_HTTP_TYPES = frozenset({"webhook", "slack", "pagerduty"})
+
+
+def build_channel(name: str, settings: ChannelSettings, client: httpx.Client | None = None) -> Channel:
+    """One channel from its validated settings; an HTTP channel uses `client` (a shared pool) when given."""
     try:
         _, cls = CHANNEL_TYPES[settings.type]
     except KeyError:
         raise ValueError(f"unknown channel type {settings.type!r}") from None
+    if client is not None and settings.type in _HTTP_TYPES:
+        return cls(name, settings, client=client)
     return cls(name, settings)
 
 
-def build_channels(config: _HasChannels | Mapping[str, ChannelSettings]) -> dict[str, Channel]:
-    """Every configured channel by name (pass an EscalationConfig or a name -> settings mapping)."""
+def build_channels(config: _HasChannels | Mapping[str, ChannelSettings],
+                   client: httpx.Client | None = None) -> dict[str, Channel]:
+    """Every configured channel by name (an EscalationConfig or name -> settings); HTTP ones share `client`."""
     channels = config if isinstance(config, Mapping) else config.channels
-    return {name: build_channel(name, settings) for name, settings in channels.items()}
+    return {name: build_channel(name, settings, client) for name, settings in channels.items()}
 
 
 __all__ = [

@@ -14,7 +14,6 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from erdu_tasks import __version__
-from erdu_tasks.errors import ErduError, PermanentError, TransientError
 
 if TYPE_CHECKING:
     from erdu_tasks.model import Incident
@@ -266,13 +265,6 @@ class DeliveryResult:
     def retryable(self) -> bool:
         """True when the delivery failed but a later attempt may succeed."""
         return not self.ok and not self.permanent
-
-    def as_error(self) -> ErduError | None:
-        """The project error for a failure (TransientError carries Retry-After), None when sent."""
-        if self.ok:
-            return None
-        message = f"channel {self.channel}: {self.detail}"
-        return PermanentError(message) if self.permanent else TransientError(message, delay=self.retry_after)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe record for the incident's timeline and delivery table."""

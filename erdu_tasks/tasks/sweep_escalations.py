@@ -9,37 +9,27 @@ from erdu_tasks.app import app
 from erdu_tasks.escalation.runs import stuck_incidents, utcnow
 from erdu_tasks.escalation.sweep import Escalator
 from erdu_tasks.model import Status
-from erdu_tasks.store.reconcile import OWED
 from erdu_tasks.runtime import Runtime, runtime, worker_name
+from erdu_tasks.store.reconcile import OWED
 from erdu_tasks.tasks.base import ErduTask, log, send_stage
+from erdu_tasks.tasks.escalate import escalate_incident
 
 _escalators: dict[int, Escalator] = {}
 
 
 def escalator_for(rt: Runtime, worker: str | None = None) -> Escalator:
-    """The process's Escalator (config, channels, Redis counters), built on first use."""
+    """The process's Escalator (config, channels, Redis counters, the runtime's gates), built on first use."""
     esc = _escalators.get(id(rt))
     if esc is None:
-        esc = Escalator.from_settings(rt.settings, rt.db, rt.catalog, worker=worker)
+        esc = Escalator.from_settings(rt.settings, rt.db, rt.catalog, gates=rt.gates, worker=worker)
         _escalators[id(rt)] = esc
     return esc
-
-
-def kick_sweep() -> None:
-    """Ask for a sweep now (after an escalation commits); beat sweeps anyway, so a failure only logs."""
-    try:
-        app.send_task(names.SWEEP_ESCALATIONS, queue=names.Queue.MONITOR.value,
-                      routing_key=names.Queue.MONITOR.value, expires=60)
-    except Exception as exc:  # the broker may be down; the next beat sweep delivers
-        log.warning("could not request an escalation sweep", error=f"{exc.__class__.__name__}: {exc}")
 
 
 def _escalate_stuck(rt: Runtime, esc: Escalator, worker: str) -> int:
     after = esc.options.stuck_after
     if after is None:
         return 0
-    from erdu_tasks.tasks.escalate import escalate_incident   # escalate imports this module for kick_sweep
-
     with rt.db.transaction() as conn:
         rows = stuck_incidents(conn, now=utcnow(), after=after)
     escalated = 0

@@ -1,0 +1,27 @@
+"""Silence gate: an active silence (or a maintenance window in force) that matches keeps the incident quiet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from erdu_tasks.escalation.gates.base import Facts, GateDecision, GateName, Outcome, passing
+from erdu_tasks.escalation.silences import silencing
+
+
+@dataclass(frozen=True)
+class SilenceGate:
+    """SILENCED while an active silence matches the incident (the one ending last is named)."""
+
+    name: GateName = GateName.SILENCE
+
+    def check(self, facts: Facts, now: datetime) -> GateDecision:
+        """The silence that covers the incident at now, if any."""
+        if facts.incident is None:
+            return passing(self.name, "no incident")
+        silence = silencing(facts.silences, facts.incident, now)
+        if silence is None:
+            return passing(self.name)
+        return GateDecision(self.name, Outcome.SILENCED,
+                            f"silenced by {silence.id} ({silence.describe()}) until {silence.end().isoformat()}",
+                            silence=silence)
