@@ -1,16 +1,22 @@
-"""What every request handler needs: the config, the runtime (database, rules, catalog) and the broker."""
+"""What every request handler needs: the config, the runtime (database, rules, catalog) and the broker.
+
+Handlers hand stored incidents on with tasks/publish.py's hand_on, through `celery`: the Celery
+app built from this context's own settings, so the broker that is pinged is the one published to.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 import structlog
+from celery import Celery
 from fastapi import Request
 
 from erdu_tasks import names
+from erdu_tasks.app import make_celery
 from erdu_tasks.store.db import Database
 from erdu_tasks.errors import TransientError
 from erdu_tasks.tasks.people import ActionDone, ActionRefused
@@ -33,15 +39,16 @@ class ApiContext:
     config: ApiConfig
     rt: Runtime
     broker: redis.Redis
+    celery: Celery
 
     @classmethod
     def build(cls, settings: Settings, config: ApiConfig) -> "ApiContext":
-        """Runtime with the API's own pool size and a short pool timeout, and a broker ping client."""
+        """Runtime with the API's own pool size and a short pool timeout, a broker ping client and a publisher."""
         rt = Runtime(settings)
         rt.db = Database(settings.database_url, max_size=config.db_pool_max, timeout=config.db_timeout_seconds)
         broker = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=config.broker_timeout_seconds,
                                       socket_timeout=config.broker_timeout_seconds)
-        return cls(config, rt, broker)
+        return cls(config, rt, broker, make_celery(settings))
 
     def require_broker(self) -> None:
         """BrokerDown unless Redis answers a ping: nothing is accepted that could not be handed on."""
@@ -53,29 +60,13 @@ class ApiContext:
 
     def enqueue_ingest(self, payload: Any) -> str:
         """Put events on the ingest queue; BrokerDown if Redis refuses (the caller answers 503)."""
-        from erdu_tasks.app import app
-
         self.require_broker()
         try:
-            result = app.send_task(names.INGEST, args=(payload,), queue=names.Queue.INGEST.value,
-                                   routing_key=names.Queue.INGEST.value, retry=False)
+            result = self.celery.send_task(names.INGEST, args=(payload,), queue=names.Queue.INGEST.value,
+                                           routing_key=names.Queue.INGEST.value, retry=False)
         except Exception as exc:  # kombu raises several connection error types
             raise BrokerDown(f"could not enqueue on Redis: {exc.__class__.__name__}: {exc}") from None
         return result.id
-
-    def hand_off(self, stage: str, incident_ids: Iterable[str]) -> bool:
-        """Publish a stage for stored incidents; False if Redis failed (the reconciler re-drives them)."""
-        from erdu_tasks.tasks.base import send_stage
-
-        ok = True
-        for incident_id in incident_ids:
-            try:
-                send_stage(stage, incident_id)
-            except Exception as exc:  # the incident is stored; the reconciler picks it up
-                ok = False
-                log.warning("hand-off failed; reconciler will re-drive", stage=stage, incident_id=incident_id,
-                            error=f"{exc.__class__.__name__}: {exc}")
-        return ok
 
     def try_action(self, action: Callable[..., ActionDone], incident_id: str, who: str,
                    **kwargs: Any) -> ActionDone | None:
@@ -90,6 +81,7 @@ class ApiContext:
         """Release the pool and the broker connection."""
         self.rt.db.close()
         self.broker.close()
+        self.celery.close()
 
 
 def context(request: Request) -> ApiContext:

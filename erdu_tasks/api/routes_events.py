@@ -7,10 +7,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from erdu_tasks.ingest.accept import MAX_BATCH, fold, upsert_groups
+from erdu_tasks.ingest.accept import accept
+from erdu_tasks.ingest.formats.event import EventBatch
 from erdu_tasks.model import Event
+from erdu_tasks.tasks.publish import hand_on
 from erdu_tasks.api.auth import require_write
 from erdu_tasks.api.context import ApiContext, context
 
@@ -54,8 +56,7 @@ ERRORS = {422: {"description": "The body does not match the contract; nothing wa
 @router.post("/v1/events", response_model=EventsStored, dependencies=[Depends(require_write)],
              responses={**ERRORS, 202: {"model": EventsQueued, "description": "mode=queue: queued for ingest"}})
 def post_events(
-    body: Annotated[Event | Annotated[list[Event], Field(min_length=1, max_length=MAX_BATCH)],
-                    Body(description="One event, or a list of 1 to 10,000 events")],
+    body: Annotated[Event | EventBatch, Body(description="One event, or a list of 1 to 10,000 events")],
     ctx: Annotated[ApiContext, Depends(context)],
     mode: Annotated[Mode, Query(description="store: answer with incident ids; queue: hand to the ingest "
                                             "queue and answer 202 with the task id")] = Mode.STORE,
@@ -67,11 +68,6 @@ def post_events(
         task_id = ctx.enqueue_ingest(payload if len(payload) > 1 else payload[0])
         return JSONResponse(EventsQueued(queued=len(payload), task_id=task_id).model_dump(), status_code=202)
     ctx.require_broker()
-    groups, ignored = fold(events, ctx.rt.rules)
-    with ctx.rt.db.transaction() as conn:
-        outcomes = upsert_groups(conn, groups, ctx.rt.catalog)
-    handed = ctx.hand_off("assess", [o.incident_id for o in outcomes if o.created])
-    return EventsStored(
-        incidents=[IncidentOutcome(id=o.incident_id, new=o.created, occurrences=o.occurrences, count=o.count)
-                   for o in outcomes],
-        ignored=ignored, handed_off=handed)
+    result = accept(ctx.rt.db, events, ctx.rt)
+    handed = hand_on("assess", result.new_incidents, app=ctx.celery)
+    return EventsStored(**result.as_dict(), handed_off=handed)

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel
 
-from erdu_tasks.ingest.accept import dedup_fingerprint, fold, upsert_groups
-from erdu_tasks.model import OPEN_STATUSES
-from erdu_tasks.tasks.people import acknowledge, resolve
+from erdu_tasks.ingest.accept import accept
 from erdu_tasks.ingest.formats import pagerduty as pd
+from erdu_tasks.tasks.people import acknowledge, resolve
+from erdu_tasks.tasks.publish import hand_on
 from erdu_tasks.api.auth import Access, access_for, bearer
 from erdu_tasks.api.context import ApiContext, context
 
@@ -46,20 +46,11 @@ def _authorize(request: Request, credentials: HTTPAuthorizationCredentials | Non
     raise HTTPException(401, "a valid bearer token or routing_key is required", headers={"WWW-Authenticate": "Bearer"})
 
 
-def _open_incident(ctx: ApiContext, dedup_key: str) -> str | None:
-    with ctx.rt.db.transaction() as conn:
-        row = conn.execute("SELECT id FROM incidents WHERE fingerprint = %s AND status = ANY(%s)",
-                           (dedup_fingerprint(dedup_key), [s.value for s in OPEN_STATUSES])).fetchone()
-    return row["id"] if row else None
-
-
 def _trigger(ctx: ApiContext, event: pd.TriggerEvent) -> str:
     key = event.dedup_key or pd.new_dedup_key()
     ctx.require_broker()
-    groups, _ = fold([pd.trigger_event(event, key)], ctx.rt.rules)
-    with ctx.rt.db.transaction() as conn:
-        outcomes = upsert_groups(conn, groups, ctx.rt.catalog)
-    ctx.hand_off("assess", [o.incident_id for o in outcomes if o.created])
+    result = accept(ctx.rt.db, [pd.trigger_event(event, key)], ctx.rt)
+    hand_on("assess", result.new_incidents, app=ctx.celery)
     return key
 
 
@@ -80,7 +71,8 @@ def post_pagerduty(event: Annotated[pd.PagerDutyEvent, Body()], request: Request
     key = event.dedup_key
     if event.event_action == pd.Action.RESOLVE:
         ctx.require_broker()
-    incident_id = _open_incident(ctx, key)
+    with ctx.rt.db.transaction() as conn:
+        incident_id = pd.open_incident(conn, key)
     if incident_id:
         action = acknowledge if event.event_action == pd.Action.ACKNOWLEDGE else resolve
         ctx.try_action(action, incident_id, pd.SOURCE, kind="source")

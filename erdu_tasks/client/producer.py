@@ -74,7 +74,7 @@ class Client:
     def send(self, event: dict[str, Any] | list[dict[str, Any]]) -> str:
         """Validate and hand over one event or a batch; returns the task id (Celery) or incident id (HTTP)."""
         from erdu_tasks.errors import InvalidEvent
-        from erdu_tasks.ingest.accept import parse_events
+        from erdu_tasks.ingest.formats.event import parse_events
 
         try:
             parse_events(event)

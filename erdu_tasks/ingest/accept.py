@@ -1,61 +1,45 @@
-"""From events to incidents: validate, classify, fingerprint, fold, upsert; only new incidents start a chain."""
+"""From events to incidents: the one entry every producer path calls.
+
+`accept` classifies and fingerprints the events, folds them by fingerprint and upserts one
+incident per fingerprint, inside the caller's transaction when given a connection (so a
+producer stores its own records, such as a monitor's state, a log offset or an alert instance,
+in the same commit). It returns which incidents are new; the caller hands those on once the
+transaction has committed (tasks/publish.py).
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
-from pydantic import TypeAdapter, ValidationError
 
 from erdu_tasks.store import incidents as store
+from erdu_tasks.store.db import Database
 from erdu_tasks.catalog import Catalog
 from erdu_tasks.ingest.detect.fingerprint import fingerprint
 from erdu_tasks.ingest.detect.rules import RuleSet
-from erdu_tasks.errors import InvalidEvent
-from erdu_tasks.ingest.jsonsafe import UnsafeJSON, check_tree
 from erdu_tasks.model import Event, Severity
 
-MAX_BATCH = 10_000
-_events = TypeAdapter(list[Event])
-FLAP_WINDOW_SECONDS = 3600.0
+
+class _IngestSettings(Protocol):
+    @property
+    def flap_window_seconds(self) -> float: ...
 
 
-def parse_events(payload: Any) -> list[Event]:
-    """One event (an object) or a batch (a list), as JSON text or already decoded; InvalidEvent if wrong."""
-    if isinstance(payload, (bytes, bytearray)):
-        try:
-            payload = payload.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidEvent("event body is not valid UTF-8") from None
-    if isinstance(payload, str):
-        try:
-            payload = json.loads(payload)
-        except json.JSONDecodeError as exc:
-            raise InvalidEvent(f"event body is not JSON: {exc}") from None
-    if isinstance(payload, dict):
-        payload = [payload]
-    if not isinstance(payload, list):
-        raise InvalidEvent(f"expected an event object or a list of events, got {type(payload).__name__}")
-    if not payload:
-        raise InvalidEvent("empty batch: expected at least one event")
-    if len(payload) > MAX_BATCH:
-        raise InvalidEvent(f"batch of {len(payload)} events is over the limit of {MAX_BATCH}")
-    try:
-        check_tree(payload)
-    except UnsafeJSON as exc:
-        raise InvalidEvent(f"invalid event: {exc}") from None
-    try:
-        return _events.validate_python(payload)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"event {e['loc'][0]}: {'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}"
-            for e in exc.errors()[:10]
-        )
-        raise InvalidEvent(f"invalid event: {problems}") from None
+class IngestRuntime(Protocol):
+    """What accept needs from the process's runtime: the settings, the rules and the catalog."""
+
+    @property
+    def settings(self) -> _IngestSettings: ...
+
+    @property
+    def rules(self) -> RuleSet: ...
+
+    @property
+    def catalog(self) -> Catalog: ...
 
 
 @dataclass
@@ -96,6 +80,11 @@ class IngestResult:
         """Ids of incidents opened by this batch (each starts one chain)."""
         return [o.incident_id for o in self.outcomes if o.created]
 
+    def for_dedup_key(self, dedup_key: str) -> Outcome | None:
+        """The outcome of the event sent with this dedup_key, or None if an ignore rule dropped it."""
+        fp = dedup_fingerprint(dedup_key)
+        return next((o for o in self.outcomes if o.fingerprint == fp), None)
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly summary."""
         return {
@@ -110,6 +99,22 @@ class IngestResult:
 def dedup_fingerprint(dedup_key: str) -> str:
     """A producer's dedup_key becomes the fingerprint, hashed to a fixed size."""
     return "dk-" + hashlib.sha1(dedup_key.encode("utf-8")).hexdigest()[:24]
+
+
+def accept(into: psycopg.Connection | Database, events: Sequence[Event], rt: IngestRuntime) -> IngestResult:
+    """Fold the events and upsert their incidents; the flap window is the one in rt.settings.
+
+    `into` is a connection (the upsert joins its open transaction) or a Database (the events are
+    folded first, then stored in a transaction of their own).
+    """
+    groups, ignored = fold(events, rt.rules)
+    flap_window = rt.settings.flap_window_seconds
+    if isinstance(into, Database):
+        with into.transaction() as conn:
+            outcomes = _upsert_groups(conn, groups, rt.catalog, flap_window=flap_window)
+    else:
+        outcomes = _upsert_groups(into, groups, rt.catalog, flap_window=flap_window)
+    return IngestResult(outcomes, ignored)
 
 
 def fold(events: Sequence[Event], rules: RuleSet) -> tuple[list[Group], int]:
@@ -154,8 +159,8 @@ def _new_incident(group: Group, catalog: Catalog) -> store.NewIncident:
     )
 
 
-def upsert_groups(conn: psycopg.Connection, groups: Sequence[Group], catalog: Catalog,
-                  *, flap_window: float = FLAP_WINDOW_SECONDS) -> list[Outcome]:
+def _upsert_groups(conn: psycopg.Connection, groups: Sequence[Group], catalog: Catalog,
+                   *, flap_window: float) -> list[Outcome]:
     """Upsert each group in fingerprint order (so racing workers never deadlock) and count it in the pattern."""
     outcomes = []
     for group in sorted(groups, key=lambda g: g.fingerprint):

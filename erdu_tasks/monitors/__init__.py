@@ -7,6 +7,7 @@
 
 What to watch comes from the `monitors` settings section (`config`); probes, system and
 Celery checks keep their state in Postgres (`state`). Every monitor reports through the
-ingest path (erdu_tasks.ingest: fold, then upsert) with stable texts or dedup keys, so a
-condition that persists bumps one incident instead of opening new ones.
+one ingest entry (erdu_tasks.ingest.accept, with the runtime's rules, catalog and settings)
+with stable texts or dedup keys, so a condition that persists bumps one incident instead of
+opening new ones.
 """

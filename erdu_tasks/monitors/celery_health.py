@@ -18,10 +18,8 @@ from typing import Any
 
 import redis
 
-from erdu_tasks.catalog import Catalog
-from erdu_tasks.ingest.detect.rules import RuleSet
 from erdu_tasks.errors import TransientError
-from erdu_tasks.ingest.accept import Outcome
+from erdu_tasks.ingest.accept import IngestRuntime
 from erdu_tasks.model import Event, Severity
 from erdu_tasks.names import ROLES
 from erdu_tasks.monitors.config import CeleryConfig
@@ -99,7 +97,7 @@ def failure_event(row: dict[str, Any], severity: Severity, host: str | None) -> 
                  labels={"task": row["task_name"][:200], "kind": "workflow-failure"}, details=details)
 
 
-def report_failed_tasks(db, config: CeleryConfig, rules: RuleSet, catalog: Catalog, notify: Callable[[str], None],
+def report_failed_tasks(db, config: CeleryConfig, rt: IngestRuntime, notify: Callable[[str], None],
                         *, host: str | None, limit: int = 1000) -> int:
     """Report failed_tasks rows not reported yet; returns how many."""
     with db.transaction() as conn:
@@ -112,21 +110,19 @@ def report_failed_tasks(db, config: CeleryConfig, rules: RuleSet, catalog: Catal
             return 0
         recent = [r for r in rows
                   if (datetime.now(r["failed_at"].tzinfo) - r["failed_at"]).total_seconds() <= config.failed_lookback]
-        outcomes: list[Outcome] = report(conn, [failure_event(r, config.failed_severity, host) for r in recent],
-                                         rules, catalog)
+        accepted = report(conn, [failure_event(r, config.failed_severity, host) for r in recent], rt)
         conn.execute("UPDATE monitor_cursors SET last_id = %s, updated_at = now() WHERE name = %s",
                      (rows[-1]["id"], CURSOR))
-    for outcome in outcomes:
-        if outcome.created:
-            notify(outcome.incident_id)
+    for incident_id in accepted.new_incidents:
+        notify(incident_id)
     return len(recent)
 
 
 def run_celery(config: CeleryConfig, db, broker: redis.Redis, ping: Callable[[float], dict[str, Any] | None],
-               rules: RuleSet, catalog: Catalog, notify: Callable[[str], None], *, host: str | None,
+               rt: IngestRuntime, notify: Callable[[str], None], *, host: str | None,
                now: Callable[[], datetime]) -> dict[str, Any]:
     """One pass: failed tasks, worker presence, backlogs."""
-    reported = report_failed_tasks(db, config, rules, catalog, notify, host=host) if config.failed_tasks else 0
+    reported = report_failed_tasks(db, config, rt, notify, host=host) if config.failed_tasks else 0
     try:
         replies = ping(config.ping_timeout)
     except (redis.RedisError, OSError) as exc:
@@ -134,7 +130,7 @@ def run_celery(config: CeleryConfig, db, broker: redis.Redis, ping: Callable[[fl
     live = live_roles(replies)
     observations = worker_observations(config, live, host)
     observations += backlog_observations(config, queue_lengths(broker, ROLES), host)
-    decisions: list[Decision] = observe(db, observations, rules, catalog, notify, now())
+    decisions: list[Decision] = observe(db, observations, rt, notify, now())
     return {
         "failed_tasks_reported": reported,
         "live": {r: len(n) for r, n in live.items()},

@@ -12,9 +12,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
-from erdu_tasks.catalog import Catalog
 from erdu_tasks.fixer.checks import CheckResult, HttpCheck, run_check
-from erdu_tasks.ingest.detect.rules import RuleSet
+from erdu_tasks.ingest.accept import IngestRuntime
 from erdu_tasks.model import Event
 from erdu_tasks.monitors.config import Probe, ProbesConfig
 from erdu_tasks.monitors.state import Decision, Observation, observe
@@ -42,11 +41,11 @@ def observation(probe: Probe, result: CheckResult, host: str | None) -> Observat
                        top_details={"check": probe.check_spec(), "probe": probe.name}, data=data)
 
 
-def run_probes(config: ProbesConfig, db, rules: RuleSet, catalog: Catalog, notify: Callable[[str], None],
+def run_probes(config: ProbesConfig, db, rt: IngestRuntime, notify: Callable[[str], None],
                *, host: str | None, now: Callable[[], datetime],
                runner: Callable[[Probe], CheckResult] = run_probe) -> list[Decision]:
     """Run every probe (in parallel), then record the outcomes in one transaction."""
     with ThreadPoolExecutor(max_workers=min(config.parallel, len(config.checks))) as pool:
         results = list(pool.map(runner, config.checks))
     observations = [observation(p, r, host) for p, r in zip(config.checks, results)]
-    return observe(db, observations, rules, catalog, notify, now())
+    return observe(db, observations, rt, notify, now())

@@ -36,10 +36,10 @@ import redis
 import structlog
 from psycopg.types.json import Jsonb
 
-from erdu_tasks.catalog import Catalog
 from erdu_tasks.files import UnsafeFile, inside, open_regular, root_of
 from erdu_tasks.fixer.checks import compile_pattern
 from erdu_tasks.store.db import Database
+from erdu_tasks.ingest.accept import IngestRuntime
 from erdu_tasks.ingest.detect.rules import RuleSet
 from erdu_tasks.errors import TransientError
 from erdu_tasks.model import Event
@@ -96,12 +96,11 @@ class Position:
 
 @dataclass
 class TailDeps:
-    """What the tailer needs from outside: storage, locks, rules, and the hand-off of new incidents."""
+    """What the tailer needs from outside: storage, locks, the ingest runtime, and the hand-off of new incidents."""
 
     db: Database
     redis: redis.Redis
-    rules: RuleSet
-    catalog: Catalog
+    rt: IngestRuntime   # rules, catalog and settings, as the one ingest entry takes them
     notify: Callable[[str], None]
     host: str
     clock: Callable[[], float] = time.time
@@ -178,7 +177,7 @@ def _report_unreadable(path: str, watch: LogFile, deps: TailDeps, problem: str |
                   host=deps.host, dedup_key=f"logtail:unreadable:{path}"[:255], labels={"path": path[:1024]})
     obs = state.Observation(key=key, failing=problem is not None, detail=problem or f"{path} is readable again",
                             event=event, repeat=False, data={"path": path})
-    state.observe(deps.db, [obs], deps.rules, deps.catalog, deps.notify, _now(deps))
+    state.observe(deps.db, [obs], deps.rt, deps.notify, _now(deps))
     if problem is None:
         _unreadable.discard(path)
     else:
@@ -337,7 +336,7 @@ def to_events(texts: list[str], watch: LogFile, path: str, deps: TailDeps) -> li
                 made.append(Event(source="log", message=text, service=watch.service, host=deps.host, labels=marked))
             return made[0]
 
-        if is_event(text, watch, deps.rules, event):
+        if is_event(text, watch, deps.rt.rules, event):
             out.append(event())
     return out
 
@@ -348,13 +347,12 @@ def _commit(deps: TailDeps, old: Position, new: Position, texts: list[str], watc
     events = to_events(texts, watch, new.path, deps)
     with deps.db.transaction() as conn:
         _save(conn, old, new, lines=lines, events=sum(e.count for e in events))
-        outcomes = state.report(conn, events, deps.rules, deps.catalog)
+        accepted = state.report(conn, events, deps.rt)
     stats.lines += lines
     stats.events += len(events)
-    for outcome in outcomes:
-        if outcome.created:
-            stats.new_incidents += 1
-            deps.notify(outcome.incident_id)
+    for incident_id in accepted.new_incidents:
+        stats.new_incidents += 1
+        deps.notify(incident_id)
     return replace(new, version=old.version + 1, stored=True)
 
 

@@ -19,9 +19,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from erdu_tasks.store import incidents as store
-from erdu_tasks.catalog import Catalog
-from erdu_tasks.ingest.detect.rules import RuleSet
-from erdu_tasks.ingest.accept import Outcome, dedup_fingerprint, fold, upsert_groups
+from erdu_tasks.ingest.accept import IngestResult, IngestRuntime, accept, dedup_fingerprint
 from erdu_tasks.model import Event
 
 
@@ -90,30 +88,23 @@ def save_condition(conn: psycopg.Connection, cond: Condition, *, checked_ok: boo
     )
 
 
-def report(conn: psycopg.Connection, events: Sequence[Event], rules: RuleSet, catalog: Catalog,
-           *, top_details: dict[str, dict[str, Any]] | None = None) -> list[Outcome]:
-    """Fold and upsert events through the ingest path inside `conn`'s transaction.
+def report(conn: psycopg.Connection, events: Sequence[Event], rt: IngestRuntime,
+           *, top_details: dict[str, dict[str, Any]] | None = None) -> IngestResult:
+    """Accept events through the one ingest entry inside `conn`'s transaction.
 
     `top_details` maps a dedup_key to fields merged into a NEW incident's error_details (e.g.
     the probe's check, so the fixer can re-run it as validation).
     """
     if not events:
-        return []
-    groups, _ignored = fold(events, rules)
-    outcomes = upsert_groups(conn, groups, catalog)
+        return IngestResult([], 0)
+    result = accept(conn, events, rt)
     by_fp = {dedup_fingerprint(k): v for k, v in (top_details or {}).items()}
-    for outcome in outcomes:
+    for outcome in result.outcomes:
         extra = by_fp.get(outcome.fingerprint)
         if outcome.created and extra:
             conn.execute("UPDATE incidents SET error_details = error_details || %s WHERE id = %s",
                          (Jsonb(extra), outcome.incident_id))
-    return outcomes
-
-
-def outcome_for(outcomes: Sequence[Outcome], dedup_key: str) -> Outcome | None:
-    """The outcome of the event sent with this dedup_key, if it was not ignored."""
-    fp = dedup_fingerprint(dedup_key)
-    return next((o for o in outcomes if o.fingerprint == fp), None)
+    return result
 
 
 def record_recovery(conn: psycopg.Connection, cond: Condition, what: str, details: dict[str, Any]) -> None:
@@ -147,7 +138,7 @@ class Decision:
     created: bool = False
 
 
-def observe(db: Any, observations: Sequence[Observation], rules: RuleSet, catalog: Catalog,
+def observe(db: Any, observations: Sequence[Observation], rt: IngestRuntime,
             notify: Any, now: datetime) -> list[Decision]:
     """Step every condition, report the firing ones and record recoveries, all in one transaction."""
     if not observations:
@@ -163,11 +154,11 @@ def observe(db: Any, observations: Sequence[Observation], rules: RuleSet, catalo
         firing = [o for o, v, _, was in stepped
                   if v is Verdict.FIRING and o.event is not None and (o.repeat or not was)]
         top = {o.event.dedup_key: o.top_details for o in firing if o.top_details and o.event.dedup_key}
-        outcomes = report(conn, [o.event for o in firing], rules, catalog, top_details=top)
+        accepted = report(conn, [o.event for o in firing], rt, top_details=top)
         for obs, verdict, cond, was_firing in stepped:
             created = False
             if verdict is Verdict.FIRING and obs.event is not None and obs.event.dedup_key:
-                outcome = outcome_for(outcomes, obs.event.dedup_key)
+                outcome = accepted.for_dedup_key(obs.event.dedup_key)
                 if outcome is not None:
                     created = outcome.created
                     if not was_firing and not created:

@@ -13,9 +13,8 @@ from datetime import datetime
 
 import psutil
 
-from erdu_tasks.catalog import Catalog
 from erdu_tasks.fixer.checks import ProcessCheck, run_check
-from erdu_tasks.ingest.detect.rules import RuleSet
+from erdu_tasks.ingest.accept import IngestRuntime
 from erdu_tasks.model import Event
 from erdu_tasks.monitors.config import ProcessRequirement, SystemConfig, Threshold
 from erdu_tasks.monitors.state import Decision, Observation, observe
@@ -92,9 +91,9 @@ def observations(config: SystemConfig, sample: Sample, host: str) -> list[Observ
     return out
 
 
-def run_system(config: SystemConfig, db, rules: RuleSet, catalog: Catalog, notify: Callable[[str], None],
+def run_system(config: SystemConfig, db, rt: IngestRuntime, notify: Callable[[str], None],
                *, host: str, now: Callable[[], datetime],
                sampler: Callable[[SystemConfig], Sample] = take_sample) -> list[Decision]:
     """Sample the machine and record every condition in one transaction."""
     sample = sampler(config)
-    return observe(db, observations(config, sample, host), rules, catalog, notify, now())
+    return observe(db, observations(config, sample, host), rt, notify, now())

@@ -1,4 +1,4 @@
-"""What every ERDU task shares: retry policy, failure records and the stage hand-off."""
+"""What every ERDU task shares: retry policy and failure records (the stage hand-off is tasks/publish.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import structlog
 from celery import Task, signals
 from celery.exceptions import InvalidTaskError
 from celery.worker.strategy import default as default_strategy
-from kombu.exceptions import KombuError
-from redis.exceptions import RedisError
 
 from erdu_tasks import names
 from erdu_tasks.store import incidents as store
@@ -111,25 +109,3 @@ def _on_rejected(sender: Any = None, message: Any = None, exc: BaseException | N
 def _on_unknown(sender: Any = None, message: Any = None, name: str | None = None, id: str | None = None,
                 **_: Any) -> None:
     _record_rejected_message(message, f"no task named {name!r}", task_name=name, task_id=id)
-
-
-def send_stage(stage: str, incident_id: str, *, countdown: float | None = None) -> None:
-    """Publish the next stage on its own queue (set explicitly: the publisher may be another role's worker)."""
-    task_name, queue = names.STAGES[stage]
-    app.send_task(task_name, args=(incident_id,), queue=queue.value, routing_key=queue.value,
-                  countdown=countdown)
-
-
-def hand_on(stage: str, incident_id: str) -> bool:
-    """Publish the next stage after the commit; if the broker is down, leave it to the reconciler.
-
-    Postgres already says which stage the incident is owed, so a failed publish is no reason to fail
-    (and escalate) a stage that did its work: the reconciler re-drives it after the stage deadline.
-    """
-    try:
-        send_stage(stage, incident_id)
-        return True
-    except (KombuError, RedisError, OSError) as exc:
-        log.warning("hand-off failed; the reconciler re-drives it", stage=stage, incident_id=incident_id,
-                    error=f"{exc.__class__.__name__}: {exc}")
-        return False

@@ -14,7 +14,8 @@ from erdu_tasks.errors import PermanentError
 from erdu_tasks.model import Status
 from erdu_tasks.store.reconcile import lease
 from erdu_tasks.runtime import Runtime, runtime, worker_name
-from erdu_tasks.tasks.base import ErduTask, hand_on, log
+from erdu_tasks.tasks.base import ErduTask, log
+from erdu_tasks.tasks.publish import hand_on
 from erdu_tasks.tasks.pipeline import STAGE_FROM, _finish_quietly, begin_stage, escalate_in_tx
 
 

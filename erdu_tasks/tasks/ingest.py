@@ -9,9 +9,11 @@ from erdu_tasks import names
 from erdu_tasks.store import incidents as store
 from erdu_tasks.app import app
 from erdu_tasks.errors import InvalidEvent
-from erdu_tasks.ingest.accept import fold, parse_events, upsert_groups
+from erdu_tasks.ingest.accept import accept
+from erdu_tasks.ingest.formats.event import parse_events
 from erdu_tasks.runtime import runtime
-from erdu_tasks.tasks.base import ErduTask, hand_on, log
+from erdu_tasks.tasks.base import ErduTask, log
+from erdu_tasks.tasks.publish import hand_on
 
 
 def _payload_text(payload: Any) -> str:
@@ -35,25 +37,20 @@ def ingest(self: ErduTask, payload: Any = None, *args: Any, **kwargs: Any) -> di
         rejected_id = self.with_retries(lambda: _reject(rt, error, text))
         log.warning("event rejected", error=error, rejected_id=rejected_id)
         return {"rejected": error, "rejected_id": rejected_id}
-    groups, ignored = fold(events, rt.rules)
-
     message_id = self.request.id
 
     def write():
         with rt.db.transaction() as conn:
             if message_id and not store.take_receipt(conn, message_id):
                 return None   # redelivered after its acknowledgement was lost: already counted
-            return upsert_groups(conn, groups, rt.catalog, flap_window=rt.settings.flap_window_seconds)
+            return accept(conn, events, rt)
 
-    outcomes = self.with_retries(write)
-    if outcomes is None:
+    result = self.with_retries(write)
+    if result is None:
         log.info("message already ingested", message_id=message_id)
-        return {"incidents": [], "ignored": ignored, "already_ingested": True}
-    for outcome in outcomes:
-        if outcome.created:
-            hand_on("assess", outcome.incident_id)
-    return {"incidents": [{"id": o.incident_id, "new": o.created, "occurrences": o.occurrences}
-                          for o in outcomes], "ignored": ignored}
+        return {"incidents": [], "ignored": 0, "already_ingested": True}
+    hand_on("assess", result.new_incidents)
+    return result.as_dict()
 
 
 def _reject(rt, error: str, text: str) -> int:

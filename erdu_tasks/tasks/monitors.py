@@ -22,7 +22,8 @@ from erdu_tasks.errors import TransientError
 from erdu_tasks.monitors import celery_health, http_probe, logtail, system
 from erdu_tasks.monitors.config import MonitorsConfig, monitors_of
 from erdu_tasks.runtime import runtime
-from erdu_tasks.tasks.base import ErduTask, log, send_stage
+from erdu_tasks.tasks.base import ErduTask, log
+from erdu_tasks.tasks.publish import hand_on
 
 T = TypeVar("T")
 
@@ -41,7 +42,7 @@ def _host(config: MonitorsConfig) -> str:
 
 
 def _assess(incident_id: str) -> None:
-    send_stage("assess", incident_id)
+    hand_on("assess", incident_id)
 
 
 def _now() -> datetime:
@@ -63,8 +64,7 @@ def monitor_logs(self: ErduTask) -> dict[str, Any]:
     if config.logs is None:
         return {"skipped": "no monitors.logs section"}
     rt = runtime()
-    deps = logtail.TailDeps(db=rt.db, redis=_redis(rt.settings.redis_url), rules=rt.rules, catalog=rt.catalog,
-                            notify=_assess, host=_host(config))
+    deps = logtail.TailDeps(db=rt.db, redis=_redis(rt.settings.redis_url), rt=rt, notify=_assess, host=_host(config))
 
     def scan() -> dict[str, Any]:
         stats = logtail.scan(config.logs, deps)
@@ -87,7 +87,7 @@ def monitor_probes(self: ErduTask) -> dict[str, Any]:
     rt = runtime()
 
     def run() -> dict[str, Any]:
-        decisions = http_probe.run_probes(config.probes, rt.db, rt.rules, rt.catalog, _assess,
+        decisions = http_probe.run_probes(config.probes, rt.db, rt, _assess,
                                           host=_host(config), now=_now)
         return {d.observation.key: d.verdict.value for d in decisions}
 
@@ -103,7 +103,7 @@ def monitor_system(self: ErduTask) -> dict[str, Any]:
     rt = runtime()
 
     def run() -> dict[str, Any]:
-        decisions = system.run_system(config.system, rt.db, rt.rules, rt.catalog, _assess, host=_host(config),
+        decisions = system.run_system(config.system, rt.db, rt, _assess, host=_host(config),
                                       now=_now)
         return {d.observation.key: d.verdict.value for d in decisions}
 
@@ -123,7 +123,7 @@ def monitor_celery(self: ErduTask) -> dict[str, Any]:
     rt = runtime()
 
     def run() -> dict[str, Any]:
-        return celery_health.run_celery(config.celery, rt.db, _redis(rt.settings.redis_url), _ping, rt.rules,
-                                        rt.catalog, _assess, host=_host(config), now=_now)
+        return celery_health.run_celery(config.celery, rt.db, _redis(rt.settings.redis_url), _ping, rt, _assess,
+                                        host=_host(config), now=_now)
 
     return _run("celery", run)

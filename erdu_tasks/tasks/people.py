@@ -8,7 +8,7 @@ from erdu_tasks.store import incidents as store
 from erdu_tasks.errors import ErduError
 from erdu_tasks.model import OPEN_STATUSES, Status
 from erdu_tasks.runtime import Runtime
-from erdu_tasks.tasks.base import send_stage
+from erdu_tasks.tasks.publish import hand_on
 
 # The status a stage expects, used when a person retries from that stage.
 _RETRY_STATUS = {"assess": Status.DETECTED, "diagnose": Status.ASSIGNED, "fix": Status.INVESTIGATING}
@@ -64,7 +64,7 @@ def resolve(rt: Runtime, incident_id: str, who: str, note: str | None = None, *,
         store.transition(conn, incident_id, expected=[incident.status], to=Status.RESOLVED, actor=f"{kind}:{who}",
                          what=f"resolved by {who}" + (f": {note}" if note else ""), updates=updates,
                          details={"note": note} if note else None)
-    send_stage("resolve", incident_id)
+    hand_on("resolve", incident_id)
     return ActionDone(incident_id, f"{incident_id} resolved by {who}; report follows")
 
 
@@ -77,7 +77,7 @@ def approve(rt: Runtime, incident_id: str, who: str) -> ActionDone:
         fix = {**(incident.fix or {}), "approved_by": who}
         store.transition(conn, incident_id, expected=[Status.AWAITING_APPROVAL], to=Status.FIXING,
                          actor=f"person:{who}", what=f"fix approved by {who}", updates={"fix": fix})
-    send_stage("fix", incident_id)
+    hand_on("fix", incident_id)
     return ActionDone(incident_id, f"{incident_id} approved by {who}; fixer resumes")
 
 
@@ -104,5 +104,5 @@ def retry(rt: Runtime, incident_id: str, who: str) -> ActionDone:
             raise ActionRefused(f"{incident_id} is {incident.status.value}: only escalated incidents are retried")
         conn.execute("UPDATE failed_tasks SET retried_at = now() WHERE incident_id = %s AND retried_at IS NULL",
                      (incident_id,))
-    send_stage(stage, incident_id)
+    hand_on(stage, incident_id)
     return ActionDone(incident_id, f"{incident_id} re-driven from {stage}")

@@ -18,7 +18,8 @@ from erdu_tasks.brains import Thought, brains_for
 from erdu_tasks.roles.report import build_report, report_paths, write_report
 from erdu_tasks.roles import commander, diagnostician, logwindow, resolver
 from erdu_tasks.runtime import Runtime, runtime, worker_name
-from erdu_tasks.tasks.base import ErduTask, hand_on, log
+from erdu_tasks.tasks.base import ErduTask, log
+from erdu_tasks.tasks.publish import hand_on
 
 # Which statuses a stage acts on; finding the incident elsewhere means it already moved on.
 STAGE_FROM: dict[str, frozenset[Status]] = {

@@ -11,8 +11,9 @@ from erdu_tasks.escalation.sweep import Escalator
 from erdu_tasks.model import Status
 from erdu_tasks.runtime import Runtime, runtime, worker_name
 from erdu_tasks.store.reconcile import OWED
-from erdu_tasks.tasks.base import ErduTask, log, send_stage
+from erdu_tasks.tasks.base import ErduTask, log
 from erdu_tasks.tasks.escalate import escalate_incident
+from erdu_tasks.tasks.publish import send_stage
 
 _escalators: dict[int, Escalator] = {}
 

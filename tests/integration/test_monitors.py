@@ -16,12 +16,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import redis
 
-from erdu_tasks.catalog import Catalog
 from erdu_tasks.store.db import Database
-from erdu_tasks.ingest.detect.rules import RuleSet
 from erdu_tasks.monitors import http_probe, logtail, state, system
 from erdu_tasks.monitors.config import load_monitors
+from erdu_tasks.runtime import Runtime
+from erdu_tasks.settings import load_settings
 from tests.conftest import incident_rows, wait_for
+
+
+def ingest_rt(url: str) -> Runtime:
+    """The runtime the ingest entry reads (built-in rules, no catalog, default settings) on this database."""
+    return Runtime(load_settings(database_url=url))
 
 KINDS = {
     "A": "2024-05-01T10:00:{s:02d} ERROR checkout failed for order {n}",
@@ -64,7 +69,7 @@ def tail_env(fresh_database_url, redis_server, tmp_path):
     db = Database(fresh_database_url)
     client = redis.Redis.from_url(redis_server.url)
     created: list[str] = []
-    deps = logtail.TailDeps(db=db, redis=client, rules=RuleSet.load(None), catalog=Catalog.load(None),
+    deps = logtail.TailDeps(db=db, redis=client, rt=ingest_rt(fresh_database_url),
                             notify=created.append, host="test-host")
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -348,7 +353,7 @@ def test_a_probe_fails_three_times_opens_one_incident_recovers_and_flaps(fresh_d
                                                 "service": "orders"}]}}).probes
 
     def run():
-        decisions = http_probe.run_probes(cfg, db, RuleSet.load(None), Catalog.load(None), created.append,
+        decisions = http_probe.run_probes(cfg, db, ingest_rt(fresh_database_url), created.append,
                                           host="h1", now=lambda: datetime.now(timezone.utc))
         return decisions[0].verdict.value
 
@@ -394,7 +399,7 @@ def test_the_fixer_validates_a_probe_incident_by_re_running_the_probe(fresh_data
     cfg = load_monitors({"probes": {"checks": [{"name": "api", "url": flaky.url, "failures": 1,
                                                 "expect_status": [200]}]}}).probes
     flaky.status = 500
-    decisions = http_probe.run_probes(cfg, db, RuleSet.load(None), Catalog.load(None), lambda i: None, host="h",
+    decisions = http_probe.run_probes(cfg, db, ingest_rt(fresh_database_url), lambda i: None, host="h",
                                       now=lambda: datetime.now(timezone.utc))
     with db.transaction() as conn:
         incident = store.get_incident(conn, decisions[0].condition.incident_id)
@@ -417,7 +422,7 @@ def test_an_unreachable_probe_is_a_failure_not_a_crash(fresh_database_url):
 
     cfg = load_monitors({"probes": {"checks": [{"name": "gone", "url": f"http://127.0.0.1:{free_port()}/",
                                                 "failures": 1, "timeout": 1}]}}).probes
-    d = http_probe.run_probes(cfg, db, RuleSet.load(None), Catalog.load(None), lambda i: None, host="h",
+    d = http_probe.run_probes(cfg, db, ingest_rt(fresh_database_url), lambda i: None, host="h",
                               now=lambda: datetime.now(timezone.utc))
     assert d[0].verdict.value == "firing" and "ConnectError" in d[0].observation.detail
     db.close()
@@ -435,7 +440,7 @@ def test_a_sustained_breach_and_a_missing_process_become_incidents_a_spike_does_
                                                    "severity": "P1"}]}}).system
 
     def run():
-        decisions = system.run_system(cfg, db, RuleSet.load(None), Catalog.load(None), created.append, host="h1",
+        decisions = system.run_system(cfg, db, ingest_rt(fresh_database_url), created.append, host="h1",
                                       now=lambda: datetime.now(timezone.utc))
         return {d.observation.key: d.verdict.value for d in decisions}
 

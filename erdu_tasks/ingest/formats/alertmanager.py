@@ -1,14 +1,22 @@
-"""Prometheus Alertmanager webhook (version 4): the payload, and each alert as an ERDU event."""
+"""Prometheus Alertmanager webhook (version 4): the payload, each alert as an ERDU event, and its delivery records.
+
+Alertmanager delivers at least once. Each firing instance (an alert and its startsAt) is
+recorded in `alert_instances` in the transaction that accepts it, so a notification delivered
+again changes nothing; a resolved instance is recorded after its incident is resolved.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
+import psycopg
 from pydantic import BaseModel, ConfigDict, Field
 
+from erdu_tasks.ingest.accept import IngestRuntime, accept
 from erdu_tasks.model import Event, Severity
 
 SOURCE = "alertmanager"
@@ -98,3 +106,81 @@ class Outcome(StrEnum):
     RESOLVED = "resolved"        # its incident is resolved now
     NOT_OPEN = "not_open"        # resolved alert whose incident was already resolved (or never seen)
     IGNORED = "ignored"          # dropped by an ignore rule
+
+
+class AlertResult(BaseModel):
+    """What happened to one alert."""
+
+    fingerprint: str
+    status: str
+    outcome: Outcome
+    incident_id: str | None = None
+
+
+def _claim_instance(conn: psycopg.Connection, key: str, starts_at: datetime) -> tuple[bool, str | None]:
+    """Record a firing instance; (True, None) if it is new, (False, its incident) if delivered before."""
+    row = conn.execute(
+        "INSERT INTO alert_instances (source, alert_key, starts_at, state) VALUES (%s, %s, %s, 'firing')"
+        " ON CONFLICT DO NOTHING RETURNING alert_key",
+        (SOURCE, key, starts_at),
+    ).fetchone()
+    if row:
+        return True, None
+    old = conn.execute("SELECT incident_id FROM alert_instances WHERE source = %s AND alert_key = %s"
+                       " AND starts_at = %s", (SOURCE, key, starts_at)).fetchone()
+    return False, old["incident_id"] if old else None
+
+
+def fire(conn: psycopg.Connection, notification: Notification, alerts: Sequence[Alert],
+         rt: IngestRuntime) -> list[AlertResult]:
+    """Accept the firing alerts not delivered before, in conn's transaction; what each alert did."""
+    results: list[AlertResult] = []
+    fresh: list[tuple[Alert, Event]] = []
+    for alert in sorted(alerts, key=lambda a: (alert_key(a), a.startsAt)):
+        new, incident_id = _claim_instance(conn, alert_key(alert), alert.startsAt)
+        if new:
+            fresh.append((alert, alert_event(alert, notification)))
+        else:
+            results.append(AlertResult(fingerprint=alert_key(alert), status="firing", outcome=Outcome.DUPLICATE,
+                                       incident_id=incident_id))
+    accepted = accept(conn, [event for _, event in fresh], rt)
+    for alert, event in fresh:
+        outcome = accepted.for_dedup_key(event.dedup_key or "")
+        if outcome is None:
+            results.append(AlertResult(fingerprint=alert_key(alert), status="firing", outcome=Outcome.IGNORED))
+            continue
+        conn.execute("UPDATE alert_instances SET incident_id = %s WHERE source = %s AND alert_key = %s"
+                     " AND starts_at = %s", (outcome.incident_id, SOURCE, alert_key(alert), alert.startsAt))
+        results.append(AlertResult(fingerprint=alert_key(alert), status="firing",
+                                   outcome=Outcome.OPENED if outcome.created else Outcome.RECURRED,
+                                   incident_id=outcome.incident_id))
+    return results
+
+
+def opened(results: Sequence[AlertResult]) -> list[str]:
+    """The incidents the alerts opened (each is handed on to assessment after the commit)."""
+    return sorted({r.incident_id for r in results if r.outcome is Outcome.OPENED and r.incident_id})
+
+
+def incident_of_instance(conn: psycopg.Connection, alert: Alert) -> str | None:
+    """The open incident this alert instance belongs to, unless a later firing of the alert still holds it."""
+    row = conn.execute(
+        """
+        SELECT a.incident_id FROM alert_instances a JOIN incidents i ON i.id = a.incident_id
+        WHERE a.source = %(src)s AND a.alert_key = %(key)s AND a.starts_at = %(at)s
+          AND i.status NOT IN ('resolved', 'closed')
+          AND NOT EXISTS (SELECT 1 FROM alert_instances b WHERE b.source = a.source AND b.alert_key = a.alert_key
+                          AND b.starts_at > a.starts_at AND b.state = 'firing' AND b.incident_id = a.incident_id)
+        """,
+        {"src": SOURCE, "key": alert_key(alert), "at": alert.startsAt},
+    ).fetchone()
+    return row["incident_id"] if row else None
+
+
+def record_resolved(conn: psycopg.Connection, alert: Alert) -> None:
+    """Mark the instance resolved (after its incident is, so a retry after a failure finds it resolved already)."""
+    conn.execute(
+        "INSERT INTO alert_instances (source, alert_key, starts_at, state) VALUES (%s, %s, %s, 'resolved')"
+        " ON CONFLICT (source, alert_key, starts_at) DO UPDATE SET state = 'resolved', updated_at = now()",
+        (SOURCE, alert_key(alert), alert.startsAt),
+    )

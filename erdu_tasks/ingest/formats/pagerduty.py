@@ -7,9 +7,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
+import psycopg
 from pydantic import BaseModel, ConfigDict, Field
 
-from erdu_tasks.model import Event, Severity
+from erdu_tasks.ingest.accept import dedup_fingerprint
+from erdu_tasks.model import OPEN_STATUSES, Event, Severity
 
 SOURCE = "pagerduty"
 
@@ -115,6 +117,13 @@ def trigger_event(event: TriggerEvent, dedup_key: str) -> Event:
         service=(payload.component or payload.group or "")[:128] or None, host=payload.source, labels=labels,
         occurred_at=payload.timestamp, count=1, dedup_key=dedup_key, details=details,
     )
+
+
+def open_incident(conn: psycopg.Connection, dedup_key: str) -> str | None:
+    """The open incident of a dedup_key (what an acknowledge or resolve acts on), if there is one."""
+    row = conn.execute("SELECT id FROM incidents WHERE fingerprint = %s AND status = ANY(%s)",
+                       (dedup_fingerprint(dedup_key), [s.value for s in OPEN_STATUSES])).fetchone()
+    return row["id"] if row else None
 
 
 _TAGS = {"body", *(a.value for a in Action)}
