@@ -78,7 +78,7 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -86,11 +86,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from erdu_tasks.errors import ConfigError
 from erdu_tasks.model import Severity
 from erdu_tasks.timecfg import quoted_time, valid_timezone
-from erdu_tasks.escalation.channels import CHANNEL_TYPES, AnyChannelSettings, DeliveryResult, Notification, NotificationKind
+from erdu_tasks.escalation.channels import CHANNEL_TYPES, AnyChannelSettings, DeliveryResult, Notification
 from erdu_tasks.escalation.channels.file import FileSettings
-
-if TYPE_CHECKING:
-    from erdu_tasks.model import Incident
 
 # --------------------------------------------------------------------------- configuration
 
@@ -523,22 +520,6 @@ def step_key(incident_id: str, started_at: datetime, level: int, repeat: int) ->
     """A stable key for one step of one escalation; claim it under a unique constraint before sending."""
     epoch_ms = int(_aware(started_at).timestamp() * 1000)
     return f"{incident_id}:{epoch_ms}:L{level}:R{repeat}"
-
-
-def notification_for(
-    config: EscalationConfig, incident: Incident, step: Step, *, reason: str, now: datetime
-) -> Notification:
-    """The notification for one step of an incident's escalation."""
-    return Notification.from_incident(
-        incident,
-        reason=reason,
-        level=step.level,
-        repeat=step.repeat,
-        kind=NotificationKind.TRIGGER,
-        see_command=config.see_command_for(incident.id),
-        url=config.url_for(incident.id),
-        now=now,
-    )
 
 
 # --------------------------------------------------------------------------- delivery retries
