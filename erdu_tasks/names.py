@@ -37,7 +37,6 @@ MONITOR_SYSTEM = "erdu.monitor.system"
 MONITOR_CELERY = "erdu.monitor.celery"
 
 
-
 class Stage(StrEnum):
     """The four pipeline stages, one per role; the value is stored (escalations.stage) and logged."""
 
@@ -117,6 +116,7 @@ def owed_stage(status: Status, *, auto_resolved: bool = False) -> Stage | None:
     if auto_resolved and status is SHORTCUT_FROM[0]:
         return SHORTCUT_FROM[1]
     return OWED.get(status)
+
 
 # Routing: the single table every producer and worker uses.
 TASK_ROUTES: dict[str, dict[str, str]] = {

@@ -7,14 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import psycopg
 import structlog
 from celery import Task, signals
 from celery.exceptions import InvalidTaskError
 from celery.worker.strategy import default as default_strategy
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
-
-import psycopg
 
 from erdu_tasks import names
 from erdu_tasks.store import incidents as store
