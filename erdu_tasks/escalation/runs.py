@@ -31,6 +31,7 @@ from erdu_tasks.catalog import Catalog
 from erdu_tasks.errors import ConfigError
 from erdu_tasks.escalation.policy import EscalationConfig, parse_duration
 from erdu_tasks.model import Incident, Status
+from erdu_tasks.names import PIPELINE_STATUSES
 from erdu_tasks.escalation.channels import AttemptedFix, Notification, NotificationKind
 
 log = structlog.get_logger("erdu.escalation")
@@ -39,7 +40,7 @@ ACTOR = "escalation"
 OWN_KEYS = frozenset({"inhibit", "sweep_interval", "stuck_after", "sweep_batch", "approval_deadline_seconds"})
 """Keys of the `escalation` section read here (or by the reconciler), not by EscalationConfig."""
 
-_PIPELINE_STATUSES = ("detected", "assigned", "investigating", "fixing")
+_PIPELINE_STATUSES = tuple(sorted(s.value for s in PIPELINE_STATUSES))
 
 
 def utcnow() -> datetime:
@@ -119,7 +120,11 @@ def _output_text(entry: Mapping[str, Any]) -> str:
 
 
 def attempted_fixes(incident: Incident) -> list[AttemptedFix]:
-    """What the fixer tried, with outputs: runbook steps, validation, rollback (StepOutcome dicts)."""
+    """What the fixer tried, with outputs: runbook steps, validation, rollback (StepOutcome dicts).
+
+    The one converter of the fixer's record into a payload's fixes; without a fix record, the
+    incident's resolution actions.
+    """
     fix = incident.fix or {}
     runbook = fix.get("runbook")
     prefix = f"{runbook}: " if runbook else ""

@@ -1,20 +1,20 @@
-"""The fixer's engine: pick a runbook, run its steps once each (idempotency keys), validate, roll back."""
+"""The fixer's engine: matching runbooks, their recent runs, keyed steps (run once each), validation."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from erdu_tasks.fixer.actions import rollback_step, run_step
+from erdu_tasks.fixer.actions import run_step
 from erdu_tasks.fixer.actions.base import ActionResult
 from erdu_tasks.fixer.checks import check_from_incident, run_check
 from erdu_tasks.errors import PermanentError
 from erdu_tasks.model import Incident
-from erdu_tasks.fixer.runbooks import MatchInput, Runbook, RunbookSet, rate_limit_ok
+from erdu_tasks.fixer.runbooks import MatchInput, Runbook, RunbookSet
 
 _cache: dict[str, RunbookSet] = {}
 
@@ -49,27 +49,22 @@ def allowed_fields(incident: Incident) -> dict[str, str]:
     return fields
 
 
-def choose_runbook(runbooks: list[Runbook], preferred: str | None) -> Runbook | None:
-    """The commander's pick if it still matches, else the first of the ranked matches."""
+def recent_runs(conn: psycopg.Connection, runbooks: list[Runbook], service: str | None, *,
+                exclude: str) -> dict[str, tuple[datetime, ...]]:
+    """Runbook name -> start times of its runs on this service for other incidents, within its limit window."""
     if not runbooks:
-        return None
-    return next((rb for rb in runbooks if rb.name == preferred), runbooks[0])
-
-
-def recent_runs(conn: psycopg.Connection, runbook: Runbook, service: str | None, *, exclude: str) -> list[datetime]:
-    """Start times of this runbook's recent runs on this service (for its rate limit)."""
+        return {}
+    windows = {rb.name: float(rb.limits.per_seconds) for rb in runbooks}
     rows = conn.execute(
-        "SELECT started_at FROM runbook_runs WHERE runbook = %s AND service IS NOT DISTINCT FROM %s"
-        " AND incident_id <> %s AND started_at > now() - make_interval(secs => %s) ORDER BY started_at",
-        (runbook.name, service, exclude, float(runbook.limits.per_seconds)),
+        "SELECT runbook, started_at FROM runbook_runs"
+        " WHERE runbook = ANY(%s) AND service IS NOT DISTINCT FROM %s AND incident_id <> %s"
+        " AND started_at > now() - make_interval(secs => %s) ORDER BY started_at",
+        (list(windows), service, exclude, max(windows.values())),
     ).fetchall()
-    return [r["started_at"] for r in rows]
-
-
-def rate_ok(conn: psycopg.Connection, runbook: Runbook, incident: Incident) -> bool:
-    """True if running the runbook now stays within its limit."""
-    return rate_limit_ok(runbook, recent_runs(conn, runbook, incident.service, exclude=incident.id),
-                         datetime.now(timezone.utc))
+    out: dict[str, list[datetime]] = {name: [] for name in windows}
+    for r in rows:
+        out[r["runbook"]].append(r["started_at"])
+    return {name: tuple(times) for name, times in out.items()}
 
 
 def claim_run(conn: psycopg.Connection, incident: Incident, attempt: int, runbook: Runbook) -> None:
@@ -99,8 +94,8 @@ class StepOutcome:
                 "duration": self.duration, "output": self.output, "reused": self.reused}
 
 
-def run_keyed(db: Any, incident: Incident, key: str, runbook: Runbook, step: Any, *, rollback: bool,
-              dry_run: bool, redis_url: str | None) -> StepOutcome:
+def run_keyed(db: Any, incident: Incident, key: str, runbook: Runbook, step: Any, *, dry_run: bool,
+              redis_url: str | None) -> StepOutcome:
     """Run a step at most once per key: a redelivered fix reuses the stored result instead of acting again."""
     with db.transaction() as conn:
         claimed = conn.execute(
@@ -119,9 +114,8 @@ def run_keyed(db: Any, incident: Incident, key: str, runbook: Runbook, step: Any
         result = row["result"] or {}
         return StepOutcome(key, step.action, row["ok"], result.get("detail", ""), result.get("duration", 0.0),
                            result.get("output", {}), reused=True)
-    fn = rollback_step if rollback else run_step
-    result: ActionResult = fn(step, allowed_fields(incident), dry_run=dry_run or runbook.dry_run,
-                              redis_url_for_cache=redis_url, idempotency_key=f"{incident.id}:{key}")
+    result: ActionResult = run_step(step, allowed_fields(incident), dry_run=dry_run or runbook.dry_run,
+                                    redis_url_for_cache=redis_url, idempotency_key=f"{incident.id}:{key}")
     with db.transaction() as conn:
         conn.execute("UPDATE action_runs SET finished_at = now(), ok = %s, result = %s"
                      " WHERE incident_id = %s AND step_key = %s",

@@ -7,15 +7,7 @@ from dataclasses import dataclass
 import psycopg
 
 from erdu_tasks.model import Status
-
-# Status -> the stage that moves it on.
-OWED: dict[Status, str] = {
-    Status.DETECTED: "assess",
-    Status.ASSIGNED: "diagnose",
-    Status.INVESTIGATING: "fix",
-    Status.FIXING: "fix",
-    Status.RESOLVED: "resolve",
-}
+from erdu_tasks.names import OWED, Stage, owed_stage
 
 
 @dataclass(frozen=True)
@@ -24,7 +16,7 @@ class Owed:
 
     incident_id: str
     status: Status
-    stage: str
+    stage: Stage
 
 
 def stuck(conn: psycopg.Connection, *, deadline_seconds: float, limit: int = 500) -> list[Owed]:
@@ -45,8 +37,9 @@ def stuck(conn: psycopg.Connection, *, deadline_seconds: float, limit: int = 500
     out = []
     for r in rows:
         status = Status(r["status"])
-        stage = "fix" if status is Status.ASSIGNED and r["auto_resolved"] else OWED[status]
-        out.append(Owed(r["id"], status, stage))
+        stage = owed_stage(status, auto_resolved=bool(r["auto_resolved"]))
+        if stage is not None:
+            out.append(Owed(r["id"], status, stage))
     return out
 
 

@@ -1,11 +1,13 @@
-"""What every ERDU task shares: retry policy and failure records (the stage hand-off is tasks/publish.py)."""
+"""What every ERDU task shares: retry policy, failure records and the stage runner (the hand-off is tasks/publish.py)."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
+import psycopg
 import structlog
 from celery import Task, signals
 from celery.exceptions import InvalidTaskError
@@ -14,8 +16,11 @@ from celery.worker.strategy import default as default_strategy
 from erdu_tasks import names
 from erdu_tasks.store import incidents as store
 from erdu_tasks.app import app
-from erdu_tasks.errors import TransientError
-from erdu_tasks.runtime import runtime, worker_name
+from erdu_tasks.errors import PermanentError, TransientError
+from erdu_tasks.model import Incident
+from erdu_tasks.names import Stage
+from erdu_tasks.runtime import Runtime, runtime, worker_name
+from erdu_tasks.tasks.publish import hand_on
 
 log = structlog.get_logger("erdu.tasks")
 T = TypeVar("T")
@@ -30,7 +35,7 @@ class ErduTask(Task):
     """Base task: transient errors retry with backoff; anything that fails for good is recorded."""
 
     abstract = True
-    stage: str | None = None
+    stage: Stage | None = None
     Strategy = "erdu_tasks.tasks.base:guarded_strategy"
 
     def with_retries(self, fn: Callable[[], T]) -> T:
@@ -109,3 +114,98 @@ def _on_rejected(sender: Any = None, message: Any = None, exc: BaseException | N
 def _on_unknown(sender: Any = None, message: Any = None, name: str | None = None, id: str | None = None,
                 **_: Any) -> None:
     _record_rejected_message(message, f"no task named {name!r}", task_name=name, task_id=id)
+
+
+# ---- the stage runner ------------------------------------------------------------------------
+
+V = TypeVar("V")
+
+
+@dataclass(frozen=True)
+class Outside(Generic[V]):
+    """What a stage still has to do after its first transaction: act outside any transaction, then settle.
+
+    The fix returns one: its actions may take minutes and must not hold the incident's row lock; `settle`
+    runs in a second transaction, with the act's result, and returns the next stage.
+    """
+
+    act: Callable[[], V]
+    settle: Callable[[psycopg.Connection, V], Stage | None]
+
+
+Body = Callable[[psycopg.Connection, Runtime, Incident, str], "Stage | None | Outside[Any]"]
+"""A stage's work on the locked incident: returns the next stage, None, or the work left to do Outside."""
+
+
+def begin_stage(task: ErduTask, rt: Runtime, stage: Stage, incident_id: object, worker: str) -> bool:
+    """Count this start of (incident, stage); False when earlier starts crashed too often (then it is parked)."""
+    if not isinstance(incident_id, str):
+        raise PermanentError(f"{task.name} expects an incident id string, got {type(incident_id).__name__}")
+
+    def start() -> int:
+        with rt.db.transaction() as conn:
+            return store.stage_started(conn, incident_id, stage)
+
+    crashes = task.with_retries(start)
+    if crashes >= rt.settings.max_worker_crashes:
+        from erdu_tasks.tasks.pipeline import park_poisoned   # the pipeline owns the way into escalated
+
+        task.with_retries(lambda: park_poisoned(rt, incident_id, stage, crashes, worker))
+        return False
+    return True
+
+
+def finish_quietly(rt: Runtime, incident_id: str, stage: Stage) -> None:
+    """A handled failure is not a crash: count the finish if the database lets us."""
+    try:
+        with rt.db.transaction() as conn:
+            store.stage_finished(conn, incident_id, stage)
+    except Exception:
+        pass
+
+
+def run_stage(task: ErduTask, stage: Stage, incident_id: str, body: Body) -> Stage | None:
+    """Load the incident locked, run the body if the incident is still owed this stage, hand on after commit.
+
+    The finish of the stage is counted in the transaction that stores its outcome (the settle's, for a
+    body that returns Outside), so a worker lost half-way leaves the start counted (poison protection).
+    """
+    rt = runtime()
+    worker = worker_name(task.request.hostname)
+    stage = Stage(stage)
+    if not begin_stage(task, rt, stage, incident_id, worker):
+        return None
+
+    def work() -> Stage | None | Outside[Any]:
+        with rt.db.transaction() as conn:
+            incident = store.get_incident(conn, incident_id, for_update=True)
+            if incident is None:
+                raise PermanentError(f"no incident {incident_id}")
+            if incident.status not in names.STAGE_FROM[stage]:
+                log.info("stage already done", stage=stage.value, incident_id=incident_id,
+                         status=incident.status.value)
+                store.stage_finished(conn, incident_id, stage)
+                return None
+            result = body(conn, rt, incident, worker)
+            if not isinstance(result, Outside):
+                store.stage_finished(conn, incident_id, stage)
+            return result
+
+    def settle(outside: Outside[Any], value: Any) -> Stage | None:
+        with rt.db.transaction() as conn:
+            store.stage_finished(conn, incident_id, stage)   # the finish counts with the outcome, one commit
+            return outside.settle(conn, value)
+
+    try:
+        result = task.with_retries(work)
+        if isinstance(result, Outside):
+            outside = result
+            value = task.with_retries(outside.act)
+            result = task.with_retries(lambda: settle(outside, value))
+    except BaseException:   # a failure handled here (or a retry) is not a lost worker
+        finish_quietly(rt, incident_id, stage)
+        raise
+    if result:
+        hand_on(result, incident_id)
+    return result
+

@@ -1,105 +1,100 @@
-"""erdu.fix: the fixer's stage. Plan in one transaction, act outside it (keyed steps), then settle."""
+"""erdu.fix: the fixer's stage. Load the facts, plan (roles.fixer), store the plan; act outside the
+transaction (keyed steps); settle the outcome in a second one and hand on."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
+import psycopg
+
 from erdu_tasks.escalation import runs as escalation
-from erdu_tasks.escalation.gates import Facts, GateName
+from erdu_tasks.escalation.gates import Outcome as GateOutcome, load_facts
+from erdu_tasks.escalation.runs import FIX_GATES
 from erdu_tasks.fixer import engine as fixing
+from erdu_tasks.fixer.runbooks import Approval, Runbook
 from erdu_tasks.store import history, incidents as store
 from erdu_tasks import names
 from erdu_tasks.app import app
-from erdu_tasks.errors import PermanentError
-from erdu_tasks.model import Status
+from erdu_tasks.model import Incident, Status
+from erdu_tasks.names import Stage
+from erdu_tasks.roles import fixer
+from erdu_tasks.roles.fixer import Candidate, FixContext, FixPlan, Outcome
 from erdu_tasks.store.reconcile import lease
-from erdu_tasks.runtime import Runtime, runtime, worker_name
-from erdu_tasks.tasks.base import ErduTask, log
-from erdu_tasks.tasks.publish import hand_on
-from erdu_tasks.tasks.pipeline import STAGE_FROM, _finish_quietly, begin_stage, escalate_in_tx
+from erdu_tasks.runtime import Runtime
+from erdu_tasks.tasks.base import ErduTask, Outside, log, run_stage
+from erdu_tasks.tasks.pipeline import escalate_in_tx
 
 
-@app.task(name=names.FIX, base=ErduTask, bind=True, stage="fix")
-def fix(self: ErduTask, incident_id: str) -> str | None:
+@app.task(name=names.FIX, base=ErduTask, bind=True, stage=Stage.FIX)
+def fix(self: ErduTask, incident_id: str) -> Stage | None:
     """Fixer: run the chosen runbook once, validate by re-checking, resolve or roll back and escalate."""
-    rt = runtime()
-    worker = worker_name(self.request.hostname)
-    if not begin_stage(self, rt, "fix", incident_id, worker):
+    return run_stage(self, Stage.FIX, incident_id, _fix)
+
+
+def _fix(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str) -> Stage | None | Outside[Any]:
+    """Load the facts, plan, store the plan; a plan to run returns the actions to do outside the transaction."""
+    now = datetime.now(timezone.utc)
+    stats = history.runbook_stats(conn, incident.fingerprint)
+    runbooks = fixing.matching_runbooks(rt, incident, stats)
+    # A silence that began after the commander's check still stops the fix before anything runs.
+    silence = None
+    if incident.status is not Status.FIXING:
+        gate = rt.gates.check(load_facts(conn, rt.gates, incident, now, FIX_GATES), now, FIX_GATES)
+        silence = gate.silence if gate.outcome is GateOutcome.SILENCED else None
+    decision = fixer.plan(incident, _context(conn, rt, incident, runbooks, stats, now=now,
+                                             silence_id=silence.id if silence else None))
+    log.info("fix planned", incident_id=incident.id, outcome=decision.outcome.value, runbook=decision.runbook)
+    if decision.outcome is Outcome.HOLD_SILENCED:
+        escalation.hold(conn, incident, kind="silence", stage=Stage.FIX, now=now, worker=worker, silence=silence)
         return None
-    try:
-        plan = self.with_retries(lambda: _plan(rt, incident_id, worker))
-        if not isinstance(plan, tuple):
-            _finish_quietly(rt, incident_id, "fix")
-            if plan == "diagnose":
-                hand_on("diagnose", incident_id)
-            return plan
-        incident, runbook, attempt = plan
-        outcome = self.with_retries(lambda: _act(rt, incident, runbook, attempt))
-        return self.with_retries(lambda: _settle(rt, incident, runbook, attempt, outcome, worker))
-    except BaseException:   # a failure handled here (or a retry) is not a lost worker
-        _finish_quietly(rt, incident_id, "fix")
-        raise
+    if decision.outcome is Outcome.DIAGNOSE_FIRST:
+        store.update_fields(conn, incident.id, {"auto_resolved": False})
+        store.add_timeline(conn, incident.id, actor="fixer", worker=worker, what=decision.reason)
+        return Stage.DIAGNOSE
+    if decision.outcome is Outcome.ESCALATE_SKILL_GAP:
+        diagnosis = dict(incident.diagnosis or {})
+        gaps = diagnosis.setdefault("skill_gaps", [])
+        if decision.skill_gap not in gaps:
+            gaps.append(decision.skill_gap)
+        store.update_fields(conn, incident.id, {"diagnosis": diagnosis})
+    if decision.escalates:
+        escalate_in_tx(conn, incident, reason=decision.reason, stage=Stage.FIX, actor="fixer", worker=worker)
+        return None
+    runbook = next(rb for rb in runbooks if rb.name == decision.runbook)
+    if decision.start:
+        fix_state = {**decision.fix_state, "started_by": worker}
+        store.transition(conn, incident.id, expected=[incident.status], to=Status.FIXING, actor="fixer",
+                         worker=worker, what=f"fixing with runbook {runbook.name} (attempt {decision.attempt})",
+                         updates={"fix": fix_state})
+        incident.status = Status.FIXING
+        incident.fix = fix_state
+    if decision.outcome is Outcome.AWAIT_APPROVAL:
+        store.transition(conn, incident.id, expected=[Status.FIXING], to=Status.AWAITING_APPROVAL,
+                         actor="fixer", worker=worker, what=decision.reason)
+        return None
+    fixing.claim_run(conn, incident, decision.attempt, runbook)
+    lease(conn, incident.id, _budget(runbook))
+    return Outside(act=lambda: _act(rt, incident, runbook, decision),
+                   settle=lambda tx, outcome: _settle(tx, incident, runbook, decision.attempt, outcome, worker))
 
 
-def _plan(rt: Runtime, incident_id: str, worker: str):
-    with rt.db.transaction() as conn:
-        incident = store.get_incident(conn, incident_id, for_update=True)
-        if incident is None:
-            raise PermanentError(f"no incident {incident_id}")
-        if incident.status not in STAGE_FROM["fix"]:
-            log.info("stage already done", stage="fix", incident_id=incident_id, status=incident.status.value)
-            return None
-        if incident.status is not Status.FIXING and escalation.gate_before_fix(conn, rt.gates, incident, worker=worker):
-            return None
-        fix_state = dict(incident.fix or {})
-        attempt = int(fix_state.get("attempt", 1))
-        runbooks = fixing.matching_runbooks(rt, incident, history.runbook_stats(conn, incident.fingerprint))
-        if fix_state.get("runbook"):
-            runbook = next((rb for rb in runbooks if rb.name == fix_state["runbook"]), None)
-        else:
-            runbook = fixing.choose_runbook(runbooks, (incident.assessment or {}).get("runbook"))
-        proven = (incident.assessment or {}).get("runbook")
-        if (incident.auto_resolved and incident.status is Status.ASSIGNED and not fix_state.get("runbook")
-                and (runbook is None or runbook.name != proven)):
-            # The shortcut is only for the proven runbook; if it no longer matches, diagnose first.
-            store.update_fields(conn, incident.id, {"auto_resolved": False})
-            store.add_timeline(conn, incident.id, actor="fixer", worker=worker,
-                               what=f"proven runbook {proven} no longer matches: full path, diagnosis first")
-            return "diagnose"
-        if runbook is None:
-            gap = f"no runbook matches '{incident.title}' (service {incident.service or '-'})"
-            diagnosis = dict(incident.diagnosis or {})
-            diagnosis.setdefault("skill_gaps", [])
-            if gap not in diagnosis["skill_gaps"]:
-                diagnosis["skill_gaps"].append(gap)
-            store.update_fields(conn, incident.id, {"diagnosis": diagnosis})
-            escalate_in_tx(conn, incident, reason=f"skill gap: {gap}", stage="fix", actor="fixer", worker=worker)
-            return None
-        if incident.status is not Status.FIXING:
-            if not fixing.rate_ok(conn, runbook, incident):
-                escalate_in_tx(conn, incident, stage="fix", actor="fixer", worker=worker,
-                               reason=f"rate limit: runbook {runbook.name} already ran "
-                                      f"{runbook.limits.max_runs} times in {runbook.limits.per_seconds:.0f} s "
-                                      f"on {incident.service or 'this service'}")
-                return None
-            fix_state.update(runbook=runbook.name, attempt=attempt, started_by=worker)
-            store.transition(conn, incident.id, expected=[incident.status], to=Status.FIXING, actor="fixer",
-                             worker=worker, what=f"fixing with runbook {runbook.name} (attempt {attempt})",
-                             updates={"fix": fix_state})
-            incident.status = Status.FIXING
-            incident.fix = fix_state
-        approval = Facts(approval_required=runbook.approval == "required", approved_by=fix_state.get("approved_by"))
-        if not rt.gates.check(approval, escalation.utcnow(), (GateName.APPROVAL,)).passed:
-            store.transition(conn, incident.id, expected=[Status.FIXING], to=Status.AWAITING_APPROVAL,
-                             actor="fixer", worker=worker,
-                             what=f"runbook {runbook.name} needs approval: run `erdu incidents approve {incident.id}`")
-            return None
-        fixing.claim_run(conn, incident, attempt, runbook)
-        lease(conn, incident.id, _budget(runbook))
-        return incident, runbook, attempt
+def _context(conn: psycopg.Connection, rt: Runtime, incident: Incident, runbooks: list[Runbook],
+             stats: dict[str, tuple[int, int]], *, now: datetime, silence_id: str | None) -> FixContext:
+    """The facts the plan decides on: the matching runbooks (best first) with their recent runs."""
+    runs = fixing.recent_runs(conn, runbooks, incident.service, exclude=incident.id)
+    candidates = []
+    for rb in runbooks:
+        attempts, successes = stats.get(rb.name, (0, 0))
+        candidates.append(Candidate(
+            name=rb.name, approval_required=rb.approval is Approval.REQUIRED, dry_run=rb.dry_run,
+            max_runs=rb.limits.max_runs, per_seconds=rb.limits.per_seconds, recent_runs=runs.get(rb.name, ()),
+            success_rate=successes / attempts if attempts else None))
+    return FixContext(now=now, candidates=tuple(candidates), silence_id=silence_id,
+                      dry_run=bool(rt.settings.dry_run))
 
 
-def _budget(runbook) -> float:
+def _budget(runbook: Runbook) -> float:
     """The longest a live fixer can take on the runbook: every step's timeout, the check, the rollback."""
     seconds = sum(step.timeout for step in runbook.actions) + sum(step.timeout for step in runbook.rollback)
     check = runbook.validation
@@ -108,13 +103,14 @@ def _budget(runbook) -> float:
     return seconds
 
 
-def _act(rt: Runtime, incident, runbook, attempt: int) -> dict[str, Any]:
-    dry = rt.settings.dry_run
+def _act(rt: Runtime, incident: Incident, runbook: Runbook, decision: FixPlan) -> dict[str, Any]:
+    """Run the runbook's steps (each at most once per key), validate, and run its rollback steps if it failed."""
+    attempt, dry = decision.attempt, decision.dry_run
     steps = []
     failed = False
     for i, step in enumerate(runbook.actions):
-        outcome = fixing.run_keyed(rt.db, incident, f"{attempt}:action:{i}", runbook, step, rollback=False,
-                                   dry_run=dry, redis_url=rt.settings.cache_redis_url)
+        outcome = fixing.run_keyed(rt.db, incident, f"{attempt}:action:{i}", runbook, step, dry_run=dry,
+                                   redis_url=rt.settings.cache_redis_url)
         steps.append(outcome.as_dict())
         if outcome.ok is False:
             failed = True
@@ -132,46 +128,43 @@ def _act(rt: Runtime, incident, runbook, attempt: int) -> dict[str, Any]:
     rollback = []
     if not validation["ok"]:
         for i, step in enumerate(runbook.rollback):
-            outcome = fixing.run_keyed(rt.db, incident, f"{attempt}:rollback:{i}", runbook, step, rollback=False,
-                                       dry_run=dry, redis_url=rt.settings.cache_redis_url)
+            outcome = fixing.run_keyed(rt.db, incident, f"{attempt}:rollback:{i}", runbook, step, dry_run=dry,
+                                       redis_url=rt.settings.cache_redis_url)
             rollback.append(outcome.as_dict())
-    return {"actions": steps, "validation": validation, "rollback": rollback, "dry_run": dry or runbook.dry_run}
+    return {"actions": steps, "validation": validation, "rollback": rollback, "dry_run": dry}
 
 
-def _settle(rt: Runtime, incident, runbook, attempt: int, outcome: dict[str, Any], worker: str) -> str | None:
+def _settle(conn: psycopg.Connection, incident: Incident, runbook: Runbook, attempt: int,
+            outcome: dict[str, Any], worker: str) -> Stage | None:
+    """Store what the fix did: resolved if it held, else escalated; the learned counts either way."""
     ok = bool(outcome["validation"]["ok"])
-    with rt.db.transaction() as conn:
-        store.stage_finished(conn, incident.id, "fix")   # the finish counts with the outcome, one commit
-        current = store.get_incident(conn, incident.id, for_update=True)
-        if current is None or current.status is not Status.FIXING:
-            return None
-        fix_state = {**(current.fix or {}), **outcome, "runbook": runbook.name, "attempt": attempt}
-        for entry in outcome["actions"] + outcome["rollback"]:
-            store.add_timeline(conn, incident.id, actor="fixer", worker=worker,
-                               what=f"{'rollback ' if ':rollback:' in entry['step'] else ''}{entry['action']}: "
-                                    f"{'ok' if entry['ok'] else 'unknown' if entry['ok'] is None else 'failed'}"
-                                    f" — {entry['detail'][:300]}",
-                               details=entry)
-        lease(conn, incident.id, 0)   # settled: the next stage is on the normal deadline again
-        if not outcome.get("dry_run"):   # a dry run changed nothing, so it proves nothing about the fix
-            history.record_fix_attempt(conn, incident.fingerprint, runbook.name, success=ok)
-        conn.execute("UPDATE runbook_runs SET outcome = %s WHERE incident_id = %s AND attempt = %s",
-                     ("success" if ok else "failure", incident.id, attempt))
-        if ok:
-            store.transition(conn, incident.id, expected=[Status.FIXING], to=Status.RESOLVED, actor="fixer",
-                             worker=worker, what=f"validated: {outcome['validation']['detail'][:300]}",
-                             updates={"fix": fix_state, "resolution_actions": outcome["actions"],
-                                      "resolved_by": f"runbook:{runbook.name}"})
-        else:
-            store.update_fields(conn, incident.id, {"fix": fix_state, "resolution_actions": outcome["actions"],
-                                                    "auto_resolved": False})
-            current.status = Status.FIXING
-            shortcut = " (auto-resolution; the pattern goes back to the full path)" if current.auto_resolved else ""
-            escalate_in_tx(conn, current, stage="fix", actor="fixer", worker=worker,
-                           reason=f"runbook {runbook.name} did not fix it{shortcut}: "
-                                  f"{outcome['validation']['detail'][:300]}",
-                           details=outcome)
+    current = store.get_incident(conn, incident.id, for_update=True)
+    if current is None or current.status is not Status.FIXING:
+        return None
+    fix_state = {**(current.fix or {}), **outcome, "runbook": runbook.name, "attempt": attempt}
+    for entry in outcome["actions"] + outcome["rollback"]:
+        store.add_timeline(conn, incident.id, actor="fixer", worker=worker,
+                           what=f"{'rollback ' if ':rollback:' in entry['step'] else ''}{entry['action']}: "
+                                f"{'ok' if entry['ok'] else 'unknown' if entry['ok'] is None else 'failed'}"
+                                f" — {entry['detail'][:300]}",
+                           details=entry)
+    lease(conn, incident.id, 0)   # settled: the next stage is on the normal deadline again
+    if not outcome.get("dry_run"):   # a dry run changed nothing, so it proves nothing about the fix
+        history.record_fix_attempt(conn, incident.fingerprint, runbook.name, success=ok)
+    conn.execute("UPDATE runbook_runs SET outcome = %s WHERE incident_id = %s AND attempt = %s",
+                 ("success" if ok else "failure", incident.id, attempt))
     if ok:
-        hand_on("resolve", incident.id)
-        return "resolve"
+        store.transition(conn, incident.id, expected=[Status.FIXING], to=Status.RESOLVED, actor="fixer",
+                         worker=worker, what=f"validated: {outcome['validation']['detail'][:300]}",
+                         updates={"fix": fix_state, "resolution_actions": outcome["actions"],
+                                  "resolved_by": f"runbook:{runbook.name}"})
+        return Stage.RESOLVE
+    store.update_fields(conn, incident.id, {"fix": fix_state, "resolution_actions": outcome["actions"],
+                                            "auto_resolved": False})
+    current.status = Status.FIXING
+    shortcut = " (auto-resolution; the pattern goes back to the full path)" if current.auto_resolved else ""
+    escalate_in_tx(conn, current, stage=Stage.FIX, actor="fixer", worker=worker,
+                   reason=f"runbook {runbook.name} did not fix it{shortcut}: "
+                          f"{outcome['validation']['detail'][:300]}",
+                   details=outcome)
     return None

@@ -7,11 +7,9 @@ from dataclasses import dataclass
 from erdu_tasks.store import incidents as store
 from erdu_tasks.errors import ErduError
 from erdu_tasks.model import OPEN_STATUSES, Status
+from erdu_tasks.names import RETRY_STATUS as _RETRY_STATUS
 from erdu_tasks.runtime import Runtime
 from erdu_tasks.tasks.publish import hand_on
-
-# The status a stage expects, used when a person retries from that stage.
-_RETRY_STATUS = {"assess": Status.DETECTED, "diagnose": Status.ASSIGNED, "fix": Status.INVESTIGATING}
 
 
 class ActionRefused(ErduError):

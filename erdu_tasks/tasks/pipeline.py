@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timezone
 
 import psycopg
@@ -12,80 +11,13 @@ from erdu_tasks.escalation.start import escalate
 from erdu_tasks.store import history, incidents as store
 from erdu_tasks import names
 from erdu_tasks.app import app
-from erdu_tasks.errors import PermanentError
 from erdu_tasks.model import Incident, Status
+from erdu_tasks.names import Stage
 from erdu_tasks.brains import Thought, brains_for
 from erdu_tasks.roles.report import build_report, report_paths, write_report
 from erdu_tasks.roles import commander, diagnostician, logwindow, resolver
-from erdu_tasks.runtime import Runtime, runtime, worker_name
-from erdu_tasks.tasks.base import ErduTask, log
-from erdu_tasks.tasks.publish import hand_on
-
-# Which statuses a stage acts on; finding the incident elsewhere means it already moved on.
-STAGE_FROM: dict[str, frozenset[Status]] = {
-    "assess": frozenset({Status.DETECTED}),
-    "diagnose": frozenset({Status.ASSIGNED}),
-    "fix": frozenset({Status.ASSIGNED, Status.INVESTIGATING, Status.FIXING}),
-    "resolve": frozenset({Status.RESOLVED}),
-}
-
-Body = Callable[[psycopg.Connection, Runtime, Incident, str], str | None]
-
-
-def begin_stage(task: ErduTask, rt: Runtime, stage: str, incident_id: object, worker: str) -> bool:
-    """Count this start of (incident, stage); False when earlier starts crashed too often (then it is parked)."""
-    if not isinstance(incident_id, str):
-        raise PermanentError(f"{task.name} expects an incident id string, got {type(incident_id).__name__}")
-
-    def start() -> int:
-        with rt.db.transaction() as conn:
-            return store.stage_started(conn, incident_id, stage)
-
-    crashes = task.with_retries(start)
-    if crashes >= rt.settings.max_worker_crashes:
-        task.with_retries(lambda: park_poisoned(rt, incident_id, stage, crashes, worker))
-        return False
-    return True
-
-
-def run_stage(task: ErduTask, stage: str, incident_id: str, body: Body) -> str | None:
-    """Load the incident locked, run the body if the incident is still owed this stage, hand on after commit."""
-    rt = runtime()
-    worker = worker_name(task.request.hostname)
-    if not begin_stage(task, rt, stage, incident_id, worker):
-        return None
-
-    def work() -> str | None:
-        try:
-            with rt.db.transaction() as conn:
-                incident = store.get_incident(conn, incident_id, for_update=True)
-                if incident is None:
-                    raise PermanentError(f"no incident {incident_id}")
-                if incident.status not in STAGE_FROM[stage]:
-                    log.info("stage already done", stage=stage, incident_id=incident_id,
-                             status=incident.status.value)
-                    store.stage_finished(conn, incident_id, stage)
-                    return None
-                next_stage = body(conn, rt, incident, worker)
-                store.stage_finished(conn, incident_id, stage)
-                return next_stage
-        except Exception:
-            _finish_quietly(rt, incident_id, stage)
-            raise
-
-    next_stage = task.with_retries(work)
-    if next_stage:
-        hand_on(next_stage, incident_id)
-    return next_stage
-
-
-def _finish_quietly(rt: Runtime, incident_id: str, stage: str) -> None:
-    """A handled failure is not a crash: count the finish if the database lets us."""
-    try:
-        with rt.db.transaction() as conn:
-            store.stage_finished(conn, incident_id, stage)
-    except Exception:
-        pass
+from erdu_tasks.runtime import Runtime
+from erdu_tasks.tasks.base import ErduTask, log, run_stage
 
 
 def park_poisoned(rt: Runtime, incident_id: str, stage: str, crashes: int, worker: str) -> None:
@@ -163,7 +95,7 @@ def _brain_note(conn: psycopg.Connection, incident_id: str, role: str, thought: 
                            details={"brain": thought.note()})
 
 
-def _assess(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str) -> str | None:
+def _assess(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str) -> Stage | None:
     if escalation.gate_before_assess(conn, rt.gates, incident, worker=worker):   # silenced: parked; the sweeper resumes it
         return None
     thought = brains_for(rt.settings).commander.assess(incident, commander_context(conn, rt, incident))
@@ -172,7 +104,7 @@ def _assess(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: s
     _brain_note(conn, incident.id, "commander", thought, worker)
     if decision.decision is commander.Decision.ESCALATE:
         store.update_fields(conn, incident.id, {"severity": decision.severity, "assessment": assessment})
-        escalate_in_tx(conn, incident, reason=decision.reasons[-1], stage="assess", actor="commander",
+        escalate_in_tx(conn, incident, reason=decision.reasons[-1], stage=Stage.ASSESS, actor="commander",
                        worker=worker, details=assessment)
         return None
     auto = decision.decision is commander.Decision.AUTO_FIX
@@ -185,13 +117,13 @@ def _assess(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: s
                              details={"reasons": decision.reasons, "brain": thought.note()})
     if moved is None:
         return None
-    return "fix" if auto else "diagnose"
+    return Stage.FIX if auto else Stage.DIAGNOSE
 
 
-@app.task(name=names.ASSESS, base=ErduTask, bind=True, stage="assess")
-def assess(self: ErduTask, incident_id: str) -> str | None:
+@app.task(name=names.ASSESS, base=ErduTask, bind=True, stage=Stage.ASSESS)
+def assess(self: ErduTask, incident_id: str) -> Stage | None:
     """Commander: assess severity and decide the path."""
-    return run_stage(self, "assess", incident_id, _assess)
+    return run_stage(self, Stage.ASSESS, incident_id, _assess)
 
 
 
@@ -247,7 +179,7 @@ def _log_evidence(rt: Runtime, incident: Incident, lcfg: history.LearningConfig)
         offset=int(offset) if isinstance(offset, str) and offset.isdigit() else None)
 
 
-def _diagnose(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str) -> str | None:
+def _diagnose(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str) -> Stage | None:
     thought = brains_for(rt.settings).diagnostician.diagnose(incident, diagnostician_context(conn, rt, incident))
     result = thought.value
     _brain_note(conn, incident.id, "diagnostician", thought, worker)
@@ -258,13 +190,13 @@ def _diagnose(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker:
                                       "root_cause": result.root_cause if result.established else None},
                              details={"evidence": result.evidence, "skill_gaps": result.skill_gaps,
                                       "related": [r["id"] for r in result.related], "brain": thought.note()})
-    return "fix" if moved else None
+    return Stage.FIX if moved else None
 
 
-@app.task(name=names.DIAGNOSE, base=ErduTask, bind=True, stage="diagnose")
-def diagnose(self: ErduTask, incident_id: str) -> str | None:
+@app.task(name=names.DIAGNOSE, base=ErduTask, bind=True, stage=Stage.DIAGNOSE)
+def diagnose(self: ErduTask, incident_id: str) -> Stage | None:
     """Diagnostician: evidence and a root-cause hypothesis."""
-    return run_stage(self, "diagnose", incident_id, _diagnose)
+    return run_stage(self, Stage.DIAGNOSE, incident_id, _diagnose)
 
 
 
@@ -340,16 +272,16 @@ def _learning(conn: psycopg.Connection, fingerprint: str, lcfg: history.Learning
     }
 
 
-def _resolve(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str) -> str | None:
+def _resolve(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str) -> Stage | None:
     close_incident(conn, rt, incident, worker, human=bool(incident.resolved_by
                                                           and incident.resolved_by.startswith("person:")))
     return None
 
 
-@app.task(name=names.RESOLVE, base=ErduTask, bind=True, stage="resolve")
-def resolve(self: ErduTask, incident_id: str) -> str | None:
+@app.task(name=names.RESOLVE, base=ErduTask, bind=True, stage=Stage.RESOLVE)
+def resolve(self: ErduTask, incident_id: str) -> Stage | None:
     """Resolver: report, learning, close."""
-    return run_stage(self, "resolve", incident_id, _resolve)
+    return run_stage(self, Stage.RESOLVE, incident_id, _resolve)
 
 
 

@@ -15,7 +15,8 @@ from erdu_tasks.escalation.sweep import MISSING_RUN
 from erdu_tasks.model import Status
 from erdu_tasks.store import incidents as store
 from erdu_tasks.store.db import Database
-from erdu_tasks.tasks.pipeline import begin_stage, escalate_in_tx
+from erdu_tasks.tasks.base import begin_stage
+from erdu_tasks.tasks.pipeline import escalate_in_tx
 from tests.integration.escalation_support import (
     Endpoints,
     make_escalator,

@@ -6,6 +6,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from erdu_tasks.names import Stage
 from erdu_tasks.store.reconcile import stuck
 from tests.integration.escalation_support import new_incident
 
@@ -51,3 +52,20 @@ def test_final_and_parked_states_are_never_redriven(conn):
     for status in ("closed", "escalated", "awaiting_approval"):
         conn.execute("UPDATE incidents SET status = %s WHERE id = %s", (status, incident))
         assert not stuck_for(conn, incident, changed_ago=3600, driven_ago=None), status
+
+
+@pytest.mark.parametrize(("status", "auto_resolved", "stage"), [
+    ("detected", False, Stage.ASSESS),
+    ("assigned", False, Stage.DIAGNOSE),
+    ("assigned", True, Stage.FIX),          # the auto-resolution shortcut goes straight to the proven fix
+    ("investigating", False, Stage.FIX),
+    ("fixing", False, Stage.FIX),
+    ("resolved", False, Stage.RESOLVE),
+])
+def test_each_stuck_status_is_owed_the_stage_the_stage_machine_declares(conn, status, auto_resolved, stage):
+    incident = new_incident(conn, service="ledger")
+    conn.execute("UPDATE incidents SET status = %s, auto_resolved = %s, driven_at = NULL,"
+                 " status_changed_at = now() - interval '1 minute' WHERE id = %s", (status, auto_resolved, incident))
+    owed = [o for o in stuck(conn, deadline_seconds=DEADLINE) if o.incident_id == incident]
+    assert [(o.status.value, o.stage) for o in owed] == [(status, stage)]
+    assert isinstance(owed[0].stage, Stage)

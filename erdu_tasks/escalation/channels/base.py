@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from enum import StrEnum
@@ -96,13 +97,12 @@ class Notification:
         level: int = 1,
         repeat: int = 0,
         kind: NotificationKind = NotificationKind.TRIGGER,
-        attempted_fixes: list[AttemptedFix] | None = None,
+        attempted_fixes: Sequence[AttemptedFix] = (),
         see_command: str = "",
         url: str | None = None,
         now: datetime | None = None,
     ) -> Notification:
-        """The notification for an incident; fixes default to the incident's resolution actions."""
-        fixes = attempted_fixes if attempted_fixes is not None else _fixes_from_actions(incident.resolution_actions)
+        """The notification for an incident; `attempted_fixes` come from escalation.runs.attempted_fixes."""
         root = incident.root_cause or (incident.diagnosis or {}).get("root_cause")
         return cls(
             incident_id=incident.id,
@@ -116,7 +116,7 @@ class Notification:
             service=incident.service,
             affected_services=tuple(incident.affected_services),
             root_cause=str(root) if root else None,
-            attempted_fixes=tuple(fixes),
+            attempted_fixes=tuple(attempted_fixes),
             occurrences=incident.occurrences,
             see_command=see_command,
             url=url,
@@ -218,18 +218,6 @@ class Notification:
     def resolved(self) -> Notification:
         """This notification turned into a resolve notice."""
         return replace(self, kind=NotificationKind.RESOLVE)
-
-
-def _fixes_from_actions(actions: list[dict[str, Any]]) -> list[AttemptedFix]:
-    fixes = []
-    for action in actions or []:
-        if not isinstance(action, dict):
-            continue
-        name = action.get("action") or action.get("name") or action.get("type") or "action"
-        ok = action.get("ok", action.get("success"))
-        output = action.get("output") or action.get("detail") or action.get("error") or ""
-        fixes.append(AttemptedFix(str(name), ok if isinstance(ok, bool) else None, str(output)))
-    return fixes
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ ACTIONS: dict[str, Action] = {
     cast(Action, m).NAME: cast(Action, m) for m in (clear_cache, http_call, noop, restart, run_command, scale)
 }
 
-__all__ = ["ACTIONS", "Action", "ActionContext", "ActionResult", "get_action", "has_rollback",
-           "prepare_step", "describe_step", "run_step", "rollback_step"]
+__all__ = ["ACTIONS", "Action", "ActionContext", "ActionResult", "get_action", "prepare_step", "describe_step",
+           "run_step"]
 
 
 def get_action(name: str) -> Action:
@@ -29,11 +29,6 @@ def get_action(name: str) -> Action:
         return ACTIONS[name]
     except KeyError:
         raise PermanentError(f"unknown action {name!r} (known: {', '.join(sorted(ACTIONS))})") from None
-
-
-def has_rollback(name: str) -> bool:
-    """True if the action knows how to undo itself."""
-    return callable(getattr(ACTIONS.get(name), "rollback", None))
 
 
 def _errors(exc: ValidationError) -> str:
@@ -64,41 +59,26 @@ def describe_step(step: Step, allowed_fields: Mapping[str, object]) -> str:
     return f"{action.NAME}: {action.describe(params)}"
 
 
-def _execute(step: Step, allowed_fields: Mapping[str, object], *, undo: bool, dry_run: bool,
-             redis_url_for_cache: str | None, idempotency_key: str | None) -> ActionResult:
+def run_step(step: Step, allowed_fields: Mapping[str, object], *, dry_run: bool = False,
+             redis_url_for_cache: str | None = None, idempotency_key: str | None = None) -> ActionResult:
+    """Run one step; never raises for a refused or failed action (ok=False with the reason instead).
+
+    A runbook undoes a failed fix with its own `rollback` steps, run forward like any other step.
+    """
     started = time.monotonic()
-    output: dict[str, Any] = {"action": step.action, "rollback": undo}
+    output: dict[str, Any] = {"action": step.action}
     try:
         action, params = prepare_step(step, allowed_fields)
     except PermanentError as exc:
         return ActionResult(False, f"refused: {exc}", time.monotonic() - started, output)
     what = action.describe(params)
     output["what"] = what
-    verb = "roll back" if undo else "run"
-    if undo and not has_rollback(step.action):
-        return ActionResult(True, f"nothing to undo: {step.action} has no rollback", 0.0, output)
     if dry_run:
-        return ActionResult(True, f"dry run: would {verb} {step.action}: {what}", 0.0, {**output, "dry_run": True})
+        return ActionResult(True, f"dry run: would run {step.action}: {what}", 0.0, {**output, "dry_run": True})
     ctx = ActionContext(timeout=step.timeout, redis_url=redis_url_for_cache, idempotency_key=idempotency_key)
     try:
-        fn = getattr(action, "rollback") if undo else action.run
-        result: ActionResult = fn(params, ctx)
+        result: ActionResult = action.run(params, ctx)
     except Exception as exc:  # an action bug must not kill the fixer: it becomes a failed step
         return ActionResult(False, f"{step.action} raised {type(exc).__name__}: {exc}",
                             time.monotonic() - started, output)
     return ActionResult(result.ok, result.detail, result.duration, {**output, **result.output})
-
-
-def run_step(step: Step, allowed_fields: Mapping[str, object], *, dry_run: bool = False,
-             redis_url_for_cache: str | None = None, idempotency_key: str | None = None) -> ActionResult:
-    """Run one step; never raises for a refused or failed action (ok=False with the reason instead)."""
-    return _execute(step, allowed_fields, undo=False, dry_run=dry_run,
-                    redis_url_for_cache=redis_url_for_cache, idempotency_key=idempotency_key)
-
-
-def rollback_step(step: Step, allowed_fields: Mapping[str, object], *, dry_run: bool = False,
-                  redis_url_for_cache: str | None = None, idempotency_key: str | None = None) -> ActionResult:
-    """Undo one step with its action's own rollback, if it has one (ok=True "nothing to undo" if not)."""
-    return _execute(step, allowed_fields, undo=True, dry_run=dry_run,
-                    redis_url_for_cache=redis_url_for_cache, idempotency_key=idempotency_key)
-

@@ -65,9 +65,9 @@ class ActionContext:
 
 
 class Action(Protocol):
-    """An action module: NAME, a pydantic Params model, describe(), run() and optionally rollback().
+    """An action module: NAME, a pydantic Params model, describe() and run().
 
-    `rollback(params, ctx) -> ActionResult` is optional; `actions.has_rollback` tells.
+    An action does not undo itself: a runbook lists the steps that undo its fix under `rollback`.
     """
 
     NAME: str

@@ -45,9 +45,3 @@ def run(params: Params, ctx: ActionContext) -> ActionResult:
             return ActionResult(False, f"timed out after {ctx.timeout:g}s", time.monotonic() - started, {"ran": True})
     detail = params.message or ("noop failed as asked" if params.fail else "noop ran")
     return ActionResult(not params.fail, detail, time.monotonic() - started, {"ran": True})
-
-
-def rollback(params: Params, ctx: ActionContext) -> ActionResult:
-    """Record the rollback; always succeeds."""
-    _record(params, ctx, "rollback")
-    return ActionResult(True, "noop rolled back", 0.0, {"rolled_back": True})
