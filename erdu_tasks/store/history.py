@@ -22,33 +22,9 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from erdu_tasks.errors import ConfigError
 from erdu_tasks.model import Incident
-from erdu_tasks.roles.logwindow import EvidenceConfig
-
-
-class LearningConfig(BaseModel):
-    """The validated `learning` settings section."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    auto_resolve_min_success: float = Field(default=0.9, gt=0, le=1)
-    auto_resolve_min_samples: int = Field(default=5, ge=1)
-    related_limit: int = Field(default=5, ge=1, le=50)
-    related_min_score: float = Field(default=0.3, ge=0.05, le=1)
-    related_lookback_days: float = Field(default=90, gt=0)
-    evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
-
-    @classmethod
-    def from_section(cls, section: dict[str, Any] | None) -> "LearningConfig":
-        """Validate the settings section; ConfigError naming each wrong key."""
-        try:
-            return cls.model_validate(section or {})
-        except ValidationError as exc:
-            lines = [f"  {'.'.join(str(p) for p in e['loc']) or '(section)'}: {e['msg']}" for e in exc.errors()]
-            raise ConfigError("invalid learning settings:\n" + "\n".join(lines)) from None
+from erdu_tasks.settings.roles import EvidenceConfig, LearningConfig  # noqa: F401 - the section models, re-exported
 
 
 def success_rate(attempts: int, successes: int, min_samples: int) -> float | None:

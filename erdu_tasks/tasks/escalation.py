@@ -13,16 +13,9 @@ from erdu_tasks.store.reconcile import OWED
 from erdu_tasks.runtime import Runtime, runtime, worker_name
 from erdu_tasks.tasks.base import ErduTask, log, send_stage
 
-_escalators: dict[int, Escalator] = {}
-
-
 def escalator_for(rt: Runtime, worker: str | None = None) -> Escalator:
-    """The process's Escalator (config, channels, Redis counters), built on first use."""
-    esc = _escalators.get(id(rt))
-    if esc is None:
-        esc = Escalator.from_settings(rt.settings, rt.db, rt.catalog, worker=worker)
-        _escalators[id(rt)] = esc
-    return esc
+    """The process's Escalator (config, channels, Redis counters), kept by the Runtime."""
+    return rt.escalator(worker)
 
 
 def kick_sweep() -> None:

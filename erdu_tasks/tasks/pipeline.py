@@ -13,7 +13,7 @@ from erdu_tasks import names
 from erdu_tasks.app import app
 from erdu_tasks.errors import PermanentError
 from erdu_tasks.model import Incident, Status
-from erdu_tasks.roles.brains import Thought, brains_for
+from erdu_tasks.roles.brains import Thought
 from erdu_tasks.roles.report import build_report, report_paths, write_report
 from erdu_tasks.roles import commander, diagnostician, logwindow, resolver
 from erdu_tasks.runtime import Runtime, runtime, worker_name
@@ -143,17 +143,9 @@ def commander_context(conn: psycopg.Connection, rt: Runtime, incident: Incident)
     )
 
 
-_config_cache: dict[int, tuple[object, commander.CommanderConfig, history.LearningConfig]] = {}
-
-
 def _configs(rt: Runtime) -> tuple[commander.CommanderConfig, history.LearningConfig]:
-    """The validated commander and learning sections of this process's settings."""
-    cached = _config_cache.get(id(rt.settings))
-    if cached is None or cached[0] is not rt.settings:
-        cached = _config_cache[id(rt.settings)] = (
-            rt.settings, commander.CommanderConfig.from_section(rt.settings.commander),
-            history.LearningConfig.from_section(rt.settings.learning))
-    return cached[1], cached[2]
+    """The commander and learning sections of this process's settings."""
+    return rt.commander, rt.learning
 
 
 def _blast_radius(rt: Runtime, incident: Incident) -> tuple[list[str], list[str], list[str], list[str]]:
@@ -175,7 +167,7 @@ def _brain_note(conn: psycopg.Connection, incident_id: str, role: str, thought: 
 def _assess(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str) -> str | None:
     if escalation.assess_gate(conn, rt, incident, worker):   # silenced: parked, no fix; the sweeper resumes it
         return None
-    thought = brains_for(rt.settings).commander.assess(incident, commander_context(conn, rt, incident))
+    thought = rt.brains.commander.assess(incident, commander_context(conn, rt, incident))
     decision = thought.value
     assessment = {**decision.as_dict(), "brain": thought.note()}
     _brain_note(conn, incident.id, "commander", thought, worker)
@@ -257,7 +249,7 @@ def _log_evidence(rt: Runtime, incident: Incident, lcfg: history.LearningConfig)
 
 
 def _diagnose(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str) -> str | None:
-    thought = brains_for(rt.settings).diagnostician.diagnose(incident, diagnostician_context(conn, rt, incident))
+    thought = rt.brains.diagnostician.diagnose(incident, diagnostician_context(conn, rt, incident))
     result = thought.value
     _brain_note(conn, incident.id, "diagnostician", thought, worker)
     moved = store.transition(conn, incident.id, expected=[Status.ASSIGNED], to=Status.INVESTIGATING,
@@ -306,7 +298,7 @@ def close_incident(conn: psycopg.Connection, rt: Runtime, incident: Incident, wo
         related=related,
         min_samples=lcfg.auto_resolve_min_samples,
     )
-    thought = brains_for(rt.settings).resolver.resolve(incident, ctx)
+    thought = rt.brains.resolver.resolve(incident, ctx)
     resolution = thought.value
     _brain_note(conn, incident.id, "resolver", thought, worker)
     json_path, md_path = report_paths(rt.settings.reports_dir, incident.id)
