@@ -54,8 +54,10 @@ def log_path_of(labels: dict[str, Any], error_details: dict[str, Any]) -> str | 
     return None
 
 
-def monitor_paths(monitors: dict[str, Any] | None) -> list[str]:
+def monitor_paths(monitors: Any) -> list[str]:
     """Absolute paths and globs named anywhere in the log monitor's settings (the files it tails)."""
+    if hasattr(monitors, "model_dump"):   # the typed section: what was set, as erdu.yaml would say it
+        monitors = monitors.model_dump(mode="json", exclude_defaults=True)
     found: list[str] = []
 
     def walk(value: Any) -> None:
