@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from erdu_tasks.errors import ConfigError, config_error
+from erdu_tasks.names import ROLES
 from erdu_tasks.settings.escalation import EscalationConfig
 from erdu_tasks.settings.monitors import MonitorsConfig
 from erdu_tasks.settings.roles import BrainConfig, CommanderConfig, LearningConfig
@@ -77,7 +78,7 @@ class Settings(BaseSettings):
     api_token: str | None = None
     api_read_token: str | None = None
     cache_redis_url: str | None = None   # the Redis that clear_cache runbooks act on; never the broker by default
-    worker_concurrency: dict[str, int] = Field(default_factory=dict)
+    worker_concurrency: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)   # role -> processes
 
     # The sections; each model documents its keys.
     monitors: MonitorsConfig = Field(default_factory=MonitorsConfig)
@@ -87,6 +88,14 @@ class Settings(BaseSettings):
     brain: BrainConfig = Field(default_factory=BrainConfig)
     api: ApiSection = Field(default_factory=ApiSection)
     flower: FlowerSection = Field(default_factory=FlowerSection)
+
+    @field_validator("worker_concurrency")
+    @classmethod
+    def _known_roles(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(value) - set(ROLES))
+        if unknown:
+            raise ValueError(f"unknown role(s) {', '.join(unknown)}; roles are: {', '.join(ROLES)}")
+        return value
 
     @model_validator(mode="before")
     @classmethod
