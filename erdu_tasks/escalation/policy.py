@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from erdu_tasks.model import Severity
 from erdu_tasks.escalation.channels import DeliveryResult, Notification, NotificationKind
-from erdu_tasks.settings.common import Duration, parse_duration
-from erdu_tasks.settings.escalation import (
+from erdu_tasks.settings.common import Duration, parse_duration  # noqa: F401 - re-exported
+from erdu_tasks.settings.escalation import (  # noqa: F401 - the section's models, re-exported
     EscalationConfig,
     LevelConfig,
     PolicyConfig,
@@ -38,9 +38,6 @@ from erdu_tasks.settings.escalation import (
 
 if TYPE_CHECKING:
     from erdu_tasks.model import Incident
-
-__all__ = ["Duration", "EscalationConfig", "LevelConfig", "PolicyConfig", "PolicyKey", "QuietHoursConfig",
-           "RetryConfig", "default_policy", "parse_duration"]
 
 
 # --------------------------------------------------------------------------- the plan

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Annotated, Any, ClassVar, Self
 
 import httpx
@@ -33,8 +34,6 @@ class Section(BaseModel):
         every key at fault by its dotted path)."""
         if isinstance(section, cls):
             return section
-        if isinstance(section, BaseModel):
-            section = section.model_dump()
         try:
             return cls.model_validate(dict(section or {}))
         except ValidationError as exc:
@@ -51,6 +50,7 @@ def refused(hint: str) -> Any:
     return Annotated[None, BeforeValidator(_refuse), Field(default=None, exclude=True)]
 
 
+@lru_cache(maxsize=512)
 def compile_pattern(pattern: str) -> Any:
     """Compile a user regex with RE2 (linear time); ValueError with RE2's reason if it is invalid."""
     try:
