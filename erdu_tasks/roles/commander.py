@@ -1,23 +1,6 @@
 """The commander: adjusts severity with stated reasons and decides automate, auto-fix or escalate now.
 
-The `commander` settings section (erdu.yaml) — every key optional::
-
-    commander:
-      business_hours:                 # no calendar: hours are never a factor
-        timezone: Europe/Berlin
-        days: [mon, tue, wed, thu, fri]
-        start: "08:00"
-        end: "18:00"
-        holidays: ["2025-12-25", "2026-01-01"]
-      lower_outside_hours: [P3, P4]   # lowered one step outside hours unless users are hit
-      blast_radius_services: 3        # this many affected services raise one step
-      blast_radius_dependants: 2      # this many dependants (catalog) raise one step
-      raise_user_facing: true         # a user-facing service hit (or depending on it) raises one step
-      busy_open_incidents: 10         # this many other open incidents: maybe a wider outage
-      flapping_recurrences: 3         # this many recurrences in the flap window raise one step
-      storm_rate_per_min: 100         # occurrences per minute that raise one step
-      escalate_uncovered: [P1]        # these go to people now when no runbook can help
-      known_bad_rate: 0.2             # a runbook under this rate (over the sample minimum) is no help
+The `commander` settings section (its keys and defaults: erdu_tasks/settings/roles.py).
 
 Auto-resolution (the thresholds live in the `learning` section): a runbook qualifies when, on
 this fingerprint, it succeeded in at least `auto_resolve_min_success` of at least

@@ -1,17 +1,6 @@
 """What Postgres remembers: related incidents, pattern history, per-runbook success, learning updates.
 
-The `learning` settings section — every key optional::
-
-    learning:
-      auto_resolve_min_success: 0.9   # a runbook's success rate needed for auto-resolution
-      auto_resolve_min_samples: 5     # ... over at least this many attempts (the minimum-sample rule)
-      related_limit: 5                # related incidents the diagnostician lists
-      related_min_score: 0.3          # trigram similarity (0..1) below which an incident is not related
-      related_lookback_days: 90
-      evidence:                       # log lines around the event (see roles/logwindow.py)
-        log_roots: [/var/log/myapp]
-        lines_before: 20
-        lines_after: 10
+The `learning` settings section (its keys and defaults: erdu_tasks/settings/roles.py).
 
 Success rate = successes / attempts of validated fix runs on one fingerprint; below the sample
 minimum it is reported as unknown (None), never as 0 % or 100 %.

@@ -7,6 +7,7 @@ import textwrap
 from types import SimpleNamespace
 
 import pytest
+import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from erdu_tasks.api.config import api_config
@@ -14,6 +15,9 @@ from erdu_tasks.catalog import Catalog
 from erdu_tasks.devstack.flower import flower_options
 from erdu_tasks.errors import ConfigError, config_error
 from erdu_tasks.monitors.config import load_monitors
+from erdu_tasks.settings import monitors as settings_monitors
+from erdu_tasks.settings import roles as settings_roles
+from erdu_tasks.settings import servers as settings_servers
 from erdu_tasks.settings import (
     BrainConfig,
     CommanderConfig,
@@ -183,3 +187,11 @@ def test_a_bad_service_catalog_names_the_service_and_key(tmp_path):
     path.write_text("services:\n  - {name: db}\n  - {name: web, user_facing: maybe}\n")
     with pytest.raises(ConfigError, match=r"(?m)^  services\.1\.user_facing: Input should be a valid boolean"):
         Catalog.load(path)
+
+
+@pytest.mark.parametrize("module", [settings_monitors, settings_roles, settings_servers])
+def test_the_documented_sections_are_valid_settings(module):
+    doc = module.__doc__
+    sections = yaml.safe_load(textwrap.dedent("\n".join(
+        line for line in doc.splitlines() if line.startswith("    ") or not line.strip())))
+    assert sections and load_settings(**sections)

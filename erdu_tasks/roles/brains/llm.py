@@ -1,17 +1,7 @@
 """An optional LLM brain: any OpenAI-compatible /chat/completions endpoint, answer validated, rules as fallback.
 
-The `brain` settings section; the brain is off unless base_url and model are set::
-
-    brain:
-      base_url: https://api.openai.com/v1     # POST {base_url}/chat/completions
-      model: gpt-4o-mini
-      api_key: sk-...                         # or ERDU_BRAIN__API_KEY in the environment
-      timeout: 10                             # seconds per request phase (connect, write, read)
-      roles: [commander, diagnostician, resolver]
-      temperature: 0
-      max_tokens: 800
-      json_mode: true                         # send response_format {"type": "json_object"}
-      enabled: true                           # false keeps the section but uses the rules
+The `brain` settings section (its keys and defaults: erdu_tasks/settings/roles.py); the brain is off
+unless base_url and model are set.
 
 The rules always run first: their decision is sent to the model as a proposal and is what
 ERDU uses when the model fails — an HTTP error, a timeout, non-JSON, or JSON that breaks the
