@@ -30,8 +30,6 @@ from erdu_tasks.settings.servers import ApiSection, FlowerSection
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/erdu"
-
-
 _SECTIONS = frozenset({"monitors", "escalation", "commander", "learning", "brain", "api", "flower"})
 
 

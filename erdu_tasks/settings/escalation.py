@@ -324,7 +324,7 @@ def _check_template(value: str | None) -> str | None:
 
 
 class EscalationConfig(Section):
-    """The validated `escalation` section: channels, policies, quiet hours, retries."""
+    """The `escalation` section: channels, policies, quiet hours, retries, inhibition and the sweeper."""
 
     KEY: ClassVar[str] = "escalation"
 
@@ -400,10 +400,7 @@ class EscalationConfig(Section):
     ) -> EscalationConfig:
         """The section (a raw dict is validated: ConfigError naming each key); file channels without `dir`
         write to alerts_dir."""
-        if isinstance(section, EscalationConfig):
-            config = section
-        else:
-            config = cls.from_section(section)
+        config = cls.from_section(section)
         target = Path(alerts_dir) if alerts_dir is not None else Path("var/alerts")
         channels = {
             name: s.model_copy(update={"dir": target}) if isinstance(s, FileSettings) and s.dir is None else s
