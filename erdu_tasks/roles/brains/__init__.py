@@ -12,6 +12,7 @@ from erdu_tasks.roles.brains.rules import RulesCommander, RulesDiagnostician, Ru
 __all__ = ["Brains", "BrainConfig", "CommanderBrain", "DiagnosticianBrain", "ResolverBrain", "Thought",
            "build_brains", "check_settings"]
 
+
 def build_brains(cfg: BrainConfig, client: ChatClient | None = None) -> Brains:
     """Rules for every role; the LLM brain for the roles the config lists when it is active."""
     rules = Brains(RulesCommander(), RulesDiagnostician(), RulesResolver())
