@@ -1,4 +1,9 @@
-"""The composition root: the Celery app, its configuration and the process-wide runtime."""
+"""The composition root: the Celery app and the process-wide Runtime, both built from one Settings.
+
+Importing this module builds the Celery app from the settings; the Runtime (database pool, rules,
+catalog, runbooks, brains, escalator) is built from the same settings on first use and then passed to
+everything a task calls. Processes that need no Celery app (the API) build their own Runtime.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from kombu import Exchange, Queue
 
 from erdu_tasks.celery_ext import broker
 from erdu_tasks import names
+from erdu_tasks.runtime import Runtime
 from erdu_tasks.settings import Settings, get_settings
 
 # The task modules each role's worker imports: a worker only needs the tasks its queue carries
@@ -88,6 +94,17 @@ def make_celery(settings: Settings) -> Celery:
 
 
 app = make_celery(get_settings())
+
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    """The process's one Runtime, from the settings the Celery app was built with (built on first use)."""
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime(app.conf.erdu_settings)
+    return _runtime
+
 
 # Workers and beat log JSON lines (erdu_tasks/logs.py), with the incident id bound around each task.
 from erdu_tasks.celery_ext.logs import install_celery_hooks  # noqa: E402

@@ -6,9 +6,9 @@ import re
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from erdu_tasks.errors import ConfigError
+from erdu_tasks.errors import ConfigError, config_error
 
 
 class Service(BaseModel):
@@ -20,6 +20,9 @@ class Service(BaseModel):
     user_facing: bool = False
     depends_on: list[str] = Field(default_factory=list)
     escalation_policy: str | None = None
+
+
+_SERVICES = TypeAdapter(list[Service])
 
 
 class Catalog:
@@ -48,9 +51,9 @@ class Catalog:
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"{path}: cannot read service catalog: {exc}") from None
         try:
-            services = [Service(**s) for s in data.get("services", [])]
-        except (ValidationError, TypeError) as exc:
-            raise ConfigError(f"{path}: invalid service catalog: {exc}") from None
+            services = _SERVICES.validate_python(data.get("services") or [])
+        except ValidationError as exc:
+            raise config_error(exc, f"service catalog {path}", prefix=("services",)) from None
         return cls(services)
 
     def mentioned(self, text: str) -> list[str]:

@@ -5,28 +5,18 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from erdu_tasks.errors import ConfigError
+from erdu_tasks.settings.servers import ApiSection
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
-class ApiConfig(BaseModel):
-    """Built from Settings (`api_token`, `api_read_token` and the `api` section)."""
+class ApiConfig(ApiSection):
+    """The `api` section plus the tokens, which come from the top-level `api_token` and `api_read_token`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    token: str | None = None
-    read_token: str | None = None
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=1, le=65535)
-    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
-    max_json_depth: int = Field(default=32, ge=4, le=256)
-    db_pool_max: int = Field(default=8, ge=1)
-    db_timeout_seconds: float = Field(default=3.0, gt=0)
-    broker_timeout_seconds: float = Field(default=2.0, gt=0)
-    default_page_size: int = Field(default=50, ge=1, le=500)
+    token: str | None = None            # type: ignore[assignment]  # the section refuses these keys
+    read_token: str | None = None       # type: ignore[assignment]
 
     @property
     def auth_enabled(self) -> bool:
@@ -35,17 +25,10 @@ class ApiConfig(BaseModel):
 
 
 def api_config(settings: Any) -> ApiConfig:
-    """The API configuration, or ConfigError naming the bad field."""
-    section = dict(settings.api or {})
-    for key in ("token", "read_token"):
-        if key in section:
-            raise ConfigError(f"api.{key} is not read from the api section: set ERDU_API_{key.upper()} "
-                              f"(or api_{key} at the top level of the config file)")
-    try:
-        config = ApiConfig(token=settings.api_token or None, read_token=settings.api_read_token or None, **section)
-    except ValidationError as exc:
-        lines = [f"  api.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError("invalid API settings:\n" + "\n".join(lines)) from None
+    """The API configuration, or ConfigError naming the bad key."""
+    section = ApiSection.from_section(settings.api)
+    config = ApiConfig(token=settings.api_token or None, read_token=settings.api_read_token or None,
+                       **section.model_dump())
     if config.read_token and not config.token:
         raise ConfigError("ERDU_API_READ_TOKEN is set but ERDU_API_TOKEN is not: set a write token too, "
                           "otherwise anyone could write while reads need a token")

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from erdu_tasks.store.history import LearningConfig
-from erdu_tasks.roles.commander import CommanderConfig
+from erdu_tasks.settings import CommanderConfig, LearningConfig
 from erdu_tasks.brains.base import Brains, CommanderBrain, DiagnosticianBrain, ResolverBrain, Thought
 from erdu_tasks.brains.llm import BrainConfig, ChatClient, LLMCommander, LLMDiagnostician, LLMResolver
 from erdu_tasks.brains.rules import RulesCommander, RulesDiagnostician, RulesResolver
 
 __all__ = ["Brains", "BrainConfig", "CommanderBrain", "DiagnosticianBrain", "ResolverBrain", "Thought",
-           "build_brains", "brains_for", "check_settings"]
-
-_cache: dict[int, tuple[Any, Brains]] = {}
+           "build_brains", "check_settings"]
 
 
 def build_brains(cfg: BrainConfig, client: ChatClient | None = None) -> Brains:
@@ -32,15 +29,6 @@ def build_brains(cfg: BrainConfig, client: ChatClient | None = None) -> Brains:
         LLMDiagnostician(cfg, rules.diagnostician, client) if "diagnostician" in cfg.roles else rules.diagnostician,
         LLMResolver(cfg, rules.resolver, client) if "resolver" in cfg.roles else rules.resolver,
     )
-
-
-def brains_for(settings: Any) -> Brains:
-    """The brains of this process's settings (built once per settings object)."""
-    key = id(settings)
-    cached = _cache.get(key)
-    if cached is None or cached[0] is not settings:
-        cached = _cache[key] = (settings, build_brains(BrainConfig.from_section(settings.brain)))
-    return cached[1]
 
 
 def check_settings(settings: Any) -> None:

@@ -1,17 +1,7 @@
 """An optional LLM brain: any OpenAI-compatible /chat/completions endpoint, answer validated, rules as fallback.
 
-The `brain` settings section; the brain is off unless base_url and model are set::
-
-    brain:
-      base_url: https://api.openai.com/v1     # POST {base_url}/chat/completions
-      model: gpt-4o-mini
-      api_key: sk-...                         # or ERDU_BRAIN__API_KEY in the environment
-      timeout: 10                             # seconds per request phase (connect, write, read)
-      roles: [commander, diagnostician, resolver]
-      temperature: 0
-      max_tokens: 800
-      json_mode: true                         # send response_format {"type": "json_object"}
-      enabled: true                           # false keeps the section but uses the rules
+The `brain` settings section (its keys and defaults: erdu_tasks/settings/roles.py); the brain is off
+unless base_url and model are set.
 
 The rules always run first: their decision is sent to the model as a proposal and is what
 ERDU uses when the model fails — an HTTP error, a timeout, non-JSON, or JSON that breaks the
@@ -27,64 +17,19 @@ import re
 import time
 from dataclasses import asdict, is_dataclass, replace
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ValidationError
 
-from erdu_tasks.errors import ConfigError
 from erdu_tasks.model import Incident
 from erdu_tasks.roles import commander, diagnostician, resolver
 from erdu_tasks.brains.base import Thought
+from erdu_tasks.settings.roles import BrainConfig
 from erdu_tasks.brains.schemas import CommanderAnswer, DiagnosisAnswer, ResolutionAnswer
 
-Role = Literal["commander", "diagnostician", "resolver"]
 A = TypeVar("A", bound=BaseModel)
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
-
-
-class BrainConfig(BaseModel):
-    """The validated `brain` settings section."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool | None = None
-    base_url: str | None = None
-    model: str | None = Field(default=None, min_length=1, max_length=200)
-    api_key: SecretStr | None = None
-    timeout: float = Field(default=10.0, gt=0, le=300)
-    roles: list[Role] = Field(default_factory=lambda: ["commander", "diagnostician", "resolver"])
-    temperature: float = Field(default=0.0, ge=0, le=2)
-    max_tokens: int = Field(default=800, ge=16, le=32_000)
-    json_mode: bool = True
-    headers: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("base_url")
-    @classmethod
-    def _http(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^\s/]+", value):
-            raise ValueError("base_url must be an http(s) URL such as https://api.openai.com/v1")
-        return value.rstrip("/") if value else value
-
-    @model_validator(mode="after")
-    def _complete(self) -> "BrainConfig":
-        if self.enabled and not (self.base_url and self.model):
-            raise ValueError("an enabled LLM brain needs base_url and model")
-        return self
-
-    @property
-    def active(self) -> bool:
-        """True when the LLM brain should be used."""
-        return self.enabled is not False and bool(self.base_url and self.model)
-
-    @classmethod
-    def from_section(cls, section: dict[str, Any] | None) -> "BrainConfig":
-        """Validate the settings section; ConfigError naming each wrong key."""
-        try:
-            return cls.model_validate(section or {})
-        except ValidationError as exc:
-            lines = [f"  {'.'.join(str(p) for p in e['loc']) or '(section)'}: {e['msg']}" for e in exc.errors()]
-            raise ConfigError("invalid brain settings:\n" + "\n".join(lines)) from None
 
 
 class BrainFailed(Exception):

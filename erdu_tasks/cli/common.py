@@ -34,7 +34,7 @@ def load_settings():
 def runtime(*, need_schema: bool = True):
     """The process runtime once Postgres answers (and its schema is current)."""
     from erdu_tasks.store.preflight import check_postgres
-    from erdu_tasks.runtime import runtime as process_runtime
+    from erdu_tasks.app import runtime as process_runtime
 
     settings = load_settings()
     try:

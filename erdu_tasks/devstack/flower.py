@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from erdu_tasks.errors import ConfigError
+from erdu_tasks.settings.servers import FLOWER_ADDRESS, FLOWER_PORT, FlowerSection, tcp_port
 
-DEFAULT_PORT = 5555
-DEFAULT_ADDRESS = "127.0.0.1"
-_KEYS = {"user", "password", "port", "address"}
+DEFAULT_PORT = FLOWER_PORT
+DEFAULT_ADDRESS = FLOWER_ADDRESS
 
 
 @dataclass(frozen=True)
@@ -39,29 +39,16 @@ def is_loopback(address: str) -> bool:
         return False
 
 
-def flower_options(section: dict[str, Any], *, port: int | None = None, address: str | None = None) -> FlowerOptions:
+def flower_options(section: FlowerSection | dict[str, Any] | None, *, port: int | None = None,
+                  address: str | None = None) -> FlowerOptions:
     """Build and check the options from the settings' flower section and command-line overrides."""
-    unknown = set(section) - _KEYS
-    if unknown:
-        raise ConfigError(f"flower: unknown setting(s) {', '.join(sorted(unknown))} "
-                          f"(known: {', '.join(sorted(_KEYS))})")
+    flower = FlowerSection.from_section(section)
     try:
-        chosen_port = int(port if port is not None else section.get("port", DEFAULT_PORT))
-    except (TypeError, ValueError):
-        raise ConfigError(f"flower.port must be a number, not {section.get('port')!r}") from None
-    if not 0 < chosen_port < 65536:
-        raise ConfigError(f"flower.port {chosen_port} is not a TCP port")
-    user = section.get("user")
-    password = section.get("password")
-    if bool(user) != bool(password):
-        raise ConfigError("flower: give both user and password for basic auth, or neither")
-    if user is not None and (not isinstance(user, str) or ":" in user or "," in user):
-        raise ConfigError("flower.user must be a string without ':' or ','")
-    if password is not None and (not isinstance(password, str) or "," in password):
-        raise ConfigError("flower.password must be a string without ','")
-    opts = FlowerOptions(port=chosen_port, address=str(address if address is not None
-                                                       else section.get("address", DEFAULT_ADDRESS)),
-                         user=user or None, password=password or None)
+        chosen_port = tcp_port(port, "--port") if port is not None else flower.port
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    opts = FlowerOptions(port=chosen_port, address=str(address if address is not None else flower.address),
+                         user=flower.user, password=flower.password)
     check_exposure(opts)
     return opts
 

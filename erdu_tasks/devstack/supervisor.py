@@ -126,11 +126,11 @@ def build_children(settings: Settings, *, with_api: bool, with_flower: bool, wit
         children.append(Child("beat", [*exe, "beat"], where="schedules monitors and the reconciler"))
     taken: set[int] = set()
     if with_api and _has_module("erdu_tasks.api"):
-        port = _port(int((settings.api or {}).get("port", DEFAULT_API_PORT)), taken)
+        port = _port(settings.api.port, taken)
         children.append(Child("api", [*exe, "api", "--port", str(port)], where=f"http://127.0.0.1:{port}/docs",
                               ready_port=port))
     if with_flower:
-        port = _port(int((settings.flower or {}).get("port", DEFAULT_FLOWER_PORT)), taken)
+        port = _port(settings.flower.port, taken)
         children.append(Child("flower", [*exe, "flower", "--port", str(port)], where=f"http://127.0.0.1:{port}/",
                               ready_port=port))
     api_serves_metrics = any(c.name == "api" for c in children)

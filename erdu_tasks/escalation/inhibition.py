@@ -16,52 +16,32 @@ dependencies read from the service catalog (`depends_on`, transitively):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import psycopg
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from erdu_tasks.store import incidents as store
-from erdu_tasks.errors import ConfigError
-from erdu_tasks.model import OPEN_STATUSES, Incident, Severity
+from erdu_tasks.errors import config_error
+from erdu_tasks.model import OPEN_STATUSES, Incident
+from erdu_tasks.settings.escalation import DEFAULT_INHIBIT_RULES, EscalationConfig, InhibitRule
 
 DependantsOf = Callable[[str], Iterable[str]]
 
 
-class InhibitRule(BaseModel):
-    """Which open incidents inhibit which others."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    source_severities: list[Severity] = Field(default_factory=lambda: [Severity.P1], min_length=1)
-    source_services: list[str] | None = None
-    targets: Literal["dependants"] | list[str] = "dependants"
-
-    def describe(self) -> str:
-        """One line for timelines."""
-        sources = "/".join(s.value for s in self.source_severities)
-        scope = "services that depend on it" if self.targets == "dependants" else ", ".join(self.targets)
-        return f"an open {sources} incident inhibits {scope}"
+DEFAULT_RULES = DEFAULT_INHIBIT_RULES
+_RULES = TypeAdapter(list[InhibitRule] | None)
 
 
-DEFAULT_RULES: tuple[InhibitRule, ...] = (InhibitRule(),)
-
-
-def rules_from_section(section: Mapping[str, Any] | None) -> tuple[InhibitRule, ...]:
+def rules_from_section(section: EscalationConfig | Mapping[str, Any] | None) -> tuple[InhibitRule, ...]:
     """The inhibit rules of the escalation section (the default rule when the key is absent)."""
-    raw = (section or {}).get("inhibit")
-    if raw is None:
-        return DEFAULT_RULES
-    if not isinstance(raw, list):
-        raise ConfigError("escalation.inhibit must be a list of rules (or [] to switch inhibition off)")
-    rules = []
-    for index, item in enumerate(raw):
-        try:
-            rules.append(InhibitRule.model_validate(item))
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'rule'}: {e['msg']}" for e in exc.errors())
-            raise ConfigError(f"escalation.inhibit[{index}]: {problems}") from None
-    return tuple(rules)
+    if isinstance(section, EscalationConfig):
+        return section.inhibit_rules
+    try:
+        rules = _RULES.validate_python((section or {}).get("inhibit"))
+    except ValidationError as exc:
+        raise config_error(exc, "escalation settings", prefix=("escalation", "inhibit")) from None
+    return DEFAULT_RULES if rules is None else tuple(rules)
 
 
 def services_of(incident: Incident) -> list[str]:

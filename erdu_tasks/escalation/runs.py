@@ -28,8 +28,7 @@ from erdu_tasks.escalation import inhibition, silences
 from erdu_tasks.escalation.gates import GateName, Gates, Outcome, load_facts
 from erdu_tasks.store import incidents as store
 from erdu_tasks.catalog import Catalog
-from erdu_tasks.errors import ConfigError
-from erdu_tasks.escalation.policy import EscalationConfig, parse_duration
+from erdu_tasks.escalation.policy import EscalationConfig
 from erdu_tasks.model import Incident, Status
 from erdu_tasks.names import PIPELINE_STATUSES
 from erdu_tasks.escalation.channels import AttemptedFix, Notification, NotificationKind
@@ -37,9 +36,6 @@ from erdu_tasks.escalation.channels import AttemptedFix, Notification, Notificat
 log = structlog.get_logger("erdu.escalation")
 
 ACTOR = "escalation"
-OWN_KEYS = frozenset({"inhibit", "sweep_interval", "stuck_after", "sweep_batch", "approval_deadline_seconds"})
-"""Keys of the `escalation` section read here (or by the reconciler), not by EscalationConfig."""
-
 _PIPELINE_STATUSES = tuple(sorted(s.value for s in PIPELINE_STATUSES))
 
 
@@ -60,40 +56,21 @@ class SweepOptions:
     batch: int = 200
 
 
-def split_section(section: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(what EscalationConfig validates, what this module and the reconciler read)."""
-    section = dict(section or {})
-    own = {k: section.pop(k) for k in list(section) if k in OWN_KEYS}
-    return section, own
-
-
-def sweep_options(section: Mapping[str, Any] | None) -> SweepOptions:
+def sweep_options(section: EscalationConfig | Mapping[str, Any] | None) -> SweepOptions:
     """The sweeper's options from the escalation section."""
-    _, own = split_section(section)
-    try:
-        interval = parse_duration(own.get("sweep_interval", 5)).total_seconds()
-        raw_stuck = own.get("stuck_after", "15m")
-        stuck = None if raw_stuck in (None, False, "off", "never") else parse_duration(raw_stuck)
-        batch = int(own.get("sweep_batch", 200))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid escalation sweeper settings: {exc}") from None
-    if batch < 1:
-        raise ConfigError("escalation.sweep_batch must be at least 1")
-    return SweepOptions(interval, stuck, batch)
+    config = EscalationConfig.from_settings_section(section)
+    return SweepOptions(config.sweep_interval.total_seconds(), config.stuck_after, config.sweep_batch)
 
 
-def escalation_config(section: Mapping[str, Any] | None, alerts_dir: Any) -> EscalationConfig:
-    """The validated policies and channels of the escalation section."""
-    policy_part, _ = split_section(section)
-    return EscalationConfig.from_settings_section(policy_part, alerts_dir)
+def escalation_config(section: EscalationConfig | Mapping[str, Any] | None, alerts_dir: Any) -> EscalationConfig:
+    """The escalation section with file channels writing to alerts_dir (a raw dict is validated)."""
+    return EscalationConfig.from_settings_section(section, alerts_dir)
 
 
 def check_settings(settings: Any, catalog: Catalog) -> None:
     """Validate the whole escalation section at start-up; ConfigError names the place and the reason."""
     config = escalation_config(settings.escalation, settings.alerts_dir)
     config.check_policy_names({name: s.escalation_policy for name, s in catalog.services.items()})
-    inhibition.rules_from_section(settings.escalation)
-    sweep_options(settings.escalation)
 
 
 # --------------------------------------------------------------------------- payload

@@ -5,30 +5,16 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import psutil
-import re2
 from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from erdu_tasks.fixer.actions.base import ActionResult, ParamsModel, as_int_list, build_env, http_exchange, render_params, run_argv
 from erdu_tasks.fixer.actions.http_call import Method, check_url
 from erdu_tasks.errors import PermanentError
-
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False
-
-
-@lru_cache(maxsize=512)
-def compile_pattern(pattern: str) -> Any:
-    """Compile a user regex with RE2 (linear time); ValueError with RE2's reason if it is invalid."""
-    try:
-        return re2.compile(pattern, _RE2_OPTIONS)
-    except re2.error as exc:
-        reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-        raise ValueError(f"invalid regular expression {pattern!r}: {reason}") from None
+from erdu_tasks.settings.common import compile_pattern
 
 
 class CheckResult(ActionResult):

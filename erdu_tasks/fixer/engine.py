@@ -16,16 +16,9 @@ from erdu_tasks.errors import PermanentError
 from erdu_tasks.model import Incident
 from erdu_tasks.fixer.runbooks import MatchInput, Runbook, RunbookSet
 
-_cache: dict[str, RunbookSet] = {}
-
-
 def load_runbooks(rt: Any) -> RunbookSet:
-    """The runbook set for this process, reloaded when a file in the directory changes."""
-    key = str(rt.settings.runbooks_dir)
-    cached = _cache.get(key)
-    if cached is None or cached.changed():
-        _cache[key] = RunbookSet.load(rt.settings.runbooks_dir)
-    return _cache[key]
+    """The runbook set for this process (the Runtime keeps it, reloaded when a file in the directory changes)."""
+    return rt.runbooks
 
 
 def match_input(incident: Incident) -> MatchInput:

@@ -1,23 +1,6 @@
 """The commander: adjusts severity with stated reasons and decides automate, auto-fix or escalate now.
 
-The `commander` settings section (erdu.yaml) — every key optional::
-
-    commander:
-      business_hours:                 # no calendar: hours are never a factor
-        timezone: Europe/Berlin
-        days: [mon, tue, wed, thu, fri]
-        start: "08:00"
-        end: "18:00"
-        holidays: ["2025-12-25", "2026-01-01"]
-      lower_outside_hours: [P3, P4]   # lowered one step outside hours unless users are hit
-      blast_radius_services: 3        # this many affected services raise one step
-      blast_radius_dependants: 2      # this many dependants (catalog) raise one step
-      raise_user_facing: true         # a user-facing service hit (or depending on it) raises one step
-      busy_open_incidents: 10         # this many other open incidents: maybe a wider outage
-      flapping_recurrences: 3         # this many recurrences in the flap window raise one step
-      storm_rate_per_min: 100         # occurrences per minute that raise one step
-      escalate_uncovered: [P1]        # these go to people now when no runbook can help
-      known_bad_rate: 0.2             # a runbook under this rate (over the sample minimum) is no help
+The `commander` settings section (its keys and defaults: erdu_tasks/settings/roles.py).
 
 Auto-resolution (the thresholds live in the `learning` section): a runbook qualifies when, on
 this fingerprint, it succeeded in at least `auto_resolve_min_success` of at least
@@ -29,19 +12,14 @@ again, whatever the long-run rate.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, time, timezone
+from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
-from zoneinfo import ZoneInfo
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from erdu_tasks.errors import ConfigError
 from erdu_tasks.model import Incident, Severity
-from erdu_tasks.timecfg import quoted_time, valid_timezone
+from erdu_tasks.settings.roles import BusinessHours, CommanderConfig  # noqa: F401 - the section models, re-exported
 
-Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-_WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class Decision(StrEnum):
@@ -58,67 +36,6 @@ class Effect(StrEnum):
     RAISE = "raise"
     LOWER = "lower"
     NOTE = "note"
-
-
-class BusinessHours(BaseModel):
-    """A weekly calendar in a time zone, minus holidays."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    timezone: str = "UTC"
-    days: list[Weekday] = Field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"], min_length=1)
-    start: time = time(9, 0)
-    end: time = time(17, 0)
-    holidays: list[date] = Field(default_factory=list)
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        return valid_timezone(value)
-
-    @field_validator("start", "end", mode="before")
-    @classmethod
-    def _quoted(cls, value: Any) -> Any:
-        return quoted_time(value, "09:00")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "BusinessHours":
-        if self.start >= self.end:
-            raise ValueError("business hours must start before they end (within one day)")
-        return self
-
-    def contains(self, now: datetime) -> bool:
-        """True when now (aware; naive means UTC) is inside business hours."""
-        aware = now if now.tzinfo else now.replace(tzinfo=timezone.utc)
-        local = aware.astimezone(ZoneInfo(self.timezone))
-        if local.date() in self.holidays or _WEEKDAYS[local.weekday()] not in self.days:
-            return False
-        return self.start <= local.time().replace(tzinfo=None) < self.end
-
-
-class CommanderConfig(BaseModel):
-    """The validated `commander` settings section."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    business_hours: BusinessHours | None = None
-    lower_outside_hours: list[Severity] = Field(default_factory=lambda: [Severity.P3, Severity.P4])
-    blast_radius_services: int = Field(default=3, ge=2)
-    blast_radius_dependants: int = Field(default=2, ge=1)
-    raise_user_facing: bool = True
-    busy_open_incidents: int = Field(default=10, ge=1)
-    flapping_recurrences: int = Field(default=3, ge=1)
-    storm_rate_per_min: float = Field(default=100.0, gt=0)
-    escalate_uncovered: list[Severity] = Field(default_factory=lambda: [Severity.P1])
-    known_bad_rate: float = Field(default=0.2, ge=0, le=1)
-
-    @classmethod
-    def from_section(cls, section: dict[str, Any] | None) -> "CommanderConfig":
-        """Validate the settings section; ConfigError naming each wrong key."""
-        try:
-            return cls.model_validate(section or {})
-        except ValidationError as exc:
-            raise ConfigError("invalid commander settings:\n" + _problems(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -328,7 +245,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def _problems(exc: ValidationError) -> str:
-    return "\n".join(f"  {'.'.join(str(p) for p in e['loc']) or '(section)'}: {e['msg']}" for e in exc.errors())

@@ -15,25 +15,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from erdu_tasks.settings.roles import EvidenceConfig
 
 from erdu_tasks.files import open_regular, storable
 
 _TIMESTAMP = re.compile(r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:[.,](\d{1,9}))?\s*(Z|[+-]\d{2}:?\d{2})?")
 _PATH_KEYS = ("path", "file", "log_path", "logfile")
-
-
-class EvidenceConfig(BaseModel):
-    """Where log evidence may be read from, and how much."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    log_roots: list[str] = Field(default_factory=list)   # directories or globs (absolute)
-    lines_before: int = Field(default=20, ge=0, le=1000)
-    lines_after: int = Field(default=10, ge=0, le=1000)
-    max_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
-    max_line_chars: int = Field(default=500, ge=40, le=10_000)
-    window_seconds: float = Field(default=120.0, gt=0)
 
 
 @dataclass(frozen=True)
@@ -69,8 +56,10 @@ def log_path_of(labels: dict[str, Any], error_details: dict[str, Any]) -> str | 
     return None
 
 
-def monitor_paths(monitors: dict[str, Any] | None) -> list[str]:
+def monitor_paths(monitors: Any) -> list[str]:
     """Absolute paths and globs named anywhere in the log monitor's settings (the files it tails)."""
+    if hasattr(monitors, "model_dump"):   # the typed section: what was set, as erdu.yaml would say it
+        monitors = monitors.model_dump(mode="json", exclude_defaults=True)
     found: list[str] = []
 
     def walk(value: Any) -> None:

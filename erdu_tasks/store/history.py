@@ -1,17 +1,6 @@
 """What Postgres remembers: related incidents, pattern history, per-runbook success, learning updates.
 
-The `learning` settings section — every key optional::
-
-    learning:
-      auto_resolve_min_success: 0.9   # a runbook's success rate needed for auto-resolution
-      auto_resolve_min_samples: 5     # ... over at least this many attempts (the minimum-sample rule)
-      related_limit: 5                # related incidents the diagnostician lists
-      related_min_score: 0.3          # trigram similarity (0..1) below which an incident is not related
-      related_lookback_days: 90
-      evidence:                       # log lines around the event (see roles/logwindow.py)
-        log_roots: [/var/log/myapp]
-        lines_before: 20
-        lines_after: 10
+The `learning` settings section (its keys and defaults: erdu_tasks/settings/roles.py).
 
 Success rate = successes / attempts of validated fix runs on one fingerprint; below the sample
 minimum it is reported as unknown (None), never as 0 % or 100 %.
@@ -22,33 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from erdu_tasks.errors import ConfigError
 from erdu_tasks.model import Incident
-from erdu_tasks.roles.logwindow import EvidenceConfig
-
-
-class LearningConfig(BaseModel):
-    """The validated `learning` settings section."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    auto_resolve_min_success: float = Field(default=0.9, gt=0, le=1)
-    auto_resolve_min_samples: int = Field(default=5, ge=1)
-    related_limit: int = Field(default=5, ge=1, le=50)
-    related_min_score: float = Field(default=0.3, ge=0.05, le=1)
-    related_lookback_days: float = Field(default=90, gt=0)
-    evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
-
-    @classmethod
-    def from_section(cls, section: dict[str, Any] | None) -> "LearningConfig":
-        """Validate the settings section; ConfigError naming each wrong key."""
-        try:
-            return cls.model_validate(section or {})
-        except ValidationError as exc:
-            lines = [f"  {'.'.join(str(p) for p in e['loc']) or '(section)'}: {e['msg']}" for e in exc.errors()]
-            raise ConfigError("invalid learning settings:\n" + "\n".join(lines)) from None
+from erdu_tasks.settings.roles import EvidenceConfig, LearningConfig  # noqa: F401 - the section models, re-exported
 
 
 def success_rate(attempts: int, successes: int, min_samples: int) -> float | None:

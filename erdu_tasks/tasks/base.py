@@ -17,9 +17,11 @@ from erdu_tasks import names
 from erdu_tasks.store import incidents as store
 from erdu_tasks.app import app
 from erdu_tasks.errors import PermanentError, TransientError
+from erdu_tasks.escalation.start import escalate
 from erdu_tasks.model import Incident
 from erdu_tasks.names import Stage
-from erdu_tasks.runtime import Runtime, runtime, worker_name
+from erdu_tasks.app import runtime
+from erdu_tasks.runtime import Runtime, worker_name
 from erdu_tasks.tasks.publish import hand_on
 
 log = structlog.get_logger("erdu.tasks")
@@ -148,11 +150,21 @@ def begin_stage(task: ErduTask, rt: Runtime, stage: Stage, incident_id: object, 
 
     crashes = task.with_retries(start)
     if crashes >= rt.settings.max_worker_crashes:
-        from erdu_tasks.tasks.pipeline import park_poisoned   # the pipeline owns the way into escalated
-
         task.with_retries(lambda: park_poisoned(rt, incident_id, stage, crashes, worker))
         return False
     return True
+
+
+def park_poisoned(rt: Runtime, incident_id: str, stage: str, crashes: int, worker: str) -> None:
+    """A stage that keeps killing its worker: escalate the incident (its run opens in the same commit)."""
+    reason = f"stage {stage} lost its worker {crashes} times (poison protection); parked for a person"
+    with rt.db.transaction() as conn:
+        incident = store.get_incident(conn, incident_id, for_update=True)
+        if incident is None:
+            return
+        if escalate(conn, incident, reason=reason, stage=stage, actor="reconciler", worker=worker, what=reason):
+            store.stage_finished(conn, incident_id, stage)
+    log.error("incident parked", incident_id=incident_id, stage=stage, crashes=crashes)
 
 
 def finish_quietly(rt: Runtime, incident_id: str, stage: Stage) -> None:

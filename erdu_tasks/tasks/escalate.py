@@ -5,7 +5,8 @@ from __future__ import annotations
 from erdu_tasks import names
 from erdu_tasks.app import app
 from erdu_tasks.escalation.start import escalate as escalate_in_tx
-from erdu_tasks.runtime import runtime, worker_name
+from erdu_tasks.app import runtime
+from erdu_tasks.runtime import worker_name
 from erdu_tasks.store import incidents as store
 from erdu_tasks.tasks.base import ErduTask, log
 

@@ -11,7 +11,7 @@ from erdu_tasks.app import app
 from erdu_tasks.errors import InvalidEvent
 from erdu_tasks.ingest.accept import accept
 from erdu_tasks.ingest.formats.event import parse_events
-from erdu_tasks.runtime import runtime
+from erdu_tasks.app import runtime
 from erdu_tasks.tasks.base import ErduTask, log
 from erdu_tasks.tasks.publish import hand_on
 

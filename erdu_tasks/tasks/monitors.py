@@ -11,30 +11,23 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from datetime import datetime, timezone
-from functools import lru_cache
 from typing import Any, TypeVar
 
-import redis
 
 from erdu_tasks import names
 from erdu_tasks.app import app
 from erdu_tasks.errors import TransientError
 from erdu_tasks.monitors import celery_health, http_probe, logtail, system
-from erdu_tasks.monitors.config import MonitorsConfig, monitors_of
-from erdu_tasks.runtime import runtime
+from erdu_tasks.monitors.config import MonitorsConfig
+from erdu_tasks.app import runtime
 from erdu_tasks.tasks.base import ErduTask, log
 from erdu_tasks.tasks.publish import hand_on
 
 T = TypeVar("T")
 
 
-@lru_cache(maxsize=4)
-def _redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15)
-
-
 def _config() -> MonitorsConfig:
-    return monitors_of(runtime().settings)
+    return runtime().monitors
 
 
 def _host(config: MonitorsConfig) -> str:
@@ -64,7 +57,7 @@ def monitor_logs(self: ErduTask) -> dict[str, Any]:
     if config.logs is None:
         return {"skipped": "no monitors.logs section"}
     rt = runtime()
-    deps = logtail.TailDeps(db=rt.db, redis=_redis(rt.settings.redis_url), rt=rt, notify=_assess, host=_host(config))
+    deps = logtail.TailDeps(db=rt.db, redis=rt.monitor_redis, rt=rt, notify=_assess, host=_host(config))
 
     def scan() -> dict[str, Any]:
         stats = logtail.scan(config.logs, deps)
@@ -123,7 +116,7 @@ def monitor_celery(self: ErduTask) -> dict[str, Any]:
     rt = runtime()
 
     def run() -> dict[str, Any]:
-        return celery_health.run_celery(config.celery, rt.db, _redis(rt.settings.redis_url), _ping, rt, _assess,
+        return celery_health.run_celery(config.celery, rt.db, rt.monitor_redis, _ping, rt, _assess,
                                         host=_host(config), now=_now)
 
     return _run("celery", run)

@@ -13,23 +13,12 @@ from erdu_tasks import names
 from erdu_tasks.app import app
 from erdu_tasks.model import Incident, Status
 from erdu_tasks.names import Stage
-from erdu_tasks.brains import Thought, brains_for
+from erdu_tasks.brains import Thought
 from erdu_tasks.roles.report import build_report, report_paths, write_report
 from erdu_tasks.roles import commander, diagnostician, logwindow, resolver
 from erdu_tasks.runtime import Runtime
-from erdu_tasks.tasks.base import ErduTask, log, run_stage
+from erdu_tasks.tasks.base import ErduTask, run_stage
 
-
-def park_poisoned(rt: Runtime, incident_id: str, stage: str, crashes: int, worker: str) -> None:
-    """A stage that keeps killing its worker: escalate the incident (its run opens in the same commit)."""
-    reason = f"stage {stage} lost its worker {crashes} times (poison protection); parked for a person"
-    with rt.db.transaction() as conn:
-        incident = store.get_incident(conn, incident_id, for_update=True)
-        if incident is None:
-            return
-        if escalate(conn, incident, reason=reason, stage=stage, actor="reconciler", worker=worker, what=reason):
-            store.stage_finished(conn, incident_id, stage)
-    log.error("incident parked", incident_id=incident_id, stage=stage, crashes=crashes)
 
 
 def escalate_in_tx(conn: psycopg.Connection, incident: Incident, *, reason: str, stage: str | None,
@@ -66,17 +55,9 @@ def commander_context(conn: psycopg.Connection, rt: Runtime, incident: Incident)
     )
 
 
-_config_cache: dict[int, tuple[object, commander.CommanderConfig, history.LearningConfig]] = {}
-
-
 def _configs(rt: Runtime) -> tuple[commander.CommanderConfig, history.LearningConfig]:
-    """The validated commander and learning sections of this process's settings."""
-    cached = _config_cache.get(id(rt.settings))
-    if cached is None or cached[0] is not rt.settings:
-        cached = _config_cache[id(rt.settings)] = (
-            rt.settings, commander.CommanderConfig.from_section(rt.settings.commander),
-            history.LearningConfig.from_section(rt.settings.learning))
-    return cached[1], cached[2]
+    """The commander and learning sections of this process's settings."""
+    return rt.commander, rt.learning
 
 
 def _blast_radius(rt: Runtime, incident: Incident) -> tuple[list[str], list[str], list[str], list[str]]:
@@ -98,7 +79,7 @@ def _brain_note(conn: psycopg.Connection, incident_id: str, role: str, thought: 
 def _assess(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str) -> Stage | None:
     if escalation.gate_before_assess(conn, rt.gates, incident, worker=worker):   # silenced: parked; the sweeper resumes it
         return None
-    thought = brains_for(rt.settings).commander.assess(incident, commander_context(conn, rt, incident))
+    thought = rt.brains.commander.assess(incident, commander_context(conn, rt, incident))
     decision = thought.value
     assessment = {**decision.as_dict(), "brain": thought.note()}
     _brain_note(conn, incident.id, "commander", thought, worker)
@@ -180,7 +161,7 @@ def _log_evidence(rt: Runtime, incident: Incident, lcfg: history.LearningConfig)
 
 
 def _diagnose(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str) -> Stage | None:
-    thought = brains_for(rt.settings).diagnostician.diagnose(incident, diagnostician_context(conn, rt, incident))
+    thought = rt.brains.diagnostician.diagnose(incident, diagnostician_context(conn, rt, incident))
     result = thought.value
     _brain_note(conn, incident.id, "diagnostician", thought, worker)
     moved = store.transition(conn, incident.id, expected=[Status.ASSIGNED], to=Status.INVESTIGATING,
@@ -229,7 +210,7 @@ def close_incident(conn: psycopg.Connection, rt: Runtime, incident: Incident, wo
         related=related,
         min_samples=lcfg.auto_resolve_min_samples,
     )
-    thought = brains_for(rt.settings).resolver.resolve(incident, ctx)
+    thought = rt.brains.resolver.resolve(incident, ctx)
     resolution = thought.value
     _brain_note(conn, incident.id, "resolver", thought, worker)
     json_path, md_path = report_paths(rt.settings.reports_dir, incident.id)

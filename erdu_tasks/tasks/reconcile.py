@@ -6,7 +6,8 @@ from erdu_tasks import names
 from erdu_tasks.store import incidents as store
 from erdu_tasks.app import app
 from erdu_tasks.store.reconcile import approvals_overdue, stuck
-from erdu_tasks.runtime import runtime, worker_name
+from erdu_tasks.app import runtime
+from erdu_tasks.runtime import worker_name
 from erdu_tasks.tasks.base import ErduTask, log
 from erdu_tasks.tasks.publish import hand_on
 from erdu_tasks.tasks.escalate import escalate_incident

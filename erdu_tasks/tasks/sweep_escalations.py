@@ -9,22 +9,16 @@ from erdu_tasks.app import app
 from erdu_tasks.escalation.runs import stuck_incidents, utcnow
 from erdu_tasks.escalation.sweep import Escalator
 from erdu_tasks.model import Status
-from erdu_tasks.runtime import Runtime, runtime, worker_name
+from erdu_tasks.app import runtime
+from erdu_tasks.runtime import Runtime, worker_name
 from erdu_tasks.store.reconcile import OWED
 from erdu_tasks.tasks.base import ErduTask, log
 from erdu_tasks.tasks.escalate import escalate_incident
 from erdu_tasks.tasks.publish import send_stage
 
-_escalators: dict[int, Escalator] = {}
-
-
 def escalator_for(rt: Runtime, worker: str | None = None) -> Escalator:
-    """The process's Escalator (config, channels, Redis counters, the runtime's gates), built on first use."""
-    esc = _escalators.get(id(rt))
-    if esc is None:
-        esc = Escalator.from_settings(rt.settings, rt.db, rt.catalog, gates=rt.gates, worker=worker)
-        _escalators[id(rt)] = esc
-    return esc
+    """The process's Escalator (config, channels, Redis counters), kept by the Runtime."""
+    return rt.escalator(worker)
 
 
 def _escalate_stuck(rt: Runtime, esc: Escalator, worker: str) -> int:

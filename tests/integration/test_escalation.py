@@ -19,6 +19,7 @@ from erdu_tasks.store.db import Database
 from erdu_tasks.model import Status
 from erdu_tasks.settings import load_settings
 from erdu_tasks.escalation.channels.webhook import verify_signature
+from erdu_tasks.runtime import Runtime
 from tests.integration.escalation_support import (
     SECRET,
     Endpoints,
@@ -357,7 +358,8 @@ def test_an_open_p1_keeps_its_dependants_quiet_until_it_is_resolved(db, endpoint
     assert len(endpoints.received) == 4, "children stay quiet while the parent is open"
 
     # A person resolves the parent; the resolver closes it (report, PagerDuty resolve, children re-checked).
-    rt = SimpleNamespace(db=db, catalog=catalog, settings=load_settings(reports_dir=tmp_path / "reports"))
+    rt = Runtime(load_settings(reports_dir=tmp_path / "reports"), db=db)
+    rt.catalog = catalog
     with db.transaction() as conn:
         store.transition(conn, parent, expected=[Status.ESCALATED], to=Status.RESOLVED, actor="person:alice",
                          what="resolved by alice: failed over", updates={"resolved_by": "person:alice"})

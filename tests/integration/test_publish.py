@@ -92,7 +92,7 @@ def test_post_v1_events_stores_and_answers_when_the_publish_is_refused(fresh_dat
 
 SCRIPT = textwrap.dedent("""
     import json
-    from erdu_tasks.runtime import runtime
+    from erdu_tasks.app import runtime
     from erdu_tasks.tasks import people
     from erdu_tasks.tasks.ingest import ingest
 

@@ -79,22 +79,26 @@ def test_the_notification_has_what_a_responder_needs():
     assert (data["level"], data["repeat"]) == (2, 1)
 
 
-def test_the_section_keeps_sweeper_keys_away_from_the_policy_model():
-    section = {"sweep_interval": "2s", "stuck_after": "off", "inhibit": [], "approval_deadline_seconds": 60,
-               "channels": {"file": {}}}
+def test_the_sweeper_keys_are_part_of_the_typed_section():
+    section = {"sweep_interval": "2s", "stuck_after": "off", "inhibit": [], "channels": {"file": {}}}
     assert escalation_config(section, "alerts").channels["file"].type == "file"
     options = sweep_options(section)
     assert options.sweep_interval == 2.0 and options.stuck_after is None
     assert sweep_options({}).stuck_after == timedelta(minutes=15)
-    with pytest.raises(ConfigError, match="sweeper settings"):
+    with pytest.raises(ConfigError, match="escalation.sweep_interval"):
         sweep_options({"sweep_interval": "soon"})
+
+
+def test_the_approval_deadline_is_refused_in_the_section_naming_the_top_level_key():
+    with pytest.raises(ConfigError, match=r"escalation\.approval_deadline_seconds: .*top level"):
+        sweep_options({"approval_deadline_seconds": 60})
 
 
 @pytest.mark.parametrize(("section", "message"), [
     ({"channels": {"pd": {"type": "pagerduty"}}}, "routing_key"),
     ({"policies": {"P1": [{"channels": ["nowhere"]}]}}, "undefined channel"),
-    ({"inhibit": [{"targets": 3}]}, "escalation.inhibit[0]"),
-    ({"stuck_after": "later"}, "sweeper settings"),
+    ({"inhibit": [{"targets": 3}]}, "escalation.inhibit.0.targets"),
+    ({"stuck_after": "later"}, "escalation.stuck_after"),
     ({}, "unknown escalation policies"),
 ])
 def test_a_wrong_section_fails_at_start_up_naming_the_place(section, message):

@@ -12,6 +12,7 @@ import yaml
 
 from erdu_tasks.escalation import policy as ep
 from erdu_tasks.errors import ConfigError
+from erdu_tasks.settings import escalation as escalation_settings
 from erdu_tasks.escalation.policy import (
     EscalationConfig,
     PlanState,
@@ -294,7 +295,7 @@ def test_an_empty_section_gives_one_file_channel_and_default_deadlines():
 
 
 def test_the_documented_example_is_valid():
-    doc = ep.__doc__
+    doc = escalation_settings.__doc__
     block = doc[doc.index("    escalation:") : doc.index("Durations are")]
     section = yaml.safe_load(textwrap.dedent(block))["escalation"]
     cfg = EscalationConfig.from_settings_section(section, alerts_dir="alerts")
@@ -309,6 +310,8 @@ def test_the_documented_example_is_valid():
     assert cfg.policy_for("P3").levels[0].ack_deadline == timedelta(hours=1)
     assert cfg.policy_for("P2").levels[0].channels == list(cfg.channels)  # built-in default, all channels
     assert cfg.url_for("INC-1") == "https://erdu.example.com/incidents/INC-1"
+    assert cfg.sweep_interval == timedelta(seconds=5) and cfg.stuck_after == timedelta(minutes=15)
+    assert [r.targets for r in cfg.inhibit_rules] == ["dependants"]
     assert cfg.rate_limits()["oncall-slack"] == 10
     assert "app-password" not in repr(cfg)
     assert set(build_channels(cfg)) == set(cfg.channels)

@@ -40,9 +40,9 @@ def test_it_listens_anywhere_with_auth_and_keeps_the_password_off_the_command_li
     ({"password": "x"}, "both user and password"),
     ({"user": "a:b", "password": "x"}, "flower.user"),
     ({"user": "ops", "password": "a,b"}, "flower.password"),
-    ({"port": "http"}, "flower.port must be a number"),
+    ({"port": "http"}, "flower.port: must be a number"),
     ({"port": 70000}, "not a TCP port"),
-    ({"passwd": "x"}, "unknown setting"),
+    ({"passwd": "x"}, "flower.passwd: Extra inputs"),
 ])
 def test_bad_settings_are_refused_with_the_key(section, message):
     with pytest.raises(ConfigError, match=message):

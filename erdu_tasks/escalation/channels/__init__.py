@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Protocol
+from typing import Any, Protocol
 
 import httpx
-from pydantic import Field
 
 from erdu_tasks.escalation.channels.base import (
     AttemptedFix,
@@ -21,6 +20,7 @@ from erdu_tasks.escalation.channels.file import FileChannel, FileSettings
 from erdu_tasks.escalation.channels.pagerduty import PagerDutyChannel, PagerDutySettings
 from erdu_tasks.escalation.channels.slack import SlackChannel, SlackSettings
 from erdu_tasks.escalation.channels.webhook import WebhookChannel, WebhookSettings
+from erdu_tasks.settings.escalation import AnyChannelSettings
 
 CHANNEL_TYPES: dict[str, tuple[type[ChannelSettings], Any]] = {
     "file": (FileSettings, FileChannel),
@@ -30,12 +30,6 @@ CHANNEL_TYPES: dict[str, tuple[type[ChannelSettings], Any]] = {
     "email": (EmailSettings, EmailChannel),
 }
 """Type name -> (settings model, channel class)."""
-
-AnyChannelSettings = Annotated[
-    FileSettings | WebhookSettings | SlackSettings | PagerDutySettings | EmailSettings,
-    Field(discriminator="type"),
-]
-
 
 class _HasChannels(Protocol):
     channels: Mapping[str, ChannelSettings]

@@ -12,9 +12,9 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
 
 from erdu_tasks import __version__
+from erdu_tasks.settings.escalation import ChannelSettings
 
 if TYPE_CHECKING:
     from erdu_tasks.model import Incident
@@ -272,17 +272,6 @@ class Channel(Protocol):
     def resolve(self, notification: Notification) -> DeliveryResult:
         """Tell the channel the incident is resolved."""
         ...
-
-
-class ChannelSettings(BaseModel):
-    """Settings every channel type has."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    type: str
-    send_resolved: bool = True
-    max_per_minute: int = Field(default=20, ge=1, le=10_000)
-    timeout: float = Field(default=5.0, gt=0, le=120)
 
 
 class BaseChannel:

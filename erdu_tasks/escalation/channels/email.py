@@ -11,39 +11,12 @@ import smtplib
 import ssl
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
-from pathlib import Path
-from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
-
-from erdu_tasks.escalation.channels.base import BaseChannel, ChannelSettings, DeliveryResult, Notification
+from erdu_tasks.escalation.channels.base import BaseChannel, DeliveryResult, Notification
+from erdu_tasks.settings.escalation import EmailSettings
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _SUBJECT_MAX = 200
-
-
-class EmailSettings(ChannelSettings):
-    """SMTP server, sender and recipients."""
-
-    type: Literal["email"] = "email"
-    host: str = Field(min_length=1)
-    port: int = Field(default=25, ge=1, le=65535)
-    security: Literal["none", "starttls", "ssl"] = "none"
-    username: str | None = None
-    password: SecretStr | None = None
-    ca_file: Path | None = None
-    sender: str = Field(min_length=3, pattern=r"^[^\s@]+@[^\s@]+$")
-    recipients: list[str] = Field(min_length=1)
-    subject_prefix: str = "[ERDU]"
-
-    @model_validator(mode="after")
-    def _login_needs_both(self) -> EmailSettings:
-        if (self.username is None) != (self.password is None):
-            raise ValueError("username and password go together")
-        for rcpt in self.recipients:
-            if not re.fullmatch(r"[^\s@,]+@[^\s@,]+", rcpt):
-                raise ValueError(f"recipient {rcpt!r} is not an email address")
-        return self
 
 
 def build_message(n: Notification, settings: EmailSettings) -> EmailMessage:

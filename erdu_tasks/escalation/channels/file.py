@@ -14,21 +14,13 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Literal
 
-from erdu_tasks.escalation.channels.base import BaseChannel, ChannelSettings, DeliveryResult, Notification, NotificationKind
+from erdu_tasks.escalation.channels.base import BaseChannel, DeliveryResult, Notification, NotificationKind
+from erdu_tasks.settings.escalation import FileSettings
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _MAX_COUNTER = 100_000
 _PERMANENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG}
-
-
-class FileSettings(ChannelSettings):
-    """Where alert files go; `dir` defaults to the settings' alerts_dir."""
-
-    type: Literal["file"] = "file"
-    dir: Path | None = None
-    file_mode: int = 0o640
 
 
 def file_stem(notification: Notification) -> str:

@@ -8,31 +8,16 @@ into one alert (its own escalation policy then takes over). A 4xx answer is perm
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any
 
 import httpx
-from pydantic import Field, SecretStr, field_validator
 
-from erdu_tasks.escalation.channels.base import BaseChannel, ChannelSettings, DeliveryResult, Notification, NotificationKind, post_json
-from erdu_tasks.escalation.channels.webhook import check_http_url
+from erdu_tasks.escalation.channels.base import BaseChannel, DeliveryResult, Notification, NotificationKind, post_json
+from erdu_tasks.settings.escalation import PAGERDUTY_EVENTS_URL, PagerDutySettings
 
-EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
+EVENTS_URL = PAGERDUTY_EVENTS_URL
 _SEVERITY = {"P1": "critical", "P2": "error", "P3": "warning", "P4": "info", "P5": "info"}
 _SUMMARY_MAX = 1024
-
-
-class PagerDutySettings(ChannelSettings):
-    """The integration's routing key and, for tests or proxies, the events URL."""
-
-    type: Literal["pagerduty"] = "pagerduty"
-    routing_key: SecretStr = Field(min_length=1)
-    events_url: str = EVENTS_URL
-    source: str | None = None
-
-    @field_validator("events_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        return check_http_url(value)
 
 
 def trigger_body(n: Notification, routing_key: str, source: str | None = None) -> dict[str, Any]:

@@ -7,30 +7,17 @@ Texts are cut to Slack's limits (header 150, section 3000 characters).
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any
 
 import httpx
-from pydantic import field_validator
 
-from erdu_tasks.escalation.channels.base import BaseChannel, ChannelSettings, DeliveryResult, Notification, NotificationKind, post_json
-from erdu_tasks.escalation.channels.webhook import check_http_url
+from erdu_tasks.escalation.channels.base import BaseChannel, DeliveryResult, Notification, NotificationKind, post_json
+from erdu_tasks.settings.escalation import SlackSettings
 
 _HEADER_MAX = 150
 _SECTION_MAX = 3000
 _FIELD_MAX = 2000
 _ICON = {"P1": "🔴", "P2": "🟠", "P3": "🟡", "P4": "🔵", "P5": "⚪"}
-
-
-class SlackSettings(ChannelSettings):
-    """The incoming-webhook URL."""
-
-    type: Literal["slack"] = "slack"
-    url: str
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        return check_http_url(value)
 
 
 def escape(text: str) -> str:

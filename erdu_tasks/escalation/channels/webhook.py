@@ -15,41 +15,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
-from typing import Literal
 
 import httpx
-from pydantic import Field, SecretStr, field_validator
 
-from erdu_tasks.escalation.channels.base import BaseChannel, ChannelSettings, DeliveryResult, Notification, post_json, unix_now
+from erdu_tasks.escalation.channels.base import BaseChannel, DeliveryResult, Notification, post_json, unix_now
+from erdu_tasks.settings.escalation import WebhookSettings
 
 SIGNATURE_HEADER = "X-ERDU-Signature"
 TIMESTAMP_HEADER = "X-ERDU-Timestamp"
 EVENT_HEADER = "X-ERDU-Event"
-
-
-def check_http_url(value: str) -> str:
-    """Accept only absolute http(s) URLs."""
-    try:
-        url = httpx.URL(value)
-    except httpx.InvalidURL as exc:
-        raise ValueError(f"not a URL: {exc}") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError("must be an absolute http:// or https:// URL")
-    return value
-
-
-class WebhookSettings(ChannelSettings):
-    """Where to POST, and the shared secret that signs each request."""
-
-    type: Literal["webhook"] = "webhook"
-    url: str
-    secret: SecretStr = Field(min_length=16)
-    headers: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        return check_http_url(value)
 
 
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:

@@ -26,6 +26,7 @@ from erdu_tasks.escalation.gates.inhibition import InhibitionGate
 from erdu_tasks.escalation.gates.rate_limit import RateLimitGate
 from erdu_tasks.escalation.gates.silence import SilenceGate
 from erdu_tasks.escalation.inhibition import DependantsOf, InhibitRule
+from erdu_tasks.settings.escalation import EscalationConfig
 from erdu_tasks.model import Incident
 
 __all__ = ["ApprovalGate", "Facts", "Gate", "GateDecision", "GateName", "Gates", "InhibitionGate", "Outcome",
@@ -81,14 +82,12 @@ def build_gates(*, rules: Sequence[InhibitRule] = inhibit_rules.DEFAULT_RULES,
 
 def gates_from_settings(settings: Any, catalog: Catalog) -> Gates:
     """The gate list of these settings; bad inhibit rules (refused at start-up) only switch inhibition off."""
-    from erdu_tasks.escalation.runs import escalation_config
-
     try:
         rules = inhibit_rules.rules_from_section(settings.escalation)
     except ConfigError as exc:
         log.error("inhibition rules ignored", error=str(exc))
         rules = ()
-    limits = escalation_config(settings.escalation, settings.alerts_dir).rate_limits()
+    limits = EscalationConfig.from_settings_section(settings.escalation, settings.alerts_dir).rate_limits()
     return build_gates(rules=rules, dependants_of=catalog.dependants, rate_limits=limits,
                        approval_deadline_seconds=settings.approval_deadline_seconds)
 

@@ -1,13 +1,19 @@
-"""One typed settings object, built once from the environment (ERDU_*) and an optional erdu.yaml."""
+"""One typed settings object, built once from the environment (ERDU_*) and an optional erdu.yaml.
+
+Every key is a typed field, sections included (erdu_tasks/settings/{monitors,escalation,roles,servers}.py):
+an unknown or misplaced key is refused at start-up with its dotted path, so nothing is accepted and then
+ignored. A section may also be given as JSON in one variable (ERDU_MONITORS='{"logs": ...}') or key by key
+(ERDU_BRAIN__API_KEY).
+"""
 
 from __future__ import annotations
 
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -15,10 +21,16 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from erdu_tasks.errors import ConfigError
+from erdu_tasks.errors import ConfigError, config_error
+from erdu_tasks.names import ROLES
+from erdu_tasks.settings.escalation import EscalationConfig
+from erdu_tasks.settings.monitors import MonitorsConfig
+from erdu_tasks.settings.roles import BrainConfig, CommanderConfig, LearningConfig
+from erdu_tasks.settings.servers import ApiSection, FlowerSection
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/erdu"
+_SECTIONS = frozenset({"monitors", "escalation", "commander", "learning", "brain", "api", "flower"})
 
 
 def _config_file() -> Path | None:
@@ -33,7 +45,7 @@ def _config_file() -> Path | None:
 
 
 class Settings(BaseSettings):
-    """Everything ERDU can be told. Sections for monitors, escalation etc. are validated by their owners."""
+    """Everything ERDU can be told, every section typed."""
 
     model_config = SettingsConfigDict(env_prefix="ERDU_", env_nested_delimiter="__", extra="forbid")
 
@@ -64,16 +76,32 @@ class Settings(BaseSettings):
     api_token: str | None = None
     api_read_token: str | None = None
     cache_redis_url: str | None = None   # the Redis that clear_cache runbooks act on; never the broker by default
-    worker_concurrency: dict[str, int] = Field(default_factory=dict)
+    worker_concurrency: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)   # role -> processes
 
-    # Sections owned by their feature modules; each validates its own part.
-    monitors: dict[str, Any] = Field(default_factory=dict)
-    escalation: dict[str, Any] = Field(default_factory=dict)
-    commander: dict[str, Any] = Field(default_factory=dict)
-    learning: dict[str, Any] = Field(default_factory=dict)
-    brain: dict[str, Any] = Field(default_factory=dict)
-    api: dict[str, Any] = Field(default_factory=dict)
-    flower: dict[str, Any] = Field(default_factory=dict)
+    # The sections; each model documents its keys.
+    monitors: MonitorsConfig = Field(default_factory=MonitorsConfig)
+    escalation: EscalationConfig = Field(default_factory=EscalationConfig)
+    commander: CommanderConfig = Field(default_factory=CommanderConfig)
+    learning: LearningConfig = Field(default_factory=LearningConfig)
+    brain: BrainConfig = Field(default_factory=BrainConfig)
+    api: ApiSection = Field(default_factory=ApiSection)
+    flower: FlowerSection = Field(default_factory=FlowerSection)
+
+    @field_validator("worker_concurrency")
+    @classmethod
+    def _known_roles(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(value) - set(ROLES))
+        if unknown:
+            raise ValueError(f"unknown role(s) {', '.join(unknown)}; roles are: {', '.join(ROLES)}")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_empty_sections(cls, data: Any) -> Any:
+        # `monitors:` with nothing under it is YAML null: the same as leaving the section out.
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if not (k in _SECTIONS and v is None)}
+        return data
 
     @classmethod
     def settings_customise_sources(
@@ -96,13 +124,17 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         where = _config_file()
-        source = f" (environment ERDU_* and {where})" if where else " (environment ERDU_*)"
-        raise ConfigError("invalid settings" + source + ":\n" + "\n".join(lines)) from None
+        source = f"environment ERDU_* and {where}" if where else "environment ERDU_*"
+        raise config_error(exc, f"settings ({source})") from None
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, built on first use."""
     return load_settings()
+
+
+__all__ = ["ApiSection", "BrainConfig", "CommanderConfig", "DEFAULT_DATABASE_URL", "DEFAULT_REDIS_URL",
+           "EscalationConfig", "FlowerSection", "LearningConfig", "MonitorsConfig", "Settings", "get_settings",
+           "load_settings"]
