@@ -7,6 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from erdu_tasks.errors import ConfigError
+
 from erdu_tasks.catalog import Catalog, Service
 from erdu_tasks.escalation.gates import (
     ApprovalGate,
@@ -173,11 +175,10 @@ def test_gates_from_settings_read_the_escalation_section():
     assert "within 120 s" in gates.check(Facts(approval_required=True), T0).reason
 
 
-def test_bad_inhibit_rules_switch_inhibition_off_instead_of_failing_a_worker():
+def test_bad_inhibit_rules_are_refused_naming_the_key_before_any_gate_is_built():
     settings = SimpleNamespace(escalation={"inhibit": "all"}, alerts_dir="alerts", approval_deadline_seconds=60.0)
-    gates = gates_from_settings(settings, CATALOG)
-    assert gates.inhibit_rules == ()
-    assert gates.check(Facts(incident=incident(), candidates=[DB_P1]), T0).passed
+    with pytest.raises(ConfigError, match="inhibit"):
+        gates_from_settings(settings, CATALOG)
 
 
 def test_without_redis_notifications_are_counted_per_channel_and_minute_in_the_process():

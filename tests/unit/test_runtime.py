@@ -12,8 +12,9 @@ from erdu_tasks.settings import load_settings
 
 
 def test_the_app_and_the_runtime_share_one_settings_object_and_one_runtime():
-    rt = runtime_module.runtime()
-    assert rt is composition_root.runtime() is runtime_module.runtime()
+    rt = composition_root.runtime()
+    assert rt is composition_root.runtime()
+    assert isinstance(rt, runtime_module.Runtime)
     assert rt.settings is composition_root.app.conf.erdu_settings
 
 
