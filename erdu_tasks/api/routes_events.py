@@ -5,12 +5,13 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Body, Depends, HTTPException, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from erdu_tasks.ingest.accept import accept
-from erdu_tasks.ingest.formats.event import EventBatch
+from erdu_tasks.errors import InvalidEvent
+from erdu_tasks.ingest.formats.event import EventBatch, from_producer
 from erdu_tasks.model import Event
 from erdu_tasks.tasks.publish import hand_on
 from erdu_tasks.api.auth import require_write
@@ -62,7 +63,10 @@ def post_events(
                                             "queue and answer 202 with the task id")] = Mode.STORE,
 ):
     """Take one event or a batch. Nothing is accepted while Redis or Postgres is down (503)."""
-    events = body if isinstance(body, list) else [body]
+    try:
+        events = from_producer(body if isinstance(body, list) else [body])
+    except InvalidEvent as exc:
+        raise HTTPException(422, str(exc)) from None
     if mode is Mode.QUEUE:
         payload = [e.model_dump(mode="json", exclude_defaults=True) for e in events]
         task_id = ctx.enqueue_ingest(payload if len(payload) > 1 else payload[0])

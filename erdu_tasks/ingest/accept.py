@@ -21,7 +21,8 @@ from erdu_tasks.store.db import Database
 from erdu_tasks.catalog import Catalog
 from erdu_tasks.ingest.detect.fingerprint import fingerprint
 from erdu_tasks.ingest.detect.rules import RuleSet
-from erdu_tasks.model import Event, Severity
+from erdu_tasks.escalation.runs import open_run
+from erdu_tasks.model import Event, Severity, Status
 
 
 class _IngestSettings(Protocol):
@@ -172,6 +173,8 @@ def _upsert_groups(conn: psycopg.Connection, groups: Sequence[Group], catalog: C
             what = "detected" + (f"; recurred after {reopened} was resolved (flapping)" if reopened else "")
             store.add_timeline(conn, result.incident_id, actor="ingest", what=what,
                                details={"count": group.count, "source": new.source})
+        elif result.raised_from is not None:
+            _severity_raised(conn, result.incident_id, result.raised_from, group.severity, new.source)
         conn.execute(
             """
             INSERT INTO error_patterns (fingerprint, template, title, occurrences, incidents)
@@ -184,6 +187,21 @@ def _upsert_groups(conn: psycopg.Connection, groups: Sequence[Group], catalog: C
         outcomes.append(Outcome(result.incident_id, group.fingerprint, result.created, result.occurrences,
                                 group.count, reopened))
     return outcomes
+
+
+def _severity_raised(conn: psycopg.Connection, incident_id: str, was: Severity, now: Severity, source: str) -> None:
+    """A worse occurrence raised an open incident's severity: say so, and page again if people already have it.
+
+    An escalated incident's run restarts at level 1, under the policy of the new severity, so a P1 that
+    first arrived as a P5 pages like any P1. An incident still in the pipeline carries the new severity
+    into every later decision (and into its escalation, if the fix fails).
+    """
+    store.add_timeline(conn, incident_id, actor="ingest",
+                       what=f"severity raised {was.value} -> {now.value} by a new occurrence (source {source})",
+                       details={"from": was.value, "to": now.value, "source": source})
+    status = conn.execute("SELECT status FROM incidents WHERE id = %s", (incident_id,)).fetchone()
+    if status and status["status"] == Status.ESCALATED.value:
+        open_run(conn, incident_id, reason=f"severity raised {was.value} -> {now.value}", stage=None)
 
 
 def _link_flapping(conn: psycopg.Connection, incident_id: str, fp: str, window: float) -> str | None:

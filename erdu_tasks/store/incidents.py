@@ -63,11 +63,12 @@ class NewIncident:
 
 @dataclass(frozen=True)
 class UpsertResult:
-    """The incident an event landed on, and whether it was opened just now."""
+    """The incident an event landed on, whether it was opened just now, and the severity it rose from."""
 
     incident_id: str
     created: bool
     occurrences: int
+    raised_from: Severity | None = None
 
 
 def _value(column: str, value: Any) -> Any:
@@ -103,7 +104,21 @@ def upsert_incident(conn: psycopg.Connection, new: NewIncident) -> UpsertResult:
         },
     ).fetchone()
     assert row is not None
-    return UpsertResult(row["id"], bool(row["created"]), int(row["occurrences"]))
+    raised_from = None if row["created"] else raise_severity(conn, row["id"], new.severity)
+    return UpsertResult(row["id"], bool(row["created"]), int(row["occurrences"]), raised_from)
+
+
+def raise_severity(conn: psycopg.Connection, incident_id: str, severity: Severity) -> Severity | None:
+    """An open incident's severity only rises: set it to `severity` if that is worse; the old one, or None.
+
+    The upsert above holds the row lock, so no other ingest can lower or raise it in between.
+    """
+    row = conn.execute(
+        "UPDATE incidents AS i SET severity = %s FROM (SELECT id, severity FROM incidents WHERE id = %s) AS old"
+        " WHERE i.id = old.id AND i.severity > %s RETURNING old.severity",
+        (severity.value, incident_id, severity.value),
+    ).fetchone()
+    return Severity(row["severity"]) if row else None
 
 
 def add_timeline(

@@ -165,7 +165,7 @@ def test_the_celery_ingest_task_links_flapping_by_the_configured_window(stack_fa
 
     def send(tag: str) -> None:
         before = len(incidents(url, tag))
-        stack.send_event({"source": "celery", "message": f"ERROR checkout {tag}", "dedup_key": f"celery:{tag}"})
+        stack.send_event({"source": "celery", "message": f"ERROR checkout {tag}", "dedup_key": f"celery-task-{tag}"})
         wait_for(lambda: len(incidents(url, tag)) > before, 60, what=f"the ingest worker stores {tag}")
 
     assert_flap_window_is_the_setting(url, send)

@@ -102,10 +102,15 @@ def test_tag_words_match_words_not_fragments(builtin):
     assert "api" not in builtin.classify(event("rapid growth of the heap")).tags
 
 
-def test_an_explicit_severity_hint_wins_over_patterns(builtin):
+def test_a_severity_hint_never_lowers_a_pattern_the_rules_call_p1_or_p2(builtin):
     verdict = builtin.classify(event("Database connection failed", severity=Severity.P4))
-    assert verdict.severity is Severity.P4
+    assert verdict.severity is Severity.P1
     assert "database-connection-failed" in verdict.rule_names
+
+
+def test_a_severity_hint_may_raise_any_pattern_and_lower_a_plain_one(builtin):
+    assert builtin.classify(event("ERROR export failed", severity=Severity.P1)).severity is Severity.P1
+    assert builtin.classify(event("ERROR export failed", severity=Severity.P5)).severity is Severity.P5
 
 
 def test_ignore_rules_apply_even_with_a_hint(builtin):

@@ -173,8 +173,19 @@ class RuleSet:
             if used:
                 names.append(rule.name)
         if event.severity is not None and not forced:
-            severity = event.severity
+            severity = hinted(severity, event.severity)
         return Classification(False, severity or self.default_severity, tuple(tags), title, tuple(names))
+
+
+URGENT = (Severity.P1, Severity.P2)
+"""Severities a producer's hint can never lower: the rules say a pattern is urgent, the producer cannot say otherwise."""
+
+
+def hinted(by_rules: Severity | None, hint: Severity) -> Severity:
+    """The severity with a producer's hint: it may raise what the rules say, and lower it only below P2."""
+    if by_rules in URGENT and hint.rank > by_rules.rank:
+        return by_rules
+    return hint
 
 
 # --- parsing -------------------------------------------------------------------------------

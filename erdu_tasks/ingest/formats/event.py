@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import Field, TypeAdapter, ValidationError
 
 from erdu_tasks.errors import InvalidEvent
+from erdu_tasks.names import OWN_DEDUP_NAMESPACES
 from erdu_tasks.ingest.jsonsafe import UnsafeJSON, check_tree
 from erdu_tasks.model import Event
 
@@ -41,10 +42,23 @@ def parse_events(payload: Any) -> list[Event]:
     except UnsafeJSON as exc:
         raise InvalidEvent(f"invalid event: {exc}") from None
     try:
-        return _events.validate_python(payload)
+        events = _events.validate_python(payload)
     except ValidationError as exc:
         problems = "; ".join(
             f"event {e['loc'][0]}: {'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}"
             for e in exc.errors()[:10]
         )
         raise InvalidEvent(f"invalid event: {problems}") from None
+    return from_producer(events)
+
+
+def from_producer(events: list[Event]) -> list[Event]:
+    """Events from a producer (the API, the Celery task): a dedup_key in ERDU's own namespaces is refused."""
+    for i, event in enumerate(events):
+        key = (event.dedup_key or "").lower()
+        taken = next((ns for ns in OWN_DEDUP_NAMESPACES if key.startswith(ns)), None)
+        if taken:
+            raise InvalidEvent(f"invalid event: event {i}: dedup_key: the namespace {taken!r} is ERDU's own "
+                               f"(alerts, probes and monitors use it); choose a key outside "
+                               f"{', '.join(OWN_DEDUP_NAMESPACES)}")
+    return events

@@ -96,8 +96,13 @@ def new_dedup_key() -> str:
     return uuid.uuid4().hex
 
 
+def namespaced(dedup_key: str) -> str:
+    """The sender's dedup_key in PagerDuty's namespace, apart from every other producer's keys."""
+    return f"{SOURCE}:{dedup_key}"
+
+
 def trigger_event(event: TriggerEvent, dedup_key: str) -> Event:
-    """A trigger as an ERDU event keyed by its dedup_key."""
+    """A trigger as an ERDU event keyed by its dedup_key (in the PagerDuty namespace)."""
     payload = event.payload
     labels = {k: v for k, v in (("component", payload.component), ("group", payload.group),
                                 ("class", payload.class_)) if v}
@@ -115,14 +120,14 @@ def trigger_event(event: TriggerEvent, dedup_key: str) -> Event:
     return Event(
         source=SOURCE, message=payload.summary, severity=SEVERITIES[payload.severity],
         service=(payload.component or payload.group or "")[:128] or None, host=payload.source, labels=labels,
-        occurred_at=payload.timestamp, count=1, dedup_key=dedup_key, details=details,
+        occurred_at=payload.timestamp, count=1, dedup_key=namespaced(dedup_key), details=details,
     )
 
 
 def open_incident(conn: psycopg.Connection, dedup_key: str) -> str | None:
     """The open incident of a dedup_key (what an acknowledge or resolve acts on), if there is one."""
     row = conn.execute("SELECT id FROM incidents WHERE fingerprint = %s AND status = ANY(%s)",
-                       (dedup_fingerprint(dedup_key), [s.value for s in OPEN_STATUSES])).fetchone()
+                       (dedup_fingerprint(namespaced(dedup_key)), [s.value for s in OPEN_STATUSES])).fetchone()
     return row["id"] if row else None
 
 
