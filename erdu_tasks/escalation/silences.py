@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from erdu_tasks.ingest.detect.rules import compile_pattern
+from erdu_tasks.settings.common import compile_pattern   # RE2, case-sensitive
 from erdu_tasks.errors import ErduError
 from erdu_tasks.model import Incident
 
@@ -40,7 +40,7 @@ MAX_MATCHERS = 20
 
 @lru_cache(maxsize=512)
 def _compiled(pattern: str) -> Any:
-    return compile_pattern(pattern, case_sensitive=True)
+    return compile_pattern(pattern)
 
 
 class SilenceError(ErduError):
