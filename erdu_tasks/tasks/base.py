@@ -15,14 +15,13 @@ from celery.worker.strategy import default as default_strategy
 
 from erdu_tasks import names
 from erdu_tasks.store import incidents as store
-from erdu_tasks.app import app
 from erdu_tasks.errors import PermanentError, TransientError
 from erdu_tasks.escalation.start import escalate
 from erdu_tasks.model import Incident
 from erdu_tasks.names import Stage
 from erdu_tasks.app import runtime
 from erdu_tasks.runtime import Runtime, worker_name
-from erdu_tasks.tasks.publish import hand_on
+from erdu_tasks.tasks.publish import hand_on, publish
 
 log = structlog.get_logger("erdu.tasks")
 T = TypeVar("T")
@@ -68,8 +67,8 @@ class ErduTask(Task):
             log.error("could not record failed task", task=self.name, error=str(record_exc))
         if incident_id and self.stage:
             # The errback: a stage that failed for good hands its incident to the escalate task.
-            app.send_task(names.ESCALATE, args=(incident_id, error, self.stage),
-                          queue=names.Queue.COMMANDER.value, routing_key=names.Queue.COMMANDER.value)
+            # A broker that refuses it leaves the incident in its stage: the reconciler re-drives it.
+            publish(names.ESCALATE, (incident_id, error, self.stage), queue=names.Queue.COMMANDER)
 
 
 def guarded_strategy(task: Task, app: Any, consumer: Any, **kwargs: Any) -> Callable[..., Any]:

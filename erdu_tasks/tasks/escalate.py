@@ -9,15 +9,12 @@ from erdu_tasks.app import runtime
 from erdu_tasks.runtime import worker_name
 from erdu_tasks.store import incidents as store
 from erdu_tasks.tasks.base import ErduTask, log
+from erdu_tasks.tasks.publish import publish
 
 
 def kick_sweep() -> None:
     """Ask for a sweep now (after an escalation commits); beat sweeps anyway, so a failure only logs."""
-    try:
-        app.send_task(names.SWEEP_ESCALATIONS, queue=names.Queue.MONITOR.value,
-                      routing_key=names.Queue.MONITOR.value, expires=60)
-    except Exception as exc:  # the broker may be down; the next beat sweep delivers
-        log.warning("could not request an escalation sweep", error=f"{exc.__class__.__name__}: {exc}")
+    publish(names.SWEEP_ESCALATIONS, queue=names.Queue.MONITOR, expires=60)   # refused: beat sweeps anyway
 
 
 def escalate_incident(incident_id: str, reason: str, *, stage: str | None, actor: str, worker: str | None) -> bool:

@@ -26,6 +26,18 @@ log = structlog.get_logger("erdu.publish")
 BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuError, RedisError, OSError)
 
 
+def publish(task_name: str, args: tuple = (), *, queue: names.Queue, app: Celery | None = None,
+            **options: object) -> bool:
+    """Publish one task after the commit, with the same policy: False (logged) if the broker refused."""
+    try:
+        (app or default_app).send_task(task_name, args=args, queue=queue.value, routing_key=queue.value, **options)
+        return True
+    except BROKER_ERRORS as exc:
+        log.warning("publish failed; Postgres still says what is owed", task=task_name,
+                    error=f"{exc.__class__.__name__}: {exc}")
+        return False
+
+
 def send_stage(stage: str, incident_id: str, *, app: Celery | None = None) -> None:
     """Publish one stage message on its own queue; raises the broker's error (see hand_on for the policy)."""
     task_name, queue = names.STAGES[stage]

@@ -14,7 +14,7 @@ from erdu_tasks.runtime import Runtime, worker_name
 from erdu_tasks.store.reconcile import OWED
 from erdu_tasks.tasks.base import ErduTask, log
 from erdu_tasks.tasks.escalate import escalate_incident
-from erdu_tasks.tasks.publish import send_stage
+from erdu_tasks.tasks.publish import hand_on
 
 def escalator_for(rt: Runtime, worker: str | None = None) -> Escalator:
     """The process's Escalator (config, channels, Redis counters), kept by the Runtime."""
@@ -45,7 +45,7 @@ def sweep_escalations(self: ErduTask) -> dict[str, Any]:
     esc = escalator_for(rt, worker)
     report = self.with_retries(lambda: esc.sweep(utcnow()))
     for incident_id, stage in report.resume:
-        send_stage(stage, incident_id)
+        hand_on(stage, incident_id)   # refused: the reconciler re-drives the released stage
     stuck = self.with_retries(lambda: _escalate_stuck(rt, esc, worker))
     result = report.as_dict() | {"stuck_escalated": stuck}
     if any(v for k, v in result.items()):
