@@ -18,10 +18,10 @@ install: $(STAMP)
 up: $(STAMP)
 	$(VENV)/bin/erdu up
 
-# Two pytest-xdist workers (one per core), each test file on one worker so module-scoped stacks are
-# built once; the 15 slowest tests are listed at the end.
+# Two pytest-xdist workers (one per core); the tests of a module that shares one stack stay on one worker
+# (xdist_group), the others are spread one by one; the 15 slowest tests are listed at the end.
 test: $(STAMP)
-	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var

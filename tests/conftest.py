@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import queue
 import secrets
 import shutil
 import signal
@@ -136,8 +137,7 @@ def _template_name() -> str:
         return _template["name"]
 
 
-def create_database() -> str:
-    """A private database, already migrated: a copy of this session's migrated template."""
+def _copy_of_the_template() -> str:
     name = f"erdu_test_{secrets.token_hex(5)}"
     template = _template_name()
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
@@ -151,10 +151,73 @@ def drop_database(url: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+class _Spares:
+    """One thread beside the tests copies the template ahead of need and drops finished databases, so a
+    test waits for neither (CREATE and DROP DATABASE each take a second or more on a busy machine)."""
+
+    def __init__(self) -> None:
+        self.ready: queue.Queue[str] = queue.Queue()
+        self.jobs: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def _run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            kind, url = job
+            try:
+                if kind == "spare":
+                    self.ready.put(_copy_of_the_template())
+                else:
+                    drop_database(url)
+            except psycopg.Error:
+                pass   # a spare not made is made when needed; a database not dropped stays (named erdu_test_*)
+
+    def _started(self) -> None:
+        with self.lock:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="test-databases", daemon=True)
+                self.thread.start()
+
+    def take(self) -> str:
+        self._started()
+        try:
+            url = self.ready.get_nowait()
+        except queue.Empty:
+            url = _copy_of_the_template()
+        self.jobs.put(("spare", ""))
+        return url
+
+    def drop_later(self, url: str) -> None:
+        self._started()
+        self.jobs.put(("drop", url))
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.jobs.put(None)
+            self.thread.join(300)
+            self.thread = None
+        while not self.ready.empty():
+            drop_database(self.ready.get_nowait())
+
+
+_spares = _Spares()
+
+
+def create_database() -> str:
+    """A private database, already migrated: a copy of this session's migrated template."""
+    return _spares.take()
+
+
+def drop_database_later(url: str) -> None:
+    """Drop a database the test no longer uses, in the background (drop_database drops it now)."""
+    _spares.drop_later(url)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _drop_the_template() -> Iterator[None]:
-    """Drop this session's template database (if one was made) when the session ends."""
+    """At the session's end: finish the background drops, drop the spares and this session's template."""
     yield
+    _spares.close()
     if "name" in _template:
         drop_database(_url_of(_template.pop("name")))
 
@@ -163,7 +226,7 @@ def _drop_the_template() -> Iterator[None]:
 def database_url() -> Iterator[str]:
     url = create_database()
     yield url
-    drop_database(url)
+    drop_database_later(url)
 
 
 @pytest.fixture()
@@ -171,7 +234,7 @@ def fresh_database_url() -> Iterator[str]:
     """A database of the test's own, migrated, dropped afterwards."""
     url = create_database()
     yield url
-    drop_database(url)
+    drop_database_later(url)
 
 
 @pytest.fixture()
@@ -252,10 +315,11 @@ class Stack:
                 proc.wait(10)
         self.procs.clear()
 
-    def clear(self, settled: tuple[str, ...] = ("closed", "escalated", "awaiting_approval"),
+    def clear(self, settled: tuple[str, ...] | None = ("closed", "escalated", "awaiting_approval"),
               queues: tuple[str, ...] = ("ingest", "commander", "diagnostician", "fixer", "resolver")) -> None:
         """Between tests sharing this stack: wait until every queue is empty and every incident has settled
-        (an event, not a fixed sleep), then empty every table, so the next test starts as on a new stack."""
+        in one of `settled` (an event, not a fixed sleep; None: do not wait on incidents), then empty every
+        table and every Redis key but the broker's bindings, so the next test starts as on a new stack."""
         import redis as redis_lib
 
         r = redis_lib.Redis.from_url(self.redis_url)
@@ -263,14 +327,17 @@ class Stack:
         def quiet() -> bool:
             if any(r.llen(q) for q in queues) or r.hlen("unacked"):
                 return False
-            return not incident_rows(self.database_url, "SELECT id FROM incidents WHERE NOT status = ANY(%s)",
-                                     (list(settled),))
+            return settled is None or not incident_rows(
+                self.database_url, "SELECT id FROM incidents WHERE NOT status = ANY(%s)", (list(settled),))
 
         wait_for(quiet, 60, what="the shared stack settled")
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             tables = [row[0] for row in conn.execute(
                 "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'schema_migrations'")]
             conn.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE")
+        stale = [key for key in r.scan_iter() if not key.startswith(b"_kombu.")]
+        if stale:
+            r.delete(*stale)
 
     @property
     def client(self):
@@ -314,7 +381,7 @@ class StackMaker:
         # The test is over and its database is dropped next: no need to wait for a warm shutdown.
         for stack, url in self.made:
             stack.stop(signal.SIGKILL)
-            drop_database(url)
+            drop_database_later(url)
 
 
 @pytest.fixture()

@@ -9,6 +9,9 @@ import pytest
 
 from tests.conftest import NOOP_RUNBOOK, incident_rows, wait_for
 
+# The module shares one stack (or server) between its tests: pytest-xdist keeps them on one worker.
+pytestmark = pytest.mark.xdist_group("pipeline-stack")
+
 
 
 @pytest.fixture()
