@@ -349,6 +349,18 @@ class Stack:
             self._client.conf.update(task_serializer="json", accept_content=["json"])
         return self._client
 
+    def run_task(self, name: str, *args, queue: str, timeout: float = 60) -> str:
+        """Send a task and wait until a worker has run it to the end: Celery logs the task's id with
+        "succeeded", "raised", "failed" or "retry" in the worker's log once it has finished."""
+        task_id = self.client.send_task(name, args=args, queue=queue, routing_key=queue).id
+        ends = tuple(f"[{task_id}] {word}" for word in ("succeeded", "raised", "failed", "retry"))
+
+        def finished() -> bool:
+            return any(end in log.read_text(errors="replace") for log in self.tmp.glob("*.log") for end in ends)
+
+        wait_for(finished, timeout, 0.05, what=f"{name}[{task_id}] run by a worker")
+        return task_id
+
     def send_event(self, payload, **options) -> str:
         return self.client.send_task("erdu.ingest", args=(payload,), queue="ingest", **options).id
 
