@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import queue
 import secrets
 import shutil
 import signal
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -112,11 +114,35 @@ def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
     server.stop()
 
 
-def create_database() -> str:
-    name = f"erdu_test_{secrets.token_hex(5)}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+def _url_of(name: str) -> str:
     return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+_template: dict[str, str] = {}
+_template_lock = threading.Lock()
+
+
+def _template_name() -> str:
+    """This test process's migrated template database, made on first use (one per xdist worker)."""
+    with _template_lock:
+        if "name" not in _template:
+            from erdu_tasks.store.migrate import migrate
+
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+            name = f"erdu_template_{worker}_{secrets.token_hex(4)}"
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            migrate(_url_of(name))
+            _template["name"] = name
+        return _template["name"]
+
+
+def _copy_of_the_template() -> str:
+    name = f"erdu_test_{secrets.token_hex(5)}"
+    template = _template_name()
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    return _url_of(name)
 
 
 def drop_database(url: str) -> None:
@@ -125,25 +151,90 @@ def drop_database(url: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+class _Spares:
+    """One thread beside the tests copies the template ahead of need and drops finished databases, so a
+    test waits for neither (CREATE and DROP DATABASE each take a second or more on a busy machine)."""
+
+    def __init__(self) -> None:
+        self.ready: queue.Queue[str] = queue.Queue()
+        self.jobs: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def _run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            kind, url = job
+            try:
+                if kind == "spare":
+                    self.ready.put(_copy_of_the_template())
+                else:
+                    drop_database(url)
+            except psycopg.Error:
+                pass   # a spare not made is made when needed; a database not dropped stays (named erdu_test_*)
+
+    def _started(self) -> None:
+        with self.lock:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="test-databases", daemon=True)
+                self.thread.start()
+
+    def take(self) -> str:
+        self._started()
+        try:
+            url = self.ready.get_nowait()
+        except queue.Empty:
+            url = _copy_of_the_template()
+        self.jobs.put(("spare", ""))
+        return url
+
+    def drop_later(self, url: str) -> None:
+        self._started()
+        self.jobs.put(("drop", url))
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.jobs.put(None)
+            self.thread.join(300)
+            self.thread = None
+        while not self.ready.empty():
+            drop_database(self.ready.get_nowait())
+
+
+_spares = _Spares()
+
+
+def create_database() -> str:
+    """A private database, already migrated: a copy of this session's migrated template."""
+    return _spares.take()
+
+
+def drop_database_later(url: str) -> None:
+    """Drop a database the test no longer uses, in the background (drop_database drops it now)."""
+    _spares.drop_later(url)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_the_template() -> Iterator[None]:
+    """At the session's end: finish the background drops, drop the spares and this session's template."""
+    yield
+    _spares.close()
+    if "name" in _template:
+        drop_database(_url_of(_template.pop("name")))
+
+
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
-    from erdu_tasks.store.migrate import migrate
-
     url = create_database()
-    migrate(url)
     yield url
-    drop_database(url)
+    drop_database_later(url)
 
 
 @pytest.fixture()
 def fresh_database_url() -> Iterator[str]:
     """A database of the test's own, migrated, dropped afterwards."""
-    from erdu_tasks.store.migrate import migrate
-
     url = create_database()
-    migrate(url)
     yield url
-    drop_database(url)
+    drop_database_later(url)
 
 
 @pytest.fixture()
@@ -206,17 +297,47 @@ class Stack:
                 os.killpg(proc.pid, sig)
                 proc.wait(30)
 
-    def stop(self) -> None:
-        for role in list(self.procs):
-            for proc in self.procs[role]:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGTERM)
-            for proc in self.procs[role]:
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop every process, all roles at once (SIGTERM: Celery's warm shutdown; SIGKILL after 20 s)."""
+        procs = [proc for role in self.procs.values() for proc in role]
+        for proc in procs:
+            if proc.poll() is None:
                 try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 20
+        for proc in procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
         self.procs.clear()
+
+    def clear(self, settled: tuple[str, ...] | None = ("closed", "escalated", "awaiting_approval"),
+              queues: tuple[str, ...] = ("ingest", "commander", "diagnostician", "fixer", "resolver")) -> None:
+        """Between tests sharing this stack: wait until every queue is empty and every incident has settled
+        in one of `settled` (an event, not a fixed sleep; None: do not wait on incidents), then empty every
+        table and every Redis key but the broker's bindings, so the next test starts as on a new stack."""
+        import redis as redis_lib
+
+        r = redis_lib.Redis.from_url(self.redis_url)
+
+        def quiet() -> bool:
+            if any(r.llen(q) for q in queues) or r.hlen("unacked"):
+                return False
+            return settled is None or not incident_rows(
+                self.database_url, "SELECT id FROM incidents WHERE NOT status = ANY(%s)", (list(settled),))
+
+        wait_for(quiet, 60, what="the shared stack settled")
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            tables = [row[0] for row in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'schema_migrations'")]
+            conn.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE")
+        stale = [key for key in r.scan_iter() if not key.startswith(b"_kombu.")]
+        if stale:
+            r.delete(*stale)
 
     @property
     def client(self):
@@ -228,6 +349,18 @@ class Stack:
             self._client.conf.update(task_serializer="json", accept_content=["json"])
         return self._client
 
+    def run_task(self, name: str, *args, queue: str, timeout: float = 60) -> str:
+        """Send a task and wait until a worker has run it to the end: Celery logs the task's id with
+        "succeeded", "raised", "failed" or "retry" in the worker's log once it has finished."""
+        task_id = self.client.send_task(name, args=args, queue=queue, routing_key=queue).id
+        ends = tuple(f"[{task_id}] {word}" for word in ("succeeded", "raised", "failed", "retry"))
+
+        def finished() -> bool:
+            return any(end in log.read_text(errors="replace") for log in self.tmp.glob("*.log") for end in ends)
+
+        wait_for(finished, timeout, 0.05, what=f"{name}[{task_id}] run by a worker")
+        return task_id
+
     def send_event(self, payload, **options) -> str:
         return self.client.send_task("erdu.ingest", args=(payload,), queue="ingest", **options).id
 
@@ -236,30 +369,52 @@ class Stack:
                               capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture()
-def stack_factory(tmp_path, redis_server) -> Iterator[Callable[..., Stack]]:
-    """Build stacks on a fresh database and a fresh Redis db number each."""
-    made: list[tuple[Stack, str]] = []
-    counter = iter(range(1, 16))
+class StackMaker:
+    """Builds stacks, each on a fresh database (a template copy) and a fresh Redis db number; stops them all."""
 
-    def make(extra_env: dict[str, str] | None = None, redis_url: str | None = None) -> Stack:
-        from erdu_tasks.store.migrate import migrate
+    def __init__(self, tmp: Path, redis_server: RedisServer) -> None:
+        self.tmp = tmp
+        self.redis_server = redis_server
+        self.made: list[tuple[Stack, str]] = []
+        self.counter = iter(range(1, 16))
 
-        url = create_database()
-        migrate(url)
-        r_url = redis_url or f"redis://127.0.0.1:{redis_server.port}/{next(counter)}"
+    def __call__(self, extra_env: dict[str, str] | None = None, redis_url: str | None = None) -> Stack:
         import redis as redis_lib
 
+        url = create_database()
+        r_url = redis_url or f"redis://127.0.0.1:{self.redis_server.port}/{next(self.counter)}"
         redis_lib.Redis.from_url(r_url).flushdb()
-        stack = Stack(tmp_path / f"stack{len(made)}", r_url, url, extra_env)
+        stack = Stack(self.tmp / f"stack{len(self.made)}", r_url, url, extra_env)
         stack.tmp.mkdir(parents=True, exist_ok=True)
-        made.append((stack, url))
+        self.made.append((stack, url))
         return stack
 
+    def close(self) -> None:
+        # The test is over and its database is dropped next: no need to wait for a warm shutdown.
+        for stack, url in self.made:
+            stack.stop(signal.SIGKILL)
+            drop_database_later(url)
+
+
+@pytest.fixture()
+def stack_factory(tmp_path, redis_server) -> Iterator[Callable[..., Stack]]:
+    """Build stacks for one test; they are stopped and their databases dropped when it ends."""
+    make = StackMaker(tmp_path, redis_server)
     yield make
-    for stack, url in made:
-        stack.stop()
-        drop_database(url)
+    make.close()
+
+
+@pytest.fixture(scope="module")
+def module_stack_factory(tmp_path_factory, redis_server) -> Iterator[Callable[..., Stack]]:
+    """Build stacks shared by a module's tests (tests that kill no worker and need no settings of their own).
+
+    Redis db numbers 1-15 are shared with stack_factory's, so a module's shared stack uses its own private
+    redis-server: a per-test stack's flushdb never touches it."""
+    server = RedisServer(tmp_path_factory.mktemp("module-redis"))
+    make = StackMaker(tmp_path_factory.mktemp("module-stacks"), server)
+    yield make
+    make.close()
+    server.stop()
 
 
 def incident_rows(database_url: str, sql: str = "SELECT * FROM incidents", params=()) -> list[dict]:

@@ -14,6 +14,9 @@ import pytest
 
 from tests.conftest import RedisServer, create_database, drop_database, free_port, incident_rows, wait_for
 
+# The module shares one stack (or server) between its tests: pytest-xdist keeps them on one worker.
+pytestmark = pytest.mark.xdist_group("api-server")
+
 WRITE = "write-token-1"
 READ = "read-token-2"
 

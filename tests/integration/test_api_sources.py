@@ -11,18 +11,30 @@ import pytest
 from tests.conftest import RedisServer, create_database, drop_database, incident_rows, wait_for
 from tests.integration.test_api import WRITE, ApiServer
 
+# The module shares one stack (or server) between its tests: pytest-xdist keeps them on one worker.
+pytestmark = pytest.mark.xdist_group("api-sources-stack")
 
-@pytest.fixture()
-def live(stack_factory, tmp_path):
-    """A stack with a resolver worker (so resolved incidents are closed with a report) and an API on it."""
-    stack = stack_factory()
+
+@pytest.fixture(scope="module")
+def module_live(module_stack_factory):
+    """A stack with a resolver worker (so resolved incidents are closed with a report) and an API on it,
+    shared by this module's tests."""
+    stack = module_stack_factory()
     stack.start("resolver")
-    api = ApiServer(tmp_path / "api", stack.redis_url, stack.database_url, {"ERDU_API_TOKEN": WRITE,
-                                                                          "ERDU_REPORTS_DIR": str(stack.reports)})
+    api = ApiServer(stack.tmp / "api", stack.redis_url, stack.database_url, {"ERDU_API_TOKEN": WRITE,
+                                                                           "ERDU_REPORTS_DIR": str(stack.reports)})
     api.tmp.mkdir()
     api.start()
     yield stack, api
     api.stop()
+
+
+@pytest.fixture()
+def live(module_live):
+    """The module's stack and API, emptied before the test: its resolver queue drained, no rows, no keys."""
+    stack, api = module_live
+    stack.clear(settled=None, queues=("resolver",))
+    return stack, api
 
 
 def notification(status: str, *alerts: dict) -> dict:

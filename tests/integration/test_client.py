@@ -116,7 +116,7 @@ def test_the_handler_folds_a_storm_of_one_error_into_one_event_with_a_count(priv
 
 CHILD = textwrap.dedent("""
     import logging, sys, time
-    from erdu_tasks.logging_handler import ErduHandler
+    from erdu_tasks.client.logging_handler import ErduHandler
 
     handler = ErduHandler(url=sys.argv[1], service="billing", capacity=20, flush_interval=0.2, max_backoff=0.5)
     log = logging.getLogger("billing.jobs")

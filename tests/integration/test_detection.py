@@ -30,7 +30,8 @@ def test_an_event_matching_an_ignore_rule_never_reaches_postgres(stack_factory, 
 def test_a_bad_rule_file_stops_the_worker_at_start_up_naming_the_file(stack_factory, tmp_path):
     rules = tmp_path / "broken.yaml"
     rules.write_text("rules:\n  - name: bad\n    match: {message: \"(unclosed\"}\n    severity: P1\n")
-    stack = stack_factory({"ERDU_RULES_FILE": str(rules)})
+    # Wide enough that the console never wraps the file's path (pytest-xdist's temporary paths are longer).
+    stack = stack_factory({"ERDU_RULES_FILE": str(rules), "COLUMNS": "400"})
     done = stack.erdu("worker", "ingest", timeout=60)
     assert done.returncode != 0
     assert "broken.yaml" in done.stderr and "bad" in done.stderr

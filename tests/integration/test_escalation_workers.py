@@ -50,6 +50,14 @@ def sweep(stack) -> None:
     stack.client.send_task("erdu.sweep_escalations", queue="monitor")
 
 
+_SWEEP_END = re.compile(r"Task erdu\.sweep_escalations\[[0-9a-f-]+\] (?:succeeded|raised|failed)")
+
+
+def sweeps_finished(stack) -> int:
+    """How many sweeps the stack's workers have run to the end (Celery logs each task's end)."""
+    return sum(len(_SWEEP_END.findall(log.read_text(errors="replace"))) for log in stack.tmp.glob("*.log"))
+
+
 def timeline(stack, incident_id: str) -> list[str]:
     return [r["what"] for r in incident_rows(stack.database_url, "SELECT what FROM incident_timeline"
                                              " WHERE incident_id = %s ORDER BY id", (incident_id,))]
@@ -75,8 +83,7 @@ def test_a_worker_restart_between_levels_loses_no_step_and_repeats_nothing(stack
             sweep(stack)
         stack.start("monitor")
         wait_for(lambda: endpoints.at("/second"), 60, what="level 2 after the restart")
-        sweep(stack)
-        time.sleep(2)
+        stack.run_task("erdu.sweep_escalations", queue="monitor")   # one more whole sweep sends nothing new
         assert [r.json["level"] for r in endpoints.at("/first")] == [1]
         assert [r.json["level"] for r in endpoints.at("/second")] == [2]
         workers = {r["worker"] for r in rows(db, "SELECT worker FROM incident_timeline WHERE incident_id = %s"
@@ -105,9 +112,14 @@ def test_an_incident_the_fixer_cannot_fix_pages_until_acknowledged_and_resolves_
     wait_for(lambda: any(r.json["repeat"] >= 1 for r in endpoints.at("/oncall")), 30, what="a reminder")
     done = stack.erdu("incidents", "ack", iid)
     assert done.returncode == 0, done.stderr
-    time.sleep(1.5)   # a sweep already running may still finish its reminder
+    after_ack = sweeps_finished(stack)
+    # A sweep already running may still finish its reminder: wait for two more to end (events, not sleeps).
+    wait_for(lambda: sweeps_finished(stack) >= after_ack + 2, 30, 0.1, what="two sweeps after the ack")
     seen = len(endpoints.at("/oncall"))
-    time.sleep(7)
+    quiet_from, base = time.monotonic(), sweeps_finished(stack)
+    # Then sweeps over more than two repeat intervals (3 s): a reminder would be due in that time.
+    wait_for(lambda: sweeps_finished(stack) >= base + 4 and time.monotonic() - quiet_from > 6.5, 60, 0.1,
+             what="sweeps over two repeat intervals")
     assert len(endpoints.at("/oncall")) == seen, "no reminder after the acknowledgement"
 
     done = stack.erdu("incidents", "resolve", iid, "--note", "gateway restarted by hand")

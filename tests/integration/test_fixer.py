@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.conftest import free_port, incident_rows, wait_for
 
@@ -244,9 +245,12 @@ def test_an_unanswered_approval_is_escalated_after_its_deadline(stack_factory, t
     stack.send_event({"message": "Cache corrupt for tenant 9", "service": "cache"})
     incident = wait_for(lambda: incident_rows(stack.database_url), 30, what="incident")[0]
     wait_for(lambda: status_of(stack, incident["id"]) == "awaiting_approval", 60, what="parked")
-    time.sleep(1.5)
-    stack.client.send_task("erdu.reconcile", queue="monitor")
-    wait_for(lambda: status_of(stack, incident["id"]) == "escalated", 30, what="escalated")
+
+    def reconciled_to_escalated() -> bool:   # a reconcile each half second until the 1 s deadline has passed
+        stack.client.send_task("erdu.reconcile", queue="monitor")
+        return status_of(stack, incident["id"]) == "escalated"
+
+    wait_for(reconciled_to_escalated, 30, 0.5, what="escalated")
     assert not marker.exists()
 
 
@@ -271,7 +275,10 @@ def test_a_redelivered_fix_runs_its_action_once(stack_factory, tmp_path):
         stack.client.send_task("erdu.fix", args=(incident["id"],), queue="fixer", task_id="fix-redelivered")
     stack.start("fixer")
     wait_for(lambda: status_of(stack, incident["id"]) == "closed", 60, what="closed")
-    time.sleep(1.5)
+    broker = redis.Redis.from_url(stack.redis_url)
+    # Late acks: the redelivered copies leave the "unacked" hash only once their task has run to the end.
+    wait_for(lambda: broker.llen("fixer") == 0 and broker.hlen("unacked") == 0, 30,
+             what="every delivery of the fix run and acknowledged")
     assert marker.read_text() == "ran\n"
     runs = incident_rows(stack.database_url, "SELECT count(*) AS n FROM action_runs WHERE incident_id = %s",
                          (incident["id"],))

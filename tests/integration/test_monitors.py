@@ -482,8 +482,7 @@ def test_a_stopped_role_worker_a_backlog_and_a_failed_task_become_incidents(stac
     stack.kill("fixer")
 
     def missing():
-        _send(stack, "erdu.monitor.celery")
-        time.sleep(1.5)
+        stack.run_task("erdu.monitor.celery", queue="monitor")   # one whole pass, not a fixed sleep
         return incident_rows(url, "SELECT * FROM incidents WHERE title LIKE %s", ("%role fixer%",))
 
     rows = wait_for(missing, 60, interval=0, what="missing-worker incident")
@@ -499,8 +498,7 @@ def test_a_stopped_role_worker_a_backlog_and_a_failed_task_become_incidents(stac
     wait_for(lambda: incident_rows(url, "SELECT 1 FROM failed_tasks"), 30, what="a failed task recorded")
 
     def reported():
-        _send(stack, "erdu.monitor.celery")
-        time.sleep(1.5)
+        stack.run_task("erdu.monitor.celery", queue="monitor")   # one whole pass, not a fixed sleep
         backlog = incident_rows(url, "SELECT * FROM incidents WHERE title LIKE %s", ("%resolver overflowing%",))
         failed = incident_rows(url, "SELECT * FROM incidents WHERE title LIKE %s", ("%(workflow failure)%",))
         return (backlog, failed) if backlog and failed else None
@@ -510,8 +508,7 @@ def test_a_stopped_role_worker_a_backlog_and_a_failed_task_become_incidents(stac
     assert failed[0]["title"] == "TypeError in ERDU task erdu.monitor.system (workflow failure)"
     assert failed[0]["occurrences"] == 1 and failed[0]["severity"] == "P2"
     # Reported once: more passes do not bump the workflow failure again.
-    _send(stack, "erdu.monitor.celery")
-    time.sleep(2)
+    stack.run_task("erdu.monitor.celery", queue="monitor")
     again = incident_rows(url, "SELECT occurrences FROM incidents WHERE id = %s", (failed[0]["id"],))
     assert again[0]["occurrences"] == 1
 
@@ -519,8 +516,7 @@ def test_a_stopped_role_worker_a_backlog_and_a_failed_task_become_incidents(stac
     stack.start("fixer")
 
     def recovered():
-        _send(stack, "erdu.monitor.celery")
-        time.sleep(1.5)
+        stack.run_task("erdu.monitor.celery", queue="monitor")   # one whole pass, not a fixed sleep
         return incident_rows(url, "SELECT what FROM incident_timeline WHERE incident_id = %s AND what LIKE %s",
                              (rows[0]["id"], "recovered%"))
 

@@ -9,16 +9,36 @@ import pytest
 
 from tests.conftest import NOOP_RUNBOOK, incident_rows, wait_for
 
+# The module shares one stack (or server) between its tests: pytest-xdist keeps them on one worker.
+pytestmark = pytest.mark.xdist_group("pipeline-stack")
+
 
 
 @pytest.fixture()
 def stack(stack_factory, tmp_path):
+    """A stack of the test's own: for tests that kill or add workers."""
     runbooks = tmp_path / "runbooks"
     runbooks.mkdir()
     (runbooks / "db.yaml").write_text(NOOP_RUNBOOK)
     s = stack_factory({"ERDU_RUNBOOKS_DIR": str(runbooks)})
     s.start_all()
     return s
+
+
+@pytest.fixture(scope="module")
+def module_stack(module_stack_factory, tmp_path_factory):
+    runbooks = tmp_path_factory.mktemp("runbooks")
+    (runbooks / "db.yaml").write_text(NOOP_RUNBOOK)
+    s = module_stack_factory({"ERDU_RUNBOOKS_DIR": str(runbooks)})
+    s.start_all()
+    return s
+
+
+@pytest.fixture()
+def shared_stack(module_stack):
+    """The module's one five-worker stack, settled and emptied before the test (for tests that kill nothing)."""
+    module_stack.clear()
+    return module_stack
 
 
 def status_of(stack, incident_id):
@@ -32,7 +52,8 @@ def only_incident(stack):
     return rows[0]
 
 
-def test_an_event_from_a_plain_celery_client_becomes_a_closed_incident_with_reports(stack):
+def test_an_event_from_a_plain_celery_client_becomes_a_closed_incident_with_reports(shared_stack):
+    stack = shared_stack
     stack.send_event({"message": "Database connection failed: too many clients", "service": "orders",
                       "source": "test"})
     incident = only_incident(stack)
@@ -91,7 +112,8 @@ def test_two_ingest_workers_racing_on_200_copies_make_one_incident(stack):
     assert len(rows) == 1 and rows[0]["occurrences"] == 200
 
 
-def test_a_failing_stage_escalates_with_the_reason_and_a_record(stack):
+def test_a_failing_stage_escalates_with_the_reason_and_a_record(shared_stack):
+    stack = shared_stack
     stack.send_event({"message": "Unfixable widget error", "service": "widgets"})
     incident = only_incident(stack)
     wait_for(lambda: status_of(stack, incident["id"]) == "escalated", 60, what="escalated")
@@ -136,10 +158,9 @@ def test_a_redelivered_stage_changes_nothing_and_hands_on_once(stack):
     # Deliver the commander's stage again, twice, with one task id: it must not act or hand on again.
     for _ in range(2):
         stack.client.send_task("erdu.assess", args=(incident["id"],), queue="commander", task_id="same-task-id")
-    wait_for(lambda: r.llen("commander") == 0, 30, what="commander queue drained")
-    import time
-
-    time.sleep(1.0)
+    # Late acks: a delivery leaves the "unacked" hash only when its task has run to the end.
+    wait_for(lambda: r.llen("commander") == 0 and r.hlen("unacked") == 0, 30,
+             what="both deliveries run and acknowledged")
     assert r.llen("diagnostician") == 1
     timeline = incident_rows(stack.database_url, "SELECT actor FROM incident_timeline WHERE incident_id = %s",
                              (incident["id"],))
@@ -153,7 +174,8 @@ def test_a_redelivered_stage_changes_nothing_and_hands_on_once(stack):
     [],                                        # empty batch
     {"message": "ok", "surprise": True},       # unknown field
 ])
-def test_a_malformed_event_is_rejected_recorded_and_the_worker_keeps_serving(stack, payload):
+def test_a_malformed_event_is_rejected_recorded_and_the_worker_keeps_serving(shared_stack, payload):
+    stack = shared_stack
     stack.send_event(payload)
     rejected = wait_for(lambda: incident_rows(stack.database_url, "SELECT * FROM rejected_events"), 30,
                         what="rejected event")

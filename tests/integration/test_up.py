@@ -133,9 +133,10 @@ def test_up_in_a_fresh_directory_runs_everything_closes_an_incident_and_leaves_n
         assert closed[0]["service"] == "billing" and closed[0]["resolved_by"] == "runbook:reset-billing-pool"
         assert (fresh_dir / closed[0]["report_path"]).is_file()  # relative paths are under the working directory
 
-        time.sleep(5)  # idle
         procs = [psutil.Process(up.proc.pid), *up.tree()]
-        ports = listening_ports(procs)
+        # redis, postgres, flower, metrics at least: waited for (they listen once started), not slept on
+        ports = wait_for(lambda: (lambda found: found if len(found) >= 4 else None)(listening_ports(procs)), 30,
+                         0.2, what="four listening ports")
         rss, pss = memory_of(procs)
         print(f"\nidle stack: {len(procs)} processes, RSS {rss / 2**20:.0f} MiB (PSS {pss / 2**20:.0f} MiB), "
               f"listening on {sorted(ports)}")
