@@ -21,6 +21,7 @@ up: $(STAMP)
 # Two pytest-xdist workers (one per core); the tests of a module that shares one stack stay on one worker
 # (xdist_group), the others are spread one by one; the 15 slowest tests are listed at the end.
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 clean:
