@@ -10,7 +10,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue
 
-from erdu_tasks.celery_ext import broker
+from erdu_tasks.celery_ext import broker, remote_control
 from erdu_tasks import names
 from erdu_tasks.runtime import Runtime
 from erdu_tasks.settings import Settings, get_settings
@@ -85,7 +85,9 @@ def make_celery(settings: Settings) -> Celery:
         enable_utc=True,
         beat_schedule={},
     )
-    app.conf.erdu_settings = settings
+    # The settings (tokens, keys, the database URL) stay off app.conf, which `inspect conf` and Flower show.
+    app.erdu_settings = settings
+    remote_control.install()
     # A worker whose consumer goes quiet while work waits reconnects instead of idling forever.
     from erdu_tasks.celery_ext.consumer_guard import ConsumerGuard
 
@@ -102,7 +104,7 @@ def runtime() -> Runtime:
     """The process's one Runtime, from the settings the Celery app was built with (built on first use)."""
     global _runtime
     if _runtime is None:
-        _runtime = Runtime(app.conf.erdu_settings)
+        _runtime = Runtime(app.erdu_settings)
     return _runtime
 
 

@@ -64,7 +64,7 @@ class ConsumerGuard(bootsteps.StartStopStep):
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
     def __init__(self, parent, **kwargs) -> None:
-        settings = parent.app.conf.erdu_settings
+        settings = parent.app.erdu_settings
         self.stall_seconds = float(settings.consumer_stall_seconds)
         self.interval = max(1.0, min(5.0, self.stall_seconds / 3))
         self.tref = None

@@ -52,3 +52,35 @@ def test_a_worker_records_an_entry_that_is_not_json_and_serves_on(stack_factory)
     proc = stack.procs["ingest"][0]
     assert proc.poll() is None
     assert "Unrecoverable error" not in proc.log_path.read_text(errors="replace")
+
+
+def test_a_broker_client_can_look_but_not_steer_or_read_the_settings(stack_factory):
+    token = "api-write-token-that-must-not-leak"
+    stack = stack_factory({"ERDU_API_TOKEN": token, "ERDU_BRAIN__API_KEY": "model-key-that-must-not-leak"})
+    worker = stack.start("commander")
+    control = stack.client.control
+    assert control.ping(timeout=5), "ERDU's Celery health monitor pings workers"
+    assert control.inspect(timeout=5).stats(), "Flower's dashboard reads stats"
+    assert control.inspect(timeout=5).active_queues()
+    assert not control.inspect(timeout=3).conf(), "the configuration is not for broker clients"
+    for command, arguments in (("rate_limit", {"task_name": "erdu.assess", "rate_limit": "1/h"}),
+                               ("pool_restart", {}), ("revoke", {"task_id": "x", "terminate": True}),
+                               ("shutdown", {})):
+        control.broadcast(command, arguments=arguments)
+    assert control.ping(timeout=5), "the worker is still up after a shutdown broadcast"
+    assert worker.poll() is None
+    log = worker.log_path.read_text(errors="replace")
+    assert "remote control command refused" in log and token not in log
+
+
+def test_the_celery_configuration_holds_no_secret():
+    from erdu_tasks.app import make_celery
+    from erdu_tasks.settings import load_settings
+
+    secret = "s3cr3t-token-value"
+    app = make_celery(load_settings(api_token=secret, api_read_token=secret + "-read",
+                                    database_url=f"postgresql://erdu:{secret}@127.0.0.1:5432/erdu"))
+    shown = repr(app.conf.table(with_defaults=True))
+    assert secret not in shown
+    assert app.erdu_settings.api_token == secret or getattr(app.erdu_settings.api_token, "get_secret_value",
+                                                            lambda: None)() == secret

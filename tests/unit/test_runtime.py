@@ -15,7 +15,7 @@ def test_the_app_and_the_runtime_share_one_settings_object_and_one_runtime():
     rt = composition_root.runtime()
     assert rt is composition_root.runtime()
     assert isinstance(rt, runtime_module.Runtime)
-    assert rt.settings is composition_root.app.conf.erdu_settings
+    assert rt.settings is composition_root.app.erdu_settings
 
 
 def test_what_the_runtime_builds_is_built_once():
