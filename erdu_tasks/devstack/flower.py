@@ -50,6 +50,7 @@ def flower_options(section: FlowerSection | dict[str, Any] | None, *, port: int 
     opts = FlowerOptions(port=chosen_port, address=str(address if address is not None else flower.address),
                          user=flower.user, password=flower.password)
     check_exposure(opts)
+    check_environment()
     return opts
 
 
@@ -80,6 +81,19 @@ def dashboard_app(settings: Any) -> Any:
     celery_app = make_celery(settings)
     celery_app.conf.include = []
     return celery_app
+
+
+UNSAFE_ENVIRONMENT = ("FLOWER_UNAUTHENTICATED_API", "FLOWER_AUTH", "FLOWER_AUTH_PROVIDER")
+"""Flower settings that would open its API (shutdown, revoke, send-task) to anyone who can reach it."""
+
+
+def check_environment(environ: dict[str, str] | None = None) -> None:
+    """Refuse a Flower setting from the environment that would bypass ERDU's basic auth."""
+    env = os.environ if environ is None else environ
+    found = [name for name in UNSAFE_ENVIRONMENT if env.get(name, "").strip()]
+    if found:
+        raise ConfigError(f"refusing to run Flower with {', '.join(found)} set: it would open Flower's API "
+                          "(shutdown, revoke, send task) past ERDU's basic auth; unset it")
 
 
 def run_flower(opts: FlowerOptions, settings: Any) -> int:

@@ -93,3 +93,12 @@ def test_flower_refuses_to_listen_beyond_localhost_without_auth(stack):
                           timeout=60)
     assert done.returncode == 2
     assert "refusing to run Flower on 0.0.0.0 without authentication" in done.stderr
+
+
+@pytest.mark.parametrize("variable", ["FLOWER_UNAUTHENTICATED_API", "FLOWER_AUTH"])
+def test_flower_refuses_a_setting_that_would_open_its_api_past_basic_auth(stack, variable):
+    done = subprocess.run([sys.executable, "-m", "erdu_tasks.cli", "flower", "--port", str(free_port())],
+                          env={**stack.env, variable: "true"}, cwd=stack.tmp, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert f"refusing to run Flower with {variable} set" in done.stderr
