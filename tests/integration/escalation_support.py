@@ -11,6 +11,9 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
+import redis
+
 from erdu_tasks.escalation.start import escalate as escalate_in_tx
 from erdu_tasks.store import incidents as store
 from erdu_tasks.store.db import Database
@@ -132,3 +135,35 @@ def later(t: datetime, **kw: float) -> datetime:
 
 def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=timezone.utc)
+
+
+# ---- fixtures the escalation test modules share (import them by name) ----------------------------
+
+
+@pytest.fixture()
+def endpoints():
+    """A local HTTP server standing in for every webhook, Slack and PagerDuty endpoint."""
+    server = Endpoints()
+    yield server
+    server.close()
+
+
+@pytest.fixture()
+def db(fresh_database_url):
+    """A pool on the test's own database."""
+    database = Database(fresh_database_url, max_size=8)
+    yield database
+    database.close()
+
+
+@pytest.fixture()
+def redis_client(redis_server):
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture()
+def t0() -> datetime:
+    """A moment 5 s into the current minute, so per-minute counters do not roll over mid-test."""
+    return minute_start(datetime.now(timezone.utc)) + timedelta(seconds=5)

@@ -4,29 +4,27 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
-import redis
 
 from erdu_tasks.escalation import runs as escalation, sweep as escalation_sweep
 from erdu_tasks.escalation.gates import build_gates
 from erdu_tasks.tasks import people
 from erdu_tasks.store import incidents as store
 from erdu_tasks.catalog import Catalog, Service
-from erdu_tasks.store.db import Database
 from erdu_tasks.model import Status
 from erdu_tasks.settings import load_settings
 from erdu_tasks.escalation.channels.webhook import verify_signature
 from erdu_tasks.runtime import Runtime
+from tests.integration.escalation_support import db, endpoints, redis_client, t0  # noqa: F401 (fixtures)
 from tests.integration.escalation_support import (
     SECRET,
     Endpoints,
     Reply,
     escalate,
     make_escalator,
-    minute_start,
     new_incident,
     rows,
     timeline_whats,
@@ -43,31 +41,6 @@ FIX = {
     "rollback": [],
 }
 
-
-@pytest.fixture()
-def endpoints():
-    server = Endpoints()
-    yield server
-    server.close()
-
-
-@pytest.fixture()
-def db(fresh_database_url):
-    database = Database(fresh_database_url, max_size=8)
-    yield database
-    database.close()
-
-
-@pytest.fixture()
-def redis_client(redis_server):
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    client.close()
-
-
-@pytest.fixture()
-def t0() -> datetime:
-    return minute_start(datetime.now(timezone.utc)) + timedelta(seconds=5)
 
 
 def at(t0: datetime, minutes: float = 0, seconds: float = 0) -> datetime:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from types import SimpleNamespace
 
-import pytest
-import redis
 
 from erdu_tasks.escalation import runs as escalation, silences
 from erdu_tasks.escalation.gates import build_gates
@@ -17,41 +15,15 @@ from erdu_tasks.store import incidents as store
 from erdu_tasks.store.db import Database
 from erdu_tasks.tasks.base import begin_stage
 from erdu_tasks.tasks.pipeline import escalate_in_tx
+from tests.integration.escalation_support import db, endpoints, redis_client, t0  # noqa: F401 (fixtures)
 from tests.integration.escalation_support import (
-    Endpoints,
     make_escalator,
-    minute_start,
     new_incident,
     rows,
     timeline_whats,
     webhook,
 )
 
-
-@pytest.fixture()
-def endpoints():
-    server = Endpoints()
-    yield server
-    server.close()
-
-
-@pytest.fixture()
-def db(fresh_database_url):
-    database = Database(fresh_database_url, max_size=4)
-    yield database
-    database.close()
-
-
-@pytest.fixture()
-def redis_client(redis_server):
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    client.close()
-
-
-@pytest.fixture()
-def t0() -> datetime:
-    return minute_start(datetime.now(timezone.utc)) + timedelta(seconds=5)
 
 
 def live_runs(db: Database, incident_id: str) -> list[dict]:

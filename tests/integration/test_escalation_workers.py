@@ -13,16 +13,11 @@ import pytest
 
 from erdu_tasks.store.db import Database
 from tests.conftest import NOOP_RUNBOOK, incident_rows, wait_for
-from tests.integration.escalation_support import Endpoints, escalate, new_incident, rows, webhook
+from tests.integration.escalation_support import endpoints  # noqa: F401 (fixtures)
+from tests.integration.escalation_support import escalate, new_incident, rows, webhook
 
 RUNBOOKS = NOOP_RUNBOOK
 
-
-@pytest.fixture()
-def endpoints():
-    server = Endpoints()
-    yield server
-    server.close()
 
 
 @pytest.fixture()
