@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from functools import lru_cache
 from typing import Annotated, Any, ClassVar, Self
 from urllib.parse import urlsplit
 
 import re2
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from erdu_tasks.errors import config_error
+from erdu_tasks.timecfg import quoted_time, valid_timezone
 
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False
@@ -109,3 +110,10 @@ def aware(moment: datetime) -> datetime:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError(f"naive datetime {moment!r}: pass timezone-aware times")
     return moment
+
+
+TimeZoneName = Annotated[str, AfterValidator(valid_timezone)]
+"""An IANA time zone name (Europe/Berlin, UTC), refused when the zone database does not know it."""
+
+TimeOfDay = Annotated[time, BeforeValidator(lambda value: quoted_time(value, "09:00"))]
+"""A time of day; an unquoted YAML 22:00 (read as a number) is refused with a hint."""

@@ -70,7 +70,7 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Mapping
-from datetime import datetime, time, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo
@@ -79,8 +79,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from erdu_tasks.errors import ConfigError
 from erdu_tasks.model import Severity
-from erdu_tasks.settings.common import Duration, Section, aware, check_http_url, refused
-from erdu_tasks.timecfg import quoted_time, valid_timezone
+from erdu_tasks.settings.common import Duration, Section, TimeOfDay, TimeZoneName, aware, check_http_url, refused
 
 _CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _TEMPLATE_FIELDS = {"incident_id"}
@@ -238,20 +237,10 @@ class PolicyConfig(Section):
 class QuietHoursConfig(Section):
     """A daily window in a timezone during which the listed severities are held back."""
 
-    timezone: str = "UTC"
-    start: time
-    end: time
+    timezone: TimeZoneName = "UTC"
+    start: TimeOfDay
+    end: TimeOfDay
     severities: list[Severity] = Field(default_factory=lambda: [Severity.P4, Severity.P5])
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        return valid_timezone(value)
-
-    @field_validator("start", "end", mode="before")
-    @classmethod
-    def _not_a_number(cls, value: Any) -> Any:
-        return quoted_time(value, "22:00")
 
     @model_validator(mode="after")
     def _sane(self) -> QuietHoursConfig:

@@ -48,14 +48,13 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime, time, timezone
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from erdu_tasks.model import Severity
-from erdu_tasks.settings.common import Section
-from erdu_tasks.timecfg import quoted_time, valid_timezone
+from erdu_tasks.settings.common import Section, TimeOfDay, TimeZoneName
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -65,21 +64,11 @@ BrainRole = Literal["commander", "diagnostician", "resolver"]
 class BusinessHours(Section):
     """A weekly calendar in a time zone, minus holidays."""
 
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     days: list[Weekday] = Field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"], min_length=1)
-    start: time = time(9, 0)
-    end: time = time(17, 0)
+    start: TimeOfDay = time(9, 0)
+    end: TimeOfDay = time(17, 0)
     holidays: list[date] = Field(default_factory=list)
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        return valid_timezone(value)
-
-    @field_validator("start", "end", mode="before")
-    @classmethod
-    def _quoted(cls, value: Any) -> Any:
-        return quoted_time(value, "09:00")
 
     @model_validator(mode="after")
     def _ordered(self) -> "BusinessHours":
