@@ -161,7 +161,7 @@ def transition(
     unknown = set(updates) - _WRITABLE
     if unknown:
         raise ValueError(f"not writable with a status change: {sorted(unknown)}")
-    sets = ["status = %(to)s", "status_changed_at = now()"]
+    sets = ["status = %(to)s", "status_changed_at = now()", "redrives = 0"]
     params: dict[str, Any] = {"to": to.value, "id": incident_id, "expected": [s.value for s in expected]}
     stamp = _STAMP.get(to)
     if stamp:

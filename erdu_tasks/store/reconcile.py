@@ -19,20 +19,30 @@ class Owed:
     stage: Stage
 
 
+BACKOFF_DOUBLINGS = 4
+"""A stage re-driven n times waits deadline × 2^n before the next re-drive, up to deadline × 16."""
+
+
 def stuck(conn: psycopg.Connection, *, deadline_seconds: float, limit: int = 500) -> list[Owed]:
-    """Claim incidents whose owed stage has not moved for deadline_seconds (marks them driven now)."""
+    """Claim incidents whose owed stage has not moved for its deadline (marks them driven now).
+
+    The deadline doubles with each re-drive of the same stage (the count is reset by the next status
+    change): work that is only queued behind a backlog is re-driven once, not once per pass, so the
+    copies never deepen the backlog they are waiting in.
+    """
     rows = conn.execute(
         """
-        UPDATE incidents SET driven_at = now()
+        UPDATE incidents SET driven_at = now(), redrives = redrives + 1
         WHERE id IN (
             SELECT id FROM incidents
             WHERE status = ANY(%(statuses)s)
               AND greatest(status_changed_at, coalesce(driven_at, status_changed_at))
-                  < now() - make_interval(secs => %(deadline)s)
+                  < now() - make_interval(secs => %(deadline)s * power(2, least(redrives, %(doublings)s)))
             ORDER BY status_changed_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
         RETURNING id, status, auto_resolved
         """,
-        {"statuses": [s.value for s in OWED], "deadline": deadline_seconds, "limit": limit},
+        {"statuses": [s.value for s in OWED], "deadline": deadline_seconds, "limit": limit,
+         "doublings": BACKOFF_DOUBLINGS},
     ).fetchall()
     out = []
     for r in rows:
