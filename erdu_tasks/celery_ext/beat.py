@@ -92,13 +92,18 @@ def configure_beat(celery_app, settings: Settings) -> None:
         redbeat_redis_url=settings.redis_url,
         redbeat_key_prefix=REDBEAT_PREFIX,
         redbeat_lock_key=BEAT_LOCK_KEY,
-        redbeat_lock_timeout=30,
-        beat_max_loop_interval=5,
+        redbeat_lock_timeout=settings.beat_lock_seconds,
+        beat_max_loop_interval=tick_seconds(settings),
     )
+
+
+def tick_seconds(settings: Settings) -> int:
+    """Beat wakes (and renews its lock, and a standby retries it) at least this often: a fifth of the lock."""
+    return max(1, settings.beat_lock_seconds // 5)
 
 
 def run_beat(celery_app: Celery, settings: Settings, *, loglevel: str = "INFO") -> None:
     """Run beat for the given app in the foreground."""
     configure_beat(celery_app, settings)
     celery_app.conf.include = []   # beat publishes tasks by name; it needs none of their code
-    celery_app.start(["beat", "-l", loglevel, "-S", SCHEDULER, "--max-interval", "5"])
+    celery_app.start(["beat", "-l", loglevel, "-S", SCHEDULER, "--max-interval", str(tick_seconds(settings))])

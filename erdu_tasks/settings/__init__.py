@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(default=300, ge=30, le=3600)
     stage_deadline_seconds: float = Field(default=120.0, gt=0)
     reconcile_interval_seconds: float = Field(default=30.0, gt=0)
+    # Beat's singleton lock: renewed every beat tick (a fifth of it), so a standby beat takes over within
+    # this many seconds (plus one tick) after the active one dies.
+    beat_lock_seconds: int = Field(default=6, ge=3, le=300)
     max_worker_crashes: int = Field(default=3, ge=1)
     # A worker that takes no waiting work this long reconnects to the broker (consumer_guard.py); 0 turns it off.
     consumer_stall_seconds: float = Field(default=30.0, ge=0)

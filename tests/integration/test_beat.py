@@ -80,7 +80,8 @@ def test_only_one_beat_schedules_and_the_second_takes_over_when_the_first_dies(b
     killed_at = time.monotonic()
     wait_for(lambda: "Acquired lock" in log_of(second), 60, interval=0.5, what="the second beat taking the lock")
     took = time.monotonic() - killed_at
-    assert took <= 40, f"took over after {took:.0f} s"
+    assert took <= 10, f"took over after {took:.1f} s"   # the lock's 6 s plus a standby's retry
+    print(f"\nstandby beat took over {took:.1f} s after the active one was killed")
     sent = rate(client, 5.0)
     assert 3 <= sent <= 7, f"{sent} reconcile messages in 5 s after the takeover"
 
@@ -109,7 +110,7 @@ def test_beat_rides_out_a_redis_crash_and_schedules_again_as_soon_as_redis_is_ba
     if not persistent:
         assert not client.exists(lock_key)
     client.delete("monitor")   # what the AOF kept from before the crash
-    # Scheduling resumes within seconds, not after the old lock's 30 s timeout or a restart.
+    # Scheduling resumes within seconds, not after a restart.
     wait_for(lambda: reconciles(client) >= 2, 20, 0.2, what="beat scheduling again")
     took = time.monotonic() - back_at
     assert beat.poll() is None, log_of(beat)[-3000:]
