@@ -87,7 +87,8 @@ _PARTS = [
     r"(?<![\w\\])'[^'\s]{1,200}'(?!\w)",
     r"(?<![\w\\])\"[^\"\s]{1,200}\"(?!\s*:)",
     # Durations and sizes with a unit, also "1.5 sec", "12.0 KB", "01:07:47".
-    rf"(?<![\w.])[<>~≈]?[-+]?\d+(?:\.\d+)?\s?{_UNIT}{_END}",
+    # (Not when the "unit" starts an e-mail address: "0 T|@a.com" is a number and an address.)
+    rf"(?<![\w.])[<>~≈]?[-+]?\d+(?:\.\d+)?\s?{_UNIT}{_END}(?![^\s@]*@[\w-]+\.)",
     rf"(?<![\w.:]){_TIME}(?![\w:])",
     # An empty value in brackets: "connection from <*> () at".
     r"(?<!\S)(?:\(\)|\[\]|\{\})(?!\S)",
