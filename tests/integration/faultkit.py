@@ -77,11 +77,15 @@ class PrivatePostgres:
                        "max_connections = 200\nshared_buffers = 32MB\n")
         self.start()
 
-    def _run(self, *argv: str) -> None:
+    def _run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
         cmd = list(argv)
         if os.geteuid() == 0:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if check and done.returncode != 0:
+            log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+            raise AssertionError(f"{' '.join(cmd)} exited {done.returncode}: {done.stdout}{done.stderr}{log}")
+        return done
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
@@ -91,7 +95,14 @@ class PrivatePostgres:
 
     def stop(self) -> None:
         """Fast shutdown: every session is cut, new connections are refused."""
-        self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+        done = self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop",
+                         check=False)
+        if done.returncode != 0 and self._running():
+            raise AssertionError(f"pg_ctl stop failed: {done.stdout}{done.stderr}"
+                                 + self.log.read_text(errors="replace")[-2000:])
+
+    def _running(self) -> bool:
+        return self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "status", check=False).returncode == 0
 
     def create_database(self, name: str) -> str:
         with psycopg.connect(self.url(), autocommit=True) as conn:
@@ -99,10 +110,7 @@ class PrivatePostgres:
         return self.url(name)
 
     def destroy(self) -> None:
-        try:
-            self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
-        except subprocess.CalledProcessError:
-            pass
+        self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop", check=False)
 
 
 def _pg_bin(name: str) -> str:

@@ -15,7 +15,9 @@ from tests.conftest import RedisServer, create_database, drop_database
 from tests.integration.test_api import WRITE, ApiServer
 
 MAX_EXAMPLES = int(os.environ.get("ERDU_FUZZ_EXAMPLES", "60"))
-TIME_BUDGET = 75  # seconds of fuzzing; the whole test must finish in under two minutes
+# Seconds of fuzzing: every operation's examples and coverage phases first, then random cases until the
+# budget ends (ERDU_FUZZ_SECONDS=300 for a longer hunt).
+TIME_BUDGET = int(os.environ.get("ERDU_FUZZ_SECONDS", "30"))
 
 
 @pytest.fixture()
@@ -53,7 +55,7 @@ def test_fuzzing_every_operation_from_the_openapi_schema_finds_no_server_error(a
     assert done.returncode == 0, output[-6000:] + "\n--- API log ---\n" + api.log_text()[-4000:]
     print(output)
     assert "internal error" not in api.log_text() and "Traceback" not in api.log_text(), api.log_text()[-4000:]
-    assert elapsed < 120, f"fuzzing took {elapsed:.0f} s"
+    assert elapsed < TIME_BUDGET + 45, f"fuzzing took {elapsed:.0f} s"
     # The run really exercised the write paths: something was stored.
     from tests.conftest import incident_rows
 
