@@ -149,6 +149,8 @@ def _new_incident(group: Group, catalog: Catalog) -> store.NewIncident:
     details = {"message": event.message[:8000], "source": event.source}
     if event.dedup_key:
         details["dedup_key"] = event.dedup_key
+    if event.occurred_at is not None:   # the first occurrence, as its producer stamped it (log evidence)
+        details["occurred_at"] = event.occurred_at.isoformat()
     if event.details:
         details["details"] = event.details
     return store.NewIncident(

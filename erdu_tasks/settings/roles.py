@@ -110,7 +110,9 @@ class EvidenceConfig(Section):
     lines_after: int = Field(default=10, ge=0, le=1000)
     max_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
     max_line_chars: int = Field(default=500, ge=40, le=10_000)
-    window_seconds: float = Field(default=120.0, gt=0)
+    window_seconds: float = Field(default=120.0, gt=0)   # how far from the first occurrence the event line may be
+    seconds_before: float = Field(default=10.0, ge=0, le=3600)   # evidence: lines this long before the event ...
+    seconds_after: float = Field(default=5.0, ge=0, le=3600)     # ... to this long after it (by their timestamps)
 
 
 class LearningConfig(Section):

@@ -69,6 +69,18 @@ def related_incidents(conn: psycopg.Connection, incident: Incident, *, limit: in
     return out[:limit]
 
 
+def latest_incidents_of(conn: psycopg.Connection, fingerprints: list[str], *, exclude: str) -> dict[str, str]:
+    """Fingerprint -> the latest incident (other than `exclude`) that has it, for the fingerprints that have one."""
+    if not fingerprints:
+        return {}
+    rows = conn.execute(
+        "SELECT DISTINCT ON (fingerprint) fingerprint, id FROM incidents WHERE fingerprint = ANY(%s) AND id <> %s"
+        " ORDER BY fingerprint, created_at DESC",
+        (sorted(set(fingerprints)), exclude),
+    ).fetchall()
+    return {r["fingerprint"]: r["id"] for r in rows}
+
+
 def pattern(conn: psycopg.Connection, fingerprint: str) -> dict[str, Any] | None:
     """The learned counters of one fingerprint, with its mean time to resolve (None before any)."""
     row = conn.execute("SELECT * FROM error_patterns WHERE fingerprint = %s", (fingerprint,)).fetchone()
