@@ -125,6 +125,9 @@ class LearningConfig(Section):
     related_limit: int = Field(default=5, ge=1, le=50)
     related_min_score: float = Field(default=0.3, ge=0.05, le=1)
     related_lookback_days: float = Field(default=90, gt=0)
+    # A new incident of the fingerprint this soon after a validated fix marks that fix failed after the
+    # fact (a runbook's `recurrence_window` overrides it; 0 turns it off).
+    recurrence_window_seconds: float = Field(default=300.0, ge=0, le=7 * 86400)
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
 
 

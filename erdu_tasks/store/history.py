@@ -140,6 +140,48 @@ def record_fix_attempt(conn: psycopg.Connection, fingerprint: str, runbook: str,
     )
 
 
+def settle_run(conn: psycopg.Connection, incident_id: str, attempt: int, *, success: bool, counted: bool,
+               hold_seconds: float) -> None:
+    """Store a run's outcome; a counted success is watched for a recurrence for `hold_seconds` (0: not watched)."""
+    conn.execute(
+        "UPDATE runbook_runs SET outcome = %s, finished_at = now(), counted = %s,"
+        " hold_until = CASE WHEN %s AND %s > 0 THEN now() + make_interval(secs => %s) END"
+        " WHERE incident_id = %s AND attempt = %s",
+        ("success" if success else "failure", counted, success and counted, hold_seconds, hold_seconds,
+         incident_id, attempt),
+    )
+
+
+def fixes_that_did_not_hold(conn: psycopg.Connection, fingerprint: str, recurrence: str) -> list[dict[str, Any]]:
+    """A new incident (`recurrence`) of the fingerprint came while earlier validated fixes were still watched:
+    mark each such run failed after the fact and correct the learned figures. Returns the corrected runs.
+
+    The run's outcome becomes 'recurred'; its (fingerprint, runbook) successes drop by one, and the latest
+    outcome becomes a failure when the run was the latest counted one, so auto-resolution stops trusting it.
+    """
+    runs = conn.execute(
+        "UPDATE runbook_runs SET outcome = 'recurred', recurred_by = %s"
+        " WHERE fingerprint = %s AND outcome = 'success' AND hold_until > now() AND incident_id <> %s"
+        " RETURNING incident_id, attempt, runbook, counted, finished_at,"
+        " extract(epoch FROM now() - finished_at) AS after_seconds",
+        (recurrence, fingerprint, recurrence),
+    ).fetchall()
+    for run in runs:
+        if not run["counted"]:
+            continue
+        conn.execute(
+            """
+            UPDATE pattern_action_stats SET successes = greatest(successes - 1, 0),
+                   last_outcome = CASE WHEN EXISTS (
+                       SELECT 1 FROM runbook_runs WHERE fingerprint = %(fp)s AND runbook = %(rb)s AND counted
+                       AND finished_at > %(at)s) THEN last_outcome ELSE 'failure' END
+            WHERE fingerprint = %(fp)s AND runbook = %(rb)s
+            """,
+            {"fp": fingerprint, "rb": run["runbook"], "at": run["finished_at"]},
+        )
+    return [dict(r) for r in runs]
+
+
 def record_resolution(conn: psycopg.Connection, incident: Incident, *, human: bool) -> None:
     """Count a resolved incident on its pattern, with its time to resolve (called once, when it closes)."""
     seconds = ((incident.resolved_at - incident.created_at).total_seconds()
