@@ -92,7 +92,7 @@ def _context(conn: psycopg.Connection, rt: Runtime, incident: Incident, runbooks
         candidates.append(Candidate(
             name=rb.name, approval_required=rb.approval is Approval.REQUIRED, dry_run=rb.dry_run,
             max_runs=rb.limits.max_runs, per_seconds=rb.limits.per_seconds, recent_runs=runs.get(rb.name, ()),
-            success_rate=successes / attempts if attempts else None))
+            success_rate=successes / attempts if attempts else None, remedial=rb.remedial))
     return FixContext(now=now, candidates=tuple(candidates), silence_id=silence_id,
                       dry_run=bool(rt.settings.dry_run))
 

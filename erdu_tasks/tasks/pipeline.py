@@ -38,7 +38,7 @@ def commander_context(conn: psycopg.Connection, rt: Runtime, incident: Incident)
     records = history.runbook_records(conn, incident.fingerprint)
     stats = {name: (r["attempts"], r["successes"]) for name, r in records.items()}
     runbooks = [commander.RunbookRecord(rb.name, *stats.get(rb.name, (0, 0)),
-                                        (records.get(rb.name) or {}).get("last_outcome"))
+                                        (records.get(rb.name) or {}).get("last_outcome"), remedial=rb.remedial)
                 for rb in matching_runbooks(rt, incident, stats)]
     services, user_facing, dependants, user_facing_dependants = _blast_radius(rt, incident)
     return commander.CommanderContext(
@@ -256,17 +256,19 @@ def close_incident(conn: psycopg.Connection, rt: Runtime, incident: Incident, wo
     # a failure to write it rolls the close back and the stage is retried.
     closed = store.get_incident(conn, incident.id, with_timeline=True) or incident
     report = build_report(closed, {**resolution.as_dict(), "brain": thought.note()}, related=related,
-                          learning=_learning(conn, incident.fingerprint, lcfg),
+                          learning=_learning(conn, rt, incident.fingerprint, lcfg),
                           children=inhibition.children_of(conn, incident.id))
     write_report(rt.settings.reports_dir, report)
     return True
 
 
-def _learning(conn: psycopg.Connection, fingerprint: str, lcfg: history.LearningConfig) -> dict:
+def _learning(conn: psycopg.Connection, rt: Runtime, fingerprint: str, lcfg: history.LearningConfig) -> dict:
     """What the pattern's counters say now, for the report."""
     pat = _pattern_history(conn, fingerprint)
     records = history.runbook_records(conn, fingerprint)
-    runbooks = [commander.RunbookRecord(name, r["attempts"], r["successes"], r["last_outcome"])
+    loaded = {rb.name: rb for rb in rt.runbooks.runbooks}
+    runbooks = [commander.RunbookRecord(name, r["attempts"], r["successes"], r["last_outcome"],
+                                        remedial=loaded[name].remedial if name in loaded else True)
                 for name, r in sorted(records.items())]
     return {
         "pattern": {"incidents": pat.incidents, "occurrences": pat.occurrences, "resolved": pat.resolved,
