@@ -22,12 +22,18 @@ class CheckResult(ActionResult):
 
 
 class _Check(ParamsModel):
-    """Common to every check: a timeout, a settle delay, and how many attempts (interval apart) may pass it."""
+    """Common to every check: a timeout, a settle delay, how many attempts (interval apart) may pass it, and
+    how long it must then keep passing (`stable_for` seconds, re-checked every `interval`).
+
+    `stable_for` unset means the runbook's default: 5 s after a restart action, else 0 (see
+    fixer/runbooks.Runbook.stable_for); a process that dies seconds after every restart never counts as fixed.
+    """
 
     timeout: float = Field(default=10.0, gt=0, le=3600)
     delay: float = Field(default=0.0, ge=0, le=600)
     attempts: int = Field(default=1, ge=1, le=100)
     interval: float = Field(default=1.0, ge=0, le=600)
+    stable_for: float | None = Field(default=None, ge=0, le=3600)
 
 
 class HttpCheck(_Check):
@@ -126,7 +132,7 @@ CHECK_KINDS: tuple[str, ...] = ("http", "process", "command", "log_absent", "noo
 LITERAL_KEYS: dict[str, frozenset[str]] = {"log_absent": frozenset({"pattern"})}
 """Fields that are never templated (a regex's {n,m} is not a placeholder)."""
 
-COMMON_FIELDS = frozenset({"check", "timeout", "delay", "attempts", "interval"})
+COMMON_FIELDS = frozenset({"check", "timeout", "delay", "attempts", "interval", "stable_for"})
 """Fields every check has; never templated."""
 
 
@@ -233,7 +239,7 @@ def check_from_incident(spec: FromIncidentCheck, error_details: Mapping[str, Any
     raw = error_details.get("check")
     if not isinstance(raw, Mapping) or raw.get("check") in (None, "from_incident", "quiet"):
         raise PermanentError("the incident carries no re-runnable check in error_details.check")
-    timing = {k: getattr(spec, k) for k in ("delay", "attempts", "interval") if k in spec.model_fields_set}
+    timing = {k: getattr(spec, k) for k in ("delay", "attempts", "interval", "stable_for") if k in spec.model_fields_set}
     try:
         return TypeAdapter(CheckSpec).validate_python({**raw, **timing})
     except ValidationError as exc:
@@ -251,23 +257,56 @@ def render_check(spec: Any, allowed_fields: Mapping[str, object]) -> Any:
         raise PermanentError(f"invalid {spec.check} check after rendering: {exc.errors()[0]['msg']}") from None
 
 
-def run_check(spec: Any, allowed_fields: Mapping[str, object]) -> CheckResult:
-    """Run a validation check (after its delay, up to `attempts` times); never raises."""
+def run_check(spec: Any, allowed_fields: Mapping[str, object], *, stable_for: float | None = None) -> CheckResult:
+    """Run a validation check (after its delay, up to `attempts` times) and, once it passes, keep re-running it
+    every `interval` until it has held for `stable_for` seconds (the argument, else the check's own); never raises.
+
+    A check that watches a window (log_absent) has its window extended by `stable_for` instead.
+    """
     started = time.monotonic()
     try:
         rendered = render_check(spec, allowed_fields)
     except PermanentError as exc:
         return CheckResult(False, f"refused: {exc}", time.monotonic() - started)
+    hold = float(stable_for if stable_for is not None else (rendered.stable_for or 0.0))
+    if hold and hasattr(rendered, "window"):
+        rendered, hold = rendered.model_copy(update={"window": rendered.window + hold}), 0.0
     if rendered.delay:
         time.sleep(rendered.delay)
     result = CheckResult(False, "not run")
     for attempt in range(1, rendered.attempts + 1):
-        try:
-            result = _RUNNERS[rendered.check](rendered)
-        except Exception as exc:  # a check bug is a failed check, visible on the timeline
-            result = CheckResult(False, f"{rendered.check} check raised {type(exc).__name__}: {exc}")
+        result = _once(rendered)
         if result.ok or attempt == rendered.attempts:
             break
         time.sleep(rendered.interval)
     output = {**result.output, "check": rendered.check, "attempts": attempt}
+    if result.ok and hold > 0:
+        result, held = _hold(rendered, hold)
+        output.update(result.output, check=rendered.check, attempts=attempt, stable_for=hold, held=round(held, 3))
     return CheckResult(result.ok, result.detail, time.monotonic() - started, output)
+
+
+def _once(rendered: Any) -> CheckResult:
+    try:
+        return _RUNNERS[rendered.check](rendered)
+    except Exception as exc:  # a check bug is a failed check, visible on the timeline
+        return CheckResult(False, f"{rendered.check} check raised {type(exc).__name__}: {exc}")
+
+
+def _hold(rendered: Any, seconds: float) -> tuple[CheckResult, float]:
+    """Re-run a passing check until it has held for `seconds`; the first failure ends it. (result, seconds held)."""
+    passed_at = time.monotonic()
+    last = CheckResult(True, "not re-checked")
+    checks = 0
+    while True:
+        held = time.monotonic() - passed_at
+        if held >= seconds:
+            return CheckResult(True, f"{last.detail if checks else 'passed'}; held for {seconds:g} s "
+                                     f"({checks} re-check(s))", held, last.output), held
+        time.sleep(min(max(rendered.interval, 0.1), seconds - held))
+        last = _once(rendered)
+        checks += 1
+        if not last.ok:
+            held = time.monotonic() - passed_at
+            return CheckResult(False, f"passed, then failed {held:.1f} s later (it must hold for {seconds:g} s): "
+                                      f"{last.detail}", held, last.output), held

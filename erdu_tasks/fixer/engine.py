@@ -63,9 +63,9 @@ def recent_runs(conn: psycopg.Connection, runbooks: list[Runbook], service: str 
 def claim_run(conn: psycopg.Connection, incident: Incident, attempt: int, runbook: Runbook) -> None:
     """Record that this attempt of the fix runs (counts toward the rate limit)."""
     conn.execute(
-        "INSERT INTO runbook_runs (incident_id, attempt, runbook, service) VALUES (%s, %s, %s, %s)"
+        "INSERT INTO runbook_runs (incident_id, attempt, runbook, service, fingerprint) VALUES (%s, %s, %s, %s, %s)"
         " ON CONFLICT (incident_id, attempt) DO NOTHING",
-        (incident.id, attempt, runbook.name, incident.service),
+        (incident.id, attempt, runbook.name, incident.service, incident.fingerprint),
     )
 
 
@@ -120,16 +120,17 @@ def validate(runbook: Runbook, incident: Incident, db: Any = None) -> dict[str, 
     """Re-run the check that proves the fix; a runbook without one is validated by its steps alone."""
     if runbook.validation is None:
         return {"ok": True, "detail": "no validation check in runbook; steps succeeded", "duration": 0.0}
-    if runbook.validation.check == "quiet":
-        return _quiet(runbook.validation.window, incident, db)
+    if runbook.validation.check == "quiet":   # a quiet window is a hold: stable_for lengthens it
+        return _quiet(runbook.validation.window + runbook.stable_for, incident, db)
     spec = runbook.validation
     if spec.check == "from_incident":  # the probe (or other check) that detected the incident
         try:
             spec = check_from_incident(spec, incident.error_details)
         except PermanentError as exc:
             return {"ok": False, "detail": str(exc), "duration": 0.0}
-    result = run_check(spec, allowed_fields(incident))
-    return {"ok": bool(result.ok), "detail": result.detail, "duration": result.duration}
+    result = run_check(spec, allowed_fields(incident), stable_for=runbook.stable_for)
+    return {"ok": bool(result.ok), "detail": result.detail, "duration": result.duration,
+            "stable_for": runbook.stable_for}
 
 
 def _occurrences(db: Any, incident_id: str) -> int:

@@ -132,8 +132,16 @@ class Matcher(_Model):
         return " and ".join(parts)
 
 
+RESTART_STABLE_FOR = 5.0
+"""Seconds a runbook's check must keep passing after a restart action when it sets no `stable_for`."""
+
+
 class Runbook(_Model):
-    """A named remedy: when it applies, what to run, how to prove it worked, how to undo, and its limits."""
+    """A named remedy: when it applies, what to run, how to prove it worked, how to undo, and its limits.
+
+    `recurrence_window`: seconds after a validated fix in which a new incident of the same fingerprint
+    marks that fix failed after the fact (unset: `learning.recurrence_window_seconds`; 0: never).
+    """
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
     description: str = ""
@@ -145,6 +153,21 @@ class Runbook(_Model):
     approval: Approval = Approval.NONE
     limits: Limits = Field(default_factory=Limits)
     dry_run: bool = False
+    recurrence_window: float | None = Field(default=None, ge=0, le=7 * 86400)
+
+    @property
+    def stable_for(self) -> float:
+        """How long the validation check must keep passing: its `stable_for`, else 5 s after a restart, else 0."""
+        if self.validation is None:
+            return 0.0
+        if self.validation.stable_for is not None:
+            return float(self.validation.stable_for)
+        return RESTART_STABLE_FOR if any(step.action == "restart" for step in self.actions) else 0.0
+
+    @property
+    def remedial(self) -> bool:
+        """False for a runbook that only verifies (every action a noop): it never earns auto-resolution."""
+        return any(step.action != "noop" for step in self.actions)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,9 @@ from typing import Any, Protocol
 
 import psycopg
 
-from erdu_tasks.store import incidents as store
+from psycopg.types.json import Jsonb
+
+from erdu_tasks.store import history, incidents as store
 from erdu_tasks.store.db import Database
 from erdu_tasks.catalog import Catalog
 from erdu_tasks.ingest.detect.fingerprint import fingerprint
@@ -149,6 +151,8 @@ def _new_incident(group: Group, catalog: Catalog) -> store.NewIncident:
     details = {"message": event.message[:8000], "source": event.source}
     if event.dedup_key:
         details["dedup_key"] = event.dedup_key
+    if event.occurred_at is not None:   # the first occurrence, as its producer stamped it (log evidence)
+        details["occurred_at"] = event.occurred_at.isoformat()
     if event.details:
         details["details"] = event.details
     return store.NewIncident(
@@ -173,6 +177,7 @@ def _upsert_groups(conn: psycopg.Connection, groups: Sequence[Group], catalog: C
             what = "detected" + (f"; recurred after {reopened} was resolved (flapping)" if reopened else "")
             store.add_timeline(conn, result.incident_id, actor="ingest", what=what,
                                details={"count": group.count, "source": new.source})
+            _fixes_did_not_hold(conn, group.fingerprint, result.incident_id)
         elif result.raised_from is not None:
             _severity_raised(conn, result.incident_id, result.raised_from, group.severity, new.source)
         conn.execute(
@@ -187,6 +192,23 @@ def _upsert_groups(conn: psycopg.Connection, groups: Sequence[Group], catalog: C
         outcomes.append(Outcome(result.incident_id, group.fingerprint, result.created, result.occurrences,
                                 group.count, reopened))
     return outcomes
+
+
+def _fixes_did_not_hold(conn: psycopg.Connection, fp: str, incident_id: str) -> None:
+    """A recurrence soon after a validated fix: that fix did not hold. Correct its record and say so on both."""
+    for run in history.fixes_that_did_not_hold(conn, fp, incident_id):
+        after = float(run["after_seconds"] or 0.0)
+        details = {"runbook": run["runbook"], "attempt": run["attempt"], "fixed": run["incident_id"],
+                   "recurrence": incident_id, "after_seconds": round(after, 1)}
+        store.add_timeline(conn, run["incident_id"], actor="ingest", details=details,
+                           what=f"fix did not hold: the error recurred {after:.0f} s after runbook {run['runbook']} "
+                                f"was validated, as {incident_id}; the attempt now counts as failed")
+        conn.execute("UPDATE incidents SET fix = fix || %s WHERE id = %s",
+                     (Jsonb({"held": False, "recurred_by": incident_id, "recurred_after": round(after, 1)}),
+                      run["incident_id"]))
+        store.add_timeline(conn, incident_id, actor="ingest", details=details,
+                           what=f"recurred {after:.0f} s after runbook {run['runbook']} fixed {run['incident_id']}: "
+                                "that fix is counted as failed")
 
 
 def _severity_raised(conn: psycopg.Connection, incident_id: str, was: Severity, now: Severity, source: str) -> None:

@@ -4,6 +4,11 @@ A probe is run as the `http` validation check of erdu_tasks.checks, and the inci
 opens carries that check in `error_details["check"]`, so the fixer can re-run exactly the
 probe that detected the problem to prove a fix (a runbook with
 `validation: {check: from_incident}`).
+
+A probe incident is fingerprinted by the probe's name AND its failure mode (`refused`,
+`unreachable`, `timeout`, the status class such as `5xx`, `slow`, `body`): the fix proven for a
+refused connection (a restart) is not what a 500 needs, so each mode learns on its own. The
+condition (failures in a row, recovery) stays per probe.
 """
 
 from __future__ import annotations
@@ -25,17 +30,34 @@ def run_probe(probe: Probe) -> CheckResult:
 
 
 def probe_key(probe: Probe) -> str:
-    """The probe's condition key and dedup_key."""
+    """The probe's condition key."""
     return f"probe:{probe.name}"
 
 
+def incident_key(probe: Probe, mode: str) -> str:
+    """The dedup_key of the probe's incident for one failure mode."""
+    return f"probe:{probe.name}:{mode}"
+
+
+def failure_mode(result: CheckResult) -> str:
+    """How the probe failed: refused, unreachable, timeout, a status class (5xx, 4xx ...), slow, body, error."""
+    failure = result.output.get("failure")
+    status = result.output.get("status")
+    if failure == "status" and isinstance(status, int):
+        return f"{status // 100}xx"
+    if isinstance(failure, str) and failure:
+        return failure
+    return "error"
+
+
 def observation(probe: Probe, result: CheckResult, host: str | None) -> Observation:
-    """The probe's result as a condition, with the event that reports it (stable text, dedup by name)."""
-    data = {"probe": probe.name, "url": probe.url, "detail": result.detail,
+    """The probe's result as a condition, with the event that reports it (stable text, dedup by name and mode)."""
+    mode = failure_mode(result) if not result.ok else "ok"
+    data = {"probe": probe.name, "url": probe.url, "detail": result.detail, "failure_mode": mode,
             "status": result.output.get("status"), "latency": result.output.get("latency")}
-    event = Event(source="probe", message=f"HTTP probe {probe.name} is failing: {probe.method} {probe.url}",
-                  severity=probe.severity, service=probe.service, host=host, dedup_key=probe_key(probe),
-                  labels={"probe": probe.name, "url": probe.url[:1024]}, details=data)
+    event = Event(source="probe", message=f"HTTP probe {probe.name} is failing ({mode}): {probe.method} {probe.url}",
+                  severity=probe.severity, service=probe.service, host=host, dedup_key=incident_key(probe, mode),
+                  labels={"probe": probe.name, "url": probe.url[:1024], "failure_mode": mode}, details=data)
     return Observation(key=probe_key(probe), failing=not result.ok, detail=result.detail, event=event,
                        failures_needed=probe.failures,
                        top_details={"check": probe.check_spec(), "probe": probe.name}, data=data)

@@ -4,9 +4,10 @@ The `commander` settings section (its keys and defaults: erdu_tasks/settings/rol
 
 Auto-resolution (the thresholds live in the `learning` section): a runbook qualifies when, on
 this fingerprint, it succeeded in at least `auto_resolve_min_success` of at least
-`auto_resolve_min_samples` validated attempts AND its latest attempt succeeded. So one failure
-drops the pattern back to the full path (diagnosis first) until a fix on the full path succeeds
-again, whatever the long-run rate.
+`auto_resolve_min_samples` validated attempts AND its latest attempt succeeded AND it remedies
+something: a runbook that only verifies (every action a noop) never qualifies, however often the
+error went away by itself. So one failure drops the pattern back to the full path (diagnosis first)
+until a fix on the full path succeeds again, whatever the long-run rate.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class RunbookRecord:
     attempts: int = 0
     successes: int = 0
     last_outcome: str | None = None      # "success" | "failure" | None (never tried)
+    remedial: bool = True                # False: it only verifies (noop actions); never auto-resolution
 
     @property
     def success_rate(self) -> float:
@@ -113,8 +115,8 @@ def business_hours(ctx: CommanderContext) -> bool | None:
 
 def proven_runbook(runbooks: list[RunbookRecord], min_success: float, min_samples: int) -> RunbookRecord | None:
     """The runbook that meets the auto-resolution bar (rate, sample size, latest attempt a success)."""
-    proven = [r for r in runbooks
-              if r.attempts >= min_samples and r.success_rate >= min_success and r.last_outcome == "success"]
+    proven = [r for r in runbooks if r.remedial
+              and r.attempts >= min_samples and r.success_rate >= min_success and r.last_outcome == "success"]
     return max(proven, key=lambda r: (r.success_rate, r.attempts), default=None)
 
 
@@ -132,6 +134,11 @@ def auto_resolution_status(runbooks: list[RunbookRecord], min_success: float, mi
     tried = [r for r in runbooks if r.attempts]
     if not tried:
         return "no: no fix has run on this pattern yet"
+    if not any(r.remedial for r in tried):
+        names = ", ".join(r.name for r in tried)
+        return f"no: {names} only verif{'ies' if len(tried) == 1 else 'y'} (noop actions); verifying never earns " \
+               "auto-resolution"
+    tried = [r for r in tried if r.remedial]
     best = max(tried, key=lambda r: (r.success_rate, r.attempts))
     why = []
     if best.attempts < min_samples:

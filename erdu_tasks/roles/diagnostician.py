@@ -5,6 +5,11 @@ runbook diagnosis hints (stronger when the runbook has a proven record on this p
 causes of earlier similar incidents (scaled by similarity), signatures in the log lines around
 the event, and the classification tags. The strongest wins; another source naming the same cause
 adds to its confidence; the rest are kept as alternatives.
+
+People are told the truth: the log lines are those of this incident's time window (roles/logwindow)
+and signatures are searched in their messages, not their headers; a classification tag alone is
+never a root cause (it is kept as an alternative); when nothing explains the incident, its root
+cause is "cause not yet known".
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from erdu_tasks.logline import message_of
 from erdu_tasks.model import Incident
 from erdu_tasks.roles.logwindow import LogWindow
 
@@ -73,6 +79,7 @@ class Hypothesis:
     cause: str
     confidence: float
     basis: list[str]
+    tag_only: bool = False      # only a classification tag suggests it: never the root cause
 
 
 @dataclass(frozen=True)
@@ -131,10 +138,11 @@ def diagnose(incident: Incident, ctx: DiagnosticianContext) -> Diagnosis:
             old = merged[key]
             strong, weak = (old, h) if old.confidence >= h.confidence else (h, old)
             merged[key] = Hypothesis(strong.cause, strong.confidence + 0.1 * weak.confidence,
-                                     strong.basis + weak.basis)
+                                     strong.basis + weak.basis, strong.tag_only and weak.tag_only)
         else:
             merged[key] = h
-    ranked = sorted(merged.values(), key=lambda h: h.confidence, reverse=True)
+    # A tag alone is never a root cause: tag-only hypotheses rank after every other source.
+    ranked = sorted(merged.values(), key=lambda h: (not h.tag_only, h.confidence), reverse=True)
     best = ranked[0]
 
     evidence = list(best.basis)
@@ -156,8 +164,9 @@ def diagnose(incident: Incident, ctx: DiagnosticianContext) -> Diagnosis:
         if ctx.log.error:
             evidence.append(f"log {ctx.log.path}: {ctx.log.error}")
         else:
-            evidence.append(f"{len(ctx.log.lines)} log line(s) around the event from {ctx.log.path} "
-                            f"(found by {ctx.log.found_by})")
+            evidence.append(f"{len(ctx.log.lines)} log line(s) around the event's first occurrence from "
+                            f"{ctx.log.path} ({ctx.log.describe()})")
+        evidence.extend(f"left out of the evidence: {note}" for note in ctx.log.left_out)
 
     gaps: list[str] = []
     if not ctx.runbook_hints:
@@ -206,8 +215,9 @@ def _candidates(incident: Incident, ctx: DiagnosticianContext) -> list[Hypothesi
         which = "earlier incident" if len(group) == 1 else f"{len(group)} earlier incidents"
         out.append(Hypothesis(cause, weight, [f"{which} {names} had root cause: {cause}"]))
     if ctx.log is not None and ctx.log.lines:
+        messages = [(line.text, message_of(line.text)) for line in ctx.log.lines]
         for pattern, cause in _LOG_SIGNATURES:
-            hits = [line.text for line in ctx.log.lines if pattern.search(line.text)]
+            hits = [text for text, message in messages if pattern.search(message)]
             if hits:
                 basis = [f"log line near the event: {hits[-1][:240]}"]
                 if len(hits) > 1:
@@ -215,7 +225,8 @@ def _candidates(incident: Incident, ctx: DiagnosticianContext) -> list[Hypothesi
                 out.append(Hypothesis(cause, min(0.35 + 0.05 * len(hits), 0.6), basis))
     for tag, cause in _TAG_CAUSES:
         if tag in incident.tags:
-            out.append(Hypothesis(cause, 0.3, [f"classified as {tag}"]))
+            out.append(Hypothesis(cause, 0.3, [f"classified as {tag} (a tag alone is not a root cause)"],
+                                  tag_only=True))
             break
     out.append(Hypothesis(f"{incident.title}: {UNKNOWN}", 0.15,
                           ["no runbook, earlier incident or log signature explains it"]))

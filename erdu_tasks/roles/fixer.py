@@ -9,8 +9,9 @@ The order of the checks is the order of the stakes:
 
 1. a silence that began after the commander's check stops the fix before anything runs
    (unless the fix already started: an approved or redelivered fix carries on);
-2. the auto-resolution shortcut is only for the proven runbook: if it no longer matches, the
-   incident goes back to the full path (diagnosis first);
+2. the auto-resolution shortcut is only for the proven runbook: if it no longer matches, or it
+   only verifies (every action a noop, which never earns auto-resolution), the incident goes back
+   to the full path (diagnosis first);
 3. no matching runbook is a skill gap, escalated to people;
 4. a runbook that already ran `max_runs` times in `per_seconds` on this service escalates
    instead of looping (checked once, when the attempt starts);
@@ -53,6 +54,8 @@ class Candidate:
     """Start times of this runbook's runs on the incident's service for other incidents."""
     success_rate: float | None = None
     """The learned success rate on this fingerprint (None: no attempts yet)."""
+    remedial: bool = True
+    """False for a runbook that only verifies (noop actions): never the auto-resolution shortcut."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,11 @@ def plan(incident: Incident, ctx: FixContext) -> FixPlan:
         return FixPlan(Outcome.DIAGNOSE_FIRST,
                        (f"proven runbook {preferred} no longer matches: full path, diagnosis first",),
                        attempt=attempt)
+    if (incident.auto_resolved and incident.status is Status.ASSIGNED and not fix_state.get("runbook")
+            and candidate is not None and not candidate.remedial):
+        return FixPlan(Outcome.DIAGNOSE_FIRST,
+                       (f"runbook {candidate.name} only verifies (noop actions) and never counts toward "
+                        "auto-resolution: full path, diagnosis first",), attempt=attempt)
     if candidate is None:
         gap = f"no runbook matches '{incident.title}' (service {incident.service or '-'})"
         return FixPlan(Outcome.ESCALATE_SKILL_GAP, (f"skill gap: {gap}",), attempt=attempt, skill_gap=gap)

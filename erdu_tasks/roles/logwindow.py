@@ -4,6 +4,14 @@ The path comes from the event (labels["path"], set by the log monitor), so it is
 command: a file is read only if it lies under a configured log root (`learning.evidence.log_roots`)
 or is one of the log monitor's own files. At most `max_bytes` are read and at most
 `lines_before + 1 + lines_after` lines of `max_line_chars` are kept.
+
+The window is bounded by time: the event line is the incident's first occurrence (the line at its
+byte offset, else the line with its message nearest in time to the first occurrence, else the
+line nearest that time), and only lines stamped from `seconds_before` before it to
+`seconds_after` after it are evidence (a line without a timestamp takes the one of the line
+above it: a traceback's frames belong to their first line). When the lines carry no timestamps,
+the window falls back to position (`bounded_by: position`) and says so. Lines that belong to
+other incidents are taken out by the caller (`without_lines_of`), never the event line itself.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -39,6 +47,18 @@ class LogWindow:
     lines: list[LogLine] = field(default_factory=list)
     found_by: str = "none"          # message | offset | time | tail | none
     error: str | None = None
+    bounded_by: str = "position"    # time: lines stamped around the event | position: lines before/after it
+    start: str | None = None        # the time bounds (ISO-8601) when bounded by time
+    end: str | None = None
+    left_out: list[str] = field(default_factory=list)   # why lines near the event are not evidence
+
+    def describe(self) -> str:
+        """How the lines were chosen, in one phrase for the evidence."""
+        if self.bounded_by == "time":
+            how = f"stamped {self.start} to {self.end}"
+        else:
+            how = "by position (the lines carry no timestamps to bound them by time)"
+        return f"found by {self.found_by}, {how}"
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -143,10 +163,58 @@ def read_window(path: str, *, message: str | None, at: datetime | None, cfg: Evi
         return LogWindow(path, error="no complete lines in the read window")
     anchor, how = _anchor(lines, first_offset, offset, message, at, cfg)
     lo, hi = max(0, anchor - cfg.lines_before), min(len(lines), anchor + cfg.lines_after + 1)
+    stamps = _stamps(lines)
+    centre = stamps[anchor]
+    if at is not None and any(stamps) and (centre is None or how == "tail"):   # no event line found: its time
+        centre = _utc(at)
+    bounds: tuple[datetime, datetime] | None = None
+    if centre is not None:
+        bounds = (centre - timedelta(seconds=cfg.seconds_before), centre + timedelta(seconds=cfg.seconds_after))
     cut = cfg.max_line_chars
-    picked = [LogLine(text if len(text) <= cut else text[:cut] + " …", i == anchor)
-              for i, text in enumerate(lines[lo:hi], start=lo)]
-    return LogWindow(path, picked, how)
+    picked, outside = [], 0
+    for i in range(lo, hi):
+        if bounds is not None and i != anchor and not (stamps[i] is not None and bounds[0] <= stamps[i] <= bounds[1]):
+            outside += 1
+            continue
+        text = lines[i]
+        picked.append(LogLine(text if len(text) <= cut else text[:cut] + " …", i == anchor))
+    if bounds is None:
+        return LogWindow(path, picked, how)
+    notes = [f"{outside} line(s) near the event stamped outside {cfg.seconds_before:g} s before to "
+             f"{cfg.seconds_after:g} s after it"] if outside else []
+    return LogWindow(path, picked, how, bounded_by="time", start=bounds[0].isoformat(), end=bounds[1].isoformat(),
+                     left_out=notes)
+
+
+def without_lines_of(window: LogWindow, owners: dict[int, str]) -> LogWindow:
+    """The window without the lines (by position in `window.lines`) that belong to other incidents.
+
+    `owners` maps a line's position to the incident it belongs to; the event line always stays.
+    """
+    drop = {i: inc for i, inc in owners.items() if 0 <= i < len(window.lines) and not window.lines[i].event}
+    if not drop:
+        return window
+    kept = [line for i, line in enumerate(window.lines) if i not in drop]
+    incidents = sorted(set(drop.values()))
+    note = (f"{len(drop)} line(s) belong to other incidents and are not evidence for this one: "
+            + ", ".join(incidents[:5]) + (" ..." if len(incidents) > 5 else ""))
+    return replace(window, lines=kept, left_out=[*window.left_out, note])
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _stamps(lines: list[str]) -> list[datetime | None]:
+    """Each line's timestamp; a line without one takes the one above it (a traceback's frames, a wrapped line)."""
+    out: list[datetime | None] = []
+    last: datetime | None = None
+    for text in lines:
+        stamp = parse_timestamp(text)
+        if stamp is not None:
+            last = stamp
+        out.append(last)
+    return out
 
 
 def _anchor(lines: list[str], first_offset: int, offset: int | None, message: str | None,
@@ -159,9 +227,15 @@ def _anchor(lines: list[str], first_offset: int, offset: int | None, message: st
                 return i, "offset"
     needle = _needle(message)
     if needle:
-        for i in range(len(lines) - 1, -1, -1):
-            if needle in lines[i]:
-                return i, "message"
+        hits = [i for i in range(len(lines)) if needle in lines[i]]
+        if hits:
+            if at is not None:   # the first occurrence: the hit nearest in time to it, else the latest
+                target = _utc(at)
+                stamps = _stamps(lines)
+                timed = [(abs((stamps[i] - target).total_seconds()), -i) for i in hits if stamps[i] is not None]
+                if timed and min(timed)[0] <= cfg.window_seconds:
+                    return -min(timed)[1], "message"
+            return hits[-1], "message"
     if at is not None:
         target = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
         best: tuple[float, int] | None = None

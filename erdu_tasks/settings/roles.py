@@ -110,7 +110,9 @@ class EvidenceConfig(Section):
     lines_after: int = Field(default=10, ge=0, le=1000)
     max_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
     max_line_chars: int = Field(default=500, ge=40, le=10_000)
-    window_seconds: float = Field(default=120.0, gt=0)
+    window_seconds: float = Field(default=120.0, gt=0)   # how far from the first occurrence the event line may be
+    seconds_before: float = Field(default=10.0, ge=0, le=3600)   # evidence: lines this long before the event ...
+    seconds_after: float = Field(default=5.0, ge=0, le=3600)     # ... to this long after it (by their timestamps)
 
 
 class LearningConfig(Section):
@@ -123,6 +125,9 @@ class LearningConfig(Section):
     related_limit: int = Field(default=5, ge=1, le=50)
     related_min_score: float = Field(default=0.3, ge=0.05, le=1)
     related_lookback_days: float = Field(default=90, gt=0)
+    # A new incident of the fingerprint this soon after a validated fix marks that fix failed after the
+    # fact (a runbook's `recurrence_window` overrides it; 0 turns it off).
+    recurrence_window_seconds: float = Field(default=300.0, ge=0, le=7 * 86400)
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
 
 

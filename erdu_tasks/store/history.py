@@ -69,6 +69,18 @@ def related_incidents(conn: psycopg.Connection, incident: Incident, *, limit: in
     return out[:limit]
 
 
+def latest_incidents_of(conn: psycopg.Connection, fingerprints: list[str], *, exclude: str) -> dict[str, str]:
+    """Fingerprint -> the latest incident (other than `exclude`) that has it, for the fingerprints that have one."""
+    if not fingerprints:
+        return {}
+    rows = conn.execute(
+        "SELECT DISTINCT ON (fingerprint) fingerprint, id FROM incidents WHERE fingerprint = ANY(%s) AND id <> %s"
+        " ORDER BY fingerprint, created_at DESC",
+        (sorted(set(fingerprints)), exclude),
+    ).fetchall()
+    return {r["fingerprint"]: r["id"] for r in rows}
+
+
 def pattern(conn: psycopg.Connection, fingerprint: str) -> dict[str, Any] | None:
     """The learned counters of one fingerprint, with its mean time to resolve (None before any)."""
     row = conn.execute("SELECT * FROM error_patterns WHERE fingerprint = %s", (fingerprint,)).fetchone()
@@ -126,6 +138,48 @@ def record_fix_attempt(conn: psycopg.Connection, fingerprint: str, runbook: str,
         """,
         (fingerprint, runbook, int(success), "success" if success else "failure"),
     )
+
+
+def settle_run(conn: psycopg.Connection, incident_id: str, attempt: int, *, success: bool, counted: bool,
+               hold_seconds: float) -> None:
+    """Store a run's outcome; a counted success is watched for a recurrence for `hold_seconds` (0: not watched)."""
+    conn.execute(
+        "UPDATE runbook_runs SET outcome = %s, finished_at = now(), counted = %s,"
+        " hold_until = CASE WHEN %s AND %s > 0 THEN now() + make_interval(secs => %s) END"
+        " WHERE incident_id = %s AND attempt = %s",
+        ("success" if success else "failure", counted, success and counted, hold_seconds, hold_seconds,
+         incident_id, attempt),
+    )
+
+
+def fixes_that_did_not_hold(conn: psycopg.Connection, fingerprint: str, recurrence: str) -> list[dict[str, Any]]:
+    """A new incident (`recurrence`) of the fingerprint came while earlier validated fixes were still watched:
+    mark each such run failed after the fact and correct the learned figures. Returns the corrected runs.
+
+    The run's outcome becomes 'recurred'; its (fingerprint, runbook) successes drop by one, and the latest
+    outcome becomes a failure when the run was the latest counted one, so auto-resolution stops trusting it.
+    """
+    runs = conn.execute(
+        "UPDATE runbook_runs SET outcome = 'recurred', recurred_by = %s"
+        " WHERE fingerprint = %s AND outcome = 'success' AND hold_until > now() AND incident_id <> %s"
+        " RETURNING incident_id, attempt, runbook, counted, finished_at,"
+        " extract(epoch FROM now() - finished_at) AS after_seconds",
+        (recurrence, fingerprint, recurrence),
+    ).fetchall()
+    for run in runs:
+        if not run["counted"]:
+            continue
+        conn.execute(
+            """
+            UPDATE pattern_action_stats SET successes = greatest(successes - 1, 0),
+                   last_outcome = CASE WHEN EXISTS (
+                       SELECT 1 FROM runbook_runs WHERE fingerprint = %(fp)s AND runbook = %(rb)s AND counted
+                       AND finished_at > %(at)s) THEN last_outcome ELSE 'failure' END
+            WHERE fingerprint = %(fp)s AND runbook = %(rb)s
+            """,
+            {"fp": fingerprint, "rb": run["runbook"], "at": run["finished_at"]},
+        )
+    return [dict(r) for r in runs]
 
 
 def record_resolution(conn: psycopg.Connection, incident: Incident, *, human: bool) -> None:

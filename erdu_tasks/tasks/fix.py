@@ -75,8 +75,11 @@ def _fix(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str)
         return None
     fixing.claim_run(conn, incident, decision.attempt, runbook)
     lease(conn, incident.id, _budget(runbook))
+    hold = (runbook.recurrence_window if runbook.recurrence_window is not None
+            else rt.learning.recurrence_window_seconds)
     return Outside(act=lambda: _act(rt, incident, runbook, decision),
-                   settle=lambda tx, outcome: _settle(tx, incident, runbook, decision.attempt, outcome, worker))
+                   settle=lambda tx, outcome: _settle(tx, incident, runbook, decision.attempt, outcome, worker,
+                                                      hold_seconds=hold))
 
 
 def _context(conn: psycopg.Connection, rt: Runtime, incident: Incident, runbooks: list[Runbook],
@@ -89,7 +92,7 @@ def _context(conn: psycopg.Connection, rt: Runtime, incident: Incident, runbooks
         candidates.append(Candidate(
             name=rb.name, approval_required=rb.approval is Approval.REQUIRED, dry_run=rb.dry_run,
             max_runs=rb.limits.max_runs, per_seconds=rb.limits.per_seconds, recent_runs=runs.get(rb.name, ()),
-            success_rate=successes / attempts if attempts else None))
+            success_rate=successes / attempts if attempts else None, remedial=rb.remedial))
     return FixContext(now=now, candidates=tuple(candidates), silence_id=silence_id,
                       dry_run=bool(rt.settings.dry_run))
 
@@ -100,6 +103,7 @@ def _budget(runbook: Runbook) -> float:
     check = runbook.validation
     if check is not None:
         seconds += check.delay + check.attempts * (check.timeout + check.interval) + getattr(check, "window", 0.0)
+        seconds += runbook.stable_for * 2 + check.timeout   # the hold: re-checks every interval
     return seconds
 
 
@@ -135,8 +139,11 @@ def _act(rt: Runtime, incident: Incident, runbook: Runbook, decision: FixPlan) -
 
 
 def _settle(conn: psycopg.Connection, incident: Incident, runbook: Runbook, attempt: int,
-            outcome: dict[str, Any], worker: str) -> Stage | None:
-    """Store what the fix did: resolved if it held, else escalated; the learned counts either way."""
+            outcome: dict[str, Any], worker: str, *, hold_seconds: float = 0.0) -> Stage | None:
+    """Store what the fix did: resolved if it held, else escalated; the learned counts either way.
+
+    A validated fix is then watched for `hold_seconds`: a new incident of the fingerprint in that time marks
+    it failed after the fact (ingest.accept -> store.history.fixes_that_did_not_hold)."""
     ok = bool(outcome["validation"]["ok"])
     current = store.get_incident(conn, incident.id, for_update=True)
     if current is None or current.status is not Status.FIXING:
@@ -149,10 +156,10 @@ def _settle(conn: psycopg.Connection, incident: Incident, runbook: Runbook, atte
                                 f" — {entry['detail'][:300]}",
                            details=entry)
     lease(conn, incident.id, 0)   # settled: the next stage is on the normal deadline again
-    if not outcome.get("dry_run"):   # a dry run changed nothing, so it proves nothing about the fix
+    counted = not outcome.get("dry_run")   # a dry run changed nothing, so it proves nothing about the fix
+    if counted:
         history.record_fix_attempt(conn, incident.fingerprint, runbook.name, success=ok)
-    conn.execute("UPDATE runbook_runs SET outcome = %s WHERE incident_id = %s AND attempt = %s",
-                 ("success" if ok else "failure", incident.id, attempt))
+    history.settle_run(conn, incident.id, attempt, success=ok, counted=counted, hold_seconds=hold_seconds)
     if ok:
         store.transition(conn, incident.id, expected=[Status.FIXING], to=Status.RESOLVED, actor="fixer",
                          worker=worker, what=f"validated: {outcome['validation']['detail'][:300]}",

@@ -14,6 +14,7 @@ from erdu_tasks.app import app
 from erdu_tasks.model import Incident, Status
 from erdu_tasks.names import Stage
 from erdu_tasks.brains import Thought
+from erdu_tasks.ingest.detect.fingerprint import fingerprint
 from erdu_tasks.roles.report import build_report, report_paths, write_report
 from erdu_tasks.roles import commander, diagnostician, logwindow, resolver
 from erdu_tasks.runtime import Runtime
@@ -37,7 +38,7 @@ def commander_context(conn: psycopg.Connection, rt: Runtime, incident: Incident)
     records = history.runbook_records(conn, incident.fingerprint)
     stats = {name: (r["attempts"], r["successes"]) for name, r in records.items()}
     runbooks = [commander.RunbookRecord(rb.name, *stats.get(rb.name, (0, 0)),
-                                        (records.get(rb.name) or {}).get("last_outcome"))
+                                        (records.get(rb.name) or {}).get("last_outcome"), remedial=rb.remedial)
                 for rb in matching_runbooks(rt, incident, stats)]
     services, user_facing, dependants, user_facing_dependants = _blast_radius(rt, incident)
     return commander.CommanderContext(
@@ -133,7 +134,7 @@ def diagnostician_context(conn: psycopg.Connection, rt: Runtime,
         related=related,
         pattern=_pattern_history(conn, incident.fingerprint),
         fixes=fixes,
-        log=_log_evidence(rt, incident, lcfg),
+        log=_log_evidence(conn, rt, incident, lcfg),
         runbook_hints={rb.name: rb.diagnosis_hint or rb.description or rb.name
                        for rb in matching_runbooks(rt, incident, stats)},
     )
@@ -147,17 +148,43 @@ def _pattern_history(conn: psycopg.Connection, fingerprint: str) -> diagnosticia
         auto_resolved=int(pat.get("auto_resolved", 0)), mean_time_to_resolve=pat.get("mean_time_to_resolve"))
 
 
-def _log_evidence(rt: Runtime, incident: Incident, lcfg: history.LearningConfig) -> logwindow.LogWindow | None:
-    """The lines around the event in the log file it names (only under configured log roots)."""
+def _log_evidence(conn: psycopg.Connection, rt: Runtime, incident: Incident,
+                  lcfg: history.LearningConfig) -> logwindow.LogWindow | None:
+    """The lines around the event's first occurrence in the log file it names (only under configured log
+    roots), bounded by time, without the lines that belong to other incidents."""
     path = logwindow.log_path_of(incident.labels, incident.error_details)
     if path is None:
         return None
     offset = incident.labels.get("offset")
     roots = [*lcfg.evidence.log_roots, *logwindow.monitor_paths(rt.settings.monitors)]
-    return logwindow.read_window(
+    window = logwindow.read_window(
         path, message=incident.error_details.get("message") or incident.description,
-        at=incident.last_seen or incident.created_at, cfg=lcfg.evidence, roots=roots,
+        at=first_occurrence(incident), cfg=lcfg.evidence, roots=roots,
         offset=int(offset) if isinstance(offset, str) and offset.isdigit() else None)
+    return logwindow.without_lines_of(window, _owners_of_lines(conn, incident, window))
+
+
+def _owners_of_lines(conn: psycopg.Connection, incident: Incident, window: logwindow.LogWindow) -> dict[int, str]:
+    """Position -> the other incident a line of the window belongs to: its fingerprint, computed as the log
+    monitor computes it, is another incident's (a line of this incident's own fingerprint stays)."""
+    keys = {i: fingerprint(line.text, incident.service).key for i, line in enumerate(window.lines)
+            if not line.event and line.text.strip()}
+    keys = {i: key for i, key in keys.items() if key != incident.fingerprint}
+    owner = history.latest_incidents_of(conn, list(keys.values()), exclude=incident.id)
+    return {i: owner[key] for i, key in keys.items() if key in owner}
+
+
+def first_occurrence(incident: Incident) -> datetime | None:
+    """When the incident's first event happened: as its producer stamped it, else when it was stored."""
+    stamped = (incident.error_details or {}).get("occurred_at")
+    if isinstance(stamped, str):
+        try:
+            moment = datetime.fromisoformat(stamped)
+        except ValueError:
+            moment = None
+        if moment is not None:
+            return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return incident.created_at
 
 
 def _diagnose(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str) -> Stage | None:
@@ -229,17 +256,19 @@ def close_incident(conn: psycopg.Connection, rt: Runtime, incident: Incident, wo
     # a failure to write it rolls the close back and the stage is retried.
     closed = store.get_incident(conn, incident.id, with_timeline=True) or incident
     report = build_report(closed, {**resolution.as_dict(), "brain": thought.note()}, related=related,
-                          learning=_learning(conn, incident.fingerprint, lcfg),
+                          learning=_learning(conn, rt, incident.fingerprint, lcfg),
                           children=inhibition.children_of(conn, incident.id))
     write_report(rt.settings.reports_dir, report)
     return True
 
 
-def _learning(conn: psycopg.Connection, fingerprint: str, lcfg: history.LearningConfig) -> dict:
+def _learning(conn: psycopg.Connection, rt: Runtime, fingerprint: str, lcfg: history.LearningConfig) -> dict:
     """What the pattern's counters say now, for the report."""
     pat = _pattern_history(conn, fingerprint)
     records = history.runbook_records(conn, fingerprint)
-    runbooks = [commander.RunbookRecord(name, r["attempts"], r["successes"], r["last_outcome"])
+    loaded = {rb.name: rb for rb in rt.runbooks.runbooks}
+    runbooks = [commander.RunbookRecord(name, r["attempts"], r["successes"], r["last_outcome"],
+                                        remedial=loaded[name].remedial if name in loaded else True)
                 for name, r in sorted(records.items())]
     return {
         "pattern": {"incidents": pat.incidents, "occurrences": pat.occurrences, "resolved": pat.resolved,

@@ -4,6 +4,7 @@ related incidents ranked by similarity, MTTA/MTTR in `erdu stats`."""
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 
 import pytest
@@ -21,11 +22,15 @@ def runbooks_yaml(flag, record):
             match:
               title_pattern: "(?i)widget cache corrupted"
             diagnosis_hint: The widget cache holds entries written while its node was out of disk.
-            actions:
-              - action: noop
-                params: {{message: "widget cache dropped; rebuilt from origin", record_to: "{record}"}}
+            actions:   # a real action: a runbook that only verifies (noop) never earns auto-resolution
+              - action: run_command
+                params: {{argv: ["{sys.executable}", "-c", "import sys; print('run', file=open(sys.argv[1], 'a'))",
+                                 "{record}"]}}
             validation: {{check: command, argv: ["test", "-f", "{flag}"], timeout: 5}}
             limits: {{max_runs: 1000, per_seconds: 3600}}
+            # The incidents below follow one another within seconds, each a new occurrence after a fix
+            # that is taken to have held: no recurrence window, so none marks the fix before it failed.
+            recurrence_window: 0
     """)
 
 

@@ -374,10 +374,10 @@ def test_a_probe_fails_three_times_opens_one_incident_recovers_and_flaps(fresh_d
     flaky.status = 200
     assert run() == "recovered"
     assert run() == "ok"
-    # Flap: slow now (latency over the threshold), one failure is not enough, three are.
-    flaky.delay = 0.7
+    # Flap: the same failure mode again; one failure is not enough, three are: the same incident.
+    flaky.status = 503
     assert [run(), run(), run()] == ["pending", "pending", "firing"]
-    flaky.delay = 0.0
+    flaky.status = 200
     assert run() == "recovered"
 
     timeline = [t["what"] for t in incident_rows(
@@ -387,6 +387,14 @@ def test_a_probe_fails_three_times_opens_one_incident_recovers_and_flaps(fresh_d
     assert len(incident_rows(fresh_database_url)) == 1 and len(created) == 1
     st = incident_rows(fresh_database_url, "SELECT * FROM monitor_state WHERE key = 'probe:orders-health'")[0]
     assert st["recoveries"] == 2 and st["failures"] == 0 and st["incident_id"] == incident["id"]
+
+    # Slow now (latency over the threshold): another failure mode of the probe, so another incident.
+    flaky.delay = 0.7
+    assert [run(), run(), run()] == ["pending", "pending", "firing"]
+    flaky.delay = 0.0
+    rows = incident_rows(fresh_database_url, "SELECT * FROM incidents ORDER BY created_at")
+    assert len(rows) == 2 and rows[1]["fingerprint"] != incident["fingerprint"] and len(created) == 2
+    assert rows[0]["labels"]["failure_mode"] == "5xx" and rows[1]["labels"]["failure_mode"] == "slow"
     db.close()
 
 

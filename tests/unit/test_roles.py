@@ -205,8 +205,8 @@ DIAGNOSIS_CASES = [
         runbook_hints={"reset-cache": "The cache holds corrupt entries."},
         fixes=[diagnostician.FixRecord("reset-cache", 6, 6, 1.0, "success")]),
      "The cache holds corrupt entries.", 0.8, 0.9, False),
-    ("no runbook: a skill gap, cause from tags", {"tags": ["database"]}, diagnostician.DiagnosticianContext(),
-     "database is unreachable", 0.25, 0.35, True),
+    ("no runbook: a skill gap; a tag alone is not a cause", {"tags": ["database"]},
+     diagnostician.DiagnosticianContext(), "cause not yet known", 0.1, 0.2, True),
     ("the same pattern's earlier root cause", {}, diagnostician.DiagnosticianContext(related=[REL_SAME]),
      "stale shard map", 0.75, 0.85, True),
     ("a log signature next to the event", {}, diagnostician.DiagnosticianContext(

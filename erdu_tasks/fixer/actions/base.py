@@ -304,21 +304,31 @@ def http_exchange(method: str, url: str, *, timeout: float, headers: Mapping[str
                         break
                     if time.monotonic() - started > timeout:
                         return ActionResult(False, f"timed out after {timeout:g}s reading the body",
-                                            time.monotonic() - started, output)
+                                            time.monotonic() - started, {**output, "failure": "timeout"})
                 status = response.status_code
     except httpx.TimeoutException:
-        return ActionResult(False, f"timed out after {timeout:g}s: {method} {url}", time.monotonic() - started, output)
+        return ActionResult(False, f"timed out after {timeout:g}s: {method} {url}", time.monotonic() - started,
+                            {**output, "failure": "timeout"})
+    except httpx.ConnectError as exc:
+        failure = "refused" if "refused" in str(exc).lower() else "unreachable"
+        return ActionResult(False, f"{type(exc).__name__}: {exc}", time.monotonic() - started,
+                            {**output, "failure": failure})
     except httpx.HTTPError as exc:
-        return ActionResult(False, f"{type(exc).__name__}: {exc}", time.monotonic() - started, output)
+        return ActionResult(False, f"{type(exc).__name__}: {exc}", time.monotonic() - started,
+                            {**output, "failure": "error"})
     duration = time.monotonic() - started
     text = bytes(body[:OUTPUT_CAP]).decode("utf-8", "replace")
     output.update(status=status, latency=round(latency, 4), body=text)
     if expect_status is not None and status not in expect_status:
-        return ActionResult(False, f"{method} {url} returned {status}, expected {list(expect_status)}", duration, output)
+        return ActionResult(False, f"{method} {url} returned {status}, expected {list(expect_status)}", duration,
+                            {**output, "failure": "status"})
     if expect_status is None and not 200 <= status < 300:
-        return ActionResult(False, f"{method} {url} returned {status}, expected 2xx", duration, output)
+        return ActionResult(False, f"{method} {url} returned {status}, expected 2xx", duration,
+                            {**output, "failure": "status"})
     if max_latency is not None and latency > max_latency:
-        return ActionResult(False, f"{method} {url} took {latency:.3f}s, more than {max_latency:g}s", duration, output)
+        return ActionResult(False, f"{method} {url} took {latency:.3f}s, more than {max_latency:g}s", duration,
+                            {**output, "failure": "slow"})
     if body_contains is not None and body_contains not in text:
-        return ActionResult(False, f"{method} {url} body lacks {body_contains!r}", duration, output)
+        return ActionResult(False, f"{method} {url} body lacks {body_contains!r}", duration,
+                            {**output, "failure": "body"})
     return ActionResult(True, f"{method} {url} returned {status} in {latency:.3f}s", duration, output)

@@ -17,7 +17,9 @@ A rule file is a mapping::
         tags: [payments]
         title: 'Payments declined on {service}'   # {service} {host} {source} or a named group
 
-Fields are ``message``, ``source``, ``service``, ``host`` and ``labels.<key>``. A rule matches
+Fields are ``message``, ``source``, ``service``, ``host`` and ``labels.<key>``. ``message`` is the
+text after a log line's header (timestamp, host, ``program[pid]:``, logger; see erdu_tasks/logline.py),
+so a rule never fires on a service's own name in that header. A rule matches
 when every field under ``match`` matches (a list of patterns means any of them) and no
 field under ``unless`` does; a missing field (no service, no such label) matches nothing.
 Patterns are RE2 (google-re2), searched anywhere in the field: matching takes linear time,
@@ -55,6 +57,7 @@ import re2
 import yaml
 
 from erdu_tasks.errors import ConfigError
+from erdu_tasks.logline import message_of
 from erdu_tasks.model import Event, Severity
 
 BUILTIN_ORIGIN = "built-in rules (erdu_tasks/defaults/rules.yaml)"
@@ -382,6 +385,8 @@ def _severity(value: Any) -> Severity:
 def _field(event: Event, field: str) -> str | None:
     if field.startswith("labels."):
         return event.labels.get(field[7:])
+    if field == "message":   # the text after the line's header: `api[812]:` is not about an API
+        return message_of(event.message)
     return getattr(event, field)
 
 
