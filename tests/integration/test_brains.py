@@ -5,6 +5,7 @@ incident's timeline."""
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 import threading
 import time
@@ -33,6 +34,15 @@ OUT_OF_SCHEMA = {
     "diagnostician": {**VALID["diagnostician"], "confidence": 7},
     "resolver": {k: v for k, v in VALID["resolver"].items() if k != "impact"},
 }
+
+
+def data_of(body: dict) -> dict:
+    """The untrusted JSON block of a chat request, found by the markers the system prompt names."""
+    system, user = body["messages"][0]["content"], body["messages"][1]["content"]
+    begin = re.search(r"\u27e6BEGIN UNTRUSTED DATA [0-9a-f]+\u27e7", system).group(0)
+    end = begin.replace("BEGIN", "END")
+    assert user.count(begin) == 1 and user.count(end) == 1
+    return json.loads(user.split(begin, 1)[1].split(end, 1)[0])
 
 
 class FakeLLM:
@@ -76,7 +86,7 @@ class FakeLLM:
 
     def answer(self, body: dict) -> tuple[int, str]:
         system = body["messages"][0]["content"]
-        user = json.loads(body["messages"][1]["content"])["incident"]["description"]   # this incident only
+        user = data_of(body)["incident"]["description"]   # this incident only
         role = next(r for r in ("commander", "diagnostician", "resolver") if f"You are the {r}" in system)
         if "malformed-case" in user:
             return 200, '{"severity": "P2", "decision": '
@@ -133,9 +143,12 @@ def test_each_role_uses_a_valid_answer_and_falls_back_to_the_rules_otherwise(fak
             assert thought.brain == "rules" and reason in thought.fallback, (role, thought.fallback)
     if reason is None:
         assert thoughts["commander"].value.severity is Severity.P2
-        assert thoughts["commander"].value.reasons == ["fake model: customers notice this"]
-        assert thoughts["diagnostician"].value.root_cause.startswith("fake model")   # fenced JSON accepted
-        assert thoughts["diagnostician"].value.confidence == 0.77
+        assert "model's advice: fake model: customers notice this" in thoughts["commander"].value.reasons
+        # Fenced JSON accepted; the rules know no cause here, so the model's is a hypothesis, not the root cause.
+        diagnosis = thoughts["diagnostician"].value
+        assert "cause not yet known" in diagnosis.root_cause and not diagnosis.established
+        assert diagnosis.alternatives[0]["cause"] == "model's advice: " + VALID["diagnostician"]["root_cause"]
+        assert diagnosis.alternatives[0]["confidence"] == 0.77
         assert thoughts["resolver"].value.summary.startswith("Fake model summary")
     else:
         assert thoughts["commander"].value.severity is Severity.P3                 # the rules' answer
@@ -193,7 +206,7 @@ def test_the_pipeline_records_the_brain_and_every_fallback_reason_on_the_timelin
 
     valid = rows["valid-case"]
     assert valid["severity"] == "P2" and valid["assessment"]["brain"]["name"] == "llm"
-    assert valid["assessment"]["reasons"] == ["fake model: customers notice this"]
+    assert "model's advice: fake model: customers notice this" in valid["assessment"]["reasons"]
     assert valid["root_cause"].startswith("fake model") and valid["diagnosis"]["brain"]["model"] == "fake-1"
     assert valid["lessons_learned"] == ["fake model lesson"] and notes(valid) == []
     md = (stack.reports / f"{valid['id']}.md").read_text()
