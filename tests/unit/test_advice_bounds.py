@@ -235,3 +235,25 @@ def test_each_prompt_has_its_own_markers_and_a_huge_incident_still_gives_whole_j
 def test_model_text_is_plain_and_capped(raw, limit, expect):
     assert plain_text(raw, limit) == expect
     assert len(plain_text(raw, limit)) <= limit
+
+
+# ---- notifications: a model's root cause is said to be its advice, and escaped per channel --------------
+
+@pytest.mark.parametrize("brain, marked", [
+    ({"name": "llm", "model": "m", "fallback": None}, True),
+    ({"name": "rules", "model": None, "fallback": "timeout"}, False),
+    (None, False),
+])
+def test_a_notification_marks_a_model_s_root_cause_as_advice(brain, marked):
+    from erdu_tasks.escalation.channels.base import Notification
+    from erdu_tasks.escalation.channels.slack import slack_payload
+
+    cause = plain_text("<!channel> *now* <http://evil.example|login>\x1b[2J", 500)
+    diagnosis = {"root_cause": cause, "established": True, **({"brain": brain} if brain else {})}
+    incident = Incident(id="INC-20250611095900-0000abcd", fingerprint="fp", title="t", description="d",
+                        severity=Severity.P1, status=Status.ESCALATED, source="test", root_cause=cause,
+                        diagnosis=diagnosis, created_at=NOW)
+    note = Notification.from_incident(incident, reason="P1 and no runbook covers it")
+    assert note.root_cause == (ADVICE_PREFIX + cause if marked else cause) and "\x1b" not in note.root_cause
+    slack = json.dumps(slack_payload(note))
+    assert "<!channel>" not in slack and "<http://evil.example" not in slack
