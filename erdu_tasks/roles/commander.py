@@ -12,11 +12,11 @@ until a fix on the full path succeeds again, whatever the long-run rate.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
-
 
 from erdu_tasks.model import Incident, Severity
 from erdu_tasks.settings.roles import BusinessHours, CommanderConfig  # noqa: F401 - the section models, re-exported
@@ -101,6 +101,7 @@ class Assessment:
     runbook: str | None = None
     factors: list[Factor] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
+    advice: dict[str, Any] | None = None    # what an advising brain said, and what the rules bounded
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -242,6 +243,124 @@ def assess(incident: Incident, ctx: CommanderContext) -> Assessment:
         return decide(Decision.AUTOMATE, "automate: diagnose (no runbook can help yet)")
     best = max(reach, key=lambda r: r.smoothed_rate) if any(r.attempts for r in reach) else reach[0]
     return decide(Decision.AUTOMATE, f"automate: diagnose, then fix with {best.name}", best.name)
+
+
+# ---- advice: another brain proposes, the rules bound ----------------------------------------
+
+HUMAN_INVOLVEMENT = {Decision.AUTO_FIX: 0, Decision.AUTOMATE: 1, Decision.ESCALATE: 2}
+"""How much a decision puts people in the loop; advice may only keep it or raise it."""
+
+PROTECTED = frozenset({Severity.P1, Severity.P2})
+"""Patterns the rules call this severe are never made less urgent by advice."""
+
+ADVICE_PREFIX = "model's advice: "
+
+
+@dataclass(frozen=True)
+class Advice:
+    """What an advising brain (a model) proposes; its text already made plain by the brain."""
+
+    severity: Severity
+    decision: Decision
+    reasons: Sequence[str]
+    runbook: str | None = None
+
+
+def stated_factors(reasons: Sequence[str]) -> int:
+    """How many distinct factors the advice states: a reason said twice (or only in other case/spacing) counts once."""
+    return len({" ".join(r.split()).casefold() for r in reasons if r and r.strip()})
+
+
+def bounded_severity(rules: Severity, classified: Severity, advised: Severity, factors: int) -> Severity:
+    """The advised severity, moved from the rules' at most one step per stated factor; never less urgent than the
+    rules' for a pattern the rules (or its classification) call P1/P2."""
+    delta = advised.rank - rules.rank          # > 0: less urgent
+    steps = min(abs(delta), max(factors, 0))
+    if delta > 0:
+        return rules if (rules in PROTECTED or classified in PROTECTED) else rules.lowered(steps)
+    return rules.raised(steps)
+
+
+def bound_advice(rules: Assessment, advice: Advice, ctx: CommanderContext) -> Assessment:
+    """The ONE place where a brain's advice meets the rules' assessment; the rules bound every field.
+
+    - severity: at most one step per stated factor from the rules' severity, never lowered for P1/P2 patterns;
+    - decision: only towards more human involvement (auto_fix < automate < escalate): an escalation stays one;
+      and a severity the rules escalate when no runbook can help is escalated, whoever raised it;
+    - runbook: auto_fix only with the runbook the rules proved; otherwise only a matching runbook that has not
+      failed this pattern too often;
+    - reasons: kept, each marked as the model's advice, after the rules' own; the last reason (the one
+      notifications quote) is always ERDU's.
+    """
+    notes: list[str] = []
+    factors = stated_factors(advice.reasons)
+    severity = bounded_severity(rules.severity, rules.original_severity, advice.severity, factors)
+    if severity is not advice.severity:
+        if advice.severity.rank > rules.severity.rank and (
+                rules.severity in PROTECTED or rules.original_severity in PROTECTED):
+            notes.append(f"severity {advice.severity.value} refused: the rules call this pattern "
+                         f"{min(rules.severity, rules.original_severity, key=lambda s: s.rank).value}, "
+                         f"it stays {severity.value}")
+        else:
+            notes.append(f"severity {advice.severity.value} refused: {factors} stated factor(s) allow "
+                         f"{factors} step(s) from the rules' {rules.severity.value}, so {severity.value}")
+
+    decision = advice.decision
+    if HUMAN_INVOLVEMENT[decision] < HUMAN_INVOLVEMENT[rules.decision]:
+        notes.append(f"decision {decision.value} refused: the rules decided {rules.decision.value}, and advice "
+                     "may only add human involvement")
+        decision = rules.decision
+    if decision is Decision.AUTO_FIX and advice.runbook not in (None, rules.runbook):
+        notes.append(f"runbook {advice.runbook} refused: auto_fix runs only the runbook the rules proved "
+                     f"({rules.runbook})")
+    reach = [r for r in ctx.runbooks if not known_bad(r, ctx)]
+    if decision is not Decision.ESCALATE and severity in ctx.config.escalate_uncovered and not reach \
+            and decision is not Decision.AUTO_FIX:
+        notes.append(f"{severity.value} and no runbook can help: escalate, as the rules do at {severity.value}")
+        decision = Decision.ESCALATE
+
+    runbook: str | None
+    if decision is Decision.ESCALATE:
+        runbook = None
+    elif decision is Decision.AUTO_FIX:
+        runbook = rules.runbook
+    elif advice.runbook is None:
+        runbook = rules.runbook
+    elif advice.runbook in {r.name for r in reach}:
+        runbook = advice.runbook
+    else:
+        notes.append(f"runbook {advice.runbook} refused: not a matching runbook that can help "
+                     f"(matching: {', '.join(r.name for r in reach) or 'none'})")
+        runbook = rules.runbook
+
+    if decision is rules.decision and severity is rules.severity and runbook == rules.runbook:
+        final = rules.reasons[-1] if rules.reasons else f"{decision.value}: the rules' decision"
+    elif decision is Decision.ESCALATE and rules.decision is Decision.ESCALATE:
+        final = rules.reasons[-1] if rules.reasons else "escalate to people now"
+    elif decision is Decision.ESCALATE:
+        final = (f"{severity.value}: escalate to people now (the model's advice, within the rules' bounds; "
+                 f"the rules alone would {rules.decision.value})")
+    elif decision is Decision.AUTO_FIX:
+        final = f"{severity.value}: auto-resolution via {runbook} (the rules' proven runbook)"
+    else:
+        final = (f"{severity.value}: automate: diagnose" + (f", then fix with {runbook}" if runbook else "")
+                 + " (the model's advice, within the rules' bounds)")
+
+    effect = (Effect.RAISE if severity.rank < rules.severity.rank
+              else Effect.LOWER if severity.rank > rules.severity.rank else Effect.NOTE)
+    factor = Factor("model_advice", effect, f"the model advised {advice.severity.value} and {advice.decision.value}"
+                    f" on {factors} stated factor(s)", severity)
+    advised = [ADVICE_PREFIX + r for r in advice.reasons]
+    bounded = [f"bounded by the rules: {n}" for n in notes]
+    return Assessment(
+        severity=severity, original_severity=rules.original_severity, decision=decision,
+        reasons=[*rules.reasons[:-1], *advised, *bounded, final], runbook=runbook,
+        factors=[*rules.factors, factor], facts=rules.facts,
+        advice={"severity": advice.severity.value, "decision": advice.decision.value, "runbook": advice.runbook,
+                "reasons": list(advice.reasons), "stated_factors": factors, "bounded": notes,
+                "rules": {"severity": rules.severity.value, "decision": rules.decision.value,
+                          "runbook": rules.runbook}},
+    )
 
 
 def _plain(value: Any) -> Any:

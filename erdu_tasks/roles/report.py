@@ -73,6 +73,8 @@ def build_report(incident: Incident, resolution: dict[str, Any], *, related: lis
     ack = incident.acknowledged_at
     fix = incident.fix or {}
     diagnosis = incident.diagnosis or {}
+    root_cause = (resolution.get("root_cause") or incident.root_cause
+                  or (diagnosis.get("root_cause") if diagnosis.get("established", True) else None))
     return {
         "id": incident.id,
         "title": incident.title,
@@ -102,8 +104,11 @@ def build_report(incident: Incident, resolution: dict[str, Any], *, related: lis
         "assessment": incident.assessment,
         "decision": (incident.assessment or {}).get("decision"),
         "assessment_reasons": (incident.assessment or {}).get("reasons", []),
-        "root_cause": (resolution.get("root_cause") or incident.root_cause
-                       or (diagnosis.get("root_cause") if diagnosis.get("established", True) else None)),
+        "root_cause": root_cause,
+        # Which texts are a model's advice (the brain's note), so the report says so where it shows them.
+        "root_cause_advice": (_advised_by(diagnosis.get("brain"))
+                              if root_cause and root_cause == diagnosis.get("root_cause") else None),
+        "summary_advice": _advised_by(resolution.get("brain")),
         "confidence": diagnosis.get("confidence"),
         "diagnosed": bool(diagnosis.get("evidence")),
         "evidence": diagnosis.get("evidence", []),
@@ -126,6 +131,13 @@ def build_report(incident: Incident, resolution: dict[str, Any], *, related: lis
                      for c in (children or [])],
         "timeline": timeline,
     }
+
+
+def _advised_by(brain: Any) -> str | None:
+    """'the model X' when a model (not the rules) wrote the text; None for the rules or a fallback."""
+    if not isinstance(brain, dict) or brain.get("name") in (None, "rules") or brain.get("fallback"):
+        return None
+    return f"the model {brain['model']}" if brain.get("model") else "the model"
 
 
 _PHASE = {

@@ -77,6 +77,16 @@ def _brain_note(conn: psycopg.Connection, incident_id: str, role: str, thought: 
                            details={"brain": thought.note()})
 
 
+def _advice_note(conn: psycopg.Connection, incident_id: str, decision: commander.Assessment, worker: str) -> None:
+    """Put what the rules refused of a model's advice on the incident's timeline."""
+    advice = decision.advice
+    if advice and advice.get("bounded"):
+        store.add_timeline(conn, incident_id, actor="commander", worker=worker,
+                           what=("commander: the model's advice was bounded by the rules: "
+                                 + "; ".join(advice["bounded"])),
+                           details={"advice": advice})
+
+
 def _assess(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str) -> Stage | None:
     if escalation.gate_before_assess(conn, rt.gates, incident, worker=worker):   # silenced: parked; the sweeper resumes it
         return None
@@ -84,6 +94,7 @@ def _assess(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: s
     decision = thought.value
     assessment = {**decision.as_dict(), "brain": thought.note()}
     _brain_note(conn, incident.id, "commander", thought, worker)
+    _advice_note(conn, incident.id, decision, worker)
     if decision.decision is commander.Decision.ESCALATE:
         store.update_fields(conn, incident.id, {"severity": decision.severity, "assessment": assessment})
         escalate_in_tx(conn, incident, reason=decision.reasons[-1], stage=Stage.ASSESS, actor="commander",
@@ -91,7 +102,8 @@ def _assess(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: s
         return None
     auto = decision.decision is commander.Decision.AUTO_FIX
     what = (f"assessed {decision.severity.value}: " + ("auto-resolution via " + str(decision.runbook)
-                                                       if auto else "automate"))
+                                                       if auto else "automate")
+            + (" (with the model's advice, within the rules' bounds)" if decision.advice else ""))
     moved = store.transition(conn, incident.id, expected=[Status.DETECTED], to=Status.ASSIGNED,
                              actor="commander", worker=worker, what=what,
                              updates={"severity": decision.severity, "assessment": assessment,
@@ -193,7 +205,9 @@ def _diagnose(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker:
     _brain_note(conn, incident.id, "diagnostician", thought, worker)
     moved = store.transition(conn, incident.id, expected=[Status.ASSIGNED], to=Status.INVESTIGATING,
                              actor="diagnostician", worker=worker,
-                             what=f"diagnosed (confidence {result.confidence:.2f}): {result.root_cause}",
+                             what=(f"diagnosed (confidence {result.confidence:.2f}"
+                                   + (", the model's advice" if thought.brain != "rules" and result.established
+                                      else "") + f"): {result.root_cause}"),
                              updates={"diagnosis": {**result.as_dict(), "brain": thought.note()},
                                       "root_cause": result.root_cause if result.established else None},
                              details={"evidence": result.evidence, "skill_gaps": result.skill_gaps,

@@ -437,21 +437,24 @@ def commander_brain(answer):
 
 @pytest.mark.parametrize("answer, expect", [
     ({"severity": "P2", "decision": "automate", "reasons": ["users complain"], "runbook": "reset-cache"},
-     ("llm", "P2", "automate", None)),
-    ({"severity": "P7", "decision": "automate", "reasons": ["x"]}, ("rules", "P3", "automate", "severity")),
-    ({"severity": "P2", "decision": "auto_fix", "reasons": ["x"]}, ("rules", "P3", "automate", "auto_fix")),
+     ("llm", "P2", "automate", None, None)),
+    ({"severity": "P7", "decision": "automate", "reasons": ["x"]}, ("rules", "P3", "automate", "severity", None)),
+    ({"severity": "P2", "decision": "auto_fix", "reasons": ["x"]}, ("llm", "P2", "automate", None, "auto_fix")),
     ({"severity": "P2", "decision": "automate", "reasons": ["x"], "runbook": "rm-rf"},
-     ("rules", "P3", "automate", "rm-rf")),
-    ({"severity": "P2", "decision": "automate", "reasons": []}, ("rules", "P3", "automate", "reasons")),
-    (BrainFailed("timeout: no answer within 1 s"), ("rules", "P3", "automate", "timeout")),
-    (RuntimeError("bug"), ("rules", "P3", "automate", "internal error")),
+     ("llm", "P2", "automate", None, "rm-rf")),
+    ({"severity": "P2", "decision": "automate", "reasons": []}, ("rules", "P3", "automate", "reasons", None)),
+    (BrainFailed("timeout: no answer within 1 s"), ("rules", "P3", "automate", "timeout", None)),
+    (RuntimeError("bug"), ("rules", "P3", "automate", "internal error", None)),
 ])
 def test_llm_commander_answers_are_used_only_when_they_fit(answer, expect):
     thought = commander_brain(answer).assess(incident(), ctx(runbooks=[FIX]))
-    brain, severity, decision, reason = expect
+    brain, severity, decision, reason, bounded = expect
     assert (thought.brain, thought.value.severity.value, thought.value.decision.value) == (brain, severity, decision)
     if reason is None:
-        assert thought.fallback is None and thought.value.reasons == ["users complain"]
+        assert thought.fallback is None and "model's advice: " + answer["reasons"][0] in thought.value.reasons
+        assert thought.value.runbook == "reset-cache"     # the matching runbook; "rm-rf" is refused
+        refused = thought.value.advice["bounded"]
+        assert (bounded is None and refused == []) or any(bounded in n for n in refused), refused
     else:
         assert reason in thought.fallback
 

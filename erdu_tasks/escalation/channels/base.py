@@ -103,7 +103,12 @@ class Notification:
         now: datetime | None = None,
     ) -> Notification:
         """The notification for an incident; `attempted_fixes` come from escalation.runs.attempted_fixes."""
-        root = incident.root_cause or (incident.diagnosis or {}).get("root_cause")
+        diagnosis = incident.diagnosis or {}
+        root = incident.root_cause or diagnosis.get("root_cause")
+        brain = diagnosis.get("brain") or {}
+        if root and root == diagnosis.get("root_cause") and brain.get("name") not in (None, "rules") \
+                and not brain.get("fallback"):
+            root = "model's advice: " + str(root)     # a model's words, said to be so wherever they are shown
         return cls(
             incident_id=incident.id,
             title=incident.title,
