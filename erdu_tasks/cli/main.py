@@ -40,38 +40,65 @@ def migrate() -> None:
     console.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
 
 
-def run_worker(role: str, *, concurrency: int | None = None, pool: str | None = None,
-               loglevel: str = "INFO") -> None:
-    """Start one role's worker, consuming only that role's queue."""
+def worker_roles(spec: str) -> list[str]:
+    """The roles one worker process serves: one role, several joined by commas, or `all`."""
+    roles = list(ROLES) if spec == "all" else [r.strip() for r in spec.split(",") if r.strip()]
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown or not roles:
+        fail(f"unknown role {', '.join(map(repr, unknown)) or repr(spec)}; choose one of: {', '.join(ROLES)}, "
+             "several joined by commas, or all")
+    return list(dict.fromkeys(roles))
+
+
+def worker_argv(roles: list[str], settings, *, concurrency: int | None = None, pool: str | None = None,
+                hostname: str | None = None, loglevel: str = "INFO") -> list[str]:
+    """Celery's worker arguments for the roles: their queues, pool, pool size, prefetch and node name.
+
+    One role runs with its own pool settings (workers/ROLE.py). Several roles in one process (a small
+    installation, a laptop) share a thread pool as large as their pools together; their queues stay
+    apart, so they can be split into their own processes at any time. The node name is
+    `role[+role...]@host`, which the Celery health monitor reads to know which roles are alive.
+    """
     from workers import pool_for
 
+    pools = [pool_for(r) for r in roles]
+    sizes = [settings.worker_concurrency.get(r, p.concurrency) for r, p in zip(roles, pools)]
+    if len(roles) == 1:
+        kind, size, prefetch = pools[0].pool, sizes[0], pools[0].prefetch_multiplier
+    else:
+        kind, size, prefetch = "threads", sum(sizes), 1
+    argv = [
+        "worker", "-Q", ",".join(p.queue for p in pools), "-n", f"{'+'.join(roles)}@{hostname or '%h'}",
+        "-c", str(concurrency or size), "-P", pool or kind, "--prefetch-multiplier", str(prefetch),
+        "-E", "--without-gossip", "--without-mingle", "-l", loglevel,
+    ]
+    if len(roles) == 1 and pools[0].max_tasks_per_child:
+        argv += ["--max-tasks-per-child", str(pools[0].max_tasks_per_child)]
+    if len(roles) == 1 and pools[0].max_memory_per_child_kb:
+        argv += ["--max-memory-per-child", str(pools[0].max_memory_per_child_kb)]
+    return argv
+
+
+def run_worker(spec: str, *, concurrency: int | None = None, pool: str | None = None,
+               hostname: str | None = None, loglevel: str = "INFO") -> None:
+    """Start a worker for one role (or several), consuming only those roles' queues."""
     from erdu_tasks.store.preflight import check_all
 
-    if role not in ROLES:
-        fail(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
+    roles = worker_roles(spec)
+    if hostname is not None and (not hostname or any(c in hostname for c in "@+ /%")):
+        fail(f"--hostname {hostname!r}: a host name may not be empty or hold '@', '+', '/', '%' or spaces")
     settings = load_settings()
     try:
         check_all(settings)
     except ServiceUnreachable as exc:
         fail(str(exc))
     _check_config(settings)
-    pool_settings = pool_for(role)
     from erdu_tasks.app import ROLE_TASK_MODULES
     from erdu_tasks.app import app as celery_app
 
-    celery_app.conf.include = ROLE_TASK_MODULES[role]
-
-    argv = [
-        "worker", "-Q", pool_settings.queue, "-n", f"{role}@%h",
-        "-c", str(concurrency or settings.worker_concurrency.get(role, pool_settings.concurrency)),
-        "-P", pool or pool_settings.pool, "--prefetch-multiplier", str(pool_settings.prefetch_multiplier),
-        "-E", "--without-gossip", "--without-mingle", "-l", loglevel,
-    ]
-    if pool_settings.max_tasks_per_child:
-        argv += ["--max-tasks-per-child", str(pool_settings.max_tasks_per_child)]
-    if pool_settings.max_memory_per_child_kb:
-        argv += ["--max-memory-per-child", str(pool_settings.max_memory_per_child_kb)]
-    celery_app.worker_main(argv)
+    celery_app.conf.include = list(dict.fromkeys(m for r in roles for m in ROLE_TASK_MODULES[r]))
+    celery_app.worker_main(worker_argv(roles, settings, concurrency=concurrency, pool=pool, hostname=hostname,
+                                       loglevel=loglevel))
 
 
 def _check_config(settings) -> None:
@@ -99,13 +126,16 @@ def _check_config(settings) -> None:
 
 @app.command()
 def worker(
-    role: Annotated[str, typer.Argument(help=f"One of: {', '.join(ROLES)}")],
+    role: Annotated[str, typer.Argument(
+        help=f"One of: {', '.join(ROLES)}; several joined by commas, or `all`, share one process")],
     concurrency: Annotated[Optional[int], typer.Option(help="Override the pool size from workers/")] = None,
     pool: Annotated[Optional[str], typer.Option(help="Override the pool type: prefork, threads or solo")] = None,
+    hostname: Annotated[Optional[str], typer.Option(
+        help="The host part of the node name ROLE@HOST (default: this machine's name); one per process on a host")] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
 ) -> None:
-    """Run the worker pool of one role (it consumes only that role's queue)."""
-    run_worker(role, concurrency=concurrency, pool=pool, loglevel=loglevel)
+    """Run the worker pool of one role (it consumes only that role's queue), or of several in one process."""
+    run_worker(role, concurrency=concurrency, pool=pool, hostname=hostname, loglevel=loglevel)
 
 
 @app.command()

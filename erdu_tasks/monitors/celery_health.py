@@ -32,11 +32,13 @@ CURSOR = "celery:failed_tasks"
 
 
 def live_roles(replies: dict[str, Any] | None) -> dict[str, list[str]]:
-    """Role -> names of the workers that answered, from an inspect().ping() reply."""
+    """Role -> names of the workers that answered, from an inspect().ping() reply.
+
+    A node is named `role@host`, or `role+role...@host` for one process serving several roles."""
     live: dict[str, list[str]] = {}
     for node in replies or {}:
-        role = node.split("@", 1)[0]
-        live.setdefault(role, []).append(node)
+        for role in node.split("@", 1)[0].split("+"):
+            live.setdefault(role, []).append(node)
     return live
 
 

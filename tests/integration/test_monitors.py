@@ -476,7 +476,7 @@ def test_a_stopped_role_worker_a_backlog_and_a_failed_task_become_incidents(stac
     monitors = {"celery": {"missing_for": 0, "roles": ["ingest", "fixer"], "ping_timeout": 1.0,
                            "backlog": {"default": 1000, "resolver": 3}}}
     stack = stack_factory({"ERDU_MONITORS": json.dumps(monitors)})
-    stack.start_all(("monitor", "ingest", "fixer"))
+    stack.start_all(("monitor", "ingest", "fixer"), separate=True)
     url = stack.database_url
 
     def worker_state(role):
