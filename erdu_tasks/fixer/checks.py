@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, Union
 import psutil
 from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from erdu_tasks.fixer.urlguard import DEFAULT_POLICY, UrlPolicy
 from erdu_tasks.fixer.actions.base import ActionResult, ParamsModel, as_int_list, build_env, http_exchange, render_params, run_argv
 from erdu_tasks.fixer.actions.http_call import Method, check_url
 from erdu_tasks.errors import PermanentError
@@ -130,10 +131,10 @@ COMMON_FIELDS = frozenset({"check", "timeout", "delay", "attempts", "interval"})
 """Fields every check has; never templated."""
 
 
-def _http(spec: HttpCheck) -> CheckResult:
+def _http(spec: HttpCheck, policy: UrlPolicy = DEFAULT_POLICY) -> CheckResult:
     r = http_exchange(spec.method, spec.url, timeout=spec.timeout, headers=spec.headers,
                       expect_status=spec.expect_status, max_latency=spec.max_latency,
-                      body_contains=spec.body_contains, verify_tls=spec.verify_tls)
+                      body_contains=spec.body_contains, verify_tls=spec.verify_tls, policy=policy)
     return CheckResult(r.ok, r.detail, r.duration, r.output)
 
 
@@ -240,22 +241,25 @@ def check_from_incident(spec: FromIncidentCheck, error_details: Mapping[str, Any
         raise PermanentError(f"the incident's stored check is invalid: {exc.errors()[0]['msg']}") from None
 
 
-def render_check(spec: Any, allowed_fields: Mapping[str, object]) -> Any:
-    """The check with {service}/{host} substituted; PermanentError if a value is unsafe."""
+def render_check(spec: Any, allowed_fields: Mapping[str, object], policy: UrlPolicy = DEFAULT_POLICY) -> Any:
+    """The check with {service}/{host} substituted; PermanentError if a value is unsafe or a host refused."""
     raw = spec.model_dump(by_alias=True)
     literal = COMMON_FIELDS | LITERAL_KEYS.get(spec.check, frozenset())
-    rendered = render_params(raw, allowed_fields, literal_keys=literal)
+    rendered = render_params(raw, allowed_fields, literal_keys=literal, policy=policy)
     try:
         return type(spec).model_validate(rendered)
     except ValidationError as exc:
         raise PermanentError(f"invalid {spec.check} check after rendering: {exc.errors()[0]['msg']}") from None
 
 
-def run_check(spec: Any, allowed_fields: Mapping[str, object]) -> CheckResult:
-    """Run a validation check (after its delay, up to `attempts` times); never raises."""
+def run_check(spec: Any, allowed_fields: Mapping[str, object], *,
+              url_policy: UrlPolicy = DEFAULT_POLICY) -> CheckResult:
+    """Run a validation check (after its delay, up to `attempts` times); never raises.
+
+    `url_policy` says where an HTTP check may go (erdu_tasks/fixer/urlguard.py)."""
     started = time.monotonic()
     try:
-        rendered = render_check(spec, allowed_fields)
+        rendered = render_check(spec, allowed_fields, url_policy)
     except PermanentError as exc:
         return CheckResult(False, f"refused: {exc}", time.monotonic() - started)
     if rendered.delay:
@@ -263,7 +267,8 @@ def run_check(spec: Any, allowed_fields: Mapping[str, object]) -> CheckResult:
     result = CheckResult(False, "not run")
     for attempt in range(1, rendered.attempts + 1):
         try:
-            result = _RUNNERS[rendered.check](rendered)
+            result = (_http(rendered, url_policy) if rendered.check == "http"
+                      else _RUNNERS[rendered.check](rendered))
         except Exception as exc:  # a check bug is a failed check, visible on the timeline
             result = CheckResult(False, f"{rendered.check} check raised {type(exc).__name__}: {exc}")
         if result.ok or attempt == rendered.attempts:

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -30,6 +30,35 @@ from erdu_tasks.settings.servers import ApiSection, FlowerSection
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/erdu"
+
+
+def _runbook_host(value: str) -> str:
+    import ipaddress
+
+    value = value.strip()
+    if "/" in value:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a network: {exc}") from None
+    elif not value or any(c in value for c in "@/?#%[] ") or (value.count(":") and not _is_ip(value)):
+        raise ValueError(f"{value!r} is not a host name or IP address")
+    return value
+
+
+def _is_ip(value: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+RunbookHost = Annotated[str, AfterValidator(_runbook_host)]
+"""A host name, IP address or network (CIDR) runbook URLs may aim at."""
+
 _SECTIONS = frozenset({"monitors", "escalation", "commander", "learning", "brain", "api", "flower"})
 
 
@@ -70,6 +99,11 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=4, ge=1)
 
     dry_run: bool = False
+    # Hosts an incident's {host} / {service} may aim a runbook URL at, besides the catalog's `hosts:`
+    # (names, IP addresses, networks like 10.0.3.0/24); every other host is refused.
+    runbook_hosts: list[RunbookHost] = Field(default_factory=list)
+    # Let runbook requests reach link-local and cloud metadata addresses (169.254.0.0/16, fe80::/10, ...).
+    runbook_allow_link_local: bool = False
     approval_deadline_seconds: float = Field(default=3600.0, gt=0)   # then a parked fix is escalated
     flap_window_seconds: float = Field(default=3600.0, ge=0)   # a recurrence within it links to the last incident
     # Bearer tokens of the HTTP API (ERDU_API_TOKEN writes and reads, ERDU_API_READ_TOKEN only reads).
