@@ -18,6 +18,7 @@ import binascii
 import json
 import uuid
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from kombu import transport as kombu_transport
 from kombu.transport import redis, virtual
@@ -31,6 +32,37 @@ FOREIGN_KEY = "erdu_foreign_entry"
 MAX_FOREIGN_CHARS = 100_000
 
 _kombu_loads = redis.loads
+
+_PASSWORDS: dict[tuple[str, int, str | None], str] = {}
+"""Broker passwords by (host, port, user), kept in this process instead of in the Celery configuration."""
+
+
+def _endpoint(host: str | None, port: int | None, user: str | None) -> tuple[str, int, str | None]:
+    return ((host or "127.0.0.1").lower(), int(port or 6379), user or None)
+
+
+def without_password(url: str) -> str:
+    """The broker URL without its password, which this transport remembers and adds when it connects.
+
+    The Celery configuration (app.conf: `inspect conf`, Flower, a debug dump) then never holds the password.
+    """
+    try:
+        parts = urlsplit(url)
+        password, port = parts.password, parts.port
+    except ValueError:
+        return url
+    if parts.scheme not in SCHEMES or not password:
+        return url
+    user = unquote(parts.username) if parts.username else None
+    _PASSWORDS[_endpoint(parts.hostname, port, user)] = unquote(password)
+    hostport = parts.netloc.rpartition("@")[2]
+    netloc = f"{parts.username}@{hostport}" if parts.username else hostport
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def password_for(host: str | None, port: int | None, user: str | None) -> str | None:
+    """The password remembered for this broker endpoint, if any."""
+    return _PASSWORDS.get(_endpoint(host, port, user))
 
 
 def lenient_text(data: Any) -> Any:
@@ -141,7 +173,12 @@ class Channel(redis.Channel):
         transport = self.connection
         if transport is None or getattr(transport, "client", None) is None:
             raise RedisConnectionError("this channel's broker connection was closed")
-        return super()._connparams(asynchronous)
+        params = super()._connparams(asynchronous)
+        if not params.get("password") and "host" in params:
+            remembered = password_for(params.get("host"), params.get("port"), params.get("username"))
+            if remembered is not None:
+                params["password"] = remembered
+        return params
 
 
 class Transport(redis.Transport):
