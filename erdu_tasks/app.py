@@ -55,7 +55,7 @@ def make_celery(settings: Settings) -> Celery:
     """Build the Celery app from settings: JSON only, late acks, one queue per role."""
     # A queue entry that is not a message envelope is rejected instead of breaking the consumer; the
     # transport also keeps the broker's password, which stays off app.conf.
-    broker.install()
+    broker.install(max_entry_bytes=2 * settings.api.max_body_bytes)
     app = ErduCelery("erdu", broker=broker.without_password(settings.redis_url), include=TASK_MODULES)
     exchange = Exchange("erdu", type="direct")
     app.conf.update(
