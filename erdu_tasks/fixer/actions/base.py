@@ -312,7 +312,10 @@ def http_exchange(method: str, url: str, *, timeout: float, headers: Mapping[str
     output["address"] = target.host
     try:
         with httpx.Client(timeout=timeout, follow_redirects=False, verify=verify_tls, trust_env=False) as client:
-            kwargs: dict[str, Any] = {"headers": {**host_header, **dict(headers or {})}, "extensions": extensions}
+            given = dict(headers or {})
+            if any(name.lower() == "host" for name in given):   # the runbook's own Host header wins
+                host_header = {}
+            kwargs: dict[str, Any] = {"headers": {**host_header, **given}, "extensions": extensions}
             if json_body is not None:
                 kwargs["json"] = json_body
             with client.stream(method, target, **kwargs) as response:
