@@ -89,6 +89,7 @@ def test_flower_lists_the_role_queues_and_an_incidents_tasks_with_auth_and_refus
         assert httpx.get(url, auth=(AUTH[0], "wrong"), timeout=10).status_code == 401, url
     metrics = httpx.get(f"{flower}/metrics", auth=AUTH, timeout=10)
     assert metrics.status_code == 200 and "flower_events_total" in metrics.text
+    assert AUTH[1] not in metrics.text
 
 
 def _start_flower(stack, env, log_name):

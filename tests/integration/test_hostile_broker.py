@@ -193,3 +193,15 @@ def test_hostile_entries_on_every_role_queue_are_recorded_and_the_workers_serve_
             longest = max((len(line) for line in text.splitlines()), default=0)
             assert longest < MAX_LOG_LINE, f"{proc.log_path.name}: a {longest}-character log line"
     stack.clear()
+
+
+def test_the_transport_does_not_decode_an_oversized_or_too_deeply_nested_entry():
+    """Pure decoding, no broker: what the worker gets instead of a RecursionError or a 5 MB parse."""
+    nested = broker.lenient_loads(b"[" * DEEP + b"]" * DEEP)
+    assert nested[broker.FOREIGN_KEY].startswith("entry nested too deeply to decode")
+    oversized = broker.lenient_loads(b'{"a": "' + b"x" * BIG + b'"}')
+    assert oversized[broker.FOREIGN_KEY].startswith("oversized entry: ")
+    assert len(oversized[broker.FOREIGN_KEY]) < 2000
+    # The envelope around a long foreign entry still carries valid JSON, so the consumer can reject it.
+    wrapped = broker.wrap({"junk": "x" * BIG}, "ingest")
+    assert len(wrapped["body"]) <= broker.MAX_FOREIGN_CHARS and broker.FOREIGN_KEY in json.loads(wrapped["body"])

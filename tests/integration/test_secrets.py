@@ -123,6 +123,8 @@ def test_a_worker_on_password_protected_services_logs_no_secret(locked_redis, st
     worker = stack.start("ingest")
     stack.send_event({"message": f"Login failed for token {SECRETS['write']}", "service": "orders"})
     wait_for(lambda: incident_rows(stack.database_url, "SELECT id FROM incidents"), 30, what="the event ingested")
+    # A broker client asking the worker for its configuration gets nothing (remote control refuses `conf`).
+    assert not stack.client.control.inspect(timeout=3).conf()
     log = worker.log_path.read_text(errors="replace")
     assert "ready." in log
     assert _leaks(log) == [], log[-2000:]
