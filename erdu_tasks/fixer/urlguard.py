@@ -21,7 +21,7 @@ import ipaddress
 import re
 import socket
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -93,7 +93,6 @@ class UrlPolicy:
     hosts: frozenset[str] = frozenset()
     networks: tuple[IPNetwork, ...] = ()
     allow_link_local: bool = False
-    sources: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
     def build(cls, entries: Iterable[str], *, allow_link_local: bool = False) -> UrlPolicy:

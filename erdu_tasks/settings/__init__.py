@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from urllib.parse import unquote, urlsplit
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,7 +24,7 @@ from pydantic_settings import (
 
 from erdu_tasks.errors import ConfigError, config_error
 from erdu_tasks.names import ROLES
-from erdu_tasks.settings.common import Dsn, DsnStr
+from erdu_tasks.settings.common import Dsn, DsnStr, RunbookHost, mask_url
 from erdu_tasks.settings.escalation import EscalationConfig
 from erdu_tasks.settings.monitors import MonitorsConfig
 from erdu_tasks.settings.roles import BrainConfig, CommanderConfig, LearningConfig
@@ -31,34 +32,6 @@ from erdu_tasks.settings.servers import ApiSection, FlowerSection
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/erdu"
-
-
-def _runbook_host(value: str) -> str:
-    import ipaddress
-
-    value = value.strip()
-    if "/" in value:
-        try:
-            ipaddress.ip_network(value, strict=False)
-        except ValueError as exc:
-            raise ValueError(f"{value!r} is not a network: {exc}") from None
-    elif not value or any(c in value for c in "@/?#%[] ") or (value.count(":") and not _is_ip(value)):
-        raise ValueError(f"{value!r} is not a host name or IP address")
-    return value
-
-
-def _is_ip(value: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
-
-
-RunbookHost = Annotated[str, AfterValidator(_runbook_host)]
-"""A host name, IP address or network (CIDR) runbook URLs may aim at."""
 
 _SECTIONS = frozenset({"monitors", "escalation", "commander", "learning", "brain", "api", "flower"})
 
@@ -167,10 +140,6 @@ def secret_value(value: SecretStr | str | None) -> str | None:
 def secret_values(settings: Any) -> list[str]:
     """Every secret the settings hold (tokens, keys, passwords, webhook URLs, URL passwords), as text,
     for the log redactor."""
-    from pydantic import BaseModel
-
-    from erdu_tasks.settings.common import mask_url
-
     found: list[str] = []
 
     def walk(value: Any) -> None:
@@ -178,8 +147,6 @@ def secret_values(settings: Any) -> list[str]:
             if value.get_secret_value():
                 found.append(value.get_secret_value())
         elif isinstance(value, DsnStr):
-            from urllib.parse import unquote, urlsplit
-
             try:
                 password = urlsplit(str.__str__(value)).password
             except ValueError:
@@ -218,6 +185,6 @@ def get_settings() -> Settings:
     return load_settings()
 
 
-__all__ = ["ApiSection", "DsnStr", "secret_value", "secret_values", "BrainConfig", "CommanderConfig", "DEFAULT_DATABASE_URL", "DEFAULT_REDIS_URL",
+__all__ = ["ApiSection", "BrainConfig", "CommanderConfig", "DEFAULT_DATABASE_URL", "DEFAULT_REDIS_URL", "DsnStr",
            "EscalationConfig", "FlowerSection", "LearningConfig", "MonitorsConfig", "Settings", "get_settings",
-           "load_settings"]
+           "load_settings", "secret_value", "secret_values"]

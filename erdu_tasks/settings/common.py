@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import datetime, time, timedelta
 from functools import lru_cache
@@ -150,3 +151,27 @@ class DsnStr(str):
 
 Dsn = Annotated[str, AfterValidator(DsnStr)]
 """A database or Redis URL whose password is masked in every repr (use `.masked` in messages)."""
+
+
+def _runbook_host(value: str) -> str:
+    value = value.strip()
+    if "/" in value:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a network: {exc}") from None
+    elif not value or any(c in value for c in "@/?#%[] ") or (":" in value and not _is_ip(value)):
+        raise ValueError(f"{value!r} is not a host name or IP address")
+    return value
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+RunbookHost = Annotated[str, AfterValidator(_runbook_host)]
+"""A host name, IP address or network (CIDR) an incident's {host} may aim a runbook URL at."""
