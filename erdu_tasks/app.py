@@ -7,6 +7,8 @@ everything a task calls. Processes that need no Celery app (the API) build their
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 from kombu import Exchange, Queue
 
@@ -37,11 +39,24 @@ TASK_MODULES = [
 ]
 
 
+class ErduCelery(Celery):
+    """Celery, except that a broker connection gets its password from the transport, not from app.conf."""
+
+    def _connection(self, url: Any, userid: Any = None, password: Any = None, *args: Any, **kwargs: Any) -> Any:
+        connection = super()._connection(url, userid, password, *args, **kwargs)
+        if not connection.password:
+            remembered = broker.password_for(connection.hostname, connection.port, connection.userid)
+            if remembered is not None:
+                connection.password = remembered
+        return connection
+
+
 def make_celery(settings: Settings) -> Celery:
     """Build the Celery app from settings: JSON only, late acks, one queue per role."""
-    app = Celery("erdu", broker=settings.redis_url, include=TASK_MODULES)
-    # A queue entry that is not a message envelope is rejected instead of breaking the consumer.
-    broker.install()
+    # A queue entry that is not a message envelope is rejected instead of breaking the consumer; the
+    # transport also keeps the broker's password, which stays off app.conf.
+    broker.install(max_entry_bytes=2 * settings.api.max_body_bytes)
+    app = ErduCelery("erdu", broker=broker.without_password(settings.redis_url), include=TASK_MODULES)
     exchange = Exchange("erdu", type="direct")
     app.conf.update(
         task_serializer="json",
@@ -87,6 +102,11 @@ def make_celery(settings: Settings) -> Celery:
     )
     # The settings (tokens, keys, the database URL) stay off app.conf, which `inspect conf` and Flower show.
     app.erdu_settings = settings
+    # No log line shows a secret of the settings, whoever logs it (erdu_tasks/celery_ext/logs.py).
+    from erdu_tasks.celery_ext.logs import register_secrets
+    from erdu_tasks.settings import secret_values
+
+    register_secrets(secret_values(settings))
     remote_control.install()
     # A worker whose consumer goes quiet while work waits reconnects instead of idling forever.
     from erdu_tasks.celery_ext.consumer_guard import ConsumerGuard

@@ -20,6 +20,9 @@ class Service(BaseModel):
     user_facing: bool = False
     depends_on: list[str] = Field(default_factory=list)
     escalation_policy: str | None = None
+    # The hosts the service runs on: a runbook URL whose host comes from an incident may aim only at
+    # these (or at the runbook_hosts setting); names, IP addresses or networks such as 10.0.3.0/24.
+    hosts: list[str] = Field(default_factory=list)
 
 
 _SERVICES = TypeAdapter(list[Service])
@@ -62,6 +65,10 @@ class Catalog:
             return []
         found = {self._names[m.group(1).lower()] for m in self._pattern.finditer(text[:10_000])}
         return [name for name in self.services if name in found]
+
+    def hosts(self) -> list[str]:
+        """Every host of every service, in catalog order."""
+        return [host for s in self.services.values() for host in s.hosts]
 
     def dependants(self, name: str) -> list[str]:
         """Services that depend on name, directly or transitively."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -87,6 +89,10 @@ def check_transition(src: Status, dst: Status) -> None:
     """Raise InvalidTransition unless the status machine allows src -> dst."""
     if dst not in TRANSITIONS[src]:
         raise InvalidTransition(f"transition {src.value} -> {dst.value} is not allowed")
+
+
+INCIDENT_ID = re.compile(r"INC-\d{14}-[0-9a-f]{8}")
+"""The shape of an incident id (fullmatch)."""
 
 
 def new_incident_id(now: datetime | None = None) -> str:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from erdu_tasks.escalation.gates import Gates
     from erdu_tasks.escalation.sweep import Escalator
     from erdu_tasks.fixer.runbooks import RunbookSet
+    from erdu_tasks.fixer.urlguard import UrlPolicy
     from erdu_tasks.ingest.detect.rules import RuleSet
     from erdu_tasks.brains import Brains
 
@@ -54,6 +55,13 @@ class Runtime:
         from erdu_tasks.catalog import Catalog
 
         return Catalog.load(self.settings.catalog_file)
+
+    @cached_property
+    def url_policy(self) -> UrlPolicy:
+        """Where runbook HTTP requests may go: the catalog's hosts and the runbook_hosts setting."""
+        from erdu_tasks.fixer.urlguard import policy_from
+
+        return policy_from(self.settings, self.catalog.hosts())
 
     @cached_property
     def gates(self) -> Gates:

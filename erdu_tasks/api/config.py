@@ -6,7 +6,10 @@ import ipaddress
 from typing import Any
 
 
+from pydantic import Field
+
 from erdu_tasks.errors import ConfigError
+from erdu_tasks.settings import secret_value
 from erdu_tasks.settings.servers import ApiSection
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -15,8 +18,8 @@ LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 class ApiConfig(ApiSection):
     """The `api` section plus the tokens, which come from the top-level `api_token` and `api_read_token`."""
 
-    token: str | None = None            # type: ignore[assignment]  # the section refuses these keys
-    read_token: str | None = None       # type: ignore[assignment]
+    token: str | None = Field(default=None, repr=False)       # type: ignore[assignment]  # the section refuses these keys
+    read_token: str | None = Field(default=None, repr=False)  # type: ignore[assignment]
 
     @property
     def auth_enabled(self) -> bool:
@@ -27,7 +30,7 @@ class ApiConfig(ApiSection):
 def api_config(settings: Any) -> ApiConfig:
     """The API configuration, or ConfigError naming the bad key."""
     section = ApiSection.from_section(settings.api)
-    config = ApiConfig(token=settings.api_token or None, read_token=settings.api_read_token or None,
+    config = ApiConfig(token=secret_value(settings.api_token), read_token=secret_value(settings.api_read_token),
                        **section.model_dump())
     if config.read_token and not config.token:
         raise ConfigError("ERDU_API_READ_TOKEN is set but ERDU_API_TOKEN is not: set a write token too, "

@@ -18,6 +18,7 @@ import binascii
 import json
 import uuid
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from kombu import transport as kombu_transport
 from kombu.transport import redis, virtual
@@ -29,8 +30,42 @@ SCHEMES = ("redis", "rediss")
 FOREIGN_KEY = "erdu_foreign_entry"
 """The key under which an entry that was not JSON is carried to the consumer, as text."""
 MAX_FOREIGN_CHARS = 100_000
+MAX_ENTRY_BYTES = 2 * 1024 * 1024
+"""A queue entry larger than this is not decoded but recorded and skipped (install() may raise it: the
+API's own messages stay below twice its request limit)."""
 
 _kombu_loads = redis.loads
+
+_PASSWORDS: dict[tuple[str, int, str | None], str] = {}
+"""Broker passwords by (host, port, user), kept in this process instead of in the Celery configuration."""
+
+
+def _endpoint(host: str | None, port: int | None, user: str | None) -> tuple[str, int, str | None]:
+    return ((host or "127.0.0.1").lower(), int(port or 6379), user or None)
+
+
+def without_password(url: str) -> str:
+    """The broker URL without its password, which this transport remembers and adds when it connects.
+
+    The Celery configuration (app.conf: `inspect conf`, Flower, a debug dump) then never holds the password.
+    """
+    try:
+        parts = urlsplit(url)
+        password, port = parts.password, parts.port
+    except ValueError:
+        return url
+    if parts.scheme not in SCHEMES or not password:
+        return url
+    user = unquote(parts.username) if parts.username else None
+    _PASSWORDS[_endpoint(parts.hostname, port, user)] = unquote(password)
+    hostport = parts.netloc.rpartition("@")[2]
+    netloc = f"{parts.username}@{hostport}" if parts.username else hostport
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def password_for(host: str | None, port: int | None, user: str | None) -> str | None:
+    """The password remembered for this broker endpoint, if any."""
+    return _PASSWORDS.get(_endpoint(host, port, user))
 
 
 def lenient_text(data: Any) -> Any:
@@ -40,13 +75,27 @@ def lenient_text(data: Any) -> Any:
     return data
 
 
+def _head(text: Any, chars: int) -> str:
+    raw = text[:chars * 4] if isinstance(text, (bytes, bytearray, str)) else str(text)[:chars]
+    return (raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else str(raw))[:chars]
+
+
 def lenient_loads(text: Any) -> Any:
-    """kombu's JSON decoding, except that an entry that is not JSON becomes {FOREIGN_KEY: its text}."""
+    """kombu's JSON decoding, except that an entry that is not JSON becomes {FOREIGN_KEY: its text}.
+
+    An entry larger than MAX_ENTRY_BYTES is not decoded at all, and one nested too deeply for the JSON
+    decoder (which raises RecursionError, not ValueError) is foreign too: neither stops the worker.
+    """
+    size = len(text) if isinstance(text, (bytes, bytearray, str)) else 0
+    if size > MAX_ENTRY_BYTES:
+        return {FOREIGN_KEY: f"oversized entry: {size} bytes, more than {MAX_ENTRY_BYTES}; it begins: "
+                             + _head(text, 1000)}
     try:
         return _kombu_loads(text)
+    except RecursionError:
+        return {FOREIGN_KEY: "entry nested too deeply to decode; it begins: " + _head(text, 1000)}
     except ValueError:   # JSONDecodeError, and UnicodeDecodeError of bytes that are not UTF-8
-        raw = text.decode("utf-8", "replace") if isinstance(text, (bytes, bytearray)) else str(text)
-        return {FOREIGN_KEY: raw[:MAX_FOREIGN_CHARS]}
+        return {FOREIGN_KEY: _head(text, MAX_FOREIGN_CHARS)}
 
 
 def is_envelope(raw: Any) -> bool:
@@ -74,8 +123,14 @@ def is_envelope(raw: Any) -> bool:
 
 def wrap(raw: Any, queue: str) -> dict[str, Any]:
     """An envelope around a foreign entry: JSON body, no task header, so the consumer rejects it."""
+    try:
+        body = json.dumps(raw)
+    except (ValueError, RecursionError):
+        body = json.dumps({FOREIGN_KEY: "an entry that cannot be shown as JSON"})
+    if len(body) > MAX_FOREIGN_CHARS:   # cut as text inside valid JSON, so the consumer can still read it
+        body = json.dumps({FOREIGN_KEY: f"entry of {len(body)} characters, cut: {body[:MAX_FOREIGN_CHARS // 2]}"})
     return {
-        "body": json.dumps(raw)[:MAX_FOREIGN_CHARS],
+        "body": body,
         "content-type": "application/json",
         "content-encoding": "utf-8",
         "headers": {},
@@ -141,7 +196,12 @@ class Channel(redis.Channel):
         transport = self.connection
         if transport is None or getattr(transport, "client", None) is None:
             raise RedisConnectionError("this channel's broker connection was closed")
-        return super()._connparams(asynchronous)
+        params = super()._connparams(asynchronous)
+        if not params.get("password") and "host" in params:
+            remembered = password_for(params.get("host"), params.get("port"), params.get("username"))
+            if remembered is not None:
+                params["password"] = remembered
+        return params
 
 
 class Transport(redis.Transport):
@@ -155,8 +215,11 @@ class Transport(redis.Transport):
         super()._deliver(message, queue)
 
 
-def install() -> None:
+def install(max_entry_bytes: int | None = None) -> None:
     """Serve redis:// and rediss:// URLs with this transport in this process (URLs and Flower stay as they are)."""
+    global MAX_ENTRY_BYTES
+    if max_entry_bytes is not None:
+        MAX_ENTRY_BYTES = max(MAX_ENTRY_BYTES, int(max_entry_bytes))
     # kombu's Redis transport decodes every popped entry with its module-level `loads`.
     redis.loads = lenient_loads
     redis.bytes_to_str = lenient_text

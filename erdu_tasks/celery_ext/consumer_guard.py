@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import redis
 import structlog
-from celery import bootsteps
+from celery import bootsteps, signals
 from celery.worker import state
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -58,12 +58,34 @@ def queue_keys(queues: list[str]) -> list[str]:
     return [key for q in queues for key in (q, *(f"{q}{PRIORITY_SEP}{p}" for p in (3, 6, 9)))]
 
 
+def record_decode_errors(consumer) -> None:
+    """A message whose body cannot be decoded (nested too deeply, bad base64...) is rejected like any other.
+
+    Celery logs it and acks it in `on_decode_error`, without the `task_rejected` signal its other
+    rejections send, so it would leave no record but a log line; here it sends the signal too, and the
+    rejection is kept in failed_tasks (erdu_tasks/tasks/base.py) with its reason.
+    """
+    original = consumer.on_decode_error
+    if getattr(original, "erdu_recorded", False):
+        return
+
+    def on_decode_error(message, exc) -> None:
+        try:
+            original(message, exc)
+        finally:
+            signals.task_rejected.send(sender=consumer, message=message, exc=exc)
+
+    on_decode_error.erdu_recorded = True
+    consumer.on_decode_error = on_decode_error
+
+
 class ConsumerGuard(bootsteps.StartStopStep):
     """A consumer bootstep: checks every few seconds, from the event loop, that waiting work is taken."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
     def __init__(self, parent, **kwargs) -> None:
+        record_decode_errors(parent)
         settings = parent.app.erdu_settings
         self.stall_seconds = float(settings.consumer_stall_seconds)
         self.interval = max(1.0, min(5.0, self.stall_seconds / 3))
@@ -76,7 +98,10 @@ class ConsumerGuard(bootsteps.StartStopStep):
             return
         self.watch = Watch(self.stall_seconds, started_then=state.all_total_count[0])
         if self.client is None:
-            self.client = redis.Redis.from_url(parent.app.conf.broker_url, socket_timeout=2, socket_connect_timeout=2)
+            # The settings hold the password, which app.conf does not (celery_ext/broker.py).
+            url = str(getattr(parent.app, "erdu_settings", None) and parent.app.erdu_settings.redis_url
+                      or parent.app.conf.broker_url)
+            self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self.tref = parent.timer.call_repeatedly(self.interval, self.check, (parent,), priority=10)
 
     def stop(self, parent) -> None:

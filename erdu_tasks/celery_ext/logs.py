@@ -16,6 +16,38 @@ MAX_FIELD_CHARS = 4096
 """A log field longer than this is cut: a 20 MB event must not become a 20 MB log line in every worker."""
 
 
+_SECRETS: set[str] = set()
+MIN_SECRET_CHARS = 4
+"""Shorter values are not redacted (they would blank out ordinary words); settings secrets are longer."""
+
+
+def register_secrets(values: Any) -> None:
+    """Values no log line may show (settings tokens, keys, passwords): each is replaced by `***`."""
+    _SECRETS.update(v for v in values if isinstance(v, str) and len(v) >= MIN_SECRET_CHARS)
+
+
+def redact(text: str) -> str:
+    """text with every registered secret replaced by `***`."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _redact_secrets(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Replace every registered secret in every field (the message, arguments, an exception's text)."""
+    if not _SECRETS:
+        return event_dict
+    for key, value in list(event_dict.items()):
+        if isinstance(value, str):
+            event_dict[key] = redact(value)
+        elif isinstance(value, (dict, list, tuple)):
+            text = repr(value)
+            if redact(text) != text:
+                event_dict[key] = redact(text)
+    return event_dict
+
+
 def _cap_fields(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """Cut every long text field (the message, task arguments, an exception's text) to MAX_FIELD_CHARS."""
     for key, value in list(event_dict.items()):
@@ -70,7 +102,7 @@ def configure(level: int | str = "INFO", fmt: str = "json", stream: Any = None) 
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.format_exc_info, _cap_fields, renderer],
+                    structlog.processors.format_exc_info, _redact_secrets, _cap_fields, renderer],
     )
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(formatter)

@@ -92,7 +92,9 @@ class Client:
         except ErduError as exc:
             raise ClientError(str(exc), retryable=True) from None
         except Exception as exc:  # kombu raises several connection error types
-            raise ClientError(f"could not enqueue on {self.redis_url}: {exc}", retryable=True) from None
+            from erdu_tasks.settings.common import mask_url
+
+            raise ClientError(f"could not enqueue on {mask_url(str(self.redis_url))}: {exc}", retryable=True) from None
         return result.id
 
     def _post(self, event: Any) -> str:

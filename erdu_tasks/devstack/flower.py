@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from erdu_tasks.errors import ConfigError
@@ -21,7 +21,7 @@ class FlowerOptions:
     port: int = DEFAULT_PORT
     address: str = DEFAULT_ADDRESS
     user: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
 
     @property
     def has_auth(self) -> bool:
@@ -48,7 +48,8 @@ def flower_options(section: FlowerSection | dict[str, Any] | None, *, port: int 
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     opts = FlowerOptions(port=chosen_port, address=str(address if address is not None else flower.address),
-                         user=flower.user, password=flower.password)
+                         user=flower.user,
+                         password=flower.password.get_secret_value() if flower.password is not None else None)
     check_exposure(opts)
     check_environment()
     return opts
@@ -96,8 +97,36 @@ def check_environment(environ: dict[str, str] | None = None) -> None:
                           "(shutdown, revoke, send task) past ERDU's basic auth; unset it")
 
 
+def guard_metrics() -> None:
+    """Put Flower's own `/metrics` behind its basic auth, and turn it off (404) when there is none.
+
+    Flower serves `/metrics` (task names, workers, queue state) to anyone, whatever its auth says; with
+    this, a request without the dashboard's credentials gets 401.
+    """
+    import tornado.web
+    from flower.views import monitor
+
+    original = monitor.Metrics.get
+    if getattr(original, "erdu_guarded", False):
+        return
+
+    async def get(self: Any) -> None:
+        if not self.application.options.basic_auth:
+            raise tornado.web.HTTPError(404)
+        self.get_current_user()   # raises 401 for missing or wrong credentials
+        await original(self)
+
+    get.erdu_guarded = True  # type: ignore[attr-defined]
+    monitor.Metrics.get = get  # type: ignore[method-assign]
+
+
 def run_flower(opts: FlowerOptions, settings: Any) -> int:
     """Run Flower in the foreground on ERDU's broker and queues."""
+    check_exposure(opts)
+    guard_metrics()
     os.environ.pop("FLOWER_BASIC_AUTH", None)
     os.environ.update(flower_env(opts))
-    return dashboard_app(settings).start(flower_argv(opts, settings.redis_url)) or 0
+    from erdu_tasks.celery_ext.broker import without_password
+
+    # The broker's password stays off the app's configuration; the transport adds it when it connects.
+    return dashboard_app(settings).start(flower_argv(opts, without_password(settings.redis_url))) or 0

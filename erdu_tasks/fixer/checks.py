@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, Union
 import psutil
 from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from erdu_tasks.fixer.urlguard import DEFAULT_POLICY, UrlPolicy
 from erdu_tasks.fixer.actions.base import ActionResult, ParamsModel, as_int_list, build_env, http_exchange, render_params, run_argv
 from erdu_tasks.fixer.actions.http_call import Method, check_url
 from erdu_tasks.errors import PermanentError
@@ -136,10 +137,10 @@ COMMON_FIELDS = frozenset({"check", "timeout", "delay", "attempts", "interval", 
 """Fields every check has; never templated."""
 
 
-def _http(spec: HttpCheck) -> CheckResult:
+def _http(spec: HttpCheck, policy: UrlPolicy = DEFAULT_POLICY) -> CheckResult:
     r = http_exchange(spec.method, spec.url, timeout=spec.timeout, headers=spec.headers,
                       expect_status=spec.expect_status, max_latency=spec.max_latency,
-                      body_contains=spec.body_contains, verify_tls=spec.verify_tls)
+                      body_contains=spec.body_contains, verify_tls=spec.verify_tls, policy=policy)
     return CheckResult(r.ok, r.detail, r.duration, r.output)
 
 
@@ -246,26 +247,28 @@ def check_from_incident(spec: FromIncidentCheck, error_details: Mapping[str, Any
         raise PermanentError(f"the incident's stored check is invalid: {exc.errors()[0]['msg']}") from None
 
 
-def render_check(spec: Any, allowed_fields: Mapping[str, object]) -> Any:
-    """The check with {service}/{host} substituted; PermanentError if a value is unsafe."""
+def render_check(spec: Any, allowed_fields: Mapping[str, object], policy: UrlPolicy = DEFAULT_POLICY) -> Any:
+    """The check with {service}/{host} substituted; PermanentError if a value is unsafe or a host refused."""
     raw = spec.model_dump(by_alias=True)
     literal = COMMON_FIELDS | LITERAL_KEYS.get(spec.check, frozenset())
-    rendered = render_params(raw, allowed_fields, literal_keys=literal)
+    rendered = render_params(raw, allowed_fields, literal_keys=literal, policy=policy)
     try:
         return type(spec).model_validate(rendered)
     except ValidationError as exc:
         raise PermanentError(f"invalid {spec.check} check after rendering: {exc.errors()[0]['msg']}") from None
 
 
-def run_check(spec: Any, allowed_fields: Mapping[str, object], *, stable_for: float | None = None) -> CheckResult:
+def run_check(spec: Any, allowed_fields: Mapping[str, object], *, stable_for: float | None = None,
+              url_policy: UrlPolicy = DEFAULT_POLICY) -> CheckResult:
     """Run a validation check (after its delay, up to `attempts` times) and, once it passes, keep re-running it
     every `interval` until it has held for `stable_for` seconds (the argument, else the check's own); never raises.
 
     A check that watches a window (log_absent) has its window extended by `stable_for` instead.
+    `url_policy` says where an HTTP check may go (erdu_tasks/fixer/urlguard.py).
     """
     started = time.monotonic()
     try:
-        rendered = render_check(spec, allowed_fields)
+        rendered = render_check(spec, allowed_fields, url_policy)
     except PermanentError as exc:
         return CheckResult(False, f"refused: {exc}", time.monotonic() - started)
     hold = float(stable_for if stable_for is not None else (rendered.stable_for or 0.0))
@@ -275,25 +278,27 @@ def run_check(spec: Any, allowed_fields: Mapping[str, object], *, stable_for: fl
         time.sleep(rendered.delay)
     result = CheckResult(False, "not run")
     for attempt in range(1, rendered.attempts + 1):
-        result = _once(rendered)
+        result = _once(rendered, url_policy)
         if result.ok or attempt == rendered.attempts:
             break
         time.sleep(rendered.interval)
     output = {**result.output, "check": rendered.check, "attempts": attempt}
     if result.ok and hold > 0:
-        result, held = _hold(rendered, hold)
+        result, held = _hold(rendered, hold, url_policy)
         output.update(result.output, check=rendered.check, attempts=attempt, stable_for=hold, held=round(held, 3))
     return CheckResult(result.ok, result.detail, time.monotonic() - started, output)
 
 
-def _once(rendered: Any) -> CheckResult:
+def _once(rendered: Any, url_policy: UrlPolicy = DEFAULT_POLICY) -> CheckResult:
     try:
+        if rendered.check == "http":
+            return _http(rendered, url_policy)
         return _RUNNERS[rendered.check](rendered)
     except Exception as exc:  # a check bug is a failed check, visible on the timeline
         return CheckResult(False, f"{rendered.check} check raised {type(exc).__name__}: {exc}")
 
 
-def _hold(rendered: Any, seconds: float) -> tuple[CheckResult, float]:
+def _hold(rendered: Any, seconds: float, url_policy: UrlPolicy = DEFAULT_POLICY) -> tuple[CheckResult, float]:
     """Re-run a passing check until it has held for `seconds`; the first failure ends it. (result, seconds held)."""
     passed_at = time.monotonic()
     last = CheckResult(True, "not re-checked")
@@ -304,7 +309,7 @@ def _hold(rendered: Any, seconds: float) -> tuple[CheckResult, float]:
             return CheckResult(True, f"{last.detail if checks else 'passed'}; held for {seconds:g} s "
                                      f"({checks} re-check(s))", held, last.output), held
         time.sleep(min(max(rendered.interval, 0.1), seconds - held))
-        last = _once(rendered)
+        last = _once(rendered, url_policy)
         checks += 1
         if not last.ok:
             held = time.monotonic() - passed_at

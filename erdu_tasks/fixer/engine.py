@@ -12,6 +12,7 @@ from psycopg.types.json import Jsonb
 from erdu_tasks.fixer.actions import run_step
 from erdu_tasks.fixer.actions.base import ActionResult
 from erdu_tasks.fixer.checks import check_from_incident, run_check
+from erdu_tasks.fixer.urlguard import DEFAULT_POLICY, UrlPolicy
 from erdu_tasks.errors import PermanentError
 from erdu_tasks.model import Incident
 from erdu_tasks.fixer.runbooks import MatchInput, Runbook, RunbookSet
@@ -88,7 +89,7 @@ class StepOutcome:
 
 
 def run_keyed(db: Any, incident: Incident, key: str, runbook: Runbook, step: Any, *, dry_run: bool,
-              redis_url: str | None) -> StepOutcome:
+              redis_url: str | None, url_policy: UrlPolicy = DEFAULT_POLICY) -> StepOutcome:
     """Run a step at most once per key: a redelivered fix reuses the stored result instead of acting again."""
     with db.transaction() as conn:
         claimed = conn.execute(
@@ -108,7 +109,8 @@ def run_keyed(db: Any, incident: Incident, key: str, runbook: Runbook, step: Any
         return StepOutcome(key, step.action, row["ok"], result.get("detail", ""), result.get("duration", 0.0),
                            result.get("output", {}), reused=True)
     result: ActionResult = run_step(step, allowed_fields(incident), dry_run=dry_run or runbook.dry_run,
-                                    redis_url_for_cache=redis_url, idempotency_key=f"{incident.id}:{key}")
+                                    redis_url_for_cache=redis_url, idempotency_key=f"{incident.id}:{key}",
+                                    url_policy=url_policy)
     with db.transaction() as conn:
         conn.execute("UPDATE action_runs SET finished_at = now(), ok = %s, result = %s"
                      " WHERE incident_id = %s AND step_key = %s",
@@ -116,7 +118,8 @@ def run_keyed(db: Any, incident: Incident, key: str, runbook: Runbook, step: Any
     return StepOutcome(key, step.action, result.ok, result.detail, result.duration, result.output)
 
 
-def validate(runbook: Runbook, incident: Incident, db: Any = None) -> dict[str, Any]:
+def validate(runbook: Runbook, incident: Incident, db: Any = None,
+             url_policy: UrlPolicy = DEFAULT_POLICY) -> dict[str, Any]:
     """Re-run the check that proves the fix; a runbook without one is validated by its steps alone."""
     if runbook.validation is None:
         return {"ok": True, "detail": "no validation check in runbook; steps succeeded", "duration": 0.0}
@@ -128,7 +131,7 @@ def validate(runbook: Runbook, incident: Incident, db: Any = None) -> dict[str, 
             spec = check_from_incident(spec, incident.error_details)
         except PermanentError as exc:
             return {"ok": False, "detail": str(exc), "duration": 0.0}
-    result = run_check(spec, allowed_fields(incident), stable_for=runbook.stable_for)
+    result = run_check(spec, allowed_fields(incident), stable_for=runbook.stable_for, url_policy=url_policy)
     return {"ok": bool(result.ok), "detail": result.detail, "duration": result.duration,
             "stable_for": runbook.stable_for}
 

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 from erdu_tasks.fixer.checks import CheckResult, HttpCheck, run_check
+from erdu_tasks.fixer.urlguard import DEFAULT_POLICY, UrlPolicy
 from erdu_tasks.ingest.accept import IngestRuntime
 from erdu_tasks.model import Event
 from erdu_tasks.monitors.config import Probe, ProbesConfig
@@ -25,8 +26,17 @@ from erdu_tasks.monitors.state import Decision, Observation, observe
 
 
 def run_probe(probe: Probe) -> CheckResult:
-    """Run one probe once (never raises)."""
-    return run_check(HttpCheck.model_validate(probe.check_spec()), {})
+    """Run one probe once (never raises); link-local / metadata addresses only with runbook_allow_link_local."""
+    return run_check(HttpCheck.model_validate(probe.check_spec()), {}, url_policy=_policy())
+
+
+def _policy() -> UrlPolicy:
+    from erdu_tasks.settings import get_settings
+
+    try:
+        return UrlPolicy(allow_link_local=bool(get_settings().runbook_allow_link_local))
+    except Exception:   # settings that do not load are reported elsewhere; probes keep the safe default
+        return DEFAULT_POLICY
 
 
 def probe_key(probe: Probe) -> str:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from urllib.parse import unquote, urlsplit
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,6 +24,7 @@ from pydantic_settings import (
 
 from erdu_tasks.errors import ConfigError, config_error
 from erdu_tasks.names import ROLES
+from erdu_tasks.settings.common import Dsn, DsnStr, RunbookHost, mask_url
 from erdu_tasks.settings.escalation import EscalationConfig
 from erdu_tasks.settings.monitors import MonitorsConfig
 from erdu_tasks.settings.roles import BrainConfig, CommanderConfig, LearningConfig
@@ -30,6 +32,7 @@ from erdu_tasks.settings.servers import ApiSection, FlowerSection
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/erdu"
+
 _SECTIONS = frozenset({"monitors", "escalation", "commander", "learning", "brain", "api", "flower"})
 
 
@@ -49,8 +52,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ERDU_", env_nested_delimiter="__", extra="forbid")
 
-    redis_url: str = DEFAULT_REDIS_URL
-    database_url: str = DEFAULT_DATABASE_URL
+    # Connection URLs: their passwords are masked in every repr (settings.Dsn).
+    redis_url: Dsn = DsnStr(DEFAULT_REDIS_URL)
+    database_url: Dsn = DsnStr(DEFAULT_DATABASE_URL)
     reports_dir: Path = Path("var/reports")
     alerts_dir: Path = Path("var/alerts")
     state_dir: Path = Path("var")
@@ -73,12 +77,18 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=4, ge=1)
 
     dry_run: bool = False
+    # Hosts an incident's {host} / {service} may aim a runbook URL at, besides the catalog's `hosts:`
+    # (names, IP addresses, networks like 10.0.3.0/24); every other host is refused.
+    runbook_hosts: list[RunbookHost] = Field(default_factory=list)
+    # Let runbook requests reach link-local and cloud metadata addresses (169.254.0.0/16, fe80::/10, ...).
+    runbook_allow_link_local: bool = False
     approval_deadline_seconds: float = Field(default=3600.0, gt=0)   # then a parked fix is escalated
     flap_window_seconds: float = Field(default=3600.0, ge=0)   # a recurrence within it links to the last incident
     # Bearer tokens of the HTTP API (ERDU_API_TOKEN writes and reads, ERDU_API_READ_TOKEN only reads).
-    api_token: str | None = None
-    api_read_token: str | None = None
-    cache_redis_url: str | None = None   # the Redis that clear_cache runbooks act on; never the broker by default
+    # Secrets (SecretStr): shown as '**********' in every repr, read with .get_secret_value().
+    api_token: SecretStr | None = None
+    api_read_token: SecretStr | None = None
+    cache_redis_url: Dsn | None = None   # the Redis that clear_cache runbooks act on; never the broker by default
     worker_concurrency: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)   # role -> processes
 
     # The sections; each model documents its keys.
@@ -122,6 +132,46 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+def secret_value(value: SecretStr | str | None) -> str | None:
+    """The plain text of a secret setting (None or empty: None)."""
+    if value is None:
+        return None
+    text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    return text or None
+
+
+def secret_values(settings: Any) -> list[str]:
+    """Every secret the settings hold (tokens, keys, passwords, webhook URLs, URL passwords), as text,
+    for the log redactor."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, SecretStr):
+            if value.get_secret_value():
+                found.append(value.get_secret_value())
+        elif isinstance(value, DsnStr):
+            try:
+                password = urlsplit(str.__str__(value)).password
+            except ValueError:
+                password = None
+            if password:
+                found.extend({password, unquote(password)})
+            if mask_url(str.__str__(value)) != str.__str__(value):
+                found.append(str.__str__(value))
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name, None))
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    walk(settings)
+    return found
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build the settings, turning validation errors into one readable ConfigError."""
     try:
@@ -138,6 +188,6 @@ def get_settings() -> Settings:
     return load_settings()
 
 
-__all__ = ["ApiSection", "BrainConfig", "CommanderConfig", "DEFAULT_DATABASE_URL", "DEFAULT_REDIS_URL",
+__all__ = ["ApiSection", "BrainConfig", "CommanderConfig", "DEFAULT_DATABASE_URL", "DEFAULT_REDIS_URL", "DsnStr",
            "EscalationConfig", "FlowerSection", "LearningConfig", "MonitorsConfig", "Settings", "get_settings",
-           "load_settings"]
+           "load_settings", "secret_value", "secret_values"]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import datetime, time, timedelta
 from functools import lru_cache
 from typing import Annotated, Any, ClassVar, Self
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import re2
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -117,3 +118,60 @@ TimeZoneName = Annotated[str, AfterValidator(valid_timezone)]
 
 TimeOfDay = Annotated[time, BeforeValidator(lambda value: quoted_time(value, "09:00"))]
 """A time of day; an unquoted YAML 22:00 (read as a number) is refused with a hint."""
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password (if any) shown as `***`."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparseable URL>"
+    if not password:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
+
+
+class DsnStr(str):
+    """A connection URL that is used as the string it is, but whose repr masks its password: a settings
+    object's repr / str, a traceback's locals or a debug print never show it."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(mask_url(str.__str__(self)))
+
+    @property
+    def masked(self) -> str:
+        """The URL with the password shown as `***`, for messages."""
+        return mask_url(str.__str__(self))
+
+
+Dsn = Annotated[str, AfterValidator(DsnStr)]
+"""A database or Redis URL whose password is masked in every repr (use `.masked` in messages)."""
+
+
+def _runbook_host(value: str) -> str:
+    value = value.strip()
+    if "/" in value:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a network: {exc}") from None
+    elif not value or any(c in value for c in "@/?#%[] ") or (":" in value and not _is_ip(value)):
+        raise ValueError(f"{value!r} is not a host name or IP address")
+    return value
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+RunbookHost = Annotated[str, AfterValidator(_runbook_host)]
+"""A host name, IP address or network (CIDR) an incident's {host} may aim a runbook URL at."""

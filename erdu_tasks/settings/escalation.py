@@ -120,15 +120,19 @@ class WebhookSettings(ChannelSettings):
 
 
 class SlackSettings(ChannelSettings):
-    """The incoming-webhook URL."""
+    """The incoming-webhook URL (a secret: whoever has it can post to the channel)."""
 
     type: Literal["slack"] = "slack"
-    url: str
+    url: SecretStr
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        return check_http_url(value)
+    def _http_url(cls, value: SecretStr) -> SecretStr:
+        try:
+            check_http_url(value.get_secret_value())
+        except ValueError:
+            raise ValueError("must be an absolute http:// or https:// URL") from None
+        return value
 
 
 class PagerDutySettings(ChannelSettings):

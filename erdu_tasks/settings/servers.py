@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from erdu_tasks.settings.common import Section, refused
 
@@ -69,7 +69,7 @@ class FlowerSection(Section):
     port: int = FLOWER_PORT
     address: str = FLOWER_ADDRESS
     user: str | None = None
-    password: str | None = None
+    password: SecretStr | None = None
 
     @field_validator("port", mode="before")
     @classmethod
@@ -85,10 +85,10 @@ class FlowerSection(Section):
 
     @field_validator("password")
     @classmethod
-    def _password(cls, value: str | None) -> str | None:
-        if value is not None and "," in value:
+    def _password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and "," in value.get_secret_value():
             raise ValueError("must be a string without ','")
-        return value or None
+        return value if value is not None and value.get_secret_value() else None
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> FlowerSection:

@@ -16,6 +16,7 @@ from celery.worker.strategy import default as default_strategy
 from erdu_tasks import names
 from erdu_tasks.store import incidents as store
 from erdu_tasks.errors import PermanentError, TransientError
+from erdu_tasks.model import INCIDENT_ID
 from erdu_tasks.escalation.start import escalate
 from erdu_tasks.model import Incident
 from erdu_tasks.names import Stage
@@ -94,8 +95,10 @@ def _record_rejected_message(message: Any, reason: str, *, task_name: str | None
     headers = getattr(message, "headers", None) or {}
     info = getattr(message, "delivery_info", None) or {}
     body = getattr(message, "body", b"")
-    text = body.decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else str(body)
-    error = f"rejected on queue {info.get('routing_key') or '?'}: {reason}; body: {text[:2000]}"
+    text = body[:8000].decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else str(body)[:8000]
+    # Postgres text cannot hold NUL; a pickle or binary body has them.
+    text = text.replace("\x00", "\\x00")
+    error = f"rejected on queue {info.get('routing_key') or '?'}: {reason[:500]}; body: {text[:2000]}"
     log.error("message rejected", queue=info.get("routing_key"), reason=reason)
     try:
         with runtime().db.transaction() as conn:
@@ -142,6 +145,10 @@ def begin_stage(task: ErduTask, rt: Runtime, stage: Stage, incident_id: object, 
     """Count this start of (incident, stage); False when earlier starts crashed too often (then it is parked)."""
     if not isinstance(incident_id, str):
         raise PermanentError(f"{task.name} expects an incident id string, got {type(incident_id).__name__}")
+    if not INCIDENT_ID.fullmatch(incident_id):
+        # Checked before the database sees it: a 5 MB "id" is not a transient database error to retry.
+        shown = incident_id[:40] + (f"… ({len(incident_id)} characters)" if len(incident_id) > 40 else "")
+        raise PermanentError(f"{task.name} expects an incident id like INC-YYYYMMDDHHMMSS-xxxxxxxx, got {shown!r}")
 
     def start() -> int:
         with rt.db.transaction() as conn:

@@ -114,7 +114,7 @@ def _act(rt: Runtime, incident: Incident, runbook: Runbook, decision: FixPlan) -
     failed = False
     for i, step in enumerate(runbook.actions):
         outcome = fixing.run_keyed(rt.db, incident, f"{attempt}:action:{i}", runbook, step, dry_run=dry,
-                                   redis_url=rt.settings.cache_redis_url)
+                                   redis_url=rt.settings.cache_redis_url, url_policy=rt.url_policy)
         steps.append(outcome.as_dict())
         if outcome.ok is False:
             failed = True
@@ -128,12 +128,12 @@ def _act(rt: Runtime, incident: Incident, runbook: Runbook, decision: FixPlan) -
                       "detail": f"outcome of step {unknown[0]} unknown (its worker was lost) and the runbook "
                                 "has no validation check to prove the fix"}
     else:
-        validation = fixing.validate(runbook, incident, rt.db)
+        validation = fixing.validate(runbook, incident, rt.db, rt.url_policy)
     rollback = []
     if not validation["ok"]:
         for i, step in enumerate(runbook.rollback):
             outcome = fixing.run_keyed(rt.db, incident, f"{attempt}:rollback:{i}", runbook, step, dry_run=dry,
-                                       redis_url=rt.settings.cache_redis_url)
+                                       redis_url=rt.settings.cache_redis_url, url_policy=rt.url_policy)
             rollback.append(outcome.as_dict())
     return {"actions": steps, "validation": validation, "rollback": rollback, "dry_run": dry}
 

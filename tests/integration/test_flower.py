@@ -12,6 +12,8 @@ import time
 import httpx
 import pytest
 
+from erdu_tasks.devstack.flower import flower_options
+from erdu_tasks.errors import ConfigError
 from tests.conftest import free_port, incident_rows, wait_for
 
 RUNBOOK = textwrap.dedent("""
@@ -81,9 +83,42 @@ def test_flower_lists_the_role_queues_and_an_incidents_tasks_with_auth_and_refus
     queues = httpx.get(f"{flower}/api/queues/length", auth=AUTH, timeout=10).json()
     assert ROLE_QUEUES <= {q["name"] for q in queues["active_queues"]}
 
-    for url in (f"{flower}/api/tasks", f"{flower}/api/queues/length", f"{flower}/tasks", f"{flower}/"):
+    for url in (f"{flower}/api/tasks", f"{flower}/api/queues/length", f"{flower}/tasks", f"{flower}/",
+                f"{flower}/metrics"):
         assert httpx.get(url, timeout=10).status_code == 401, url
         assert httpx.get(url, auth=(AUTH[0], "wrong"), timeout=10).status_code == 401, url
+    metrics = httpx.get(f"{flower}/metrics", auth=AUTH, timeout=10)
+    assert metrics.status_code == 200 and "flower_events_total" in metrics.text
+    assert AUTH[1] not in metrics.text
+
+
+def _start_flower(stack, env, log_name):
+    port = free_port()
+    log_path = stack.tmp / log_name
+    proc = subprocess.Popen([sys.executable, "-m", "erdu_tasks.cli", "flower", "--port", str(port)], env=env,
+                            cwd=stack.tmp, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert proc.poll() is None, log_path.read_text()
+        try:
+            return httpx.get(f"{base}/healthcheck", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, 60, 0.3, what="flower to answer")
+    return proc, base
+
+
+def test_flower_without_auth_serves_no_metrics(stack):
+    env = {k: v for k, v in stack.env.items() if not k.startswith("ERDU_FLOWER__")}
+    proc, base = _start_flower(stack, env, "flower-noauth.log")
+    try:
+        assert httpx.get(f"{base}/metrics", timeout=10).status_code == 404
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
 
 
 def test_flower_refuses_to_listen_beyond_localhost_without_auth(stack):
@@ -93,6 +128,10 @@ def test_flower_refuses_to_listen_beyond_localhost_without_auth(stack):
                           timeout=60)
     assert done.returncode == 2
     assert "refusing to run Flower on 0.0.0.0 without authentication" in done.stderr
+    for address in ("::", "192.0.2.10", "flower.example.com"):   # any address but loopback
+        with pytest.raises(ConfigError, match="without authentication"):
+            flower_options({}, address=address)
+    assert flower_options({}, address="::1").address == "::1"
 
 
 @pytest.mark.parametrize("variable", ["FLOWER_UNAUTHENTICATED_API", "FLOWER_AUTH"])

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import os
+import pickle
+import shlex
+import textwrap
+import uuid
+from pathlib import Path
+
 import pytest
 import redis
 from kombu import Connection, Exchange, Queue
@@ -84,3 +93,115 @@ def test_the_celery_configuration_holds_no_secret():
     assert secret not in shown
     assert app.erdu_settings.api_token == secret or getattr(app.erdu_settings.api_token, "get_secret_value",
                                                             lambda: None)() == secret
+
+
+# ================================================================== canaries: hostile entries on every role queue
+
+ROLE_TASKS = {"ingest": "erdu.ingest", "commander": "erdu.assess", "diagnostician": "erdu.diagnose",
+              "fixer": "erdu.fix", "resolver": "erdu.resolve"}
+CANARY_RUNBOOK = textwrap.dedent("""
+    runbooks:
+      - name: canary-noop
+        match: {service: canary}
+        actions: [{action: noop}]
+        validation: {check: noop}
+        limits: {max_runs: 100, per_seconds: 3600}
+""")
+BIG = 5 * 1024 * 1024
+DEEP = 100_000
+MAX_LOG_LINE = 64 * 1024
+
+
+class _PickleCanary:
+    """Unpickling this runs os.system(touch CANARY): proof that pickle was deserialized."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(self.path)}",))
+
+
+def _envelope(queue: str, body: bytes, content_type: str, *, encoding: str = "binary") -> bytes:
+    """A well-formed kombu/Celery protocol 2 envelope on `queue` whose body is `body` as `content_type`."""
+    task_id = str(uuid.uuid4())
+    return json.dumps({
+        "body": base64.b64encode(body).decode(), "content-encoding": encoding, "content-type": content_type,
+        "headers": {"lang": "py", "task": ROLE_TASKS[queue], "id": task_id, "root_id": task_id, "parent_id": None,
+                    "group": None, "retries": 0, "eta": None, "expires": None, "timelimit": [None, None],
+                    "argsrepr": "()", "kwargsrepr": "{}", "origin": "hostile@producer"},
+        "properties": {"correlation_id": task_id, "delivery_mode": 2, "delivery_tag": task_id, "priority": 0,
+                       "body_encoding": "base64", "delivery_info": {"exchange": "erdu", "routing_key": queue}},
+    }).encode()
+
+
+def _hostile_entries(queue: str, canary: Path) -> dict[str, bytes]:
+    nested = b"[" * DEEP + b"]" * DEEP
+    yaml_bomb = f'!!python/object/apply:os.system ["touch {canary}"]'.encode()
+    return {
+        "oversized": json.dumps({"junk": "x" * BIG}).encode(),
+        "oversized-body": _envelope(queue, json.dumps([["x" * BIG], {}, {}]).encode(), "application/json",
+                                    encoding="utf-8"),
+        "nested": nested,
+        "nested-body": _envelope(queue, b"[" + nested + b", {}, {}]", "application/json", encoding="utf-8"),
+        "pickle": _envelope(queue, pickle.dumps(((_PickleCanary(str(canary)),), {}, {})),
+                            "application/x-python-serialize"),
+        "yaml": _envelope(queue, yaml_bomb, "application/x-yaml", encoding="utf-8"),
+    }
+
+
+@pytest.fixture(scope="module")
+def shared(module_stack_factory, tmp_path_factory):
+    runbooks = tmp_path_factory.mktemp("canary-runbooks")
+    (runbooks / "canary.yaml").write_text(CANARY_RUNBOOK)
+    stack = module_stack_factory({"ERDU_RUNBOOKS_DIR": str(runbooks)})
+    stack.start_all()
+    return stack
+
+
+def test_hostile_entries_on_every_role_queue_are_recorded_and_the_workers_serve_on(shared, tmp_path):
+    stack = shared
+    canary = tmp_path / "canary"
+    client = redis.Redis.from_url(stack.redis_url)
+    sent = 0
+    for queue in ROLE_TASKS:
+        for kind, entry in _hostile_entries(queue, canary).items():
+            client.lpush(queue, entry)
+            sent += 1
+
+    def recorded():
+        rows = incident_rows(stack.database_url, "SELECT task_name, error FROM failed_tasks")
+        return rows if len(rows) >= sent else None
+
+    rows = wait_for(recorded, 60, 0.5, what=f"all {sent} hostile entries recorded")
+    assert all(r["error"] and "rejected on queue" in r["error"] for r in rows), [r["error"][:200] for r in rows]
+    for reason in ("oversized", "nested", "x-python-serialize", "x-yaml"):
+        assert any(reason in r["error"] for r in rows), reason
+    assert all(len(r["error"]) < 8192 for r in rows)
+    assert not canary.exists(), "a hostile payload was deserialized"
+
+    # Every worker is alive and the pipeline still closes an incident.
+    for role, procs in stack.procs.items():
+        assert all(p.poll() is None for p in procs), role
+    stack.send_event({"message": "Canary check failed after hostile entries", "service": "canary"})
+    wait_for(lambda: incident_rows(stack.database_url, "SELECT id FROM incidents WHERE status = 'closed'"), 60,
+             what="an incident closed after the hostile entries")
+    for procs in stack.procs.values():
+        for proc in procs:
+            text = proc.log_path.read_text(errors="replace")
+            assert "Unrecoverable error" not in text
+            longest = max((len(line) for line in text.splitlines()), default=0)
+            assert longest < MAX_LOG_LINE, f"{proc.log_path.name}: a {longest}-character log line"
+    stack.clear()
+
+
+def test_the_transport_does_not_decode_an_oversized_or_too_deeply_nested_entry():
+    """Pure decoding, no broker: what the worker gets instead of a RecursionError or a 5 MB parse."""
+    nested = broker.lenient_loads(b"[" * DEEP + b"]" * DEEP)
+    assert nested[broker.FOREIGN_KEY].startswith("entry nested too deeply to decode")
+    oversized = broker.lenient_loads(b'{"a": "' + b"x" * BIG + b'"}')
+    assert oversized[broker.FOREIGN_KEY].startswith("oversized entry: ")
+    assert len(oversized[broker.FOREIGN_KEY]) < 2000
+    # The envelope around a long foreign entry still carries valid JSON, so the consumer can reject it.
+    wrapped = broker.wrap({"junk": "x" * BIG}, "ingest")
+    assert len(wrapped["body"]) <= broker.MAX_FOREIGN_CHARS and broker.FOREIGN_KEY in json.loads(wrapped["body"])

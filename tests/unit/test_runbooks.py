@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from erdu_tasks.fixer.actions import describe_step, get_action, prepare_step
 from erdu_tasks.fixer.actions.base import SAFE_VALUE, render_params
+from erdu_tasks.fixer.urlguard import UrlPolicy
 from erdu_tasks.errors import ConfigError, PermanentError
 from erdu_tasks.model import Incident, Severity, Status
 from erdu_tasks.fixer.runbooks import (
@@ -350,8 +351,19 @@ def test_render_params_fills_service_and_host_everywhere() -> None:
 
 
 def test_values_under_a_url_key_are_percent_encoded() -> None:
-    out = render_params({"url": "http://{host}/svc/{service}"}, {"host": "user@evil.example", "service": "a:b"})
-    assert out == {"url": "http://user%40evil.example/svc/a%3Ab"}
+    out = render_params({"url": "http://admin.internal/svc/{service}?h={host}"},
+                        {"host": "user@evil.example", "service": "a:b"})
+    assert out == {"url": "http://admin.internal/svc/a%3Ab?h=user%40evil.example"}
+
+
+def test_a_host_from_the_incident_in_a_url_authority_must_be_allowlisted() -> None:
+    with pytest.raises(PermanentError, match="userinfo"):
+        render_params({"url": "http://{host}/svc"}, {"host": "user@evil.example"})
+    with pytest.raises(PermanentError, match="not allowlisted"):
+        render_params({"url": "http://{host}:8080/svc"}, {"host": "web-1.internal"})
+    allowed = UrlPolicy.build(["web-1.internal"])
+    assert render_params({"url": "http://{host}:8080/svc"}, {"host": "Web-1.Internal"}, policy=allowed) == {
+        "url": "http://Web-1.Internal:8080/svc"}
 
 
 def test_literal_keys_are_not_templated() -> None:

@@ -195,3 +195,18 @@ def test_the_documented_sections_are_valid_settings(module):
     sections = yaml.safe_load(textwrap.dedent("\n".join(
         line for line in doc.splitlines() if line.startswith("    ") or not line.strip())))
     assert sections and load_settings(**sections)
+
+
+def test_connection_urls_mask_their_password_in_every_repr_and_secrets_are_secretstr():
+    from erdu_tasks.settings import load_settings, secret_values
+    from erdu_tasks.settings.common import DsnStr, mask_url
+
+    url = DsnStr("redis://erdu:p%40ss-word@127.0.0.1:6379/0")
+    assert str(url) == "redis://erdu:p%40ss-word@127.0.0.1:6379/0" and url == str(url)
+    assert repr(url) == repr("redis://erdu:***@127.0.0.1:6379/0") and url.masked == "redis://erdu:***@127.0.0.1:6379/0"
+    assert mask_url("postgresql://postgres@127.0.0.1/erdu") == "postgresql://postgres@127.0.0.1/erdu"
+    settings = load_settings(redis_url=str(url), api_token="write-token-1234", flower={"user": "u", "password": "pw-1234"})
+    shown = repr(settings) + str(settings)
+    assert "p%40ss-word" not in shown and "write-token-1234" not in shown and "pw-1234" not in shown
+    assert settings.api_token.get_secret_value() == "write-token-1234"
+    assert {"p%40ss-word", "p@ss-word", "write-token-1234", "pw-1234"} <= set(secret_values(settings))

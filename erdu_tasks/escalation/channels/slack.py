@@ -83,7 +83,7 @@ class SlackChannel(BaseChannel):
 
     def __init__(self, name: str, settings: SlackSettings, *, client: httpx.Client | None = None) -> None:
         super().__init__(name, settings)
-        self.url = settings.url
+        self.url = settings.url.get_secret_value()
         self._client = client
 
     def _deliver(self, notification: Notification) -> DeliveryResult:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 from erdu_tasks.errors import PermanentError
 from erdu_tasks.fixer.actions import clear_cache, http_call, noop, restart, run_command, scale
 from erdu_tasks.fixer.actions.base import Action, ActionContext, ActionResult, render_params
+from erdu_tasks.fixer.urlguard import DEFAULT_POLICY, UrlPolicy
 
 if TYPE_CHECKING:
     from erdu_tasks.fixer.runbooks import Step
@@ -35,14 +36,15 @@ def _errors(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in exc.errors())
 
 
-def prepare_step(step: Step, allowed_fields: Mapping[str, object]) -> tuple[Action, BaseModel]:
+def prepare_step(step: Step, allowed_fields: Mapping[str, object],
+                 url_policy: UrlPolicy = DEFAULT_POLICY) -> tuple[Action, BaseModel]:
     """Render the step's params with the allowed incident fields and validate them.
 
-    Raises PermanentError (unknown action, bad placeholder, unsafe value, invalid params)
-    before anything runs.
+    Raises PermanentError (unknown action, bad placeholder, unsafe value, a URL host the
+    policy refuses, invalid params) before anything runs.
     """
     action = get_action(step.action)
-    rendered = render_params(step.params, allowed_fields)
+    rendered = render_params(step.params, allowed_fields, policy=url_policy)
     try:
         params = action.Params.model_validate(rendered)
     except ValidationError as exc:
@@ -50,17 +52,19 @@ def prepare_step(step: Step, allowed_fields: Mapping[str, object]) -> tuple[Acti
     return action, params
 
 
-def describe_step(step: Step, allowed_fields: Mapping[str, object]) -> str:
+def describe_step(step: Step, allowed_fields: Mapping[str, object],
+                  url_policy: UrlPolicy = DEFAULT_POLICY) -> str:
     """What the step would do with these fields, or why it would be refused."""
     try:
-        action, params = prepare_step(step, allowed_fields)
+        action, params = prepare_step(step, allowed_fields, url_policy)
     except PermanentError as exc:
         return f"{step.action}: refused: {exc}"
     return f"{action.NAME}: {action.describe(params)}"
 
 
 def run_step(step: Step, allowed_fields: Mapping[str, object], *, dry_run: bool = False,
-             redis_url_for_cache: str | None = None, idempotency_key: str | None = None) -> ActionResult:
+             redis_url_for_cache: str | None = None, idempotency_key: str | None = None,
+             url_policy: UrlPolicy = DEFAULT_POLICY) -> ActionResult:
     """Run one step; never raises for a refused or failed action (ok=False with the reason instead).
 
     A runbook undoes a failed fix with its own `rollback` steps, run forward like any other step.
@@ -68,14 +72,15 @@ def run_step(step: Step, allowed_fields: Mapping[str, object], *, dry_run: bool 
     started = time.monotonic()
     output: dict[str, Any] = {"action": step.action}
     try:
-        action, params = prepare_step(step, allowed_fields)
+        action, params = prepare_step(step, allowed_fields, url_policy)
     except PermanentError as exc:
         return ActionResult(False, f"refused: {exc}", time.monotonic() - started, output)
     what = action.describe(params)
     output["what"] = what
     if dry_run:
         return ActionResult(True, f"dry run: would run {step.action}: {what}", 0.0, {**output, "dry_run": True})
-    ctx = ActionContext(timeout=step.timeout, redis_url=redis_url_for_cache, idempotency_key=idempotency_key)
+    ctx = ActionContext(timeout=step.timeout, redis_url=redis_url_for_cache, idempotency_key=idempotency_key,
+                        url_policy=url_policy)
     try:
         result: ActionResult = action.run(params, ctx)
     except Exception as exc:  # an action bug must not kill the fixer: it becomes a failed step

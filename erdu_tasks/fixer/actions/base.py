@@ -24,6 +24,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from erdu_tasks.errors import PermanentError
+from erdu_tasks.fixer.urlguard import DEFAULT_POLICY, UrlPolicy, UrlRefused
 
 PLACEHOLDERS: frozenset[str] = frozenset({"service", "host"})
 """The only incident fields a runbook may put into a command, URL or request."""
@@ -62,6 +63,7 @@ class ActionContext:
     timeout: float
     redis_url: str | None = None
     idempotency_key: str | None = None
+    url_policy: UrlPolicy = DEFAULT_POLICY
 
 
 class Action(Protocol):
@@ -145,7 +147,8 @@ def safe_value(name: str, value: object) -> str:
     return text
 
 
-def _render_str(template: str, allowed: Mapping[str, object], *, url: bool) -> str:
+def _render_str(template: str, allowed: Mapping[str, object], *, url: bool,
+                policy: UrlPolicy = DEFAULT_POLICY) -> str:
     try:
         parts = list(_FORMATTER.parse(template))
         template_fields(template)
@@ -157,22 +160,27 @@ def _render_str(template: str, allowed: Mapping[str, object], *, url: bool) -> s
         if name is not None:
             value = safe_value(name, allowed.get(name))
             out.append(quote(value, safe="") if url else value)
-    return "".join(out)
+    rendered = "".join(out)
+    if url:
+        policy.check_rendered_url(template, rendered)
+    return rendered
 
 
 def render_params(params: Mapping[str, Any], allowed: Mapping[str, object],
-                  *, literal_keys: Iterable[str] = ()) -> dict[str, Any]:
+                  *, literal_keys: Iterable[str] = (), policy: UrlPolicy = DEFAULT_POLICY) -> dict[str, Any]:
     """Substitute {service}/{host} from `allowed` into every string of a params tree.
 
     Values are checked against SAFE_VALUE; under a key named `url` they are also
-    percent-encoded. Top-level `literal_keys` (e.g. a regex) are copied untouched.
-    Raises PermanentError for an unknown placeholder or an unsafe / missing value.
+    percent-encoded, and a placeholder that fills a URL's host must give a host the
+    policy allowlists (erdu_tasks/fixer/urlguard.py). Top-level `literal_keys` (e.g. a
+    regex) are copied untouched. Raises PermanentError for an unknown placeholder, an
+    unsafe / missing value or a refused host.
     """
     literal = frozenset(literal_keys)
 
     def walk(value: Any, key: object) -> Any:
         if isinstance(value, str):
-            return _render_str(value, allowed, url=key in _URL_KEYS)
+            return _render_str(value, allowed, url=key in _URL_KEYS, policy=policy)
         if isinstance(value, Mapping):
             return {k: walk(v, k) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
@@ -286,17 +294,31 @@ def as_int_list(value: Any) -> Any:
 def http_exchange(method: str, url: str, *, timeout: float, headers: Mapping[str, str] | None = None,
                   json_body: Any = None, expect_status: Sequence[int] | None = None,
                   max_latency: float | None = None, body_contains: str | None = None,
-                  verify_tls: bool = True) -> ActionResult:
-    """One HTTP request with a total deadline and a capped body; ok when status/latency/body fit."""
+                  verify_tls: bool = True, policy: UrlPolicy = DEFAULT_POLICY) -> ActionResult:
+    """One HTTP request with a total deadline and a capped body; ok when status/latency/body fit.
+
+    The request goes to the address the policy checked after resolving the URL's host (never a
+    link-local or metadata address by default), and redirects are not followed.
+    """
     started = time.monotonic()
     output: dict[str, Any] = {"method": method, "url": url}
     body = bytearray()
     try:
+        target, host_header, extensions = policy.pin(url)
+    except UrlRefused as exc:
+        return ActionResult(False, f"refused: {exc}", time.monotonic() - started, output)
+    except (httpx.InvalidURL, ValueError) as exc:
+        return ActionResult(False, f"refused: invalid URL: {exc}", time.monotonic() - started, output)
+    output["address"] = target.host
+    try:
         with httpx.Client(timeout=timeout, follow_redirects=False, verify=verify_tls, trust_env=False) as client:
-            kwargs: dict[str, Any] = {"headers": dict(headers or {})}
+            given = dict(headers or {})
+            if any(name.lower() == "host" for name in given):   # the runbook's own Host header wins
+                host_header = {}
+            kwargs: dict[str, Any] = {"headers": {**host_header, **given}, "extensions": extensions}
             if json_body is not None:
                 kwargs["json"] = json_body
-            with client.stream(method, url, **kwargs) as response:
+            with client.stream(method, target, **kwargs) as response:
                 latency = time.monotonic() - started
                 for chunk in response.iter_bytes():
                     body.extend(chunk)

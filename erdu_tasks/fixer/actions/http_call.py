@@ -45,4 +45,4 @@ def run(params: Params, ctx: ActionContext) -> ActionResult:
     """Send the request and judge the answer by its status."""
     return http_exchange(params.method, params.url, timeout=ctx.timeout, headers=params.headers,
                          json_body=params.json_body, expect_status=params.expect_status,
-                         verify_tls=params.verify_tls)
+                         verify_tls=params.verify_tls, policy=ctx.url_policy)
