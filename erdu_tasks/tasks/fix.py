@@ -103,7 +103,8 @@ def _budget(runbook: Runbook) -> float:
     check = runbook.validation
     if check is not None:
         seconds += check.delay + check.attempts * (check.timeout + check.interval) + getattr(check, "window", 0.0)
-        seconds += runbook.stable_for * 2 + check.timeout   # the hold: re-checks every interval
+        if runbook.stable_for:
+            seconds += runbook.stable_for * 2 + check.timeout   # the hold: re-checks every interval
     return seconds
 
 

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,9 +52,15 @@ class CrashableRedis(RedisServer):
 # ---- a Postgres cluster of the test's own, so it can be stopped -------------------------------------
 
 class PrivatePostgres:
-    """initdb + pg_ctl on a free port under a temp dir (as the postgres user when run as root)."""
+    """initdb + pg_ctl on a free port under a temp dir (as the postgres user when run as root).
+
+    As root, the cluster lives in a directory of its own under the system temp dir, not under pytest's:
+    any pytest run that starts meanwhile resets its base directory to 0700, which would lock the
+    postgres user out of a cluster it has to start again."""
 
     def __init__(self, directory: Path) -> None:
+        if os.geteuid() == 0:
+            directory = Path(tempfile.mkdtemp(prefix="erdu-test-pg-"))
         self.root = directory
         self.data = directory / "data"
         self.socket_dir = directory / "sock"
@@ -111,6 +118,8 @@ class PrivatePostgres:
 
     def destroy(self) -> None:
         self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop", check=False)
+        if os.geteuid() == 0:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _pg_bin(name: str) -> str:

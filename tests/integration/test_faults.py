@@ -89,8 +89,8 @@ def test_sigkill_of_the_fixer_mid_action_closes_the_incident_once_and_acts_once(
     incident = wait_for(lambda: rows(stack.database_url, "SELECT * FROM incidents WHERE status = 'closed'"), 60,
                         what="the incident closed after the crash")[0]
     took = elapsed(killed_at)
-    # The message the dead worker held comes back after the visibility timeout: it must change nothing.
-    assert held_messages(stack.redis_url, "erdu.fix") == 1  # the dead worker's delivery, not yet back
+    # The message the dead worker held comes back after the visibility timeout (before or after the
+    # reconciler's re-drive closed the incident): it must change nothing.
     wait_for(lambda: held_messages(stack.redis_url, "erdu.fix") == 0 and "already done" in log_of(stack, "fixer"),
              90, 0.5, what="the dead worker's message redelivered and consumed")
     time.sleep(2)
