@@ -1,0 +1,46 @@
+"""`erdu worker`: the Celery arguments for one role, several roles in one process, and node names."""
+
+from __future__ import annotations
+
+import pytest
+import typer
+
+from erdu_tasks.cli.main import worker_argv, worker_roles
+from erdu_tasks.monitors.celery_health import live_roles
+from erdu_tasks.names import ROLES
+from erdu_tasks.settings import Settings
+
+
+def option(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_one_role_runs_with_its_own_pool_settings_and_node_name():
+    argv = worker_argv(["fixer"], Settings(), hostname="host-a")
+    assert (option(argv, "-Q"), option(argv, "-P"), option(argv, "-c"), option(argv, "-n")) == (
+        "fixer", "prefork", "1", "fixer@host-a")
+    assert "--max-tasks-per-child" in argv
+
+
+def test_several_roles_share_one_thread_pool_as_large_as_their_pools_and_keep_their_queues():
+    settings = Settings(worker_concurrency={"commander": 2})
+    argv = worker_argv(["ingest", "commander", "fixer"], settings)
+    assert option(argv, "-Q") == "ingest,commander,fixer"
+    assert option(argv, "-P") == "threads"
+    assert option(argv, "-c") == str(4 + 2 + 1)
+    assert option(argv, "-n") == "ingest+commander+fixer@%h"
+    assert "--max-tasks-per-child" not in argv
+    assert option(worker_argv(["ingest", "fixer"], settings, concurrency=3), "-c") == "3"
+
+
+def test_role_specs_all_commas_and_unknown_roles():
+    assert worker_roles("all") == list(ROLES)
+    assert worker_roles("ingest, fixer,ingest") == ["ingest", "fixer"]
+    for bad in ("nobody", "ingest,nobody", ","):
+        with pytest.raises(typer.Exit):
+            worker_roles(bad)
+
+
+def test_the_health_monitor_counts_a_combined_worker_for_each_of_its_roles():
+    live = live_roles({"ingest+commander@h1": {"ok": "pong"}, "fixer@h2": {"ok": "pong"}})
+    assert live == {"ingest": ["ingest+commander@h1"], "commander": ["ingest+commander@h1"], "fixer": ["fixer@h2"]}
