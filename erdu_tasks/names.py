@@ -28,6 +28,7 @@ DIAGNOSE = "erdu.diagnose"
 FIX = "erdu.fix"
 RESOLVE = "erdu.resolve"
 ESCALATE = "erdu.escalate"
+REASSESS = "erdu.reassess"
 RECONCILE = "erdu.reconcile"
 SWEEP_ESCALATIONS = "erdu.sweep_escalations"
 AUTO_RESOLVE = "erdu.auto_resolve"
@@ -111,6 +112,12 @@ PIPELINE_STATUSES: frozenset[Status] = frozenset().union(
 """Statuses in which automation works on an incident; one left there too long escalates."""
 
 
+REASSESSED_IN: frozenset[Status] = frozenset({Status.ASSIGNED, Status.INVESTIGATING, Status.FIXING,
+                                               Status.AWAITING_APPROVAL})
+"""Statuses past the assessment in which a severity rise re-runs it (a detected incident is yet to be assessed,
+an escalated one is paged again by ingest itself)."""
+
+
 def owed_stage(status: Status, *, auto_resolved: bool = False) -> Stage | None:
     """The stage the reconciler owes an incident in `status` (the fix for an auto-resolution shortcut)."""
     if auto_resolved and status is SHORTCUT_FROM[0]:
@@ -126,6 +133,7 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     FIX: {"queue": Queue.FIXER.value},
     RESOLVE: {"queue": Queue.RESOLVER.value},
     ESCALATE: {"queue": Queue.COMMANDER.value},
+    REASSESS: {"queue": Queue.COMMANDER.value},
     RECONCILE: {"queue": Queue.MONITOR.value},
     SWEEP_ESCALATIONS: {"queue": Queue.MONITOR.value},
     AUTO_RESOLVE: {"queue": Queue.MONITOR.value},

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from erdu_tasks.ingest.formats import alertmanager as am
 from erdu_tasks.tasks.people import resolve
-from erdu_tasks.tasks.publish import hand_on
+from erdu_tasks.tasks.publish import hand_on_ingested
 from erdu_tasks.api.auth import require_write
 from erdu_tasks.api.context import ApiContext, context
 from erdu_tasks.api.routes_events import ERRORS
@@ -47,6 +47,6 @@ def post_alertmanager(body: am.Notification, ctx: Annotated[ApiContext, Depends(
     if firing:
         with ctx.rt.db.transaction() as conn:
             results = am.fire(conn, body, firing, ctx.rt)
-        hand_on("assess", am.opened(results), app=ctx.celery)
+        hand_on_ingested(am.opened(results), am.raised(results), app=ctx.celery)
     results += [_resolve(ctx, a) for a in body.alerts if a.status == "resolved"]
     return NotificationResult(alerts=results)

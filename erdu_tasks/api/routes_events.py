@@ -13,7 +13,7 @@ from erdu_tasks.ingest.accept import accept
 from erdu_tasks.errors import InvalidEvent
 from erdu_tasks.ingest.formats.event import EventBatch, from_producer
 from erdu_tasks.model import Event
-from erdu_tasks.tasks.publish import hand_on
+from erdu_tasks.tasks.publish import hand_on_ingested
 from erdu_tasks.api.auth import require_write
 from erdu_tasks.api.context import ApiContext, context
 
@@ -73,5 +73,5 @@ def post_events(
         return JSONResponse(EventsQueued(queued=len(payload), task_id=task_id).model_dump(), status_code=202)
     ctx.require_broker()
     result = accept(ctx.rt.db, events, ctx.rt)
-    handed = hand_on("assess", result.new_incidents, app=ctx.celery)
+    handed = hand_on_ingested(result.new_incidents, result.to_reassess, app=ctx.celery)
     return EventsStored(**result.as_dict(), handed_off=handed)

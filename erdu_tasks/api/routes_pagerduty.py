@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from erdu_tasks.ingest.accept import accept
 from erdu_tasks.ingest.formats import pagerduty as pd
 from erdu_tasks.tasks.people import acknowledge, resolve
-from erdu_tasks.tasks.publish import hand_on
+from erdu_tasks.tasks.publish import hand_on_ingested
 from erdu_tasks.api.auth import Access, access_for, bearer
 from erdu_tasks.api.context import ApiContext, context
 
@@ -50,7 +50,7 @@ def _trigger(ctx: ApiContext, event: pd.TriggerEvent) -> str:
     key = event.dedup_key or pd.new_dedup_key()
     ctx.require_broker()
     result = accept(ctx.rt.db, [pd.trigger_event(event, key)], ctx.rt)
-    hand_on("assess", result.new_incidents, app=ctx.celery)
+    hand_on_ingested(result.new_incidents, result.to_reassess, app=ctx.celery)
     return key
 
 

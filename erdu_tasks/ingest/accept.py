@@ -25,6 +25,7 @@ from erdu_tasks.ingest.detect.fingerprint import fingerprint
 from erdu_tasks.ingest.detect.rules import RuleSet
 from erdu_tasks.escalation.runs import open_run
 from erdu_tasks.model import Event, Severity, Status
+from erdu_tasks.names import REASSESSED_IN
 
 
 class _IngestSettings(Protocol):
@@ -69,6 +70,7 @@ class Outcome:
     occurrences: int
     count: int
     reopened_from: str | None = None
+    reassess: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,11 @@ class IngestResult:
     def new_incidents(self) -> list[str]:
         """Ids of incidents opened by this batch (each starts one chain)."""
         return [o.incident_id for o in self.outcomes if o.created]
+
+    @property
+    def to_reassess(self) -> list[str]:
+        """Ids of incidents past their assessment whose severity this batch raised (each is re-assessed)."""
+        return [o.incident_id for o in self.outcomes if o.reassess]
 
     def for_dedup_key(self, dedup_key: str) -> Outcome | None:
         """The outcome of the event sent with this dedup_key, or None if an ignore rule dropped it."""
@@ -171,7 +178,7 @@ def _upsert_groups(conn: psycopg.Connection, groups: Sequence[Group], catalog: C
     for group in sorted(groups, key=lambda g: g.fingerprint):
         new = _new_incident(group, catalog)
         result = store.upsert_incident(conn, new)
-        reopened = None
+        reopened, reassess = None, False
         if result.created:
             reopened = _link_flapping(conn, result.incident_id, group.fingerprint, flap_window)
             what = "detected" + (f"; recurred after {reopened} was resolved (flapping)" if reopened else "")
@@ -179,7 +186,7 @@ def _upsert_groups(conn: psycopg.Connection, groups: Sequence[Group], catalog: C
                                details={"count": group.count, "source": new.source})
             _fixes_did_not_hold(conn, group.fingerprint, result.incident_id)
         elif result.raised_from is not None:
-            _severity_raised(conn, result.incident_id, result.raised_from, group.severity, new.source)
+            reassess = _severity_raised(conn, result.incident_id, result.raised_from, group.severity, new.source)
         conn.execute(
             """
             INSERT INTO error_patterns (fingerprint, template, title, occurrences, incidents)
@@ -190,7 +197,7 @@ def _upsert_groups(conn: psycopg.Connection, groups: Sequence[Group], catalog: C
             (group.fingerprint, group.template[:2000], new.title, group.count, int(result.created)),
         )
         outcomes.append(Outcome(result.incident_id, group.fingerprint, result.created, result.occurrences,
-                                group.count, reopened))
+                                group.count, reopened, reassess=reassess))
     return outcomes
 
 
@@ -211,12 +218,13 @@ def _fixes_did_not_hold(conn: psycopg.Connection, fp: str, incident_id: str) -> 
                                 "that fix is counted as failed")
 
 
-def _severity_raised(conn: psycopg.Connection, incident_id: str, was: Severity, now: Severity, source: str) -> None:
+def _severity_raised(conn: psycopg.Connection, incident_id: str, was: Severity, now: Severity, source: str) -> bool:
     """A worse occurrence raised an open incident's severity: say so, and page again if people already have it.
 
     An escalated incident's run restarts at level 1, under the policy of the new severity, so a P1 that
-    first arrived as a P5 pages like any P1. An incident still in the pipeline carries the new severity
-    into every later decision (and into its escalation, if the fix fails).
+    first arrived as a P5 pages like any P1. An incident already assessed is owed a re-assessment at the
+    new severity (True: the caller hands it to the commander after the commit), which escalates it now if
+    the rules escalate that severity; it carries the new severity into every later decision either way.
     """
     store.add_timeline(conn, incident_id, actor="ingest",
                        what=f"severity raised {was.value} -> {now.value} by a new occurrence (source {source})",
@@ -224,6 +232,7 @@ def _severity_raised(conn: psycopg.Connection, incident_id: str, was: Severity, 
     status = conn.execute("SELECT status FROM incidents WHERE id = %s", (incident_id,)).fetchone()
     if status and status["status"] == Status.ESCALATED.value:
         open_run(conn, incident_id, reason=f"severity raised {was.value} -> {now.value}", stage=None)
+    return bool(status) and Status(status["status"]) in REASSESSED_IN
 
 
 def _link_flapping(conn: psycopg.Connection, incident_id: str, fp: str, window: float) -> str | None:

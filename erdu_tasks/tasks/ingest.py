@@ -13,7 +13,7 @@ from erdu_tasks.ingest.accept import accept
 from erdu_tasks.ingest.formats.event import parse_events
 from erdu_tasks.app import runtime
 from erdu_tasks.tasks.base import ErduTask, log
-from erdu_tasks.tasks.publish import hand_on
+from erdu_tasks.tasks.publish import hand_on_ingested
 
 
 def _payload_text(payload: Any) -> str:
@@ -49,7 +49,7 @@ def ingest(self: ErduTask, payload: Any = None, *args: Any, **kwargs: Any) -> di
     if result is None:
         log.info("message already ingested", message_id=message_id)
         return {"incidents": [], "ignored": 0, "already_ingested": True}
-    hand_on("assess", result.new_incidents)
+    hand_on_ingested(result.new_incidents, result.to_reassess)
     return result.as_dict()
 
 

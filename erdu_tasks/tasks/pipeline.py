@@ -10,15 +10,16 @@ from erdu_tasks.escalation import inhibition, runs as escalation
 from erdu_tasks.escalation.start import escalate
 from erdu_tasks.store import history, incidents as store
 from erdu_tasks import names
-from erdu_tasks.app import app
+from erdu_tasks.app import app, runtime
 from erdu_tasks.model import Incident, Status
 from erdu_tasks.names import Stage
 from erdu_tasks.brains import Thought
 from erdu_tasks.ingest.detect.fingerprint import fingerprint
 from erdu_tasks.roles.report import build_report, report_paths, write_report
 from erdu_tasks.roles import commander, diagnostician, logwindow, resolver
-from erdu_tasks.runtime import Runtime
+from erdu_tasks.runtime import Runtime, worker_name
 from erdu_tasks.tasks.base import ErduTask, run_stage
+from erdu_tasks.tasks.escalate import kick_sweep
 
 
 
@@ -118,6 +119,50 @@ def _assess(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: s
 def assess(self: ErduTask, incident_id: str) -> Stage | None:
     """Commander: assess severity and decide the path."""
     return run_stage(self, Stage.ASSESS, incident_id, _assess)
+
+
+def reassess_in_tx(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str) -> bool:
+    """A severity rise after the assessment: assess again at the new severity; True if it escalated now.
+
+    Where the rules (or the bounded model) escalate that severity, the incident is escalated at once and
+    pages under its policy; otherwise the pipeline goes on, carrying the new severity into the fix and
+    into its escalation if the fix fails. A silenced incident stays quiet (the gate decides, as always).
+    """
+    if incident.status not in names.REASSESSED_IN:
+        return False
+    if escalation.gate_before_assess(conn, rt.gates, incident, worker=worker):
+        return False
+    thought = rt.brains.commander.assess(incident, commander_context(conn, rt, incident))
+    decision = thought.value
+    _brain_note(conn, incident.id, "commander", thought, worker)
+    _advice_note(conn, incident.id, decision, worker)
+    if decision.decision is commander.Decision.ESCALATE:
+        assessment = {**decision.as_dict(), "brain": thought.note(), "reassessed": True}
+        return escalate_in_tx(conn, incident, reason=f"re-assessed at {incident.severity.value}: "
+                              + decision.reasons[-1], stage=Stage.ASSESS, actor="commander", worker=worker,
+                              details=assessment)
+    store.add_timeline(conn, incident.id, actor="commander", worker=worker,
+                       what=f"re-assessed at {incident.severity.value}: {decision.decision.value}; "
+                            f"the pipeline goes on ({decision.reasons[-1] if decision.reasons else 'no change'})",
+                       details={"reasons": decision.reasons})
+    return False
+
+
+@app.task(name=names.REASSESS, base=ErduTask, bind=True)
+def reassess(self: ErduTask, incident_id: str) -> bool:
+    """Commander: an assessed incident's severity rose; assess it again (see reassess_in_tx)."""
+    rt = runtime()
+    worker = worker_name(self.request.hostname)
+
+    def run() -> bool:
+        with rt.db.transaction() as conn:
+            incident = store.get_incident(conn, incident_id, for_update=True)
+            return incident is not None and reassess_in_tx(conn, rt, incident, worker)
+
+    escalated = self.with_retries(run)
+    if escalated:
+        kick_sweep()
+    return escalated
 
 
 

@@ -61,3 +61,14 @@ def hand_on(stage: str, incident_ids: str | Iterable[str], *, app: Celery | None
                         not_published=len(left), error=f"{exc.__class__.__name__}: {exc}")
             return False
     return True
+
+
+def hand_on_ingested(new: Iterable[str], reassess: Iterable[str] = (), *, app: Celery | None = None) -> bool:
+    """After ingest's commit: assess each new incident, re-assess each already assessed whose severity rose.
+
+    A lost re-assessment loses nothing stored: the raised severity is on the incident, and every later
+    decision (and its escalation, if the fix fails) uses it."""
+    handed = hand_on(names.Stage.ASSESS, new, app=app)
+    for incident_id in reassess:
+        handed = publish(names.REASSESS, (incident_id,), queue=names.Queue.COMMANDER, app=app) and handed
+    return handed

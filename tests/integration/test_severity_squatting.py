@@ -117,3 +117,62 @@ def test_the_stored_severity_is_at_least_the_worst_the_rules_give_any_occurrence
     assert stored(rt, incident_id).severity.rank <= worst
     with psycopg.connect(rt.db.url) as conn:   # each example its own incident
         conn.execute("UPDATE incidents SET status = 'closed' WHERE id = %s", (incident_id,))
+
+
+# ------------------------------------------------------- a rise after the assessment re-runs it
+
+def test_a_rise_past_the_assessment_is_reassessed_and_an_uncovered_p1_escalates_at_once(fresh_database_url,
+                                                                                        tmp_path):
+    """P5 first (assessed: automate, now being diagnosed), then the same error as a P1: no runbook covers
+    it, and the rules escalate an uncovered P1, so the re-assessment escalates it now and opens its run."""
+    from erdu_tasks.runtime import Runtime
+    from erdu_tasks.settings import load_settings
+    from erdu_tasks.tasks.pipeline import reassess_in_tx
+
+    (tmp_path / "runbooks").mkdir()
+    runtime = Runtime(load_settings(database_url=fresh_database_url, runbooks_dir=tmp_path / "runbooks"))
+    try:
+        first = accept(runtime.db, [ev(P3_LINE, "P5", dedup_key="exports")], runtime)
+        iid = first.outcomes[0].incident_id
+        assert first.to_reassess == []   # new: assessed by the normal path
+        with runtime.db.transaction() as conn:
+            conn.execute("UPDATE incidents SET status = 'investigating' WHERE id = %s", (iid,))
+        same = accept(runtime.db, [ev(P3_LINE, "P5", dedup_key="exports")], runtime)
+        assert same.to_reassess == []    # a repeat that raises nothing is only counted
+        raised = accept(runtime.db, [ev(P3_LINE, "P1", dedup_key="exports")], runtime)
+        assert raised.to_reassess == [iid]
+        with runtime.db.transaction() as conn:
+            incident = store.get_incident(conn, iid, for_update=True)
+            assert incident.severity is Severity.P1
+            assert reassess_in_tx(conn, runtime, incident, "test-worker") is True
+        incident = stored(runtime, iid)
+        assert incident.status is Status.ESCALATED
+        with runtime.db.transaction() as conn:
+            runs = conn.execute("SELECT stage, reason FROM escalation_runs WHERE incident_id = %s", (iid,)).fetchall()
+        assert len(runs) == 1 and "re-assessed at P1" in runs[0]["reason"], runs
+    finally:
+        runtime.db.close()
+
+
+def test_a_rise_on_an_incident_a_runbook_covers_is_reassessed_and_the_fix_goes_on(fresh_database_url, tmp_path):
+    from erdu_tasks.runtime import Runtime
+    from erdu_tasks.settings import load_settings
+    from erdu_tasks.tasks.pipeline import reassess_in_tx
+
+    (tmp_path / "runbooks").mkdir()
+    (tmp_path / "runbooks" / "exports.yaml").write_text(
+        "runbooks:\n  - name: exports-remedy\n    match: {title_pattern: '(?i)widget export'}\n"
+        "    actions: [{action: run_command, params: {argv: ['true']}}]\n    validation: {check: noop}\n")
+    runtime = Runtime(load_settings(database_url=fresh_database_url, runbooks_dir=tmp_path / "runbooks"))
+    try:
+        iid = accept(runtime.db, [ev(P3_LINE, "P5", dedup_key="exports")], runtime).outcomes[0].incident_id
+        with runtime.db.transaction() as conn:
+            conn.execute("UPDATE incidents SET status = 'fixing' WHERE id = %s", (iid,))
+        assert accept(runtime.db, [ev(P3_LINE, "P1", dedup_key="exports")], runtime).to_reassess == [iid]
+        with runtime.db.transaction() as conn:
+            assert reassess_in_tx(conn, runtime, store.get_incident(conn, iid, for_update=True), "w") is False
+        incident = stored(runtime, iid)
+        assert incident.status is Status.FIXING and incident.severity is Severity.P1
+        assert any(t.what.startswith("re-assessed at P1: automate") for t in incident.timeline)
+    finally:
+        runtime.db.close()

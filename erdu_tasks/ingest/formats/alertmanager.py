@@ -115,6 +115,7 @@ class AlertResult(BaseModel):
     status: str
     outcome: Outcome
     incident_id: str | None = None
+    reassess: bool = Field(default=False, exclude=True)   # its severity rose past the assessment
 
 
 def _claim_instance(conn: psycopg.Connection, key: str, starts_at: datetime) -> tuple[bool, str | None]:
@@ -153,13 +154,18 @@ def fire(conn: psycopg.Connection, notification: Notification, alerts: Sequence[
                      " AND starts_at = %s", (outcome.incident_id, SOURCE, alert_key(alert), alert.startsAt))
         results.append(AlertResult(fingerprint=alert_key(alert), status="firing",
                                    outcome=Outcome.OPENED if outcome.created else Outcome.RECURRED,
-                                   incident_id=outcome.incident_id))
+                                   incident_id=outcome.incident_id, reassess=outcome.reassess))
     return results
 
 
 def opened(results: Sequence[AlertResult]) -> list[str]:
     """The incidents the alerts opened (each is handed on to assessment after the commit)."""
     return sorted({r.incident_id for r in results if r.outcome is Outcome.OPENED and r.incident_id})
+
+
+def raised(results: Sequence[AlertResult]) -> list[str]:
+    """The incidents past their assessment whose severity the alerts raised (each is re-assessed)."""
+    return sorted({r.incident_id for r in results if r.reassess and r.incident_id})
 
 
 def incident_of_instance(conn: psycopg.Connection, alert: Alert) -> str | None:
