@@ -30,7 +30,7 @@ from erdu_tasks.store import incidents as store
 from erdu_tasks.catalog import Catalog
 from erdu_tasks.escalation.policy import EscalationConfig
 from erdu_tasks.model import Incident, Status
-from erdu_tasks.names import PIPELINE_STATUSES
+from erdu_tasks.names import PIPELINE_STATUSES, Stage
 from erdu_tasks.escalation.channels import AttemptedFix, Notification, NotificationKind
 
 log = structlog.get_logger("erdu.escalation")
@@ -213,7 +213,7 @@ def gate_before_assess(conn: psycopg.Connection, gates: Gates, incident: Inciden
     now = now or utcnow()
     decision = gates.check(load_facts(conn, gates, incident, now, ASSESS_GATES), now, ASSESS_GATES)
     if decision.outcome is Outcome.SILENCED:
-        hold(conn, incident, kind="silence", stage="assess", now=now, worker=worker, silence=decision.silence)
+        hold(conn, incident, kind="silence", stage=Stage.ASSESS, now=now, worker=worker, silence=decision.silence)
         return True
     if decision.outcome is Outcome.INHIBITED and decision.rule is not None and decision.parent is not None:
         inhibition.link(conn, incident, decision.parent, decision.rule, worker=worker)
@@ -227,7 +227,7 @@ def gate_before_fix(conn: psycopg.Connection, gates: Gates, incident: Incident, 
     decision = gates.check(load_facts(conn, gates, incident, now, FIX_GATES), now, FIX_GATES)
     if decision.outcome is not Outcome.SILENCED:
         return False
-    hold(conn, incident, kind="silence", stage="fix", now=now, worker=worker, silence=decision.silence)
+    hold(conn, incident, kind="silence", stage=Stage.FIX, now=now, worker=worker, silence=decision.silence)
     return True
 
 

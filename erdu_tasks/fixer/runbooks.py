@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,7 +20,7 @@ from erdu_tasks.model import Severity
 
 __all__ = ["Approval", "Limits", "Step", "Matcher", "Runbook", "MatchInput", "RunbookSet", "CheckSpec",
            "DEFAULT_RUNBOOKS_DIR", "PLACEHOLDERS", "check_runbooks", "placeholder_values", "rank",
-           "rate_limit_ok", "next_run_allowed_at", "render_params"]
+           "render_params"]
 
 DEFAULT_RUNBOOKS_DIR = Path(__file__).resolve().parents[1] / "defaults" / "runbooks"
 """The example runbooks shipped with ERDU (all dry runs until an operator adapts them)."""
@@ -203,32 +202,6 @@ def rank(runbooks: Iterable[Runbook], success_rates: Mapping[str, float] | None 
     indexed = list(enumerate(runbooks))
     indexed.sort(key=lambda p: (-rates.get(p[1].name, unknown_rate), -p[1].match.specificity, p[0]))
     return [rb for _, rb in indexed]
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
-
-
-def _recent(runbook: Runbook, past_run_times: Iterable[datetime], now: datetime) -> list[datetime]:
-    start = _utc(now) - timedelta(seconds=runbook.limits.per_seconds)
-    return sorted(t for t in map(_utc, past_run_times) if t > start)
-
-
-def rate_limit_ok(runbook: Runbook, past_run_times: Iterable[datetime], now: datetime) -> bool:
-    """True if another run fits the runbook's limits, given the times of its past runs for this service.
-
-    Naive datetimes are taken as UTC; runs stamped in the future (clock skew) count as recent.
-    """
-    return len(_recent(runbook, past_run_times, now)) < runbook.limits.max_runs
-
-
-def next_run_allowed_at(runbook: Runbook, past_run_times: Iterable[datetime], now: datetime) -> datetime | None:
-    """When the rate limit lets the next run through, or None if it does already."""
-    recent = _recent(runbook, past_run_times, now)
-    excess = len(recent) - runbook.limits.max_runs
-    if excess < 0:
-        return None
-    return recent[excess] + timedelta(seconds=runbook.limits.per_seconds)
 
 
 # --------------------------------------------------------------------------- loading

@@ -35,7 +35,7 @@ def _host(config: MonitorsConfig) -> str:
 
 
 def _assess(incident_id: str) -> None:
-    hand_on(Stage.ASSESS, incident_id)
+    hand_on(names.Stage.ASSESS, incident_id)
 
 
 def _now() -> datetime:

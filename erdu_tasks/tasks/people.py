@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from erdu_tasks.store import incidents as store
 from erdu_tasks.errors import ErduError
 from erdu_tasks.model import OPEN_STATUSES, Status
-from erdu_tasks.names import RETRY_STATUS as _RETRY_STATUS
+from erdu_tasks.names import RETRY_STATUS as _RETRY_STATUS, Stage
 from erdu_tasks.runtime import Runtime
 from erdu_tasks.tasks.publish import hand_on
 
@@ -62,7 +62,7 @@ def resolve(rt: Runtime, incident_id: str, who: str, note: str | None = None, *,
         store.transition(conn, incident_id, expected=[incident.status], to=Status.RESOLVED, actor=f"{kind}:{who}",
                          what=f"resolved by {who}" + (f": {note}" if note else ""), updates=updates,
                          details={"note": note} if note else None)
-    hand_on("resolve", incident_id)
+    hand_on(Stage.RESOLVE, incident_id)
     return ActionDone(incident_id, f"{incident_id} resolved by {who}; report follows")
 
 
@@ -75,7 +75,7 @@ def approve(rt: Runtime, incident_id: str, who: str) -> ActionDone:
         fix = {**(incident.fix or {}), "approved_by": who}
         store.transition(conn, incident_id, expected=[Status.AWAITING_APPROVAL], to=Status.FIXING,
                          actor=f"person:{who}", what=f"fix approved by {who}", updates={"fix": fix})
-    hand_on("fix", incident_id)
+    hand_on(Stage.FIX, incident_id)
     return ActionDone(incident_id, f"{incident_id} approved by {who}; fixer resumes")
 
 
@@ -85,19 +85,19 @@ def retry(rt: Runtime, incident_id: str, who: str) -> ActionDone:
         incident = _load(conn, incident_id)
         row = conn.execute("SELECT stage FROM escalations WHERE incident_id = %s ORDER BY id DESC LIMIT 1",
                            (incident_id,)).fetchone()
-        stage = (row or {}).get("stage") or "fix"
+        stage = Stage((row or {}).get("stage") or Stage.FIX)
         if incident.status in (Status.ESCALATED, Status.ACKNOWLEDGED):
-            if stage == "resolve":
+            if stage is Stage.RESOLVE:
                 raise ActionRefused(f"{incident_id} failed while closing; use `erdu incidents resolve`")
             target = _RETRY_STATUS.get(stage, Status.INVESTIGATING)
             updates = {}
-            if stage == "fix":
+            if stage is Stage.FIX:
                 fix = dict(incident.fix or {})
                 updates["fix"] = {"attempt": int(fix.get("attempt", 1)) + 1, "previous": fix}
             store.transition(conn, incident_id, expected=[incident.status], to=target, actor=f"person:{who}",
                              what=f"retry from {stage} by {who}", updates=updates)
         elif incident.status is Status.RESOLVED:
-            stage = "resolve"
+            stage = Stage.RESOLVE
         else:
             raise ActionRefused(f"{incident_id} is {incident.status.value}: only escalated incidents are retried")
         conn.execute("UPDATE failed_tasks SET retried_at = now() WHERE incident_id = %s AND retried_at IS NULL",

@@ -41,7 +41,7 @@ def reconcile(self: ErduTask) -> dict[str, int]:
 
     expired = self.with_retries(overdue)
     for incident_id in expired:
-        escalate_incident(incident_id, f"no approval within {approval_deadline:.0f} s", stage="fix",
+        escalate_incident(incident_id, f"no approval within {approval_deadline:.0f} s", stage=names.Stage.FIX,
                           actor="reconciler", worker=worker)
     self.with_retries(lambda: _prune(rt))
     if owed or expired:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import textwrap
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -23,10 +23,8 @@ from erdu_tasks.fixer.runbooks import (
     RunbookSet,
     Step,
     check_runbooks,
-    next_run_allowed_at,
     placeholder_values,
     rank,
-    rate_limit_ok,
 )
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
@@ -306,37 +304,6 @@ def test_match_input_and_placeholder_values_come_from_an_incident() -> None:
 def limited(max_runs: int = 3, per: float = 3600) -> Runbook:
     return Runbook.model_validate({"name": "r", "match": {"service": "web"}, "actions": [{"action": "noop"}],
                                    "limits": {"max_runs": max_runs, "per_seconds": per}})
-
-
-@pytest.mark.parametrize(
-    ("ages_minutes", "ok"),
-    [
-        ([], True),
-        ([5], True),
-        ([5, 30], True),
-        ([5, 30, 59], False),            # three in the last hour: a fourth would be a restart loop
-        ([5, 30, 61], True),             # the oldest fell out of the window
-        ([5, 30, 60], True),             # exactly one window ago no longer counts
-        ([1, 2, 3, 4, 200, 300], False),
-        ([-10, 5, 30], False),           # a run stamped in the future (clock skew) still counts
-    ],
-)
-def test_at_most_max_runs_per_window(ages_minutes: list[int], ok: bool) -> None:
-    past = [NOW - timedelta(minutes=m) for m in ages_minutes]
-    assert rate_limit_ok(limited(), past, NOW) is ok
-
-
-def test_naive_timestamps_are_taken_as_utc() -> None:
-    past = [(NOW - timedelta(minutes=m)).replace(tzinfo=None) for m in (1, 2, 3)]
-    assert rate_limit_ok(limited(), past, NOW) is False
-    assert rate_limit_ok(limited(), past, NOW.replace(tzinfo=None) + timedelta(hours=2)) is True
-
-
-def test_next_run_allowed_when_enough_runs_age_out() -> None:
-    past = [NOW - timedelta(minutes=m) for m in (50, 10, 20)]
-    assert next_run_allowed_at(limited(), past, NOW) == NOW + timedelta(minutes=10)
-    assert next_run_allowed_at(limited(max_runs=2), past, NOW) == NOW + timedelta(minutes=40)
-    assert next_run_allowed_at(limited(max_runs=4), past, NOW) is None
 
 
 # --------------------------------------------------------------------------- rendering
