@@ -22,6 +22,7 @@ up: $(STAMP)
 # (xdist_group), the others are spread one by one; the 15 slowest tests are listed at the end.
 test: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/ruff check --no-cache --quiet erdu_tasks workers bench beat_schedule.py
 	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 clean:
