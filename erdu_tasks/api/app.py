@@ -12,6 +12,7 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from erdu_tasks.errors import InvalidEvent, TransientError
 from erdu_tasks.settings import Settings
@@ -84,7 +85,8 @@ def create_app(settings: Settings, config: ApiConfig | None = None) -> FastAPI:
         yield
         ctx.close()
 
-    app = FastAPI(
+    # FastAPIOffline serves Swagger UI and ReDoc from its own package: /docs works with no internet.
+    app = FastAPIOffline(
         title="ERDU",
         version="1",
         summary="Events in, incidents out: the HTTP face of ERDU.",
