@@ -24,13 +24,14 @@ from pydantic_settings import (
 from erdu_tasks.errors import ConfigError, config_error
 from erdu_tasks.names import ROLES
 from erdu_tasks.settings.escalation import EscalationConfig
+from erdu_tasks.settings.heartbeats import HeartbeatsConfig
 from erdu_tasks.settings.monitors import MonitorsConfig
 from erdu_tasks.settings.roles import BrainConfig, CommanderConfig, LearningConfig
 from erdu_tasks.settings.servers import ApiSection, FlowerSection
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/erdu"
-_SECTIONS = frozenset({"monitors", "escalation", "commander", "learning", "brain", "api", "flower"})
+_SECTIONS = frozenset({"monitors", "escalation", "commander", "learning", "brain", "api", "flower", "heartbeats"})
 
 
 def _config_file() -> Path | None:
@@ -89,6 +90,7 @@ class Settings(BaseSettings):
     brain: BrainConfig = Field(default_factory=BrainConfig)
     api: ApiSection = Field(default_factory=ApiSection)
     flower: FlowerSection = Field(default_factory=FlowerSection)
+    heartbeats: HeartbeatsConfig = Field(default_factory=HeartbeatsConfig)
 
     @field_validator("worker_concurrency")
     @classmethod
@@ -139,5 +141,5 @@ def get_settings() -> Settings:
 
 
 __all__ = ["ApiSection", "BrainConfig", "CommanderConfig", "DEFAULT_DATABASE_URL", "DEFAULT_REDIS_URL",
-           "EscalationConfig", "FlowerSection", "LearningConfig", "MonitorsConfig", "Settings", "get_settings",
+           "EscalationConfig", "FlowerSection", "HeartbeatsConfig", "LearningConfig", "MonitorsConfig", "Settings", "get_settings",
            "load_settings"]
