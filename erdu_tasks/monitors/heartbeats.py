@@ -95,7 +95,7 @@ def _row(row: dict[str, Any]) -> Heartbeat:
 
 def check_name(name: str) -> str:
     """The name, or BadHeartbeatName."""
-    if not HEARTBEAT_NAME.match(name or ""):
+    if not HEARTBEAT_NAME.fullmatch(name or ""):
         raise BadHeartbeatName(f"heartbeat name {name!r} must be letters, digits, '_', '-' or '.' "
                                "(starting with a letter or digit, at most 128)")
     return name

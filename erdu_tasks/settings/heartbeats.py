@@ -78,7 +78,7 @@ class HeartbeatsConfig(Section):
     @classmethod
     def _names(cls, value: dict[str, HeartbeatSpec]) -> dict[str, HeartbeatSpec]:
         for name in value:
-            if not HEARTBEAT_NAME.match(name):
+            if not HEARTBEAT_NAME.fullmatch(name):
                 raise ValueError(f"heartbeat name {name!r} must be letters, digits, '_', '-' or '.' (at most 128)")
         return value
 
