@@ -54,6 +54,11 @@ default deadlines":
       retry: {max_attempts: 4, backoff_base: 2s, backoff_cap: 60s}
       inhibit:                       # see escalation/inhibition.py; absent: an open P1 inhibits its dependants
         - {source_severities: [P1], targets: dependants}
+      time_intervals:                # named recurring intervals (settings/intervals.py): Alertmanager semantics
+        nights: [{times: [{start_time: "22:00", end_time: "24:00"}, {start_time: "00:00", end_time: "07:00"}],
+                  location: Europe/Berlin}]
+      # policies and levels take `mute_during: [nights]`; silences take `active_during` (CLI --during)
+      silences: {max_duration: 14d, remind_before: 15m}   # defaults 366d and 15m; remind_before "off"
       sweep_interval: 5s             # how often beat runs the sweeper
       stuck_after: 15m               # an incident stuck in a stage this long escalates ("off" never)
       sweep_batch: 200

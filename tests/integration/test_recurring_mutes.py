@@ -104,3 +104,23 @@ def test_a_silence_about_to_end_leaves_a_reminder_once_and_long_ones_are_refused
     assert esc.sweep(t0 + timedelta(minutes=50)).reminders == 0
     notes = [w for w in timeline_whats(db, iid) if w.startswith("reminder:")]
     assert len(notes) == 1 and s.id in notes[0] and "in 14 min" in notes[0]
+
+
+def test_the_api_refuses_a_silence_over_the_maximum_and_adds_a_recurring_one(fresh_database_url, redis_server):
+    from fastapi.testclient import TestClient
+
+    from erdu_tasks.api.app import create_app
+    from erdu_tasks.settings import load_settings
+
+    settings = load_settings(database_url=fresh_database_url, redis_url=redis_server.url,
+                             escalation={"time_intervals": {"nights": NIGHTS}, "silences": {"max_duration": "7d"}})
+    with TestClient(create_app(settings)) as client:
+        r = client.post("/v1/silences", json={"matchers": ["service=batch"], "comment": "x", "duration": "8d"})
+        assert r.status_code == 400 and "at most 7d (escalation.silences.max_duration)" in r.json()["detail"]
+        r = client.post("/v1/silences", json={"matchers": ["service=batch"], "comment": "x", "duration": "1d",
+                                              "active_during": ["weekends"]})
+        assert r.status_code == 400 and "undefined time interval" in r.json()["detail"]
+        r = client.post("/v1/silences", json={"matchers": ["service=batch"], "comment": "nightly", "duration": "7d",
+                                              "active_during": ["nights"]})
+        assert r.status_code == 201 and r.json()["active_during"] == ["nights"]
+        assert client.get("/v1/silences").json()[0]["active_during"] == ["nights"]
