@@ -100,6 +100,15 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown role(s) {', '.join(unknown)}; roles are: {', '.join(ROLES)}")
         return value
 
+    @model_validator(mode="after")
+    def _beat_watch_outlasts_a_reconcile_interval(self) -> "Settings":
+        max_age = self.heartbeats.beat.max_age
+        if max_age is not None and max_age.total_seconds() <= self.reconcile_interval_seconds:
+            raise ValueError(f"heartbeats.beat.max_age ({max_age.total_seconds():g} s) must be longer than "
+                             f"reconcile_interval_seconds ({self.reconcile_interval_seconds:g} s): the reconciler's "
+                             "pass is what shows beat is alive")
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def _no_empty_sections(cls, data: Any) -> Any:

@@ -55,3 +55,10 @@ def test_a_heartbeat_is_late_once_period_and_grace_have_passed(last_seen, now, s
     beat = Heartbeat("backup", timedelta(seconds=60), timedelta(seconds=30), True, T0, last_seen, 0, "new", None,
                      None)
     assert beat.state_at(now) == state
+
+
+def test_the_beat_watch_must_outlast_a_reconcile_interval():
+    with pytest.raises(ConfigError, match=r"heartbeats.beat.max_age \(60 s\) must be longer than "
+                                          r"reconcile_interval_seconds \(90 s\)"):
+        load_settings(reconcile_interval_seconds=90)
+    assert load_settings(reconcile_interval_seconds=90, heartbeats={"beat": {"max_age": "off"}})
