@@ -70,7 +70,8 @@ class SilenceIn(BaseModel):
 def _out(s: silences.Silence, counts: dict[str, tuple[int, int]], now: datetime,
          intervals: Any = None) -> SilenceOut:
     held, occurrences = counts.get(s.id, (0, 0))
-    return SilenceOut(id=s.id, state=s.state(now, intervals), active_during=list(s.active_during), matchers=[MatcherOut(**m.to_dict()) for m in s.matchers],
+    return SilenceOut(id=s.id, state=s.state(now, intervals), active_during=list(s.active_during),
+                      matchers=[MatcherOut(**m.to_dict()) for m in s.matchers],
                       starts_at=s.starts_at, ends_at=s.ends_at, expired_at=s.expired_at, author=s.author,
                       comment=s.comment, held_incidents=held, held_occurrences=occurrences)
 

@@ -150,5 +150,5 @@ def get_settings() -> Settings:
 
 
 __all__ = ["ApiSection", "BrainConfig", "CommanderConfig", "DEFAULT_DATABASE_URL", "DEFAULT_REDIS_URL",
-           "EscalationConfig", "FlowerSection", "HeartbeatsConfig", "LearningConfig", "MonitorsConfig", "Settings", "get_settings",
-           "load_settings"]
+           "EscalationConfig", "FlowerSection", "HeartbeatsConfig", "LearningConfig", "MonitorsConfig", "Settings",
+           "get_settings", "load_settings"]
