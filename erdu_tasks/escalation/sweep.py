@@ -312,6 +312,8 @@ class Escalator:
     # ---- holds ----------------------------------------------------------------------------
 
     def _release_holds(self, now: datetime, ctx: _Context, report: SweepReport) -> None:
+        # Recurring silences inside their window but outside their intervals right now: their holds end.
+        idle = [s.id for s in ctx.silences if s.active_during and not s.active(now, self.config.time_intervals)]
         with self.db.transaction() as conn:
             holds = conn.execute(
                 """
@@ -322,11 +324,11 @@ class Escalator:
                 WHERE h.released_at IS NULL AND (
                       i.status IN ('resolved', 'closed')
                    OR (h.kind = 'silence' AND (s.ends_at <= %(now)s OR s.expired_at <= %(now)s
-                                               OR s.active_during <> '[]'::jsonb))
+                                               OR h.silence_id = ANY(%(idle)s)))
                    OR (h.kind = 'inhibit' AND (p.id IS NULL OR p.status IN ('resolved', 'closed'))))
                 ORDER BY h.id LIMIT %(limit)s FOR UPDATE OF h SKIP LOCKED
                 """,
-                {"now": now, "limit": self.options.batch},
+                {"now": now, "limit": self.options.batch, "idle": idle},
             ).fetchall()
             for row in holds:
                 incident = store.get_incident(conn, row["incident_id"])
