@@ -196,11 +196,11 @@ def _event(beat: Heartbeat, spec: HeartbeatSpec, now: datetime, *, dedup_key: st
 
 def _late_message(beat: Heartbeat, now: datetime) -> str:
     if beat.last_seen is None:
-        return (f"Heartbeat {beat.name} is late: never pinged since it was declared at "
+        return (f"Heartbeat {beat.name} is late\nnever pinged since it was declared at "
                 f"{beat.created_at.isoformat(timespec='seconds')} (expected every {beat.period.total_seconds():.0f} s,"
                 f" {beat.grace.total_seconds():.0f} s grace)")
     ago = (now - beat.last_seen).total_seconds()
-    return (f"Heartbeat {beat.name} is late: last ping {beat.last_seen.isoformat(timespec='seconds')} ({ago:.0f} s "
+    return (f"Heartbeat {beat.name} is late\nlast ping {beat.last_seen.isoformat(timespec='seconds')} ({ago:.0f} s "
             f"ago; expected every {beat.period.total_seconds():.0f} s, {beat.grace.total_seconds():.0f} s grace)")
 
 
@@ -264,7 +264,7 @@ def check_beat(db: Any, config: HeartbeatsConfig, rt: IngestRuntime, *, now: dat
         if beat.state == "late" or beat.last_seen is None or now - beat.last_seen <= max_age:
             return None
         ago = (now - beat.last_seen).total_seconds()
-        message = (f"Celery beat has stopped: the reconciler last ran at {beat.last_seen.isoformat(timespec='seconds')}"
+        message = (f"Celery beat has stopped\nthe reconciler last ran at {beat.last_seen.isoformat(timespec='seconds')}"
                    f" ({ago:.0f} s ago, more than {max_age.total_seconds():.0f} s); monitors, the escalation sweeper "
                    "and the reconciler are not running (check `erdu beat` and the monitor worker)")
         spec = HeartbeatSpec(period=max_age, grace=timedelta(0), severity=Severity.P1)
