@@ -21,7 +21,9 @@ it gives match (a field left out matches everything):
 
 - `times`: ranges of the day `{start_time: "HH:MM", end_time: "HH:MM"}`, start included, end excluded,
   `00:00` to `24:00`; start must be before end (split a range across midnight into two);
-- `weekdays`: `monday` ... `sunday`, or inclusive ranges `monday:friday`;
+- `weekdays`: `sunday` ... `saturday` (names only), or inclusive ranges `monday:friday`; as in
+  Alertmanager the week starts on Sunday (`sunday:tuesday` is a range, `saturday:sunday` is refused:
+  list the two days);
 - `days_of_month`: `1` ... `31` or `-1` (the last day) ... `-31`, or inclusive ranges `1:5`, `-3:-1`,
   `1:-1`; a day past the end of a short month is clamped to its last day;
 - `months`: `january` ... `december` or `1` ... `12`, or ranges (`june:august`, `3:5`);
@@ -47,7 +49,8 @@ from pydantic import PrivateAttr, field_validator, model_validator
 from erdu_tasks.settings.common import Section, TimeZoneName, aware
 from erdu_tasks.timecfg import quoted_time
 
-WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")   # datetime.weekday()
+# Alertmanager's order: a week starts on Sunday, so `sunday:tuesday` is a range and `saturday:sunday` is not.
+WEEKDAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
 MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
           "november", "december")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -62,9 +65,11 @@ def _split(value: Any) -> tuple[str, str]:
     return text, text
 
 
-def _number(text: str, what: str, names: Sequence[str] = ()) -> int:
+def _number(text: str, what: str, names: Sequence[str] = (), names_only: bool = False) -> int:
     if text in names:
         return names.index(text) + 1
+    if names_only:
+        raise ValueError(f"{text!r} is not a {what} (use a name: {', '.join(names)})")
     try:
         return int(text)
     except ValueError:
@@ -73,7 +78,7 @@ def _number(text: str, what: str, names: Sequence[str] = ()) -> int:
 
 
 def _ranges(values: Any, what: str, low: int, high: int, names: Sequence[str] = (),
-            negative: bool = False) -> list[tuple[int, int]]:
+            negative: bool = False, names_only: bool = False) -> list[tuple[int, int]]:
     """Inclusive (begin, end) pairs from `a`, `a:b`, names or numbers; ValueError naming the bad one."""
     if isinstance(values, (str, int)) and not isinstance(values, bool):
         values = [values]
@@ -82,7 +87,7 @@ def _ranges(values: Any, what: str, low: int, high: int, names: Sequence[str] = 
         if isinstance(value, bool):
             raise ValueError(f"{value!r} is not a {what}")
         first, last = _split(value)
-        begin, end = _number(first, what, names), _number(last, what, names)
+        begin, end = _number(first, what, names, names_only), _number(last, what, names, names_only)
         for n in (begin, end):
             ok = low <= n <= high or (negative and -high <= n <= -low)
             if not ok:
@@ -150,7 +155,7 @@ class TimeIntervalEntry(Section):
     def _parse(self) -> TimeIntervalEntry:
         # Parsed once; a bad value fails here with the value at fault.
         if self.weekdays is not None:
-            self._weekdays = _ranges(self.weekdays, "weekday", 1, 7, WEEKDAYS)
+            self._weekdays = _ranges(self.weekdays, "weekday", 1, 7, WEEKDAYS, names_only=True)
         if self.days_of_month is not None:
             self._days = _ranges(self.days_of_month, "day of month", 1, 31, negative=True)
         if self.months is not None:
@@ -167,7 +172,8 @@ class TimeIntervalEntry(Section):
             if not any(r.contains(minute) for r in self.times):
                 return False
         weekdays = self._weekdays
-        if weekdays is not None and not any(b <= local.weekday() + 1 <= e for b, e in weekdays):
+        day = (local.weekday() + 1) % 7 + 1   # Sunday 1 ... Saturday 7, as WEEKDAYS
+        if weekdays is not None and not any(b <= day <= e for b, e in weekdays):
             return False
         days = self._days
         if days is not None:

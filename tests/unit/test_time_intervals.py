@@ -110,6 +110,8 @@ def test_an_interval_matches_when_any_entry_matches(moment, expected):
     ({"times": [{"start_time": 540, "end_time": "10:00"}]}, "quote times"),
     ({"weekdays": ["funday"]}, "'funday' is not a weekday"),
     ({"weekdays": ["friday:monday"]}, "ends before it starts"),
+    ({"weekdays": ["saturday:sunday"]}, "ends before it starts"),   # Alertmanager's week starts on Sunday
+    ({"weekdays": ["1"]}, "use a name"),
     ({"days_of_month": [0]}, "out of range"),
     ({"days_of_month": ["-1:-3"]}, "ends before it starts"),
     ({"days_of_month": ["32"]}, "out of range"),
@@ -121,6 +123,16 @@ def test_an_interval_matches_when_any_entry_matches(moment, expected):
 def test_bad_entries_are_refused_with_the_value_at_fault(fields, message):
     with pytest.raises(ValueError, match=message):
         entry(**fields)
+
+
+@pytest.mark.parametrize(("moment", "expected"), [
+    (at(2025, 5, 4, 12), True),    # Sunday
+    (at(2025, 5, 6, 12), True),    # Tuesday
+    (at(2025, 5, 7, 12), False),   # Wednesday
+    (at(2025, 5, 3, 12), False),   # Saturday
+])
+def test_a_weekday_range_starts_the_week_on_sunday(moment, expected):
+    assert entry(weekdays=["sunday:tuesday"]).matches(moment) is expected
 
 
 def test_names_are_case_insensitive_and_single_values_need_no_list():
