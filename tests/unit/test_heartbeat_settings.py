@@ -62,3 +62,13 @@ def test_the_beat_watch_must_outlast_a_reconcile_interval():
                                           r"reconcile_interval_seconds \(90 s\)"):
         load_settings(reconcile_interval_seconds=90)
     assert load_settings(reconcile_interval_seconds=90, heartbeats={"beat": {"max_age": "off"}})
+
+
+def test_the_ping_task_is_registered_where_the_ingest_and_monitor_workers_load_it():
+    from erdu_tasks.app import ROLE_TASK_MODULES, app
+    from erdu_tasks.tasks import heartbeats as heartbeat_tasks
+
+    assert app.tasks[names.HEARTBEAT].name == heartbeat_tasks.heartbeat.name == names.HEARTBEAT
+    assert app.tasks[names.MONITOR_HEARTBEATS].name == heartbeat_tasks.monitor_heartbeats.name
+    assert "erdu_tasks.tasks.heartbeats" in ROLE_TASK_MODULES["ingest"]
+    assert "erdu_tasks.tasks.heartbeats" in ROLE_TASK_MODULES["monitor"]
