@@ -20,12 +20,13 @@ from erdu_tasks.settings import Settings, get_settings
 # The task modules each role's worker imports: a worker only needs the tasks its queue carries
 # (others are published by name), which keeps every process smaller.
 ROLE_TASK_MODULES: dict[str, list[str]] = {
-    "ingest": ["erdu_tasks.tasks.ingest"],
+    "ingest": ["erdu_tasks.tasks.ingest", "erdu_tasks.tasks.heartbeats"],
     "commander": ["erdu_tasks.tasks.pipeline", "erdu_tasks.tasks.escalate"],
     "diagnostician": ["erdu_tasks.tasks.pipeline"],
     "fixer": ["erdu_tasks.tasks.fix"],
     "resolver": ["erdu_tasks.tasks.pipeline"],
-    "monitor": ["erdu_tasks.tasks.reconcile", "erdu_tasks.tasks.monitors", "erdu_tasks.tasks.sweep_escalations"],
+    "monitor": ["erdu_tasks.tasks.reconcile", "erdu_tasks.tasks.monitors", "erdu_tasks.tasks.sweep_escalations",
+                "erdu_tasks.tasks.heartbeats"],
 }
 
 TASK_MODULES = [
@@ -36,6 +37,7 @@ TASK_MODULES = [
     "erdu_tasks.tasks.reconcile",
     "erdu_tasks.tasks.monitors",
     "erdu_tasks.tasks.sweep_escalations",
+    "erdu_tasks.tasks.heartbeats",
 ]
 
 

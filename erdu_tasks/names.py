@@ -36,6 +36,9 @@ MONITOR_LOGS = "erdu.monitor.logs"
 MONITOR_PROBES = "erdu.monitor.probes"
 MONITOR_SYSTEM = "erdu.monitor.system"
 MONITOR_CELERY = "erdu.monitor.celery"
+MONITOR_HEARTBEATS = "erdu.monitor.heartbeats"
+HEARTBEAT = "erdu.heartbeat"          # a ping, by name: any Celery client may send it (the ingest queue)
+BEAT_HEARTBEAT = "erdu:beat"          # the heartbeat beat's reconciler writes; the API watches it
 
 
 class Stage(StrEnum):
@@ -128,6 +131,7 @@ def owed_stage(status: Status, *, auto_resolved: bool = False) -> Stage | None:
 # Routing: the single table every producer and worker uses.
 TASK_ROUTES: dict[str, dict[str, str]] = {
     INGEST: {"queue": Queue.INGEST.value},
+    HEARTBEAT: {"queue": Queue.INGEST.value},
     ASSESS: {"queue": Queue.COMMANDER.value},
     DIAGNOSE: {"queue": Queue.DIAGNOSTICIAN.value},
     FIX: {"queue": Queue.FIXER.value},
@@ -143,7 +147,7 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
 # Dedup key namespaces of ERDU's own sources. A key in one of them is refused from any other producer,
 # so no producer can pre-open (and squat on) the incident a later alert, probe or monitor event lands on.
 OWN_DEDUP_NAMESPACES: tuple[str, ...] = ("alertmanager:", "pagerduty:", "probe:", "celery:", "logtail:",
-                                         "system:", "erdu:")
+                                         "system:", "erdu:", "heartbeat:")
 
 # Redis keys owned by ERDU (besides the broker's own).
 BEAT_LOCK_KEY = "erdu:beat:lock"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,6 +23,7 @@ from erdu_tasks.api import (
     routes_alertmanager,
     routes_events,
     routes_health,
+    routes_heartbeats,
     routes_incidents,
     routes_pagerduty,
     routes_silences,
@@ -82,7 +85,14 @@ def create_app(settings: Settings, config: ApiConfig | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        watch = None
+        if settings.heartbeats.beat.max_age is not None:   # ERDU watches its own beat from here
+            watch = asyncio.create_task(routes_heartbeats.watch_beat(ctx))
         yield
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
         ctx.close()
 
     # FastAPIOffline serves Swagger UI and ReDoc from its own package: /docs works with no internet.
@@ -105,7 +115,8 @@ def create_app(settings: Settings, config: ApiConfig | None = None) -> FastAPI:
     app.add_exception_handler(pydantic.ValidationError, _invalid)
     app.add_exception_handler(InvalidEvent, _invalid)
     app.add_exception_handler(Exception, _internal)
-    for module in (routes_events, routes_alertmanager, routes_pagerduty, routes_incidents, routes_silences):
+    for module in (routes_events, routes_alertmanager, routes_pagerduty, routes_incidents, routes_silences,
+                   routes_heartbeats):
         app.include_router(module.router, responses=COMMON_RESPONSES)
     app.include_router(routes_health.router)
     from erdu_tasks.api import routes_failed  # `erdu failed ls|retry` over HTTP

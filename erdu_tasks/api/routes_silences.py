@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -37,6 +37,7 @@ class SilenceOut(BaseModel):
     expired_at: datetime | None
     author: str
     comment: str
+    active_during: list[str] = Field(default_factory=list, description="Recurring: only while these intervals match")
     held_incidents: int
     held_occurrences: int
 
@@ -53,6 +54,8 @@ class SilenceIn(BaseModel):
     starts_at: datetime | None = Field(default=None, description="Default: now")
     ends_at: datetime | None = None
     duration: str | None = Field(default=None, description="e.g. 30m, 2h (when ends_at is not given)")
+    active_during: list[str] = Field(default_factory=list, max_length=20,
+                                     description="Names of escalation.time_intervals: a recurring silence")
 
     @model_validator(mode="after")
     def _one_end(self) -> SilenceIn:
@@ -64,9 +67,11 @@ class SilenceIn(BaseModel):
         return self
 
 
-def _out(s: silences.Silence, counts: dict[str, tuple[int, int]], now: datetime) -> SilenceOut:
+def _out(s: silences.Silence, counts: dict[str, tuple[int, int]], now: datetime,
+         intervals: Any = None) -> SilenceOut:
     held, occurrences = counts.get(s.id, (0, 0))
-    return SilenceOut(id=s.id, state=s.state(now), matchers=[MatcherOut(**m.to_dict()) for m in s.matchers],
+    return SilenceOut(id=s.id, state=s.state(now, intervals), active_during=list(s.active_during),
+                      matchers=[MatcherOut(**m.to_dict()) for m in s.matchers],
                       starts_at=s.starts_at, ends_at=s.ends_at, expired_at=s.expired_at, author=s.author,
                       comment=s.comment, held_incidents=held, held_occurrences=occurrences)
 
@@ -78,7 +83,7 @@ def list_silences(ctx: Ctx, include_expired: Annotated[bool, Query(alias="all")]
     with ctx.rt.db.transaction() as conn:
         found = silences.list_silences(conn, now=now, include_expired=include_expired)
         counts = silences.held_counts(conn, [s.id for s in found])
-    return [_out(s, counts, now) for s in found]
+    return [_out(s, counts, now, ctx.rt.settings.escalation.time_intervals) for s in found]
 
 
 @router.post("/v1/silences", response_model=SilenceOut, status_code=201, dependencies=[Depends(require_write)],
@@ -93,12 +98,15 @@ def add_silence(body: SilenceIn, ctx: Ctx) -> SilenceOut:
             ends = body.ends_at or starts + parse_duration(body.duration)
         except ValueError as exc:
             raise silences.SilenceError(f"duration: {exc}") from None
+        config = ctx.rt.settings.escalation
         with ctx.rt.db.transaction() as conn:
             created = silences.add_silence(conn, matchers, starts_at=starts, ends_at=ends, author=body.by,
-                                           comment=body.comment, now=now)
+                                           comment=body.comment, now=now, active_during=body.active_during,
+                                           intervals=config.time_intervals,
+                                           max_duration=config.silences.max_duration)
     except silences.SilenceError as exc:
         raise HTTPException(400, str(exc)) from None
-    return _out(created, {}, now)
+    return _out(created, {}, now, config.time_intervals)
 
 
 @router.delete("/v1/silences/{silence_id}", response_model=SilenceOut, dependencies=[Depends(require_write)],

@@ -15,6 +15,7 @@ from erdu_tasks.errors import ConfigError, ErduError, ServiceUnreachable
 from erdu_tasks.names import ROLES
 from erdu_tasks.cli.common import console, err, fail, load_settings, plain, runtime, shown, who
 from erdu_tasks.cli.silences import silence_app
+from erdu_tasks.cli.heartbeats import heartbeat, heartbeats_app
 
 app = typer.Typer(help="ERDU: self-healing incident response on Celery, Redis and Postgres.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -25,6 +26,8 @@ app.add_typer(failed_app, name="failed")
 runbooks_app = typer.Typer(help="Check and list runbooks.", no_args_is_help=True)
 app.add_typer(runbooks_app, name="runbooks")
 app.add_typer(silence_app, name="silence")
+app.add_typer(heartbeats_app, name="heartbeats")
+app.command("heartbeat")(heartbeat)
 
 
 @app.command()

@@ -28,6 +28,9 @@ def silence_add(
                                              "a later start makes a maintenance window")] = "now",
     ends: Annotated[Optional[str], typer.Option(help="When it ends: a delay from now or an ISO time")] = None,
     author: Annotated[Optional[str], typer.Option(help="Who adds it (default: ERDU_USER or USER)")] = None,
+    during: Annotated[Optional[list[str]], typer.Option(
+        "--during", help="Recurring: silence only while this time interval (escalation.time_intervals) "
+                         "matches; repeat for several")] = None,
 ) -> None:
     """Add a silence (or a maintenance window, with a later --starts)."""
     from erdu_tasks.escalation.policy import parse_duration
@@ -46,13 +49,16 @@ def silence_add(
     except silences.SilenceError as exc:
         common.fail(str(exc))
     rt = common.runtime()
+    config = rt.settings.escalation
     try:
         with rt.db.transaction() as conn:
             silence = silences.add_silence(conn, parsed, starts_at=begin, ends_at=end, author=author or common.who(),
-                                           comment=comment, now=now)
+                                           comment=comment, now=now, active_during=during or (),
+                                           intervals=config.time_intervals,
+                                           max_duration=config.silences.max_duration)
     except silences.SilenceError as exc:
         common.fail(str(exc))
-    state = silence.state(now).value
+    state = silence.state(now, config.time_intervals).value
     common.console.print(f"{silence.id} ({state}) {silence.describe()} from {begin.isoformat(timespec='seconds')} "
                       f"until {end.isoformat(timespec='seconds')}", highlight=False)
 
@@ -64,6 +70,7 @@ def silence_ls(
 ) -> None:
     """Silences with their state and how many incidents (and occurrences) each holds now."""
     rt = common.runtime()
+    intervals = rt.settings.escalation.time_intervals
     now = datetime.now(timezone.utc)
     with rt.db.transaction() as conn:
         rows = silences.list_silences(conn, now=now, include_expired=all_)
@@ -71,7 +78,8 @@ def silence_ls(
     if as_json:
         for s in rows:
             held, occurrences = counts.get(s.id, (0, 0))
-            print(json.dumps({"id": s.id, "state": s.state(now).value, "matchers": [m.to_dict() for m in s.matchers],
+            print(json.dumps({"id": s.id, "state": s.state(now, intervals).value,
+                              "matchers": [m.to_dict() for m in s.matchers], "active_during": list(s.active_during),
                               "starts_at": s.starts_at.isoformat(), "ends_at": s.ends_at.isoformat(),
                               "expired_at": s.expired_at.isoformat() if s.expired_at else None,
                               "author": s.author, "comment": s.comment, "held_incidents": held,
@@ -82,7 +90,7 @@ def silence_ls(
         table.add_column(col)
     for s in rows:
         held, occurrences = counts.get(s.id, (0, 0))
-        table.add_row(s.id, s.state(now).value, s.describe(), s.starts_at.isoformat(timespec="seconds"),
+        table.add_row(s.id, s.state(now, intervals).value, s.describe(), s.starts_at.isoformat(timespec="seconds"),
                       s.end().isoformat(timespec="seconds"), s.author, f"{held} ({occurrences} seen)",
                       s.comment[:60])
     common.console.print(table)

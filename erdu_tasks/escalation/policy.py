@@ -26,6 +26,7 @@ from typing import Any
 from erdu_tasks.model import Severity
 from erdu_tasks.escalation.channels import DeliveryResult, Notification
 from erdu_tasks.settings.common import Duration, parse_duration  # noqa: F401 - re-exported
+from erdu_tasks.settings.intervals import TimeIntervals, any_active
 from erdu_tasks.settings.escalation import (  # noqa: F401 - the section's models, re-exported
     EscalationConfig,
     LevelConfig,
@@ -47,6 +48,7 @@ class PlanState(StrEnum):
     NOTIFY = "notify"
     WAITING = "waiting"
     QUIET = "quiet"
+    MUTED = "muted"
     ACKNOWLEDGED = "acknowledged"
     EXHAUSTED = "exhausted"
 
@@ -80,6 +82,7 @@ class EscalationPlan:
     held: tuple[Step, ...]
     next_at: datetime | None
     level: int
+    muted_by: str | None = None        # the time interval that holds the steps back (state MUTED)
 
 
 def _aware(moment: datetime) -> datetime:
@@ -115,8 +118,12 @@ def plan_steps(
     sent: Iterable[SentStep | tuple[Any, ...]] = (),
     severity: Severity | str | None = None,
     quiet_hours: QuietHoursConfig | None = None,
+    intervals: TimeIntervals | None = None,
 ) -> EscalationPlan:
     """The steps of a policy due at `now`, given what was already sent (pure, idempotent).
+
+    A step is muted while one of the policy's or its level's `mute_during` intervals matches now: it
+    waits (it is planned again on the next minute) and goes out once no interval mutes it.
 
     Every level that has begun gets its first notification once. Only the current level
     repeats, and after a gap (a sweeper that was down) at most the latest missed repeat is
@@ -159,10 +166,27 @@ def plan_steps(
         if following <= limit:
             candidates.append(starts[current] + following * interval)
     next_at = min(candidates) if candidates else None
+    muted: list[Step] = []
+    muted_by = None
+    if due and intervals:
+        kept = []
+        for step in due:
+            why = any_active([*policy.mute_during, *policy.levels[step.level - 1].mute_during], intervals, now)
+            if why is None:
+                kept.append(step)
+            else:
+                muted.append(step)
+                muted_by = muted_by or why
+        due = kept
+        if muted:
+            minute = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+            next_at = minute if next_at is None else min(next_at, minute)
+    if muted and not due:
+        return EscalationPlan(PlanState.MUTED, (), tuple(muted), next_at, current + 1, muted_by)
     if due and quiet_hours is not None and severity is not None and quiet_hours.holds(severity, now):
         return EscalationPlan(PlanState.QUIET, (), tuple(due), quiet_hours.ends_after(now), current + 1)
     if due:
-        return EscalationPlan(PlanState.NOTIFY, tuple(due), (), next_at, current + 1)
+        return EscalationPlan(PlanState.NOTIFY, tuple(due), tuple(muted), next_at, current + 1, muted_by)
     state = PlanState.WAITING if next_at is not None else PlanState.EXHAUSTED
     return EscalationPlan(state, (), (), next_at, current + 1)
 
@@ -187,6 +211,7 @@ def plan_escalation(
         sent=sent,
         severity=severity,
         quiet_hours=config.quiet_hours,
+        intervals=config.time_intervals,
     )
 
 

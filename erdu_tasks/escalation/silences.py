@@ -12,6 +12,11 @@ Matchers follow Alertmanager's form `name=value`, `name!=value`, `name=~regex`,
 - `label.KEY` (or `labels.KEY`): the incident's label KEY (missing means "")
 
 Regexes are RE2 (linear time) and must match the whole value.
+
+A recurring silence names time intervals of the settings (`active_during`, see
+erdu_tasks/settings/intervals.py): inside its window it silences only while one of them matches,
+so "every night 22:00-06:00 for the next month" is one silence. An interval name the settings no
+longer define never matches (the incident is not silenced: a P1 still pages).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from erdu_tasks.settings.common import compile_pattern   # RE2, case-sensitive
+from erdu_tasks.settings.intervals import TimeIntervals, any_active
 from erdu_tasks.errors import ErduError
 from erdu_tasks.model import Incident
 
@@ -36,6 +42,7 @@ _NAME = re.compile(r"(service|fingerprint|severity|tag|labels?\.[A-Za-z0-9_.:/-]
 _MATCHER = re.compile(r"^\s*([A-Za-z0-9_.:/-]+)\s*(=~|!~|!=|=)\s*(.*?)\s*$", re.DOTALL)
 MAX_VALUE_CHARS = 1024
 MAX_MATCHERS = 20
+MAX_DURATION = timedelta(days=366)   # the default of escalation.silences.max_duration
 
 
 @lru_cache(maxsize=512)
@@ -151,28 +158,39 @@ class Silence:
     created_at: datetime | None = None
     expired_at: datetime | None = None
     expired_by: str | None = None
+    active_during: tuple[str, ...] = ()
+    reminded_at: datetime | None = None
 
     def end(self) -> datetime:
         """When the silence stops (expiry or its end, whichever is first)."""
         return min(self.ends_at, self.expired_at) if self.expired_at else self.ends_at
 
-    def state(self, now: datetime) -> SilenceState:
-        """Pending before its start, active inside its window, expired after."""
+    def state(self, now: datetime, intervals: TimeIntervals | None = None) -> SilenceState:
+        """Pending before its start, active inside its window, expired after.
+
+        A recurring silence (active_during) is active inside its window only while one of its intervals
+        matches now, pending otherwise; without `intervals` to look them up it never is.
+        """
         if now >= self.end():
             return SilenceState.EXPIRED
-        return SilenceState.ACTIVE if now >= self.starts_at else SilenceState.PENDING
+        if now < self.starts_at:
+            return SilenceState.PENDING
+        if self.active_during and any_active(self.active_during, intervals or {}, now) is None:
+            return SilenceState.PENDING
+        return SilenceState.ACTIVE
 
-    def active(self, now: datetime) -> bool:
+    def active(self, now: datetime, intervals: TimeIntervals | None = None) -> bool:
         """True while it silences."""
-        return self.state(now) is SilenceState.ACTIVE
+        return self.state(now, intervals) is SilenceState.ACTIVE
 
     def matches(self, incident: Incident) -> bool:
         """True when every matcher holds for the incident."""
         return all(m.matches(incident) for m in self.matchers)
 
     def describe(self) -> str:
-        """The matchers in one line."""
-        return ", ".join(str(m) for m in self.matchers)
+        """The matchers in one line (and the intervals of a recurring silence)."""
+        text = ", ".join(str(m) for m in self.matchers)
+        return text + (f" during {', '.join(self.active_during)}" if self.active_during else "")
 
 
 def parse_when(text: str, now: datetime) -> datetime:
@@ -204,9 +222,10 @@ def parse_matchers(texts: Iterable[str]) -> tuple[Matcher, ...]:
     return matchers
 
 
-def silencing(silences: Sequence[Silence], incident: Incident, now: datetime) -> Silence | None:
+def silencing(silences: Sequence[Silence], incident: Incident, now: datetime,
+              intervals: TimeIntervals | None = None) -> Silence | None:
     """The active silence that covers the incident (the one ending last), or None."""
-    hits = [s for s in silences if s.active(now) and s.matches(incident)]
+    hits = [s for s in silences if s.active(now, intervals) and s.matches(incident)]
     return max(hits, key=lambda s: s.end(), default=None)
 
 
@@ -216,7 +235,8 @@ def silencing(silences: Sequence[Silence], incident: Incident, now: datetime) ->
 def _row_to_silence(row: dict[str, Any]) -> Silence:
     matchers = tuple(Matcher.build(m["name"], m["op"], m["value"]) for m in row["matchers"])
     return Silence(row["id"], matchers, row["starts_at"], row["ends_at"], row["author"], row["comment"],
-                   row["created_at"], row["expired_at"], row["expired_by"])
+                   row["created_at"], row["expired_at"], row["expired_by"],
+                   tuple(row.get("active_during") or ()), row.get("reminded_at"))
 
 
 def new_silence_id() -> str:
@@ -233,8 +253,12 @@ def add_silence(
     author: str,
     comment: str,
     now: datetime,
+    active_during: Sequence[str] = (),
+    intervals: TimeIntervals | None = None,
+    max_duration: timedelta = MAX_DURATION,
 ) -> Silence:
-    """Store a new silence (a maintenance window when it starts later); refuses empty or past ones."""
+    """Store a new silence (a maintenance window when it starts later); refuses empty or past ones, ones
+    longer than max_duration (escalation.silences.max_duration) and intervals the settings do not define."""
     if not matchers:
         raise SilenceError("a silence needs at least one matcher")
     if not author.strip():
@@ -245,17 +269,57 @@ def add_silence(
         raise SilenceError(f"the silence ends ({ends_at.isoformat()}) before it starts ({starts_at.isoformat()})")
     if ends_at <= now:
         raise SilenceError(f"the silence would already be over ({ends_at.isoformat()} is in the past)")
-    if ends_at - starts_at > timedelta(days=366):
-        raise SilenceError("a silence may last at most a year")
+    check_duration(starts_at, ends_at, max_duration)
+    names = tuple(dict.fromkeys(n.strip() for n in active_during if n.strip()))
+    unknown = [n for n in names if n not in (intervals or {})]
+    if unknown:
+        defined = ", ".join(sorted(intervals or {})) or "none"
+        raise SilenceError(f"active_during names undefined time interval(s) {unknown}; "
+                           f"escalation.time_intervals defines: {defined}")
     silence = Silence(new_silence_id(), tuple(matchers), starts_at, ends_at, author.strip()[:200],
-                      comment.strip()[:2000], now)
+                      comment.strip()[:2000], now, active_during=names)
     conn.execute(
-        "INSERT INTO silences (id, matchers, starts_at, ends_at, author, comment, created_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        "INSERT INTO silences (id, matchers, starts_at, ends_at, author, comment, created_at, active_during)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
         (silence.id, Jsonb([m.to_dict() for m in matchers]), starts_at, ends_at, silence.author,
-         silence.comment, now),
+         silence.comment, now, Jsonb(list(names))),
     )
     return silence
+
+
+def _human(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def check_duration(starts_at: datetime, ends_at: datetime, max_duration: timedelta = MAX_DURATION) -> None:
+    """SilenceError when the silence would last longer than max_duration."""
+    if ends_at - starts_at > max_duration:
+        raise SilenceError(f"a silence may last at most {_human(max_duration)} (escalation.silences.max_duration); "
+                           f"this one would last {_human(ends_at - starts_at)}")
+
+
+def due_reminders(conn: psycopg.Connection, now: datetime, before: timedelta, limit: int = 100) -> list[Silence]:
+    """Claim the silences ending within `before` that were not reminded about yet (marks them reminded)."""
+    rows = conn.execute(
+        "UPDATE silences SET reminded_at = %(now)s WHERE id IN ("
+        " SELECT id FROM silences WHERE reminded_at IS NULL AND starts_at <= %(now)s"
+        " AND least(ends_at, coalesce(expired_at, ends_at)) > %(now)s"
+        " AND least(ends_at, coalesce(expired_at, ends_at)) <= %(until)s"
+        " ORDER BY ends_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED) RETURNING *",
+        {"now": now, "until": now + before, "limit": limit},
+    ).fetchall()
+    return [_row_to_silence(r) for r in rows]
+
+
+def held_by(conn: psycopg.Connection, silence_id: str) -> list[str]:
+    """Ids of the incidents the silence holds now."""
+    return [r["incident_id"] for r in conn.execute(
+        "SELECT incident_id FROM incident_holds WHERE released_at IS NULL AND silence_id = %s ORDER BY id",
+        (silence_id,))]
 
 
 def get_silence(conn: psycopg.Connection, silence_id: str) -> Silence | None:

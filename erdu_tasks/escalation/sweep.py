@@ -79,6 +79,7 @@ class SweepReport:
     held: int = 0
     digests: int = 0
     holds_released: int = 0
+    reminders: int = 0
     resume: list[tuple[str, str]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -144,7 +145,8 @@ class Escalator:
         self._http = httpx.Client(follow_redirects=False) if channels is None else None
         self.channels = dict(channels) if channels is not None else build_channels(config, self._http)
         self.gates = gates if gates is not None else build_gates(
-            rules=rules, dependants_of=self.catalog.dependants, rate_limits=config.rate_limits())
+            rules=rules, dependants_of=self.catalog.dependants, rate_limits=config.rate_limits(),
+            intervals=config.time_intervals)
         self.rules = self.gates.inhibit_rules
         self.options = options or SweepOptions()
         self.worker = worker
@@ -177,6 +179,7 @@ class Escalator:
             ctx = _Context(silences.active_silences(conn, now),
                            inhibition.candidates(conn, self.rules) if self.rules else [])
         self._release_holds(now, ctx, report)
+        self._remind_silences(now, report)
         self._audit_missing_runs(now, report)
         for _ in range(_MAX_ROUNDS):
             planned = self._plan_due_runs(now, ctx, report)
@@ -280,6 +283,10 @@ class Escalator:
                                    what=f"escalation level {step.level}{again}: notifying {', '.join(step.channels)}",
                                    details={"level": step.level, "repeat": step.repeat,
                                             "channels": list(step.channels), "due_at": step.due_at.isoformat()})
+        if plan.state is PlanState.MUTED and run["state"] != "muted":
+            store.add_timeline(conn, incident.id, actor=ACTOR, worker=self.worker,
+                               what=f"muted during time interval {plan.muted_by}: notifications wait until it "
+                                    "ends", details={"time_interval": plan.muted_by})
         if plan.state is PlanState.QUIET and run["state"] != "quiet":
             store.add_timeline(conn, incident.id, actor=ACTOR, worker=self.worker,
                                what=f"quiet hours: {incident.severity.value} notifications wait until "
@@ -305,6 +312,8 @@ class Escalator:
     # ---- holds ----------------------------------------------------------------------------
 
     def _release_holds(self, now: datetime, ctx: _Context, report: SweepReport) -> None:
+        # Recurring silences inside their window but outside their intervals right now: their holds end.
+        idle = [s.id for s in ctx.silences if s.active_during and not s.active(now, self.config.time_intervals)]
         with self.db.transaction() as conn:
             holds = conn.execute(
                 """
@@ -314,11 +323,12 @@ class Escalator:
                 LEFT JOIN incidents p ON p.id = h.parent_id
                 WHERE h.released_at IS NULL AND (
                       i.status IN ('resolved', 'closed')
-                   OR (h.kind = 'silence' AND (s.ends_at <= %(now)s OR s.expired_at <= %(now)s))
+                   OR (h.kind = 'silence' AND (s.ends_at <= %(now)s OR s.expired_at <= %(now)s
+                                               OR h.silence_id = ANY(%(idle)s)))
                    OR (h.kind = 'inhibit' AND (p.id IS NULL OR p.status IN ('resolved', 'closed'))))
                 ORDER BY h.id LIMIT %(limit)s FOR UPDATE OF h SKIP LOCKED
                 """,
-                {"now": now, "limit": self.options.batch},
+                {"now": now, "limit": self.options.batch, "idle": idle},
             ).fetchall()
             for row in holds:
                 incident = store.get_incident(conn, row["incident_id"])
@@ -328,7 +338,10 @@ class Escalator:
                         hold(conn, incident, kind="silence", stage=row["stage"], now=now, worker=self.worker,
                              silence=other.silence)
                         continue
-                    why = f"silence {row['silence_id']} ended"
+                    live = next((s for s in ctx.silences if s.id == row["silence_id"]), None)
+                    why = (f"silence {row['silence_id']} is outside its time intervals "
+                           f"({', '.join(live.active_during)})" if live is not None and live.active_during
+                           else f"silence {row['silence_id']} ended")
                 elif incident is not None and incident.is_open:
                     why = f"parent {row['parent_id']} resolved"
                 else:
@@ -337,6 +350,26 @@ class Escalator:
                 report.holds_released += 1
                 if resume is not None:
                     report.resume.append(resume)
+
+    def _remind_silences(self, now: datetime, report: SweepReport) -> None:
+        """Once per silence, `escalation.silences.remind_before` its end: a note on every incident it holds."""
+        before = self.config.silences.remind_before
+        if before is None:
+            return
+        with self.db.transaction() as conn:
+            for silence in silences.due_reminders(conn, now, before, self.options.batch):
+                held = silences.held_by(conn, silence.id)
+                left = max(0, int((silence.end() - now).total_seconds() // 60))
+                log.info("silence ends soon", silence_id=silence.id, ends_at=silence.end().isoformat(),
+                         held=len(held))
+                for incident_id in held:
+                    store.add_timeline(conn, incident_id, actor=ACTOR, worker=self.worker,
+                                       what=f"reminder: silence {silence.id} ({silence.describe()}) ends at "
+                                            f"{silence.end().isoformat(timespec='seconds')} (in {left} min); "
+                                            "this incident resumes then unless the silence is extended",
+                                       details={"silence_id": silence.id, "ends_at": silence.end().isoformat(),
+                                                "author": silence.author})
+                report.reminders += 1
 
     # ---- delivery -------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from erdu_tasks.errors import ConfigError, config_error
 from erdu_tasks.names import ROLES
 from erdu_tasks.settings.common import Dsn, DsnStr, RunbookHost, mask_url
 from erdu_tasks.settings.escalation import EscalationConfig
+from erdu_tasks.settings.heartbeats import HeartbeatsConfig
 from erdu_tasks.settings.monitors import MonitorsConfig
 from erdu_tasks.settings.roles import BrainConfig, CommanderConfig, LearningConfig
 from erdu_tasks.settings.servers import ApiSection, FlowerSection
@@ -33,7 +34,7 @@ from erdu_tasks.settings.servers import ApiSection, FlowerSection
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/erdu"
 
-_SECTIONS = frozenset({"monitors", "escalation", "commander", "learning", "brain", "api", "flower"})
+_SECTIONS = frozenset({"monitors", "escalation", "commander", "learning", "brain", "api", "flower", "heartbeats"})
 
 
 def _config_file() -> Path | None:
@@ -99,6 +100,7 @@ class Settings(BaseSettings):
     brain: BrainConfig = Field(default_factory=BrainConfig)
     api: ApiSection = Field(default_factory=ApiSection)
     flower: FlowerSection = Field(default_factory=FlowerSection)
+    heartbeats: HeartbeatsConfig = Field(default_factory=HeartbeatsConfig)
 
     @field_validator("worker_concurrency")
     @classmethod
@@ -107,6 +109,15 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown role(s) {', '.join(unknown)}; roles are: {', '.join(ROLES)}")
         return value
+
+    @model_validator(mode="after")
+    def _beat_watch_outlasts_a_reconcile_interval(self) -> "Settings":
+        max_age = self.heartbeats.beat.max_age
+        if max_age is not None and max_age.total_seconds() <= self.reconcile_interval_seconds:
+            raise ValueError(f"heartbeats.beat.max_age ({max_age.total_seconds():g} s) must be longer than "
+                             f"reconcile_interval_seconds ({self.reconcile_interval_seconds:g} s): the reconciler's "
+                             "pass is what shows beat is alive")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -189,5 +200,5 @@ def get_settings() -> Settings:
 
 
 __all__ = ["ApiSection", "BrainConfig", "CommanderConfig", "DEFAULT_DATABASE_URL", "DEFAULT_REDIS_URL", "DsnStr",
-           "EscalationConfig", "FlowerSection", "LearningConfig", "MonitorsConfig", "Settings", "get_settings",
-           "load_settings", "secret_value", "secret_values"]
+           "EscalationConfig", "FlowerSection", "HeartbeatsConfig", "LearningConfig", "MonitorsConfig", "Settings",
+           "get_settings", "load_settings", "secret_value", "secret_values"]

@@ -54,6 +54,11 @@ default deadlines":
       retry: {max_attempts: 4, backoff_base: 2s, backoff_cap: 60s}
       inhibit:                       # see escalation/inhibition.py; absent: an open P1 inhibits its dependants
         - {source_severities: [P1], targets: dependants}
+      time_intervals:                # named recurring intervals (settings/intervals.py): Alertmanager semantics
+        nights: [{times: [{start_time: "22:00", end_time: "24:00"}, {start_time: "00:00", end_time: "07:00"}],
+                  location: Europe/Berlin}]
+      # policies and levels take `mute_during: [nights]`; silences take `active_during` (CLI --during)
+      silences: {max_duration: 14d, remind_before: 15m}   # defaults 366d and 15m; remind_before "off"
       sweep_interval: 5s             # how often beat runs the sweeper
       stuck_after: 15m               # an incident stuck in a stage this long escalates ("off" never)
       sweep_batch: 200
@@ -80,6 +85,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from erdu_tasks.errors import ConfigError
 from erdu_tasks.model import Severity
 from erdu_tasks.settings.common import Duration, Section, TimeOfDay, TimeZoneName, aware, check_http_url, refused
+from erdu_tasks.settings.intervals import TimeIntervalEntry, check_interval_names
 
 _CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _TEMPLATE_FIELDS = {"incident_id"}
@@ -218,12 +224,14 @@ class LevelConfig(Section):
     ack_deadline: Duration | None = None
     repeat_interval: Duration | None = None
     max_repeats: int | None = Field(default=None, ge=0)
+    mute_during: list[str] = Field(default_factory=list)   # time_intervals names: this level's notifications wait
 
 
 class PolicyConfig(Section):
-    """Ordered levels for one severity (or one service and severity)."""
+    """Ordered levels for one severity (or one service and severity), the route an incident's escalation takes."""
 
     levels: list[LevelConfig] = Field(min_length=1, max_length=20)
+    mute_during: list[str] = Field(default_factory=list)   # time_intervals names: every notification of it waits
 
     @model_validator(mode="before")
     @classmethod
@@ -294,6 +302,20 @@ _DEFAULT_TIMING: dict[Severity, list[tuple[str | None, str | None]]] = {
 }
 
 
+class SilenceSettings(Section):
+    """Limits and reminders of silences (`escalation.silences`)."""
+
+    max_duration: Duration = timedelta(days=366)           # a longer silence is refused (CLI and API)
+    remind_before: Duration | None = timedelta(minutes=15)  # a timeline note this long before a silence ends
+
+    @model_validator(mode="before")
+    @classmethod
+    def _off(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("remind_before") in (False, "off", "never"):
+            data = {**data, "remind_before": None}
+        return data
+
+
 def default_policy(severity: Severity | str, channels: list[str]) -> PolicyConfig:
     """The built-in policy for a severity, notifying every given channel at each level."""
     levels = [
@@ -334,6 +356,8 @@ class EscalationConfig(Section):
     sweep_interval: Duration = timedelta(seconds=5)
     stuck_after: Duration | None = timedelta(minutes=15)
     sweep_batch: int = Field(default=200, ge=1)
+    time_intervals: dict[str, list[TimeIntervalEntry]] = Field(default_factory=dict)
+    silences: SilenceSettings = Field(default_factory=SilenceSettings)
     approval_deadline_seconds: refused(
         "set approval_deadline_seconds at the top level (ERDU_APPROVAL_DEADLINE_SECONDS)")
 
@@ -377,7 +401,9 @@ class EscalationConfig(Section):
         for section, groups in (("services", self.services), ("named_policies", self.named_policies)):
             for group, policies in groups.items():
                 where += [(f"{section}.{group}.{k}", p) for k, p in policies.items()]
+        check_interval_names(self.time_intervals)
         for place, policy in where:
+            self._known_intervals(f"{place}.mute_during", policy.mute_during)
             for index, level in enumerate(policy.levels, start=1):
                 missing = [c for c in level.channels if c not in known]
                 if missing:
@@ -385,7 +411,15 @@ class EscalationConfig(Section):
                         f"{place} level {index} uses undefined channel(s) {missing}; "
                         f"defined channels: {sorted(known)}"
                     )
+                self._known_intervals(f"{place}.levels.{index}.mute_during", level.mute_during)
         return self
+
+    def _known_intervals(self, place: str, names: list[str]) -> None:
+        missing = [n for n in names if n not in self.time_intervals]
+        if missing:
+            defined = ", ".join(sorted(self.time_intervals)) or "none"
+            raise ValueError(f"{place} names undefined time interval(s) {missing}; "
+                             f"escalation.time_intervals defines: {defined}")
 
     @classmethod
     def from_settings_section(

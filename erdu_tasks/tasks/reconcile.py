@@ -11,6 +11,7 @@ from erdu_tasks.runtime import worker_name
 from erdu_tasks.tasks.base import ErduTask, log
 from erdu_tasks.tasks.publish import hand_on
 from erdu_tasks.tasks.escalate import escalate_incident
+from erdu_tasks.tasks.heartbeats import ping
 
 
 @app.task(name=names.RECONCILE, base=ErduTask, bind=True)
@@ -44,6 +45,8 @@ def reconcile(self: ErduTask) -> dict[str, int]:
         escalate_incident(incident_id, f"no approval within {approval_deadline:.0f} s", stage=names.Stage.FIX,
                           actor="reconciler", worker=worker)
     self.with_retries(lambda: _prune(rt))
+    # Beat is alive (it scheduled this pass): the API watches this row and raises an incident when it ages.
+    self.with_retries(lambda: ping(rt, names.BEAT_HEARTBEAT, source=worker, internal=True))
     if owed or expired:
         log.info("reconciled", redriven=len(owed), approvals_expired=len(expired))
     return {"redriven": len(owed), "approvals_expired": len(expired)}

@@ -27,6 +27,7 @@ from erdu_tasks.escalation.gates.rate_limit import RateLimitGate
 from erdu_tasks.escalation.gates.silence import SilenceGate
 from erdu_tasks.escalation.inhibition import DependantsOf, InhibitRule
 from erdu_tasks.settings.escalation import EscalationConfig
+from erdu_tasks.settings.intervals import TimeIntervals
 from erdu_tasks.model import Incident
 
 __all__ = ["ApprovalGate", "Facts", "Gate", "GateDecision", "GateName", "Gates", "InhibitionGate", "Outcome",
@@ -70,10 +71,10 @@ class Gates:
 
 def build_gates(*, rules: Sequence[InhibitRule] = inhibit_rules.DEFAULT_RULES,
                 dependants_of: DependantsOf = lambda service: (), rate_limits: dict[str, int] | None = None,
-                approval_deadline_seconds: float = 3600.0) -> Gates:
+                approval_deadline_seconds: float = 3600.0, intervals: TimeIntervals | None = None) -> Gates:
     """Assemble the gate list in its one order: silence, inhibition, rate limit, approval."""
     return Gates((
-        SilenceGate(),
+        SilenceGate(dict(intervals or {})),
         InhibitionGate(tuple(rules), dependants_of),
         RateLimitGate(dict(rate_limits or {})),
         ApprovalGate(approval_deadline_seconds),
@@ -87,9 +88,10 @@ def gates_from_settings(settings: Any, catalog: Catalog) -> Gates:
     except ConfigError as exc:
         log.error("inhibition rules ignored", error=str(exc))
         rules = ()
-    limits = EscalationConfig.from_settings_section(settings.escalation, settings.alerts_dir).rate_limits()
-    return build_gates(rules=rules, dependants_of=catalog.dependants, rate_limits=limits,
-                       approval_deadline_seconds=settings.approval_deadline_seconds)
+    config = EscalationConfig.from_settings_section(settings.escalation, settings.alerts_dir)
+    return build_gates(rules=rules, dependants_of=catalog.dependants, rate_limits=config.rate_limits(),
+                       approval_deadline_seconds=settings.approval_deadline_seconds,
+                       intervals=config.time_intervals)
 
 
 def load_facts(conn: psycopg.Connection, gates: Gates, incident: Incident, now: datetime,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from erdu_tasks.escalation.gates.base import Facts, GateDecision, GateName, Outcome, passing
 from erdu_tasks.escalation.silences import silencing
@@ -13,13 +15,14 @@ from erdu_tasks.escalation.silences import silencing
 class SilenceGate:
     """SILENCED while an active silence matches the incident (the one ending last is named)."""
 
+    intervals: Mapping[str, Sequence[Any]] = field(default_factory=dict)   # for recurring silences
     name: GateName = GateName.SILENCE
 
     def check(self, facts: Facts, now: datetime) -> GateDecision:
         """The silence that covers the incident at now, if any."""
         if facts.incident is None:
             return passing(self.name, "no incident")
-        silence = silencing(facts.silences, facts.incident, now)
+        silence = silencing(facts.silences, facts.incident, now, self.intervals)
         if silence is None:
             return passing(self.name)
         return GateDecision(self.name, Outcome.SILENCED,
