@@ -44,6 +44,26 @@ def runtime(*, need_schema: bool = True):
     return process_runtime()
 
 
+def incident_id_of(rt, given: str) -> str:
+    """The full id of the one incident whose id is `given` or starts with it (`INC-` may be left out).
+
+    No match, or a prefix that fits several incidents, ends the command with exit code 1 and says which."""
+    text = given.strip()
+    candidates = [text] if text.upper().startswith("INC-") else [text, "INC-" + text]
+    like = [c.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%" for c in candidates]
+    with rt.db.transaction() as conn:
+        exact = conn.execute("SELECT id FROM incidents WHERE id = ANY(%s) LIMIT 1", (candidates,)).fetchone()
+        if exact:
+            return exact["id"]
+        rows = conn.execute("SELECT id FROM incidents WHERE id LIKE ANY(%s) ORDER BY id LIMIT 6", (like,)).fetchall()
+    if not text or not rows:
+        fail(f"no incident {given}", 1)
+    if len(rows) > 1:
+        more = ", ".join(r["id"] for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+        fail(f"{given} is the start of several incident ids ({more}); give more of it", 1)
+    return rows[0]["id"]
+
+
 def who() -> str:
     """Who is acting: ERDU_USER, else the login name."""
     return os.environ.get("ERDU_USER") or os.environ.get("USER") or "operator"

@@ -12,8 +12,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from erdu_tasks.errors import ConfigError, ErduError, ServiceUnreachable
+from erdu_tasks.model import Severity, Status
 from erdu_tasks.names import ROLES
-from erdu_tasks.cli.common import console, err, fail, load_settings, plain, runtime, shown, who
+from erdu_tasks.cli.common import console, err, fail, incident_id_of, load_settings, plain, runtime, shown, who
 from erdu_tasks.cli.silences import silence_app
 from erdu_tasks.cli.heartbeats import heartbeat, heartbeats_app
 
@@ -234,6 +235,14 @@ def _age(ts: datetime | None) -> str:
     return f"{seconds:.0f}s ago"
 
 
+def _allowed(option: str, values: list[str] | None, allowed: list[str]) -> list[str] | None:
+    """Refuse a filter value that can never match, naming the values that can (exit code 2)."""
+    wrong = [v for v in values or [] if v not in allowed]
+    if wrong:
+        fail(f"{option} {', '.join(map(repr, wrong))}: not one of {', '.join(allowed)}")
+    return values
+
+
 @incidents_app.command("ls")
 def incidents_ls(
     status: Annotated[Optional[list[str]], typer.Option(help="Filter by status (repeatable)")] = None,
@@ -245,6 +254,8 @@ def incidents_ls(
     """List incidents, newest first."""
     from erdu_tasks.store import incidents as store
 
+    status = _allowed("--status", status, [s.value for s in Status])
+    severity = _allowed("--severity", [v.upper() for v in severity or []] or None, [s.value for s in Severity])
     rt = runtime()
     with rt.db.transaction() as conn:
         rows = store.list_incidents(conn, statuses=status, severities=severity, service=service, limit=limit)
@@ -269,6 +280,7 @@ def incidents_show(incident_id: str) -> None:
     from erdu_tasks.store import incidents as store
 
     rt = runtime()
+    incident_id = incident_id_of(rt, incident_id)
     with rt.db.transaction() as conn:
         i = store.get_incident(conn, incident_id, with_timeline=True)
     if i is None:
@@ -298,6 +310,7 @@ def incidents_report(incident_id: str) -> None:
     from erdu_tasks.roles.report import report_paths
 
     rt = runtime()
+    incident_id = incident_id_of(rt, incident_id)
     with rt.db.transaction() as conn:
         row = conn.execute("SELECT status, report_path FROM incidents WHERE id = %s", (incident_id,)).fetchone()
     if row is None:
@@ -312,6 +325,7 @@ def _person(action, incident_id: str, **kwargs) -> None:
     from erdu_tasks.tasks.people import ActionRefused
 
     rt = runtime()
+    incident_id = incident_id_of(rt, incident_id)
     try:
         done = action(rt, incident_id, who(), **kwargs)
     except ActionRefused as exc:
@@ -388,7 +402,7 @@ def failed_retry(
                 "SELECT DISTINCT incident_id FROM failed_tasks WHERE retried_at IS NULL AND incident_id IS NOT NULL"
             ).fetchall()]
     else:
-        ids = [incident_id]
+        ids = [incident_id_of(rt, incident_id)]
     for iid in ids:
         try:
             console.print(shown(retry(rt, iid, who()).message), highlight=False)

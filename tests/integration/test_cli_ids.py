@@ -1,0 +1,58 @@
+"""The CLI at 3 a.m.: unique id prefixes, ids that do not exist, filters that can never match."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from erdu_tasks.model import Severity
+from erdu_tasks.store import incidents as store
+from erdu_tasks.store.incidents import NewIncident
+from tests.integration.test_cli_hostile_text import erdu
+
+
+@pytest.fixture()
+def two_incidents(fresh_database_url):
+    with psycopg.connect(fresh_database_url, row_factory=psycopg.rows.dict_row) as conn:
+        ids = [store.upsert_incident(conn, NewIncident(
+            fingerprint=f"ids-{n}", template=f"Cache miss storm {n}", title=f"Cache miss storm {n}",
+            description="", severity=Severity.P3, source="log", service="cache", host=None, affected_services=[],
+            tags=[], labels={}, error_details={}, samples=[], count=1)).incident_id for n in range(2)]
+        conn.commit()
+    return fresh_database_url, ids
+
+
+def common_prefix(a: str, b: str) -> str:
+    n = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    return a[:n]
+
+
+def test_a_unique_prefix_names_its_incident_and_an_ambiguous_one_lists_the_candidates(two_incidents):
+    url, (first, second) = two_incidents
+    shared = common_prefix(first, second)
+    done = erdu(url, "incidents", "show", first[:len(shared) + 1])
+    assert done.returncode == 0, done.stderr
+    assert first in done.stdout and second not in done.stdout
+    without_inc = erdu(url, "incidents", "show", shared.removeprefix("INC-"))   # ambiguous, INC- left out
+    assert without_inc.returncode == 1 and first in without_inc.stderr and second in without_inc.stderr
+    acked = erdu(url, "incidents", "ack", second[:len(shared) + 1])
+    assert acked.returncode == 0 and second in acked.stdout, acked.stderr
+
+
+@pytest.mark.parametrize("command", [("incidents", "show"), ("incidents", "report"), ("incidents", "ack"),
+                                     ("incidents", "resolve"), ("failed", "retry")])
+def test_an_id_that_does_not_exist_exits_1_and_says_so(two_incidents, command):
+    url, _ = two_incidents
+    done = erdu(url, *command, "INC-19990101000000-nothere")
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "no incident INC-19990101000000-nothere" in done.stderr
+
+
+@pytest.mark.parametrize(("option", "value", "allowed"), [("--status", "bogus", "awaiting_approval"),
+                                                          ("--severity", "P9", "P5")])
+def test_a_filter_that_can_never_match_is_refused_naming_the_allowed_values(two_incidents, option, value, allowed):
+    url, _ = two_incidents
+    done = erdu(url, "incidents", "ls", option, value)
+    assert done.returncode == 2 and value in done.stderr and allowed in done.stderr, done.stderr
+    ok = erdu(url, "incidents", "ls", "--severity", "p3", "--json")
+    assert ok.returncode == 0 and len(ok.stdout.splitlines()) == 2
