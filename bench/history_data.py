@@ -18,6 +18,7 @@ database; the indexes are the migrated ones, maintained as rows go in.
 from __future__ import annotations
 
 import psycopg
+from psycopg.rows import tuple_row
 
 COMPONENTS = ("Database", "Cache", "Queue consumer", "Payment gateway", "Search index", "Auth service",
               "Scheduler", "Worker pool", "Disk", "Certificate", "DNS resolver", "Load balancer", "Replica",
@@ -70,14 +71,16 @@ def load(conn: psycopg.Connection, *, closed: int, open_: int = 0, days: float =
     conn.execute("SET maintenance_work_mem = '256MB'")
     for _, definition in indexes:
         conn.execute(definition)
-    conn.execute("SELECT erdu_rollups_rebuild()")
+    plain = conn.cursor(row_factory=tuple_row)
+    if plain.execute("SELECT to_regproc('erdu_rollups_rebuild') IS NOT NULL").fetchone()[0]:
+        conn.execute("SELECT erdu_rollups_rebuild()")
     for table in ("incidents", "incident_timeline", "runbook_runs"):
         conn.execute(f"ANALYZE {table}")
 
 
 def _secondary_indexes(conn: psycopg.Connection) -> list[tuple[str, str]]:
     """(name, CREATE INDEX statement) of the indexes of incidents and incident_timeline that back no constraint."""
-    rows = conn.execute(
+    rows = conn.cursor(row_factory=tuple_row).execute(
         """
         SELECT c.relname, pg_get_indexdef(x.indexrelid) FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid
         WHERE x.indrelid IN ('incidents'::regclass, 'incident_timeline'::regclass)
@@ -85,7 +88,7 @@ def _secondary_indexes(conn: psycopg.Connection) -> list[tuple[str, str]]:
         ORDER BY c.relname
         """
     ).fetchall()
-    return [(r[0], r[1]) if isinstance(r, tuple) else (r["relname"], r["pg_get_indexdef"]) for r in rows]
+    return [(r[0], r[1]) for r in rows]
 
 
 def _load_closed(conn: psycopg.Connection, n: int, days: float, start: int, timeline: bool) -> None:
@@ -121,7 +124,7 @@ def _load_closed(conn: psycopg.Connection, n: int, days: float, start: int, time
                CASE WHEN r2 < 0.2 THEN 'person:alice' ELSE 'runbook:restart-' || mod(p, 40) END,
                r2 >= 0.6, jsonb_build_object('runbook', 'restart-' || mod(p, 40)), '{{}}'::jsonb
         FROM (SELECT *, {_pattern_sql('p')} AS tpl, ({_array(SERVICES)})[mod(p, 60) + 1] AS svc FROM _load) AS x
-        CROSS JOIN LATERAL (SELECT replace(tpl, '<*>', mod(i * 7919, 9973)::text) AS title) AS t
+        CROSS JOIN LATERAL (SELECT replace(tpl, '<*>', mod(i::bigint * 7919, 9973)::text) AS title) AS t
         """
     )
     if timeline:

@@ -167,9 +167,12 @@ def record_resolution(conn: psycopg.Connection, incident: Incident, *, human: bo
 
 
 def record_escalated(conn: psycopg.Connection, fingerprint: str) -> None:
-    """Count escalated incidents on the pattern: incidents escalated at least once, so re-escalating counts once."""
+    """Count escalated incidents on the pattern: incidents escalated at least once, so re-escalating counts once.
+
+    Read from the fingerprint's rollup row (kept by trigger with the status change), not from its incidents.
+    """
     conn.execute(
-        "UPDATE error_patterns SET escalated = (SELECT count(*) FROM incidents WHERE fingerprint = %s"
-        " AND escalated_at IS NOT NULL) WHERE fingerprint = %s",
+        "UPDATE error_patterns SET escalated = coalesce((SELECT escalated FROM fingerprint_totals"
+        " WHERE fingerprint = %s), 0) WHERE fingerprint = %s",
         (fingerprint, fingerprint),
     )

@@ -172,3 +172,16 @@ def test_a_scrape_and_stats_read_the_rollups_not_the_history(conn):
     assert len(top) == 20 and top[0].incidents >= top[-1].incidents
     assert not conn.relations() & HISTORY, conn.relations()
     assert not conn.seq_scans() & {"fingerprint_totals"}
+
+
+def test_the_escalated_count_of_a_pattern_is_read_from_its_rollup_row(conn):
+    incident = latest(conn, "status = 'closed' AND escalated_at IS NOT NULL")
+    conn.conn.execute("INSERT INTO error_patterns (fingerprint) VALUES (%s) ON CONFLICT DO NOTHING",
+                      (incident.fingerprint,))
+    history.record_escalated(conn, incident.fingerprint)
+    want = conn.conn.execute("SELECT count(*) AS n FROM incidents WHERE fingerprint = %s AND escalated_at IS NOT NULL",
+                             (incident.fingerprint,)).fetchone()["n"]
+    got = conn.conn.execute("SELECT escalated FROM error_patterns WHERE fingerprint = %s",
+                            (incident.fingerprint,)).fetchone()["escalated"]
+    assert got == want > 0
+    assert not conn.relations() & HISTORY
