@@ -13,6 +13,7 @@ At each size it prints, in milliseconds, the median and the 95th percentile over
 - count_open: the commander's count of open incidents;
 - metrics_scrape: read_postgres + the exposition text of every incident family (no Redis);
 - stats: what `erdu stats` calls (overall, by severity, top 20 fingerprints);
+- upsert_new_incident: ingest's insert of one new incident (every index and trigger), rolled back;
 - list_first_page and list_deep_page: 50 incidents newest first, at the start and 50,000 rows in
   (by cursor; by OFFSET when the code under test has no cursor).
 
@@ -48,8 +49,8 @@ from erdu_tasks.model import Incident  # noqa: E402
 from erdu_tasks.store import history, incidents as store, metrics, stats  # noqa: E402
 from erdu_tasks.store.migrate import migrate  # noqa: E402
 
-FIGURES = ("related_incidents", "inhibition", "count_open", "metrics_scrape", "stats", "list_first_page",
-           "list_deep_page")
+FIGURES = ("related_incidents", "inhibition", "count_open", "metrics_scrape", "stats", "upsert_new_incident",
+           "list_first_page", "list_deep_page")
 DEEP = 50_000
 
 
@@ -107,6 +108,15 @@ def measure(conn: psycopg.Connection, repeat: int) -> dict[str, tuple[float, flo
     out["metrics_scrape"] = timings(lambda i: generate_latest(registry), max(3, repeat // 4))
     out["stats"] = timings(lambda i: (stats.overall(conn), stats.by_severity(conn), stats.by_fingerprint(conn)),
                            max(3, repeat // 4))
+    samples = [store.NewIncident(fingerprint=f"bench-new-{secrets.token_hex(8)}", template=s.template, title=s.title,
+                                 description=s.title, severity=s.severity, source="bench", service=s.service,
+                                 host=None, affected_services=list(s.affected_services), tags=[], labels={},
+                                 error_details={}, samples=[], count=1) for s in subjects[:1]] * repeat
+    if samples:
+        def upsert(i: int) -> None:
+            with conn.transaction(force_rollback=True):
+                store.upsert_incident(conn, samples[i % len(samples)])
+        out["upsert_new_incident"] = timings(upsert, repeat)
     out["list_first_page"] = timings(lambda i: store.list_incidents(conn, limit=50), repeat)
     deep = conn.execute("SELECT id, created_at FROM incidents ORDER BY created_at DESC, id DESC OFFSET %s LIMIT 1",
                         (DEEP - 1,)).fetchone()

@@ -3,12 +3,14 @@
 -- the transaction that changes an incident, so neither a scrape nor stats reads the history.
 
 -- Related incidents: nearest by trigram distance among those created in the lookback window. The
--- window is a second column of the GiST index (btree_gist), checked while the index is walked,
--- instead of a filter on every row the walk returns; wider signatures (siglen) make the walk
--- recheck fewer rows. They replace the single-column indexes of 0010.
+-- window is a column of the GiST index (btree_gist), checked while the index is walked, instead of
+-- a filter on every row the walk returns; wider signatures (siglen) make the walk recheck fewer rows.
+-- Titles carry numbers and ids, so they are many and spread: that tree is split by time first, which
+-- prunes whole subtrees outside the window (half the title walk at 500,000 incidents). Templates
+-- repeat, and their nearest are found at once. They replace the single-column indexes of 0010.
 CREATE EXTENSION IF NOT EXISTS btree_gist;
 CREATE INDEX incidents_template_knn_window ON incidents USING gist (template gist_trgm_ops(siglen=256), created_at);
-CREATE INDEX incidents_title_knn_window ON incidents USING gist (title gist_trgm_ops(siglen=256), created_at);
+CREATE INDEX incidents_title_knn_window ON incidents USING gist (created_at, title gist_trgm_ops(siglen=256));
 DROP INDEX IF EXISTS incidents_title_knn;
 DROP INDEX IF EXISTS incidents_template_knn;
 -- No query asks "similar enough?" (the % operator) any more: the GIN trigram indexes of 0001 only cost
