@@ -14,7 +14,6 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from erdu_tasks.model import (
-    OPEN_STATUSES,
     Incident,
     Severity,
     Status,
@@ -23,7 +22,6 @@ from erdu_tasks.model import (
     new_incident_id,
 )
 
-_OPEN = [s.value for s in OPEN_STATUSES]
 _CLOSED_SQL = "status NOT IN ('resolved', 'closed')"
 
 # Columns a stage may write together with its status change.
@@ -75,7 +73,9 @@ class UpsertResult:
 
 
 def _value(column: str, value: Any) -> Any:
-    if column in _JSON_COLUMNS and value is not None:
+    if column == "related" and value is None:   # NULL: not searched yet (the other JSON columns are NOT NULL)
+        return None
+    if column in _JSON_COLUMNS:
         return Jsonb(value)
     if isinstance(value, (Severity, Status)):
         return value.value
