@@ -82,6 +82,18 @@ class Catalog:
                     frontier.append(s.name)
         return out
 
+    def dependencies(self, name: str) -> list[str]:
+        """Services name depends on, directly or transitively."""
+        out: list[str] = []
+        frontier = [name]
+        while frontier:
+            service = self.services.get(frontier.pop())
+            for dep in service.depends_on if service else ():
+                if dep not in out and dep != name:
+                    out.append(dep)
+                    frontier.append(dep)
+        return out
+
     def is_user_facing(self, name: str) -> bool:
         """True when users see this service directly."""
         service = self.services.get(name)

@@ -192,6 +192,7 @@ class Incident:
     parent_id: str | None = None
     reopened_from: str | None = None
     report_path: str | None = None
+    related: list[dict[str, Any]] | None = None   # related incidents as diagnosed (None: not searched yet)
     timeline: list[TimelineEntry] = field(default_factory=list)
 
     @property

@@ -40,12 +40,17 @@ class IncidentSummary(BaseModel):
 
 
 class IncidentPage(BaseModel):
-    """A page of incidents, newest first; next_offset is null on the last page."""
+    """A page of incidents, newest first; next_cursor (and next_offset) are null on the last page.
+
+    Pass next_cursor back as `cursor` for the next page: it reads on from the last row by index, so a deep
+    page costs what the first does. `offset` paging still works (next_offset), but skips every row before.
+    """
 
     incidents: list[IncidentSummary]
     limit: int
     offset: int
     next_offset: int | None
+    next_cursor: str | None = None
 
 
 class TimelineLine(BaseModel):
@@ -101,16 +106,25 @@ def list_incidents(
     since: Annotated[datetime | None, Query(description="Created at or after (ISO 8601)")] = None,
     limit: Annotated[int | None, Query(ge=1, le=500)] = None,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    cursor: Annotated[str | None, Query(max_length=400, description="next_cursor of the previous page")] = None,
 ) -> IncidentPage:
-    """Incidents, newest first, filtered and paged."""
+    """Incidents, newest first, filtered and paged (by cursor, or by offset)."""
     limit = limit or ctx.config.default_page_size
-    with ctx.rt.db.transaction() as conn:
-        rows = store.list_incidents(conn, statuses=[s.value for s in status or []] or None,
-                                    severities=[s.value for s in severity or []] or None,
-                                    service=service, since=since, limit=limit + 1, offset=offset)
+    if cursor is not None and offset:
+        raise HTTPException(422, "page by cursor or by offset, not both")
+    try:
+        with ctx.rt.db.transaction() as conn:
+            rows = store.list_incidents(conn, statuses=[s.value for s in status or []] or None,
+                                        severities=[s.value for s in severity or []] or None,
+                                        service=service, since=since, limit=limit + 1, offset=offset,
+                                        after=cursor)
+    except store.BadCursor as exc:
+        raise HTTPException(422, f"cursor: {exc}") from None
     more = len(rows) > limit
-    return IncidentPage(incidents=[_summary(i) for i in rows[:limit]], limit=limit, offset=offset,
-                        next_offset=offset + limit if more else None)
+    page = rows[:limit]
+    return IncidentPage(incidents=[_summary(i) for i in page], limit=limit, offset=offset,
+                        next_offset=offset + limit if more and cursor is None else None,
+                        next_cursor=store.encode_cursor(page[-1]) if more else None)
 
 
 @router.get("/v1/incidents/{incident_id}", response_model=IncidentDetail, dependencies=[Depends(require_read)],

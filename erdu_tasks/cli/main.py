@@ -249,16 +249,24 @@ def incidents_ls(
     severity: Annotated[Optional[list[str]], typer.Option(help="Filter by severity (repeatable)")] = None,
     service: Annotated[Optional[str], typer.Option(help="Filter by service")] = None,
     limit: Annotated[int, typer.Option(help="How many, newest first")] = 50,
+    after: Annotated[Optional[str], typer.Option(help="The next-page cursor a previous listing printed")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
 ) -> None:
-    """List incidents, newest first."""
+    """List incidents, newest first; when there are more, the cursor of the next page (on stderr)."""
     from erdu_tasks.store import incidents as store
 
     status = _allowed("--status", status, [s.value for s in Status])
     severity = _allowed("--severity", [v.upper() for v in severity or []] or None, [s.value for s in Severity])
     rt = runtime()
-    with rt.db.transaction() as conn:
-        rows = store.list_incidents(conn, statuses=status, severities=severity, service=service, limit=limit)
+    try:
+        with rt.db.transaction() as conn:
+            rows = store.list_incidents(conn, statuses=status, severities=severity, service=service,
+                                        limit=limit + 1, after=after)
+    except store.BadCursor as exc:
+        fail(f"--after: {exc}")
+    more, rows = len(rows) > limit, rows[:limit]
+    if more and rows:
+        err.print(f"next page: --after {store.encode_cursor(rows[-1])}", highlight=False)
     if as_json:
         for i in rows:
             print(json.dumps({"id": i.id, "severity": i.severity.value, "status": i.status.value,

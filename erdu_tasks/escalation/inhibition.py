@@ -23,7 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from erdu_tasks.store import incidents as store
 from erdu_tasks.errors import config_error
-from erdu_tasks.model import OPEN_STATUSES, Incident
+from erdu_tasks.model import Incident
 from erdu_tasks.settings.escalation import DEFAULT_INHIBIT_RULES, EscalationConfig, InhibitRule
 
 DependantsOf = Callable[[str], Iterable[str]]
@@ -84,14 +84,49 @@ def find_parent(
 # --------------------------------------------------------------------------- storage
 
 
-def candidates(conn: psycopg.Connection, rules: Sequence[InhibitRule], *, limit: int = 500) -> list[Incident]:
-    """Open top-level incidents whose severity could make them a parent."""
+def parent_services(rules: Sequence[InhibitRule], child: Incident,
+                    dependencies_of: DependantsOf | None) -> set[str] | None:
+    """The services an inhibiting parent of child could have under these rules (None: any service).
+
+    A "dependants" rule makes a parent of the services the child's services depend on, directly or
+    transitively (the catalog's depends_on); a rule with a target list only applies to a child of one of
+    its targets, and then to parents of its source_services (or of any service). An empty set: nothing can
+    inhibit the child, and nothing needs to be read.
+    """
+    child_services = set(services_of(child))
+    out: set[str] = set()
+    for rule in rules:
+        if rule.targets == "dependants":
+            if dependencies_of is None:
+                return None
+            possible = {d for s in child_services for d in dependencies_of(s)}
+        elif not child_services & set(rule.targets):
+            continue
+        elif rule.source_services is None:
+            return None
+        else:
+            possible = set(rule.source_services)
+        if rule.source_services is not None:
+            possible &= set(rule.source_services)
+        out |= possible
+    return out
+
+
+def candidates(conn: psycopg.Connection, rules: Sequence[InhibitRule], *, limit: int = 500,
+               child: Incident | None = None, dependencies_of: DependantsOf | None = None) -> list[Incident]:
+    """Open top-level incidents whose severity could make them a parent (of `child`, when given).
+
+    With a child, only the open incidents of the services that could inhibit it are read, and none at
+    all when no service could (no dependencies in the catalog). The rows carry only what the rules look
+    at (id, severity, status, services, created_at, parent_id); a parent that is linked is re-read in full.
+    """
     severities = sorted({s.value for r in rules for s in r.source_severities})
     if not severities:
         return []
-    found = store.list_incidents(conn, statuses=[s.value for s in OPEN_STATUSES], severities=severities,
-                                 limit=limit)
-    return [i for i in found if i.parent_id is None]
+    services = None if child is None else parent_services(rules, child, dependencies_of)
+    found = store.open_candidates(conn, severities=severities,
+                                  services=None if services is None else sorted(services), limit=limit)
+    return [i for i in found if child is None or i.id != child.id]
 
 
 def open_parent(conn: psycopg.Connection, incident: Incident) -> Incident | None:

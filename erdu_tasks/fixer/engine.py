@@ -49,11 +49,13 @@ def recent_runs(conn: psycopg.Connection, runbooks: list[Runbook], service: str 
     if not runbooks:
         return {}
     windows = {rb.name: float(rb.limits.per_seconds) for rb in runbooks}
+    # `service = x` or `service IS NULL`, not IS NOT DISTINCT FROM, so the (runbook, service, started_at) index applies.
+    same_service = "service IS NULL" if service is None else "service = %(service)s"
     rows = conn.execute(
         "SELECT runbook, started_at FROM runbook_runs"
-        " WHERE runbook = ANY(%s) AND service IS NOT DISTINCT FROM %s AND incident_id <> %s"
-        " AND started_at > now() - make_interval(secs => %s) ORDER BY started_at",
-        (list(windows), service, exclude, max(windows.values())),
+        f" WHERE runbook = ANY(%(runbooks)s) AND {same_service} AND incident_id <> %(exclude)s"
+        " AND started_at > now() - make_interval(secs => %(window)s) ORDER BY started_at",
+        {"runbooks": list(windows), "service": service, "exclude": exclude, "window": max(windows.values())},
     ).fetchall()
     out: dict[str, list[datetime]] = {name: [] for name in windows}
     for r in rows:

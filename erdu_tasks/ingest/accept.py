@@ -243,7 +243,7 @@ def _link_flapping(conn: psycopg.Connection, incident_id: str, fp: str, window: 
                            ELSE incidents.tags || '["flapping"]'::jsonb END
         FROM (SELECT id FROM incidents WHERE fingerprint = %s AND status IN ('resolved', 'closed')
               AND coalesce(resolved_at, closed_at) > now() - make_interval(secs => %s)
-              ORDER BY coalesce(resolved_at, closed_at) DESC LIMIT 1) AS prev
+              ORDER BY coalesce(resolved_at, closed_at) DESC LIMIT 1) AS prev   -- incidents_fingerprint_ended
         WHERE incidents.id = %s
         RETURNING prev.id
         """,

@@ -31,6 +31,9 @@ def related_incidents(conn: psycopg.Connection, incident: Incident, *, limit: in
     The top `limit` by that score are among the `limit` nearest by template, the `limit` nearest by
     title (GiST trigram indexes, nearest first) and the `limit` latest of the same fingerprint, so only
     those candidates are scored: a storm of similar incidents costs a few index probes, not a scan.
+    The lookback window is the second column of the trigram indexes (migration 0011), so the walk
+    skips what is older instead of fetching and filtering it. The diagnostician stores the result on
+    the incident (`related`) and the resolver re-reads only those rows (refresh_related).
     """
     window = """id <> %(id)s AND created_at <= %(created)s
                 AND created_at > %(created)s - make_interval(secs => %(lookback)s)"""
@@ -79,6 +82,27 @@ def latest_incidents_of(conn: psycopg.Connection, fingerprints: list[str], *, ex
         (sorted(set(fingerprints)), exclude),
     ).fetchall()
     return {r["fingerprint"]: r["id"] for r in rows}
+
+
+def refresh_related(conn: psycopg.Connection, related: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Related incidents found earlier, with their current status, root cause and fix (by primary key).
+
+    The ranking stays as it was found; an incident that no longer exists is dropped.
+    """
+    ids = [r["id"] for r in related if isinstance(r, dict) and isinstance(r.get("id"), str)]
+    if not ids:
+        return []
+    rows = {r["id"]: r for r in conn.execute(
+        "SELECT id, status, root_cause, resolved_by, auto_resolved, fix->>'runbook' AS runbook FROM incidents"
+        " WHERE id = ANY(%s)", (ids,)).fetchall()}
+    out = []
+    for r in related:
+        now = rows.get(r.get("id")) if isinstance(r, dict) else None
+        if now is not None:
+            out.append({**r, "status": now["status"], "root_cause": now["root_cause"],
+                        "resolved_by": now["resolved_by"], "runbook": now["runbook"],
+                        "auto_resolved": bool(now["auto_resolved"])})
+    return out
 
 
 def pattern(conn: psycopg.Connection, fingerprint: str) -> dict[str, Any] | None:
@@ -197,9 +221,12 @@ def record_resolution(conn: psycopg.Connection, incident: Incident, *, human: bo
 
 
 def record_escalated(conn: psycopg.Connection, fingerprint: str) -> None:
-    """Count escalated incidents on the pattern: incidents escalated at least once, so re-escalating counts once."""
+    """Count escalated incidents on the pattern: incidents escalated at least once, so re-escalating counts once.
+
+    Read from the fingerprint's rollup row (kept by trigger with the status change), not from its incidents.
+    """
     conn.execute(
-        "UPDATE error_patterns SET escalated = (SELECT count(*) FROM incidents WHERE fingerprint = %s"
-        " AND escalated_at IS NOT NULL) WHERE fingerprint = %s",
+        "UPDATE error_patterns SET escalated = coalesce((SELECT escalated FROM fingerprint_totals"
+        " WHERE fingerprint = %s), 0) WHERE fingerprint = %s",
         (fingerprint, fingerprint),
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -11,7 +14,6 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from erdu_tasks.model import (
-    OPEN_STATUSES,
     Incident,
     Severity,
     Status,
@@ -20,17 +22,16 @@ from erdu_tasks.model import (
     new_incident_id,
 )
 
-_OPEN = [s.value for s in OPEN_STATUSES]
 _CLOSED_SQL = "status NOT IN ('resolved', 'closed')"
 
 # Columns a stage may write together with its status change.
 _WRITABLE = {
     "severity", "title", "description", "affected_services", "tags", "assessment", "diagnosis", "fix",
     "root_cause", "resolution_actions", "lessons_learned", "follow_ups", "resolved_by", "auto_resolved",
-    "parent_id", "report_path", "error_details", "labels",
+    "parent_id", "report_path", "error_details", "labels", "related",
 }
 _JSON_COLUMNS = {"affected_services", "tags", "assessment", "diagnosis", "fix", "resolution_actions",
-                 "lessons_learned", "follow_ups", "error_details", "labels", "samples"}
+                 "lessons_learned", "follow_ups", "error_details", "labels", "samples", "related"}
 # Timestamp column stamped when an incident enters a status (first time only).
 _STAMP = {
     Status.ACKNOWLEDGED: "acknowledged_at",
@@ -72,6 +73,8 @@ class UpsertResult:
 
 
 def _value(column: str, value: Any) -> Any:
+    if column == "related" and value is None:   # NULL: not searched yet (the other JSON columns are NOT NULL)
+        return None
     if column in _JSON_COLUMNS:
         return Jsonb(value)
     if isinstance(value, (Severity, Status)):
@@ -231,6 +234,30 @@ def timeline(conn: psycopg.Connection, incident_id: str) -> list[TimelineEntry]:
     return [TimelineEntry(**r) for r in rows]
 
 
+class BadCursor(ValueError):
+    """A paging cursor that this store did not hand out (or that was altered)."""
+
+
+def encode_cursor(incident: Incident) -> str:
+    """The opaque cursor of the page after this incident (newest first: created_at, then id, descending)."""
+    assert incident.created_at is not None
+    raw = json.dumps([incident.created_at.isoformat(), incident.id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """(created_at, id) of a cursor from encode_cursor; BadCursor otherwise."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, incident_id = json.loads(raw)
+        at = datetime.fromisoformat(created)
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise BadCursor("not a cursor this server handed out") from None
+    if not isinstance(incident_id, str) or at.tzinfo is None or len(incident_id) > 200:
+        raise BadCursor("not a cursor this server handed out")
+    return at, incident_id
+
+
 def list_incidents(
     conn: psycopg.Connection,
     *,
@@ -240,8 +267,14 @@ def list_incidents(
     since: datetime | None = None,
     limit: int = 50,
     offset: int = 0,
+    after: str | None = None,
 ) -> list[Incident]:
-    """Incidents, newest first, filtered."""
+    """Incidents, newest first, filtered.
+
+    `after` (a cursor from encode_cursor of the last row of the previous page) pages by key: the index on
+    (created_at, id) is read from that row on, so a deep page costs what the first does. `offset` is kept
+    for the API's offset paging; it reads and skips every row before the page.
+    """
     where, params = ["true"], {}
     if statuses:
         where.append("status = ANY(%(statuses)s)")
@@ -255,19 +288,48 @@ def list_incidents(
     if since:
         where.append("created_at >= %(since)s")
         params["since"] = since
+    if after is not None:
+        params["after_at"], params["after_id"] = decode_cursor(after)
+        where.append("(created_at, id) < (%(after_at)s, %(after_id)s)")
     params.update(limit=limit, offset=offset)
+    paging = " OFFSET %(offset)s" if offset else ""
     rows = conn.execute(
         f"SELECT * FROM incidents WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC"
-        " LIMIT %(limit)s OFFSET %(offset)s",
+        f" LIMIT %(limit)s{paging}",
         params,
     ).fetchall()
     return [_to_incident(r) for r in rows]
 
 
 def count_open(conn: psycopg.Connection) -> int:
-    """How many incidents are open now."""
-    row = conn.execute("SELECT count(*) AS n FROM incidents WHERE status = ANY(%s)", (_OPEN,)).fetchone()
+    """How many incidents are open now (from the partial index of open incidents)."""
+    row = conn.execute(f"SELECT count(*) AS n FROM incidents WHERE {_CLOSED_SQL}").fetchone()
     return int(row["n"]) if row else 0
+
+
+def open_candidates(conn: psycopg.Connection, *, severities: Sequence[str], services: Sequence[str] | None,
+                    limit: int = 500) -> list[Incident]:
+    """Open top-level incidents of these severities, oldest first, with only what inhibition looks at.
+
+    services None: of any service; else only those whose service or affected services include one of them.
+    Read from the partial index of open incidents.
+    """
+    if not severities or services is not None and not services:
+        return []
+    where = [_CLOSED_SQL, "parent_id IS NULL", "severity = ANY(%(severities)s)"]
+    params: dict[str, Any] = {"severities": list(severities), "limit": limit}
+    if services is not None:
+        where.append("(service = ANY(%(services)s) OR affected_services ?| %(services)s)")
+        params["services"] = list(services)
+    rows = conn.execute(
+        "SELECT id, fingerprint, title, severity, status, source, service, affected_services, created_at, parent_id"
+        f" FROM incidents WHERE {' AND '.join(where)} ORDER BY created_at, id LIMIT %(limit)s",
+        params,
+    ).fetchall()
+    return [Incident(id=r["id"], fingerprint=r["fingerprint"], title=r["title"], description="",
+                     severity=Severity(r["severity"]), status=Status(r["status"]), source=r["source"],
+                     service=r["service"], affected_services=list(r["affected_services"] or []),
+                     created_at=r["created_at"], parent_id=r["parent_id"]) for r in rows]
 
 
 def record_escalation(conn: psycopg.Connection, incident_id: str, *, reason: str, stage: str | None,

@@ -3,6 +3,10 @@
 MTTA: mean time from detection to a person's acknowledgement, over acknowledged incidents
 (ERDU's own handling is not an acknowledgement). MTTR: mean time from detection to resolution,
 over resolved incidents. Both are in seconds; None when no incident qualifies.
+
+Without `since`, the figures come from the rollups (incident_totals, fingerprint_totals) that triggers keep
+in the transaction of every change to an incident (migration 0011_history): no read of the history. With
+`since`, the incidents created in that window are read through the created_at index.
 """
 
 from __future__ import annotations
@@ -49,18 +53,36 @@ class StatsRow:
 
 
 def _row(r: dict[str, Any], **extra: Any) -> StatsRow:
-    return StatsRow(key=r["key"], incidents=int(r["incidents"]), open=int(r["open"]), resolved=int(r["resolved"]),
-                    escalated=int(r["escalated"]), auto_resolved=int(r["auto_resolved"]),
-                    acknowledged=int(r["acknowledged"]),
+    return StatsRow(key=r["key"], incidents=_int(r["incidents"]), open=_int(r["open"]), resolved=_int(r["resolved"]),
+                    escalated=_int(r["escalated"]), auto_resolved=_int(r["auto_resolved"]),
+                    acknowledged=_int(r["acknowledged"]),
                     mtta=float(r["mtta"]) if r["mtta"] is not None else None,
                     mttr=float(r["mttr"]) if r["mttr"] is not None else None, **extra)
 
 
+_ROLLUP_SUMS = """
+    sum(incidents) AS incidents,
+    sum(incidents) FILTER (WHERE status NOT IN ('resolved', 'closed')) AS open,
+    sum(resolved) AS resolved, sum(escalated) AS escalated, sum(auto_resolved) AS auto_resolved,
+    sum(acknowledged) AS acknowledged,
+    sum(ack_seconds) / nullif(sum(acknowledged), 0) AS mtta,
+    sum(resolve_seconds) / nullif(sum(resolved), 0) AS mttr
+"""
+
+
+def _int(value: Any) -> int:
+    return int(value) if value is not None else 0
+
+
 def by_severity(conn: psycopg.Connection, *, since: datetime | None = None) -> list[StatsRow]:
     """One row per severity (current severity), P1 first."""
+    if since is None:
+        rows = conn.execute(f"SELECT severity AS key, {_ROLLUP_SUMS} FROM incident_totals GROUP BY severity"
+                            " HAVING sum(incidents) > 0 ORDER BY severity").fetchall()
+        return [_row(r) for r in rows]
     rows = conn.execute(
         f"SELECT severity AS key, {_AGGREGATES} FROM incidents"
-        " WHERE %(since)s::timestamptz IS NULL OR created_at >= %(since)s GROUP BY severity ORDER BY severity",
+        " WHERE created_at >= %(since)s GROUP BY severity ORDER BY severity",
         {"since": since},
     ).fetchall()
     return [_row(r) for r in rows]
@@ -68,13 +90,16 @@ def by_severity(conn: psycopg.Connection, *, since: datetime | None = None) -> l
 
 def by_fingerprint(conn: psycopg.Connection, *, since: datetime | None = None, limit: int = 20) -> list[StatsRow]:
     """One row per fingerprint, most incidents first, with its best runbook by validated successes."""
+    source = f"""(SELECT fingerprint AS key, (array_agg(title ORDER BY created_at DESC))[1] AS title, {_AGGREGATES}
+              FROM incidents WHERE created_at >= %(since)s GROUP BY fingerprint)""" if since is not None else """(
+              SELECT fingerprint AS key, title, incidents, open, resolved, escalated, auto_resolved, acknowledged,
+                     ack_seconds / nullif(acknowledged, 0) AS mtta, resolve_seconds / nullif(resolved, 0) AS mttr
+              FROM fingerprint_totals WHERE incidents > 0 ORDER BY incidents DESC, fingerprint LIMIT %(limit)s)"""
     rows = conn.execute(
         f"""
         SELECT i.key, i.title, i.incidents, i.open, i.resolved, i.escalated, i.auto_resolved, i.acknowledged,
                i.mtta, i.mttr, s.runbook, coalesce(s.attempts, 0) AS attempts, coalesce(s.successes, 0) AS successes
-        FROM (SELECT fingerprint AS key, (array_agg(title ORDER BY created_at DESC))[1] AS title, {_AGGREGATES}
-              FROM incidents WHERE %(since)s::timestamptz IS NULL OR created_at >= %(since)s
-              GROUP BY fingerprint) AS i
+        FROM {source} AS i
         LEFT JOIN LATERAL (SELECT runbook, attempts, successes FROM pattern_action_stats
                            WHERE fingerprint = i.key AND attempts > 0
                            ORDER BY successes::float / attempts DESC, attempts DESC LIMIT 1) AS s ON true
@@ -88,9 +113,10 @@ def by_fingerprint(conn: psycopg.Connection, *, since: datetime | None = None, l
 
 def overall(conn: psycopg.Connection, *, since: datetime | None = None) -> StatsRow:
     """All incidents together."""
+    if since is None:
+        return _row(conn.execute(f"SELECT 'all' AS key, {_ROLLUP_SUMS} FROM incident_totals").fetchone())
     r = conn.execute(
-        f"SELECT 'all' AS key, {_AGGREGATES} FROM incidents WHERE %(since)s::timestamptz IS NULL"
-        " OR created_at >= %(since)s",
+        f"SELECT 'all' AS key, {_AGGREGATES} FROM incidents WHERE created_at >= %(since)s",
         {"since": since},
     ).fetchone()
     return _row(r)

@@ -178,9 +178,7 @@ def diagnostician_context(conn: psycopg.Connection, rt: Runtime,
     _, lcfg = _configs(rt)
     related = [diagnostician.Related(r["id"], r["title"], r["status"], r["score"], r["root_cause"],
                                      r["same_fingerprint"], r["runbook"], r["resolved_by"], r["created_at"])
-               for r in history.related_incidents(conn, incident, limit=lcfg.related_limit,
-                                                  min_score=lcfg.related_min_score,
-                                                  lookback_days=lcfg.related_lookback_days)]
+               for r in _related(conn, rt, incident)]
     records = history.runbook_records(conn, incident.fingerprint)
     fixes = [diagnostician.FixRecord(name, r["attempts"], r["successes"],
                                      history.success_rate(r["attempts"], r["successes"],
@@ -195,6 +193,17 @@ def diagnostician_context(conn: psycopg.Connection, rt: Runtime,
         runbook_hints={rb.name: rb.diagnosis_hint or rb.description or rb.name
                        for rb in matching_runbooks(rt, incident, stats)},
     )
+
+
+def _related(conn: psycopg.Connection, rt: Runtime, incident: Incident) -> list[dict]:
+    """The incident's related incidents: searched once (kept on the incident by the diagnostician), then re-read."""
+    if incident.related is not None:
+        return history.refresh_related(conn, incident.related)
+    _, lcfg = _configs(rt)
+    incident.related = history.related_incidents(conn, incident, limit=lcfg.related_limit,
+                                                 min_score=lcfg.related_min_score,
+                                                 lookback_days=lcfg.related_lookback_days)
+    return incident.related
 
 
 def _pattern_history(conn: psycopg.Connection, fingerprint: str) -> diagnostician.PatternHistory:
@@ -254,7 +263,8 @@ def _diagnose(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker:
                                    + (", the model's advice" if thought.brain != "rules" and result.established
                                       else "") + f"): {result.root_cause}"),
                              updates={"diagnosis": {**result.as_dict(), "brain": thought.note()},
-                                      "root_cause": result.root_cause if result.established else None},
+                                      "root_cause": result.root_cause if result.established else None,
+                                      "related": incident.related},
                              details={"evidence": result.evidence, "skill_gaps": result.skill_gaps,
                                       "related": [r["id"] for r in result.related], "brain": thought.note()})
     return Stage.FIX if moved else None
@@ -278,8 +288,7 @@ def close_incident(conn: psycopg.Connection, rt: Runtime, incident: Incident, wo
     incident.timeline = store.timeline(conn, incident.id)
     _, lcfg = _configs(rt)
     services, user_facing, dependants, user_facing_dependants = _blast_radius(rt, incident)
-    related = history.related_incidents(conn, incident, limit=lcfg.related_limit, min_score=lcfg.related_min_score,
-                                        lookback_days=lcfg.related_lookback_days)
+    related = _related(conn, rt, incident)
     records = history.runbook_records(conn, incident.fingerprint)
     used = records.get((incident.fix or {}).get("runbook") or "", {})
     known = None if incident.root_cause else history.last_root_cause(conn, incident.fingerprint, exclude=incident.id)

@@ -285,6 +285,28 @@ def test_incidents_are_listed_filtered_and_paged(api, w):
     assert w.get("/v1/incidents", params={"status": "sleeping"}).status_code == 422
 
 
+def test_incidents_are_paged_by_an_opaque_cursor(api, w):
+    for n in range(5):
+        w.post("/v1/events", json={"message": f"cursor event kind {chr(97 + n)}x", "service": "cursors",
+                                   "severity": "P4", "dedup_key": f"cursor-{n}"})
+    everything = [i["id"] for i in w.get("/v1/incidents", params={"service": "cursors", "limit": 10}).json()[
+        "incidents"]]
+    seen, cursor = [], None
+    while True:
+        page = w.get("/v1/incidents", params={"service": "cursors", "limit": 2,
+                                              **({"cursor": cursor} if cursor else {})}).json()
+        seen += [i["id"] for i in page["incidents"]]
+        cursor = page["next_cursor"]
+        assert page["next_offset"] is None or not seen[2:]
+        if cursor is None:
+            break
+    assert seen == everything and len(seen) == 5
+    assert w.get("/v1/incidents", params={"cursor": "bm90IGEgY3Vyc29y"}).status_code == 422
+    assert w.get("/v1/incidents", params={"cursor": "%%%"}).status_code == 422
+    first = w.get("/v1/incidents", params={"service": "cursors", "limit": 2}).json()["next_cursor"]
+    assert w.get("/v1/incidents", params={"cursor": first, "offset": 2}).status_code == 422
+
+
 def test_one_incident_comes_with_its_timeline(api, w):
     incident_id = w.post("/v1/events", json={"message": "Timeline check", "service": "tl"}).json()["incidents"][0]["id"]
     r = w.get(f"/v1/incidents/{incident_id}")

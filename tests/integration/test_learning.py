@@ -194,5 +194,6 @@ def test_the_diagnostician_lists_earlier_incidents_of_a_similar_template_first(s
     assert all(r["score"] >= 0.3 for r in related) and related == sorted(related, key=lambda r: -r["score"])
     assert other["id"] not in ids[:2] and unrelated["id"] not in ids
     assert any(f"closest {ids[0]}" in e for e in new["diagnosis"]["evidence"])
+    assert [r["id"] for r in new["related"]] == ids       # searched once, at diagnosis; the resolver re-reads these
     print(json.dumps(related, indent=1))
     assert new["diagnosis"]["skill_gaps"] and "no runbook matches" in new["diagnosis"]["skill_gaps"][0]

@@ -8,7 +8,14 @@ import pytest
 
 from erdu_tasks.catalog import Catalog, Service
 from erdu_tasks.errors import ConfigError
-from erdu_tasks.escalation.inhibition import DEFAULT_RULES, InhibitRule, find_parent, rules_from_section
+from erdu_tasks.escalation.inhibition import (
+    DEFAULT_RULES,
+    InhibitRule,
+    find_parent,
+    inhibits,
+    parent_services,
+    rules_from_section,
+)
 from erdu_tasks.model import Incident, Severity, Status
 
 T0 = datetime(2025, 3, 3, 12, 0, tzinfo=timezone.utc)
@@ -74,3 +81,34 @@ def test_rules_default_off_and_errors():
     with pytest.raises(ConfigError, match=r"escalation\.inhibit: Input should be a valid list"):
         rules_from_section({"inhibit": {"source_severities": ["P1"]}})
     assert "depend on it" in InhibitRule().describe()
+
+
+def test_the_catalog_knows_what_a_service_depends_on_transitively():
+    assert CATALOG.dependencies("web") == ["api", "db"]
+    assert CATALOG.dependencies("db") == [] and CATALOG.dependencies("unknown") == []
+    assert set(CATALOG.dependants("db")) == {"api", "web"}
+
+
+@pytest.mark.parametrize(("rules", "service", "expected"), [
+    (DEFAULT_RULES, "web", {"api", "db"}),
+    (DEFAULT_RULES, "db", set()),                                           # depends on nothing: read nothing
+    ((InhibitRule(source_services=["db"]),), "web", {"db"}),
+    ((InhibitRule(targets=["billing"]),), "web", set()),                    # not a target
+    ((InhibitRule(targets=["billing"]),), "billing", None),                 # a target, parents of any service
+    ((InhibitRule(targets=["billing"], source_services=["db"]),), "billing", {"db"}),
+])
+def test_only_the_services_that_could_inhibit_an_incident_are_read(rules, service, expected):
+    assert parent_services(rules, incident("c", service, "P3"), CATALOG.dependencies) == expected
+
+
+def test_every_parent_a_rule_finds_is_of_a_service_the_candidates_query_reads():
+    services = ["db", "api", "web", "billing"]
+    rule_sets = [DEFAULT_RULES, (InhibitRule(source_services=["api"]),), (InhibitRule(targets=["web", "db"]),)]
+    for rules in rule_sets:
+        for child_service in services:
+            child = incident("c", child_service, "P3")
+            allowed = parent_services(rules, child, CATALOG.dependencies)
+            for parent_service in services:
+                parent = incident("p", parent_service, "P1")
+                if any(inhibits(rule, parent, child, CATALOG.dependants) for rule in rules):
+                    assert allowed is None or parent_service in allowed, (rules, child_service, parent_service)

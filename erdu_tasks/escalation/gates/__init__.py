@@ -52,6 +52,12 @@ class Gates:
         return tuple(gate.rules) if isinstance(gate, InhibitionGate) else ()
 
     @property
+    def dependencies_of(self) -> DependantsOf | None:
+        """What a service depends on (the catalog), so only the open incidents that could inhibit are read."""
+        gate = self[GateName.INHIBITION]
+        return gate.dependencies_of if isinstance(gate, InhibitionGate) else None
+
+    @property
     def rate_limit(self) -> RateLimitGate:
         """The rate-limit gate (its per-channel limits label held deliveries)."""
         gate = self[GateName.RATE_LIMIT]
@@ -71,11 +77,12 @@ class Gates:
 
 def build_gates(*, rules: Sequence[InhibitRule] = inhibit_rules.DEFAULT_RULES,
                 dependants_of: DependantsOf = lambda service: (), rate_limits: dict[str, int] | None = None,
-                approval_deadline_seconds: float = 3600.0, intervals: TimeIntervals | None = None) -> Gates:
+                approval_deadline_seconds: float = 3600.0, intervals: TimeIntervals | None = None,
+                dependencies_of: DependantsOf | None = None) -> Gates:
     """Assemble the gate list in its one order: silence, inhibition, rate limit, approval."""
     return Gates((
         SilenceGate(dict(intervals or {})),
-        InhibitionGate(tuple(rules), dependants_of),
+        InhibitionGate(tuple(rules), dependants_of, dependencies_of=dependencies_of),
         RateLimitGate(dict(rate_limits or {})),
         ApprovalGate(approval_deadline_seconds),
     ))
@@ -91,7 +98,7 @@ def gates_from_settings(settings: Any, catalog: Catalog) -> Gates:
     config = EscalationConfig.from_settings_section(settings.escalation, settings.alerts_dir)
     return build_gates(rules=rules, dependants_of=catalog.dependants, rate_limits=config.rate_limits(),
                        approval_deadline_seconds=settings.approval_deadline_seconds,
-                       intervals=config.time_intervals)
+                       intervals=config.time_intervals, dependencies_of=catalog.dependencies)
 
 
 def load_facts(conn: psycopg.Connection, gates: Gates, incident: Incident, now: datetime,
@@ -103,5 +110,6 @@ def load_facts(conn: psycopg.Connection, gates: Gates, incident: Incident, now: 
     if GateName.INHIBITION in asked:
         parent = inhibit_rules.open_parent(conn, incident)
         rules = gates.inhibit_rules
-        candidates = inhibit_rules.candidates(conn, rules) if rules and parent is None else ()
+        candidates = (inhibit_rules.candidates(conn, rules, child=incident, dependencies_of=gates.dependencies_of)
+                      if rules and parent is None else ())
     return Facts(incident=incident, silences=active, parent=parent, candidates=candidates or ())

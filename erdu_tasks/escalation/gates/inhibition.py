@@ -17,6 +17,7 @@ class InhibitionGate:
     rules: Sequence[InhibitRule]
     dependants_of: DependantsOf
     name: GateName = GateName.INHIBITION
+    dependencies_of: DependantsOf | None = None   # the reverse of dependants_of; None: read every candidate
 
     def check(self, facts: Facts, now: datetime) -> GateDecision:
         """The open parent that inhibits the incident, if any."""

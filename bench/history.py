@@ -1,0 +1,188 @@
+"""History size against per-incident and per-scrape cost: the queries a stage, a scrape and `erdu stats` run.
+
+Usage: python bench/history.py [--sizes 0,100000] [--open 500] [--repeat 20] [--json PATH]
+
+One private database (migrated), grown to each size in turn with closed incidents loaded by
+INSERT ... SELECT generate_series (bench/history_data.py: two years of 2,000 patterns, each closed
+incident with its five status changes and a runbook run) plus `--open` open incidents, then ANALYZE.
+At each size it prints, in milliseconds, the median and the 95th percentile over `--repeat` runs of:
+
+- related_incidents: the diagnostician's search (history.related_incidents), for recent incidents;
+- inhibition: the open-parent candidates the commander reads for one incident, with a catalog in which
+  each service depends on two others;
+- count_open: the commander's count of open incidents;
+- metrics_scrape: read_postgres + the exposition text of every incident family (no Redis);
+- stats: what `erdu stats` calls (overall, by severity, top 20 fingerprints);
+- upsert_new_incident: ingest's insert of one new incident (every index and trigger), rolled back;
+- list_first_page and list_deep_page: 50 incidents newest first, at the start and 50,000 rows in
+  (by cursor; by OFFSET when the code under test has no cursor).
+
+--sizes 0,100000,1000000 adds the million (about 10 minutes to load on two cores). --json PATH writes
+{size: {figure_p50_ms: ..., figure_p95_ms: ...}}, the numbers as printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import secrets
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import psycopg  # noqa: E402
+from prometheus_client import generate_latest  # noqa: E402
+from prometheus_client.registry import CollectorRegistry  # noqa: E402
+from psycopg.rows import dict_row  # noqa: E402
+
+from bench import history_data  # noqa: E402
+from bench._harness import PG_ADMIN_URL, write_json  # noqa: E402
+from erdu_tasks.catalog import Catalog, Service  # noqa: E402
+from erdu_tasks.escalation import inhibition  # noqa: E402
+from erdu_tasks.model import Incident  # noqa: E402
+from erdu_tasks.store import history, incidents as store, metrics, stats  # noqa: E402
+from erdu_tasks.store.migrate import migrate  # noqa: E402
+
+FIGURES = ("related_incidents", "inhibition", "count_open", "metrics_scrape", "stats", "upsert_new_incident",
+           "list_first_page", "list_deep_page")
+DEEP = 50_000
+
+
+def timings(fn: Callable[[int], Any], repeat: int) -> tuple[float, float]:
+    """(p50, p95) in ms of fn(i) for i in range(repeat), after one warm-up call."""
+    fn(0)
+    ms = []
+    for i in range(repeat):
+        started = time.perf_counter()
+        fn(i)
+        ms.append((time.perf_counter() - started) * 1000)
+    ms.sort()
+    return statistics.median(ms), ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))]
+
+
+def catalog() -> Catalog:
+    """Each bench service depends on the next two of the list (so a child has two possible parents' services)."""
+    names = list(history_data.SERVICES)
+    return Catalog([Service(name=n, depends_on=[names[(i + 1) % len(names)], names[(i + 2) % len(names)]])
+                    for i, n in enumerate(names)])
+
+
+class _Scrape:
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+
+    def collect(self):
+        snap = metrics.Snapshot(postgres_up=True)
+        metrics.read_postgres(self.conn, snap)
+        yield from metrics.families(snap)
+
+
+def measure(conn: psycopg.Connection, repeat: int) -> dict[str, tuple[float, float]]:
+    """Every figure at the database's current size."""
+    ids = [r["id"] for r in conn.execute(
+        "(SELECT id FROM incidents WHERE status = 'closed' ORDER BY created_at DESC LIMIT %(n)s)"
+        " UNION ALL (SELECT id FROM incidents WHERE status <> 'closed' ORDER BY created_at DESC LIMIT %(n)s)",
+        {"n": repeat}).fetchall()]
+    subjects: list[Incident] = [store.get_incident(conn, i) for i in ids] or []
+    out: dict[str, tuple[float, float]] = {}
+    if subjects:
+        out["related_incidents"] = timings(lambda i: history.related_incidents(conn, subjects[i % len(subjects)]),
+                                           repeat)
+        cat = catalog()
+        gates_child = "child" in inspect.signature(inhibition.candidates).parameters
+        if gates_child:
+            out["inhibition"] = timings(lambda i: inhibition.candidates(
+                conn, inhibition.DEFAULT_RULES, child=subjects[i % len(subjects)],
+                dependencies_of=cat.dependencies), repeat)
+        else:
+            out["inhibition"] = timings(lambda i: inhibition.candidates(conn, inhibition.DEFAULT_RULES), repeat)
+    out["count_open"] = timings(lambda i: store.count_open(conn), repeat)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Scrape(conn))
+    out["metrics_scrape"] = timings(lambda i: generate_latest(registry), max(3, repeat // 4))
+    out["stats"] = timings(lambda i: (stats.overall(conn), stats.by_severity(conn), stats.by_fingerprint(conn)),
+                           max(3, repeat // 4))
+    samples = [store.NewIncident(fingerprint=f"bench-new-{secrets.token_hex(8)}", template=s.template, title=s.title,
+                                 description=s.title, severity=s.severity, source="bench", service=s.service,
+                                 host=None, affected_services=list(s.affected_services), tags=[], labels={},
+                                 error_details={}, samples=[], count=1) for s in subjects[:1]] * repeat
+    if samples:
+        def upsert(i: int) -> None:
+            with conn.transaction(force_rollback=True):
+                store.upsert_incident(conn, samples[i % len(samples)])
+        out["upsert_new_incident"] = timings(upsert, repeat)
+    out["list_first_page"] = timings(lambda i: store.list_incidents(conn, limit=50), repeat)
+    deep = conn.execute("SELECT id, created_at FROM incidents ORDER BY created_at DESC, id DESC OFFSET %s LIMIT 1",
+                        (DEEP - 1,)).fetchone()
+    if deep is not None:
+        if hasattr(store, "encode_cursor"):
+            cursor = store.encode_cursor(Incident(id=deep["id"], fingerprint="", title="", description="",
+                                                  severity="P3", status="closed", source="",  # type: ignore[arg-type]
+                                                  created_at=deep["created_at"]))
+            out["list_deep_page"] = timings(lambda i: store.list_incidents(conn, limit=50, after=cursor), repeat)
+        else:
+            out["list_deep_page"] = timings(lambda i: store.list_incidents(conn, limit=50, offset=DEEP), repeat)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="0,100000", help="closed incidents, ascending (default 0,100000)")
+    parser.add_argument("--open", type=int, default=500, help="open incidents (default 500)")
+    parser.add_argument("--repeat", type=int, default=20, help="runs per figure (default 20)")
+    parser.add_argument("--json", dest="json_path", help="write the figures to this JSON file")
+    parser.add_argument("--keep", action="store_true", help="keep the database (its URL is printed)")
+    parser.add_argument("--bulk-indexes", action="store_true",
+                        help="drop and re-create the indexes around each load (faster; GiST trees built in bulk"
+                             " are tighter than those grown row by row, so the trigram figures come out better)")
+    args = parser.parse_args()
+    sizes = sorted(int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip())
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))    # still drop the database
+
+    name = f"erdu_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    figures: dict[str, dict[str, float]] = {}
+    try:
+        migrate(url)
+        loaded = 0
+        with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+            for size in sizes:
+                started = time.perf_counter()
+                with conn.transaction():
+                    history_data.load(conn, closed=size - loaded, open_=args.open if size == sizes[0] else 0,
+                                      start=loaded, rebuild_indexes=args.bulk_indexes)
+                load_s = time.perf_counter() - started
+                loaded = size
+                rows = conn.execute("SELECT count(*) AS n FROM incidents").fetchone()["n"]
+                print(f"\n{size:,} closed incidents ({rows:,} rows, loaded in {load_s:.1f} s)")
+                print(f"{'figure':>20}  {'p50 ms':>9}  {'p95 ms':>9}")
+                result = measure(conn, args.repeat)
+                entry: dict[str, float] = {}
+                for figure in FIGURES:
+                    if figure in result:
+                        p50, p95 = result[figure]
+                        print(f"{figure:>20}  {p50:9.2f}  {p95:9.2f}")
+                        entry[f"{figure}_p50_ms"] = round(p50, 3)
+                        entry[f"{figure}_p95_ms"] = round(p95, 3)
+                    else:
+                        print(f"{figure:>20}  {'-':>9}  {'-':>9}")
+                figures[str(size)] = entry
+    finally:
+        if args.keep:
+            print(f"\nkept {url}")
+        else:
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    write_json(args.json_path, figures)
+
+
+if __name__ == "__main__":
+    main()
