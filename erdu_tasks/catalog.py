@@ -6,13 +6,22 @@ import re
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from erdu_tasks.errors import ConfigError, config_error
+from erdu_tasks.settings.common import compile_pattern
+
+
+_SAFE = r"^[A-Za-z0-9_.@:-]{1,128}$"
+
+CATALOG_FIELDS: frozenset[str] = frozenset({"name", "owner", "supervisor", "systemd", "docker"})
+"""Catalog fields a runbook's params may use as `{catalog.<field>}`; values pass the same check as {service}."""
 
 
 class Service(BaseModel):
     """One service ERDU knows."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")
     aliases: list[str] = Field(default_factory=list)
@@ -20,6 +29,38 @@ class Service(BaseModel):
     user_facing: bool = False
     depends_on: list[str] = Field(default_factory=list)
     escalation_policy: str | None = None
+    # How to find the service's process, for the capture before a repair (fixer/capture.py):
+    pid_file: str | None = None
+    process: str | None = Field(default=None, min_length=1, max_length=500)
+    """An RE2 pattern searched in each process's command line (the oldest match wins)."""
+    supervisor: str | None = Field(default=None, pattern=_SAFE)
+    systemd: str | None = Field(default=None, pattern=_SAFE)
+    docker: str | None = Field(default=None, pattern=_SAFE)
+    log_file: str | None = None
+    """Its log file (a glob picks the newest): the last lines go into the capture."""
+    python: bool | None = None
+    """Force (true) or skip (false) the py-spy thread dump; unset: when the process is a Python interpreter."""
+    capture: bool = True
+    """False: no capture before this service's restarts."""
+
+    @field_validator("process")
+    @classmethod
+    def _re2(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            compile_pattern(pattern)
+        return pattern
+
+    @field_validator("pid_file", "log_file")
+    @classmethod
+    def _absolute(cls, path: str | None) -> str | None:
+        if path is not None and not path.startswith("/"):
+            raise ValueError("must be an absolute path")
+        return path
+
+    def field_value(self, name: str) -> str | None:
+        """A catalog field a runbook's params may name as `{catalog.NAME}` (see CATALOG_FIELDS)."""
+        value = getattr(self, name, None) if name in CATALOG_FIELDS else None
+        return None if value is None else str(value)
 
 
 _SERVICES = TypeAdapter(list[Service])
