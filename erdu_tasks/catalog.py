@@ -6,7 +6,9 @@ import re
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from erdu_tasks.errors import ConfigError, config_error
 from erdu_tasks.settings.common import compile_pattern
@@ -16,6 +18,47 @@ _SAFE = r"^[A-Za-z0-9_.@:-]{1,128}$"
 
 CATALOG_FIELDS: frozenset[str] = frozenset({"name", "owner", "supervisor", "systemd", "docker"})
 """Catalog fields a runbook's params may use as `{catalog.<field>}`; values pass the same check as {service}."""
+
+
+class Health(BaseModel):
+    """How to tell the service is healthy: an HTTP request (`url`) or a command (`argv`, no shell).
+
+    A runbook's `validation: {check: from_catalog}` re-runs it after a fix; `{service}`, `{host}` and
+    `{catalog.FIELD}` placeholders are allowed, under the same value check as in runbooks.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(default=None, min_length=1, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://")
+    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"] = "GET"
+    headers: dict[str, str] = Field(default_factory=dict)
+    expect_status: list[int] | int | None = None
+    max_latency: float | None = Field(default=None, gt=0)
+    body_contains: str | None = None
+    verify_tls: bool = True
+    argv: list[str] | None = Field(default=None, min_length=1)
+    expect_exit: list[int] | int | None = None
+    timeout: float | None = Field(default=None, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Health":
+        if (self.url is None) == (self.argv is None):
+            raise ValueError("give exactly one of url (an HTTP check) or argv (a command)")
+        return self
+
+    def check_spec(self) -> dict[str, Any]:
+        """The fixer's validation check (kind http or command) as a plain dict, before placeholders."""
+        if self.url is not None:
+            spec: dict[str, Any] = {"check": "http", "url": self.url, "method": self.method, "headers": self.headers,
+                                    "expect_status": self.expect_status, "max_latency": self.max_latency,
+                                    "body_contains": self.body_contains, "verify_tls": self.verify_tls}
+        else:
+            spec = {"check": "command", "argv": list(self.argv or [])}
+            if self.expect_exit is not None:
+                spec["expect_exit"] = self.expect_exit
+        if self.timeout is not None:
+            spec["timeout"] = self.timeout
+        return {k: v for k, v in spec.items() if v is not None}
 
 
 class Service(BaseModel):
@@ -42,6 +85,7 @@ class Service(BaseModel):
     """Force (true) or skip (false) the py-spy thread dump; unset: when the process is a Python interpreter."""
     capture: bool = True
     """False: no capture before this service's restarts."""
+    health: Health | None = None
 
     @field_validator("process")
     @classmethod

@@ -12,7 +12,7 @@ from psycopg.types.json import Jsonb
 from erdu_tasks.fixer import capture as capturing
 from erdu_tasks.fixer.actions import destroys_state, run_step
 from erdu_tasks.fixer.actions.base import ActionResult
-from erdu_tasks.fixer.checks import check_from_incident, run_check
+from erdu_tasks.fixer.checks import check_from_catalog, check_from_incident, run_check
 from erdu_tasks.catalog import CATALOG_FIELDS
 from erdu_tasks.errors import PermanentError
 from erdu_tasks.model import Incident
@@ -189,11 +189,13 @@ def validate(runbook: Runbook, incident: Incident, db: Any = None, catalog: Any 
     if runbook.validation.check == "quiet":   # a quiet window is a hold: stable_for lengthens it
         return _quiet(runbook.validation.window + runbook.stable_for, incident, db)
     spec = runbook.validation
-    if spec.check == "from_incident":  # the probe (or other check) that detected the incident
-        try:
+    try:
+        if spec.check == "from_incident":  # the probe (or other check) that detected the incident
             spec = check_from_incident(spec, incident.error_details)
-        except PermanentError as exc:
-            return {"ok": False, "detail": str(exc), "duration": 0.0}
+        elif spec.check == "from_catalog":  # the service's own health check, from the catalog
+            spec = check_from_catalog(spec, catalog, incident.service)
+    except PermanentError as exc:
+        return {"ok": False, "detail": str(exc), "duration": 0.0}
     result = run_check(spec, allowed_fields(incident, catalog), stable_for=runbook.stable_for)
     return {"ok": bool(result.ok), "detail": result.detail, "duration": result.duration,
             "stable_for": runbook.stable_for}
