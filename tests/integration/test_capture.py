@@ -175,3 +175,21 @@ def test_what_cannot_be_captured_is_recorded_and_the_restart_goes_on(fresh_datab
         assert found["thread_dump"] == {"ok": False, "reason": "py-spy is not installed (pip install py-spy)"}
     finally:
         rt.db.close()
+
+
+def test_a_process_that_is_not_python_gets_its_state_and_the_reason_there_is_no_dump(tmp_path):
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        pid_file = tmp_path / "sleep.pid"
+        pid_file.write_text(str(proc.pid))
+        found = capture.capture_service("sleeper", {"pid_file": str(pid_file)})
+        assert found["process"]["name"] == "sleep"
+        assert found["thread_dump"] == {"ok": False, "reason": "not a Python process (sleep)"}
+        started = time.monotonic()
+        forced = capture.capture_service("sleeper", {"pid_file": str(pid_file), "python": True})
+        assert time.monotonic() - started < capture.CAPTURE_BUDGET
+        assert forced["thread_dump"]["ok"] is False and forced["thread_dump"]["reason"].startswith("py-spy failed")
+        assert "no thread dump: py-spy failed" in capture.summary(forced)
+    finally:
+        proc.kill()
+        proc.wait()
