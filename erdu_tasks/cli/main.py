@@ -29,6 +29,8 @@ app.add_typer(runbooks_app, name="runbooks")
 app.add_typer(silence_app, name="silence")
 app.add_typer(heartbeats_app, name="heartbeats")
 app.command("heartbeat")(heartbeat)
+rules_app = typer.Typer(help="List the classification rules.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
 
 
 @app.command()
@@ -416,6 +418,31 @@ def failed_retry(
             console.print(shown(retry(rt, iid, who()).message), highlight=False)
         except ActionRefused as exc:
             err.print(f"skipped: {shown(exc)}", highlight=False)
+
+
+@rules_app.command("ls")
+def rules_ls(
+    path: Annotated[Optional[str], typer.Argument(help="A user rules file (default: ERDU_RULES_FILE)")] = None,
+) -> None:
+    """List every built-in and user rule in the order they are tried: file and line, state, effect, match."""
+    from pathlib import Path
+
+    from erdu_tasks.ingest.detect.rules import RuleSet
+
+    target = Path(path) if path else load_settings().rules_file
+    try:
+        rows = RuleSet.listing(target)
+    except ConfigError as exc:
+        fail(str(exc))
+    active = sum(1 for _, state in rows if state == "active")
+    table = Table(title=f"{len(rows)} rule(s), {active} active (built-in"
+                        + (f" and {target}" if target else " only") + "), in the order they are tried")
+    for col in ("Where", "Name", "State", "Does", "Matches"):
+        table.add_column(col)
+    for rule, state in rows:
+        table.add_row(escape(f"{rule.file}:{rule.line or '?'}"), escape(rule.name), state, escape(rule.effect()),
+                      escape(rule.summary))
+    console.print(table)
 
 
 @runbooks_app.command("check")

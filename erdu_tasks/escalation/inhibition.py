@@ -23,7 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from erdu_tasks.store import incidents as store
 from erdu_tasks.errors import config_error
-from erdu_tasks.model import Incident
+from erdu_tasks.model import OPEN_STATUSES, Incident
 from erdu_tasks.settings.escalation import DEFAULT_INHIBIT_RULES, EscalationConfig, InhibitRule
 
 DependantsOf = Callable[[str], Iterable[str]]
@@ -153,6 +153,27 @@ def link(conn: psycopg.Connection, child: Incident, parent: Incident, rule: Inhi
                             f"{child.title[:60]})",
                        details={"child_id": child.id, "rule": rule.describe()})
     return True
+
+
+def adopt_children(conn: psycopg.Connection, parent: Incident, rules: Sequence[InhibitRule],
+                   dependants_of: DependantsOf, *, worker: str | None, limit: int = 500) -> list[str]:
+    """Link the open top-level incidents the parent inhibits as its children, however long they have been
+    open: correlation does not depend on which incident came first. Returns the ids linked now."""
+    if not parent.is_open or parent.parent_id is not None or not rules:
+        return []
+    if not any(parent.severity in rule.source_severities for rule in rules):
+        return []
+    found = store.list_incidents(conn, statuses=[s.value for s in OPEN_STATUSES], limit=limit)
+    linked = []
+    for child in sorted(found, key=lambda i: (i.created_at is None, i.created_at, i.id)):
+        if child.id == parent.id or child.parent_id is not None:
+            continue
+        if conn.execute("SELECT 1 FROM incidents WHERE parent_id = %s LIMIT 1", (child.id,)).fetchone():
+            continue   # a parent of its own stays top-level: one level of children
+        rule = next((r for r in rules if inhibits(r, parent, child, dependants_of)), None)
+        if rule is not None and link(conn, child, parent, rule, worker=worker):
+            linked.append(child.id)
+    return linked
 
 
 def children_of(conn: psycopg.Connection, parent_id: str) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ from erdu_tasks.escalation.policy import EscalationConfig
 from erdu_tasks.model import Incident, Status
 from erdu_tasks.names import PIPELINE_STATUSES, Stage
 from erdu_tasks.escalation.channels import AttemptedFix, Notification, NotificationKind
+from erdu_tasks.fixer.capture import summary as capture_summary
 
 log = structlog.get_logger("erdu.escalation")
 
@@ -106,6 +107,10 @@ def attempted_fixes(incident: Incident) -> list[AttemptedFix]:
     runbook = fix.get("runbook")
     prefix = f"{runbook}: " if runbook else ""
     out: list[AttemptedFix] = []
+    captured = fix.get("capture")
+    if isinstance(captured, Mapping):   # the state before repair comes first: what the restart destroyed
+        out.append(AttemptedFix(prefix + f"captured state before {captured.get('before') or 'repair'}",
+                                bool(captured.get("process")), capture_summary(captured)))
     for entry in fix.get("actions") or incident.resolution_actions or []:
         if isinstance(entry, Mapping):
             ok = entry.get("ok")
@@ -218,6 +223,18 @@ def gate_before_assess(conn: psycopg.Connection, gates: Gates, incident: Inciden
     if decision.outcome is Outcome.INHIBITED and decision.rule is not None and decision.parent is not None:
         inhibition.link(conn, incident, decision.parent, decision.rule, worker=worker)
     return False
+
+
+def link_children_after_assess(conn: psycopg.Connection, gates: Gates, incident: Incident, *,
+                               worker: str | None) -> list[str]:
+    """The commander's other half of correlation: an assessed parent (a P1, by default) adopts the open
+    incidents of its dependants that came before it; the sweeper then holds their escalation."""
+    gate = gates[GateName.INHIBITION]
+    rules = gates.inhibit_rules
+    dependants_of = getattr(gate, "dependants_of", None)
+    if not rules or dependants_of is None:
+        return []
+    return inhibition.adopt_children(conn, incident, rules, dependants_of, worker=worker)
 
 
 def gate_before_fix(conn: psycopg.Connection, gates: Gates, incident: Incident, *, worker: str | None,

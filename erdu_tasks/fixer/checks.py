@@ -122,13 +122,22 @@ class FromIncidentCheck(_Check):
     check: Literal["from_incident"]
 
 
+class FromCatalogCheck(_Check):
+    """Re-run the health check of the incident's service from the service catalog (its `health:` url or
+    argv). Resolved by the fixer, which has the catalog; this check's delay/attempts/interval apply."""
+
+    check: Literal["from_catalog"]
+
+
 CheckSpec = Annotated[
-    Union[HttpCheck, ProcessCheck, CommandCheck, LogAbsentCheck, NoopCheck, QuietCheck, FromIncidentCheck],
+    Union[HttpCheck, ProcessCheck, CommandCheck, LogAbsentCheck, NoopCheck, QuietCheck, FromIncidentCheck,
+          FromCatalogCheck],
     Field(discriminator="check"),
 ]
 """A runbook's `validation:` block; `check:` names the kind."""
 
-CHECK_KINDS: tuple[str, ...] = ("http", "process", "command", "log_absent", "noop", "quiet", "from_incident")
+CHECK_KINDS: tuple[str, ...] = ("http", "process", "command", "log_absent", "noop", "quiet", "from_incident",
+                                "from_catalog")
 
 LITERAL_KEYS: dict[str, frozenset[str]] = {"log_absent": frozenset({"pattern"})}
 """Fields that are never templated (a regex's {n,m} is not a placeholder)."""
@@ -245,6 +254,21 @@ def check_from_incident(spec: FromIncidentCheck, error_details: Mapping[str, Any
         return TypeAdapter(CheckSpec).validate_python({**raw, **timing})
     except ValidationError as exc:
         raise PermanentError(f"the incident's stored check is invalid: {exc.errors()[0]['msg']}") from None
+
+
+def check_from_catalog(spec: FromCatalogCheck, catalog: Any, service: str | None) -> Any:
+    """The service's catalog health check, with the runbook's timing; PermanentError if there is none."""
+    entry = catalog.services.get(service) if catalog is not None and service else None
+    if entry is None:
+        raise PermanentError(f"service {service or '-'} is not in the service catalog: no health check to re-run")
+    if entry.health is None:
+        raise PermanentError(f"the catalog entry of {service} has no health check (health: url or argv)")
+    timing = {k: getattr(spec, k) for k in ("delay", "attempts", "interval", "stable_for", "timeout")
+              if k in spec.model_fields_set}
+    try:
+        return TypeAdapter(CheckSpec).validate_python({**entry.health.check_spec(), **timing})
+    except ValidationError as exc:
+        raise PermanentError(f"the catalog health check of {service} is invalid: {exc.errors()[0]['msg']}") from None
 
 
 def render_check(spec: Any, allowed_fields: Mapping[str, object], policy: UrlPolicy = DEFAULT_POLICY) -> Any:

@@ -9,12 +9,15 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from erdu_tasks.fixer.actions import run_step
+from erdu_tasks.fixer import capture as capturing
+from erdu_tasks.fixer.actions import destroys_state, run_step
 from erdu_tasks.fixer.actions.base import ActionResult
-from erdu_tasks.fixer.checks import check_from_incident, run_check
+from erdu_tasks.fixer.checks import check_from_catalog, check_from_incident, run_check
 from erdu_tasks.fixer.urlguard import DEFAULT_POLICY, UrlPolicy
+from erdu_tasks.catalog import CATALOG_FIELDS
 from erdu_tasks.errors import PermanentError
 from erdu_tasks.model import Incident
+from erdu_tasks.store import incidents as store
 from erdu_tasks.fixer.runbooks import MatchInput, Runbook, RunbookSet
 
 def load_runbooks(rt: Any) -> RunbookSet:
@@ -33,13 +36,20 @@ def matching_runbooks(rt: Any, incident: Incident, stats: dict[str, tuple[int, i
     return load_runbooks(rt).match(match_input(incident), rates)
 
 
-def allowed_fields(incident: Incident) -> dict[str, str]:
-    """The validated incident fields runbook parameters may use; never message text."""
+def allowed_fields(incident: Incident, catalog: Any = None) -> dict[str, str]:
+    """The validated incident fields runbook parameters may use, and its service's catalog fields
+    (`catalog.systemd`...); never message text. Every value is checked again when rendered."""
     fields = {}
     if incident.service:
         fields["service"] = incident.service
     if incident.host:
         fields["host"] = incident.host
+    entry = catalog.services.get(incident.service) if catalog is not None and incident.service else None
+    if entry is not None:
+        for name in CATALOG_FIELDS:
+            value = entry.field_value(name)
+            if value is not None:
+                fields[f"catalog.{name}"] = value
     return fields
 
 
@@ -91,7 +101,7 @@ class StepOutcome:
 
 
 def run_keyed(db: Any, incident: Incident, key: str, runbook: Runbook, step: Any, *, dry_run: bool,
-              redis_url: str | None, url_policy: UrlPolicy = DEFAULT_POLICY) -> StepOutcome:
+              redis_url: str | None, url_policy: UrlPolicy = DEFAULT_POLICY, catalog: Any = None) -> StepOutcome:
     """Run a step at most once per key: a redelivered fix reuses the stored result instead of acting again."""
     with db.transaction() as conn:
         claimed = conn.execute(
@@ -110,7 +120,7 @@ def run_keyed(db: Any, incident: Incident, key: str, runbook: Runbook, step: Any
         result = row["result"] or {}
         return StepOutcome(key, step.action, row["ok"], result.get("detail", ""), result.get("duration", 0.0),
                            result.get("output", {}), reused=True)
-    result: ActionResult = run_step(step, allowed_fields(incident), dry_run=dry_run or runbook.dry_run,
+    result: ActionResult = run_step(step, allowed_fields(incident, catalog), dry_run=dry_run or runbook.dry_run,
                                     redis_url_for_cache=redis_url, idempotency_key=f"{incident.id}:{key}",
                                     url_policy=url_policy)
     with db.transaction() as conn:
@@ -120,7 +130,63 @@ def run_keyed(db: Any, incident: Incident, key: str, runbook: Runbook, step: Any
     return StepOutcome(key, step.action, result.ok, result.detail, result.duration, result.output)
 
 
-def validate(runbook: Runbook, incident: Incident, db: Any = None,
+def capture_target(catalog: Any, incident: Incident, step: Any) -> tuple[dict[str, Any], list[str], bool]:
+    """Where to find the service's process and logs (its catalog entry, then the step's own target), and
+    whether to capture at all."""
+    entry = catalog.services.get(incident.service) if incident.service else None
+    target: dict[str, Any] = {}
+    if entry is not None:
+        target.update({k: getattr(entry, k) for k in ("pid_file", "process", "supervisor", "systemd", "python")
+                       if getattr(entry, k) is not None})
+    try:   # the restart step's supervisor program or systemd unit, rendered as it would run
+        from erdu_tasks.fixer.actions import prepare_step
+
+        _, params = prepare_step(step, allowed_fields(incident, catalog))
+        for key in ("supervisor", "systemd", "supervisor_conf"):
+            if getattr(params, key, None) and key not in target:
+                target[key] = getattr(params, key)
+    except PermanentError:
+        pass
+    logs = [entry.log_file] if entry is not None and entry.log_file else []
+    return target, logs, entry is None or entry.capture
+
+
+def monitor_log_files(monitors: Any, service: str | None) -> list[str]:
+    """The files (or globs) the log monitor tails for this service."""
+    logs = getattr(monitors, "logs", None)
+    if logs is None or not service:
+        return []
+    return [f.path for f in logs.files if f.service == service]
+
+
+def capture_before(db: Any, catalog: Any, monitors: Any, incident: Incident, attempt: int, step: Any
+                   ) -> dict[str, Any] | None:
+    """Before a step that destroys state: capture the service and store it on the incident (`fix.capture`)
+    and its timeline at once, so a fixer lost during the restart still leaves it. Once per attempt."""
+    if not destroys_state(step.action):
+        return None
+    earlier = (incident.fix or {}).get("capture")
+    if isinstance(earlier, dict) and earlier.get("attempt") == attempt:
+        return earlier
+    target, logs, wanted = capture_target(catalog, incident, step)
+    if not wanted:
+        return None
+    found = capturing.capture_service(incident.service, target,
+                                      log_files=logs or monitor_log_files(monitors, incident.service),
+                                      before=step.action)
+    found["attempt"] = attempt
+    with db.transaction() as conn:
+        conn.execute("UPDATE incidents SET fix = coalesce(fix, '{}'::jsonb) || jsonb_build_object('capture', %s::jsonb)"
+                     " WHERE id = %s", (Jsonb(found), incident.id))
+        first = capturing.summary(found).splitlines()[0]
+        store.add_timeline(conn, incident.id, actor="fixer", what=f"captured before {step.action}: {first}"[:500],
+                           details={"capture": {k: found.get(k) for k in ("found_by", "process_error", "duration")},
+                                    "thread_dump": bool((found.get("thread_dump") or {}).get("ok"))})
+    incident.fix = {**(incident.fix or {}), "capture": found}
+    return found
+
+
+def validate(runbook: Runbook, incident: Incident, db: Any = None, catalog: Any = None,
              url_policy: UrlPolicy = DEFAULT_POLICY) -> dict[str, Any]:
     """Re-run the check that proves the fix; a runbook without one is validated by its steps alone."""
     if runbook.validation is None:
@@ -128,12 +194,15 @@ def validate(runbook: Runbook, incident: Incident, db: Any = None,
     if runbook.validation.check == "quiet":   # a quiet window is a hold: stable_for lengthens it
         return _quiet(runbook.validation.window + runbook.stable_for, incident, db)
     spec = runbook.validation
-    if spec.check == "from_incident":  # the probe (or other check) that detected the incident
-        try:
+    try:
+        if spec.check == "from_incident":  # the probe (or other check) that detected the incident
             spec = check_from_incident(spec, incident.error_details)
-        except PermanentError as exc:
-            return {"ok": False, "detail": str(exc), "duration": 0.0}
-    result = run_check(spec, allowed_fields(incident), stable_for=runbook.stable_for, url_policy=url_policy)
+        elif spec.check == "from_catalog":  # the service's own health check, from the catalog
+            spec = check_from_catalog(spec, catalog, incident.service)
+    except PermanentError as exc:
+        return {"ok": False, "detail": str(exc), "duration": 0.0}
+    result = run_check(spec, allowed_fields(incident, catalog), stable_for=runbook.stable_for,
+                       url_policy=url_policy)
     return {"ok": bool(result.ok), "detail": result.detail, "duration": result.duration,
             "stable_for": runbook.stable_for}
 

@@ -1,4 +1,5 @@
-"""HTTP probes: an incident after N failures in a row, its recovery on the incident's timeline.
+"""HTTP probes: an incident after N failures in a row, its recovery on the incident's timeline; an
+escalated incident is resolved by the recovery (`resolve_on_recovery`, default on).
 
 A probe is run as the `http` validation check of erdu_tasks.checks, and the incident it
 opens carries that check in `error_details["check"]`, so the fixer can re-run exactly the
@@ -70,14 +71,17 @@ def observation(probe: Probe, result: CheckResult, host: str | None) -> Observat
                   labels={"probe": probe.name, "url": probe.url[:1024], "failure_mode": mode}, details=data)
     return Observation(key=probe_key(probe), failing=not result.ok, detail=result.detail, event=event,
                        failures_needed=probe.failures,
-                       top_details={"check": probe.check_spec(), "probe": probe.name}, data=data)
+                       top_details={"check": probe.check_spec(), "probe": probe.name}, data=data,
+                       resolve_on_recovery=probe.resolve_on_recovery)
 
 
 def run_probes(config: ProbesConfig, db, rt: IngestRuntime, notify: Callable[[str], None],
                *, host: str | None, now: Callable[[], datetime],
-               runner: Callable[[Probe], CheckResult] = run_probe) -> list[Decision]:
-    """Run every probe (in parallel), then record the outcomes in one transaction."""
+               runner: Callable[[Probe], CheckResult] = run_probe,
+               resolved: Callable[[str], None] | None = None) -> list[Decision]:
+    """Run every probe (in parallel), then record the outcomes in one transaction; `resolved` hands on an
+    escalated incident the recovery resolved (the resolver writes its report and tells who was notified)."""
     with ThreadPoolExecutor(max_workers=min(config.parallel, len(config.checks))) as pool:
         results = list(pool.map(runner, config.checks))
     observations = [observation(p, r, host) for p, r in zip(config.checks, results)]
-    return observe(db, observations, rt, notify, now())
+    return observe(db, observations, rt, notify, now(), resolved=resolved)

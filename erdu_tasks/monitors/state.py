@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 
 from erdu_tasks.store import incidents as store
 from erdu_tasks.ingest.accept import IngestResult, IngestRuntime, accept, dedup_fingerprint
-from erdu_tasks.model import Event
+from erdu_tasks.model import Event, Status
 
 
 class Verdict(StrEnum):
@@ -107,10 +107,28 @@ def report(conn: psycopg.Connection, events: Sequence[Event], rt: IngestRuntime,
     return result
 
 
-def record_recovery(conn: psycopg.Connection, cond: Condition, what: str, details: dict[str, Any]) -> None:
-    """Put a recovery on the incident the condition opened (if any)."""
-    if cond.incident_id:
-        store.add_timeline(conn, cond.incident_id, actor="monitor", what=what, details=details)
+RESOLVABLE = (Status.ESCALATED, Status.ACKNOWLEDGED)
+"""The statuses a recovery resolves: the incident is with people, no stage of ERDU is working on it."""
+
+
+def record_recovery(conn: psycopg.Connection, cond: Condition, what: str, details: dict[str, Any], *,
+                    resolve: bool = False) -> str | None:
+    """Put a recovery on the incident the condition opened (if any); with `resolve`, an escalated or
+    acknowledged incident is resolved by it (as Alertmanager's resolved notifications do). Returns the
+    id of an incident resolved now (the resolver closes it and tells everyone notified)."""
+    if not cond.incident_id:
+        return None
+    store.add_timeline(conn, cond.incident_id, actor="monitor", what=what, details=details)
+    if not resolve:
+        return None
+    current = store.get_incident(conn, cond.incident_id, for_update=True)
+    if current is None or current.status not in RESOLVABLE:
+        return None
+    moved = store.transition(conn, current.id, expected=list(RESOLVABLE), to=Status.RESOLVED, actor="monitor",
+                             what=f"resolved by the monitor: {cond.key} passes again"[:500],
+                             updates={"resolved_by": f"monitor:{cond.key}"[:200], "auto_resolved": False},
+                             details=details)
+    return current.id if moved is not None else None
 
 
 @dataclass(frozen=True)
@@ -126,6 +144,7 @@ class Observation:
     top_details: dict[str, Any] | None = None
     data: dict[str, Any] | None = None  # for the timeline of a recovery / a relapse
     repeat: bool = True                 # report every firing run (bumps occurrences) or only the first
+    resolve_on_recovery: bool = False   # a recovery resolves the incident when it is with people
 
 
 @dataclass(frozen=True)
@@ -139,8 +158,12 @@ class Decision:
 
 
 def observe(db: Any, observations: Sequence[Observation], rt: IngestRuntime,
-            notify: Any, now: datetime) -> list[Decision]:
-    """Step every condition, report the firing ones and record recoveries, all in one transaction."""
+            notify: Any, now: datetime, *, resolved: Any = None) -> list[Decision]:
+    """Step every condition, report the firing ones and record recoveries, all in one transaction.
+
+    After the commit, `notify(id)` hands on each new incident and `resolved(id)` each incident a
+    recovery resolved (when the observation asks for it and a callback is given)."""
+    closed: list[str] = []
     if not observations:
         return []
     decisions: list[Decision] = []
@@ -166,10 +189,15 @@ def observe(db: Any, observations: Sequence[Observation], rt: IngestRuntime,
                                            what=f"failing again: {obs.detail}"[:500], details=obs.data or {})
                     cond = replace(cond, incident_id=outcome.incident_id)
             elif verdict is Verdict.RECOVERED:
-                record_recovery(conn, cond, f"recovered: {obs.detail}"[:500], obs.data or {})
+                done = record_recovery(conn, cond, f"recovered: {obs.detail}"[:500], obs.data or {},
+                                       resolve=obs.resolve_on_recovery and resolved is not None)
+                if done is not None:
+                    closed.append(done)
             save_condition(conn, cond, checked_ok=not obs.failing)
             decisions.append(Decision(obs, verdict, cond, created))
     for d in decisions:
         if d.created and d.condition.incident_id:
             notify(d.condition.incident_id)
+    for incident_id in closed:
+        resolved(incident_id)
     return decisions

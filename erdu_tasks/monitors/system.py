@@ -61,7 +61,7 @@ def _threshold(key: str, what: str, value: float | None, limit: Threshold, host:
     event = Event(source="system", message=f"Resource utilization high: {what} on {host}", severity=limit.severity,
                   service=service, host=host, dedup_key=key, labels={"check": key}, details=data)
     return Observation(key=key, failing=failing, detail=detail, event=event, sustained_for=limit.sustained_for,
-                       data=data)
+                       data=data, resolve_on_recovery=limit.resolve_on_recovery)
 
 
 def _process(key: str, req: ProcessRequirement, ok: bool, detail: str, host: str,
@@ -71,7 +71,7 @@ def _process(key: str, req: ProcessRequirement, ok: bool, detail: str, host: str
                   severity=req.severity, service=req.service or service, host=host, dedup_key=key,
                   labels={"check": key}, details=data)
     return Observation(key=key, failing=not ok, detail=detail, event=event, sustained_for=req.sustained_for,
-                       data=data)
+                       data=data, resolve_on_recovery=req.resolve_on_recovery)
 
 
 def observations(config: SystemConfig, sample: Sample, host: str) -> list[Observation]:
@@ -93,7 +93,8 @@ def observations(config: SystemConfig, sample: Sample, host: str) -> list[Observ
 
 def run_system(config: SystemConfig, db, rt: IngestRuntime, notify: Callable[[str], None],
                *, host: str, now: Callable[[], datetime],
-               sampler: Callable[[SystemConfig], Sample] = take_sample) -> list[Decision]:
+               sampler: Callable[[SystemConfig], Sample] = take_sample,
+               resolved: Callable[[str], None] | None = None) -> list[Decision]:
     """Sample the machine and record every condition in one transaction."""
     sample = sampler(config)
-    return observe(db, observations(config, sample, host), rt, notify, now())
+    return observe(db, observations(config, sample, host), rt, notify, now(), resolved=resolved)

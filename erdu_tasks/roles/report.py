@@ -58,7 +58,8 @@ _env.filters.update(cell=_cell, dur=human_duration, code=_code)
 
 def build_report(incident: Incident, resolution: dict[str, Any], *, related: list[dict[str, Any]] | None = None,
                  learning: dict[str, Any] | None = None,
-                 children: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                 children: list[dict[str, Any]] | None = None,
+                 situation: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The report as data: facts from the incident plus the resolver's summary and what was learned."""
     previous = incident.created_at
     timeline = []
@@ -121,6 +122,7 @@ def build_report(incident: Incident, resolution: dict[str, Any], *, related: lis
         "rollback": fix.get("rollback", []),
         "validation": fix.get("validation"),
         "dry_run": bool(fix.get("dry_run")),
+        "capture": _capture(fix.get("capture")),
         "summary": resolution["summary"],
         "impact": resolution["impact"],
         "lessons_learned": resolution["lessons_learned"],
@@ -129,6 +131,13 @@ def build_report(incident: Incident, resolution: dict[str, Any], *, related: lis
         "parent_id": incident.parent_id,
         "children": [{k: c.get(k) for k in ("id", "status", "severity", "service", "title")}
                      for c in (children or [])],
+        "situation": [{"id": c.get("id"), "status": c.get("status"), "severity": c.get("severity"),
+                       "source": c.get("source"), "title": c.get("title"),
+                       "created_at": _iso(c["created_at"]) if isinstance(c.get("created_at"), datetime)
+                       else c.get("created_at"),
+                       "apart": seconds_between(incident.created_at, c["created_at"])
+                       if isinstance(c.get("created_at"), datetime) else None}
+                      for c in (situation or [])],
         "timeline": timeline,
     }
 
@@ -138,6 +147,17 @@ def _advised_by(brain: Any) -> str | None:
     if not isinstance(brain, dict) or brain.get("name") in (None, "rules") or brain.get("fallback"):
         return None
     return f"the model {brain['model']}" if brain.get("model") else "the model"
+
+
+def _capture(found: Any) -> dict[str, Any] | None:
+    """The capture before repair, with its thread dump and log as lists of lines (each shown verbatim)."""
+    if not isinstance(found, dict):
+        return None
+    dump = dict(found.get("thread_dump") or {})
+    dump["lines"] = str(dump.get("text") or "").splitlines()[:400]
+    log = dict(found.get("log") or {})
+    log["lines"] = [str(line) for line in (log.get("lines") or [])][:100]
+    return {**found, "thread_dump": dump, "log": log, "process": found.get("process") or None}
 
 
 _PHASE = {

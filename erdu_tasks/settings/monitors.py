@@ -141,6 +141,8 @@ class Probe(Section):
     failures: int = Field(default=3, ge=1, le=1000)
     service: str | None = Field(default=None, max_length=128)
     severity: Severity = Severity.P2
+    resolve_on_recovery: bool = True
+    """An escalated (or acknowledged) incident of this probe is resolved when the probe passes again."""
 
     @field_validator("url")
     @classmethod
@@ -184,6 +186,7 @@ class Threshold(Section):
     percent: float = Field(gt=0, le=100)
     sustained_for: float = Field(default=60.0, ge=0, le=86400)
     severity: Severity = Severity.P2
+    resolve_on_recovery: bool = True
 
 
 class DiskThreshold(Threshold):
@@ -201,6 +204,7 @@ class ProcessRequirement(Section):
     sustained_for: float = Field(default=30.0, ge=0, le=86400)
     service: str | None = Field(default=None, max_length=128)
     severity: Severity = Severity.P2
+    resolve_on_recovery: bool = True
 
     @model_validator(mode="after")
     def _one_selector(self) -> "ProcessRequirement":

@@ -129,6 +129,9 @@ class LearningConfig(Section):
     # fact (a runbook's `recurrence_window` overrides it; 0 turns it off).
     recurrence_window_seconds: float = Field(default=300.0, ge=0, le=7 * 86400)
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
+    # Incidents of one service (a probe's and a log's) created this close together are one situation on
+    # the report (0: off).
+    situation_window_seconds: float = Field(default=120.0, ge=0, le=86400)
 
 
 class BrainConfig(Section):

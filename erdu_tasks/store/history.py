@@ -105,6 +105,22 @@ def refresh_related(conn: psycopg.Connection, related: list[dict[str, Any]]) -> 
     return out
 
 
+def same_situation(conn: psycopg.Connection, incident: Any, *, window_seconds: float,
+                   limit: int = 20) -> list[dict[str, Any]]:
+    """Other incidents of the incident's service (its probe's, its log's...) created within window_seconds of
+    it, either side: one situation seen by several producers. Children of the incident are listed apart."""
+    if not incident.service or window_seconds <= 0 or incident.created_at is None:
+        return []
+    return conn.execute(
+        "SELECT id, status, severity, service, source, title, created_at FROM incidents"
+        " WHERE service = %(service)s AND id <> %(id)s AND parent_id IS DISTINCT FROM %(id)s"
+        " AND created_at BETWEEN %(at)s - make_interval(secs => %(w)s) AND %(at)s + make_interval(secs => %(w)s)"
+        " ORDER BY created_at, id LIMIT %(limit)s",
+        {"service": incident.service, "id": incident.id, "at": incident.created_at, "w": window_seconds,
+         "limit": limit},
+    ).fetchall()
+
+
 def pattern(conn: psycopg.Connection, fingerprint: str) -> dict[str, Any] | None:
     """The learned counters of one fingerprint, with its mean time to resolve (None before any)."""
     row = conn.execute("SELECT * FROM error_patterns WHERE fingerprint = %s", (fingerprint,)).fetchone()

@@ -113,9 +113,13 @@ def _act(rt: Runtime, incident: Incident, runbook: Runbook, decision: FixPlan) -
     attempt, dry = decision.attempt, decision.dry_run
     steps = []
     failed = False
+    captured = None
     for i, step in enumerate(runbook.actions):
+        if not dry and captured is None:   # capture before repair: the state a restart would destroy
+            captured = fixing.capture_before(rt.db, rt.catalog, rt.settings.monitors, incident, attempt, step)
         outcome = fixing.run_keyed(rt.db, incident, f"{attempt}:action:{i}", runbook, step, dry_run=dry,
-                                   redis_url=rt.settings.cache_redis_url, url_policy=rt.url_policy)
+                                   redis_url=rt.settings.cache_redis_url, url_policy=rt.url_policy,
+                                   catalog=rt.catalog)
         steps.append(outcome.as_dict())
         if outcome.ok is False:
             failed = True
@@ -129,14 +133,18 @@ def _act(rt: Runtime, incident: Incident, runbook: Runbook, decision: FixPlan) -
                       "detail": f"outcome of step {unknown[0]} unknown (its worker was lost) and the runbook "
                                 "has no validation check to prove the fix"}
     else:
-        validation = fixing.validate(runbook, incident, rt.db, rt.url_policy)
+        validation = fixing.validate(runbook, incident, rt.db, rt.catalog, rt.url_policy)
     rollback = []
     if not validation["ok"]:
         for i, step in enumerate(runbook.rollback):
             outcome = fixing.run_keyed(rt.db, incident, f"{attempt}:rollback:{i}", runbook, step, dry_run=dry,
-                                       redis_url=rt.settings.cache_redis_url, url_policy=rt.url_policy)
+                                       redis_url=rt.settings.cache_redis_url, url_policy=rt.url_policy,
+                                       catalog=rt.catalog)
             rollback.append(outcome.as_dict())
-    return {"actions": steps, "validation": validation, "rollback": rollback, "dry_run": dry}
+    done = {"actions": steps, "validation": validation, "rollback": rollback, "dry_run": dry}
+    if captured is not None:
+        done["capture"] = captured
+    return done
 
 
 def _settle(conn: psycopg.Connection, incident: Incident, runbook: Runbook, attempt: int,

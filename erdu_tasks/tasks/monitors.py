@@ -38,6 +38,10 @@ def _assess(incident_id: str) -> None:
     hand_on(names.Stage.ASSESS, incident_id)
 
 
+def _resolved(incident_id: str) -> None:
+    hand_on("resolve", incident_id)   # the resolver writes the report and tells everyone notified
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -81,7 +85,7 @@ def monitor_probes(self: ErduTask) -> dict[str, Any]:
 
     def run() -> dict[str, Any]:
         decisions = http_probe.run_probes(config.probes, rt.db, rt, _assess,
-                                          host=_host(config), now=_now)
+                                          host=_host(config), now=_now, resolved=_resolved)
         return {d.observation.key: d.verdict.value for d in decisions}
 
     return _run("probes", run)
@@ -97,7 +101,7 @@ def monitor_system(self: ErduTask) -> dict[str, Any]:
 
     def run() -> dict[str, Any]:
         decisions = system.run_system(config.system, rt.db, rt, _assess, host=_host(config),
-                                      now=_now)
+                                      now=_now, resolved=_resolved)
         return {d.observation.key: d.verdict.value for d in decisions}
 
     return _run("system", run)

@@ -96,6 +96,8 @@ def _assess(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: s
     assessment = {**decision.as_dict(), "brain": thought.note()}
     _brain_note(conn, incident.id, "commander", thought, worker)
     _advice_note(conn, incident.id, decision, worker)
+    incident.severity = decision.severity     # as assessed: a P1 now adopts its dependants' open incidents
+    escalation.link_children_after_assess(conn, rt.gates, incident, worker=worker)
     if decision.decision is commander.Decision.ESCALATE:
         store.update_fields(conn, incident.id, {"severity": decision.severity, "assessment": assessment})
         escalate_in_tx(conn, incident, reason=decision.reasons[-1], stage=Stage.ASSESS, actor="commander",
@@ -325,7 +327,9 @@ def close_incident(conn: psycopg.Connection, rt: Runtime, incident: Incident, wo
     closed = store.get_incident(conn, incident.id, with_timeline=True) or incident
     report = build_report(closed, {**resolution.as_dict(), "brain": thought.note()}, related=related,
                           learning=_learning(conn, rt, incident.fingerprint, lcfg),
-                          children=inhibition.children_of(conn, incident.id))
+                          children=inhibition.children_of(conn, incident.id),
+                          situation=history.same_situation(conn, closed,
+                                                           window_seconds=lcfg.situation_window_seconds))
     write_report(rt.settings.reports_dir, report)
     return True
 

@@ -51,3 +51,24 @@ def test_the_report_keeps_its_own_structure():
     md, html = rendered()
     assert "<table>" in html and "<h2>Summary</h2>" in html
     assert "Widget" not in md and "reset-cache" in md
+
+
+def test_a_capture_before_repair_is_shown_as_text_too():
+    incident = hostile_incident()
+    incident.fix = {**incident.fix, "capture": {
+        "before": "restart", "duration": 0.2, "found_by": "pid file /run/<b>x</b>.pid",
+        "process": {"pid": 42, "name": "python3", "cmdline": "python3 `<img src=x>` | x", "status": "sleeping",
+                    "cpu_percent": 1.5, "cpu_times": {"user": 0.1, "system": 0.0}, "memory_rss": 10485760,
+                    "memory_percent": 0.5, "threads": 3, "open_files_count": 1, "open_files": ["/tmp/<i>f</i>"],
+                    "connections_count": 1,
+                    "connections": [{"local": "127.0.0.1:80", "remote": "", "status": "LISTEN"}]},
+        "thread_dump": {"ok": True, "text": "Thread 42 (idle)\n    " + HOSTILE_LINE},
+        "log": {"path": "/var/log/app.log", "lines": [HOSTILE_LINE, "INFO fine"]}}}
+    resolution = resolver.resolve(incident, resolver.ResolverContext(now=AT))
+    md = render_markdown(build_report(incident, resolution.as_dict()))
+    html = MarkdownIt("commonmark").enable("table").render(md)
+    for tag in ("<img", "<script", "<b>", "<i>"):
+        assert tag not in html, tag
+    assert "<h2>State before repair</h2>" in html and "<td>sleeping</td>" in html
+    assert "&lt;script&gt;alert(2)&lt;/script&gt;" in html   # inside the dump's code block, as typed
+    assert "<h2>Actions</h2>" in html                          # no fence left open

@@ -20,7 +20,7 @@ ACTIONS: dict[str, Action] = {
     cast(Action, m).NAME: cast(Action, m) for m in (clear_cache, http_call, noop, restart, run_command, scale)
 }
 
-__all__ = ["ACTIONS", "Action", "ActionContext", "ActionResult", "get_action", "prepare_step", "describe_step",
+__all__ = ["ACTIONS", "destroys_state", "Action", "ActionContext", "ActionResult", "get_action", "prepare_step", "describe_step",
            "run_step"]
 
 
@@ -30,6 +30,11 @@ def get_action(name: str) -> Action:
         return ACTIONS[name]
     except KeyError:
         raise PermanentError(f"unknown action {name!r} (known: {', '.join(sorted(ACTIONS))})") from None
+
+
+def destroys_state(name: str) -> bool:
+    """True for an action whose module sets DESTROYS_STATE (a restart, a scale): capture before it runs."""
+    return bool(getattr(ACTIONS.get(name), "DESTROYS_STATE", False))
 
 
 def _errors(exc: ValidationError) -> str:

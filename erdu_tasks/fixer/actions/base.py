@@ -23,11 +23,15 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict
 
+from erdu_tasks.catalog import CATALOG_FIELDS
 from erdu_tasks.errors import PermanentError
 from erdu_tasks.fixer.urlguard import DEFAULT_POLICY, UrlPolicy, UrlRefused
 
 PLACEHOLDERS: frozenset[str] = frozenset({"service", "host"})
 """The only incident fields a runbook may put into a command, URL or request."""
+
+CATALOG_PLACEHOLDERS: frozenset[str] = frozenset(f"catalog.{name}" for name in CATALOG_FIELDS)
+"""Fields of the incident's service catalog entry (`{catalog.systemd}`...), under the same value check."""
 
 SAFE_VALUE = re.compile(r"[A-Za-z0-9_.@:-]{1,128}")
 """A placeholder value must fullmatch this: no spaces, quotes, slashes, `$`, `;`, backticks..."""
@@ -103,11 +107,11 @@ def template_fields(template: str) -> list[str]:
     for _literal, name, spec, conversion in parts:
         if name is None:
             continue
-        if name not in PLACEHOLDERS or spec or conversion:
+        if name not in PLACEHOLDERS | CATALOG_PLACEHOLDERS or spec or conversion:
             shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
             raise ValueError(
-                f"placeholder {shown} is not allowed; only {{service}} and {{host}} may be used "
-                "(write {{ and }} for literal braces)"
+                f"placeholder {shown} is not allowed; only {{service}} and {{host}} may be used, and "
+                f"{{catalog.FIELD}} for {', '.join(sorted(CATALOG_FIELDS))} (write {{{{ and }}}} for literal braces)"
             )
         names.append(name)
     return names
@@ -136,7 +140,9 @@ def template_problems(value: Any, path: tuple[str | int, ...] = (),
 def safe_value(name: str, value: object) -> str:
     """Return value if it may go into an argv or URL; raise PermanentError saying why not."""
     if value is None or value == "":
-        raise PermanentError(f"placeholder {{{name}}} needs the incident's {name}, which is not set")
+        whose = (f"the service's catalog entry to set {name.removeprefix('catalog.')}" if name.startswith("catalog.")
+                 else f"the incident's {name}")
+        raise PermanentError(f"placeholder {{{name}}} needs {whose}, which is not set")
     text = str(value)
     if not SAFE_VALUE.fullmatch(text) or text.startswith("-") or ".." in text:
         shown = text if len(text) <= 80 else text[:80] + "…"

@@ -8,6 +8,9 @@ from erdu_tasks.fixer.actions.base import ActionContext, ActionResult, ParamsMod
 
 NAME = "restart"
 
+DESTROYS_STATE = True
+"""True: a restart kills the running process: its state is captured first (fixer/capture.py)."""
+
 _TARGETS = ("systemd", "supervisor", "docker", "argv")
 
 

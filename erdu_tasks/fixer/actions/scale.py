@@ -7,6 +7,9 @@ from erdu_tasks.fixer.actions.base import ActionContext, ActionResult, command_l
 
 NAME = "scale"
 
+DESTROYS_STATE = True
+"""True: scaling in stops processes: the service's state is captured first (fixer/capture.py)."""
+
 
 class Params(run_command.Params):
     """run_command's params: the scaling argv and how to run it."""

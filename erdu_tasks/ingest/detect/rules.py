@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,8 @@ from erdu_tasks.logline import message_of
 from erdu_tasks.model import Event, Severity
 
 BUILTIN_ORIGIN = "built-in rules (erdu_tasks/defaults/rules.yaml)"
+BUILTIN_FILE = "erdu_tasks/defaults/rules.yaml"
+"""How `erdu rules ls` names the built-in rule file (its path in the package)."""
 MAX_PATTERN_CHARS = 4096
 _PLAIN_FIELDS = ("message", "source", "service", "host")
 _LABEL_FIELD = re.compile(r"^labels\.[A-Za-z0-9_.\-/]+$")
@@ -97,6 +99,24 @@ class Rule:
     force: bool = False
     tags: tuple[str, ...] = ()
     title: str | None = None
+    file: str = ""
+    """The rule file it comes from (the built-in rules: their path in the package)."""
+    line: int | None = None
+    summary: str = ""
+    """What it matches and does, in one line (for `erdu rules ls`)."""
+
+    def effect(self) -> str:
+        """What the rule does to a matching event."""
+        parts = []
+        if self.ignore:
+            parts.append("ignore")
+        if self.severity is not None:
+            parts.append(f"{'force ' if self.force else ''}{self.severity.value}")
+        if self.tags:
+            parts.append("tags " + ", ".join(self.tags))
+        if self.title:
+            parts.append(f"title {self.title!r}")
+        return "; ".join(parts)
 
     def test(self, event: Event) -> dict[str, str] | None:
         """The named groups captured when the rule matches the event, else None."""
@@ -135,7 +155,7 @@ class RuleSet:
     def load(cls, user_file: Path | None = None) -> "RuleSet":
         """The built-in rules, combined with the user's rule file when one is given."""
         builtin_text = resources.files("erdu_tasks").joinpath("defaults/rules.yaml").read_text("utf-8")
-        builtin = _parse(builtin_text, BUILTIN_ORIGIN, user=False)
+        builtin = _parse(builtin_text, BUILTIN_ORIGIN, user=False, file=BUILTIN_FILE)
         if user_file is None:
             return cls(builtin.rules, builtin.default_severity or Severity.P3)
         path = Path(user_file)
@@ -147,6 +167,32 @@ class RuleSet:
             raise ConfigError(f"{path}: cannot read rules file: {exc}") from None
         user = _parse(text, str(path), user=True)
         return cls(*_combine(builtin, user, str(path)))
+
+    @staticmethod
+    def listing(user_file: Path | None = None) -> list[tuple[Rule, str]]:
+        """Every built-in and user rule, in the order they are tried, each with its state: `active`,
+        `disabled` (named under the user file's `disable:`), `replaced` (a user rule has its name) or
+        `off` (the user file says `defaults: false`). Raises ConfigError as load() does."""
+        loaded = RuleSet.load(user_file)
+        builtin_text = resources.files("erdu_tasks").joinpath("defaults/rules.yaml").read_text("utf-8")
+        builtin = _parse(builtin_text, BUILTIN_ORIGIN, user=False, file=BUILTIN_FILE)
+        user_rules = [r for r in loaded.rules if r.file != BUILTIN_FILE]
+        user = None
+        if user_file is not None:
+            user = _parse(Path(user_file).read_text(encoding="utf-8"), str(user_file), user=True)
+        out: list[tuple[Rule, str]] = [(r, "active") for r in user_rules]
+        names = {r.name for r in user_rules}
+        for rule in builtin.rules:
+            match = next((r for r in loaded.rules if r.file == BUILTIN_FILE and r.name == rule.name), None)
+            if match is not None:
+                out.append((match, "active"))
+            elif user is not None and not user.defaults:
+                out.append((rule, "off"))
+            elif rule.name in names:
+                out.append((rule, "replaced"))
+            else:
+                out.append((rule, "disabled"))
+        return out
 
     def classify(self, event: Event) -> Classification:
         """Ignore decision, severity, tags and title for one event."""
@@ -219,7 +265,7 @@ def _combine(builtin: _Parsed, user: _Parsed, origin: str) -> tuple[list[Rule], 
     return [*user.rules, *kept], default
 
 
-def _parse(text: str, origin: str, *, user: bool) -> _Parsed:
+def _parse(text: str, origin: str, *, user: bool, file: str | None = None) -> _Parsed:
     """Parse and compile one rule file; ConfigError on any problem."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -263,6 +309,7 @@ def _parse(text: str, origin: str, *, user: bool) -> _Parsed:
     seen: dict[str, int] = {}
     for index, raw in enumerate(raw_rules):
         rule = _compile_rule(raw, index, origin, lines)
+        rule = replace(rule, file=file or origin, line=lines.rule(index), summary=_summary(raw))
         if rule.name in seen:
             raise ConfigError(f"{origin}: rule {rule.name!r} (#{index + 1}, line {lines.rule(index)}): "
                               f"duplicate name (rule #{seen[rule.name] + 1} has it too)")
@@ -327,6 +374,18 @@ def _compile_rule(raw: Any, index: int, origin: str, lines: "_Lines") -> Rule:
         raise fail("the rule does nothing: give it ignore, severity, tags or title")
     return Rule(name=name.strip(), match=match, unless=unless, ignore=ignore, severity=severity, force=force,
                 tags=tuple(t.strip() for t in tags), title=title)
+
+
+def _summary(raw: dict[str, Any]) -> str:
+    """A rule's match and unless conditions in one line, as written."""
+    def conds(value: Any) -> str:
+        if not isinstance(value, dict):
+            return ""
+        return " and ".join(f"{k} ~ /{v}/" if not isinstance(v, list)
+                            else f"{k} ~ " + " or ".join(f"/{p}/" for p in v) for k, v in value.items())
+    text = conds(raw.get("match"))
+    unless = conds(raw.get("unless"))
+    return text + (f", unless {unless}" if unless else "")
 
 
 def _condition(raw: Any, key: str, case_sensitive: bool, fail: Any, *, required: bool) -> Condition:
