@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 4
 
 .PHONY: up test install bench clean
 
@@ -18,8 +18,10 @@ install: $(STAMP)
 up: $(STAMP)
 	$(VENV)/bin/erdu up
 
-# Two pytest-xdist workers (one per core); the tests of a module that shares one stack stay on one worker
-# (xdist_group), the others are spread one by one; the 15 slowest tests are listed at the end.
+# Four pytest-xdist workers on two cores: most integration tests spend their time waiting on worker
+# processes, timeouts and outages, not computing, so two per core keep both busy. The tests of a module
+# that shares one stack stay on one worker (xdist_group), the others are spread one by one; the 15
+# slowest tests are listed at the end.
 test: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check --no-cache --quiet erdu_tasks workers bench beat_schedule.py

@@ -17,7 +17,7 @@ from tests.integration.test_api import WRITE, ApiServer
 MAX_EXAMPLES = int(os.environ.get("ERDU_FUZZ_EXAMPLES", "60"))
 # Seconds of fuzzing: every operation's examples and coverage phases first, then random cases until the
 # budget ends (ERDU_FUZZ_SECONDS=300 for a longer hunt).
-TIME_BUDGET = int(os.environ.get("ERDU_FUZZ_SECONDS", "30"))
+TIME_BUDGET = int(os.environ.get("ERDU_FUZZ_SECONDS", "20"))
 
 
 @pytest.fixture()

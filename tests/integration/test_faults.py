@@ -7,6 +7,7 @@ prints its figures: incidents sent, closed, escalated, lost and duplicated.
 
 from __future__ import annotations
 
+import signal
 import sys
 import textwrap
 import time
@@ -294,7 +295,7 @@ def own_stack(tmp_path):
 
     yield make
     for stack, url, ours in made:
-        stack.stop()
+        stack.stop(signal.SIGKILL)   # the test is over: no warm shutdown to wait for
         if ours:
             drop_database(url)
 
