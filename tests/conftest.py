@@ -287,29 +287,44 @@ class Stack:
         wait_for(ready, timeout, 0.2, what=f"worker {role} ready")
 
     def start_all(self, roles=("ingest", "commander", "diagnostician", "fixer", "resolver"), *,
-                  separate: bool = False) -> None:
+                  separate: bool | tuple[str, ...] = False) -> None:
         """Start the roles' workers: by default one process serving them all (`erdu worker a,b,c`: its own
-        queue per role, one thread pool), which starts in a fifth of the time of one process per role;
-        `separate=True` for a test that kills, restarts or times one role's process."""
-        if separate or len(roles) == 1:
-            procs = [(r, self.start(r, wait=False)) for r in roles]
-            for role, proc in procs:
-                self.wait_ready(role, proc)
-            return
-        proc = self.start(",".join(roles))
+        queue per role, one thread pool), which starts in a fifth of the time of one process per role.
+        `separate=True` gives every role its own process; a tuple of roles gives those their own (say the
+        fixer, whose prefork pool a test kills or crashes) and the rest one shared process."""
+        alone = tuple(roles) if separate is True else tuple(separate or ())
+        shared = [r for r in roles if r not in alone]
+        if len(shared) == 1:
+            alone, shared = alone + tuple(shared), []
+        procs = [(r, self.start(r, wait=False)) for r in roles if r in alone]
+        if shared:
+            procs.append((",".join(shared), self._start_shared(shared)))
+        for role, proc in procs:
+            self.wait_ready(role, proc)
+
+    def _start_shared(self, roles: list[str]) -> subprocess.Popen:
+        proc = self.start(",".join(roles), wait=False)
         self.procs.pop(",".join(roles))
-        proc.combined = True
+        proc.combined = tuple(roles)
         for role in roles:
             self.procs.setdefault(role, []).append(proc)
+        return proc
 
     def kill(self, role: str, sig: int = signal.SIGKILL) -> None:
-        procs = self.procs.get(role, [])
-        if any(getattr(proc, "combined", False) for proc in procs):
-            raise AssertionError(f"{role} shares one process with other roles: start_all(..., separate=True)")
+        """Stop a role's worker processes. A process shared with other roles goes, and the other roles get
+        a new shared process at once: the role is stopped, the rest serve on."""
         for proc in self.procs.pop(role, []):
             if proc.poll() is None:
                 os.killpg(proc.pid, sig)
                 proc.wait(30)
+            others = [r for r in getattr(proc, "combined", ()) if r != role]
+            for other in others:
+                self.procs[other] = [p for p in self.procs.get(other, []) if p is not proc]
+            if len(others) == 1:
+                self.start(others[0])
+            elif others:
+                restarted = self._start_shared(others)
+                self.wait_ready(",".join(others), restarted)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop every process, all roles at once (SIGTERM: Celery's warm shutdown; SIGKILL after 20 s)."""

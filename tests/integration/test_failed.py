@@ -88,7 +88,7 @@ def stack(stack_factory, tmp_path, cache_service):
     runbooks.mkdir()
     (runbooks / "cache.yaml").write_text(runbook(cache_service.port))
     s = stack_factory({"ERDU_RUNBOOKS_DIR": str(runbooks), "COLUMNS": "250"})
-    s.start_all(separate=True)   # some tests stop one role
+    s.start_all()
     return s
 
 

@@ -78,7 +78,7 @@ def test_sigkill_of_the_fixer_mid_action_closes_the_incident_once_and_acts_once(
     effect = tmp_path / "effect.log"
     runbooks = slow_disk_runbooks(tmp_path, effect, sleep=6, timeout=10)
     stack = stack_factory({**FAST_RECOVERY, "ERDU_RUNBOOKS_DIR": str(runbooks)})
-    stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"), separate=True)
+    stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"), separate=("fixer",))
     beat_for(stack)
 
     stack.send_event(event("disk-1", "Slow disk on volume data"))
@@ -113,7 +113,7 @@ def test_a_long_action_is_not_redriven_while_its_worker_lives(stack_factory, bea
     effect = tmp_path / "effect.log"
     runbooks = slow_disk_runbooks(tmp_path, effect, sleep=8)
     stack = stack_factory({**FAST_RECOVERY, "ERDU_RUNBOOKS_DIR": str(runbooks)})  # deadline 3 s < 8 s action
-    stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"), separate=True)
+    stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"), separate=("fixer",))
     beat_for(stack)
 
     stack.send_event(event("disk-2", "Slow disk on volume logs"))
@@ -152,7 +152,7 @@ def test_a_task_that_kills_its_worker_every_time_is_parked_and_the_pool_serves_o
             limits: {{max_runs: 1000, per_seconds: 3600}}
     """)
     stack = stack_factory({**FAST_RECOVERY, "ERDU_RUNBOOKS_DIR": str(runbooks), "ERDU_MAX_WORKER_CRASHES": "3"})
-    stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"), separate=True)
+    stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"), separate=("fixer",))
     beat_for(stack)
 
     keys = ["poison"] + [f"routine-{i}" for i in range(10)]
@@ -215,7 +215,7 @@ def test_a_poison_message_on_each_queue_is_rejected_recorded_and_workers_serve_o
             limits: {max_runs: 1000, per_seconds: 3600}
     """)
     stack = stack_factory({**FAST_RECOVERY, "ERDU_RUNBOOKS_DIR": str(runbooks)})
-    stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"), separate=True)
+    stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"), separate=("fixer",))
     r = redis.Redis.from_url(stack.redis_url)
     for queue, task in POISON_TASK.items():
         # 1. a task message whose JSON arguments have the wrong shape
@@ -312,7 +312,7 @@ def test_a_redis_crash_with_500_incidents_in_flight_loses_and_duplicates_nothing
     try:
         runbooks = runbooks_dir(tmp_path, ROUTINE_RUNBOOK)
         stack = own_stack(broker.url, extra_env={**FAST_RECOVERY, "ERDU_RUNBOOKS_DIR": str(runbooks)})
-        stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"), separate=True)
+        stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"), separate=("fixer",))
         beat = beat_for(stack)
         keys = [f"burst-{i}" for i in range(500)]
         started = time.monotonic()
@@ -366,7 +366,7 @@ def test_a_redis_crash_while_the_fixer_acts_closes_both_incidents_and_runs_each_
     try:
         runbooks = slow_disk_runbooks(tmp_path, effect, sleep=3)
         stack = own_stack(broker.url, extra_env={**FAST_RECOVERY, "ERDU_RUNBOOKS_DIR": str(runbooks)})
-        stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"), separate=True)
+        stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"), separate=("fixer",))
         supervisor = Supervisor(stack, beat_for(stack))
         stack.send_event(event("disk-a", "Slow disk on volume a"))
         wait_for(lambda: effect.exists() and effect.read_text().count("ran") == 1, 60, 0.1, what="the action running")
@@ -406,7 +406,7 @@ def test_postgres_down_for_20_s_under_load_retries_and_loses_nothing(own_stack, 
         runbooks = runbooks_dir(tmp_path, ROUTINE_RUNBOOK)
         env = {**FAST_RECOVERY, "ERDU_RUNBOOKS_DIR": str(runbooks)}
         stack = own_stack(broker.url, pg.create_database("erdu_outage"), extra_env=env)
-        stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"), separate=True)
+        stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"), separate=("fixer",))
         supervisor = Supervisor(stack, beat_for(stack))
         api = ApiServer(stack.tmp, broker.url, stack.database_url, {**env, "ERDU_API_TOKEN": WRITE}).start()
         http = api.client()

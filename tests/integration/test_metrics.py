@@ -31,7 +31,7 @@ def stack(stack_factory, tmp_path):
     runbooks.mkdir()
     (runbooks / "search.yaml").write_text(RUNBOOK)
     s = stack_factory({"ERDU_RUNBOOKS_DIR": str(runbooks)})
-    s.start_all(separate=True)   # the queue-depth test stops ingest
+    s.start_all()
     return s
 
 

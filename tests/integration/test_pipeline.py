@@ -21,7 +21,7 @@ def stack(stack_factory, tmp_path):
     runbooks.mkdir()
     (runbooks / "db.yaml").write_text(NOOP_RUNBOOK)
     s = stack_factory({"ERDU_RUNBOOKS_DIR": str(runbooks)})
-    s.start_all(separate=True)
+    s.start_all(separate=True)   # one process per role, as these tests race and stop them
     return s
 
 
