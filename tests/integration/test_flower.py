@@ -40,21 +40,7 @@ def stack(stack_factory, tmp_path):
 
 @pytest.fixture()
 def flower(stack):
-    port = free_port()
-    log_path = stack.tmp / "flower.log"
-    proc = subprocess.Popen([sys.executable, "-m", "erdu_tasks.cli", "flower", "--port", str(port)], env=stack.env,
-                            cwd=stack.tmp, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert proc.poll() is None, log_path.read_text()
-        try:
-            return httpx.get(f"{base}/healthcheck", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(up, 60, 0.3, what="flower to answer")
+    proc, base = _start_flower(stack, stack.env, "flower.log")
     yield base
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(20)
