@@ -89,4 +89,7 @@ def run_worker(hop: str) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] not in HOPS:
+        sys.exit(f"usage: python -m bench.bare_chain {{{','.join(HOPS)}}}  (one hop's worker; "
+                 "bench/pipeline.py starts them and prints the figures)")
     run_worker(sys.argv[1])
