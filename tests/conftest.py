@@ -243,6 +243,9 @@ def db(database_url) -> Iterator[psycopg.Connection]:
         yield conn
 
 
+_CLIENT_LOCK = threading.Lock()
+
+
 class Stack:
     """Real `erdu worker ROLE` processes against a private Redis and a private database."""
 
@@ -370,12 +373,14 @@ class Stack:
 
     @property
     def client(self):
-        """A plain Celery client, as any producer would use."""
-        if self._client is None:
-            from celery import Celery
+        """A plain Celery client, as any producer would use (made once, even when threads ask at once:
+        celery's lazily built module fails an import that two threads make at the same moment)."""
+        with _CLIENT_LOCK:
+            if self._client is None:
+                from celery import Celery
 
-            self._client = Celery("test-producer", broker=self.redis_url)
-            self._client.conf.update(task_serializer="json", accept_content=["json"])
+                self._client = Celery("test-producer", broker=self.redis_url)
+                self._client.conf.update(task_serializer="json", accept_content=["json"])
         return self._client
 
     def run_task(self, name: str, *args, queue: str, timeout: float = 60) -> str:

@@ -102,11 +102,21 @@ def test_two_ingest_workers_racing_on_200_copies_make_one_incident(stack):
     stack.start("ingest")  # a second ingest worker process
     stack.kill("commander")
     event = {"message": "Queue overflowing on node 7", "service": "jobs"}
-    threads = [threading.Thread(target=lambda: [stack.send_event(event) for _ in range(50)]) for _ in range(4)]
+    failures = []
+
+    def send_50():
+        try:
+            for _ in range(50):
+                stack.send_event(event)
+        except Exception as exc:   # a producer thread that dies must fail the test, not lose its events quietly
+            failures.append(exc)
+
+    threads = [threading.Thread(target=send_50) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert not failures, failures
     wait_for(lambda: sum(r["occurrences"] for r in incident_rows(stack.database_url)) == 200, 60,
              what="200 occurrences")
     rows = incident_rows(stack.database_url)
