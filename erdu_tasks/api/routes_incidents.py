@@ -75,12 +75,12 @@ class IncidentDetail(IncidentSummary):
 
 
 class ActionBody(BaseModel):
-    """Who acts, and an optional note (resolve)."""
+    """Who acts, and an optional note (on resolve, the cause if none is known; else a timeline note)."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     by: str = Field(default="api", min_length=1, max_length=128, description="The person acting")
-    note: str | None = Field(default=None, max_length=4000, description="resolve: what was done / the cause")
+    note: str | None = Field(default=None, max_length=4000, description="what was done or why; kept on the timeline")
 
 
 class ActionResult(BaseModel):
@@ -138,7 +138,6 @@ def get_incident(incident_id: IncidentId, ctx: Ctx) -> dict[str, Any]:
     return asdict(incident)
 
 
-_ACTIONS = {"ack": people.acknowledge, "resolve": people.resolve, "approve": people.approve, "retry": people.retry}
 _NEEDS_BROKER = {"resolve", "approve", "retry"}
 
 
@@ -149,9 +148,8 @@ def _act(ctx: ApiContext, name: str, incident_id: str, body: ActionBody | None) 
     with ctx.rt.db.transaction() as conn:
         if store.get_incident(conn, incident_id) is None:
             raise HTTPException(404, f"no incident {incident_id}")
-    kwargs = {"note": body.note} if name == "resolve" else {}
     try:
-        done = _ACTIONS[name](ctx.rt, incident_id, body.by, **kwargs)
+        done = people.act(ctx.rt, name, incident_id, body.by, body.note)
     except people.ActionRefused as exc:
         raise HTTPException(409, str(exc)) from None
     return ActionResult(incident_id=done.incident_id, message=done.message)

@@ -331,49 +331,47 @@ def incidents_report(incident_id: str) -> None:
     print(plain(path.read_text(encoding="utf-8", errors="replace"), multiline=True))
 
 
-def _person(action, incident_id: str, **kwargs) -> None:
-    from erdu_tasks.tasks.people import ActionRefused
+By = Annotated[Optional[str], typer.Option("--by", help="Who acts (default: ERDU_USER, else your login name)")]
+Note = Annotated[Optional[str], typer.Option(help="What you did or why; kept on the incident's timeline")]
 
+
+def _person(name: str, incident_id: str, by: str | None, note: str | None) -> None:
+    from erdu_tasks.tasks.people import ActionRefused, act
+
+    if by is not None and not by.strip():
+        fail("--by needs a name")
     rt = runtime()
     incident_id = incident_id_of(rt, incident_id)
     try:
-        done = action(rt, incident_id, who(), **kwargs)
+        done = act(rt, name, incident_id, (by or who()).strip(), note)
     except ActionRefused as exc:
         fail(str(exc), 1)
     console.print(shown(done.message), highlight=False)
 
 
 @incidents_app.command("ack")
-def incidents_ack(incident_id: str) -> None:
+def incidents_ack(incident_id: str, by: By = None, note: Note = None) -> None:
     """Acknowledge an incident (stops its escalation)."""
-    from erdu_tasks.tasks.people import acknowledge
-
-    _person(acknowledge, incident_id)
+    _person("ack", incident_id, by, note)
 
 
 @incidents_app.command("resolve")
-def incidents_resolve(incident_id: str,
+def incidents_resolve(incident_id: str, by: By = None,
                       note: Annotated[Optional[str], typer.Option(help="What you did / the cause")] = None) -> None:
     """Resolve an incident by hand; the report is still written and ERDU learns from it."""
-    from erdu_tasks.tasks.people import resolve
-
-    _person(resolve, incident_id, note=note)
+    _person("resolve", incident_id, by, note)
 
 
 @incidents_app.command("approve")
-def incidents_approve(incident_id: str) -> None:
+def incidents_approve(incident_id: str, by: By = None, note: Note = None) -> None:
     """Approve a fix parked in awaiting_approval."""
-    from erdu_tasks.tasks.people import approve
-
-    _person(approve, incident_id)
+    _person("approve", incident_id, by, note)
 
 
 @incidents_app.command("retry")
-def incidents_retry(incident_id: str) -> None:
+def incidents_retry(incident_id: str, by: By = None, note: Note = None) -> None:
     """Re-drive an escalated incident from the stage that failed."""
-    from erdu_tasks.tasks.people import retry
-
-    _person(retry, incident_id)
+    _person("retry", incident_id, by, note)
 
 
 @failed_app.command("ls")

@@ -104,3 +104,20 @@ def retry(rt: Runtime, incident_id: str, who: str) -> ActionDone:
                      (incident_id,))
     hand_on(stage, incident_id)
     return ActionDone(incident_id, f"{incident_id} re-driven from {stage}")
+
+
+ACTIONS = {"ack": acknowledge, "resolve": resolve, "approve": approve, "retry": retry}
+"""A person's actions by name: what the CLI's and the API's incident actions call, through `act`."""
+
+
+def act(rt: Runtime, name: str, incident_id: str, who: str, note: str | None = None) -> ActionDone:
+    """Run a person's action; a note goes with it (the resolve note is the root cause if none is known;
+    on the other actions it is written on the timeline right after the action, by the same person)."""
+    if name == "resolve":
+        return resolve(rt, incident_id, who, note)
+    done = ACTIONS[name](rt, incident_id, who)
+    if note:
+        with rt.db.transaction() as conn:
+            store.add_timeline(conn, incident_id, actor=f"person:{who}", what=f"note by {who} ({name}): {note}",
+                               details={"note": note, "action": name})
+    return done

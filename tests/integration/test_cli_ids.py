@@ -56,3 +56,25 @@ def test_a_filter_that_can_never_match_is_refused_naming_the_allowed_values(two_
     assert done.returncode == 2 and value in done.stderr and allowed in done.stderr, done.stderr
     ok = erdu(url, "incidents", "ls", "--severity", "p3", "--json")
     assert ok.returncode == 0 and len(ok.stdout.splitlines()) == 2
+
+
+def test_a_person_action_takes_by_and_note_and_the_timeline_keeps_both(two_incidents):
+    url, (first, _) = two_incidents
+    done = erdu(url, "incidents", "ack", first, "--by", "alice", "--note", "looking at the cache nodes")
+    assert done.returncode == 0 and "acknowledged by alice" in done.stdout, done.stderr
+    with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as conn:
+        whats = [r["what"] for r in conn.execute(
+            "SELECT actor, what FROM incident_timeline WHERE incident_id = %s ORDER BY id", (first,))]
+    assert "acknowledged by alice" in whats
+    assert "note by alice (ack): looking at the cache nodes" in whats
+    assert erdu(url, "incidents", "ack", first, "--by", " ").returncode == 2
+
+
+@pytest.mark.parametrize("action", ["ack", "resolve", "approve", "retry"])
+def test_every_person_action_offers_by_and_note(action):
+    from typer.testing import CliRunner
+
+    from erdu_tasks.cli.main import app
+
+    shown = CliRunner().invoke(app, ["incidents", action, "--help"], env={"COLUMNS": "200"}).output
+    assert "--by" in shown and "--note" in shown, shown
