@@ -205,8 +205,10 @@ def send(
     label: Annotated[Optional[list[str]], typer.Option(help="key=value, repeatable")] = None,
     count: Annotated[int, typer.Option(help="How many times it happened")] = 1,
     dedup_key: Annotated[Optional[str], typer.Option(help="Your own dedup key (overrides the fingerprint)")] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for ingest to say which incident it became "
+                                             "(0: do not wait)", min=0, max=300)] = 10.0,
 ) -> None:
-    """Send one event to ERDU's ingest queue."""
+    """Send one event to ERDU's ingest queue, then say which incident it became."""
     from erdu_tasks.client.producer import Client, ClientError
 
     labels = {}
@@ -225,6 +227,46 @@ def send(
     except ClientError as exc:
         fail(str(exc))
     console.print(f"sent (task {task_id})")
+    if wait:
+        _say_where_it_landed(settings, event, task_id, wait)
+
+
+def _say_where_it_landed(settings, event: dict, task_id: str, wait: float) -> None:
+    """Wait for ingest's receipt of the message, then name the incident the event's fingerprint is on."""
+    import time
+
+    import psycopg
+
+    from erdu_tasks.errors import InvalidEvent
+    from erdu_tasks.ingest.accept import fold
+    from erdu_tasks.ingest.detect.rules import RuleSet
+    from erdu_tasks.ingest.formats.event import parse_events
+
+    find = f"erdu incidents ls --service {shown(event['service'])}" if event.get("service") else "erdu incidents ls"
+    try:
+        groups, _ = fold(parse_events(event), RuleSet.load(settings.rules_file))
+    except (InvalidEvent, ConfigError) as exc:
+        err.print(f"ingest will refuse it: {shown(exc)}", highlight=False, soft_wrap=True)
+        return
+    if not groups:
+        console.print("an ignore rule drops this event: it opens no incident", highlight=False, soft_wrap=True)
+        return
+    deadline = time.monotonic() + wait
+    try:
+        with psycopg.connect(settings.database_url, connect_timeout=3, autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                if conn.execute("SELECT 1 FROM ingest_receipts WHERE message_id = %s", (task_id,)).fetchone():
+                    row = conn.execute("SELECT id, status, occurrences FROM incidents WHERE fingerprint = %s"
+                                       " ORDER BY created_at DESC LIMIT 1", (groups[0].fingerprint,)).fetchone()
+                    if row:
+                        console.print(f"incident {row[0]} ({row[1]}, {row[2]} occurrence(s))", highlight=False, soft_wrap=True)
+                        return
+                time.sleep(0.2)
+    except psycopg.Error as exc:
+        err.print(f"cannot read the incident store to say where it went ({shown(exc)}); try: {find}",
+                  highlight=False, soft_wrap=True)
+        return
+    console.print(f"not ingested within {wait:g} s (is an ingest worker running?); then: {find}", highlight=False, soft_wrap=True)
 
 
 def _age(ts: datetime | None) -> str:

@@ -83,13 +83,27 @@ def test_report_event_over_http_answers_the_incident_id(tmp_path, redis_server, 
 
 def test_erdu_send_goes_through_the_same_client(stack_factory):
     stack = stack_factory()
-    done = stack.erdu("send", "Disk almost full", "--service", "files", "--label", "mount=/srv")
+    done = stack.erdu("send", "Disk almost full", "--service", "files", "--label", "mount=/srv", "--wait", "0")
     assert done.returncode == 0, done.stderr
     assert "sent (task" in done.stdout
     (event,) = queued_events(stack.redis_url)
     assert event["message"] == "Disk almost full" and event["labels"] == {"mount": "/srv"}
     bad = stack.erdu("send", "x", "--count", "0")
     assert bad.returncode != 0 and "count" in bad.stderr
+
+
+def test_erdu_send_says_which_incident_the_event_became_or_how_to_find_it(stack_factory):
+    stack = stack_factory()
+    waited = stack.erdu("send", "Cache node unreachable", "--service", "cache", "--wait", "1")
+    assert waited.returncode == 0, waited.stderr
+    assert "not ingested within 1 s" in waited.stdout and "erdu incidents ls --service cache" in waited.stdout
+    stack.start("ingest")
+    first = stack.erdu("send", "Cache node unreachable", "--service", "cache")
+    again = stack.erdu("send", "Cache node unreachable", "--service", "cache")
+    incident = incident_rows(stack.database_url, "SELECT id FROM incidents")[0]["id"]
+    assert f"incident {incident} (detected, 2 occurrence(s))" in first.stdout + again.stdout, (first.stdout,
+                                                                                              again.stdout)
+    assert f"incident {incident} (detected, 3 occurrence(s))" in again.stdout
 
 
 def test_the_handler_folds_a_storm_of_one_error_into_one_event_with_a_count(private_redis):
