@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from erdu_tasks.devstack.embedded import EmbeddedServer, free_port, port_open, start_postgres, start_redis, die_with_parent
@@ -239,6 +240,21 @@ def write_state(var: Path, urls: dict[str, str], children: list[Child]) -> Path:
     return path
 
 
+def hold_state_dir(var: Path):
+    """Lock the state directory for this stack (var/up.lock, released when the process ends, however it
+    ends); None if another `erdu up` holds it: two stacks on one state would share logs, private
+    servers' data and up.json."""
+    import fcntl
+
+    handle = open(var / "up.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
+
+
 def run_up(settings: Settings, *, with_api: bool = True, with_flower: bool = True, with_metrics: bool = True,
            console: Console | None = None, probe_default_ports: bool | None = None) -> int:
     """Run the stack until SIGINT/SIGTERM; returns the exit code."""
@@ -248,6 +264,16 @@ def run_up(settings: Settings, *, with_api: bool = True, with_flower: bool = Tru
     console = console or Console()
     var = Path(settings.state_dir)
     var.mkdir(parents=True, exist_ok=True)
+    lock = hold_state_dir(var)
+    if lock is None:
+        try:
+            other = json.loads((var / "up.json").read_text(encoding="utf-8")).get("pid")
+        except (OSError, ValueError):
+            other = None
+        console.print(f"[bold red]error:[/] another `erdu up`{f' (pid {other})' if other else ''} runs on the "
+                      f"state directory {escape(str(var.resolve()))}; stop it first, or give a second stack its "
+                      "own ERDU_STATE_DIR (and ports)", highlight=False)
+        return 1
     signals = {"count": 0}
 
     def on_signal(signum, frame):  # noqa: ARG001

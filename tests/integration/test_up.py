@@ -157,3 +157,22 @@ def test_up_in_a_fresh_directory_runs_everything_closes_an_incident_and_leaves_n
     still = [port for port in ports if answers(port)]
     assert not still, f"ports still listening: {still}"
     assert not (fresh_dir / "var" / "up.json").exists()
+
+
+def test_a_second_up_on_the_same_state_directory_is_refused_before_it_starts_anything(tmp_path):
+    import fcntl
+    import json
+
+    var = tmp_path / "var"
+    var.mkdir()
+    (var / "up.json").write_text(json.dumps({"pid": 4242}))
+    with open(var / "up.lock", "a+") as held:   # what the running stack holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        env = {**os.environ, "ERDU_STATE_DIR": str(var), "ERDU_REDIS_URL": "redis://127.0.0.1:1/0"}
+        env.pop("ERDU_CONFIG", None)
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "erdu_tasks.cli", "up"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "another `erdu up` (pid 4242)" in done.stdout + done.stderr
+    assert time.monotonic() - started < 30 and not (var / "logs").exists()   # nothing was started
