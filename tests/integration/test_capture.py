@@ -20,8 +20,9 @@ from erdu_tasks.model import Event
 from erdu_tasks.runtime import Runtime
 from erdu_tasks.settings import load_settings
 from erdu_tasks.store import incidents as store
-from erdu_tasks.tasks import fix as fix_stage, pipeline
+from erdu_tasks.tasks import pipeline
 from tests.conftest import wait_for
+from tests.integration.test_fix_holds import run_fix
 
 SERVICE = textwrap.dedent("""
     import os, sys, time
@@ -86,15 +87,6 @@ def open_incident(rt: Runtime, service: str) -> str:
     with rt.db.transaction() as conn:
         conn.execute("UPDATE incidents SET status = 'investigating' WHERE id = %s", (ids[0],))
     return ids[0]
-
-
-def run_fix(rt: Runtime, incident_id: str) -> dict:
-    with rt.db.transaction() as conn:
-        outside = fix_stage._fix(conn, rt, store.get_incident(conn, incident_id, for_update=True), "test")
-    outcome = outside.act()
-    with rt.db.transaction() as conn:
-        outside.settle(conn, outcome)
-    return outcome
 
 
 def incident(rt: Runtime, incident_id: str):
