@@ -318,7 +318,9 @@ def incidents_ls(
                               "created_at": i.created_at.isoformat() if i.created_at else None}))
         return
     table = Table(title=f"{len(rows)} incident(s)")
-    for col in ("ID", "Sev", "Status", "Service", "Title", "Count", "Created"):
+    # The id is what every other command takes: shown whole, on one line, at any width (the title wraps).
+    table.add_column("ID", no_wrap=True, min_width=max((len(i.id) for i in rows), default=2))
+    for col in ("Sev", "Status", "Service", "Title", "Count", "Created"):
         table.add_column(col)
     for i in rows:
         table.add_row(i.id, i.severity.value, i.status.value, shown(i.service or "-"), shown(i.title, limit=60),

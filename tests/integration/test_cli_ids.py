@@ -78,3 +78,18 @@ def test_every_person_action_offers_by_and_note(action):
 
     shown = CliRunner().invoke(app, ["incidents", action, "--help"], env={"COLUMNS": "200"}).output
     assert "--by" in shown and "--note" in shown, shown
+
+
+def test_ls_shows_every_id_whole_at_80_columns(two_incidents):
+    import os
+    import subprocess
+    import sys
+
+    url, ids = two_incidents
+    env = {**os.environ, "ERDU_DATABASE_URL": url, "COLUMNS": "80", "TERM": "xterm"}
+    env.pop("ERDU_CONFIG", None)
+    done = subprocess.run([sys.executable, "-m", "erdu_tasks.cli", "incidents", "ls"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert all(incident_id in done.stdout for incident_id in ids), done.stdout
+    assert max(len(line) for line in done.stdout.splitlines()) <= 80
