@@ -328,6 +328,10 @@ def incidents_ls(
     console.print(table)
 
 
+SHOW_LINES = 60
+"""How many lines of the first occurrence `incidents show` prints."""
+
+
 @incidents_app.command("show")
 def incidents_show(incident_id: str) -> None:
     """One incident with its timeline."""
@@ -340,8 +344,20 @@ def incidents_show(incident_id: str) -> None:
     if i is None:
         fail(f"no incident {incident_id}", 1)
     console.print(f"[bold]{shown(i.id)}[/]  {i.severity.value}  {i.status.value}  {shown(i.title)}", highlight=False)
-    console.print(f"service: {shown(i.service or '-')}  source: {shown(i.source)}  occurrences: {i.occurrences}  "
-                  f"fingerprint: {shown(i.fingerprint)}", highlight=False)
+    console.print(f"service: {shown(i.service or '-')}  host: {shown(i.host or '-')}  source: {shown(i.source)}  "
+                  f"occurrences: {i.occurrences}  fingerprint: {shown(i.fingerprint)}", highlight=False)
+    if i.labels:
+        console.print("labels: " + "  ".join(f"{shown(k)}={shown(v)}" for k, v in sorted(i.labels.items())),
+                      highlight=False)
+    if i.tags:
+        console.print("tags: " + ", ".join(shown(t) for t in i.tags), highlight=False)
+    if i.description and i.description.strip() != i.title.strip():
+        lines = i.description.splitlines()
+        console.print("first occurrence (message, traceback):", highlight=False)
+        console.print(escape(plain("\n".join(lines[:SHOW_LINES]), multiline=True)), highlight=False, soft_wrap=True)
+        if len(lines) > SHOW_LINES:
+            console.print(f"… {len(lines) - SHOW_LINES} more line(s): `erdu incidents report {i.id}` or the API",
+                          highlight=False)
     if i.root_cause:
         console.print(f"root cause: {shown(i.root_cause)}", highlight=False)
     if i.report_path:
@@ -352,7 +368,7 @@ def incidents_show(incident_id: str) -> None:
     for t in i.timeline:
         status = f"{t.from_status or ''} → {t.to_status}" if t.to_status else ""
         table.add_row(t.at.strftime("%H:%M:%S.%f")[:-3], shown(t.actor), shown(t.worker or ""), status,
-                      shown(t.what, limit=100))
+                      shown(t.what))   # whole: the table wraps it
     console.print(table)
 
 

@@ -93,3 +93,21 @@ def test_ls_shows_every_id_whole_at_80_columns(two_incidents):
     assert done.returncode == 0, done.stderr
     assert all(incident_id in done.stdout for incident_id in ids), done.stdout
     assert max(len(line) for line in done.stdout.splitlines()) <= 80
+
+
+def test_show_prints_host_labels_the_first_occurrence_and_the_whole_timeline(fresh_database_url):
+    trace = "Traceback (most recent call last):\n  File \"app.py\", line 3, in <module>\nKeyError: 'cart-17'"
+    with psycopg.connect(fresh_database_url, row_factory=psycopg.rows.dict_row) as conn:
+        iid = store.upsert_incident(conn, NewIncident(
+            fingerprint="show-1", template="KeyError <*>", title="KeyError in checkout", description=trace,
+            severity=Severity.P2, source="log", service="checkout", host="web-3", affected_services=[],
+            tags=["python"], labels={"region": "eu"}, error_details={}, samples=[], count=1)).incident_id
+        long_what = "restarted the checkout pool after draining " + "every connection " * 12 + "END-OF-NOTE"
+        store.add_timeline(conn, iid, actor="person:alice", what=long_what)
+        conn.commit()
+    done = erdu(fresh_database_url, "incidents", "show", iid)
+    assert done.returncode == 0, done.stderr
+    flat = " ".join(done.stdout.split())
+    assert "host: web-3" in flat and "region=eu" in flat and "tags: python" in flat
+    assert "KeyError: 'cart-17'" in done.stdout and 'File "app.py", line 3' in done.stdout
+    assert "END-OF-NOTE" in flat   # the timeline is not cut
