@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from erdu_tasks.tasks import people
+from erdu_tasks.store import failed
 from erdu_tasks.api.auth import require_read, require_write
 from erdu_tasks.api.context import ApiContext, context
 
@@ -76,7 +77,7 @@ def list_failed(
     """Stage tasks that failed for good, newest first."""
     where, params = [], []
     if not include_retried:
-        where.append("retried_at IS NULL")
+        where.append(failed.OPEN)
     if incident_id:
         where.append("incident_id = %s")
         params.append(incident_id)
@@ -95,7 +96,7 @@ def retry_failed(ctx: Ctx, body: Annotated[RetryBody, Body()]) -> RetryResult:
     with ctx.rt.db.transaction() as conn:
         if body.all:
             ids = [r["incident_id"] for r in conn.execute(
-                "SELECT DISTINCT incident_id FROM failed_tasks WHERE retried_at IS NULL AND incident_id IS NOT NULL"
+                f"SELECT DISTINCT incident_id FROM failed_tasks WHERE {failed.OPEN} AND incident_id IS NOT NULL"
                 " ORDER BY incident_id").fetchall()]
         else:
             if conn.execute("SELECT 1 FROM incidents WHERE id = %s", (body.incident_id,)).fetchone() is None:

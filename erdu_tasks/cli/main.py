@@ -435,13 +435,16 @@ def incidents_retry(incident_id: str, by: By = None, note: Note = None) -> None:
 
 
 @failed_app.command("ls")
-def failed_ls(all_: Annotated[bool, typer.Option("--all", help="Include already retried")] = False) -> None:
-    """Failed stage tasks: incident, stage, error, time."""
+def failed_ls(all_: Annotated[bool, typer.Option("--all", help="Include retried and dismissed ones")] = False
+              ) -> None:
+    """Failed stage tasks still waiting for a person: incident, stage, error, time."""
+    from erdu_tasks.store import failed
+
     rt = runtime()
     with rt.db.transaction() as conn:
         rows = conn.execute(
             "SELECT id, task_id, task_name, stage, incident_id, error, worker, failed_at, retried_at"
-            " FROM failed_tasks" + ("" if all_ else " WHERE retried_at IS NULL") + " ORDER BY id DESC LIMIT 200"
+            " FROM failed_tasks" + ("" if all_ else f" WHERE {failed.OPEN}") + " ORDER BY id DESC LIMIT 200"
         ).fetchall()
     table = Table(title=f"{len(rows)} failed task(s)")
     for col in ("#", "Incident", "Stage", "Task", "Error", "Failed", "Retried"):
@@ -453,6 +456,43 @@ def failed_ls(all_: Annotated[bool, typer.Option("--all", help="Include already 
     console.print(table)
 
 
+@failed_app.command("show")
+def failed_show(failed_id: Annotated[int, typer.Argument(help="The # that `erdu failed ls` shows")]) -> None:
+    """One failed task whole: task, incident, worker, the full error, and whether it was retried or dismissed."""
+    from erdu_tasks.store import failed
+
+    rt = runtime()
+    with rt.db.transaction() as conn:
+        row = failed.get(conn, failed_id)
+    if row is None:
+        fail(f"no failed task #{failed_id}", 1)
+    for key in ("task_name", "task_id", "stage", "incident_id", "worker", "failed_at", "retried_at", "dismissed_at",
+                "dismissed_by", "dismiss_note"):
+        if row[key] is not None:
+            console.print(f"{key}: {shown(row[key])}", highlight=False, soft_wrap=True)
+    console.print("error:", highlight=False)
+    console.print(escape(plain(row["error"], multiline=True)), highlight=False, soft_wrap=True)
+
+
+@failed_app.command("dismiss")
+def failed_dismiss(failed_id: Annotated[int, typer.Argument(help="The # that `erdu failed ls` shows")],
+                   by: By = None, note: Note = None) -> None:
+    """Dismiss a failed task nobody will retry: it leaves `failed ls` and the open count (who and why kept)."""
+    from erdu_tasks.store import failed
+
+    rt = runtime()
+    who_ = (by or who()).strip()
+    with rt.db.transaction() as conn:
+        row = failed.get(conn, failed_id)
+        if row is None:
+            fail(f"no failed task #{failed_id}", 1)
+        done = failed.dismiss(conn, failed_id, who_, note)
+    if done is None:
+        state = "dismissed" if row["dismissed_at"] else "retried"
+        fail(f"failed task #{failed_id} was already {state}", 1)
+    console.print(f"failed task #{failed_id} dismissed by {shown(who_)}", highlight=False)
+
+
 @failed_app.command("retry")
 def failed_retry(
     incident_id: Annotated[Optional[str], typer.Argument(help="Incident whose failed stage to re-drive")] = None,
@@ -461,13 +501,15 @@ def failed_retry(
     """Re-drive incidents from the stage that failed (idempotent)."""
     from erdu_tasks.tasks.people import ActionRefused, retry
 
+    from erdu_tasks.store import failed
+
     if not incident_id and not all_:
         fail("give an incident id or --all")
     rt = runtime()
     if all_:
         with rt.db.transaction() as conn:
             ids = [r["incident_id"] for r in conn.execute(
-                "SELECT DISTINCT incident_id FROM failed_tasks WHERE retried_at IS NULL AND incident_id IS NOT NULL"
+                f"SELECT DISTINCT incident_id FROM failed_tasks WHERE {failed.OPEN} AND incident_id IS NOT NULL"
             ).fetchall()]
     else:
         ids = [incident_id_of(rt, incident_id)]

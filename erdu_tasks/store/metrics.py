@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from erdu_tasks.names import ROLES
+from erdu_tasks.store import failed
 
 # Seconds. MTTA/MTTR span seconds to a day; stages span milliseconds to minutes.
 RESPONSE_BUCKETS: tuple[float, ...] = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
@@ -110,7 +111,7 @@ def read_postgres(conn: psycopg.Connection, snap: Snapshot) -> None:
     snap.stage = _histograms((r for r in buckets if r["metric"] == "stage" and r["label"] in STAGE_ROLES),
                              len(STAGE_BUCKETS))
     snap.failed_tasks = [(r["stage"], int(r["open"]), int(r["n"])) for r in q(
-        "SELECT coalesce(stage, 'none') AS stage, count(*) FILTER (WHERE retried_at IS NULL) AS open,"
+        f"SELECT coalesce(stage, 'none') AS stage, count(*) FILTER (WHERE {failed.OPEN}) AS open,"
         " count(*) AS n FROM failed_tasks GROUP BY 1 ORDER BY 1").fetchall()]
     if q("SELECT to_regclass('deliveries') IS NOT NULL AS t").fetchone()["t"]:
         snap.notification_failures = [(r["channel"], int(r["n"])) for r in q(

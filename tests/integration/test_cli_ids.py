@@ -111,3 +111,29 @@ def test_show_prints_host_labels_the_first_occurrence_and_the_whole_timeline(fre
     assert "host: web-3" in flat and "region=eu" in flat and "tags: python" in flat
     assert "KeyError: 'cart-17'" in done.stdout and 'File "app.py", line 3' in done.stdout
     assert "END-OF-NOTE" in flat   # the timeline is not cut
+
+
+def test_failed_show_prints_a_failed_task_whole_and_dismiss_takes_it_off_the_open_list(two_incidents):
+    url, (first, _) = two_incidents
+    error = "TypeError: diagnose() takes 1 positional argument\n" + "frame line\n" * 5 + "END-OF-ERROR"
+    with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as conn:
+        failed_id = conn.execute("INSERT INTO failed_tasks (task_id, task_name, stage, incident_id, error, worker)"
+                                 " VALUES ('t-1', 'erdu.diagnose', 'diagnose', %s, %s, 'diagnostician@h/1')"
+                                 " RETURNING id", (first, error)).fetchone()["id"]
+        conn.commit()
+    shown = erdu(url, "failed", "show", str(failed_id))
+    assert shown.returncode == 0, shown.stderr
+    assert "erdu.diagnose" in shown.stdout and "END-OF-ERROR" in shown.stdout and first in shown.stdout
+    assert erdu(url, "failed", "show", "999999").returncode == 1
+    listed = erdu(url, "failed", "ls")
+    assert "erdu.diagnose" in listed.stdout
+    done = erdu(url, "failed", "dismiss", str(failed_id), "--by", "carol", "--note", "poison from the old release")
+    assert done.returncode == 0 and "dismissed by carol" in done.stdout, done.stderr
+    assert "erdu.diagnose" not in erdu(url, "failed", "ls").stdout
+    assert "erdu.diagnose" in erdu(url, "failed", "ls", "--all").stdout
+    again = erdu(url, "failed", "dismiss", str(failed_id))
+    assert again.returncode == 1 and "already dismissed" in again.stderr
+    with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as conn:
+        whats = [r["what"] for r in conn.execute("SELECT what FROM incident_timeline WHERE incident_id = %s",
+                                                 (first,))]
+    assert f"failed task #{failed_id} (erdu.diagnose) dismissed by carol: poison from the old release" in whats
