@@ -5,7 +5,12 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 TEST_WORKERS ?= 4
 
-.PHONY: up test install bench clean
+.PHONY: up test install bench clean debs
+
+# Debian packages the test suite drives as real peers: Chromium (browser tests), supervisor (the chaos
+# suite's process manager), redis-sentinel and pgbouncer. Installed once, when one is missing.
+DEBS := chromium supervisor redis-sentinel pgbouncer
+DEB_CMDS := chromium supervisord redis-sentinel pgbouncer
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +27,15 @@ up: $(STAMP)
 # processes, timeouts and outages, not computing, so two per core keep both busy. The tests of a module
 # that shares one stack stay on one worker (xdist_group), the others are spread one by one; the 15
 # slowest tests are listed at the end.
-test: $(STAMP)
+debs:
+	@missing=0; for c in $(DEB_CMDS); do command -v $$c >/dev/null 2>&1 || PATH=$$PATH:/usr/sbin command -v $$c >/dev/null 2>&1 || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  echo "installing Debian packages: $(DEBS)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBS) >/dev/null \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBS) >/dev/null; }; \
+	fi
+
+test: $(STAMP) debs
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check --no-cache --quiet erdu_tasks workers bench beat_schedule.py
 	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup --durations=15 $(PYTEST_ARGS)
