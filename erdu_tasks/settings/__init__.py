@@ -28,13 +28,14 @@ from erdu_tasks.settings.common import Dsn, DsnStr, RunbookHost, mask_url
 from erdu_tasks.settings.escalation import EscalationConfig
 from erdu_tasks.settings.heartbeats import HeartbeatsConfig
 from erdu_tasks.settings.monitors import MonitorsConfig
+from erdu_tasks.settings.people import People, check_people
 from erdu_tasks.settings.roles import BrainConfig, CommanderConfig, LearningConfig
 from erdu_tasks.settings.servers import ApiSection, FlowerSection
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/erdu"
 
-_SECTIONS = frozenset({"monitors", "escalation", "commander", "learning", "brain", "api", "flower", "heartbeats"})
+_SECTIONS = frozenset({"monitors", "escalation", "commander", "learning", "brain", "api", "flower", "heartbeats", "people"})
 
 
 def _config_file() -> Path | None:
@@ -101,6 +102,12 @@ class Settings(BaseSettings):
     api: ApiSection = Field(default_factory=ApiSection)
     flower: FlowerSection = Field(default_factory=FlowerSection)
     heartbeats: HeartbeatsConfig = Field(default_factory=HeartbeatsConfig)
+    people: People = Field(default_factory=dict)   # settings/people.py
+
+    @field_validator("people")
+    @classmethod
+    def _person_names(cls, value: People) -> People:
+        return check_people(value)
 
     @field_validator("worker_concurrency")
     @classmethod
