@@ -9,6 +9,7 @@
       db_timeout_seconds: 3
       broker_timeout_seconds: 2
       default_page_size: 50
+      public_url: https://erdu.example.com   # the console's address as people reach it (links in notifications)
     flower:
       port: 5555
       address: 127.0.0.1             # beyond this machine only with user and password
@@ -44,6 +45,14 @@ class ApiSection(Section):
     db_timeout_seconds: float = Field(default=3.0, gt=0)
     broker_timeout_seconds: float = Field(default=2.0, gt=0)
     default_page_size: int = Field(default=50, ge=1, le=500)
+    # The console's base URL as people reach it; notifications link to {public_url}/incidents/ID.
+    # Unset: http://{host}:{port}.
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", max_length=512)
+
+    def console_url(self, path: str = "") -> str:
+        """An absolute link into the console (path starting with '/')."""
+        base = (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        return base + path
 
     token: refused("set ERDU_API_TOKEN (or api_token at the top level of the config file)")
     read_token: refused("set ERDU_API_READ_TOKEN (or api_read_token at the top level of the config file)")
