@@ -154,3 +154,5 @@ BEAT_LOCK_KEY = "erdu:beat:lock"
 REDBEAT_PREFIX = "erdu:redbeat:"
 TAIL_LOCK_PREFIX = "erdu:monitor:tail:"  # + sha1(path): one log tailer per file at a time
 NOTIFY_RATE_PREFIX = "erdu:notify:rate:"  # + channel:window: notifications per channel per minute
+SLACK_SEEN_PREFIX = "erdu:slack:seen:"  # + signature: a Slack request already accepted (replays refused)
+SLACK_CLICK_PREFIX = "erdu:slack:click:"  # + click key: a button click already handled (retries do nothing)

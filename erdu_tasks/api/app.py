@@ -27,6 +27,7 @@ from erdu_tasks.api import (
     routes_incidents,
     routes_pagerduty,
     routes_silences,
+    routes_slack,
 )
 from erdu_tasks.api.config import ApiConfig, api_config
 from erdu_tasks.api.context import ApiContext, log
@@ -107,7 +108,7 @@ def create_app(settings: Settings, config: ApiConfig | None = None) -> FastAPI:
     )
     app.state.erdu = ctx
     app.add_middleware(BodyGuard, max_bytes=config.max_body_bytes, max_depth=config.max_json_depth,
-                       error_body=_guard_error)
+                       error_body=_guard_error, raw_paths=frozenset({routes_slack.INTERACTIONS_PATH}))
     app.add_exception_handler(TransientError, _unavailable)
     app.add_exception_handler(kombu.exceptions.OperationalError, _broker_failed)
     app.add_exception_handler(redis.RedisError, _broker_failed)
@@ -116,7 +117,7 @@ def create_app(settings: Settings, config: ApiConfig | None = None) -> FastAPI:
     app.add_exception_handler(InvalidEvent, _invalid)
     app.add_exception_handler(Exception, _internal)
     for module in (routes_events, routes_alertmanager, routes_pagerduty, routes_incidents, routes_silences,
-                   routes_heartbeats):
+                   routes_heartbeats, routes_slack):
         app.include_router(module.router, responses=COMMON_RESPONSES)
     app.include_router(routes_health.router)
     from erdu_tasks.api import routes_failed  # `erdu failed ls|retry` over HTTP

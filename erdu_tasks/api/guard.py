@@ -71,11 +71,16 @@ async def _reply(send: Send, status: int, body_of: dict[str, Any]) -> None:
 
 
 class BodyGuard:
-    """ASGI middleware: 413 over the size limit, 400 for a body that is not clean JSON or a bad URL."""
+    """ASGI middleware: 413 over the size limit, 400 for a body that is not clean JSON (raw_paths excepted)
+    or a bad URL."""
 
     def __init__(self, app: ASGIApp, *, max_bytes: int, max_depth: int, drain_bytes: int | None = None,
-                 error_body: Callable[[str, str], dict[str, Any]] = _default_body) -> None:
+                 error_body: Callable[[str, str], dict[str, Any]] = _default_body,
+                 raw_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
+        # Paths whose body is not JSON (Slack's form-encoded, signed interactions): size-limited only,
+        # passed on byte for byte (the signature covers the raw body); their handler checks the rest.
+        self.raw_paths = raw_paths
         self.error_body = error_body
         self.max_bytes = max_bytes
         self.max_depth = max_depth
@@ -120,7 +125,7 @@ class BodyGuard:
                     await self._drain(receive, None)
                 await self._refuse(send, scope, 413, f"body is over the limit of {self.max_bytes} bytes")
                 return
-        if body:
+        if body and scope.get("path", "") not in self.raw_paths:
             try:
                 decode_json(bytes(body), self.max_depth)
             except BodyError as exc:

@@ -31,11 +31,12 @@ from erdu_tasks.settings.monitors import MonitorsConfig
 from erdu_tasks.settings.people import People, check_people
 from erdu_tasks.settings.roles import BrainConfig, CommanderConfig, LearningConfig
 from erdu_tasks.settings.servers import ApiSection, FlowerSection
+from erdu_tasks.settings.slack import SlackSection
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/erdu"
 
-_SECTIONS = frozenset({"monitors", "escalation", "commander", "learning", "brain", "api", "flower", "heartbeats", "people"})
+_SECTIONS = frozenset({"monitors", "escalation", "commander", "learning", "brain", "api", "flower", "heartbeats", "people", "slack"})
 
 
 def _config_file() -> Path | None:
@@ -103,6 +104,7 @@ class Settings(BaseSettings):
     flower: FlowerSection = Field(default_factory=FlowerSection)
     heartbeats: HeartbeatsConfig = Field(default_factory=HeartbeatsConfig)
     people: People = Field(default_factory=dict)   # settings/people.py
+    slack: SlackSection = Field(default_factory=SlackSection)   # settings/slack.py: interactivity
 
     @field_validator("people")
     @classmethod
@@ -207,5 +209,5 @@ def get_settings() -> Settings:
 
 
 __all__ = ["ApiSection", "BrainConfig", "CommanderConfig", "DEFAULT_DATABASE_URL", "DEFAULT_REDIS_URL", "DsnStr",
-           "EscalationConfig", "FlowerSection", "HeartbeatsConfig", "LearningConfig", "MonitorsConfig", "Settings",
+           "EscalationConfig", "FlowerSection", "HeartbeatsConfig", "LearningConfig", "MonitorsConfig", "Settings", "SlackSection",
            "get_settings", "load_settings", "secret_value", "secret_values"]

@@ -73,6 +73,7 @@ class Notification:
     occurrences: int = 1
     see_command: str = ""
     url: str | None = None
+    console_url: str | None = None   # the incident's console page ("Open in console" buttons)
     created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     held_count: int = 0
     held_incidents: tuple[str, ...] = ()
@@ -100,6 +101,7 @@ class Notification:
         attempted_fixes: Sequence[AttemptedFix] = (),
         see_command: str = "",
         url: str | None = None,
+        console_url: str | None = None,
         now: datetime | None = None,
     ) -> Notification:
         """The notification for an incident; `attempted_fixes` come from escalation.runs.attempted_fixes."""
@@ -125,6 +127,7 @@ class Notification:
             occurrences=incident.occurrences,
             see_command=see_command,
             url=url,
+            console_url=console_url,
             created_at=now or datetime.now(timezone.utc),
         )
 
