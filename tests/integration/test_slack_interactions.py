@@ -206,3 +206,66 @@ def test_resolve_from_slack_resolves_and_hands_the_incident_to_the_resolver(env)
     assert env.broker.llen(names.Queue.RESOLVER.value) == queued + 1
     assert message.button("erdu.resolve") is None and message.button("erdu.open"), "only Open stays"
     assert "Resolved* by Alice Martin" in message.rendered()
+
+
+# --------------------------------------------------------------------------- with a real worker
+
+
+def test_a_signed_slack_ack_stops_the_chain_a_real_worker_sweeps_and_a_forged_one_does_not(stack_factory):
+    import json
+    import time
+
+    from erdu_tasks.store.db import Database
+    from tests.conftest import wait_for
+
+    slack = FakeSlack()
+    escalation = {"channels": {"oncall": {"type": "slack", "url": slack.hook_url}},
+                  "policies": {"default": [{"channels": ["oncall"], "ack_deadline": "2s"}, {"channels": ["oncall"]}]},
+                  "stuck_after": "off"}
+    people = {"alice": {"role": "responder", "contacts": {"slack_user": ALICE}}}
+    slack_section = {"signing_secret": SIGNING_SECRET, "response_hosts": ["127.0.0.1"]}
+    stack = stack_factory({"ERDU_ESCALATION": json.dumps(escalation), "ERDU_PEOPLE": json.dumps(people),
+                           "ERDU_SLACK": json.dumps(slack_section),
+                           "ERDU_API": json.dumps({"public_url": "https://console.example.com"})})
+    stack.start("monitor")
+    db = Database(stack.database_url)
+    settings = load_settings(database_url=stack.database_url, redis_url=stack.redis_url, people=people,
+                             slack=slack_section, escalation=escalation, alerts_dir=stack.alerts)
+
+    def sweep_once() -> None:
+        stack.client.send_task("erdu.sweep_escalations", queue="monitor")
+
+    try:
+        with TestClient(create_app(settings)) as client:
+            started = time.monotonic()
+            with db.transaction() as conn:
+                iid = new_incident(conn, service="orders-db")
+                escalate(conn, iid, now=datetime.now(timezone.utc))
+            sweep_once()
+            wait_for(lambda: slack.messages, 60, what="level 1 posted to Slack by the worker's sweep")
+            [message] = slack.messages
+            assert message.button("erdu.open")["url"] == f"https://console.example.com/incidents/{iid}"
+
+            body = slack.click(message, "erdu.ack", ALICE)
+            forged = client.post(PATH, content=body, headers=signed(body, "a-guessed-secret"))
+            assert forged.status_code == 401
+            with db.transaction() as conn:
+                assert conn.execute("SELECT status FROM incidents WHERE id = %s", (iid,)).fetchone()["status"] \
+                    == "escalated"
+            assert client.post(PATH, content=body, headers=signed(body, SIGNING_SECRET)).json()["ok"]
+
+            # Past level 1's deadline, sweeps find the incident acknowledged: the run stops, level 2 never goes out.
+            wait_for(lambda: time.monotonic() - started > 2.5, 10, what="level 1's ack deadline passed")
+
+            def stopped() -> bool:
+                sweep_once()
+                run = rows(db, "SELECT state FROM escalation_runs WHERE incident_id = %s", (iid,))[0]
+                return run["state"] == "acknowledged"
+
+            wait_for(stopped, 60, 0.3, what="the escalation run stopped on the Slack ack")
+            assert len(slack.messages) == 1, "no level 2 after the ack"
+            assert "escalation stopped at level 1: acknowledged" in timeline_whats(db, iid)
+            assert "acknowledged by alice" in timeline_whats(db, iid)
+    finally:
+        db.close()
+        slack.close()
