@@ -103,7 +103,8 @@ def create_app(settings: Settings, config: ApiConfig | None = None) -> FastAPI:
         summary="Events in, incidents out: the HTTP face of ERDU.",
         description="Send events (or Alertmanager / PagerDuty notifications), list incidents and act on them. "
                     "Every /v1 call needs `Authorization: Bearer <token>` when ERDU_API_TOKEN is set; "
-                    "the read-only token ERDU_API_READ_TOKEN allows GET only.",
+                    "the read-only token ERDU_API_READ_TOKEN allows GET only. POST /v1/slack/interactions "
+                    "takes no token: Slack's request signature authenticates it.",
         lifespan=lifespan,
     )
     app.state.erdu = ctx
