@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from erdu_tasks.escalation.channels.base import DeliveryResult, post_json
-from erdu_tasks.escalation.channels.slack import ACTED_BLOCK, ACTIONS_BLOCK, SlackAction
+from erdu_tasks.escalation.channels.slack import ACTED_BLOCK, ACTIONS_BLOCK, SlackAction, escape
 from erdu_tasks.model import INCIDENT_ID
 
 SIGNATURE_HEADER = "X-Slack-Signature"
@@ -185,10 +185,22 @@ def parse_interaction(body: bytes, *, response_hosts: list[str]) -> Interaction:
     )
 
 
-def updated_message(interaction: Interaction, line: str, buttons: dict[str, Any] | None) -> dict[str, Any]:
-    """The clicked message with a line saying who did what where its buttons were, and the buttons that
-    still apply (the response_url body that replaces the original)."""
+def _with_status(block: dict[str, Any], status: str) -> dict[str, Any]:
+    fields = block.get("fields")
+    if block.get("type") != "section" or not isinstance(fields, list):
+        return block
+    new = [{**f, "text": f"*Status*\n{escape(status)}"}
+           if isinstance(f, dict) and str(f.get("text", "")).startswith("*Status*\n") else f for f in fields]
+    return {**block, "fields": new}
+
+
+def updated_message(interaction: Interaction, line: str, buttons: dict[str, Any] | None,
+                    status: str | None = None) -> dict[str, Any]:
+    """The clicked message with a line saying who did what where its buttons were, the buttons that still
+    apply, and its Status field saying status (the response_url body that replaces the original)."""
     blocks = list(interaction.message_blocks)
+    if status:
+        blocks = [_with_status(b, status) for b in blocks]
     at = next((n for n, b in enumerate(blocks) if b.get("block_id") == ACTIONS_BLOCK), len(blocks))
     blocks = [b for b in blocks if b.get("block_id") != ACTIONS_BLOCK]
     acted = sum(str(b.get("block_id", "")).startswith(ACTED_BLOCK) for b in blocks)

@@ -121,7 +121,7 @@ def _update_message(rt: Runtime, click: Interaction, action: SlackAction, who: s
     line = f"{_DONE[action]} by {name} at {at:%H:%M} UTC"
     if action is SlackAction.SILENCE:
         line += f" · {escape(done.message)}"
-    sent = post_response(click.response_url, updated_message(click, line, buttons))
+    sent = post_response(click.response_url, updated_message(click, line, buttons, status.value))
     if not sent.ok:
         log.warning("slack message update failed", incident_id=click.incident_id, detail=sent.detail)
 

@@ -115,6 +115,7 @@ def test_a_signed_ack_acknowledges_the_incident_records_who_and_updates_the_mess
     assert message.button("erdu.ack") is None, "an acknowledged incident has no Ack button any more"
     assert message.button("erdu.resolve") and message.button("erdu.open")
     assert message.text == f"[P1] {iid}: orders is down (level 1)"
+    assert "*Status*\\nacknowledged" in message.rendered() and "*Status*\\nescalated" not in message.rendered()
 
     again = env.click(message, "erdu.resolve", user=VIEWER)   # a viewer may not act
     assert again.json()["ok"] is False and env.status(iid) == "acknowledged"

@@ -102,3 +102,12 @@ def test_the_updated_message_says_who_acted_where_the_buttons_were():
                                                                          "blocks": update["blocks"]}}),
                                               response_hosts=["hooks.slack.com"]), "resolved", None)
     assert [b.get("block_id") for b in again["blocks"]] == ["h", "erdu.acted.1", "erdu.acted.2", "see"]
+
+
+def test_two_people_cannot_share_one_slack_member_id():
+    from erdu_tasks.errors import ConfigError
+    from erdu_tasks.settings import load_settings
+
+    with pytest.raises(ConfigError, match="share contacts.slack_user U0SAME001"):
+        load_settings(people={"alice": {"contacts": {"slack_user": "U0SAME001"}},
+                              "bob": {"role": "admin", "contacts": {"slack_user": "U0SAME001"}}})
