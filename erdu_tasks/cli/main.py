@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
 from datetime import datetime, timezone
@@ -678,6 +679,48 @@ def stats(
         best = f"{shown(r.best_runbook)} {r.runbook_successes}/{r.runbook_attempts}" if r.best_runbook else "-"
         table.add_row(shown(r.key[:16]), shown(r.title or "", limit=40), *cells(r), best)
     console.print(table)
+
+
+@app.command()
+def prune(
+    older_than: Annotated[Optional[str], typer.Option(
+        help="Prune closed incidents closed longer ago than this (e.g. 30d); default: retention.incidents")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would go")] = False,
+    no_archive: Annotated[bool, typer.Option("--no-archive", help="Delete without writing the archive file")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
+) -> None:
+    """Apply the retention policy now: archive closed incidents past it to a .jsonl.gz file, then delete them.
+
+    Only closed incidents go; open, escalated and acknowledged ones stay whatever their age. Learned
+    patterns and the totals behind /metrics and `erdu stats` are kept. Beat runs the same every
+    retention.interval.
+    """
+    from erdu_tasks.escalation.policy import parse_duration
+    from erdu_tasks.tasks.retention import run_prune
+
+    keep = None
+    if older_than is not None:
+        try:
+            keep = parse_duration(older_than)
+        except ValueError as exc:
+            fail(f"--older-than {older_than!r}: {exc}")
+        if keep.total_seconds() < 3600:
+            fail(f"--older-than {older_than!r}: at least 1h, so nothing just closed is pruned")
+    rt = runtime()
+    if keep is None and rt.settings.retention.incidents is None:
+        if not as_json:
+            console.print("retention.incidents is off: no incident is pruned (give --older-than to prune anyway)")
+    result = run_prune(rt, older_than=keep, dry_run=dry_run, archive=not no_archive, by=f"person:{getpass.getuser()}")
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=2))
+        return
+    verb = "would prune" if dry_run else "pruned"
+    cutoff = f"closed before {result.cutoff:%Y-%m-%d %H:%M} UTC" if result.cutoff else "none (retention off)"
+    console.print(f"{verb} {result.incidents} incident(s) ({result.timeline} timeline rows), {cutoff}")
+    if not dry_run:
+        console.print(f"forgot {result.receipts} ingest receipt(s) and {result.rejected} rejected event(s)")
+        for path in result.archives:
+            console.print(f"archive: {path}", highlight=False)
 
 
 def main() -> None:

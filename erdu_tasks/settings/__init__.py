@@ -1,6 +1,6 @@
 """One typed settings object, built once from the environment (ERDU_*) and an optional erdu.yaml.
 
-Every key is a typed field, sections included (erdu_tasks/settings/{monitors,escalation,roles,servers}.py):
+Every key is a typed field, sections included (erdu_tasks/settings/*.py):
 an unknown or misplaced key is refused at start-up with its dotted path, so nothing is accepted and then
 ignored. A section may also be given as JSON in one variable (ERDU_MONITORS='{"logs": ...}') or key by key
 (ERDU_BRAIN__API_KEY).
@@ -29,13 +29,14 @@ from erdu_tasks.settings.escalation import EscalationConfig
 from erdu_tasks.settings.heartbeats import HeartbeatsConfig
 from erdu_tasks.settings.monitors import MonitorsConfig
 from erdu_tasks.settings.people import People, check_people
+from erdu_tasks.settings.retention import RetentionConfig
 from erdu_tasks.settings.roles import BrainConfig, CommanderConfig, LearningConfig
 from erdu_tasks.settings.servers import ApiSection, FlowerSection
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/erdu"
 
-_SECTIONS = frozenset({"monitors", "escalation", "commander", "learning", "brain", "api", "flower", "heartbeats", "people"})
+_SECTIONS = frozenset({"monitors", "escalation", "commander", "learning", "brain", "api", "flower", "heartbeats", "people", "retention"})
 
 
 def _config_file() -> Path | None:
@@ -103,6 +104,7 @@ class Settings(BaseSettings):
     flower: FlowerSection = Field(default_factory=FlowerSection)
     heartbeats: HeartbeatsConfig = Field(default_factory=HeartbeatsConfig)
     people: People = Field(default_factory=dict)   # settings/people.py
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     @field_validator("people")
     @classmethod
