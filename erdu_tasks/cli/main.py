@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import getpass
 import json
+import os
 import sys
 from datetime import datetime, timezone
 from typing import Annotated, Optional
@@ -15,6 +15,7 @@ from rich.table import Table
 from erdu_tasks.errors import ConfigError, ErduError, ServiceUnreachable
 from erdu_tasks.model import Severity, Status
 from erdu_tasks.names import ROLES
+from erdu_tasks.settings import get_settings
 from erdu_tasks.cli.common import console, err, fail, incident_id_of, load_settings, plain, runtime, shown, who
 from erdu_tasks.cli.silences import silence_app
 from erdu_tasks.cli.heartbeats import heartbeat, heartbeats_app
@@ -86,6 +87,14 @@ def worker_argv(roles: list[str], settings, *, concurrency: int | None = None, p
     return argv
 
 
+def db_pool_size(argv: list[str]) -> int:
+    """Postgres connections a worker process needs: one per thread of a thread pool plus one for the
+    process's own checks; a prefork or solo process runs one task at a time, so 2."""
+    kind = argv[argv.index("-P") + 1]
+    size = int(argv[argv.index("-c") + 1])
+    return size + 1 if kind == "threads" else 2
+
+
 def run_worker(spec: str, *, concurrency: int | None = None, pool: str | None = None,
                hostname: str | None = None, loglevel: str = "INFO") -> None:
     """Start a worker for one role (or several), consuming only those roles' queues."""
@@ -100,12 +109,15 @@ def run_worker(spec: str, *, concurrency: int | None = None, pool: str | None = 
     except ServiceUnreachable as exc:
         fail(str(exc))
     _check_config(settings)
+    argv = worker_argv(roles, settings, concurrency=concurrency, pool=pool, hostname=hostname, loglevel=loglevel)
+    if "ERDU_DB_POOL_MAX" not in os.environ and "db_pool_max" not in settings.model_fields_set:
+        os.environ["ERDU_DB_POOL_MAX"] = str(db_pool_size(argv))
+        get_settings.cache_clear()
     from erdu_tasks.app import ROLE_TASK_MODULES
     from erdu_tasks.app import app as celery_app
 
     celery_app.conf.include = list(dict.fromkeys(m for r in roles for m in ROLE_TASK_MODULES[r]))
-    celery_app.worker_main(worker_argv(roles, settings, concurrency=concurrency, pool=pool, hostname=hostname,
-                                       loglevel=loglevel))
+    celery_app.worker_main(argv)
 
 
 def _check_config(settings) -> None:
@@ -710,7 +722,7 @@ def prune(
     if keep is None and rt.settings.retention.incidents is None:
         if not as_json:
             console.print("retention.incidents is off: no incident is pruned (give --older-than to prune anyway)")
-    result = run_prune(rt, older_than=keep, dry_run=dry_run, archive=not no_archive, by=f"person:{getpass.getuser()}")
+    result = run_prune(rt, older_than=keep, dry_run=dry_run, archive=not no_archive, by=f"person:{who()}")
     if as_json:
         print(json.dumps(result.as_dict(), indent=2))
         return

@@ -77,7 +77,11 @@ class Settings(BaseSettings):
     consumer_stall_seconds: float = Field(default=30.0, ge=0)
     task_max_retries: int = Field(default=8, ge=0)
     retry_backoff_max: float = Field(default=60.0, gt=0)
+    # Postgres connections per worker process. Unset, `erdu worker` sizes it from the pool: a thread
+    # pool of N gets N + 1 (a thread each, and one for the process's own checks), a prefork child 2.
     db_pool_max: int = Field(default=4, ge=1)
+    # False behind PgBouncer in transaction mode (before 1.21), which cannot keep prepared statements.
+    db_prepared_statements: bool = True
 
     dry_run: bool = False
     # Hosts an incident's {host} / {service} may aim a runbook URL at, besides the catalog's `hosts:`

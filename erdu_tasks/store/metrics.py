@@ -246,9 +246,11 @@ class ErduCollector(Collector):
         snap = Snapshot()
         started = time.perf_counter()
         try:
+            # The timeout is set for the read's own transaction (SET LOCAL), not as a startup option,
+            # which PgBouncer refuses, nor for the session, which PgBouncer would hand to another client.
             with psycopg.connect(self.database_url, connect_timeout=3, autocommit=True,
-                                 row_factory=psycopg.rows.dict_row,
-                                 options="-c statement_timeout=10000") as conn:
+                                 row_factory=psycopg.rows.dict_row) as conn, conn.transaction():
+                conn.execute("SET LOCAL statement_timeout = 10000")
                 read_postgres(conn, snap)
             snap.postgres_up = True
         except psycopg.Error as exc:

@@ -44,3 +44,13 @@ def test_role_specs_all_commas_and_unknown_roles():
 def test_the_health_monitor_counts_a_combined_worker_for_each_of_its_roles():
     live = live_roles({"ingest+commander@h1": {"ok": "pong"}, "fixer@h2": {"ok": "pong"}})
     assert live == {"ingest": ["ingest+commander@h1"], "commander": ["ingest+commander@h1"], "fixer": ["fixer@h2"]}
+
+
+def test_the_database_pool_is_sized_from_the_worker_pool():
+    from erdu_tasks.cli.main import db_pool_size
+
+    settings = Settings()
+    shared = worker_argv(["ingest", "commander"], settings)
+    assert db_pool_size(shared) == int(shared[shared.index("-c") + 1]) + 1   # a thread each, and one more
+    assert db_pool_size(worker_argv(["fixer"], settings, pool="prefork", concurrency=3)) == 2
+    assert db_pool_size(worker_argv(["fixer"], settings, pool="threads", concurrency=6)) == 7
