@@ -18,7 +18,7 @@ def option(argv: list[str], name: str) -> str:
 def test_one_role_runs_with_its_own_pool_settings_and_node_name():
     argv = worker_argv(["fixer"], Settings(), hostname="host-a")
     assert (option(argv, "-Q"), option(argv, "-P"), option(argv, "-c"), option(argv, "-n")) == (
-        "fixer", "prefork", "1", "fixer@host-a")
+        "fixer", "prefork", "2", "fixer@host-a")
     assert "--max-tasks-per-child" in argv
 
 
@@ -27,7 +27,7 @@ def test_several_roles_share_one_thread_pool_as_large_as_their_pools_and_keep_th
     argv = worker_argv(["ingest", "commander", "fixer"], settings)
     assert option(argv, "-Q") == "ingest,commander,fixer"
     assert option(argv, "-P") == "threads"
-    assert option(argv, "-c") == str(4 + 2 + 1)
+    assert option(argv, "-c") == str(4 + 2 + 2)   # ingest 4, commander 2 (set), fixer 2
     assert option(argv, "-n") == "ingest+commander+fixer@%h"
     assert "--max-tasks-per-child" not in argv
     assert option(worker_argv(["ingest", "fixer"], settings, concurrency=3), "-c") == "3"
