@@ -613,7 +613,8 @@ def metrics(
 
     settings = load_settings()
     try:
-        serve(settings.database_url, settings.redis_url, port=port, address=address)
+        serve(settings.database_url, settings.redis_url, port=port, address=address,
+              channels=tuple(settings.escalation.channels))
     except OSError as exc:
         fail(f"cannot listen on {address}:{port}: {exc}")
 
