@@ -374,21 +374,18 @@ def incidents_show(incident_id: str) -> None:
 
 @incidents_app.command("report")
 def incidents_report(incident_id: str) -> None:
-    """Print the incident's Markdown report."""
-    from pathlib import Path
-
-    from erdu_tasks.roles.report import report_paths
+    """Print the incident's Markdown report: the final one once closed, "what we know so far" once escalated."""
+    from erdu_tasks.tasks.pipeline import current_report
 
     rt = runtime()
     incident_id = incident_id_of(rt, incident_id)
     with rt.db.transaction() as conn:
-        row = conn.execute("SELECT status, report_path FROM incidents WHERE id = %s", (incident_id,)).fetchone()
-    if row is None:
-        fail(f"no incident {incident_id}", 1)
-    path = Path(row["report_path"]) if row["report_path"] else report_paths(rt.settings.reports_dir, incident_id)[1]
-    if not path.is_file():
-        fail(f"{incident_id} has no report yet (status {row['status']})", 1)
-    print(plain(path.read_text(encoding="utf-8", errors="replace"), multiline=True))
+        found = current_report(conn, rt, incident_id)
+        status = conn.execute("SELECT status FROM incidents WHERE id = %s", (incident_id,)).fetchone()
+    if found is None:
+        fail(f"{incident_id} has no report yet (status {status['status'] if status else 'unknown'}: ERDU is still "
+             "handling it; the report starts when it is escalated to people, and is final at close)", 1)
+    print(plain(found[1], multiline=True))
 
 
 By = Annotated[Optional[str], typer.Option("--by", help="Who acts (default: ERDU_USER, else your login name)")]
