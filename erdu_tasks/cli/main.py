@@ -313,8 +313,10 @@ def incidents_ls(
         err.print(f"next page: --after {store.encode_cursor(rows[-1])}", highlight=False)
     if as_json:
         for i in rows:
+            first = i.first_occurrence(1)
             print(json.dumps({"id": i.id, "severity": i.severity.value, "status": i.status.value,
-                              "title": i.title, "service": i.service, "occurrences": i.occurrences,
+                              "title": i.title, "message": first[0] if first else i.title,
+                              "service": i.service, "occurrences": i.occurrences,
                               "created_at": i.created_at.isoformat() if i.created_at else None}))
         return
     console.print(_incident_table(rows, f"{len(rows)} incident(s)"))
@@ -327,8 +329,10 @@ def _incident_table(rows: list, title: str) -> Table:
     for col in ("Sev", "Status", "Service", "Title", "Count", "Created"):
         table.add_column(col)
     for i in rows:
-        table.add_row(i.id, i.severity.value, i.status.value, shown(i.service or "-"), shown(i.title, limit=60),
-                      str(i.occurrences), _age(i.created_at))
+        first = i.first_occurrence(1)
+        concrete = f"\n[dim]{shown(first[0], limit=60)}[/]" if first else ""   # the title is a template
+        table.add_row(i.id, i.severity.value, i.status.value, shown(i.service or "-"),
+                      shown(i.title, limit=60) + concrete, str(i.occurrences), _age(i.created_at))
     return table
 
 

@@ -24,9 +24,10 @@ from tests.conftest import wait_for
 from tests.integration.test_cli_hostile_text import erdu
 
 
-def open_incident(conn, n: int) -> str:
+def open_incident(conn, n: int, description: str = "") -> str:
     iid = store.upsert_incident(conn, store.NewIncident(
-        fingerprint=f"watch-{n}", template=f"Queue stalled {n}", title=f"Queue stalled {n}", description="",
+        fingerprint=f"watch-{n}", template=f"Queue stalled {n}", title=f"Queue stalled {n}",
+        description=description,
         severity=Severity.P2, source="log", service="billing", host=None, affected_services=[], tags=[],
         labels={}, error_details={}, samples=[], count=1)).incident_id
     store.add_timeline(conn, iid, actor="ingest", what="detected")
@@ -40,7 +41,7 @@ def conn(fresh_database_url):
 
 
 def test_watch_shows_the_open_incidents_then_each_change_and_stops_cleanly_on_ctrl_c(fresh_database_url, conn):
-    before = open_incident(conn, 0)
+    before = open_incident(conn, 0, "Queue stalled on shard 17: 4096 messages waiting")
     env = {**os.environ, "ERDU_DATABASE_URL": fresh_database_url, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
     env.pop("ERDU_CONFIG", None)
     proc = subprocess.Popen([sys.executable, "-m", "erdu_tasks.cli", "incidents", "watch", "--interval", "0.2"],
@@ -51,6 +52,7 @@ def test_watch_shows_the_open_incidents_then_each_change_and_stops_cleanly_on_ct
     try:
         wait_for(lambda: any("watching every" in line for line in lines), 30, what="the first table")
         assert any(before in line for line in lines)
+        assert any("shard 17" in line for line in lines), lines        # the concrete message below the title
         new = open_incident(conn, 1)
         assert store.transition(conn, new, expected=[Status.DETECTED], to=Status.ASSIGNED, actor="commander",
                                 what="assessed: automate")
