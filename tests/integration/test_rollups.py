@@ -5,6 +5,7 @@ an acknowledgement, a person's resolve, a delete, a rebuild and a TRUNCATE."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timezone
 
 import psycopg
 import pytest
@@ -182,6 +183,7 @@ def test_the_counters_only_grow_and_keep_the_severity_an_incident_was_opened_wit
              "resolved_by": {"automation": 1, "person": 1}}
     assert counters(conn) == after
     assert stats.overall(conn).auto_resolved == 1                       # a runbook's fix is automatic too
+    assert stats.overall(conn, since=datetime(2000, 1, 1, tzinfo=timezone.utc)).auto_resolved == 1
     conn.execute("DELETE FROM incidents WHERE id = %s", (a,))
     conn.execute("TRUNCATE incidents CASCADE")
     assert counters(conn) == after                                      # gone from the table, still counted

@@ -85,7 +85,7 @@ class Notification:
     message: str = ""
     """The first occurrence's concrete message (the title is the template: "Disk full on <*>")."""
     host: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict, hash=False)
     traceback: tuple[str, ...] = ()
     """The head of the first occurrence's traceback (TRACEBACK_HEAD_LINES lines)."""
 
