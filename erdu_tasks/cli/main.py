@@ -326,19 +326,76 @@ def incidents_ls(
         err.print(f"next page: --after {store.encode_cursor(rows[-1])}", highlight=False)
     if as_json:
         for i in rows:
+            first = i.first_occurrence(1)
             print(json.dumps({"id": i.id, "severity": i.severity.value, "status": i.status.value,
-                              "title": i.title, "service": i.service, "occurrences": i.occurrences,
+                              "title": i.title, "message": first[0] if first else i.title,
+                              "service": i.service, "occurrences": i.occurrences,
                               "created_at": i.created_at.isoformat() if i.created_at else None}))
         return
-    table = Table(title=f"{len(rows)} incident(s)")
+    console.print(_incident_table(rows, f"{len(rows)} incident(s)"))
+
+
+def _incident_table(rows: list, title: str) -> Table:
+    table = Table(title=title)
     # The id is what every other command takes: shown whole, on one line, at any width (the title wraps).
     table.add_column("ID", no_wrap=True, min_width=max((len(i.id) for i in rows), default=2))
     for col in ("Sev", "Status", "Service", "Title", "Count", "Created"):
         table.add_column(col)
     for i in rows:
-        table.add_row(i.id, i.severity.value, i.status.value, shown(i.service or "-"), shown(i.title, limit=60),
-                      str(i.occurrences), _age(i.created_at))
-    console.print(table)
+        first = i.first_occurrence(1)
+        concrete = f"\n[dim]{shown(first[0], limit=60)}[/]" if first else ""   # the title is a template
+        table.add_row(i.id, i.severity.value, i.status.value, shown(i.service or "-"),
+                      shown(i.title, limit=60) + concrete, str(i.occurrences), _age(i.created_at))
+    return table
+
+
+@incidents_app.command("watch")
+def incidents_watch(
+    interval: Annotated[float, typer.Option(min=0.1, max=3600, help="Seconds between two looks at Postgres")] = 2.0,
+    once: Annotated[bool, typer.Option("--once", help="Print the open incidents and exit")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="How many open incidents the first table shows")] = 30,
+) -> None:
+    """The open incidents, then every change as it happens (new incidents, status changes, notes); Ctrl-C stops."""
+    import time
+
+    import psycopg
+
+    from erdu_tasks.model import OPEN_STATUSES
+    from erdu_tasks.store import incidents as store
+    from erdu_tasks.store.watch import Follower
+
+    rt = runtime()
+    statuses = sorted(s.value for s in OPEN_STATUSES)
+    try:
+        with rt.db.transaction() as conn:
+            rows = store.list_incidents(conn, statuses=statuses, limit=limit)
+            follower = Follower.from_now(conn)
+        console.print(_incident_table(rows, f"{len(rows)} open incident(s), newest first"))
+        if once:
+            return
+        console.print(f"watching every {interval:g} s; Ctrl-C stops", highlight=False)
+        lost = False
+        while True:
+            time.sleep(interval)
+            try:
+                with rt.db.transaction() as conn:
+                    changes = follower.poll(conn)
+            except psycopg.Error as exc:
+                if not lost:
+                    err.print(f"cannot read Postgres ({shown(type(exc).__name__)}); trying again", highlight=False)
+                lost = True
+                continue
+            if lost:
+                err.print("Postgres answers again", highlight=False)
+                lost = False
+            for c in changes:
+                what = ("new     " if c.is_new else "        ") + f"{c.incident_id}  {c.severity} {c.status:<17}"
+                move = f"{c.from_status or ''} → {c.to_status}  " if c.to_status else ""
+                said = shown(c.title, limit=60) if c.is_new else shown(f"{move}{c.actor}: {c.what}", limit=120)
+                console.print(f"{c.at:%H:%M:%S}  {what}  {shown(c.service or '-')}  {said}", highlight=False,
+                              soft_wrap=True)
+    except KeyboardInterrupt:
+        console.print("stopped watching", highlight=False)
 
 
 SHOW_LINES = 60
@@ -387,21 +444,18 @@ def incidents_show(incident_id: str) -> None:
 
 @incidents_app.command("report")
 def incidents_report(incident_id: str) -> None:
-    """Print the incident's Markdown report."""
-    from pathlib import Path
-
-    from erdu_tasks.roles.report import report_paths
+    """Print the incident's Markdown report: the final one once closed, "what we know so far" once escalated."""
+    from erdu_tasks.tasks.pipeline import current_report
 
     rt = runtime()
     incident_id = incident_id_of(rt, incident_id)
     with rt.db.transaction() as conn:
-        row = conn.execute("SELECT status, report_path FROM incidents WHERE id = %s", (incident_id,)).fetchone()
-    if row is None:
-        fail(f"no incident {incident_id}", 1)
-    path = Path(row["report_path"]) if row["report_path"] else report_paths(rt.settings.reports_dir, incident_id)[1]
-    if not path.is_file():
-        fail(f"{incident_id} has no report yet (status {row['status']})", 1)
-    print(plain(path.read_text(encoding="utf-8", errors="replace"), multiline=True))
+        found = current_report(conn, rt, incident_id)
+        status = conn.execute("SELECT status FROM incidents WHERE id = %s", (incident_id,)).fetchone()
+    if found is None:
+        fail(f"{incident_id} has no report yet (status {status['status'] if status else 'unknown'}: ERDU is still "
+             "handling it; the report starts when it is escalated to people, and is final at close)", 1)
+    print(plain(found[1], multiline=True))
 
 
 By = Annotated[Optional[str], typer.Option("--by", help="Who acts (default: ERDU_USER, else your login name)")]
@@ -509,28 +563,50 @@ def failed_dismiss(failed_id: Annotated[int, typer.Argument(help="The # that `er
 @failed_app.command("retry")
 def failed_retry(
     incident_id: Annotated[Optional[str], typer.Argument(help="Incident whose failed stage to re-drive")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Re-drive every incident with an unretried failure")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Re-drive every incident with an open failure")] = False,
+    by: By = None,
 ) -> None:
-    """Re-drive incidents from the stage that failed (idempotent)."""
+    """Re-drive incidents from the stage that failed (idempotent).
+
+    Exit 1 when the incident does not exist or cannot be retried (or, with --all, when any was refused);
+    --all with nothing to re-drive says so and exits 0."""
     from erdu_tasks.tasks.people import ActionRefused, retry
 
     from erdu_tasks.store import failed
 
     if not incident_id and not all_:
         fail("give an incident id or --all")
+    if incident_id and all_:
+        fail("give an incident id or --all, not both")
     rt = runtime()
-    if all_:
-        with rt.db.transaction() as conn:
-            ids = [r["incident_id"] for r in conn.execute(
-                f"SELECT DISTINCT incident_id FROM failed_tasks WHERE {failed.OPEN} AND incident_id IS NOT NULL"
-            ).fetchall()]
-    else:
-        ids = [incident_id_of(rt, incident_id)]
+    who_ = (by or who()).strip()
+    if not all_:
+        try:
+            console.print(shown(retry(rt, incident_id_of(rt, incident_id), who_).message), highlight=False)
+        except ActionRefused as exc:
+            fail(str(exc), 1)
+        return
+    with rt.db.transaction() as conn:
+        ids = [r["incident_id"] for r in conn.execute(
+            f"SELECT DISTINCT incident_id FROM failed_tasks WHERE {failed.OPEN} AND incident_id IS NOT NULL"
+            " ORDER BY incident_id").fetchall()]
+        orphans = conn.execute(f"SELECT count(*) AS n FROM failed_tasks WHERE {failed.OPEN} AND incident_id IS NULL"
+                               ).fetchone()["n"]
+    if orphans:
+        err.print(f"{orphans} open failed task(s) name no incident: nothing to re-drive; see `erdu failed ls`, "
+                  "then `erdu failed dismiss N`", highlight=False)
+    if not ids:
+        console.print("nothing to retry: no open failed task names an incident", highlight=False)
+        return
+    refused = 0
     for iid in ids:
         try:
-            console.print(shown(retry(rt, iid, who()).message), highlight=False)
+            console.print(shown(retry(rt, iid, who_).message), highlight=False)
         except ActionRefused as exc:
+            refused += 1
             err.print(f"skipped: {shown(exc)}", highlight=False)
+    if refused:
+        fail(f"{refused} of {len(ids)} incident(s) could not be retried", 1)
 
 
 @rules_app.command("ls")
@@ -626,7 +702,8 @@ def metrics(
 
     settings = load_settings()
     try:
-        serve(settings.database_url, settings.redis_url, port=port, address=address)
+        serve(settings.database_url, settings.redis_url, port=port, address=address,
+              channels=tuple(settings.escalation.channels))
     except OSError as exc:
         fail(f"cannot listen on {address}:{port}: {exc}")
 

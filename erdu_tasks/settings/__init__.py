@@ -132,6 +132,14 @@ class Settings(BaseSettings):
                              "pass is what shows beat is alive")
         return self
 
+    @model_validator(mode="after")
+    def _notifications_link_to_the_console(self) -> "Settings":
+        # Without a url_template of its own, every notification links to the incident's console page.
+        if self.escalation.url_template is None:
+            base = self.api.console_url().replace("{", "{{").replace("}", "}}")
+            self.escalation = self.escalation.model_copy(update={"url_template": base + "/incidents/{incident_id}"})
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def _no_empty_sections(cls, data: Any) -> Any:
