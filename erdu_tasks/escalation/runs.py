@@ -15,7 +15,7 @@ beat loses no step. Time is always the `now` passed in (tests inject it).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -130,14 +130,12 @@ def attempted_fixes(incident: Incident) -> list[AttemptedFix]:
 
 
 def build_notification(config: EscalationConfig, incident: Incident, *, reason: str, level: int, repeat: int,
-                       kind: NotificationKind, now: datetime,
-                       console_url: Callable[[str], str] | None = None) -> Notification:
-    """The payload a responder gets: title, severity, reason, systems, root cause, fixes, how to see it
-    (console_url: incident id -> its console page, e.g. ApiSection.incident_url)."""
+                       kind: NotificationKind, now: datetime) -> Notification:
+    """The payload a responder gets: title, severity, reason, systems, root cause, fixes, how to see it."""
     return Notification.from_incident(
         incident, reason=reason, level=max(level, 1), repeat=repeat, kind=kind,
         attempted_fixes=attempted_fixes(incident), see_command=config.see_command_for(incident.id),
-        url=config.url_for(incident.id), console_url=console_url(incident.id) if console_url else None, now=now,
+        url=config.url_for(incident.id), now=now,
     )
 
 

@@ -56,7 +56,6 @@ from erdu_tasks.escalation.policy import (
 from erdu_tasks.escalation.inhibition import InhibitRule
 from erdu_tasks.model import Incident, Status
 from erdu_tasks.escalation.channels import Channel, DeliveryResult, Notification, NotificationKind, build_channels
-from erdu_tasks.settings.servers import ApiSection
 
 _MAX_ROUNDS = 5
 
@@ -139,10 +138,8 @@ class Escalator:
         worker: str | None = None,
         rate_prefix: str = names.NOTIFY_RATE_PREFIX,
         jitter: Callable[[], float] = random.random,
-        console_url: Callable[[str], str] | None = None,
     ) -> None:
         self.db = db
-        self.console_url = console_url   # incident id -> its console page, linked from notifications
         self.config = config
         self.catalog = catalog or Catalog([])
         self._http = httpx.Client(follow_redirects=False) if channels is None else None
@@ -165,8 +162,7 @@ class Escalator:
         client = redis if redis is not None else redis_lib.Redis.from_url(
             settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         return cls(db=db, config=escalation_config(settings.escalation, settings.alerts_dir), catalog=catalog,
-                   redis=client, gates=gates, options=sweep_options(settings.escalation), worker=worker,
-                   console_url=ApiSection.from_section(settings.api).incident_url)
+                   redis=client, gates=gates, options=sweep_options(settings.escalation), worker=worker)
 
     def close(self) -> None:
         """Close the shared HTTP connection pool."""
@@ -428,7 +424,7 @@ class Escalator:
             reason = f"resolved ({incident.resolved_by or 'resolved'})"
         return build_notification(self.config, incident, reason=reason, level=level, repeat=step["repeat"],
                                    kind=NotificationKind.TRIGGER if kind is NotificationKind.RESOLVE else kind,
-                                   now=now, console_url=self.console_url)
+                                   now=now)
 
     def _lease(self, channel: str) -> timedelta:
         ch = self.channels.get(channel)

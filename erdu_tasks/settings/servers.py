@@ -54,10 +54,6 @@ class ApiSection(Section):
         base = (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
         return base + path
 
-    def incident_url(self, incident_id: str) -> str:
-        """The console's page of one incident (what "Open in console" links to)."""
-        return self.console_url(f"/incidents/{incident_id}")
-
     token: refused("set ERDU_API_TOKEN (or api_token at the top level of the config file)")
     read_token: refused("set ERDU_API_READ_TOKEN (or api_read_token at the top level of the config file)")
 

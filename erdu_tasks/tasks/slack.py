@@ -21,7 +21,6 @@ from erdu_tasks.escalation.slack_interactions import Interaction, ephemeral, pos
 from erdu_tasks.model import OPEN_STATUSES, Status
 from erdu_tasks.runtime import Runtime
 from erdu_tasks.settings.people import Person, PersonRole
-from erdu_tasks.settings.servers import ApiSection
 from erdu_tasks.store import incidents as store
 from erdu_tasks.tasks import people
 
@@ -112,8 +111,7 @@ def _update_message(rt: Runtime, click: Interaction, action: SlackAction, who: s
     with rt.db.transaction() as conn:
         incident = store.get_incident(conn, click.incident_id)
     status = incident.status if incident else Status.CLOSED
-    buttons = action_block(click.incident_id, console_url=ApiSection.from_section(rt.settings.api)
-                           .incident_url(click.incident_id),
+    buttons = action_block(click.incident_id, console_url=rt.settings.escalation.url_for(click.incident_id),
                            acknowledged=bool(incident and incident.acknowledged_at),
                            is_open=status in OPEN_STATUSES)
     name = f"{escape(person.display_name)} (`{who}`)" if person.display_name else f"`{who}`"

@@ -85,8 +85,7 @@ def env(redis_server, tmp_path_factory):
         patch.setattr(publish, "default_app", app.state.erdu.celery)
         escalator = Escalator(db=app.state.erdu.rt.db, config=escalation_config(settings.escalation,
                                                                                 settings.alerts_dir),
-                              redis=broker, rate_prefix=f"test:{secrets.token_hex(4)}:", jitter=lambda: 1.0,
-                              console_url=settings.api.incident_url)
+                              redis=broker, rate_prefix=f"test:{secrets.token_hex(4)}:", jitter=lambda: 1.0)
         yield Env(client, slack, escalator, broker)
         escalator.close()
     broker.close()

@@ -79,7 +79,6 @@ class Notification:
     occurrences: int = 1
     see_command: str = ""
     url: str | None = None
-    console_url: str | None = None   # the incident's console page ("Open in console" buttons)
     created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     held_count: int = 0
     held_incidents: tuple[str, ...] = ()
@@ -118,7 +117,6 @@ class Notification:
         attempted_fixes: Sequence[AttemptedFix] = (),
         see_command: str = "",
         url: str | None = None,
-        console_url: str | None = None,
         now: datetime | None = None,
     ) -> Notification:
         """The notification for an incident; `attempted_fixes` come from escalation.runs.attempted_fixes."""
@@ -145,7 +143,6 @@ class Notification:
             occurrences=incident.occurrences,
             see_command=see_command,
             url=url,
-            console_url=console_url,
             created_at=now or datetime.now(timezone.utc),
             message=first[0] if first else "",
             host=incident.host,

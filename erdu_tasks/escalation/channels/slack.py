@@ -134,7 +134,7 @@ def slack_payload(n: Notification) -> dict[str, Any]:
     if n.held_incidents:
         blocks.append(_section("*Some of the held incidents*\n" + ", ".join(f"`{_code(i)}`" for i in n.held_incidents)))
     if n.kind is NotificationKind.TRIGGER:
-        buttons = action_block(n.incident_id, console_url=n.console_url or n.url,
+        buttons = action_block(n.incident_id, console_url=n.url,
                                acknowledged=n.status == "acknowledged")
         if buttons:
             blocks.append(buttons)
