@@ -185,9 +185,11 @@ class PostgresPair:
     """A private primary (initdb) and a streaming replica of it (pg_basebackup -R), on free ports.
 
     As root the clusters run as the postgres user, in a directory of their own under the system temp dir.
+    With replica=False only the primary starts; add_replica() makes the replica later (say once the primary's
+    database is migrated and ERDU is starting on it).
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, replica: bool = True) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="erdu-pg-pair-")) if os.geteuid() == 0 else directory
         self.root.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
@@ -198,9 +200,14 @@ class PostgresPair:
                   "--no-sync", "--no-instructions")
         self._configure(primary, self.ports["primary"])
         self._ctl(primary, "start")
+        if replica:
+            self.add_replica()
+
+    def add_replica(self) -> None:
+        """A streaming replica of the primary as it is now (pg_basebackup -R), started."""
         replica = self.root / "replica"
         self._run(pg_bin("pg_basebackup"), "-h", "127.0.0.1", "-p", str(self.ports["primary"]), "-U", "postgres",
-                  "-D", str(replica), "-R", "-X", "stream", "--no-sync")
+                  "-D", str(replica), "-R", "-X", "stream", "--no-sync", "--checkpoint=fast")
         self._configure(replica, self.ports["replica"])
         self._ctl(replica, "start")
 
@@ -243,7 +250,8 @@ class PostgresPair:
 
     def destroy(self) -> None:
         for name in ("primary", "replica"):
-            self._ctl(self.root / name, "-m", "immediate", "stop", check=False)
+            if (self.root / name).exists():
+                self._ctl(self.root / name, "-m", "immediate", "stop", check=False)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -494,13 +502,14 @@ def beat_kill(events: int) -> dict:
         reconciles_before = _reconcile_count(procs)
         procs.kill("beat-a")
         fault_at = time.monotonic()
-        took_over = wait_until(lambda: "beat: Acquired lock" in procs.log("beat-b") and time.monotonic(), 60,
-                               "beat-b taking the lock", 0.05)
-        first = wait_until(lambda: _reconcile_count(procs) > reconciles_before and time.monotonic(), 60,
-                           "a reconcile pass after the takeover", 0.05)
-        result = settle(procs, burst, fault_at, 180)
-        result.extra.update(takeover_seconds=round(float(took_over) - fault_at, 1),
-                            first_reconcile_seconds=round(float(first) - fault_at, 1))
+        seen = first_times({
+            "takeover_seconds": lambda: "beat: Acquired lock" in procs.log("beat-b"),
+            "first_reconcile_seconds": lambda: _reconcile_count(procs) > reconciles_before,
+            "final_seconds": lambda: not burst.thread.is_alive() and all_final(db, burst.keys),
+        }, fault_at, 180)
+        result = settle(procs, burst, fault_at, 10)
+        result.final_seconds = seen.pop("final_seconds")
+        result.extra.update(seen)
         return result.as_dict()
     finally:
         procs.stop()
@@ -508,6 +517,20 @@ def beat_kill(events: int) -> dict:
         redis_proc.wait(10)
         _drop(db)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def first_times(conditions: dict[str, Callable[[], object]], since: float, timeout: float) -> dict[str, float]:
+    """Seconds from `since` until each condition first held (polled together every 50 ms)."""
+    seen: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(seen) < len(conditions):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {sorted(set(conditions) - set(seen))}")
+        for name, check in conditions.items():
+            if name not in seen and check():
+                seen[name] = round(time.monotonic() - since, 1)
+        time.sleep(0.05)
+    return seen
 
 
 def _reconcile_count(procs: Processes) -> int:
@@ -560,7 +583,8 @@ def postgres_promotion(events: int) -> dict:
             pair.promote()
             promoted = round(time.monotonic() - fault_at, 1)
             result = settle(procs, burst, fault_at, 180)
-            result.extra["promoted_seconds"] = promoted
+            result.extra.update(promoted_seconds=promoted,
+                                task_retries=procs.log("workers").count("transient error, retrying"))
             return result.as_dict()
         finally:
             procs.stop()
