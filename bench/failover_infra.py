@@ -360,6 +360,7 @@ class Burst:
         self.rate = rate
         self.sent: list[str] = []
         self.retries = 0
+        self.finished_at: float | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> "Burst":
@@ -382,6 +383,7 @@ class Burst:
                     time.sleep(0.2)
             self.sent.append(key)
             time.sleep(1 / self.rate)
+        self.finished_at = time.monotonic()
 
     def wait_sent(self, count: int, timeout: float = 60) -> None:
         wait_until(lambda: len(self.sent) >= count, timeout, f"{count} events sent")
@@ -447,11 +449,13 @@ def settle(procs: Processes, burst: Burst, fault_at: float, timeout: float) -> O
     """Wait for the burst to be sent and every incident final; the outcome with seconds since the fault."""
     burst.join()
     wait_until(lambda: all_final(procs.database_url, burst.keys), timeout, "every incident final", 0.25)
-    took = round(time.monotonic() - fault_at, 1)
+    done_at = time.monotonic()
+    took = round(done_at - fault_at, 1)
     time.sleep(1.0)   # a late redelivery would show as a second close or a second action
     result = outcome(procs.database_url, burst.keys, procs.effect)
     result.final_seconds = took
-    result.extra["send_retries"] = burst.retries
+    result.extra.update(send_retries=burst.retries,
+                        after_last_send_seconds=round(done_at - (burst.finished_at or done_at), 1))
     return result
 
 

@@ -75,3 +75,14 @@ def test_a_multi_host_failure_names_every_hosts_reason():
     assert failure_reason(psycopg.OperationalError(text)) == (
         '10.0.0.1:5432: FATAL: database "erdu" does not exist; 10.0.0.2:5433: Connection refused')
     assert failure_reason(psycopg.OperationalError("one line\nlast line")) == "last line"
+
+
+def test_a_runbook_naming_a_bad_sentinel_cache_url_fails_when_it_loads():
+    from pydantic import ValidationError
+
+    from erdu_tasks.fixer.actions import clear_cache
+
+    with pytest.raises(ValidationError, match="names the master"):
+        clear_cache.Params(pattern="sessions:*", redis_url="sentinel://h1;h2")
+    assert clear_cache.Params(pattern="sessions:*", redis_url="sentinel://h1;h2/cache/0").redis_url
+    assert clear_cache.safe_url("sentinel://:pw@h1;h2/cache/0") == "sentinel://:***@h1;h2/cache/0"

@@ -8,7 +8,7 @@ import redis
 from pydantic import Field, field_validator
 
 from erdu_tasks.fixer.actions.base import ActionContext, ActionResult, ParamsModel
-from erdu_tasks.redisconn import redis_client
+from erdu_tasks.redisconn import is_sentinel, parse_sentinel, redis_client
 from erdu_tasks.settings.common import mask_url
 
 NAME = "clear_cache"
@@ -24,6 +24,13 @@ class Params(ParamsModel):
     batch: int = Field(default=500, ge=1, le=10_000)
     max_keys: int = Field(default=1_000_000, ge=1)
     unlink: bool = True
+
+    @field_validator("redis_url")
+    @classmethod
+    def _sentinel_url_parses(cls, url: str | None) -> str | None:
+        if url is not None and is_sentinel(url):
+            parse_sentinel(url)   # a runbook naming a bad sentinel URL fails when it loads, saying why
+        return url
 
     @field_validator("pattern")
     @classmethod
