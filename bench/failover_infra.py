@@ -513,7 +513,8 @@ def beat_kill(events: int) -> dict:
         }, fault_at, 180)
         result = settle(procs, burst, fault_at, 10)
         result.final_seconds = seen.pop("final_seconds")
-        result.extra.update(seen)
+        result.extra.update(seen, after_last_send_seconds=round(
+            result.final_seconds - ((burst.finished_at or fault_at) - fault_at), 1))
         return result.as_dict()
     finally:
         procs.stop()
