@@ -263,7 +263,8 @@ class SentinelTransport(Transport):
 
 
 def install(max_entry_bytes: int | None = None) -> None:
-    """Serve redis://, rediss:// and sentinel:// URLs with these transports in this process (URLs and Flower stay as they are)."""
+    """Serve redis://, rediss:// and sentinel:// URLs with these transports in this process (URLs and Flower stay
+    as they are)."""
     global MAX_ENTRY_BYTES
     if max_entry_bytes is not None:
         MAX_ENTRY_BYTES = max(MAX_ENTRY_BYTES, int(max_entry_bytes))

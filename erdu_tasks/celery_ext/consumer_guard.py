@@ -96,7 +96,8 @@ class ConsumerGuard(bootsteps.StartStopStep):
         self.watch = Watch(self.stall_seconds)
 
     def start(self, parent) -> None:
-        if not self.stall_seconds or parent.timer is None or not parent.app.conf.broker_url.startswith(("redis", "sentinel")):
+        redis_broker = parent.app.conf.broker_url.startswith(("redis", "sentinel"))
+        if not self.stall_seconds or parent.timer is None or not redis_broker:
             return
         self.watch = Watch(self.stall_seconds, started_then=state.all_total_count[0])
         if self.client is None:
