@@ -68,6 +68,13 @@ class SentinelRedis:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.servers: dict[int, subprocess.Popen] = {}
         self.sentinels: list[tuple[int, subprocess.Popen]] = []
+        try:
+            self._start(sentinels, down_after_ms)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, sentinels: int, down_after_ms: int) -> None:
         master = self._server()
         self._server(replica_of=master)
         for _ in range(sentinels):
@@ -195,13 +202,20 @@ class PostgresPair:
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres", "postgres")
         self.ports = {"primary": free_port(), "replica": free_port()}
+        try:
+            self._start_primary()
+            if replica:
+                self.add_replica()
+        except BaseException:
+            self.destroy()
+            raise
+
+    def _start_primary(self) -> None:
         primary = self.root / "primary"
         self._run(pg_bin("initdb"), "-D", str(primary), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                   "--no-sync", "--no-instructions")
         self._configure(primary, self.ports["primary"])
         self._ctl(primary, "start")
-        if replica:
-            self.add_replica()
 
     def add_replica(self) -> None:
         """A streaming replica of the primary as it is now (pg_basebackup -R), started."""
@@ -461,12 +475,10 @@ def settle(procs: Processes, burst: Burst, fault_at: float, timeout: float) -> O
 
 # ---- the scenarios -------------------------------------------------------------------------------------
 
-def _database(name: str) -> str:
+def _migrate(url: str) -> None:
     from erdu_tasks.store.migrate import migrate
 
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    migrate(url)
-    return url
+    migrate(url)   # creates the database too
 
 
 def _drop(url: str) -> None:
@@ -494,9 +506,10 @@ def beat_kill(events: int) -> dict:
 
     tmp = Path(tempfile.mkdtemp(prefix="erdu-failover-beat-"))
     redis_proc, redis_url = _redis(tmp)
-    db = _database(f"erdu_failover_{secrets.token_hex(4)}")
+    db = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/erdu_failover_{secrets.token_hex(4)}"
     procs = Processes(tmp / "run", redis_url, db)
     try:
+        _migrate(db)
         procs.start_workers()
         procs.start_beat("beat-a")
         wait_until(lambda: "beat: Acquired lock" in procs.log("beat-a"), 30, "beat-a holding the lock")
@@ -549,9 +562,10 @@ def sentinel_failover(events: int) -> dict:
 
     tmp = Path(tempfile.mkdtemp(prefix="erdu-failover-sentinel-"))
     redis = SentinelRedis(tmp / "redis")
-    db = _database(f"erdu_failover_{secrets.token_hex(4)}")
+    db = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/erdu_failover_{secrets.token_hex(4)}"
     procs = Processes(tmp / "run", redis.url(), db, {"ERDU_CACHE_REDIS_URL": redis.url(1)})
     try:
+        _migrate(db)
         procs.start_workers()
         procs.start_beat()
         burst = Burst(redis.url(), "sentinel", events).start()
@@ -574,7 +588,12 @@ def postgres_promotion(events: int) -> dict:
     """Postgres primary stopped mid-burst, the replica promoted; workers reconnect through the multi-host URL."""
     tmp = Path(tempfile.mkdtemp(prefix="erdu-failover-pg-"))
     redis_proc, redis_url = _redis(tmp)
-    pair = PostgresPair(tmp / "pg")
+    try:
+        pair = PostgresPair(tmp / "pg")
+    except BaseException:
+        redis_proc.terminate()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         db = pair.create_database("erdu")
         procs = Processes(tmp / "run", redis_url, db)

@@ -27,9 +27,14 @@ EVENTS = 24
 
 
 class HA:
-    """The module's servers, workers and beat."""
+    """The module's servers, workers and beat (start() builds them; close() stops whatever was built)."""
 
-    def __init__(self, tmp) -> None:
+    redis: SentinelRedis | None = None
+    pg: PostgresPair | None = None
+    stack: Stack | None = None
+    beat = None
+
+    def start(self, tmp) -> HA:
         self.effect = tmp / "effect.log"
         runbooks = tmp / "runbooks"
         runbooks.mkdir()
@@ -49,6 +54,7 @@ class HA:
             self.stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"))
             self.beat = beat.result()
             replica.result()
+        return self
 
     def _primary(self, directory) -> str:
         self.pg = PostgresPair(directory, replica=False)
@@ -64,21 +70,23 @@ class HA:
         return "".join(p.log_path.read_text(errors="replace") for procs in self.stack.procs.values() for p in procs)
 
     def close(self) -> None:
-        self.stack.stop(signal.SIGKILL)
-        stop_process_group(self.beat)
-        self.pg.destroy()
-        self.redis.stop()
+        if self.stack is not None:
+            self.stack.stop(signal.SIGKILL)
+        if self.beat is not None:
+            stop_process_group(self.beat)
+        if self.pg is not None:
+            self.pg.destroy()
+        if self.redis is not None:
+            self.redis.stop()
 
 
 @pytest.fixture(scope="module")
 def ha(tmp_path_factory):
-    made = None
+    made = HA()
     try:
-        made = HA(tmp_path_factory.mktemp("failover"))
-        yield made
+        yield made.start(tmp_path_factory.mktemp("failover"))
     finally:
-        if made is not None:
-            made.close()
+        made.close()
 
 
 def settled(ha: HA, burst: Burst, fault_at: float):
