@@ -105,7 +105,7 @@ def failure_reason(exc: BaseException) -> str:
     text = str(exc).strip()
     if not text:
         return exc.__class__.__name__
-    head, marker, attempts = text.partition("All failures were:")
+    _, marker, attempts = text.partition("All failures were:")
     if marker:
         found = [_ATTEMPT.match(line) for line in attempts.splitlines()]
         reasons = [f"{m[1]}:{m[2]}: {' '.join(m[3].split())}" for m in found if m]
