@@ -59,7 +59,9 @@ def make_celery(settings: Settings) -> Celery:
     # A queue entry that is not a message envelope is rejected instead of breaking the consumer; the
     # transport also keeps the broker's password, which stays off app.conf.
     broker.install(max_entry_bytes=2 * settings.api.max_body_bytes)
-    app = ErduCelery("erdu", broker=broker.without_password(settings.redis_url), include=TASK_MODULES)
+    # A sentinel:// URL becomes kombu's form plus the transport option naming the master.
+    broker_url, sentinel_options = broker.broker_url(settings.redis_url)
+    app = ErduCelery("erdu", broker=broker.without_password(broker_url), include=TASK_MODULES)
     exchange = Exchange("erdu", type="direct")
     app.conf.update(
         task_serializer="json",
@@ -87,6 +89,7 @@ def make_celery(settings: Settings) -> Celery:
             "socket_connect_timeout": 5,
             "health_check_interval": 15,
             "retry_on_timeout": True,
+            **sentinel_options,
         },
         task_ignore_result=True,
         task_store_errors_even_if_ignored=False,

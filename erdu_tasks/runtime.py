@@ -105,10 +105,10 @@ class Runtime:
     @cached_property
     def monitor_redis(self) -> redis.Redis:
         """The Redis client the monitors keep their state in (the broker's Redis)."""
-        import redis
+        from erdu_tasks.redisconn import redis_client
 
-        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
-                                    health_check_interval=15)
+        return redis_client(self.settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
+                            health_check_interval=15)
 
     def escalator(self, worker: str | None = None) -> Escalator:
         """The process's Escalator (config, channels, Redis counters); `worker` names it on first use."""

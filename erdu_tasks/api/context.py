@@ -21,6 +21,7 @@ from erdu_tasks.store.db import Database
 from erdu_tasks.errors import TransientError
 from erdu_tasks.tasks.people import ActionDone, ActionRefused
 from erdu_tasks.store.preflight import redact_redis
+from erdu_tasks.redisconn import redis_client
 from erdu_tasks.runtime import Runtime
 from erdu_tasks.settings import Settings
 from erdu_tasks.api.config import ApiConfig
@@ -47,8 +48,8 @@ class ApiContext:
         rt = Runtime(settings)
         rt.db = Database(settings.database_url, max_size=config.db_pool_max, timeout=config.db_timeout_seconds,
                          prepare=settings.db_prepared_statements)
-        broker = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=config.broker_timeout_seconds,
-                                      socket_timeout=config.broker_timeout_seconds)
+        broker = redis_client(settings.redis_url, socket_connect_timeout=config.broker_timeout_seconds,
+                              socket_timeout=config.broker_timeout_seconds)
         return cls(config, rt, broker, make_celery(settings))
 
     def require_broker(self) -> None:

@@ -86,21 +86,22 @@ def configure_beat(celery_app, settings: Settings) -> None:
     """Put the schedule and the redbeat lock settings on the app."""
     from beat_schedule import beat_schedule
 
-    from erdu_tasks.celery_ext.broker import without_password
+    from erdu_tasks.celery_ext.broker import broker_url, without_password
+    from erdu_tasks.redisconn import is_sentinel, redis_client
 
     url = str.__str__(settings.redis_url)
-    if without_password(url) != url:
-        # The lock's client is built here with the password, so app.conf holds the URL without it.
+    if without_password(url) != url or is_sentinel(url):
+        # The lock's client is built here (with the password; through the sentinels, which redbeat's own
+        # redis-sentinel:// URLs would need spelled out again in redbeat_redis_options), so app.conf holds the
+        # URL without the password.
         import ssl
 
-        import redis
-
         extras: dict = {"ssl_cert_reqs": ssl.CERT_REQUIRED} if url.startswith("rediss") else {}
-        celery_app.redbeat_redis = redis.Redis.from_url(url, decode_responses=True, **extras)
+        celery_app.redbeat_redis = redis_client(url, decode_responses=True, **extras)
     celery_app.conf.update(
         beat_schedule=beat_schedule(settings),
         beat_scheduler=SCHEDULER,
-        redbeat_redis_url=without_password(url),
+        redbeat_redis_url=without_password(broker_url(url)[0]),
         redbeat_key_prefix=REDBEAT_PREFIX,
         redbeat_lock_key=BEAT_LOCK_KEY,
         redbeat_lock_timeout=settings.beat_lock_seconds,

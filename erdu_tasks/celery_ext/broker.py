@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import uuid
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -23,12 +24,17 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from kombu import transport as kombu_transport
 from kombu.transport import redis, virtual
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from erdu_tasks.redisconn import SENTINEL_SCHEME, is_sentinel, parse_sentinel
 
 SCHEMES = ("redis", "rediss")
-"""URL schemes served by this transport (sentinel URLs keep kombu's own)."""
+"""URL schemes served by this transport (sentinel:// by its Sentinel twin)."""
 
 FOREIGN_KEY = "erdu_foreign_entry"
 """The key under which an entry that was not JSON is carried to the consumer, as text."""
+log = logging.getLogger("erdu.broker")
+
 MAX_FOREIGN_CHARS = 100_000
 MAX_ENTRY_BYTES = 2 * 1024 * 1024
 """A queue entry larger than this is not decoded but recorded and skipped (install() may raise it: the
@@ -44,17 +50,33 @@ def _endpoint(host: str | None, port: int | None, user: str | None) -> tuple[str
     return ((host or "127.0.0.1").lower(), int(port or 6379), user or None)
 
 
+def broker_url(url: str) -> tuple[str, dict[str, Any]]:
+    """The kombu broker URL and the transport options an ERDU Redis URL needs.
+
+    A sentinel:// URL (erdu_tasks/redisconn.py) becomes kombu's form, one `sentinel://` URL per sentinel, with
+    the master's name in the transport option `master_name`; any other URL is kombu's already.
+    """
+    text = str.__str__(url) if isinstance(url, str) else str(url)
+    if not is_sentinel(text):
+        return text, {}
+    parsed = parse_sentinel(text)
+    return parsed.kombu_url(), {"master_name": parsed.master}
+
+
 def without_password(url: str) -> str:
     """The broker URL without its password, which this transport remembers and adds when it connects.
 
     The Celery configuration (app.conf: `inspect conf`, Flower, a debug dump) then never holds the password.
+    A sentinel URL in kombu's form loses it on every sentinel.
     """
+    if is_sentinel(url) and ";" in url:
+        return ";".join(without_password(part) for part in url.split(";"))
     try:
         parts = urlsplit(url)
         password, port = parts.password, parts.port
     except ValueError:
         return url
-    if parts.scheme not in SCHEMES or not password:
+    if parts.scheme not in (*SCHEMES, SENTINEL_SCHEME) or not password:
         return url
     user = unquote(parts.username) if parts.username else None
     _PASSWORDS[_endpoint(parts.hostname, port, user)] = unquote(password)
@@ -140,7 +162,14 @@ def wrap(raw: Any, queue: str) -> dict[str, Any]:
 
 
 class QoS(redis.QoS):
-    """kombu's Redis QoS, except that an ack the broker never got still frees the consumer's prefetch slot.
+    """kombu's Redis QoS, except that a message popped from a dying broker is still run, and an ack the broker
+    never got still frees the consumer's prefetch slot.
+
+    kombu pops a message (BRPOP) and then books it in the unacked hash in a second round trip; when the broker
+    dies in between (a master killed, a Sentinel failover), the booking fails and kombu drops the message it
+    holds: it is in no queue, in no unacked hash and never run (celery/kombu#305 describes the two steps). Here
+    the message is run anyway; it cannot come back after a visibility timeout, but it is not lost. Delete the
+    `append` below once kombu pops and books in one step (e.g. BLMOVE into a processing list).
 
     kombu removes the message from the broker's unacked set first and from its own books second, so an
     ack that fails because the broker just died leaves the message counted as in flight forever. With
@@ -149,6 +178,13 @@ class QoS(redis.QoS):
     still reaches the caller (Celery logs it); the message stays in the broker's unacked set and comes
     back after the visibility timeout, where the stage's compare-and-set finds it done.
     """
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        try:
+            super().append(message, delivery_tag)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("broker: could not book message %s as unacked (%s); running it anyway", delivery_tag, exc)
+            virtual.QoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag: Any) -> None:
         try:
@@ -215,14 +251,26 @@ class Transport(redis.Transport):
         super()._deliver(message, queue)
 
 
+class SentinelChannel(Channel, redis.SentinelChannel):
+    """kombu's Sentinel channel (it asks the sentinels for the master) with the hardening of Channel above."""
+
+
+class SentinelTransport(Transport):
+    """The transport above for sentinel:// URLs (kombu's form; the master's name in `master_name`)."""
+
+    default_port = 26379
+    Channel = SentinelChannel
+
+
 def install(max_entry_bytes: int | None = None) -> None:
-    """Serve redis:// and rediss:// URLs with this transport in this process (URLs and Flower stay as they are)."""
+    """Serve redis://, rediss:// and sentinel:// URLs with these transports in this process (URLs and Flower stay
+    as they are)."""
     global MAX_ENTRY_BYTES
     if max_entry_bytes is not None:
         MAX_ENTRY_BYTES = max(MAX_ENTRY_BYTES, int(max_entry_bytes))
     # kombu's Redis transport decodes every popped entry with its module-level `loads`.
     redis.loads = lenient_loads
     redis.bytes_to_str = lenient_text
-    for scheme in SCHEMES:
-        kombu_transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"
+    for scheme, transport in (*((s, "Transport") for s in SCHEMES), (SENTINEL_SCHEME, "SentinelTransport")):
+        kombu_transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:{transport}"
         kombu_transport._transport_cache.pop(scheme, None)

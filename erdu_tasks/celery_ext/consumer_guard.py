@@ -23,6 +23,8 @@ from celery.worker import state
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from erdu_tasks.redisconn import redis_client
+
 log = structlog.get_logger("erdu.consumer_guard")
 
 PRIORITY_SEP = "\x06\x16"
@@ -94,14 +96,15 @@ class ConsumerGuard(bootsteps.StartStopStep):
         self.watch = Watch(self.stall_seconds)
 
     def start(self, parent) -> None:
-        if not self.stall_seconds or parent.timer is None or not parent.app.conf.broker_url.startswith("redis"):
+        redis_broker = parent.app.conf.broker_url.startswith(("redis", "sentinel"))
+        if not self.stall_seconds or parent.timer is None or not redis_broker:
             return
         self.watch = Watch(self.stall_seconds, started_then=state.all_total_count[0])
         if self.client is None:
             # The settings hold the password, which app.conf does not (celery_ext/broker.py).
             url = str(getattr(parent.app, "erdu_settings", None) and parent.app.erdu_settings.redis_url
                       or parent.app.conf.broker_url)
-            self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+            self.client = redis_client(url, socket_timeout=2, socket_connect_timeout=2)
         self.tref = parent.timer.call_repeatedly(self.interval, self.check, (parent,), priority=10)
 
     def stop(self, parent) -> None:

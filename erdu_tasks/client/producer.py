@@ -45,11 +45,14 @@ class Client:
         else:
             from celery import Celery
 
-            self._celery = Celery("erdu-client", broker=redis_url)
+            from erdu_tasks.celery_ext.broker import broker_url
+
+            kombu_url, sentinel_options = broker_url(redis_url)   # sentinel:// as kombu spells it
+            self._celery = Celery("erdu-client", broker=kombu_url)
             self._celery.conf.update(task_serializer="json", accept_content=["json"],
                                      broker_connection_retry_on_startup=False, broker_connection_max_retries=1,
                                      broker_transport_options={"socket_connect_timeout": 3, "socket_timeout": 5,
-                                                               "max_retries": 1})
+                                                               "max_retries": 1, **sentinel_options})
 
     @classmethod
     def from_settings(cls, settings: Any) -> "Client":

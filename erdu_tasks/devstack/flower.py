@@ -154,7 +154,6 @@ def run_flower(opts: FlowerOptions, settings: Any) -> int:
     list_configured_queues()
     os.environ.pop("FLOWER_BASIC_AUTH", None)
     os.environ.update(flower_env(opts))
-    from erdu_tasks.celery_ext.broker import without_password
-
-    # The broker's password stays off the app's configuration; the transport adds it when it connects.
-    return dashboard_app(settings).start(flower_argv(opts, without_password(settings.redis_url))) or 0
+    celery_app = dashboard_app(settings)
+    # The app's broker URL: kombu's form of a sentinel:// URL, the password kept off (the transport adds it).
+    return celery_app.start(flower_argv(opts, celery_app.conf.broker_url)) or 0

@@ -25,6 +25,7 @@ from psycopg.types.json import Jsonb
 
 from erdu_tasks.escalation import inhibition, silences
 from erdu_tasks import names
+from erdu_tasks.redisconn import redis_client
 from erdu_tasks.store import incidents as store
 from erdu_tasks.catalog import Catalog
 from erdu_tasks.store.db import Database
@@ -159,7 +160,7 @@ class Escalator:
     def from_settings(cls, settings: Any, db: Database, catalog: Catalog, *, gates: Gates,
                       worker: str | None = None, redis: redis_lib.Redis | None = None) -> Escalator:
         """Build from the settings' escalation section and the runtime's gate list (ConfigError when wrong)."""
-        client = redis if redis is not None else redis_lib.Redis.from_url(
+        client = redis if redis is not None else redis_client(
             settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         return cls(db=db, config=escalation_config(settings.escalation, settings.alerts_dir), catalog=catalog,
                    redis=client, gates=gates, options=sweep_options(settings.escalation), worker=worker)

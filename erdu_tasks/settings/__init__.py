@@ -24,6 +24,7 @@ from pydantic_settings import (
 
 from erdu_tasks.errors import ConfigError, config_error
 from erdu_tasks.names import ROLES
+from erdu_tasks.redisconn import is_sentinel, parse_sentinel
 from erdu_tasks.settings.common import Dsn, DsnStr, RunbookHost, mask_url
 from erdu_tasks.settings.escalation import EscalationConfig
 from erdu_tasks.settings.heartbeats import HeartbeatsConfig
@@ -117,6 +118,13 @@ class Settings(BaseSettings):
     @classmethod
     def _person_names(cls, value: People) -> People:
         return check_people(value)
+
+    @field_validator("redis_url", "cache_redis_url")
+    @classmethod
+    def _sentinel_url_parses(cls, value: str | None) -> str | None:
+        if value is not None and is_sentinel(value):
+            parse_sentinel(value)   # ValueError saying what is wrong, at start-up
+        return value
 
     @field_validator("worker_concurrency")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 import weakref
@@ -92,12 +93,29 @@ def connect_once(url: str, *, timeout: float = 5.0) -> psycopg.Connection:
     try:
         return psycopg.connect(url, autocommit=True, connect_timeout=int(max(1, timeout)), row_factory=dict_row)
     except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else exc.__class__.__name__
+        reason = failure_reason(exc)
         raise ServiceUnreachable(
             f"cannot reach Postgres at {redact(url)}: {reason}. "
             "Start Postgres, or set ERDU_DATABASE_URL to a reachable database "
             "(run `erdu migrate` to create it and its tables)."
         ) from None
+
+
+_ATTEMPT = re.compile(r"^- host: '([^']*)', port: '([^']*)'.* failed: (.*)$")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a connection failed, in one line: with several hosts (a multi-host URL), each host's own reason."""
+    text = str(exc).strip()
+    if not text:
+        return exc.__class__.__name__
+    _, marker, attempts = text.partition("All failures were:")
+    if marker:
+        found = [_ATTEMPT.match(line) for line in attempts.splitlines()]
+        reasons = [f"{m[1]}:{m[2]}: {' '.join(m[3].split())}" for m in found if m]
+        if reasons:
+            return "; ".join(reasons)
+    return text.splitlines()[-1]
 
 
 def redact(url: str) -> str:

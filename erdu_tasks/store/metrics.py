@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from erdu_tasks.model import Severity
 from erdu_tasks.names import ROLES, Stage
+from erdu_tasks.redisconn import redis_client
 from erdu_tasks.store import failed
 
 # Seconds. MTTA/MTTR span seconds to a day; stages span milliseconds to minutes.
@@ -262,7 +263,7 @@ class ErduCollector(Collector):
         self.channels = tuple(channels)
         self.cache_seconds = cache_seconds
         self.clock = clock
-        self._redis = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=5)
+        self._redis = redis_client(redis_url, socket_connect_timeout=3, socket_timeout=5)
         self._lock = threading.Lock()
         self._cached: tuple[float, Snapshot] | None = None
 

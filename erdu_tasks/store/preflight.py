@@ -6,6 +6,7 @@ import redis
 
 from erdu_tasks.store.db import connect_once, redact
 from erdu_tasks.errors import ServiceUnreachable
+from erdu_tasks.redisconn import redis_client
 from erdu_tasks.store.migrate import migration_files
 from erdu_tasks.settings import Settings
 
@@ -13,7 +14,7 @@ from erdu_tasks.settings import Settings
 def check_redis(url: str, *, timeout: float = 3.0) -> None:
     """Ping Redis or raise ServiceUnreachable naming the URL and the fix."""
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        client = redis_client(url, socket_connect_timeout=timeout, socket_timeout=timeout)
         client.ping()
         client.close()
     except (redis.RedisError, OSError, ValueError) as exc:

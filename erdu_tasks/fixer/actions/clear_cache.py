@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from pydantic import Field, field_validator
 
 from erdu_tasks.fixer.actions.base import ActionContext, ActionResult, ParamsModel
+from erdu_tasks.redisconn import is_sentinel, parse_sentinel, redis_client
+from erdu_tasks.settings.common import mask_url
 
 NAME = "clear_cache"
 
@@ -24,6 +25,13 @@ class Params(ParamsModel):
     max_keys: int = Field(default=1_000_000, ge=1)
     unlink: bool = True
 
+    @field_validator("redis_url")
+    @classmethod
+    def _sentinel_url_parses(cls, url: str | None) -> str | None:
+        if url is not None and is_sentinel(url):
+            parse_sentinel(url)   # a runbook naming a bad sentinel URL fails when it loads, saying why
+        return url
+
     @field_validator("pattern")
     @classmethod
     def _not_everything(cls, pattern: str) -> str:
@@ -34,15 +42,8 @@ class Params(ParamsModel):
 
 
 def safe_url(url: str) -> str:
-    """The URL without its password, for details and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = (f"{parts.username}:***@" if parts.username else ":***@") + host
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL without its password, for details and logs (sentinel:// URLs included)."""
+    return mask_url(url)
 
 
 def describe(params: Params) -> str:
@@ -62,7 +63,7 @@ def run(params: Params, ctx: ActionContext) -> ActionResult:
     output = {"pattern": params.pattern, "redis": safe_url(url)}
     sock_timeout = max(0.5, min(ctx.timeout, 10.0))
     try:
-        client = redis.Redis.from_url(url, socket_timeout=sock_timeout, socket_connect_timeout=sock_timeout)
+        client = redis_client(url, socket_timeout=sock_timeout, socket_connect_timeout=sock_timeout)
         try:
             remove = client.unlink if params.unlink else client.delete
             batch: list[bytes] = []
