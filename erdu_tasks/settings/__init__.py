@@ -29,13 +29,15 @@ from erdu_tasks.settings.escalation import EscalationConfig
 from erdu_tasks.settings.heartbeats import HeartbeatsConfig
 from erdu_tasks.settings.monitors import MonitorsConfig
 from erdu_tasks.settings.people import People, check_people
+from erdu_tasks.settings.schedules import OncallConfig
 from erdu_tasks.settings.roles import BrainConfig, CommanderConfig, LearningConfig
 from erdu_tasks.settings.servers import ApiSection, FlowerSection
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/erdu"
 
-_SECTIONS = frozenset({"monitors", "escalation", "commander", "learning", "brain", "api", "flower", "heartbeats", "people"})
+_SECTIONS = frozenset({"monitors", "escalation", "commander", "learning", "brain", "api", "flower", "heartbeats", "people",
+                       "oncall"})
 
 
 def _config_file() -> Path | None:
@@ -103,6 +105,7 @@ class Settings(BaseSettings):
     flower: FlowerSection = Field(default_factory=FlowerSection)
     heartbeats: HeartbeatsConfig = Field(default_factory=HeartbeatsConfig)
     people: People = Field(default_factory=dict)   # settings/people.py
+    oncall: OncallConfig = Field(default_factory=OncallConfig)   # settings/schedules.py
 
     @field_validator("people")
     @classmethod
@@ -124,6 +127,14 @@ class Settings(BaseSettings):
             raise ValueError(f"heartbeats.beat.max_age ({max_age.total_seconds():g} s) must be longer than "
                              f"reconcile_interval_seconds ({self.reconcile_interval_seconds:g} s): the reconciler's "
                              "pass is what shows beat is alive")
+        return self
+
+    @model_validator(mode="after")
+    def _oncall_references(self) -> "Settings":
+        # Schedules, escalation levels and contact channels name people, schedules and channels of other sections.
+        self.oncall.check_people(self.people)
+        self.oncall.check_contact_channels(self.escalation.channels)
+        self.escalation.check_targets(self.oncall.schedules, self.people)
         return self
 
     @model_validator(mode="before")
@@ -207,5 +218,5 @@ def get_settings() -> Settings:
 
 
 __all__ = ["ApiSection", "BrainConfig", "CommanderConfig", "DEFAULT_DATABASE_URL", "DEFAULT_REDIS_URL", "DsnStr",
-           "EscalationConfig", "FlowerSection", "HeartbeatsConfig", "LearningConfig", "MonitorsConfig", "Settings",
+           "EscalationConfig", "FlowerSection", "HeartbeatsConfig", "LearningConfig", "MonitorsConfig", "OncallConfig", "Settings",
            "get_settings", "load_settings", "secret_value", "secret_values"]

@@ -1,0 +1,139 @@
+"""The on-call schedules of the `oncall` section, with their calendars read: who is on call now and next.
+
+`Rota` is the one door every asker uses (the sweeper paging a level, `erdu oncall`, the API's
+`/v1/oncall`): it reads each schedule's iCal file (again only when the file changed) and hands the
+events to the pure answers of `escalation.oncall`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from erdu_tasks.errors import ErduError
+from erdu_tasks.escalation import oncall
+from erdu_tasks.escalation.oncall import CalendarEvent, Handoff, OnCall, Shift
+from erdu_tasks.settings.schedules import OncallConfig, ScheduleConfig
+
+_BEFORE = timedelta(days=35)      # a calendar event that began this long before T may still cover T
+_AHEAD = timedelta(days=120)      # how far ahead calendar events are read for "next handoff"
+_MAX_CALENDAR_BYTES = 8 * 1024 * 1024
+
+
+class UnknownSchedule(ErduError):
+    """No schedule of that name; the message lists the defined ones."""
+
+
+class CalendarUnreadable(ErduError):
+    """A schedule's calendar file cannot be read or parsed; the message says which and why."""
+
+
+@dataclass
+class _Read:
+    stamp: tuple[int, int]
+    calendar: Any
+
+
+class Rota:
+    """Schedules by name, their calendars read on demand (cached per file until it changes)."""
+
+    def __init__(self, config: OncallConfig, people: Mapping[str, Any]) -> None:
+        self.config = config
+        self.people = dict(people)
+        self._cache: dict[Path, _Read] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def names(self) -> list[str]:
+        """Schedule names, sorted."""
+        return sorted(self.config.schedules)
+
+    def schedule(self, name: str) -> ScheduleConfig:
+        """The schedule; UnknownSchedule (listing the defined ones) when there is none of that name."""
+        try:
+            return self.config.schedules[name]
+        except KeyError:
+            defined = ", ".join(self.names) or "none (add them under oncall.schedules)"
+            raise UnknownSchedule(f"no schedule {name!r}; defined schedules: {defined}") from None
+
+    def _calendar(self, path: Path) -> Any:
+        try:
+            info = path.stat()
+        except OSError as exc:
+            raise CalendarUnreadable(f"calendar {path}: {exc.strerror or exc}") from None
+        stamp = (info.st_mtime_ns, info.st_size)
+        with self._lock:
+            cached = self._cache.get(path)
+            if cached is not None and cached.stamp == stamp:
+                return cached.calendar
+        if not stat.S_ISREG(info.st_mode):
+            raise CalendarUnreadable(f"calendar {path}: not a regular file")
+        if info.st_size > _MAX_CALENDAR_BYTES:
+            raise CalendarUnreadable(f"calendar {path}: larger than {_MAX_CALENDAR_BYTES // 1024 // 1024} MiB")
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(fd, "rb") as handle:
+                data = handle.read(_MAX_CALENDAR_BYTES + 1)
+        except OSError as exc:
+            raise CalendarUnreadable(f"calendar {path}: {exc.strerror or exc}") from None
+        try:
+            calendar = oncall.parse_calendar(data)
+        except ValueError as exc:
+            raise CalendarUnreadable(f"calendar {path}: {exc}") from None
+        with self._lock:
+            self._cache[path] = _Read(stamp, calendar)
+        return calendar
+
+    def events(self, name: str, start: datetime, end: datetime) -> tuple[list[CalendarEvent], list[str]]:
+        """A schedule's calendar events between start and end, and the summaries that name nobody."""
+        schedule = self.schedule(name)
+        if schedule.calendar is None:
+            return [], []
+        calendar = self._calendar(schedule.calendar)
+        try:
+            return oncall.calendar_events(calendar, start, end, schedule.zone, self.people)
+        except ValueError as exc:
+            raise CalendarUnreadable(f"calendar {schedule.calendar}: {exc}") from None
+
+    def _window(self, name: str, at: datetime) -> list[CalendarEvent]:
+        return self.events(name, at - _BEFORE, at + _AHEAD)[0]
+
+    def now(self, name: str, at: datetime) -> OnCall:
+        """Who is on call on the schedule at `at`."""
+        return oncall.who_is_on_call(name, self.schedule(name), at, self._window(name, at))
+
+    def next(self, name: str, at: datetime) -> Handoff | None:
+        """The next handoff after `at` (calendar events are looked at 120 days ahead)."""
+        return oncall.next_handoff(name, self.schedule(name), at, self._window(name, at))
+
+    def shifts(self, name: str, at: datetime, count: int = 5) -> list[Shift]:
+        """The shift in force at `at` and the next ones."""
+        return oncall.upcoming(name, self.schedule(name), at, self._window(name, at), count=count)
+
+    def overview(self, at: datetime) -> list[dict[str, Any]]:
+        """Every schedule's person on call now and the next handoff (what the console shows); a schedule
+        whose calendar cannot be read says so instead."""
+        out = []
+        for name in self.names:
+            try:
+                current, change = self.now(name, at), self.next(name, at)
+            except CalendarUnreadable as exc:
+                out.append({"schedule": name, "error": str(exc), "person": None, "next": None})
+                continue
+            out.append({**current.as_dict(), "next": change.as_dict() if change else None, "error": None})
+        return out
+
+    def check(self) -> None:
+        """Read every calendar once (start-up): CalendarUnreadable for the first that cannot be read."""
+        for name, schedule in self.config.schedules.items():
+            if schedule.calendar is not None:
+                self._calendar(schedule.calendar)
+
+
+__all__ = ["CalendarUnreadable", "Rota", "UnknownSchedule"]
