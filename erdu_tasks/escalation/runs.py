@@ -24,7 +24,9 @@ import psycopg
 import structlog
 from psycopg.types.json import Jsonb
 
+from erdu_tasks.errors import ConfigError
 from erdu_tasks.escalation import inhibition, silences
+from erdu_tasks.escalation.schedules import CalendarUnreadable, Rota
 from erdu_tasks.escalation.gates import GateName, Gates, Outcome, load_facts
 from erdu_tasks.store import incidents as store
 from erdu_tasks.catalog import Catalog
@@ -72,6 +74,12 @@ def check_settings(settings: Any, catalog: Catalog) -> None:
     """Validate the whole escalation section at start-up; ConfigError names the place and the reason."""
     config = escalation_config(settings.escalation, settings.alerts_dir)
     config.check_policy_names({name: s.escalation_policy for name, s in catalog.services.items()})
+    oncall = getattr(settings, "oncall", None)
+    if oncall is not None:
+        try:
+            Rota(oncall, settings.people).check()
+        except CalendarUnreadable as exc:
+            raise ConfigError(f"oncall.schedules: {exc}") from None
 
 
 # --------------------------------------------------------------------------- payload

@@ -1,0 +1,152 @@
+"""Who is on call: rotations, later layers, overrides, iCal recurrences and handoffs across DST (pure)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from erdu_tasks.errors import ConfigError
+from erdu_tasks.escalation.oncall import calendar_events, next_handoff, parse_calendar, upcoming, who_is_on_call
+from erdu_tasks.settings import load_settings
+from erdu_tasks.settings.people import Person
+from erdu_tasks.settings.schedules import ScheduleConfig
+
+BERLIN = ZoneInfo("Europe/Berlin")
+UTC = timezone.utc
+
+
+def local(*args: int) -> datetime:
+    return datetime(*args, tzinfo=BERLIN)
+
+
+def schedule(**extra) -> ScheduleConfig:
+    return ScheduleConfig.model_validate({"time_zone": "Europe/Berlin", **extra})
+
+
+WEEKLY = {"name": "weekly", "start": "2026-01-05", "rotation": "weekly", "handoff": "09:00",
+          "participants": ["alice", "bob", "carol"]}
+
+
+@pytest.mark.parametrize("moment, expected", [
+    (local(2026, 1, 5, 8, 59), None),            # before the layer starts
+    (local(2026, 1, 5, 9, 0), "alice"),
+    (local(2026, 1, 12, 8, 59), "alice"),
+    (local(2026, 1, 12, 9, 0), "bob"),
+    (local(2026, 1, 19, 9, 0), "carol"),
+    (local(2026, 1, 26, 9, 0), "alice"),         # the rotation starts over
+])
+def test_a_weekly_rotation_hands_off_in_order_at_its_local_time(moment, expected):
+    assert who_is_on_call("p", schedule(layers=[WEEKLY]), moment).person == expected
+
+
+def test_a_later_layer_wins_while_it_runs_and_an_override_wins_over_every_layer():
+    cover = {"name": "cover", "start": "2026-02-02", "end": "2026-02-16", "rotation": "1d", "participants": ["dave"]}
+    swap = {"start": "2026-02-10T12:00", "end": "2026-02-11T12:00", "person": "erin"}
+    s = schedule(layers=[WEEKLY, cover], overrides=[swap])
+    assert who_is_on_call("p", s, local(2026, 2, 2, 8)).person == "alice"      # the week of 26 January
+    on = who_is_on_call("p", s, local(2026, 2, 3, 12))
+    assert (on.person, on.source) == ("dave", "layer cover")
+    on = who_is_on_call("p", s, local(2026, 2, 10, 13))
+    assert (on.person, on.source, on.since) == ("erin", "override", local(2026, 2, 10, 12).astimezone(UTC))
+    assert who_is_on_call("p", s, local(2026, 2, 16, 9)).person == "alice"     # the cover layer has ended
+    shifts = upcoming("p", s, local(2026, 2, 9, 12), count=4)
+    assert [(x.person, x.end.astimezone(BERLIN).day if x.end else None) for x in shifts] == \
+        [("dave", 10), ("erin", 11), ("dave", 16), ("alice", 23)]
+
+
+def test_a_daily_handoff_stays_at_nine_local_across_both_dst_changes_in_berlin():
+    s = schedule(layers=[{"start": "2026-03-27", "rotation": "daily", "handoff": "09:00",
+                          "participants": ["alice", "bob"]}])
+    # Clocks go forward on Sunday 29 March 2026: 09:00 is 08:00 UTC before, 07:00 UTC after.
+    change = next_handoff("p", s, local(2026, 3, 28, 9, 30))
+    assert change.at == datetime(2026, 3, 29, 7, 0, tzinfo=UTC) and change.at.astimezone(BERLIN).hour == 9
+    assert (change.from_person, change.to_person) == ("bob", "alice")
+    assert who_is_on_call("p", s, datetime(2026, 3, 29, 7, 30, tzinfo=UTC)).person == "alice"
+    assert who_is_on_call("p", s, datetime(2026, 3, 29, 6, 59, tzinfo=UTC)).person == "bob"   # a 23-hour shift
+    # Clocks go back on Sunday 25 October 2026: the shift that spans it lasts 25 hours.
+    before = next_handoff("p", s, local(2026, 10, 24, 9, 30))
+    after = next_handoff("p", s, before.at)
+    assert before.at == datetime(2026, 10, 25, 8, 0, tzinfo=UTC)
+    assert after.at - before.at == timedelta(hours=24) and after.at == datetime(2026, 10, 26, 8, 0, tzinfo=UTC)
+    assert before.at - next_handoff("p", s, local(2026, 10, 23, 9, 30)).at == timedelta(hours=25)
+
+
+def test_a_handoff_at_a_time_the_clocks_skip_happens_an_hour_later_by_the_clock():
+    s = schedule(layers=[{"start": "2026-03-28", "rotation": "daily", "handoff": "02:30",
+                          "participants": ["alice", "bob"]}])
+    change = next_handoff("p", s, local(2026, 3, 28, 12))
+    assert change.at == datetime(2026, 3, 29, 1, 30, tzinfo=UTC)       # 03:30 CEST
+    assert change.at.astimezone(BERLIN).hour == 3
+
+
+ICS = b"""BEGIN:VCALENDAR
+VERSION:2.0
+PRODID:-//erdu tests//EN
+BEGIN:VEVENT
+UID:weekends@erdu
+DTSTART;TZID=Europe/Berlin:20260306T180000
+DTEND;TZID=Europe/Berlin:20260309T090000
+RRULE:FREQ=WEEKLY;BYDAY=FR;COUNT=8
+EXDATE;TZID=Europe/Berlin:20260320T180000
+SUMMARY:Weekend on call: Carol
+END:VEVENT
+BEGIN:VEVENT
+UID:holiday@erdu
+DTSTART;VALUE=DATE:20260320
+DTEND;VALUE=DATE:20260323
+SUMMARY:Holiday cover
+ATTENDEE;CN=Dave Doe:mailto:DAVE@example.com
+END:VEVENT
+BEGIN:VEVENT
+UID:lunch@erdu
+DTSTART:20260310T110000Z
+DTEND:20260310T120000Z
+SUMMARY:Team lunch
+END:VEVENT
+END:VCALENDAR
+"""
+
+PEOPLE = {"alice": Person(), "carol": Person(),
+          "dave": Person.model_validate({"contacts": {"email": "dave@example.com"}})}
+
+
+def test_ical_recurrences_are_expanded_with_exdates_and_people_found_by_summary_or_attendee():
+    calendar = parse_calendar(ICS)
+    events, unmatched = calendar_events(calendar, local(2026, 3, 1), local(2026, 4, 30), BERLIN, PEOPLE)
+    assert unmatched == ["Team lunch"]
+    carol = [e for e in events if e.person == "carol"]
+    assert len(carol) == 7                                          # 8 Fridays less the one excluded
+    assert carol[0].start == local(2026, 3, 6, 18).astimezone(UTC)
+    assert local(2026, 3, 20, 18).astimezone(UTC) not in [e.start for e in carol]
+    s = schedule(layers=[{"start": "2026-01-01", "rotation": "1d", "participants": ["alice"]}], calendar="x.ics")
+    assert who_is_on_call("p", s, local(2026, 3, 7, 12), events).person == "carol"
+    assert who_is_on_call("p", s, local(2026, 3, 21, 12), events).person == "dave"      # all-day, by e-mail
+    assert who_is_on_call("p", s, local(2026, 3, 10, 12), events).person == "alice"
+    change = next_handoff("p", s, local(2026, 3, 10, 12), events)
+    assert (change.at, change.to_person) == (local(2026, 3, 13, 18).astimezone(UTC), "carol")
+
+
+def test_a_broken_calendar_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="not an iCalendar file"):
+        parse_calendar(b"BEGIN:VCALENDAR\nthis is not ical")
+
+
+@pytest.mark.parametrize("section, says", [
+    ({"people": {"alice": {}}, "oncall": {"schedules": {"p": {"layers": [dict(WEEKLY)]}}}},
+     "oncall.schedules.p names unknown people ['bob', 'carol']"),
+    ({"oncall": {"schedules": {"p": {"time_zone": "Mars/Olympus", "calendar": "x.ics"}}}},
+     "unknown timezone 'Mars/Olympus'"),
+    ({"oncall": {"schedules": {"p": {"overrides": []}}}}, "a schedule needs layers or a calendar"),
+    ({"oncall": {"schedules": {"p": {"calendar": "x.ics", "overrides": [
+        {"start": "2026-01-02T00:00", "end": "2026-01-01T00:00", "person": "a"}]}}}}, "is not after start"),
+    ({"escalation": {"policies": {"P1": [{"person": "zed"}]}}}, "level 1 names undefined person(s) ['zed']"),
+    ({"escalation": {"policies": {"P1": [{"ack_deadline": "5m"}, {"channels": ["file"]}]}}},
+     "a level needs channels, a schedule or a person"),
+    ({"oncall": {"contact_channels": {"email": "file"}}}, "channel 'file' is a file channel; email contacts need"),
+])
+def test_bad_schedules_and_targets_are_refused_at_start_up(section, says):
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**section)
+    assert says in str(caught.value)
