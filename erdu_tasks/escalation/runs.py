@@ -344,6 +344,17 @@ def paged_people(conn: psycopg.Connection, incident_id: str) -> list[dict[str, A
             for row in rows for page in row["payload"].get("paged") or [] if page.get("deliveries")]
 
 
+def on_acknowledged(conn: psycopg.Connection, incident_id: str, who: str, *, actor: str,
+                    now: datetime | None = None) -> None:
+    """An escalated incident was acknowledged: its escalation stops now (no later level is planned, and steps
+    already claimed are cancelled by the sweeper), and the timeline says whether the acker was paged."""
+    run = conn.execute("SELECT incident_id, started_at FROM escalation_runs WHERE incident_id = %s"
+                       " AND stopped_at IS NULL", (incident_id,)).fetchone()
+    if run is not None:
+        stop_run(conn, run, "acknowledged", "acknowledged", now or utcnow(), None)
+    note_ack(conn, incident_id, who, actor=actor)
+
+
 def note_ack(conn: psycopg.Connection, incident_id: str, who: str, *, actor: str) -> None:
     """On an acknowledgement, say on the timeline whether the acker is one of the people paged (and when)."""
     paged = paged_people(conn, incident_id)

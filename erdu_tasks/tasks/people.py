@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from erdu_tasks.escalation.runs import note_ack
+from erdu_tasks.escalation.runs import note_ack, on_acknowledged
 from erdu_tasks.escalation.sweep import PageRefused
 from erdu_tasks.store import incidents as store
 from erdu_tasks.errors import ErduError
@@ -45,11 +45,12 @@ def acknowledge(rt: Runtime, incident_id: str, who: str, *, kind: str = "person"
         if incident.status is Status.ESCALATED:
             store.transition(conn, incident_id, expected=[Status.ESCALATED], to=Status.ACKNOWLEDGED,
                              actor=f"{kind}:{who}", what=f"acknowledged by {who}")
+            on_acknowledged(conn, incident_id, who, actor=f"{kind}:{who}")
         else:
             conn.execute("UPDATE incidents SET acknowledged_at = coalesce(acknowledged_at, now()) WHERE id = %s",
                          (incident_id,))
             store.add_timeline(conn, incident_id, actor=f"{kind}:{who}", what=f"acknowledged by {who}")
-        note_ack(conn, incident_id, who, actor=f"{kind}:{who}")
+            note_ack(conn, incident_id, who, actor=f"{kind}:{who}")
     return ActionDone(incident_id, f"{incident_id} acknowledged by {who}")
 
 

@@ -142,3 +142,38 @@ def test_a_silence_reminder_goes_to_its_authors_contacts(db, endpoints):
     assert reminders["/team"]["reminder"]["silence_id"] == theirs.id
     esc.sweep(now + timedelta(seconds=5))
     assert len(endpoints.received) == 2                    # once per silence
+
+
+def test_the_api_answers_who_is_on_call_and_reassigns(fresh_database_url, redis_server, endpoints):
+    from fastapi.testclient import TestClient
+
+    from erdu_tasks.api.app import create_app
+    from erdu_tasks.settings import load_settings
+    from erdu_tasks.store.db import Database
+
+    settings = load_settings(
+        database_url=fresh_database_url, redis_url=redis_server.url,
+        people={"alice": {"contacts": {"webhook": f"{endpoints.url}/alice"}}, "bob": {}},
+        oncall={"schedules": {"primary": {"time_zone": "Europe/Berlin", "layers": [
+            {"start": "2026-05-04", "rotation": "daily", "participants": ["alice", "bob"]}]}}},
+        escalation={"channels": {"hook": webhook(endpoints, "/team")}})
+    database = Database(fresh_database_url)
+    try:
+        with database.transaction() as conn:
+            incident = new_incident(conn, service="orders")
+    finally:
+        database.close()
+    with TestClient(create_app(settings)) as client:
+        r = client.get("/v1/oncall", params={"at": "2026-05-05T08:30:00+02:00"})
+        assert r.status_code == 200
+        [primary] = r.json()
+        assert (primary["person"], primary["next"]["to_person"]) == ("alice", "bob")
+        assert primary["next"]["at"].startswith("2026-05-05T07:00:00")
+        r = client.get("/v1/oncall/primary", params={"at": "2026-05-05T10:00:00Z", "count": 3})
+        assert [s["person"] for s in r.json()["shifts"]] == ["bob", "alice", "bob"]
+        assert client.get("/v1/oncall/nope").status_code == 404
+        r = client.post(f"/v1/incidents/{incident}/reassign", json={"person": "alice", "by": "bob"})
+        assert r.status_code == 200 and r.json()["message"].endswith("paged via webhook")
+        assert paged(endpoints) == ["alice"]
+        r = client.post(f"/v1/incidents/{incident}/reassign", json={"person": "bob", "by": "alice"})
+        assert r.status_code == 409 and "bob cannot be paged: no contacts" in r.json()["detail"]
