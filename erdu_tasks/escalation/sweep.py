@@ -387,7 +387,8 @@ class Escalator:
                     report.resume.append(resume)
 
     def _remind_silences(self, now: datetime, report: SweepReport) -> None:
-        """Once per silence, `escalation.silences.remind_before` its end: a note on every incident it holds."""
+        """Once per silence, `escalation.silences.remind_before` its end: a note on every incident it holds, and (for a
+        silence longer than remind_before) a message to its author or the first escalation level."""
         before = self.config.silences.remind_before
         if before is None:
             return
@@ -397,8 +398,10 @@ class Escalator:
                 left = max(0, int((silence.end() - now).total_seconds() // 60))
                 log.info("silence ends soon", silence_id=silence.id, ends_at=silence.end().isoformat(),
                          held=len(held))
-                targets, whom = self._reminder_targets(conn, silence, held, now)
-                sent_to = f"; reminder sent to {whom}" if targets else "; nobody to send the reminder to"
+                # A silence shorter than remind_before would be announced as it begins: only the note then.
+                long_enough = silence.end() - silence.starts_at > before
+                targets, whom = self._reminder_targets(conn, silence, held, now) if long_enough else ([], "")
+                sent_to = f"; reminder sent to {whom}" if targets else ""
                 for incident_id in held:
                     store.add_timeline(conn, incident_id, actor=ACTOR, worker=self.worker,
                                        what=f"reminder: silence {silence.id} ({silence.describe()}) ends at "

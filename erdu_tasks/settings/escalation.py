@@ -39,7 +39,7 @@ default deadlines":
             - channels: [pd, mail]
               repeat_interval: 10m   # the last level repeats until acknowledged
               max_repeats: 12
-        P2:
+        P4:
           levels:
             - {schedule: primary, ack_deadline: 10m}        # whoever is on call then (oncall.schedules)
             - {schedule: secondary, channels: [oncall-slack], ack_deadline: 10m}
