@@ -145,6 +145,13 @@ class Pager:
                 problems.append(f"{page.person} cannot be paged: {'; '.join(page.skipped)}")
         return LevelPages(tuple(unique.values()), tuple(problems))
 
+    def limit_channel(self, name: str) -> str:
+        """The channel whose max_per_minute limits a delivery: a person delivery's carrier, else itself."""
+        parsed = parse_delivery(name)
+        if parsed is None:
+            return name
+        return self.oncall.contact_channel(parsed[1], self.config.channels) or name
+
     def channel(self, name: str) -> Channel | None:
         """The channel of a person delivery (`@alice/email`), built once; None for other names."""
         if name in self._built:

@@ -24,6 +24,7 @@ from erdu_tasks.settings.schedules import OncallConfig, ScheduleConfig
 _BEFORE = timedelta(days=35)      # a calendar event that began this long before T may still cover T
 _AHEAD = timedelta(days=120)      # how far ahead calendar events are read for "next handoff"
 _MAX_CALENDAR_BYTES = 8 * 1024 * 1024
+_SPAN = _BEFORE + _AHEAD + timedelta(days=30)   # what one expansion covers: asks a month apart reuse it
 
 
 class UnknownSchedule(ErduError):
@@ -38,6 +39,7 @@ class CalendarUnreadable(ErduError):
 class _Read:
     stamp: tuple[int, int]
     calendar: Any
+    expanded: tuple[datetime, datetime, list[CalendarEvent], list[str]] | None = None
 
 
 class Rota:
@@ -91,15 +93,29 @@ class Rota:
         return calendar
 
     def events(self, name: str, start: datetime, end: datetime) -> tuple[list[CalendarEvent], list[str]]:
-        """A schedule's calendar events between start and end, and the summaries that name nobody."""
+        """A schedule's calendar events overlapping start..end, and the summaries that name nobody.
+
+        Expanding recurrences is the slow part (seconds for thousands of occurrences), so each file's
+        expansion covers a wider span than asked (up to _SPAN ahead) and is reused while it covers the ask."""
         schedule = self.schedule(name)
         if schedule.calendar is None:
             return [], []
         calendar = self._calendar(schedule.calendar)
-        try:
-            return oncall.calendar_events(calendar, start, end, schedule.zone, self.people)
-        except ValueError as exc:
-            raise CalendarUnreadable(f"calendar {schedule.calendar}: {exc}") from None
+        with self._lock:
+            read = self._cache.get(schedule.calendar)
+            done = read.expanded if read is not None and read.calendar is calendar else None
+        if done is None or not (done[0] <= start and end <= done[1]):
+            begin, finish = start, max(end, start + _SPAN)
+            try:
+                found, unmatched = oncall.calendar_events(calendar, begin, finish, schedule.zone, self.people)
+            except ValueError as exc:
+                raise CalendarUnreadable(f"calendar {schedule.calendar}: {exc}") from None
+            done = (begin, finish, found, unmatched)
+            with self._lock:
+                read = self._cache.get(schedule.calendar)
+                if read is not None and read.calendar is calendar:
+                    read.expanded = done
+        return [e for e in done[2] if e.end > start and e.start < end], done[3]
 
     def _window(self, name: str, at: datetime) -> list[CalendarEvent]:
         return self.events(name, at - _BEFORE, at + _AHEAD)[0]

@@ -578,7 +578,9 @@ class Escalator:
             result = DeliveryResult.failed(channel, f"channel {channel!r} is no longer configured", permanent=True)
         else:
             if attempt == 1 and kind not in (NotificationKind.DIGEST, NotificationKind.REMINDER):
-                facts = Facts(incident=incident, channel=channel, sent_in_window=self.counter.count(channel, now))
+                # A person's deliveries are counted on their own, within the carrying channel's limit.
+                facts = Facts(incident=incident, channel=self.pager.limit_channel(channel),
+                              sent_in_window=self.counter.count(channel, now))
                 decision = self.gates.check(facts, now, (GateName.RATE_LIMIT,))
                 if decision.outcome is Outcome.RATE_LIMITED:
                     with self.db.transaction() as conn:
