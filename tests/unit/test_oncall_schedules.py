@@ -150,3 +150,32 @@ def test_bad_schedules_and_targets_are_refused_at_start_up(section, says):
     with pytest.raises(ConfigError) as caught:
         load_settings(**section)
     assert says in str(caught.value)
+
+
+def test_the_oncall_command_answers_now_next_and_show_and_refuses_unknown_schedules(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from erdu_tasks.cli.main import app
+    from erdu_tasks.settings import get_settings
+
+    (tmp_path / "erdu.yaml").write_text(
+        "people: {alice: {}, bob: {}, carol: {}}\n"
+        "oncall:\n  schedules:\n    primary:\n      time_zone: Europe/Berlin\n"
+        "      layers: [{start: 2026-03-27, rotation: daily, participants: [alice, bob]}]\n"
+        "      overrides: [{start: '2026-03-30T12:00', end: '2026-03-31T12:00', person: carol}]\n")
+    monkeypatch.setenv("ERDU_CONFIG", str(tmp_path / "erdu.yaml"))
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        now = runner.invoke(app, ["oncall", "now", "primary", "--at", "2026-03-29T09:30"])
+        assert now.exit_code == 0 and "primary: alice (layer 1, since 2026-03-29T09:00+02:00)" in now.output
+        nxt = runner.invoke(app, ["oncall", "next", "primary", "--at", "2026-03-28T12:00"])
+        assert "primary: bob -> alice at 2026-03-29T09:00+02:00 (2026-03-29T07:00+00:00)" in nxt.output
+        shown = runner.invoke(app, ["oncall", "show", "primary", "--at", "2026-03-30T10:00", "--json", "--count", "3"])
+        assert [s["person"] for s in __import__("json").loads(shown.output)["shifts"]] == ["bob", "carol", "alice"]
+        unknown = runner.invoke(app, ["oncall", "now", "nope"])
+        assert unknown.exit_code == 1 and "no schedule 'nope'; defined schedules: primary" in unknown.output
+        bad = runner.invoke(app, ["oncall", "next", "primary", "--at", "yesterday"])
+        assert bad.exit_code == 2 and "is not an ISO 8601 time" in bad.output
+    finally:
+        get_settings.cache_clear()
