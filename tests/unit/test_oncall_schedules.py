@@ -179,3 +179,42 @@ def test_the_oncall_command_answers_now_next_and_show_and_refuses_unknown_schedu
         assert bad.exit_code == 2 and "is not an ISO 8601 time" in bad.output
     finally:
         get_settings.cache_clear()
+
+
+def test_a_page_names_the_person_on_each_channel_and_a_bad_contact_fails_for_good():
+    from erdu_tasks.escalation.channels import Notification, NotificationKind
+    from erdu_tasks.escalation.channels.file import file_stem
+    from erdu_tasks.escalation.channels.pagerduty import trigger_body
+    from erdu_tasks.escalation.channels.slack import slack_payload
+    from erdu_tasks.escalation.contacts import Pager, parse_delivery
+    from erdu_tasks.escalation.schedules import Rota
+    from erdu_tasks.settings.escalation import EscalationConfig, LevelConfig
+    from erdu_tasks.settings.schedules import OncallConfig
+
+    n = Notification(incident_id="INC-1", title="<!channel> db down", severity="P1", status="escalated", reason="x")
+    slack = slack_payload(n.for_person("alice", "U024BE7LH"))
+    assert slack["text"].startswith("<@U024BE7LH> ") and "&lt;!channel&gt;" in slack["text"]
+    mrkdwn = [b["text"]["text"] for b in slack["blocks"] if b.get("text", {}).get("type") == "mrkdwn"]
+    assert mrkdwn[0] == "<@U024BE7LH> you are paged (on call as alice)"
+    assert "<!channel>" not in slack["text"] + " ".join(mrkdwn)           # event text still cannot ping anyone
+    details = trigger_body(n.for_person("bob", "PABC123"), "key")["payload"]["custom_details"]
+    assert (details["paged_person"], details["pagerduty_user"]) == ("bob", "PABC123")
+    reminder = Notification.reminder(silence_id="SIL-1", what="service=batch", ends_at=datetime(2026, 1, 1, tzinfo=UTC),
+                                     held=["INC-2"], author="carol", see_command="erdu silence ls")
+    assert reminder.kind is NotificationKind.REMINDER and file_stem(reminder) == "SIL-1-reminder"
+    assert reminder.to_dict()["reminder"] == {"silence_id": "SIL-1", "held": 1, "sample_incidents": ["INC-2"]}
+
+    config = EscalationConfig.from_section({"channels": {"hook": {"type": "webhook", "url": "https://x.example/h",
+                                                                  "secret": "a-long-shared-secret-for-hmac"}}})
+    people = {"alice": Person.model_validate({"contacts": {"webhook": "file:///etc/passwd", "email": "a@x.example"}})}
+    oncall = OncallConfig()
+    pager = Pager(config, oncall, people, Rota(oncall, people))
+    page = pager.page("alice", "person")
+    assert page.deliveries == ("@alice/webhook",) and page.skipped == ("email: no channel of type email is configured",)
+    assert parse_delivery("@alice/webhook") == ("alice", "webhook") and parse_delivery("hook") is None
+    result = pager.channel("@alice/webhook").send(n)
+    assert not result.ok and result.permanent and "must be an absolute http" in result.detail
+    assert pager.level_pages(LevelConfig(person=["alice"]), datetime.now(UTC)).describe() == \
+        "paging alice (person) via webhook"
+    gap = pager.level_pages(LevelConfig(schedule=["nope"]), datetime.now(UTC))
+    assert gap.pages == () and gap.problems[0].startswith("schedule nope: no schedule 'nope'")
