@@ -13,6 +13,7 @@ nothing twice; a sweeper that dies leaves rows that the next one finishes.
 from __future__ import annotations
 
 import random
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -461,9 +462,10 @@ class Escalator:
             if not incident.is_open:
                 raise PageRefused(f"{incident_id} is {incident.status.value}: nobody is paged for it")
             step = conn.execute(
-                "INSERT INTO escalation_steps (step_key, kind, incident_id, started_at, channels, payload, due_at,"
-                " sent_at, next_at) VALUES (%s, 'page', %s, %s, %s, %s, %s, %s, %s) RETURNING *",
-                (f"{incident_id}:page:{person}:{int(now.timestamp() * 1000)}", incident_id, now,
+                # No started_at: a page by hand belongs to no run (and two at once do not collide).
+                "INSERT INTO escalation_steps (step_key, kind, incident_id, channels, payload, due_at,"
+                " sent_at, next_at) VALUES (%s, 'page', %s, %s, %s, %s, %s, %s) RETURNING *",
+                (f"{incident_id}:page:{person}:{secrets.token_hex(6)}", incident_id,
                  Jsonb(list(page.deliveries)), Jsonb({"reason": reason, "paged": [page.as_dict()], "assignee": person,
                                                       "by": by}), now, now, now),
             ).fetchone()
