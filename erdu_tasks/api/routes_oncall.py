@@ -22,6 +22,7 @@ At = Annotated[datetime | None, Query(description="Ask about this moment (ISO 86
 class HandoffOut(BaseModel):
     """The next change of who is on call."""
 
+    schedule: str
     at: datetime
     from_person: str | None
     to_person: str | None
@@ -64,27 +65,11 @@ def _moment(at: datetime | None) -> datetime:
     return at
 
 
-def _one(ctx: ApiContext, name: str, at: datetime) -> OnCallOut:
-    current, change = ctx.rt.rota.now(name, at), ctx.rt.rota.next(name, at)
-    nxt = HandoffOut(at=change.at, from_person=change.from_person, to_person=change.to_person,
-                     source=change.source) if change else None
-    return OnCallOut(schedule=name, at=at, person=current.person, source=current.source, since=current.since,
-                     next=nxt)
-
-
 @router.get("/v1/oncall", response_model=list[OnCallOut], dependencies=[Depends(require_read)])
 def oncall_now(ctx: Ctx, at: At = None) -> list[OnCallOut]:
     """Every schedule: who is on call now (or `at`) and the next handoff; a calendar that cannot be read
     gives that schedule an `error` instead."""
-    moment = _moment(at)
-    out = []
-    for name in ctx.rt.rota.names:
-        try:
-            out.append(_one(ctx, name, moment))
-        except CalendarUnreadable as exc:
-            out.append(OnCallOut(schedule=name, at=moment, person=None, source=None, since=None, next=None,
-                                 error=str(exc)))
-    return out
+    return [OnCallOut(**row) for row in ctx.rt.rota.overview(_moment(at))]
 
 
 @router.get("/v1/oncall/{schedule}", response_model=ScheduleOut, dependencies=[Depends(require_read)],
@@ -94,11 +79,11 @@ def oncall_schedule(schedule: Annotated[str, Path(pattern=SCHEDULE_NAME.pattern,
     """One schedule: who is on call now (or `at`), the next handoff and the coming `count` shifts."""
     moment = _moment(at)
     try:
-        one = _one(ctx, schedule, moment)
+        one = ctx.rt.rota.summary(schedule, moment)
         shifts = ctx.rt.rota.shifts(schedule, moment, count)
     except UnknownSchedule as exc:
         raise HTTPException(404, str(exc)) from None
     except CalendarUnreadable as exc:
         raise HTTPException(503, str(exc)) from None
-    return ScheduleOut(**one.model_dump(), time_zone=ctx.rt.rota.schedule(schedule).time_zone,
+    return ScheduleOut(**one, time_zone=ctx.rt.rota.schedule(schedule).time_zone,
                        shifts=[ShiftOut(**s.__dict__) for s in shifts])

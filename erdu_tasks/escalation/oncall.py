@@ -64,8 +64,8 @@ class Handoff:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
-        return {"schedule": self.schedule, "at": self.at.isoformat(), "from": self.from_person,
-                "to": self.to_person, "source": self.source}
+        return {"schedule": self.schedule, "at": self.at.isoformat(), "from_person": self.from_person,
+                "to_person": self.to_person, "source": self.source}
 
 
 def _aware(moment: datetime) -> datetime:

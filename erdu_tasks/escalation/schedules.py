@@ -132,17 +132,21 @@ class Rota:
         """The shift in force at `at` and the next ones."""
         return oncall.upcoming(name, self.schedule(name), at, self._window(name, at), count=count)
 
+    def summary(self, name: str, at: datetime) -> dict[str, Any]:
+        """One schedule's person on call at `at`, what decides it, and the next handoff (JSON-ready)."""
+        current, change = self.now(name, at), self.next(name, at)
+        return {**current.as_dict(), "next": change.as_dict() if change else None, "error": None}
+
     def overview(self, at: datetime) -> list[dict[str, Any]]:
-        """Every schedule's person on call now and the next handoff (what the console shows); a schedule
-        whose calendar cannot be read says so instead."""
+        """Every schedule's summary (what the console shows); a schedule whose calendar cannot be read
+        has its `error` instead."""
         out = []
         for name in self.names:
             try:
-                current, change = self.now(name, at), self.next(name, at)
+                out.append(self.summary(name, at))
             except CalendarUnreadable as exc:
-                out.append({"schedule": name, "error": str(exc), "person": None, "next": None})
-                continue
-            out.append({**current.as_dict(), "next": change.as_dict() if change else None, "error": None})
+                out.append({"schedule": name, "at": at.isoformat(), "person": None, "source": None, "since": None,
+                            "next": None, "error": str(exc)})
         return out
 
     def check(self) -> None:
