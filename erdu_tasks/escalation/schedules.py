@@ -11,7 +11,7 @@ import os
 import stat
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ class CalendarUnreadable(ErduError):
 class _Read:
     stamp: tuple[int, int]
     calendar: Any
-    expanded: tuple[datetime, datetime, list[CalendarEvent], list[str]] | None = None
+    expanded: dict[str, tuple[datetime, datetime, list[CalendarEvent], list[str]]] = field(default_factory=dict)
 
 
 class Rota:
@@ -101,9 +101,9 @@ class Rota:
         if schedule.calendar is None:
             return [], []
         calendar = self._calendar(schedule.calendar)
-        with self._lock:
+        with self._lock:   # floating times depend on the zone: two schedules may read one file differently
             read = self._cache.get(schedule.calendar)
-            done = read.expanded if read is not None and read.calendar is calendar else None
+            done = read.expanded.get(schedule.time_zone) if read is not None and read.calendar is calendar else None
         if done is None or not (done[0] <= start and end <= done[1]):
             begin, finish = start, max(end, start + _SPAN)
             try:
@@ -114,7 +114,7 @@ class Rota:
             with self._lock:
                 read = self._cache.get(schedule.calendar)
                 if read is not None and read.calendar is calendar:
-                    read.expanded = done
+                    read.expanded[schedule.time_zone] = done
         return [e for e in done[2] if e.end > start and e.start < end], done[3]
 
     def _window(self, name: str, at: datetime) -> list[CalendarEvent]:

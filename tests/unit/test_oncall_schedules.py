@@ -218,3 +218,28 @@ def test_a_page_names_the_person_on_each_channel_and_a_bad_contact_fails_for_goo
         "paging alice (person) via webhook"
     gap = pager.level_pages(LevelConfig(schedule=["nope"]), datetime.now(UTC))
     assert gap.pages == () and gap.problems[0].startswith("schedule nope: no schedule 'nope'")
+
+
+def test_a_calendar_file_is_read_again_when_it_changes_and_a_bad_one_is_named(tmp_path):
+    import os
+
+    from erdu_tasks.escalation.schedules import CalendarUnreadable, Rota
+    from erdu_tasks.settings.schedules import OncallConfig
+
+    path = tmp_path / "oncall.ics"
+    path.write_bytes(ICS)
+    config = OncallConfig.from_section({"schedules": {"cal": {"time_zone": "Europe/Berlin", "calendar": str(path)}}})
+    rota = Rota(config, PEOPLE)
+    assert rota.now("cal", local(2026, 3, 7, 12)).person == "carol"
+    assert rota.now("cal", local(2026, 3, 10, 12)).person is None                 # no layer: nobody
+    path.write_bytes(ICS.replace(b"Weekend on call: Carol", b"Weekend on call: alice, really"))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert rota.now("cal", local(2026, 3, 7, 12)).person == "alice"
+    path.write_bytes(b"garbage")
+    with pytest.raises(CalendarUnreadable, match=r"oncall.ics: not an iCalendar file"):
+        rota.now("cal", local(2026, 3, 7, 12))
+    assert rota.overview(local(2026, 3, 7, 12))[0]["error"].startswith("calendar ")
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.raises(CalendarUnreadable, match="not a regular file"):
+        rota.check()
