@@ -128,7 +128,8 @@ def create_app(settings: Settings, config: ApiConfig | None = None) -> FastAPI:
 
     from erdu_tasks.store.metrics import build_registry
 
-    registry = build_registry(settings.database_url, settings.redis_url)
+    registry = build_registry(settings.database_url, settings.redis_url,
+                              channels=tuple(settings.escalation.channels))
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

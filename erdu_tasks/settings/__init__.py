@@ -1,6 +1,6 @@
 """One typed settings object, built once from the environment (ERDU_*) and an optional erdu.yaml.
 
-Every key is a typed field, sections included (erdu_tasks/settings/{monitors,escalation,roles,servers}.py):
+Every key is a typed field, sections included (erdu_tasks/settings/*.py):
 an unknown or misplaced key is refused at start-up with its dotted path, so nothing is accepted and then
 ignored. A section may also be given as JSON in one variable (ERDU_MONITORS='{"logs": ...}') or key by key
 (ERDU_BRAIN__API_KEY).
@@ -29,6 +29,7 @@ from erdu_tasks.settings.escalation import EscalationConfig
 from erdu_tasks.settings.heartbeats import HeartbeatsConfig
 from erdu_tasks.settings.monitors import MonitorsConfig
 from erdu_tasks.settings.people import People, check_people
+from erdu_tasks.settings.retention import RetentionConfig
 from erdu_tasks.settings.schedules import OncallConfig
 from erdu_tasks.settings.roles import BrainConfig, CommanderConfig, LearningConfig
 from erdu_tasks.settings.servers import ApiSection, FlowerSection
@@ -37,7 +38,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/erdu"
 
 _SECTIONS = frozenset({"monitors", "escalation", "commander", "learning", "brain", "api", "flower", "heartbeats", "people",
-                       "oncall"})
+                       "retention", "oncall"})
 
 
 def _config_file() -> Path | None:
@@ -78,7 +79,11 @@ class Settings(BaseSettings):
     consumer_stall_seconds: float = Field(default=30.0, ge=0)
     task_max_retries: int = Field(default=8, ge=0)
     retry_backoff_max: float = Field(default=60.0, gt=0)
+    # Postgres connections per worker process. Unset, `erdu worker` sizes it from the pool: a thread
+    # pool of N gets N + 1 (a thread each, and one for the process's own checks), a prefork child 2.
     db_pool_max: int = Field(default=4, ge=1)
+    # False behind PgBouncer in transaction mode (before 1.21), which cannot keep prepared statements.
+    db_prepared_statements: bool = True
 
     dry_run: bool = False
     # Hosts an incident's {host} / {service} may aim a runbook URL at, besides the catalog's `hosts:`
@@ -105,6 +110,7 @@ class Settings(BaseSettings):
     flower: FlowerSection = Field(default_factory=FlowerSection)
     heartbeats: HeartbeatsConfig = Field(default_factory=HeartbeatsConfig)
     people: People = Field(default_factory=dict)   # settings/people.py
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     oncall: OncallConfig = Field(default_factory=OncallConfig)   # settings/schedules.py
 
     @field_validator("people")
@@ -127,6 +133,14 @@ class Settings(BaseSettings):
             raise ValueError(f"heartbeats.beat.max_age ({max_age.total_seconds():g} s) must be longer than "
                              f"reconcile_interval_seconds ({self.reconcile_interval_seconds:g} s): the reconciler's "
                              "pass is what shows beat is alive")
+        return self
+
+    @model_validator(mode="after")
+    def _notifications_link_to_the_console(self) -> "Settings":
+        # Without a url_template of its own, every notification links to the incident's console page.
+        if self.escalation.url_template is None:
+            base = self.api.console_url().replace("{", "{{").replace("}", "}}")
+            self.escalation = self.escalation.model_copy(update={"url_template": base + "/incidents/{incident_id}"})
         return self
 
     @model_validator(mode="after")

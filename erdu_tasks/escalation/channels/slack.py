@@ -58,8 +58,14 @@ def slack_payload(n: Notification) -> dict[str, Any]:
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": _limit(head, _HEADER_MAX), "emoji": True}},
         {"type": "section", "fields": [{"type": "mrkdwn", "text": _limit(f, _FIELD_MAX)} for f in fields]},
-        _section(f"*Why*\n{escape(n.reason)}"),
     ]
+    if n.message:
+        first = f"*First occurrence*{' on ' + escape(n.host) if n.host else ''}\n```{_code(n.message)}"
+        first += "".join(f"\n{_code(line)}" for line in n.traceback) + "```"
+        blocks.append(_section(first))
+    if n.labels:
+        blocks.append(_section("*Labels* " + ", ".join(f"`{_code(k)}={_code(v)}`" for k, v in n.labels.items())))
+    blocks.append(_section(f"*Why*\n{escape(n.reason)}"))
     if n.root_cause:
         blocks.append(_section(f"*Root-cause hypothesis*\n{escape(n.root_cause)}"))
     if n.attempted_fixes:
