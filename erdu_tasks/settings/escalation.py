@@ -324,7 +324,9 @@ class SilenceSettings(Section):
     """Limits and reminders of silences (`escalation.silences`)."""
 
     max_duration: Duration = timedelta(days=366)           # a longer silence is refused (CLI and API)
-    remind_before: Duration | None = timedelta(minutes=15)  # a timeline note this long before a silence ends
+    # This long before a silence ends: a timeline note on each incident it holds, and (for a silence longer than
+    # this) a reminder to its author's contacts, else to the first escalation level (escalation/sweep.py).
+    remind_before: Duration | None = timedelta(minutes=15)
 
     @model_validator(mode="before")
     @classmethod
