@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from erdu_tasks.catalog import Catalog
     from erdu_tasks.escalation.gates import Gates
+    from erdu_tasks.escalation.schedules import Rota
     from erdu_tasks.escalation.sweep import Escalator
     from erdu_tasks.fixer.runbooks import RunbookSet
     from erdu_tasks.fixer.urlguard import UrlPolicy
@@ -70,6 +71,13 @@ class Runtime:
         from erdu_tasks.escalation.gates import gates_from_settings
 
         return gates_from_settings(self.settings, self.catalog)
+
+    @cached_property
+    def rota(self) -> Rota:
+        """The on-call schedules (the `oncall` section), their calendars read when they change."""
+        from erdu_tasks.escalation.schedules import Rota
+
+        return Rota(self.settings.oncall, self.settings.people)
 
     @property
     def runbooks(self) -> RunbookSet:

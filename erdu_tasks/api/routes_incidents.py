@@ -210,3 +210,28 @@ def approve(incident_id: IncidentId, ctx: Ctx, body: OptionalBody = None) -> Act
 def retry(incident_id: IncidentId, ctx: Ctx, body: OptionalBody = None) -> ActionResult:
     """Re-drive an escalated incident from the stage that failed."""
     return _act(ctx, "retry", incident_id, body)
+
+
+class ReassignBody(BaseModel):
+    """Whom the incident goes to (a key of the people section), and who hands it over."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    person: str = Field(min_length=1, max_length=64, description="The person to page now")
+    by: str = Field(default="api", min_length=1, max_length=128, description="The person acting")
+
+
+@router.post("/v1/incidents/{incident_id}/reassign", response_model=ActionResult,
+             dependencies=[Depends(require_write)],
+             responses={404: {"description": "No such incident"},
+                        409: {"description": "Not open, unknown person, or nobody can reach them"}})
+def reassign(incident_id: IncidentId, body: ReassignBody, ctx: Ctx) -> ActionResult:
+    """Assign an open incident to a person and page them now through their contacts (on the timeline)."""
+    with ctx.rt.db.transaction() as conn:
+        if store.get_incident(conn, incident_id) is None:
+            raise HTTPException(404, f"no incident {incident_id}")
+    try:
+        done = people.reassign(ctx.rt, incident_id, body.person, body.by)
+    except people.ActionRefused as exc:
+        raise HTTPException(409, str(exc)) from None
+    return ActionResult(incident_id=done.incident_id, message=done.message)

@@ -19,6 +19,7 @@ from erdu_tasks.settings import get_settings
 from erdu_tasks.cli.common import console, err, fail, incident_id_of, load_settings, plain, runtime, shown, who
 from erdu_tasks.cli.silences import silence_app
 from erdu_tasks.cli.heartbeats import heartbeat, heartbeats_app
+from erdu_tasks.cli.oncall import oncall_app
 
 app = typer.Typer(help="ERDU: self-healing incident response on Celery, Redis and Postgres.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -31,6 +32,7 @@ app.add_typer(runbooks_app, name="runbooks")
 app.add_typer(silence_app, name="silence")
 app.add_typer(heartbeats_app, name="heartbeats")
 app.command("heartbeat")(heartbeat)
+app.add_typer(oncall_app, name="oncall")
 rules_app = typer.Typer(help="List the classification rules.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
 
@@ -499,6 +501,24 @@ def incidents_approve(incident_id: str, by: By = None, note: Note = None) -> Non
 def incidents_retry(incident_id: str, by: By = None, note: Note = None) -> None:
     """Re-drive an escalated incident from the stage that failed."""
     _person("retry", incident_id, by, note)
+
+
+@incidents_app.command("reassign")
+def incidents_reassign(incident_id: str,
+                       person: Annotated[str, typer.Argument(help="The person (a key of the people section)")],
+                       by: By = None) -> None:
+    """Assign an open incident to a person and page them now through their contacts."""
+    from erdu_tasks.tasks.people import ActionRefused, reassign
+
+    if by is not None and not by.strip():
+        fail("--by needs a name")
+    rt = runtime()
+    incident_id = incident_id_of(rt, incident_id)
+    try:
+        done = reassign(rt, incident_id, person.strip(), (by or who()).strip())
+    except ActionRefused as exc:
+        fail(str(exc), 1)
+    console.print(shown(done.message), highlight=False)
 
 
 @failed_app.command("ls")

@@ -24,7 +24,9 @@ import psycopg
 import structlog
 from psycopg.types.json import Jsonb
 
+from erdu_tasks.errors import ConfigError
 from erdu_tasks.escalation import inhibition, silences
+from erdu_tasks.escalation.schedules import CalendarUnreadable, Rota
 from erdu_tasks.escalation.gates import GateName, Gates, Outcome, load_facts
 from erdu_tasks.store import incidents as store
 from erdu_tasks.catalog import Catalog
@@ -72,6 +74,12 @@ def check_settings(settings: Any, catalog: Catalog) -> None:
     """Validate the whole escalation section at start-up; ConfigError names the place and the reason."""
     config = escalation_config(settings.escalation, settings.alerts_dir)
     config.check_policy_names({name: s.escalation_policy for name, s in catalog.services.items()})
+    oncall = getattr(settings, "oncall", None)
+    if oncall is not None:
+        try:
+            Rota(oncall, settings.people).check()
+        except CalendarUnreadable as exc:
+            raise ConfigError(f"oncall.schedules: {exc}") from None
 
 
 # --------------------------------------------------------------------------- payload
@@ -288,7 +296,7 @@ def on_resolved(conn: psycopg.Connection, incident: Incident, *, worker: str | N
                  " WHERE incident_id = %s AND released_at IS NULL", (now, incident.id))
     notified = [r["channel"] for r in conn.execute(
         "SELECT DISTINCT d.channel FROM deliveries d JOIN escalation_steps s ON s.id = d.step_id"
-        " WHERE s.incident_id = %s AND s.kind = 'trigger' AND d.ok ORDER BY d.channel", (incident.id,))]
+        " WHERE s.incident_id = %s AND s.kind IN ('trigger', 'page') AND d.ok ORDER BY d.channel", (incident.id,))]
     if notified:
         last = conn.execute("SELECT started_at, level FROM escalation_runs WHERE incident_id = %s"
                             " ORDER BY started_at DESC LIMIT 1", (incident.id,)).fetchone()
@@ -321,6 +329,48 @@ def _recheck_child(conn: psycopg.Connection, parent: Incident, child: Mapping[st
     else:
         outcome = "still open, continues on its own path"
     store.add_timeline(conn, parent.id, actor=ACTOR, worker=worker, what=f"{label} re-checked: {outcome}")
+
+
+# --------------------------------------------------------------------------- people paged
+
+
+def paged_people(conn: psycopg.Connection, incident_id: str) -> list[dict[str, Any]]:
+    """Who was paged about the incident, in order: person, via, level, when (from the steps' payloads)."""
+    rows = conn.execute(
+        "SELECT kind, level, repeat, sent_at, payload FROM escalation_steps WHERE incident_id = %s"
+        " AND kind IN ('trigger', 'page') AND payload ? 'paged' ORDER BY sent_at, id", (incident_id,)).fetchall()
+    return [{"person": page["person"], "via": page["via"], "level": row["level"], "repeat": row["repeat"],
+             "kind": row["kind"], "at": row["sent_at"], "deliveries": page.get("deliveries", [])}
+            for row in rows for page in row["payload"].get("paged") or [] if page.get("deliveries")]
+
+
+def on_acknowledged(conn: psycopg.Connection, incident_id: str, who: str, *, actor: str,
+                    now: datetime | None = None) -> None:
+    """An escalated incident was acknowledged: its escalation stops now (no later level is planned, and steps
+    already claimed are cancelled by the sweeper), and the timeline says whether the acker was paged."""
+    run = conn.execute("SELECT incident_id, started_at FROM escalation_runs WHERE incident_id = %s"
+                       " AND stopped_at IS NULL", (incident_id,)).fetchone()
+    if run is not None:
+        stop_run(conn, run, "acknowledged", "acknowledged", now or utcnow(), None)
+    note_ack(conn, incident_id, who, actor=actor)
+
+
+def note_ack(conn: psycopg.Connection, incident_id: str, who: str, *, actor: str) -> None:
+    """On an acknowledgement, say on the timeline whether the acker is one of the people paged (and when)."""
+    paged = paged_people(conn, incident_id)
+    if not paged:
+        return
+    mine = [p for p in paged if p["person"] == who]
+    if mine:
+        last = mine[-1]
+        where = "reassigned" if last["kind"] == "page" else f"level {last['level']}"
+        what = (f"acknowledged by {who}, who was paged ({where}, {last['via']}) at "
+                f"{last['at'].isoformat(timespec='seconds')}")
+    else:
+        others = ", ".join(dict.fromkeys(p["person"] for p in paged))
+        what = f"acknowledged by {who}, who was not paged (paged: {others})"
+    store.add_timeline(conn, incident_id, actor=actor, what=what,
+                       details={"acknowledged_by": who, "paged": [p["person"] for p in paged], "was_paged": bool(mine)})
 
 
 # --------------------------------------------------------------------------- queries for people and tasks

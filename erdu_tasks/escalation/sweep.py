@@ -13,6 +13,7 @@ nothing twice; a sweeper that dies leaves rows that the next one finishes.
 from __future__ import annotations
 
 import random
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -55,8 +56,11 @@ from erdu_tasks.escalation.policy import (
     step_key,
 )
 from erdu_tasks.escalation.inhibition import InhibitRule
+from erdu_tasks.escalation.contacts import LevelPages, Page, Pager, parse_delivery
+from erdu_tasks.escalation.schedules import Rota
 from erdu_tasks.model import Incident, Status
 from erdu_tasks.escalation.channels import Channel, DeliveryResult, Notification, NotificationKind, build_channels
+from erdu_tasks.settings.schedules import OncallConfig
 
 _MAX_ROUNDS = 5
 
@@ -64,6 +68,19 @@ _MAX_ROUNDS = 5
 _DIGEST_LOOKBACK = timedelta(days=1)
 MISSING_RUN = "audit: escalated without an escalation run"
 PLAN_GATES = (GateName.SILENCE, GateName.INHIBITION)
+_STEP_KINDS = {"trigger": NotificationKind.TRIGGER, "resolve": NotificationKind.RESOLVE,
+               "digest": NotificationKind.DIGEST, "reminder": NotificationKind.REMINDER,
+               "page": NotificationKind.TRIGGER}
+"""A step's kind -> the notification it sends (`page`: a person paged by hand, e.g. on reassignment)."""
+
+
+class PageRefused(Exception):
+    """A page by hand that cannot be sent (unknown person, nobody reachable, incident not open)."""
+
+
+def _label(channel: str) -> str:
+    person = parse_delivery(channel)
+    return f"{person[0]} via {person[1]}" if person else channel
 
 
 @dataclass
@@ -139,12 +156,16 @@ class Escalator:
         worker: str | None = None,
         rate_prefix: str = names.NOTIFY_RATE_PREFIX,
         jitter: Callable[[], float] = random.random,
+        people: Mapping[str, Any] | None = None,
+        oncall: OncallConfig | None = None,
     ) -> None:
         self.db = db
         self.config = config
         self.catalog = catalog or Catalog([])
         self._http = httpx.Client(follow_redirects=False) if channels is None else None
         self.channels = dict(channels) if channels is not None else build_channels(config, self._http)
+        oncall = oncall or OncallConfig()
+        self.pager = Pager(config, oncall, dict(people or {}), Rota(oncall, dict(people or {})), self._http)
         self.gates = gates if gates is not None else build_gates(
             rules=rules, dependants_of=self.catalog.dependants, rate_limits=config.rate_limits(),
             intervals=config.time_intervals)
@@ -163,7 +184,8 @@ class Escalator:
         client = redis if redis is not None else redis_client(
             settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         return cls(db=db, config=escalation_config(settings.escalation, settings.alerts_dir), catalog=catalog,
-                   redis=client, gates=gates, options=sweep_options(settings.escalation), worker=worker)
+                   redis=client, gates=gates, options=sweep_options(settings.escalation), worker=worker,
+                   people=settings.people, oncall=settings.oncall)
 
     def close(self) -> None:
         """Close the shared HTTP connection pool."""
@@ -265,25 +287,39 @@ class Escalator:
             "SELECT level, repeat, sent_at, failed_at FROM escalation_steps"
             " WHERE incident_id = %s AND started_at = %s AND kind = 'trigger'",
             (run["incident_id"], run["started_at"]))]
+        policy_name = self.policy_names.get(incident.service or "")
         plan = plan_escalation(self.config, severity=incident.severity, service=incident.service,
-                               started_at=run["started_at"], now=now, sent=sent,
-                               policy_name=self.policy_names.get(incident.service or ""))
+                               started_at=run["started_at"], now=now, sent=sent, policy_name=policy_name)
+        policy = self.config.policy_for(incident.severity, incident.service, policy_name)
         for step in plan.due:
+            level = policy.levels[step.level - 1]
+            # The person on call at the level's time (its due time), so a late sweep pages the same person.
+            pages = self.pager.level_pages(level, step.due_at) if level.schedule or level.person else LevelPages()
+            targets = list(step.channels) + [d for d in pages.deliveries if d not in step.channels]
+            payload: dict[str, Any] = {"reason": run["reason"]}
+            if pages.pages or pages.problems:
+                payload |= {"paged": [p.as_dict() for p in pages.pages], "problems": list(pages.problems)}
             claimed = conn.execute(
                 "INSERT INTO escalation_steps (step_key, kind, incident_id, started_at, level, repeat, channels,"
                 " payload, due_at, sent_at, next_at) VALUES (%s, 'trigger', %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT DO NOTHING RETURNING id",
                 (step_key(incident.id, run["started_at"], step.level, step.repeat), incident.id,
-                 run["started_at"], step.level, step.repeat, Jsonb(list(step.channels)),
-                 Jsonb({"reason": run["reason"]}), step.due_at, now, now),
+                 run["started_at"], step.level, step.repeat, Jsonb(targets), Jsonb(payload), step.due_at, now, now),
             ).fetchone()
             if claimed is not None:
                 report.steps_claimed += 1
                 again = f" (reminder {step.repeat})" if step.repeat else ""
+                parts = ([f"notifying {', '.join(step.channels)}"] if step.channels else []) + \
+                    ([pages.describe()] if pages.pages else [])
                 store.add_timeline(conn, incident.id, actor=ACTOR, worker=self.worker,
-                                   what=f"escalation level {step.level}{again}: notifying {', '.join(step.channels)}",
+                                   what=f"escalation level {step.level}{again}: {'; '.join(parts) or 'nobody to page'}",
                                    details={"level": step.level, "repeat": step.repeat,
-                                            "channels": list(step.channels), "due_at": step.due_at.isoformat()})
+                                            "channels": list(step.channels), "due_at": step.due_at.isoformat(),
+                                            **({"paged": payload["paged"]} if pages.pages else {})})
+                for problem in pages.problems:
+                    store.add_timeline(conn, incident.id, actor=ACTOR, worker=self.worker,
+                                       what=f"escalation level {step.level}: {problem}",
+                                       details={"level": step.level, "problem": problem})
         if plan.state is PlanState.MUTED and run["state"] != "muted":
             store.add_timeline(conn, incident.id, actor=ACTOR, worker=self.worker,
                                what=f"muted during time interval {plan.muted_by}: notifications wait until it "
@@ -353,7 +389,8 @@ class Escalator:
                     report.resume.append(resume)
 
     def _remind_silences(self, now: datetime, report: SweepReport) -> None:
-        """Once per silence, `escalation.silences.remind_before` its end: a note on every incident it holds."""
+        """Once per silence, `escalation.silences.remind_before` its end: a note on every incident it holds, and (for a
+        silence longer than remind_before) a message to its author or the first escalation level."""
         before = self.config.silences.remind_before
         if before is None:
             return
@@ -363,14 +400,82 @@ class Escalator:
                 left = max(0, int((silence.end() - now).total_seconds() // 60))
                 log.info("silence ends soon", silence_id=silence.id, ends_at=silence.end().isoformat(),
                          held=len(held))
+                # A silence shorter than remind_before would be announced as it begins: only the note then.
+                long_enough = silence.end() - silence.starts_at > before
+                targets, whom = self._reminder_targets(conn, silence, held, now) if long_enough else ([], "")
+                sent_to = f"; reminder sent to {whom}" if targets else ""
                 for incident_id in held:
                     store.add_timeline(conn, incident_id, actor=ACTOR, worker=self.worker,
                                        what=f"reminder: silence {silence.id} ({silence.describe()}) ends at "
                                             f"{silence.end().isoformat(timespec='seconds')} (in {left} min); "
-                                            "this incident resumes then unless the silence is extended",
+                                            f"this incident resumes then unless the silence is extended{sent_to}",
                                        details={"silence_id": silence.id, "ends_at": silence.end().isoformat(),
-                                                "author": silence.author})
+                                                "author": silence.author, "sent_to": targets})
+                if targets:
+                    conn.execute(
+                        "INSERT INTO escalation_steps (step_key, kind, channels, payload, due_at, sent_at, next_at)"
+                        " VALUES (%s, 'reminder', %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                        (f"REMIND:{silence.id}:{int(silence.end().timestamp())}", Jsonb(targets),
+                         Jsonb({"silence_id": silence.id, "what": silence.describe(), "author": silence.author,
+                                "ends_at": silence.end().isoformat(), "held": held[:50]}), now, now, now))
                 report.reminders += 1
+
+    def _reminder_targets(self, conn: psycopg.Connection, silence: silences.Silence, held: list[str],
+                          now: datetime) -> tuple[list[str], str]:
+        """Where a silence's reminder goes: its author's contacts when the author is a person with some, else
+        the first level of the escalation policy of the incidents it holds (the default policy's when none)."""
+        author = self.pager.page(silence.author, "silence author") if silence.author in self.pager.people else None
+        if author is not None and author.deliveries:
+            return list(author.deliveries), f"its author {silence.author}"
+        levels = []
+        for incident_id in held:
+            incident = store.get_incident(conn, incident_id)
+            if incident is not None:
+                policy = self.config.policy_for(incident.severity, incident.service,
+                                                self.policy_names.get(incident.service or ""))
+                levels.append(policy.levels[0])
+        if not levels:
+            levels = [self.config.policy_for("P3").levels[0]]
+        targets: dict[str, None] = {}
+        for level in levels:
+            targets.update(dict.fromkeys(level.channels))
+            if level.schedule or level.person:
+                targets.update(dict.fromkeys(self.pager.level_pages(level, now).deliveries))
+        return list(targets), "the first escalation level: " + ", ".join(_label(t) for t in targets)
+
+    # ---- pages by hand --------------------------------------------------------------------
+
+    def page_now(self, incident_id: str, person: str, *, by: str, reason: str, now: datetime | None = None) -> Page:
+        """Page one person about an open incident now (a reassignment): the step is claimed, recorded on the
+        timeline and delivered at once; what fails to deliver is retried by the sweeper. PageRefused when the
+        person is unknown or cannot be reached, or the incident is not open."""
+        now = now or utcnow()
+        if person not in self.pager.people:
+            known = ", ".join(sorted(self.pager.people)) or "none"
+            raise PageRefused(f"no person {person!r} in the people section (defined: {known})")
+        page = self.pager.page(person, f"assigned by {by}")
+        if not page.deliveries:
+            raise PageRefused(f"{person} cannot be paged: {'; '.join(page.skipped)}")
+        with self.db.transaction() as conn:
+            incident = store.get_incident(conn, incident_id, for_update=True)
+            if incident is None:
+                raise PageRefused(f"no incident {incident_id}")
+            if not incident.is_open:
+                raise PageRefused(f"{incident_id} is {incident.status.value}: nobody is paged for it")
+            step = conn.execute(
+                # No started_at: a page by hand belongs to no run (and two at once do not collide).
+                "INSERT INTO escalation_steps (step_key, kind, incident_id, channels, payload, due_at,"
+                " sent_at, next_at) VALUES (%s, 'page', %s, %s, %s, %s, %s, %s) RETURNING *",
+                (f"{incident_id}:page:{person}:{secrets.token_hex(6)}", incident_id,
+                 Jsonb(list(page.deliveries)), Jsonb({"reason": reason, "paged": [page.as_dict()], "assignee": person,
+                                                      "by": by}), now, now, now),
+            ).fetchone()
+            store.add_timeline(conn, incident_id, actor=f"person:{by}", worker=self.worker,
+                               what=f"{reason}: paging {person} via "
+                                    + ", ".join(d.rsplit("/", 1)[1] for d in page.deliveries),
+                               details={"assignee": person, "paged": [page.as_dict()], "by": by})
+        self._work_step(step, now, SweepReport())
+        return page
 
     # ---- delivery -------------------------------------------------------------------------
 
@@ -390,15 +495,17 @@ class Escalator:
                 return total
 
     def _work_step(self, step: Mapping[str, Any], now: datetime, report: SweepReport) -> None:
-        kind = NotificationKind(step["kind"])
+        kind = _STEP_KINDS[step["kind"]]
         incident = None
         if step["incident_id"]:
             with self.db.transaction() as conn:
                 incident = store.get_incident(conn, step["incident_id"])
         cancel = None
-        if incident is None and kind is not NotificationKind.DIGEST:
+        if incident is None and kind not in (NotificationKind.DIGEST, NotificationKind.REMINDER):
             cancel = "incident gone"
-        elif kind is NotificationKind.TRIGGER and incident.status is not Status.ESCALATED:
+        elif step["kind"] == "trigger" and incident.status is not Status.ESCALATED:
+            cancel = f"incident is {incident.status.value}"
+        elif step["kind"] == "page" and not incident.is_open:
             cancel = f"incident is {incident.status.value}"
         if cancel is not None:
             self._settle(step, now, cancelled=cancel)
@@ -411,6 +518,11 @@ class Escalator:
     def _notification(self, step: Mapping[str, Any], incident: Incident | None, kind: NotificationKind,
                       now: datetime) -> Notification:
         payload = step["payload"] or {}
+        if kind is NotificationKind.REMINDER:
+            return Notification.reminder(
+                silence_id=payload["silence_id"], what=payload.get("what", ""),
+                ends_at=datetime.fromisoformat(payload["ends_at"]), held=payload.get("held", []),
+                author=payload.get("author", "?"), see_command=f"erdu silence ls  # {payload['silence_id']}", now=now)
         if kind is NotificationKind.DIGEST:
             start = datetime.fromisoformat(payload["window_start"])
             digest = Digest(payload["channel"], start, start + RATE_WINDOW, int(payload["held"]),
@@ -419,7 +531,7 @@ class Escalator:
         assert incident is not None
         level = int(payload.get("level", step["level"])) if kind is NotificationKind.RESOLVE else step["level"]
         reason = payload.get("reason") or "escalated"
-        if kind is NotificationKind.TRIGGER and step["level"] > 1:
+        if step["kind"] == "trigger" and step["level"] > 1:
             reason = f"{reason} (not acknowledged at level {step['level'] - 1})"
         if kind is NotificationKind.RESOLVE:
             reason = f"resolved ({incident.resolved_by or 'resolved'})"
@@ -427,8 +539,12 @@ class Escalator:
                                    kind=NotificationKind.TRIGGER if kind is NotificationKind.RESOLVE else kind,
                                    now=now)
 
+    def _channel(self, name: str) -> Channel | None:
+        """A configured channel, or the channel of a person delivery (`@alice/email`)."""
+        return self.channels.get(name) or self.pager.channel(name)
+
     def _lease(self, channel: str) -> timedelta:
-        ch = self.channels.get(channel)
+        ch = self._channel(channel)
         timeout = float(getattr(getattr(ch, "settings", None), "timeout", 5.0))
         return timedelta(seconds=2 * timeout + 30)
 
@@ -459,13 +575,15 @@ class Escalator:
             return
         delivery_id = claimed["id"]
         report.attempts += 1
-        target = self.channels.get(channel)
-        kind = NotificationKind(step["kind"])
+        target = self._channel(channel)
+        kind = _STEP_KINDS[step["kind"]]
         if target is None:
             result = DeliveryResult.failed(channel, f"channel {channel!r} is no longer configured", permanent=True)
         else:
-            if attempt == 1 and kind is not NotificationKind.DIGEST:
-                facts = Facts(incident=incident, channel=channel, sent_in_window=self.counter.count(channel, now))
+            if attempt == 1 and kind not in (NotificationKind.DIGEST, NotificationKind.REMINDER):
+                # A person's deliveries are counted on their own, within the carrying channel's limit.
+                facts = Facts(incident=incident, channel=self.pager.limit_channel(channel),
+                              sent_in_window=self.counter.count(channel, now))
                 decision = self.gates.check(facts, now, (GateName.RATE_LIMIT,))
                 if decision.outcome is Outcome.RATE_LIMITED:
                     with self.db.transaction() as conn:
@@ -482,7 +600,7 @@ class Escalator:
                      (now, detail, delivery_id))
         if incident is not None:
             store.add_timeline(conn, incident.id, actor=ACTOR, worker=self.worker,
-                               what=f"notification to {channel} {detail}",
+                               what=f"notification to {_label(channel)} {detail}",
                                details={"channel": channel, "step": step["step_key"], "held": True})
 
     def _record(self, conn: psycopg.Connection, step: Mapping[str, Any], delivery_id: int, attempt: int,
@@ -505,9 +623,12 @@ class Escalator:
             report.failed += 1
         if incident is None:
             return
-        channel = result.channel
-        what_kind = "resolve notice" if step["kind"] == "resolve" else f"level {step['level']} notification"
-        if result.ok:
+        channel = _label(result.channel)
+        person = parse_delivery(result.channel)
+        what_kind = {"resolve": "resolve notice", "page": "page"}.get(step["kind"], f"level {step['level']} notification")
+        if result.ok and person is not None and step["kind"] != "resolve":
+            what = f"paged {person[0]} via {person[1]} ({what_kind}): {result.detail[:200]}"
+        elif result.ok:
             what = f"{what_kind} sent to {channel}: {result.detail[:200]}"
         else:
             tries = f"attempt {attempt}/{self.config.retry.max_attempts}"
@@ -516,7 +637,8 @@ class Escalator:
             what = f"{what_kind} to {channel} failed ({tries}): {result.detail[:200]}; {then}"
         store.add_timeline(conn, incident.id, actor=ACTOR, worker=self.worker, what=what,
                            details={**result.to_dict(), "attempt": attempt, "step": step["step_key"],
-                                    "retry_at": retry_at.isoformat() if retry_at else None, "lost": lost})
+                                    "retry_at": retry_at.isoformat() if retry_at else None, "lost": lost,
+                                    **({"person": person[0], "contact": person[1]} if person else {})})
 
     def _settle(self, step: Mapping[str, Any], now: datetime, *, cancelled: str | None = None) -> None:
         """Mark the step done when every channel settled; otherwise set when to look again."""
@@ -556,6 +678,9 @@ class Escalator:
                 (now, now if failed else None, step["id"]),
             ).fetchone()
             if done is None or not failed or step["kind"] != "trigger":
+                if done is not None and failed and step["kind"] == "page":
+                    store.add_timeline(conn, step["incident_id"], actor=ACTOR, worker=self.worker,
+                                       what="every delivery of the page failed: nobody was reached")
                 return
             store.add_timeline(conn, step["incident_id"], actor=ACTOR, worker=self.worker,
                                what=f"every delivery of level {step['level']} failed: moving on to the next level")

@@ -31,6 +31,7 @@ from erdu_tasks.settings.heartbeats import HeartbeatsConfig
 from erdu_tasks.settings.monitors import MonitorsConfig
 from erdu_tasks.settings.people import People, check_people
 from erdu_tasks.settings.retention import RetentionConfig
+from erdu_tasks.settings.schedules import OncallConfig
 from erdu_tasks.settings.roles import BrainConfig, CommanderConfig, LearningConfig
 from erdu_tasks.settings.servers import ApiSection, FlowerSection
 from erdu_tasks.settings.slack import SlackSection
@@ -39,7 +40,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/erdu"
 
 _SECTIONS = frozenset({"monitors", "escalation", "commander", "learning", "brain", "api", "flower", "heartbeats", "people",
-                       "retention", "slack"})
+                       "retention", "slack", "oncall"})
 
 
 def _config_file() -> Path | None:
@@ -113,6 +114,7 @@ class Settings(BaseSettings):
     people: People = Field(default_factory=dict)   # settings/people.py
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     slack: SlackSection = Field(default_factory=SlackSection)   # settings/slack.py: interactivity
+    oncall: OncallConfig = Field(default_factory=OncallConfig)   # settings/schedules.py
 
     @field_validator("people")
     @classmethod
@@ -149,6 +151,14 @@ class Settings(BaseSettings):
         if self.escalation.url_template is None:
             base = self.api.console_url().replace("{", "{{").replace("}", "}}")
             self.escalation = self.escalation.model_copy(update={"url_template": base + "/incidents/{incident_id}"})
+        return self
+
+    @model_validator(mode="after")
+    def _oncall_references(self) -> "Settings":
+        # Schedules, escalation levels and contact channels name people, schedules and channels of other sections.
+        self.oncall.check_people(self.people)
+        self.oncall.check_contact_channels(self.escalation.channels)
+        self.escalation.check_targets(self.oncall.schedules, self.people)
         return self
 
     @model_validator(mode="before")
@@ -232,5 +242,6 @@ def get_settings() -> Settings:
 
 
 __all__ = ["ApiSection", "BrainConfig", "CommanderConfig", "DEFAULT_DATABASE_URL", "DEFAULT_REDIS_URL", "DsnStr",
-           "EscalationConfig", "FlowerSection", "HeartbeatsConfig", "LearningConfig", "MonitorsConfig", "Settings", "SlackSection",
+           "EscalationConfig", "FlowerSection", "HeartbeatsConfig", "LearningConfig", "MonitorsConfig", "OncallConfig", "Settings",
+           "SlackSection",
            "get_settings", "load_settings", "secret_value", "secret_values"]

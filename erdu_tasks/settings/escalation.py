@@ -39,6 +39,11 @@ default deadlines":
             - channels: [pd, mail]
               repeat_interval: 10m   # the last level repeats until acknowledged
               max_repeats: 12
+        P4:
+          levels:
+            - {schedule: primary, ack_deadline: 10m}        # whoever is on call then (oncall.schedules)
+            - {schedule: secondary, channels: [oncall-slack], ack_deadline: 10m}
+            - {person: carol}                              # a person of the `people` section
         P3: [{channels: [oncall-slack], ack_deadline: 1h}]   # a bare list of levels works too
       services:                      # per-service overrides, same keys as `policies`
         payments:
@@ -220,11 +225,24 @@ PolicyKey = Literal["P1", "P2", "P3", "P4", "P5", "default"]
 class LevelConfig(Section):
     """One escalation level: whom to notify, how long to wait for an ack, how often to repeat."""
 
-    channels: list[str] = Field(min_length=1)
+    channels: list[str] = Field(default_factory=list)
+    schedule: list[str] = Field(default_factory=list)      # oncall schedules: page whoever is on call at the level's time
+    person: list[str] = Field(default_factory=list)        # people (keys of the `people` section): page them
     ack_deadline: Duration | None = None
     repeat_interval: Duration | None = None
     max_repeats: int | None = Field(default=None, ge=0)
     mute_during: list[str] = Field(default_factory=list)   # time_intervals names: this level's notifications wait
+
+    @field_validator("schedule", "person", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _targets(self) -> LevelConfig:
+        if not (self.channels or self.schedule or self.person):
+            raise ValueError("a level needs channels, a schedule or a person to notify")
+        return self
 
 
 class PolicyConfig(Section):
@@ -306,7 +324,9 @@ class SilenceSettings(Section):
     """Limits and reminders of silences (`escalation.silences`)."""
 
     max_duration: Duration = timedelta(days=366)           # a longer silence is refused (CLI and API)
-    remind_before: Duration | None = timedelta(minutes=15)  # a timeline note this long before a silence ends
+    # This long before a silence ends: a timeline note on each incident it holds, and (for a silence longer than
+    # this) a reminder to its author's contacts, else to the first escalation level (escalation/sweep.py).
+    remind_before: Duration | None = timedelta(minutes=15)
 
     @model_validator(mode="before")
     @classmethod
@@ -397,12 +417,8 @@ class EscalationConfig(Section):
             if not _CHANNEL_NAME.fullmatch(name):
                 raise ValueError(f"channel name {name!r} must be letters, digits, '_', '-' or '.'")
         known = set(self.channels)
-        where: list[tuple[str, PolicyConfig]] = [(f"policies.{k}", p) for k, p in self.policies.items()]
-        for section, groups in (("services", self.services), ("named_policies", self.named_policies)):
-            for group, policies in groups.items():
-                where += [(f"{section}.{group}.{k}", p) for k, p in policies.items()]
         check_interval_names(self.time_intervals)
-        for place, policy in where:
+        for place, policy in self.all_policies():
             self._known_intervals(f"{place}.mute_during", policy.mute_during)
             for index, level in enumerate(policy.levels, start=1):
                 missing = [c for c in level.channels if c not in known]
@@ -413,6 +429,25 @@ class EscalationConfig(Section):
                     )
                 self._known_intervals(f"{place}.levels.{index}.mute_during", level.mute_during)
         return self
+
+    def all_policies(self) -> list[tuple[str, PolicyConfig]]:
+        """Every configured policy with its dotted place (`policies.P1`, `services.payments.default`, ...)."""
+        where: list[tuple[str, PolicyConfig]] = [(f"policies.{k}", p) for k, p in self.policies.items()]
+        for section, groups in (("services", self.services), ("named_policies", self.named_policies)):
+            for group, policies in groups.items():
+                where += [(f"{section}.{group}.{k}", p) for k, p in policies.items()]
+        return where
+
+    def check_targets(self, schedules: Mapping[str, Any], people: Mapping[str, Any]) -> None:
+        """ValueError naming each level that targets a schedule or a person that is not defined."""
+        for place, policy in self.all_policies():
+            for index, level in enumerate(policy.levels, start=1):
+                for what, names, known, section in (("schedule", level.schedule, schedules, "oncall.schedules"),
+                                                    ("person", level.person, people, "people")):
+                    missing = [n for n in names if n not in known]
+                    if missing:
+                        raise ValueError(f"escalation.{place} level {index} names undefined {what}(s) {missing}; "
+                                         f"{section} defines: {', '.join(sorted(known)) or 'none'}")
 
     def _known_intervals(self, place: str, names: list[str]) -> None:
         missing = [n for n in names if n not in self.time_intervals]

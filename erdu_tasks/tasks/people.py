@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from erdu_tasks.escalation import silences
+from erdu_tasks.escalation.runs import note_ack, on_acknowledged
+from erdu_tasks.escalation.sweep import PageRefused
 from erdu_tasks.store import incidents as store
 from erdu_tasks.errors import ErduError
 from erdu_tasks.model import OPEN_STATUSES, Status
@@ -50,11 +52,23 @@ def acknowledge(rt: Runtime, incident_id: str, who: str, *, kind: str = "person"
         if incident.status is Status.ESCALATED:
             store.transition(conn, incident_id, expected=[Status.ESCALATED], to=Status.ACKNOWLEDGED,
                              actor=f"{kind}:{who}", what=f"acknowledged by {who}")
+            on_acknowledged(conn, incident_id, who, actor=f"{kind}:{who}")
         else:
             conn.execute("UPDATE incidents SET acknowledged_at = coalesce(acknowledged_at, now()) WHERE id = %s",
                          (incident_id,))
             store.add_timeline(conn, incident_id, actor=f"{kind}:{who}", what=f"acknowledged by {who}")
+            note_ack(conn, incident_id, who, actor=f"{kind}:{who}")
     return ActionDone(incident_id, f"{incident_id} acknowledged by {who}")
+
+
+def reassign(rt: Runtime, incident_id: str, person: str, who: str) -> ActionDone:
+    """Assign an open incident to a person and page them now through their contacts (timeline: who, how)."""
+    try:
+        page = rt.escalator().page_now(incident_id, person, by=who, reason=f"reassigned to {person} by {who}")
+    except PageRefused as exc:
+        raise ActionRefused(str(exc)) from None
+    via = ", ".join(d.rsplit("/", 1)[1] for d in page.deliveries)
+    return ActionDone(incident_id, f"{incident_id} reassigned to {person} by {who}; paged via {via}")
 
 
 def resolve(rt: Runtime, incident_id: str, who: str, note: str | None = None, *, kind: str = "person") -> ActionDone:

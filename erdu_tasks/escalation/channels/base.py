@@ -39,6 +39,7 @@ class NotificationKind(StrEnum):
     TRIGGER = "trigger"
     RESOLVE = "resolve"
     DIGEST = "digest"
+    REMINDER = "reminder"       # a silence ends soon
 
 
 def _cut(text: str | None, limit: int = MAX_TEXT_CHARS) -> str:
@@ -88,6 +89,8 @@ class Notification:
     labels: dict[str, str] = field(default_factory=dict, hash=False)
     traceback: tuple[str, ...] = ()
     """The head of the first occurrence's traceback (TRACEBACK_HEAD_LINES lines)."""
+    paged_person: str | None = None      # the person this copy pages (a key of the `people` section)
+    paged_contact: str | None = None     # their id on the channel (Slack member id, PagerDuty user id)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "severity", str(self.severity))
@@ -178,9 +181,32 @@ class Notification:
             held_incidents=tuple(sample_incidents),
         )
 
+    @classmethod
+    def reminder(cls, *, silence_id: str, what: str, ends_at: datetime, held: Sequence[str], author: str,
+                 see_command: str, url: str | None = None, now: datetime | None = None) -> Notification:
+        """The message that says a silence ends soon, and which incidents resume then."""
+        return cls(
+            incident_id=silence_id,
+            title=f"silence {silence_id} ends at {ends_at.isoformat(timespec='minutes')}",
+            severity="P4",
+            status="reminder",
+            reason=(f"silence {silence_id} by {author} ({what}) ends at {ends_at.isoformat(timespec='seconds')}; "
+                    f"{len(held)} incident(s) it holds resume then unless it is extended"),
+            kind=NotificationKind.REMINDER,
+            see_command=see_command,
+            url=url,
+            created_at=now or datetime.now(timezone.utc),
+            held_count=len(held),
+            held_incidents=tuple(held[:10]),
+        )
+
+    def for_person(self, person: str, contact: str | None = None) -> Notification:
+        """This notification as a page to one person (`contact`: their id on the channel that carries it)."""
+        return replace(self, paged_person=person, paged_contact=contact)
+
     def summary(self) -> str:
         """One line: severity, id, title, level."""
-        if self.kind is NotificationKind.DIGEST:
+        if self.kind in (NotificationKind.DIGEST, NotificationKind.REMINDER):
             return f"[ERDU] {self.title}"
         concrete = (f" — {_cut(' '.join(self.message.split()), SUMMARY_MESSAGE_CHARS)}"
                     if self.message and self.message.strip() != self.title.strip() else "")
@@ -192,6 +218,8 @@ class Notification:
     def text(self) -> str:
         """A plain-text body for people (email, chat fallbacks)."""
         lines = [self.summary(), ""]
+        if self.paged_person is not None:
+            lines.append(f"Paged:     {self.paged_person}")
         lines.append(f"Status:    {self.status}")
         lines.append(f"Severity:  {self.severity}")
         if self.kind is not NotificationKind.DIGEST:
@@ -243,11 +271,16 @@ class Notification:
             "see": {"command": self.see_command, **({"url": self.url} if self.url else {})},
             "created_at": self.created_at.isoformat(),
         }
-        if self.kind is not NotificationKind.DIGEST:
+        if self.kind not in (NotificationKind.DIGEST, NotificationKind.REMINDER):
             data["first_occurrence"] = {"message": self.message, "host": self.host, "labels": dict(self.labels),
                                         "traceback": list(self.traceback)}
         if self.kind is NotificationKind.DIGEST:
             data["digest"] = {"held": self.held_count, "sample_incidents": list(self.held_incidents)}
+        if self.kind is NotificationKind.REMINDER:
+            data["reminder"] = {"silence_id": self.incident_id, "held": self.held_count,
+                                "sample_incidents": list(self.held_incidents)}
+        if self.paged_person is not None:
+            data["paged"] = {"person": self.paged_person}
         return data
 
     def to_json_bytes(self) -> bytes:

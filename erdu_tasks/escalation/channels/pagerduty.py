@@ -39,6 +39,10 @@ def trigger_body(n: Notification, routing_key: str, source: str | None = None) -
                                        "traceback": list(n.traceback)}
     if n.url:
         details["url"] = n.url
+    if n.paged_person:
+        details["paged_person"] = n.paged_person
+        if n.paged_contact:
+            details["pagerduty_user"] = n.paged_contact
     if n.held_count:
         details["held"] = n.held_count
         details["sample_incidents"] = list(n.held_incidents)
@@ -80,6 +84,8 @@ class PagerDutyChannel(BaseChannel):
         self._client = client
 
     def _deliver(self, notification: Notification) -> DeliveryResult:
+        if notification.kind is NotificationKind.REMINDER:   # a reminder is not an alert: it would open one
+            return DeliveryResult.sent(self.name, "PagerDuty gets no silence reminders (it would open an alert)")
         if notification.kind is NotificationKind.RESOLVE:
             body = resolve_body(notification, self._key)
         else:

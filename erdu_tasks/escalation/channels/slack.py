@@ -99,6 +99,8 @@ def slack_payload(n: Notification) -> dict[str, Any]:
         head = f"✅ Resolved: {n.severity} · {n.title}"
     elif n.kind is NotificationKind.DIGEST:
         head = f"📨 {n.title}"
+    elif n.kind is NotificationKind.REMINDER:
+        head = f"⏰ {n.title}"
     else:
         head = f"{_ICON.get(n.severity, '⚠️')} {n.severity} · {n.title}"
     fields = [
@@ -142,7 +144,12 @@ def slack_payload(n: Notification) -> dict[str, Any]:
     if n.url:
         see += f" · <{escape(n.url)}|open in ERDU>"
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _limit(see, _FIELD_MAX)}]})
-    return {"text": escape(n.summary()), "blocks": blocks}
+    text = escape(n.summary())
+    if n.paged_contact:     # a member id (validated by the people section): Slack notifies that person
+        mention = f"<@{n.paged_contact}>"
+        text = f"{mention} {text}"
+        blocks.insert(1, _section(f"{mention} you are paged (on call as {escape(n.paged_person or '?')})"))
+    return {"text": text, "blocks": blocks}
 
 
 class SlackChannel(BaseChannel):
