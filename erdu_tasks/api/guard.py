@@ -74,8 +74,12 @@ class BodyGuard:
     """ASGI middleware: 413 over the size limit, 400 for a body that is not clean JSON or a bad URL."""
 
     def __init__(self, app: ASGIApp, *, max_bytes: int, max_depth: int, drain_bytes: int | None = None,
-                 error_body: Callable[[str, str], dict[str, Any]] = _default_body) -> None:
+                 error_body: Callable[[str, str], dict[str, Any]] = _default_body,
+                 form_paths: Callable[[str], bool] = lambda path: False) -> None:
         self.app = app
+        # Paths whose browser forms post application/x-www-form-urlencoded (the console): such a body is
+        # checked as clean UTF-8 text and passed on as it is; everywhere else a body must be JSON.
+        self.form_paths = form_paths
         self.error_body = error_body
         self.max_bytes = max_bytes
         self.max_depth = max_depth
@@ -120,6 +124,14 @@ class BodyGuard:
                     await self._drain(receive, None)
                 await self._refuse(send, scope, 413, f"body is over the limit of {self.max_bytes} bytes")
                 return
+        if body and self.form_paths(scope.get("path", "")) \
+                and headers.get(b"content-type", b"").startswith(b"application/x-www-form-urlencoded"):
+            problem = _form_problem(bytes(body))
+            if problem:
+                await self._refuse(send, scope, 400, problem)
+                return
+            await self.app(scope, _replay(bytes(body), receive), send)
+            return
         if body:
             try:
                 decode_json(bytes(body), self.max_depth)
@@ -146,6 +158,21 @@ class BodyGuard:
             seen += len(message.get("body", b""))
             if not message.get("more_body", False):
                 return
+
+
+def _form_problem(body: bytes) -> str | None:
+    """Why a form body is refused (not UTF-8 once decoded, NUL or other text Postgres cannot store), or None."""
+    from urllib.parse import parse_qsl
+
+    try:
+        pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True, errors="strict", max_num_fields=200)
+    except (UnicodeDecodeError, ValueError) as exc:
+        return f"form body refused: {exc}"
+    for key, value in pairs:
+        problem = text_problem(key) or text_problem(value)
+        if problem:
+            return f"form field refused: {problem}"
+    return None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

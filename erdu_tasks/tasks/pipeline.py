@@ -326,7 +326,7 @@ def close_incident(conn: psycopg.Connection, rt: Runtime, incident: Incident, wo
     # a failure to write it rolls the close back and the stage is retried.
     closed = store.get_incident(conn, incident.id, with_timeline=True) or incident
     report = build_report(closed, {**resolution.as_dict(), "brain": thought.note()}, related=related,
-                          learning=_learning(conn, rt, incident.fingerprint, lcfg),
+                          learning=pattern_learning(conn, rt, incident.fingerprint, lcfg),
                           children=inhibition.children_of(conn, incident.id),
                           situation=history.same_situation(conn, closed,
                                                            window_seconds=lcfg.situation_window_seconds))
@@ -334,8 +334,8 @@ def close_incident(conn: psycopg.Connection, rt: Runtime, incident: Incident, wo
     return True
 
 
-def _learning(conn: psycopg.Connection, rt: Runtime, fingerprint: str, lcfg: history.LearningConfig) -> dict:
-    """What the pattern's counters say now, for the report."""
+def pattern_learning(conn: psycopg.Connection, rt: Runtime, fingerprint: str, lcfg: history.LearningConfig) -> dict:
+    """What the pattern's counters say now (for the report and the console): runbook rates, auto-resolution."""
     pat = _pattern_history(conn, fingerprint)
     records = history.runbook_records(conn, fingerprint)
     loaded = {rb.name: rb for rb in rt.runbooks.runbooks}
