@@ -192,8 +192,7 @@ def incident_page(request: Request, incident_id: str) -> Response:
     return render(request, "incident.html.j2", person=person, i=incident, related=related or [],
                   children=children, failures=failures, learning=learning, report=_report_text(rt, incident),
                   diagnosis=incident.diagnosis or {}, fix=incident.fix or {}, assessment=incident.assessment or {},
-                  open=incident.is_open, silence_matchers="\n".join(matchers),
-                  done=request.query_params.get("done"), error=request.query_params.get("error"))
+                  open=incident.is_open, silence_matchers="\n".join(matchers))
 
 
 # ------------------------------------------------------------------ failed tasks, silences
@@ -207,8 +206,7 @@ def failed_page(request: Request) -> Response:
     where = "" if show_all else f" WHERE {failed.OPEN}"
     with console_of(request).ctx.rt.db.transaction() as conn:
         rows = conn.execute(f"SELECT {failed.COLUMNS} FROM failed_tasks{where} ORDER BY id DESC LIMIT 500").fetchall()
-    return render(request, "failed.html.j2", person=person, rows=rows, show_all=show_all,
-                  done=request.query_params.get("done"), error=request.query_params.get("error"))
+    return render(request, "failed.html.j2", person=person, rows=rows, show_all=show_all)
 
 
 @router.get("/silences", response_class=HTMLResponse)
@@ -223,8 +221,7 @@ def silences_page(request: Request) -> Response:
     rows = [{"s": s, "state": s.state(now, rt.settings.escalation.time_intervals).value,
              "held": counts.get(s.id, (0, 0))} for s in found]
     return render(request, "silences.html.j2", person=person, rows=rows,
-                  silence_matchers=request.query_params.get("matchers", ""),
-                  done=request.query_params.get("done"), error=request.query_params.get("error"))
+                  silence_matchers=request.query_params.get("matchers", ""))
 
 
 # ------------------------------------------------------------------ runbooks and learning, charts

@@ -6,6 +6,8 @@ and renders through `render`: one place for what a person may do and how event t
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import threading
 from dataclasses import dataclass, field
@@ -80,8 +82,6 @@ templates = Environment(loader=PackageLoader("erdu_tasks.api.console", "template
                         autoescape=select_autoescape(default=True, default_for_string=True),
                         finalize=inert, trim_blocks=True, lstrip_blocks=True)
 def _pretty(value: Any) -> str:
-    import json
-
     return json.dumps(value, indent=2, ensure_ascii=False, default=str, sort_keys=True)
 
 
@@ -172,20 +172,42 @@ async def form(request: Request, person: Person) -> dict[str, str]:
     return fields
 
 
+FLASH = "erdu_flash"   # the outcome of the last action, shown once on the next page (never in the URL)
+FLASH_CHARS = 600
+
+
+def _flash(request: Request) -> dict[str, str]:
+    raw = request.cookies.get(FLASH, "")
+    try:
+        found = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))) if raw else {}
+    except ValueError:
+        return {}
+    return {k: str(v)[:FLASH_CHARS] for k, v in found.items() if k in ("done", "error")} \
+        if isinstance(found, dict) else {}
+
+
 def render(request: Request, name: str, status: int = 200, **values: Any) -> HTMLResponse:
-    """A page of the console, with the person, their CSRF token and the navigation."""
+    """A page of the console, with the person, their CSRF token, the navigation and the last action's outcome."""
     person = values.pop("person", None) or current(request)
     cons = console_of(request)
+    flash = _flash(request)
     html = templates.get_template(name).render(
         person=person, csrf=cons.signer.csrf(person.nonce) if person else "", path=request.url.path,
-        flower=cons.flower_url(request), roles=PersonRole, **values)
-    return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+        flower=cons.flower_url(request), roles=PersonRole,
+        **{"done": flash.get("done"), "error": flash.get("error"), **values})
+    response = HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+    if flash:
+        response.delete_cookie(FLASH, path="/")
+    return response
 
 
 def back(to: str, message: str | None = None, error: str | None = None) -> Response:
-    """Redirect after a POST to a console page, with a one-line outcome shown there."""
-    if not to.startswith("/") or to.startswith("//"):
+    """Redirect after a POST to a console page, whose next rendering shows the one-line outcome."""
+    if not to.startswith("/") or to.startswith("//") or "\\" in to:
         to = "/incidents"
-    extra = "&".join(f"{k}={quote(v, safe='')}" for k, v in (("done", message), ("error", error)) if v)
-    return RedirectResponse(to + ("&" if "?" in to else "?") + extra if extra else to, status_code=303,
-                            headers=SECURITY_HEADERS)
+    response = RedirectResponse(to, status_code=303, headers=SECURITY_HEADERS)
+    outcome = {k: v[:FLASH_CHARS] for k, v in (("done", message), ("error", error)) if v}
+    if outcome:
+        value = base64.urlsafe_b64encode(json.dumps(outcome).encode()).decode().rstrip("=")
+        response.set_cookie(FLASH, value, max_age=120, httponly=True, samesite="strict", path="/")
+    return response
