@@ -19,19 +19,21 @@ from erdu_tasks.runtime import Runtime
 from erdu_tasks.settings import load_settings
 from erdu_tasks.store import incidents as store
 from erdu_tasks.store import stats
-from tests.conftest import create_database, drop_database_later
+from tests.conftest import create_database, drop_database_later, free_port
 
 pytestmark = pytest.mark.xdist_group("console")
 
 PEOPLE = {"alice": {"role": "responder", "token": "alice-token-1"},
           "bob": {"role": "admin", "token": "bob-token-1"},
           "vera": {"role": "viewer", "token": "vera-token-1"}}
+FLOWER_PORT = free_port()
 HOSTILE = "Boom <script>alert(1)</script> <img src=x onerror=alert(2)> \x1b[31mred\x1b[0m \u202eevil"
 
 
 def settings_for(database_url: str, redis_url: str, **extra):
+    # Flower on a port where nothing listens: the incident page says Flower did not answer (no other Flower asked).
     return load_settings(database_url=database_url, redis_url=redis_url, api_token="console-write-token",
-                         api_read_token="console-read-token", people=PEOPLE, **extra)
+                         api_read_token="console-read-token", people=PEOPLE, flower={"port": FLOWER_PORT}, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +106,7 @@ def test_a_viewer_reads_but_cannot_act_and_a_responder_acks_as_herself(setup):
     csrf = sign_in(client, "vera-token-1")
     page = client.get(f"/incidents/{incident_id}")
     assert page.status_code == 200 and "acting on incidents needs the responder role" in page.text
+    assert "Flower did not answer (ConnectError)" in page.text
     refused = client.post(f"/incidents/{incident_id}/ack", data={"csrf": csrf})
     assert refused.status_code == 403 and "vera is a viewer" in refused.text
     assert row(rt, "SELECT acknowledged_at FROM incidents WHERE id = %s", incident_id)["acknowledged_at"] is None

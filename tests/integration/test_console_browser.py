@@ -49,6 +49,7 @@ def console(redis_server, tmp_path_factory):
     port = free_port()
     env = {**os.environ, "ERDU_DATABASE_URL": url, "ERDU_REDIS_URL": redis_server.url,
            "ERDU_API_TOKEN": "browser-write-token", "ERDU_PEOPLE": json.dumps(PEOPLE),
+           "ERDU_FLOWER__PORT": str(free_port()),   # nothing listens: no other Flower is asked
            "ERDU_REPORTS_DIR": str(tmp / "reports"), "ERDU_ALERTS_DIR": str(tmp / "alerts"), "PYTHONUNBUFFERED": "1"}
     env.pop("ERDU_CONFIG", None)
     log = open(tmp / "api.log", "wb")
@@ -65,7 +66,7 @@ def console(redis_server, tmp_path_factory):
 
     rt = Runtime(load_settings(database_url=url, redis_url=redis_server.url))
     try:
-        wait_for(up, 30, 0.1, what="the API answering")
+        wait_for(up, 90, 0.1, what="the API answering")
         yield base, rt
     finally:
         proc.terminate()

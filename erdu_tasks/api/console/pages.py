@@ -19,7 +19,8 @@ from erdu_tasks.store import incidents as store
 from erdu_tasks.tasks.pipeline import pattern_learning
 from erdu_tasks.api.console import charts
 from erdu_tasks.api.console.session import COOKIE, LOGIN_COOKIE, SESSION_SECONDS
-from erdu_tasks.api.console.web import (SECURITY_HEADERS, Refused, console_of, current, render, signed_in)
+from erdu_tasks.api.console.web import (SECURITY_HEADERS, Refused, console_of, current, flower_tasks, render,
+                                        signed_in)
 
 router = APIRouter(include_in_schema=False)
 
@@ -189,7 +190,9 @@ def incident_page(request: Request, incident_id: str) -> Response:
         failures = _failed_of(conn, incident.id)
         learning = pattern_learning(conn, rt, incident.fingerprint, rt.learning)
         matchers = [f"service={incident.service}"] if incident.service else [f"fingerprint={incident.fingerprint}"]
+    tasks, tasks_problem = flower_tasks(rt.settings, incident.id)
     return render(request, "incident.html.j2", person=person, i=incident, related=related or [],
+                  flower_tasks=tasks, flower_problem=tasks_problem,
                   children=children, failures=failures, learning=learning, report=_report_text(rt, incident),
                   diagnosis=incident.diagnosis or {}, fix=incident.fix or {}, assessment=incident.assessment or {},
                   open=incident.is_open, silence_matchers="\n".join(matchers))

@@ -74,6 +74,13 @@ def _age(value: Any) -> str:
     return seconds_text((datetime.now(timezone.utc) - value).total_seconds())
 
 
+def _epoch(value: Any) -> str:
+    try:
+        return _when(datetime.fromtimestamp(float(value), timezone.utc))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "-"
+
+
 def _pct(value: Any) -> str:
     return "-" if value is None else f"{float(value):.0%}"
 
@@ -85,7 +92,7 @@ def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, default=str, sort_keys=True)
 
 
-templates.filters.update(when=_when, age=_age, dur=seconds_text, pct=_pct, inert=inert, pretty=_pretty,
+templates.filters.update(when=_when, epoch=_epoch, age=_age, dur=seconds_text, pct=_pct, inert=inert, pretty=_pretty,
                          q=lambda v: quote(str(v), safe=""))
 
 
@@ -130,6 +137,34 @@ class Console:
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{section.port}"
+
+
+FLOWER_TIMEOUT_SECONDS = 1.0
+
+
+def flower_tasks(settings: Any, incident_id: str, limit: int = 30) -> tuple[list[dict[str, Any]], str | None]:
+    """The incident's tasks as Flower knows them (its /api/tasks search by the id), newest first; or why not.
+
+    Flower keeps tasks in memory only, from its start: older tasks are not there (Postgres keeps the failed)."""
+    import httpx
+
+    section = settings.flower
+    host = "127.0.0.1" if section.address in ("0.0.0.0", "::", "") else section.address
+    auth = (section.user, section.password.get_secret_value()) if section.user and section.password else None
+    try:
+        reply = httpx.get(f"http://{'[' + host + ']' if ':' in host else host}:{section.port}/api/tasks",
+                          params={"search": incident_id, "limit": limit, "sort_by": "-received"}, auth=auth,
+                          timeout=FLOWER_TIMEOUT_SECONDS)
+        reply.raise_for_status()
+        found = reply.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return [], f"Flower did not answer ({exc.__class__.__name__})"
+    if not isinstance(found, dict):
+        return [], "Flower answered something else than a task list"
+    tasks = [{"uuid": str(uuid), "name": str(t.get("name") or "?"), "state": str(t.get("state") or "?"),
+              "worker": str(t.get("worker") or "-"), "received": t.get("received"), "runtime": t.get("runtime")}
+             for uuid, t in found.items() if isinstance(t, dict)]
+    return tasks, None
 
 
 def console_of(request: Request) -> Console:
