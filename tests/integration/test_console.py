@@ -168,6 +168,24 @@ def test_the_silence_preview_counts_what_the_silence_will_hold(setup):
     assert stored.author == "bob" and len(held) == preview["matched"]
 
 
+def test_the_list_sorts_by_severity_then_longest_waiting_and_filters_by_service(setup):
+    client, rt, _ = setup
+    low = ingest(rt, "Slow page render on /reports", "sorting", severity="P4", dedup_key="sort-low")
+    first_p1 = ingest(rt, "Orders database down", "sorting", severity="P1", dedup_key="sort-p1-a")
+    second_p1 = ingest(rt, "Orders replica down", "sorting", severity="P1", dedup_key="sort-p1-b")
+    sign_in(client, "vera-token-1")
+
+    def order(query: str) -> list[str]:
+        html = client.get("/incidents/rows?" + query).text
+        return [i for i in re.findall(r'data-id="([^"]+)"', html) if i in (low, first_p1, second_p1)]
+
+    assert order("service=sorting&sort=severity") == [first_p1, second_p1, low]
+    assert order("service=sorting&sort=newest") == [second_p1, first_p1, low]
+    assert order("service=sorting&sort=oldest") == [low, first_p1, second_p1]
+    assert order("service=sorting&severity=P4") == [low]
+    assert order("service=elsewhere") == []
+
+
 def test_the_filters_refuse_unknown_values_naming_the_allowed_ones(setup):
     client, _, _ = setup
     sign_in(client, "vera-token-1")
