@@ -90,16 +90,6 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture()
-def page(browser):
-    context = browser.new_context(viewport={"width": 1360, "height": 900})
-    tab = context.new_page()
-    tab.dialogs = []
-    tab.on("dialog", lambda d: (tab.dialogs.append(d.message), d.dismiss()))
-    yield tab
-    context.close()
-
-
 def sign_in(page, base: str, token: str) -> None:
     page.goto(base + "/incidents")
     assert "/login" in page.url
@@ -118,8 +108,27 @@ def one(rt: Runtime, sql: str, *params):
         return conn.execute(sql, params).fetchone()
 
 
-def test_a_new_incident_appears_live_and_is_acknowledged_from_its_page(console, page):
+def test_an_on_call_shift_in_the_browser(console, browser):
+    """One test, so that however the suite is spread over workers the module starts one API and one browser.
+
+    Each step has a fresh browser context (its own cookies) and says what it checks."""
     base, rt = console
+    steps = (a_new_incident_appears_live_and_is_acknowledged_from_its_page,
+             an_admin_silences_the_service_after_reading_the_preview_count,
+             a_failed_task_is_retried_from_the_failed_tasks_page,
+             the_api_docs_load_with_the_network_blocked)
+    for step in steps:
+        context = browser.new_context(viewport={"width": 1360, "height": 900})
+        page = context.new_page()
+        page.dialogs = []
+        page.on("dialog", lambda d, page=page: (page.dialogs.append(d.message), d.dismiss()))
+        try:
+            step(base, rt, page)
+        finally:
+            context.close()
+
+
+def a_new_incident_appears_live_and_is_acknowledged_from_its_page(base, rt, page):
     sign_in(page, base, "alice-browser-token")
     page.wait_for_selector("#live.on")           # the event stream is connected
     page.evaluate("window.sameDocument = 'not reloaded'")
@@ -145,8 +154,7 @@ def test_a_new_incident_appears_live_and_is_acknowledged_from_its_page(console, 
     assert last == {"actor": "person:alice", "what": "note by alice (ack): on it"}
 
 
-def test_an_admin_silences_the_service_after_reading_the_preview_count(console, page):
-    base, rt = console
+def an_admin_silences_the_service_after_reading_the_preview_count(base, rt, page):
     ids = [ingest(rt, f"Inventory sync failed for warehouse {n}", "inventory", dedup_key=f"inv-{n}")
            for n in range(3)]
     with rt.db.transaction() as conn:
@@ -171,8 +179,7 @@ def test_an_admin_silences_the_service_after_reading_the_preview_count(console, 
                        "matchers": [{"name": "service", "op": "=", "value": "inventory"}]}
 
 
-def test_a_failed_task_is_retried_from_the_failed_tasks_page(console, page):
-    base, rt = console
+def a_failed_task_is_retried_from_the_failed_tasks_page(base, rt, page):
     incident_id = ingest(rt, "Refund worker crashed: KeyError 'amount'", "refunds")
     with rt.db.transaction() as conn:
         conn.execute("UPDATE incidents SET status = 'escalated', escalated_at = now() WHERE id = %s", (incident_id,))
@@ -191,8 +198,7 @@ def test_a_failed_task_is_retried_from_the_failed_tasks_page(console, page):
     assert page.locator(f'tr[data-id="{failed_id}"]').count() == 0   # off the open list
 
 
-def test_the_api_docs_load_with_the_network_blocked(console, page):
-    base, _ = console
+def the_api_docs_load_with_the_network_blocked(base, rt, page):
     blocked = []
 
     def only_localhost(route):
