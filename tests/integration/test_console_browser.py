@@ -144,10 +144,10 @@ def a_new_incident_appears_live_and_is_acknowledged_from_its_page(base, rt, page
     page.wait_for_url(f"{base}/incidents/{incident_id}")
     assert "<script>alert(2)</script>" in page.inner_text("#description")
     assert "\\x1b[2J" in page.inner_text("#description") and page.dialogs == []
-    page.screenshot(path=str(ARTIFACTS / "console-incident-page.png"), full_page=True)
     page.fill("#ack-form input[name=note]", "on it")
     page.click("#ack")
     assert "acknowledged by alice" in page.inner_text("#flash")
+    page.screenshot(path=str(ARTIFACTS / "console-incident-page.png"), full_page=True)
     assert one(rt, "SELECT acknowledged_at FROM incidents WHERE id = %s", incident_id)["acknowledged_at"]
     last = one(rt, "SELECT actor, what FROM incident_timeline WHERE incident_id = %s ORDER BY id DESC LIMIT 1",
                incident_id)
