@@ -155,6 +155,9 @@ def flower_tasks(settings: Any, incident_id: str, limit: int = 30) -> tuple[list
         reply = httpx.get(f"http://{'[' + host + ']' if ':' in host else host}:{section.port}/api/tasks",
                           params={"search": incident_id, "limit": limit, "sort_by": "-received"}, auth=auth,
                           timeout=FLOWER_TIMEOUT_SECONDS)
+        if reply.status_code == 401 and auth is None:
+            return [], ("Flower lists tasks over its API only with a user and password (the flower section's "
+                        "user and password)")
         reply.raise_for_status()
         found = reply.json()
     except (httpx.HTTPError, ValueError) as exc:
