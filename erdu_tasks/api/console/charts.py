@@ -30,7 +30,8 @@ def _nice_top(top: float) -> float:
     return 10 * step
 
 
-def line_chart(title: str, points: Sequence[Point], *, unit: str = "min") -> Markup:
+def line_chart(title: str, points: Sequence[Point], *, unit: str = "min",
+               empty: str = "no incident in this period") -> Markup:
     """An SVG line chart of points (left to right in the given order), with axes, ticks and hover titles."""
     values = [p.value for p in points if p.value is not None]
     top = _nice_top(max(values, default=0.0))
@@ -51,7 +52,7 @@ def line_chart(title: str, points: Sequence[Point], *, unit: str = "min") -> Mar
                      f'<text class="tick" x="{LEFT - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:g} {unit}</text>')
     if not values:
         parts.append(f'<text class="empty" x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle">'
-                     'no incident in this period</text>')
+                     f'{escape(empty)}</text>')
     every = max(1, n // 8)
     for i, p in enumerate(points):
         if i % every == 0:

@@ -283,11 +283,11 @@ def charts_page(request: Request) -> Response:
     mtta = charts.line_chart("MTTA (minutes from detection to a person's acknowledgement)",
                              [charts.Point(label, r.mtta / 60 if r and r.mtta is not None else None,
                                            f" over {r.acknowledged} acknowledged" if r else "")
-                              for label, r in points])
+                              for label, r in points], empty="no incident acknowledged by a person in this period")
     mttr = charts.line_chart("MTTR (minutes from detection to resolution)",
                              [charts.Point(label, r.mttr / 60 if r and r.mttr is not None else None,
                                            f" over {r.resolved} resolved" if r else "")
-                              for label, r in points])
+                              for label, r in points], empty="no incident resolved in this period")
     volume = charts.line_chart("Incidents detected", [charts.Point(label, float(r.incidents) if r else 0.0)
                                                       for label, r in points], unit="")
     return render(request, "charts.html.j2", person=person, span=span, ranges=list(RANGES), mtta=mtta, mttr=mttr,
