@@ -92,12 +92,21 @@ def test_it_signs_in_with_a_token_into_a_signed_httponly_strict_cookie(setup):
     assert client.get("/incidents", follow_redirects=False).status_code == 303
 
 
-def test_a_sign_in_without_the_forms_token_is_refused(setup):
+def test_a_sign_in_without_the_forms_token_or_with_a_bad_body_or_target_is_refused(setup):
     client, _, _ = setup
     client.cookies.clear()
     refused = client.post("/login", data={"token": "bob-token-1"}, follow_redirects=False)
     assert refused.status_code == 303 and "expired" in refused.headers["location"]
     assert "erdu_session" not in refused.headers.get("set-cookie", "")
+    garbled = client.post("/login", content=b"token=%ff%fe&csrf=x",
+                          headers={"content-type": "application/x-www-form-urlencoded"})
+    assert garbled.status_code == 400 and "form body refused" in garbled.json()["detail"]
+    nul = client.post("/login", content=b"token=a%00b", headers={"content-type": "application/x-www-form-urlencoded"})
+    assert nul.status_code == 400 and "NUL" in nul.json()["detail"]
+    login_csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").text).group(1)
+    away = client.post("/login", data={"token": "bob-token-1", "csrf": login_csrf, "next": "//evil.example/x"},
+                       follow_redirects=False)
+    assert away.status_code == 303 and away.headers["location"] == "/incidents"   # never off-site
 
 
 def test_a_viewer_reads_but_cannot_act_and_a_responder_acks_as_herself(setup):
