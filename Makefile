@@ -12,10 +12,12 @@ TEST_WORKERS ?= 4
 DEBS := chromium supervisor redis-sentinel pgbouncer
 DEB_CMDS := chromium supervisord redis-sentinel pgbouncer
 
+# pip -qq prints errors only: not the index's "Location ... is ignored" lines for every package a local mirror
+# lacks, nor setuptools' notes while it builds the editable install. A failed install still says why and stops.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install -qq --upgrade pip
+	$(VENV)/bin/pip install -qq -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)

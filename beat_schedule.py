@@ -12,11 +12,14 @@ from erdu_tasks.settings import Settings
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    """The beat schedule: reconciler, monitors, heartbeats, escalation sweeper."""
+    """The beat schedule: reconciler, retention, monitors, heartbeats, escalation sweeper."""
     schedule: dict[str, dict[str, Any]] = {
         "reconcile": {"task": names.RECONCILE, "schedule": settings.reconcile_interval_seconds,
                       "options": {"queue": names.Queue.MONITOR.value, "expires": settings.reconcile_interval_seconds}},
     }
+    prune = settings.retention.interval.total_seconds()
+    schedule["prune"] = {"task": names.PRUNE, "schedule": prune,
+                         "options": {"queue": names.Queue.MONITOR.value, "expires": prune}}
     sweep = sweep_options(settings.escalation).sweep_interval
     schedule["sweep-escalations"] = {"task": names.SWEEP_ESCALATIONS, "schedule": sweep,
                                      "options": {"queue": names.Queue.MONITOR.value, "expires": max(sweep, 1.0)}}

@@ -25,7 +25,7 @@ ROLE_TASK_MODULES: dict[str, list[str]] = {
     "diagnostician": ["erdu_tasks.tasks.pipeline"],
     "fixer": ["erdu_tasks.tasks.fix"],
     "resolver": ["erdu_tasks.tasks.pipeline"],
-    "monitor": ["erdu_tasks.tasks.reconcile", "erdu_tasks.tasks.monitors", "erdu_tasks.tasks.sweep_escalations",
+    "monitor": ["erdu_tasks.tasks.reconcile", "erdu_tasks.tasks.retention", "erdu_tasks.tasks.monitors", "erdu_tasks.tasks.sweep_escalations",
                 "erdu_tasks.tasks.heartbeats"],
 }
 
@@ -35,6 +35,7 @@ TASK_MODULES = [
     "erdu_tasks.tasks.fix",
     "erdu_tasks.tasks.escalate",
     "erdu_tasks.tasks.reconcile",
+    "erdu_tasks.tasks.retention",
     "erdu_tasks.tasks.monitors",
     "erdu_tasks.tasks.sweep_escalations",
     "erdu_tasks.tasks.heartbeats",

@@ -195,6 +195,13 @@ class Incident:
     related: list[dict[str, Any]] | None = None   # related incidents as diagnosed (None: not searched yet)
     timeline: list[TimelineEntry] = field(default_factory=list)
 
+    def first_occurrence(self, limit: int = 40) -> list[str]:
+        """The first occurrence's concrete text (its message, then its traceback), [] if no more than the title."""
+        text = (self.description or "").strip()
+        if not text or text == self.title.strip():
+            return []
+        return text.splitlines()[:limit]
+
     @property
     def is_open(self) -> bool:
         """True while the incident still needs work or a person."""

@@ -30,6 +30,7 @@ RESOLVE = "erdu.resolve"
 ESCALATE = "erdu.escalate"
 REASSESS = "erdu.reassess"
 RECONCILE = "erdu.reconcile"
+PRUNE = "erdu.prune"
 SWEEP_ESCALATIONS = "erdu.sweep_escalations"
 AUTO_RESOLVE = "erdu.auto_resolve"
 MONITOR_LOGS = "erdu.monitor.logs"
@@ -139,6 +140,7 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     ESCALATE: {"queue": Queue.COMMANDER.value},
     REASSESS: {"queue": Queue.COMMANDER.value},
     RECONCILE: {"queue": Queue.MONITOR.value},
+    PRUNE: {"queue": Queue.MONITOR.value},
     SWEEP_ESCALATIONS: {"queue": Queue.MONITOR.value},
     AUTO_RESOLVE: {"queue": Queue.MONITOR.value},
     "erdu.monitor.*": {"queue": Queue.MONITOR.value},
@@ -154,3 +156,5 @@ BEAT_LOCK_KEY = "erdu:beat:lock"
 REDBEAT_PREFIX = "erdu:redbeat:"
 TAIL_LOCK_PREFIX = "erdu:monitor:tail:"  # + sha1(path): one log tailer per file at a time
 NOTIFY_RATE_PREFIX = "erdu:notify:rate:"  # + channel:window: notifications per channel per minute
+SLACK_SEEN_PREFIX = "erdu:slack:seen:"  # + signature: a Slack request already accepted (replays refused)
+SLACK_CLICK_PREFIX = "erdu:slack:click:"  # + click key: a button click already handled (retries do nothing)

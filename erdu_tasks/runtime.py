@@ -40,7 +40,8 @@ class Runtime:
 
     def __post_init__(self) -> None:
         if self.db is None:
-            self.db = Database(self.settings.database_url, max_size=self.settings.db_pool_max)
+            self.db = Database(self.settings.database_url, max_size=self.settings.db_pool_max,
+                               prepare=self.settings.db_prepared_statements)
 
     @cached_property
     def rules(self) -> RuleSet:

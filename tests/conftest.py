@@ -192,12 +192,27 @@ class _Spares:
         self.jobs.put(("drop", url))
 
     def close(self) -> None:
+        """Drop what is left (pending drops and unused spares) all at once, a thread per database: at the
+        session's end nothing else waits on them, and one by one they took 10-16 s on a busy machine."""
+        left = []
+        while True:   # take the waiting jobs from the thread: spares are no longer needed, drops run below
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None and job[0] == "drop":
+                left.append(job[1])
         if self.thread is not None:
             self.jobs.put(None)
-            self.thread.join(300)
+            self.thread.join(300)   # the job it is running
             self.thread = None
         while not self.ready.empty():
-            drop_database(self.ready.get_nowait())
+            left.append(self.ready.get_nowait())
+        droppers = [threading.Thread(target=drop_database, args=(url,)) for url in left]
+        for t in droppers:
+            t.start()
+        for t in droppers:
+            t.join(120)
 
 
 _spares = _Spares()

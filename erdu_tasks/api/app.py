@@ -28,6 +28,7 @@ from erdu_tasks.api import (
     routes_incidents,
     routes_pagerduty,
     routes_silences,
+    routes_slack,
 )
 from erdu_tasks.api.config import ApiConfig, api_config
 from erdu_tasks.api.context import ApiContext, log
@@ -103,12 +104,14 @@ def create_app(settings: Settings, config: ApiConfig | None = None) -> FastAPI:
         summary="Events in, incidents out: the HTTP face of ERDU.",
         description="Send events (or Alertmanager / PagerDuty notifications), list incidents and act on them. "
                     "Every /v1 call needs `Authorization: Bearer <token>` when ERDU_API_TOKEN is set; "
-                    "the read-only token ERDU_API_READ_TOKEN allows GET only.",
+                    "the read-only token ERDU_API_READ_TOKEN allows GET only. POST /v1/slack/interactions "
+                    "takes no token: Slack's request signature authenticates it.",
         lifespan=lifespan,
     )
     app.state.erdu = ctx
     app.add_middleware(BodyGuard, max_bytes=config.max_body_bytes, max_depth=config.max_json_depth,
-                       error_body=_guard_error, form_paths=console.is_form_path)
+                       error_body=_guard_error, raw_paths=frozenset({routes_slack.INTERACTIONS_PATH}),
+                       form_paths=console.is_form_path)
     app.add_exception_handler(TransientError, _unavailable)
     app.add_exception_handler(kombu.exceptions.OperationalError, _broker_failed)
     app.add_exception_handler(redis.RedisError, _broker_failed)
@@ -119,6 +122,8 @@ def create_app(settings: Settings, config: ApiConfig | None = None) -> FastAPI:
     for module in (routes_events, routes_alertmanager, routes_pagerduty, routes_incidents, routes_silences,
                    routes_heartbeats):
         app.include_router(module.router, responses=COMMON_RESPONSES)
+    # Slack's endpoint takes no bearer token (its signature authenticates it): no 401/403 of the token.
+    app.include_router(routes_slack.router, responses={k: COMMON_RESPONSES[k] for k in (413, 503)})
     app.include_router(routes_health.router)
     from erdu_tasks.api import routes_failed  # `erdu failed ls|retry` over HTTP
 
@@ -129,7 +134,8 @@ def create_app(settings: Settings, config: ApiConfig | None = None) -> FastAPI:
 
     from erdu_tasks.store.metrics import build_registry
 
-    registry = build_registry(settings.database_url, settings.redis_url)
+    registry = build_registry(settings.database_url, settings.redis_url,
+                              channels=tuple(settings.escalation.channels))
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

@@ -45,7 +45,8 @@ class ApiContext:
     def build(cls, settings: Settings, config: ApiConfig) -> "ApiContext":
         """Runtime with the API's own pool size and a short pool timeout, a broker ping client and a publisher."""
         rt = Runtime(settings)
-        rt.db = Database(settings.database_url, max_size=config.db_pool_max, timeout=config.db_timeout_seconds)
+        rt.db = Database(settings.database_url, max_size=config.db_pool_max, timeout=config.db_timeout_seconds,
+                         prepare=settings.db_prepared_statements)
         broker = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=config.broker_timeout_seconds,
                                       socket_timeout=config.broker_timeout_seconds)
         return cls(config, rt, broker, make_celery(settings))

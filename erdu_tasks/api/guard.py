@@ -71,12 +71,17 @@ async def _reply(send: Send, status: int, body_of: dict[str, Any]) -> None:
 
 
 class BodyGuard:
-    """ASGI middleware: 413 over the size limit, 400 for a body that is not clean JSON or a bad URL."""
+    """ASGI middleware: 413 over the size limit, 400 for a body that is not clean JSON (raw_paths excepted)
+    or a bad URL."""
 
     def __init__(self, app: ASGIApp, *, max_bytes: int, max_depth: int, drain_bytes: int | None = None,
                  error_body: Callable[[str, str], dict[str, Any]] = _default_body,
+                 raw_paths: frozenset[str] = frozenset(),
                  form_paths: Callable[[str], bool] = lambda path: False) -> None:
         self.app = app
+        # Paths whose body is not JSON (Slack's form-encoded, signed interactions): size-limited only,
+        # passed on byte for byte (the signature covers the raw body); their handler checks the rest.
+        self.raw_paths = raw_paths
         # Paths whose browser forms post application/x-www-form-urlencoded (the console): such a body is
         # checked as clean UTF-8 text and passed on as it is; everywhere else a body must be JSON.
         self.form_paths = form_paths
@@ -124,7 +129,8 @@ class BodyGuard:
                     await self._drain(receive, None)
                 await self._refuse(send, scope, 413, f"body is over the limit of {self.max_bytes} bytes")
                 return
-        if body and self.form_paths(scope.get("path", "")) \
+        path = scope.get("path", "")
+        if body and path not in self.raw_paths and self.form_paths(path) \
                 and headers.get(b"content-type", b"").startswith(b"application/x-www-form-urlencoded"):
             problem = _form_problem(bytes(body))
             if problem:
@@ -132,7 +138,7 @@ class BodyGuard:
                 return
             await self.app(scope, _replay(bytes(body), receive), send)
             return
-        if body:
+        if body and path not in self.raw_paths:
             try:
                 decode_json(bytes(body), self.max_depth)
             except BodyError as exc:

@@ -138,6 +138,30 @@ def get_incident(incident_id: IncidentId, ctx: Ctx) -> dict[str, Any]:
     return asdict(incident)
 
 
+class IncidentReport(BaseModel):
+    """The incident's report: final once closed; before that, from its first escalation on, what is known so far."""
+
+    incident_id: str
+    final: bool
+    markdown: str
+    report: dict[str, Any]
+
+
+@router.get("/v1/incidents/{incident_id}/report", response_model=IncidentReport,
+            dependencies=[Depends(require_read)],
+            responses={404: {"description": "No such incident, or no report yet (ERDU is still handling it)"}})
+def get_report(incident_id: IncidentId, ctx: Ctx) -> IncidentReport:
+    """The report as data and Markdown: interim ("what we know so far") from the first escalation, final at close."""
+    from erdu_tasks.tasks.pipeline import current_report
+
+    with ctx.rt.db.transaction() as conn:
+        found = current_report(conn, ctx.rt, incident_id)
+    if found is None:
+        raise HTTPException(404, f"no report for {incident_id} (no such incident, or ERDU is still handling it)")
+    data, markdown = found
+    return IncidentReport(incident_id=incident_id, final=bool(data.get("final")), markdown=markdown, report=data)
+
+
 _NEEDS_BROKER = {"resolve", "approve", "retry"}
 
 

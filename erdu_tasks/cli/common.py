@@ -15,6 +15,28 @@ console = Console()
 err = Console(stderr=True)
 
 
+def _flags_show_no_type() -> None:
+    """A flag takes no value: its help line shows none.
+
+    Typer 0.29 prints the flag's Python type (`<bool>`) in the type column of every flag, --help included
+    (typer/core.py, TyperOption.display_type_rich); a flag has nothing to type. Delete this once Typer leaves
+    the column empty for flags again."""
+    from typer.core import TyperOption
+
+    original = TyperOption.display_type_rich
+    if getattr(original, "erdu_flags", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: typer.Context) -> str | None:
+        return None if self.is_flag and self.metavar is None else original(self, ctx)
+
+    display_type_rich.erdu_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_show_no_type()
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print the error in one line and exit with code."""
     err.print(f"[bold red]error:[/] {shown(message)}", highlight=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import datetime, timezone
 from typing import Annotated, Optional
@@ -14,6 +15,7 @@ from rich.table import Table
 from erdu_tasks.errors import ConfigError, ErduError, ServiceUnreachable
 from erdu_tasks.model import Severity, Status
 from erdu_tasks.names import ROLES
+from erdu_tasks.settings import get_settings
 from erdu_tasks.cli.common import console, err, fail, incident_id_of, load_settings, plain, runtime, shown, who
 from erdu_tasks.cli.silences import silence_app
 from erdu_tasks.cli.heartbeats import heartbeat, heartbeats_app
@@ -85,6 +87,14 @@ def worker_argv(roles: list[str], settings, *, concurrency: int | None = None, p
     return argv
 
 
+def db_pool_size(argv: list[str]) -> int:
+    """Postgres connections a worker process needs: one per thread of a thread pool plus one for the
+    process's own checks; a prefork or solo process runs one task at a time, so 2."""
+    kind = argv[argv.index("-P") + 1]
+    size = int(argv[argv.index("-c") + 1])
+    return size + 1 if kind == "threads" else 2
+
+
 def run_worker(spec: str, *, concurrency: int | None = None, pool: str | None = None,
                hostname: str | None = None, loglevel: str = "INFO") -> None:
     """Start a worker for one role (or several), consuming only those roles' queues."""
@@ -99,12 +109,15 @@ def run_worker(spec: str, *, concurrency: int | None = None, pool: str | None = 
     except ServiceUnreachable as exc:
         fail(str(exc))
     _check_config(settings)
+    argv = worker_argv(roles, settings, concurrency=concurrency, pool=pool, hostname=hostname, loglevel=loglevel)
+    if "ERDU_DB_POOL_MAX" not in os.environ and "db_pool_max" not in settings.model_fields_set:
+        os.environ["ERDU_DB_POOL_MAX"] = str(db_pool_size(argv))
+        get_settings.cache_clear()
     from erdu_tasks.app import ROLE_TASK_MODULES
     from erdu_tasks.app import app as celery_app
 
     celery_app.conf.include = list(dict.fromkeys(m for r in roles for m in ROLE_TASK_MODULES[r]))
-    celery_app.worker_main(worker_argv(roles, settings, concurrency=concurrency, pool=pool, hostname=hostname,
-                                       loglevel=loglevel))
+    celery_app.worker_main(argv)
 
 
 def _check_config(settings) -> None:
@@ -313,19 +326,76 @@ def incidents_ls(
         err.print(f"next page: --after {store.encode_cursor(rows[-1])}", highlight=False)
     if as_json:
         for i in rows:
+            first = i.first_occurrence(1)
             print(json.dumps({"id": i.id, "severity": i.severity.value, "status": i.status.value,
-                              "title": i.title, "service": i.service, "occurrences": i.occurrences,
+                              "title": i.title, "message": first[0] if first else i.title,
+                              "service": i.service, "occurrences": i.occurrences,
                               "created_at": i.created_at.isoformat() if i.created_at else None}))
         return
-    table = Table(title=f"{len(rows)} incident(s)")
+    console.print(_incident_table(rows, f"{len(rows)} incident(s)"))
+
+
+def _incident_table(rows: list, title: str) -> Table:
+    table = Table(title=title)
     # The id is what every other command takes: shown whole, on one line, at any width (the title wraps).
     table.add_column("ID", no_wrap=True, min_width=max((len(i.id) for i in rows), default=2))
     for col in ("Sev", "Status", "Service", "Title", "Count", "Created"):
         table.add_column(col)
     for i in rows:
-        table.add_row(i.id, i.severity.value, i.status.value, shown(i.service or "-"), shown(i.title, limit=60),
-                      str(i.occurrences), _age(i.created_at))
-    console.print(table)
+        first = i.first_occurrence(1)
+        concrete = f"\n[dim]{shown(first[0], limit=60)}[/]" if first else ""   # the title is a template
+        table.add_row(i.id, i.severity.value, i.status.value, shown(i.service or "-"),
+                      shown(i.title, limit=60) + concrete, str(i.occurrences), _age(i.created_at))
+    return table
+
+
+@incidents_app.command("watch")
+def incidents_watch(
+    interval: Annotated[float, typer.Option(min=0.1, max=3600, help="Seconds between two looks at Postgres")] = 2.0,
+    once: Annotated[bool, typer.Option("--once", help="Print the open incidents and exit")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="How many open incidents the first table shows")] = 30,
+) -> None:
+    """The open incidents, then every change as it happens (new incidents, status changes, notes); Ctrl-C stops."""
+    import time
+
+    import psycopg
+
+    from erdu_tasks.model import OPEN_STATUSES
+    from erdu_tasks.store import incidents as store
+    from erdu_tasks.store.watch import Follower
+
+    rt = runtime()
+    statuses = sorted(s.value for s in OPEN_STATUSES)
+    try:
+        with rt.db.transaction() as conn:
+            rows = store.list_incidents(conn, statuses=statuses, limit=limit)
+            follower = Follower.from_now(conn)
+        console.print(_incident_table(rows, f"{len(rows)} open incident(s), newest first"))
+        if once:
+            return
+        console.print(f"watching every {interval:g} s; Ctrl-C stops", highlight=False)
+        lost = False
+        while True:
+            time.sleep(interval)
+            try:
+                with rt.db.transaction() as conn:
+                    changes = follower.poll(conn)
+            except psycopg.Error as exc:
+                if not lost:
+                    err.print(f"cannot read Postgres ({shown(type(exc).__name__)}); trying again", highlight=False)
+                lost = True
+                continue
+            if lost:
+                err.print("Postgres answers again", highlight=False)
+                lost = False
+            for c in changes:
+                what = ("new     " if c.is_new else "        ") + f"{c.incident_id}  {c.severity} {c.status:<17}"
+                move = f"{c.from_status or ''} → {c.to_status}  " if c.to_status else ""
+                said = shown(c.title, limit=60) if c.is_new else shown(f"{move}{c.actor}: {c.what}", limit=120)
+                console.print(f"{c.at:%H:%M:%S}  {what}  {shown(c.service or '-')}  {said}", highlight=False,
+                              soft_wrap=True)
+    except KeyboardInterrupt:
+        console.print("stopped watching", highlight=False)
 
 
 SHOW_LINES = 60
@@ -374,21 +444,18 @@ def incidents_show(incident_id: str) -> None:
 
 @incidents_app.command("report")
 def incidents_report(incident_id: str) -> None:
-    """Print the incident's Markdown report."""
-    from pathlib import Path
-
-    from erdu_tasks.roles.report import report_paths
+    """Print the incident's Markdown report: the final one once closed, "what we know so far" once escalated."""
+    from erdu_tasks.tasks.pipeline import current_report
 
     rt = runtime()
     incident_id = incident_id_of(rt, incident_id)
     with rt.db.transaction() as conn:
-        row = conn.execute("SELECT status, report_path FROM incidents WHERE id = %s", (incident_id,)).fetchone()
-    if row is None:
-        fail(f"no incident {incident_id}", 1)
-    path = Path(row["report_path"]) if row["report_path"] else report_paths(rt.settings.reports_dir, incident_id)[1]
-    if not path.is_file():
-        fail(f"{incident_id} has no report yet (status {row['status']})", 1)
-    print(plain(path.read_text(encoding="utf-8", errors="replace"), multiline=True))
+        found = current_report(conn, rt, incident_id)
+        status = conn.execute("SELECT status FROM incidents WHERE id = %s", (incident_id,)).fetchone()
+    if found is None:
+        fail(f"{incident_id} has no report yet (status {status['status'] if status else 'unknown'}: ERDU is still "
+             "handling it; the report starts when it is escalated to people, and is final at close)", 1)
+    print(plain(found[1], multiline=True))
 
 
 By = Annotated[Optional[str], typer.Option("--by", help="Who acts (default: ERDU_USER, else your login name)")]
@@ -496,28 +563,50 @@ def failed_dismiss(failed_id: Annotated[int, typer.Argument(help="The # that `er
 @failed_app.command("retry")
 def failed_retry(
     incident_id: Annotated[Optional[str], typer.Argument(help="Incident whose failed stage to re-drive")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Re-drive every incident with an unretried failure")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Re-drive every incident with an open failure")] = False,
+    by: By = None,
 ) -> None:
-    """Re-drive incidents from the stage that failed (idempotent)."""
+    """Re-drive incidents from the stage that failed (idempotent).
+
+    Exit 1 when the incident does not exist or cannot be retried (or, with --all, when any was refused);
+    --all with nothing to re-drive says so and exits 0."""
     from erdu_tasks.tasks.people import ActionRefused, retry
 
     from erdu_tasks.store import failed
 
     if not incident_id and not all_:
         fail("give an incident id or --all")
+    if incident_id and all_:
+        fail("give an incident id or --all, not both")
     rt = runtime()
-    if all_:
-        with rt.db.transaction() as conn:
-            ids = [r["incident_id"] for r in conn.execute(
-                f"SELECT DISTINCT incident_id FROM failed_tasks WHERE {failed.OPEN} AND incident_id IS NOT NULL"
-            ).fetchall()]
-    else:
-        ids = [incident_id_of(rt, incident_id)]
+    who_ = (by or who()).strip()
+    if not all_:
+        try:
+            console.print(shown(retry(rt, incident_id_of(rt, incident_id), who_).message), highlight=False)
+        except ActionRefused as exc:
+            fail(str(exc), 1)
+        return
+    with rt.db.transaction() as conn:
+        ids = [r["incident_id"] for r in conn.execute(
+            f"SELECT DISTINCT incident_id FROM failed_tasks WHERE {failed.OPEN} AND incident_id IS NOT NULL"
+            " ORDER BY incident_id").fetchall()]
+        orphans = conn.execute(f"SELECT count(*) AS n FROM failed_tasks WHERE {failed.OPEN} AND incident_id IS NULL"
+                               ).fetchone()["n"]
+    if orphans:
+        err.print(f"{orphans} open failed task(s) name no incident: nothing to re-drive; see `erdu failed ls`, "
+                  "then `erdu failed dismiss N`", highlight=False)
+    if not ids:
+        console.print("nothing to retry: no open failed task names an incident", highlight=False)
+        return
+    refused = 0
     for iid in ids:
         try:
-            console.print(shown(retry(rt, iid, who()).message), highlight=False)
+            console.print(shown(retry(rt, iid, who_).message), highlight=False)
         except ActionRefused as exc:
+            refused += 1
             err.print(f"skipped: {shown(exc)}", highlight=False)
+    if refused:
+        fail(f"{refused} of {len(ids)} incident(s) could not be retried", 1)
 
 
 @rules_app.command("ls")
@@ -613,7 +702,8 @@ def metrics(
 
     settings = load_settings()
     try:
-        serve(settings.database_url, settings.redis_url, port=port, address=address)
+        serve(settings.database_url, settings.redis_url, port=port, address=address,
+              channels=tuple(settings.escalation.channels))
     except OSError as exc:
         fail(f"cannot listen on {address}:{port}: {exc}")
 
@@ -678,6 +768,48 @@ def stats(
         best = f"{shown(r.best_runbook)} {r.runbook_successes}/{r.runbook_attempts}" if r.best_runbook else "-"
         table.add_row(shown(r.key[:16]), shown(r.title or "", limit=40), *cells(r), best)
     console.print(table)
+
+
+@app.command()
+def prune(
+    older_than: Annotated[Optional[str], typer.Option(
+        help="Prune closed incidents closed longer ago than this (e.g. 30d); default: retention.incidents")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would go")] = False,
+    no_archive: Annotated[bool, typer.Option("--no-archive", help="Delete without writing the archive file")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
+) -> None:
+    """Apply the retention policy now: archive closed incidents past it to a .jsonl.gz file, then delete them.
+
+    Only closed incidents go; open, escalated and acknowledged ones stay whatever their age. Learned
+    patterns and the totals behind /metrics and `erdu stats` are kept. Beat runs the same every
+    retention.interval.
+    """
+    from erdu_tasks.escalation.policy import parse_duration
+    from erdu_tasks.tasks.retention import run_prune
+
+    keep = None
+    if older_than is not None:
+        try:
+            keep = parse_duration(older_than)
+        except ValueError as exc:
+            fail(f"--older-than {older_than!r}: {exc}")
+        if keep.total_seconds() < 3600:
+            fail(f"--older-than {older_than!r}: at least 1h, so nothing just closed is pruned")
+    rt = runtime()
+    if keep is None and rt.settings.retention.incidents is None:
+        if not as_json:
+            console.print("retention.incidents is off: no incident is pruned (give --older-than to prune anyway)")
+    result = run_prune(rt, older_than=keep, dry_run=dry_run, archive=not no_archive, by=f"person:{who()}")
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=2))
+        return
+    verb = "would prune" if dry_run else "pruned"
+    cutoff = f"closed before {result.cutoff:%Y-%m-%d %H:%M} UTC" if result.cutoff else "none (retention off)"
+    console.print(f"{verb} {result.incidents} incident(s) ({result.timeline} timeline rows), {cutoff}")
+    if not dry_run:
+        console.print(f"forgot {result.receipts} ingest receipt(s) and {result.rejected} rejected event(s)")
+        for path in result.archives:
+            console.print(f"archive: {path}", highlight=False)
 
 
 def main() -> None:

@@ -63,10 +63,14 @@ def check_exposure(opts: FlowerOptions) -> None:
                           "or listen on 127.0.0.1")
 
 
+TASKS_COLUMNS = "name,args,state,received,runtime,worker,routing_key,uuid"
+"""The Tasks page's columns: every stage task's argument is its incident id, so `args` shows the incident."""
+
+
 def flower_argv(opts: FlowerOptions, broker_url: str) -> list[str]:
     """The `celery` argv that runs Flower on ERDU's broker (the queues come from the app's task_queues)."""
     return ["--broker", broker_url, "flower", f"--port={opts.port}", f"--address={opts.address}",
-            "--purge_offline_workers=300"]
+            "--purge_offline_workers=300", f"--tasks_columns={TASKS_COLUMNS}"]
 
 
 def flower_env(opts: FlowerOptions) -> dict[str, str]:
@@ -120,10 +124,34 @@ def guard_metrics() -> None:
     monitor.Metrics.get = get  # type: ignore[method-assign]
 
 
+def list_configured_queues() -> None:
+    """Make Flower's Broker page (and /api/queues/length) list every configured queue, always.
+
+    Flower 2.2 builds the list from the workers it last inspected (BaseHandler.get_active_queue_names in
+    flower/views/__init__.py) and falls back to the app's task_queues only when it knows no worker: opening one
+    worker's page narrows the list to that worker's queues until every worker's page has been opened. ERDU's
+    app declares every role queue, so the list is the union of both. Delete this once Flower lists the
+    configured queues itself.
+    """
+    from flower.views import BaseHandler
+
+    original = BaseHandler.get_active_queue_names
+    if getattr(original, "erdu_configured", False):
+        return
+
+    def get_active_queue_names(self: Any) -> list[str]:
+        configured = {q.name for q in self.capp.conf.task_queues or [] if q.name}
+        return sorted(set(original(self)) | configured)
+
+    get_active_queue_names.erdu_configured = True  # type: ignore[attr-defined]
+    BaseHandler.get_active_queue_names = get_active_queue_names  # type: ignore[method-assign]
+
+
 def run_flower(opts: FlowerOptions, settings: Any) -> int:
     """Run Flower in the foreground on ERDU's broker and queues."""
     check_exposure(opts)
     guard_metrics()
+    list_configured_queues()
     os.environ.pop("FLOWER_BASIC_AUTH", None)
     os.environ.update(flower_env(opts))
     from erdu_tasks.celery_ext.broker import without_password

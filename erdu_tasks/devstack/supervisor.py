@@ -134,10 +134,10 @@ def build_children(settings: Settings, *, with_api: bool, with_flower: bool, wit
         port = _port(settings.flower.port, taken)
         children.append(Child("flower", [*exe, "flower", "--port", str(port)], where=f"http://127.0.0.1:{port}/",
                               ready_port=port))
-    api_serves_metrics = any(c.name == "api" for c in children)
-    if api_serves_metrics:
-        children[-1].where += f"  (metrics: http://127.0.0.1:{children[-1].ready_port}/metrics)"
-    if with_metrics and not api_serves_metrics:
+    api = next((c for c in children if c.name == "api"), None)
+    if api is not None:   # ERDU's metrics are the API's; Flower's own /metrics is Flower's, not listed
+        api.where += f"  (metrics: http://127.0.0.1:{api.ready_port}/metrics)"
+    if with_metrics and api is None:
         port = _port(DEFAULT_METRICS_PORT, taken)
         children.append(Child("metrics", [*exe, "metrics", "--port", str(port)],
                               where=f"http://127.0.0.1:{port}/metrics", ready_port=port))

@@ -53,6 +53,13 @@ def allowed_fields(incident: Incident, catalog: Any = None) -> dict[str, str]:
     return fields
 
 
+def serialize_fixes_of(conn: psycopg.Connection, service: str | None) -> None:
+    """Plan one fix of a service at a time: a transaction-scoped lock on the service, held until the plan
+    (and its claimed run) commits, so concurrent fixers of one service see each other's runs and the
+    rate limit holds. Fixes of other services never wait; the lock is not held while actions run."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('erdu:fix:' || %s))", (service or "",))
+
+
 def recent_runs(conn: psycopg.Connection, runbooks: list[Runbook], service: str | None, *,
                 exclude: str) -> dict[str, tuple[datetime, ...]]:
     """Runbook name -> start times of its runs on this service for other incidents, within its limit window."""

@@ -59,8 +59,10 @@ _env.filters.update(cell=_cell, dur=human_duration, code=_code)
 def build_report(incident: Incident, resolution: dict[str, Any], *, related: list[dict[str, Any]] | None = None,
                  learning: dict[str, Any] | None = None,
                  children: list[dict[str, Any]] | None = None,
-                 situation: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The report as data: facts from the incident plus the resolver's summary and what was learned."""
+                 situation: list[dict[str, Any]] | None = None, final: bool = True) -> dict[str, Any]:
+    """The report as data: facts from the incident plus the resolver's summary and what was learned.
+
+    `final` False: the interim report of an incident still with people ("what we know so far")."""
     previous = incident.created_at
     timeline = []
     for t in incident.timeline:
@@ -78,7 +80,11 @@ def build_report(incident: Incident, resolution: dict[str, Any], *, related: lis
                   or (diagnosis.get("root_cause") if diagnosis.get("established", True) else None))
     return {
         "id": incident.id,
+        "final": final,
         "title": incident.title,
+        "host": incident.host,
+        "labels": incident.labels,
+        "first_occurrence": incident.first_occurrence(FIRST_OCCURRENCE_LINES),
         "severity": incident.severity.value,
         "original_severity": (incident.assessment or {}).get("original_severity"),
         "status": incident.status.value,
@@ -140,6 +146,10 @@ def build_report(incident: Incident, resolution: dict[str, Any], *, related: lis
                       for c in (situation or [])],
         "timeline": timeline,
     }
+
+
+FIRST_OCCURRENCE_LINES = 40
+"""How many lines of the first occurrence (its message, then its traceback) a report shows."""
 
 
 def _advised_by(brain: Any) -> str | None:

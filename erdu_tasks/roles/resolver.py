@@ -68,16 +68,7 @@ def resolve(incident: Incident, ctx: ResolverContext) -> Resolution:
                + (f" Root cause: {root_cause}" if root_cause else ""))
 
     users = ctx.user_facing or ctx.user_facing_dependants
-    affected = incident.affected_services or ([incident.service] if incident.service else [])
-    impact = {
-        "business": (f"user-facing service(s) {', '.join(users)} degraded for {_human(duration)}" if users
-                     else "no user-facing service recorded as affected"),
-        "technical": (f"affected: {', '.join(affected) or 'unknown'}"
-                      + (f"; dependants at risk: {', '.join(ctx.dependants[:8])}" if ctx.dependants else "")
-                      + f"; {incident.occurrences} error occurrence(s)"),
-        "user": (f"users of {', '.join(users)} may have seen errors or slowness for {_human(duration)}" if users
-                 else "none known"),
-    }
+    impact = _impact(incident, ctx, _human(duration))
 
     lessons: list[str] = []
     follow_ups: list[str] = []
@@ -109,3 +100,53 @@ def resolve(incident: Incident, ctx: ResolverContext) -> Resolution:
     if not lessons:
         lessons.append("no automated fix applied; capture what the responder did as a runbook")
     return Resolution(summary, impact, lessons, list(dict.fromkeys(follow_ups)), root_cause)
+
+
+def _impact(incident: Incident, ctx: ResolverContext, how_long: str) -> dict[str, str]:
+    users = ctx.user_facing or ctx.user_facing_dependants
+    affected = incident.affected_services or ([incident.service] if incident.service else [])
+    return {
+        "business": (f"user-facing service(s) {', '.join(users)} degraded for {how_long}" if users
+                     else "no user-facing service recorded as affected"),
+        "technical": (f"affected: {', '.join(affected) or 'unknown'}"
+                      + (f"; dependants at risk: {', '.join(ctx.dependants[:8])}" if ctx.dependants else "")
+                      + f"; {incident.occurrences} error occurrence(s)"),
+        "user": (f"users of {', '.join(users)} may have seen errors or slowness for {how_long}" if users
+                 else "none known"),
+    }
+
+
+def so_far(incident: Incident, ctx: ResolverContext, *, reason: str | None = None) -> Resolution:
+    """What we know so far about an incident handed to people and not yet resolved (the interim report).
+
+    Says why people have it, where it stands, what was tried and what is owed; the cause only when a stage
+    established it ("not yet known" beats a guess). The resolver's `resolve` writes the final one at close."""
+    fix = incident.fix or {}
+    diagnosis = incident.diagnosis or {}
+    root_cause = incident.root_cause or (diagnosis.get("root_cause") if diagnosis.get("established", True)
+                                         else None)
+    since = _human(seconds_between(incident.created_at, ctx.now))
+    acked_by = [t.actor for t in incident.timeline if t.to_status == "acknowledged"]
+    ack = (f"acknowledged by {acked_by[-1].removeprefix('person:')}" if acked_by
+           else "acknowledged" if incident.acknowledged_at else "not yet acknowledged")
+    summary = (f"What we know so far: {incident.severity.value} incident '{incident.title}' on "
+               f"{incident.service or 'an unknown service'} ({incident.occurrences} occurrence(s)), detected {since}"
+               f" ago, is {incident.status.value} and {ack}."
+               + (f" Escalated because: {reason}." if reason else "")
+               + (f" Root cause: {root_cause}." if root_cause else " Root cause: not yet known."))
+    lessons: list[str] = []
+    follow_ups: list[str] = []
+    if fix.get("runbook"):
+        held = fix.get("validation") or {}
+        outcome = ("its validation passed" if held.get("ok") else
+                   f"its validation failed: {held.get('detail')}" if held else "not validated")
+        lessons.append(f"runbook {fix['runbook']} was tried; {outcome}")
+    else:
+        lessons.append("no automated fix was applied")
+    if not incident.acknowledged_at:
+        follow_ups.append(f"acknowledge it: erdu incidents ack {incident.id}")
+    for gap in diagnosis.get("skill_gaps") or []:
+        follow_ups.append(f"write a runbook: {gap}")
+    follow_ups.append(f"resolve it when fixed: erdu incidents resolve {incident.id} --note 'what was done'")
+    return Resolution(summary, _impact(incident, ctx, f"{since} so far"), lessons,
+                      list(dict.fromkeys(follow_ups)), root_cause)

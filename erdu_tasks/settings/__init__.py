@@ -1,6 +1,6 @@
 """One typed settings object, built once from the environment (ERDU_*) and an optional erdu.yaml.
 
-Every key is a typed field, sections included (erdu_tasks/settings/{monitors,escalation,roles,servers}.py):
+Every key is a typed field, sections included (erdu_tasks/settings/*.py):
 an unknown or misplaced key is refused at start-up with its dotted path, so nothing is accepted and then
 ignored. A section may also be given as JSON in one variable (ERDU_MONITORS='{"logs": ...}') or key by key
 (ERDU_BRAIN__API_KEY).
@@ -29,13 +29,16 @@ from erdu_tasks.settings.escalation import EscalationConfig
 from erdu_tasks.settings.heartbeats import HeartbeatsConfig
 from erdu_tasks.settings.monitors import MonitorsConfig
 from erdu_tasks.settings.people import People, check_people
+from erdu_tasks.settings.retention import RetentionConfig
 from erdu_tasks.settings.roles import BrainConfig, CommanderConfig, LearningConfig
 from erdu_tasks.settings.servers import ApiSection, FlowerSection
+from erdu_tasks.settings.slack import SlackSection
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/erdu"
 
-_SECTIONS = frozenset({"monitors", "escalation", "commander", "learning", "brain", "api", "flower", "heartbeats", "people"})
+_SECTIONS = frozenset({"monitors", "escalation", "commander", "learning", "brain", "api", "flower", "heartbeats", "people",
+                       "retention", "slack"})
 
 
 def _config_file() -> Path | None:
@@ -76,7 +79,11 @@ class Settings(BaseSettings):
     consumer_stall_seconds: float = Field(default=30.0, ge=0)
     task_max_retries: int = Field(default=8, ge=0)
     retry_backoff_max: float = Field(default=60.0, gt=0)
+    # Postgres connections per worker process. Unset, `erdu worker` sizes it from the pool: a thread
+    # pool of N gets N + 1 (a thread each, and one for the process's own checks), a prefork child 2.
     db_pool_max: int = Field(default=4, ge=1)
+    # False behind PgBouncer in transaction mode (before 1.21), which cannot keep prepared statements.
+    db_prepared_statements: bool = True
 
     dry_run: bool = False
     # Hosts an incident's {host} / {service} may aim a runbook URL at, besides the catalog's `hosts:`
@@ -103,6 +110,8 @@ class Settings(BaseSettings):
     flower: FlowerSection = Field(default_factory=FlowerSection)
     heartbeats: HeartbeatsConfig = Field(default_factory=HeartbeatsConfig)
     people: People = Field(default_factory=dict)   # settings/people.py
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    slack: SlackSection = Field(default_factory=SlackSection)   # settings/slack.py: interactivity
 
     @field_validator("people")
     @classmethod
@@ -124,6 +133,14 @@ class Settings(BaseSettings):
             raise ValueError(f"heartbeats.beat.max_age ({max_age.total_seconds():g} s) must be longer than "
                              f"reconcile_interval_seconds ({self.reconcile_interval_seconds:g} s): the reconciler's "
                              "pass is what shows beat is alive")
+        return self
+
+    @model_validator(mode="after")
+    def _notifications_link_to_the_console(self) -> "Settings":
+        # Without a url_template of its own, every notification links to the incident's console page.
+        if self.escalation.url_template is None:
+            base = self.api.console_url().replace("{", "{{").replace("}", "}}")
+            self.escalation = self.escalation.model_copy(update={"url_template": base + "/incidents/{incident_id}"})
         return self
 
     @model_validator(mode="before")
@@ -207,5 +224,5 @@ def get_settings() -> Settings:
 
 
 __all__ = ["ApiSection", "BrainConfig", "CommanderConfig", "DEFAULT_DATABASE_URL", "DEFAULT_REDIS_URL", "DsnStr",
-           "EscalationConfig", "FlowerSection", "HeartbeatsConfig", "LearningConfig", "MonitorsConfig", "Settings",
+           "EscalationConfig", "FlowerSection", "HeartbeatsConfig", "LearningConfig", "MonitorsConfig", "Settings", "SlackSection",
            "get_settings", "load_settings", "secret_value", "secret_values"]

@@ -70,6 +70,16 @@ def check_people(value: dict[str, Person]) -> dict[str, Person]:
     if bad:
         raise ValueError(f"invalid person name(s) {', '.join(map(repr, bad))}: use lower case letters, digits, "
                          "'_', '.' or '-' (at most 64 characters)")
+    # A Slack click acts as the person its member id maps to: one id, one person.
+    owners: dict[str, list[str]] = {}
+    for name, person in value.items():
+        if person.contacts.slack_user:
+            owners.setdefault(person.contacts.slack_user, []).append(name)
+    shared = {user: names for user, names in owners.items() if len(names) > 1}
+    if shared:
+        user, names = sorted(shared.items())[0]
+        raise ValueError(f"people {', '.join(names)} share contacts.slack_user {user}: a Slack member id maps to "
+                         "one person")
     return value
 
 

@@ -43,8 +43,11 @@ class _RecentlyUsed:
 class Database:
     """A connection pool that survives fork (Celery prefork) and reconnects after an outage."""
 
-    def __init__(self, url: str, *, max_size: int = 4, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, *, max_size: int = 4, timeout: float = 10.0, prepare: bool = True) -> None:
         self.url = url
+        # Behind PgBouncer in transaction mode a session's prepared statements do not survive the
+        # transaction (PgBouncer before 1.21): prepare=False makes psycopg never prepare one.
+        self._prepare = prepare
         self._max_size = max_size
         self._timeout = timeout
         self._pool: ConnectionPool | None = None
@@ -58,7 +61,8 @@ class Database:
                     recent = _RecentlyUsed()
                     self._pool = ConnectionPool(
                         self.url, min_size=1, max_size=self._max_size, open=False,
-                        kwargs={"row_factory": dict_row, "autocommit": False},
+                        kwargs={"row_factory": dict_row, "autocommit": False,
+                                **({} if self._prepare else {"prepare_threshold": None})},
                         check=recent.check, reset=recent.returned, timeout=self._timeout,
                         reconnect_timeout=0, name="erdu",
                     )

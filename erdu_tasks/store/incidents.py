@@ -400,11 +400,3 @@ def take_receipt(conn: psycopg.Connection, message_id: str) -> bool:
     row = conn.execute("INSERT INTO ingest_receipts (message_id) VALUES (%s) ON CONFLICT DO NOTHING"
                        " RETURNING 1 AS taken", (message_id,)).fetchone()
     return row is not None
-
-
-def prune_receipts(conn: psycopg.Connection, *, older_than_seconds: float, limit: int = 5000) -> int:
-    """Forget ingest receipts older than any redelivery can be; returns how many went."""
-    cur = conn.execute(
-        "DELETE FROM ingest_receipts WHERE message_id IN (SELECT message_id FROM ingest_receipts"
-        " WHERE received_at < now() - make_interval(secs => %s) LIMIT %s)", (older_than_seconds, limit))
-    return cur.rowcount

@@ -2,11 +2,14 @@
 
 The incident figures come from rollup tables that triggers keep in the transaction of every change to an
 incident or its timeline (migration 0011_history), so a scrape costs the same at a thousand incidents and at a
-million; failed tasks and deliveries are small tables read as they are.
+million; the counters (`*_total`) come from incident_counters (migration 0055_counters), which only grows, so a
+counter never goes down; failed tasks and deliveries are small tables read as they are. Every labelled series a
+dashboard or an `increase()` alert needs is there from the first scrape, at 0.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -19,7 +22,8 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from erdu_tasks.names import ROLES
+from erdu_tasks.model import Severity
+from erdu_tasks.names import ROLES, Stage
 from erdu_tasks.store import failed
 
 # Seconds. MTTA/MTTR span seconds to a day; stages span milliseconds to minutes.
@@ -57,17 +61,18 @@ def _fmt(bound: float) -> str:
 class Snapshot:
     """What one scrape read from Postgres and Redis (plain data; families() turns it into metrics)."""
 
-    opened: list[tuple[str, str, int]] = field(default_factory=list)            # severity, source, n
+    opened: list[tuple[str, str, int]] = field(default_factory=list)            # severity at opening, source, n
     closed: list[tuple[str, str, int]] = field(default_factory=list)
     by_status: list[tuple[str, str, str, int]] = field(default_factory=list)    # severity, source, status, n
-    resolved_by: dict[str, int] = field(default_factory=dict)                   # automation|person -> n
+    resolved_by: dict[str, int] = field(default_factory=dict)                   # automation|person -> n (ever)
     mtta: dict[str, Histogram] = field(default_factory=dict)                    # severity -> histogram
     mttr: dict[str, Histogram] = field(default_factory=dict)
     stage: dict[str, Histogram] = field(default_factory=dict)                   # role -> histogram
     failed_tasks: list[tuple[str, int, int]] = field(default_factory=list)      # stage, open, total
     notification_failures: list[tuple[str, int]] | None = None                  # channel, n (None: no table)
+    channels: tuple[str, ...] = ()                                              # configured channel names
     queue_depth: dict[str, int] = field(default_factory=dict)
-    unacked: int | None = None
+    unacked: dict[str, int] | None = None                                       # queue -> delivered, not acked
     postgres_up: bool = False
     redis_up: bool = False
     scrape_seconds: float = 0.0
@@ -89,21 +94,16 @@ def read_postgres(conn: psycopg.Connection, snap: Snapshot) -> None:
     hundred small rows whatever the size of the history.
     """
     q = conn.execute
-    rows = q("SELECT severity, source, status, sum(incidents) AS n, sum(closed) AS closed FROM incident_totals"
-             " GROUP BY severity, source, status HAVING sum(incidents) > 0"
-             " ORDER BY severity, source, status").fetchall()
-    opened: dict[tuple[str, str], int] = {}
-    closed: dict[tuple[str, str], int] = {}
-    for r in rows:
-        key = (r["severity"], r["source"])
-        opened[key] = opened.get(key, 0) + int(r["n"])
-        closed[key] = closed.get(key, 0) + int(r["closed"])
-        snap.by_status.append((r["severity"], r["source"], r["status"], int(r["n"])))
-    snap.opened = [(s, src, n) for (s, src), n in sorted(opened.items())]
-    snap.closed = [(s, src, n) for (s, src), n in sorted(closed.items())]
-    by = q("SELECT coalesce(sum(resolved - resolved_by_person), 0) AS automation,"
-           " coalesce(sum(resolved_by_person), 0) AS person FROM incident_totals").fetchone()
-    snap.resolved_by = {k: int(by[k]) for k in ("automation", "person") if by[k]}
+    snap.by_status = [(r["severity"], r["source"], r["status"], int(r["n"])) for r in q(
+        "SELECT severity, source, status, sum(incidents) AS n FROM incident_totals"
+        " GROUP BY severity, source, status HAVING sum(incidents) > 0 ORDER BY severity, source, status").fetchall()]
+    counters: dict[str, list[tuple[str, str, int]]] = {}
+    for r in q("SELECT counter, severity, source, sum(n) AS n FROM incident_counters"
+               " GROUP BY counter, severity, source ORDER BY counter, severity, source").fetchall():
+        counters.setdefault(r["counter"], []).append((r["severity"], r["source"], int(r["n"])))
+    snap.opened = counters.get("opened", [])
+    snap.closed = counters.get("closed", [])
+    snap.resolved_by = {by: sum(n for _, _, n in counters.get(f"resolved_{by}", [])) for by in ("automation", "person")}
     buckets = q("SELECT metric, label, bucket, sum(n) AS n, sum(total) AS s FROM duration_buckets"
                 " GROUP BY metric, label, bucket HAVING sum(n) > 0 ORDER BY metric, label, bucket").fetchall()
     snap.mtta = _histograms((r for r in buckets if r["metric"] == "mtta"), len(RESPONSE_BUCKETS))
@@ -132,12 +132,31 @@ def read_redis(client: redis.Redis, queues: Sequence[str], snap: Snapshot) -> No
         pipe.llen(queue)
         for step in _PRIORITY_STEPS:
             pipe.llen(f"{queue}{_PRIORITY_SEP}{step}")
-    pipe.hlen("unacked")
+    pipe.hvals(_UNACKED_KEY)
     values = pipe.execute()
     per = 1 + len(_PRIORITY_STEPS)
     for i, queue in enumerate(queues):
         snap.queue_depth[queue] = int(sum(values[i * per:(i + 1) * per]))
-    snap.unacked = int(values[-1])
+    snap.unacked = dict.fromkeys(queues, 0)
+    for entry in values[-1]:
+        queue = _unacked_queue(entry)
+        queue = queue if queue in snap.unacked else "other"
+        snap.unacked[queue] = snap.unacked.get(queue, 0) + 1
+
+
+_UNACKED_KEY = "unacked"   # kombu's Redis transport: delivery tag -> [message, exchange, routing key]
+
+
+def _unacked_queue(entry: bytes) -> str | None:
+    """The routing key (ERDU routes each task to the queue of that name) of one unacked entry, None if unreadable.
+
+    The broker is untrusted: an entry that is not kombu's triple counts as "other", never breaks the scrape."""
+    try:
+        triple = json.loads(entry)
+        key = triple[2] if isinstance(triple, list) and len(triple) == 3 else None
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return None
+    return key if isinstance(key, str) else None
 
 
 def families(snap: Snapshot) -> Iterator[Any]:
@@ -157,31 +176,40 @@ def families(snap: Snapshot) -> Iterator[Any]:
             depth.add_metric([queue], n)
         yield depth
         if snap.unacked is not None:
-            unacked = GaugeMetricFamily("erdu_queue_unacked", "Messages delivered to a worker and not yet acked")
-            unacked.add_metric([], snap.unacked)
+            unacked = GaugeMetricFamily("erdu_queue_unacked", "Messages delivered to a worker and not yet acked",
+                                        labels=["queue"])
+            for queue, n in sorted(snap.unacked.items()):
+                unacked.add_metric([queue], n)
             yield unacked
+
+
+SEVERITIES: tuple[str, ...] = tuple(s.value for s in Severity)
+FAILED_STAGES: tuple[str, ...] = tuple(s.value for s in Stage)
 
 
 def _incident_families(snap: Snapshot) -> Iterator[Any]:
     labels = ["severity", "source"]
-    opened = CounterMetricFamily("erdu_incidents_opened", "Incidents opened (current severity)", labels=labels)
-    for sev, src, n in snap.opened:
-        opened.add_metric([sev, src], n)
-    yield opened
-    closed = CounterMetricFamily("erdu_incidents_closed", "Incidents closed (current severity)", labels=labels)
-    for sev, src, n in snap.closed:
-        closed.add_metric([sev, src], n)
-    yield closed
+    sources = sorted({src for _, src, _, _ in snap.by_status} | {src for _, src, _ in snap.opened})
+    opened = CounterMetricFamily("erdu_incidents_opened", "Incidents opened (severity at opening)", labels=labels)
+    closed = CounterMetricFamily("erdu_incidents_closed", "Incidents closed (severity at opening)", labels=labels)
+    for family, rows in ((opened, snap.opened), (closed, snap.closed)):
+        # Every severity of every source seen, from 0: increase() sees the first incident of a new severity.
+        counts = {(sev, src): 0 for sev in SEVERITIES for src in sources}
+        counts.update({(sev, src): n for sev, src, n in rows})
+        for (sev, src), n in sorted(counts.items()):
+            family.add_metric([sev, src], n)
+        yield family
     current = GaugeMetricFamily("erdu_incidents", "Incidents by current status", labels=[*labels, "status"])
-    open_by_sev: dict[str, int] = {}
+    open_now = {(sev, src): 0 for sev in SEVERITIES for src in sources}
     for sev, src, status, n in snap.by_status:
         current.add_metric([sev, src, status], n)
         if status not in OPEN_EXCLUDED:
-            open_by_sev[sev] = open_by_sev.get(sev, 0) + n
+            open_now[(sev, src)] = open_now.get((sev, src), 0) + n
     yield current
-    open_ = GaugeMetricFamily("erdu_open_incidents", "Incidents not yet resolved or closed", labels=["severity"])
-    for sev in ("P1", "P2", "P3", "P4", "P5"):
-        open_.add_metric([sev], open_by_sev.get(sev, 0))
+    open_ = GaugeMetricFamily("erdu_open_incidents", "Incidents not yet resolved or closed (current severity)",
+                              labels=labels)
+    for (sev, src), n in sorted(open_now.items()):
+        open_.add_metric([sev, src], n)
     yield open_
     resolved = CounterMetricFamily("erdu_incidents_resolved", "Incidents resolved, by automation or a person",
                                    labels=["by"])
@@ -200,14 +228,18 @@ def _incident_families(snap: Snapshot) -> Iterator[Any]:
                      "change to its own)", "role", snap.stage, STAGE_BUCKETS)
     open_failed = GaugeMetricFamily("erdu_failed_tasks_open", "Failed stage tasks not yet retried", labels=["stage"])
     all_failed = CounterMetricFamily("erdu_failed_tasks", "Stage tasks that failed for good", labels=["stage"])
-    for stage, n_open, n in snap.failed_tasks:
+    failed_by_stage = {stage: (0, 0) for stage in FAILED_STAGES}   # every stage from 0, before its first failure
+    failed_by_stage.update({stage: (n_open, n) for stage, n_open, n in snap.failed_tasks})
+    for stage, (n_open, n) in sorted(failed_by_stage.items()):
         open_failed.add_metric([stage], n_open)
         all_failed.add_metric([stage], n)
     yield open_failed
     yield all_failed
     notify = CounterMetricFamily("erdu_notification_failures", "Notification deliveries that failed",
                                  labels=["channel"])
-    for channel, n in snap.notification_failures or []:
+    per_channel = dict.fromkeys(snap.channels, 0)          # every configured channel from 0
+    per_channel.update(snap.notification_failures or [])
+    for channel, n in sorted(per_channel.items()):
         notify.add_metric([channel], n)
     yield notify
 
@@ -223,9 +255,11 @@ class ErduCollector(Collector):
     """Reads Postgres and Redis on scrape (results reused for cache_seconds so many scrapers cost one read)."""
 
     def __init__(self, database_url: str, redis_url: str, *, queues: Sequence[str] = ROLES,
-                 cache_seconds: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 channels: Sequence[str] = (), cache_seconds: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.database_url = database_url
         self.queues = tuple(queues)
+        self.channels = tuple(channels)
         self.cache_seconds = cache_seconds
         self.clock = clock
         self._redis = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=5)
@@ -243,12 +277,14 @@ class ErduCollector(Collector):
             return snap
 
     def _read(self) -> Snapshot:
-        snap = Snapshot()
+        snap = Snapshot(channels=self.channels)
         started = time.perf_counter()
         try:
+            # The timeout is set for the read's own transaction (SET LOCAL), not as a startup option,
+            # which PgBouncer refuses, nor for the session, which PgBouncer would hand to another client.
             with psycopg.connect(self.database_url, connect_timeout=3, autocommit=True,
-                                 row_factory=psycopg.rows.dict_row,
-                                 options="-c statement_timeout=10000") as conn:
+                                 row_factory=psycopg.rows.dict_row) as conn, conn.transaction():
+                conn.execute("SET LOCAL statement_timeout = 10000")
                 read_postgres(conn, snap)
             snap.postgres_up = True
         except psycopg.Error as exc:
@@ -275,14 +311,15 @@ def build_registry(database_url: str, redis_url: str, **kwargs: Any) -> Collecto
     return registry
 
 
-def serve(database_url: str, redis_url: str, *, port: int, address: str = "127.0.0.1") -> None:
-    """Serve /metrics (and /healthz) until the process is stopped."""
-    from wsgiref.simple_server import WSGIRequestHandler, make_server
+def make_server(database_url: str, redis_url: str, *, port: int, address: str = "127.0.0.1",
+                channels: Sequence[str] = ()) -> Any:
+    """A threading WSGI server answering /metrics (and /healthz); the caller serves and closes it."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server as wsgi_server
 
     from prometheus_client import make_wsgi_app
     from prometheus_client.exposition import ThreadingWSGIServer
 
-    metrics_app = make_wsgi_app(build_registry(database_url, redis_url))
+    metrics_app = make_wsgi_app(build_registry(database_url, redis_url, channels=channels))
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
@@ -298,5 +335,11 @@ def serve(database_url: str, redis_url: str, *, port: int, address: str = "127.0
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             pass
 
-    with make_server(address, port, app, ThreadingWSGIServer, handler_class=_Quiet) as server:
+    return wsgi_server(address, port, app, ThreadingWSGIServer, handler_class=_Quiet)
+
+
+def serve(database_url: str, redis_url: str, *, port: int, address: str = "127.0.0.1",
+          channels: Sequence[str] = ()) -> None:
+    """Serve /metrics (and /healthz) until the process is stopped."""
+    with make_server(database_url, redis_url, port=port, address=address, channels=channels) as server:
         server.serve_forever()

@@ -1,4 +1,6 @@
 """MTTA and MTTR per severity and per fingerprint, computed from the incidents Postgres keeps.
+"Auto" (auto_resolved) counts every resolution without a person: a runbook's fix, the learned shortcut, a
+source's recovery (migration 0055_counters); not only the shortcut.
 
 MTTA: mean time from detection to a person's acknowledgement, over acknowledged incidents
 (ERDU's own handling is not an acknowledgement). MTTR: mean time from detection to resolution,
@@ -22,7 +24,8 @@ _AGGREGATES = """
     count(*) FILTER (WHERE status NOT IN ('resolved', 'closed')) AS open,
     count(*) FILTER (WHERE resolved_at IS NOT NULL) AS resolved,
     count(*) FILTER (WHERE escalated_at IS NOT NULL) AS escalated,
-    count(*) FILTER (WHERE auto_resolved AND resolved_at IS NOT NULL) AS auto_resolved,
+    count(*) FILTER (WHERE resolved_at IS NOT NULL AND NOT coalesce(resolved_by LIKE 'person:%%', false))
+        AS auto_resolved,
     count(*) FILTER (WHERE acknowledged_at IS NOT NULL) AS acknowledged,
     avg(extract(epoch FROM acknowledged_at - created_at)) AS mtta,
     avg(extract(epoch FROM resolved_at - created_at)) AS mttr

@@ -34,6 +34,7 @@ def fix(self: ErduTask, incident_id: str) -> Stage | None:
 
 def _fix(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str) -> Stage | None | Outside[Any]:
     """Load the facts, plan, store the plan; a plan to run returns the actions to do outside the transaction."""
+    fixing.serialize_fixes_of(conn, incident.service)
     now = datetime.now(timezone.utc)
     stats = history.runbook_stats(conn, incident.fingerprint)
     runbooks = fixing.matching_runbooks(rt, incident, stats)

@@ -1,9 +1,12 @@
-"""What people do to incidents — acknowledge, resolve, approve, retry — shared by the CLI and the API."""
+"""What people do to incidents — acknowledge, resolve, approve, retry, silence its service — shared by the CLI,
+the API and Slack's buttons."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
+from erdu_tasks.escalation import silences
 from erdu_tasks.store import incidents as store
 from erdu_tasks.errors import ErduError
 from erdu_tasks.model import OPEN_STATUSES, Status
@@ -22,6 +25,7 @@ class ActionDone:
 
     incident_id: str
     message: str
+    changed: bool = True   # False: the incident was already so (a repeated action records nothing)
 
 
 def _load(conn, incident_id: str):
@@ -34,12 +38,15 @@ def _load(conn, incident_id: str):
 def acknowledge(rt: Runtime, incident_id: str, who: str, *, kind: str = "person") -> ActionDone:
     """Acknowledge: an escalated incident becomes acknowledged; any open one gets acknowledged_at.
 
+    Idempotent: an incident already acknowledged (and not escalated again since) records nothing more.
     kind is "person" for people and "source" for an alert source (Alertmanager, PagerDuty) acting for one.
     """
     with rt.db.transaction() as conn:
         incident = _load(conn, incident_id)
         if incident.status not in OPEN_STATUSES:
             raise ActionRefused(f"{incident_id} is {incident.status.value}: nothing to acknowledge")
+        if incident.status is not Status.ESCALATED and incident.acknowledged_at is not None:
+            return ActionDone(incident_id, f"{incident_id} was already acknowledged", changed=False)
         if incident.status is Status.ESCALATED:
             store.transition(conn, incident_id, expected=[Status.ESCALATED], to=Status.ACKNOWLEDGED,
                              actor=f"{kind}:{who}", what=f"acknowledged by {who}")
@@ -104,6 +111,38 @@ def retry(rt: Runtime, incident_id: str, who: str) -> ActionDone:
                      (incident_id,))
     hand_on(stage, incident_id)
     return ActionDone(incident_id, f"{incident_id} re-driven from {stage}")
+
+
+def silence_service(rt: Runtime, incident_id: str, who: str, duration: timedelta, *,
+                    now: datetime | None = None) -> ActionDone:
+    """Silence the incident's service from now for duration (cut to escalation.silences.max_duration);
+    nothing new when a silence of that service already lasts as long. The incident's timeline says so."""
+    now = now or datetime.now(timezone.utc)
+    max_duration = rt.settings.escalation.silences.max_duration
+    ends = now + min(duration, max_duration)
+    with rt.db.transaction() as conn:
+        incident = _load(conn, incident_id)
+        if not incident.service:
+            raise ActionRefused(f"{incident_id} names no service, so there is nothing to silence")
+        try:
+            matchers = (silences.Matcher.build("service", "=", incident.service),)
+        except silences.SilenceError as exc:
+            raise ActionRefused(f"{incident_id}'s service cannot be silenced: {exc}") from None
+        for held in silences.active_silences(conn, now):
+            if held.matchers == matchers and not held.active_during and held.ends_at >= ends:
+                return ActionDone(incident_id, f"{incident.service} is already silenced until "
+                                  f"{held.ends_at:%Y-%m-%d %H:%M} UTC ({held.id})", changed=False)
+        try:
+            created = silences.add_silence(conn, matchers, starts_at=now, ends_at=ends, author=who,
+                                           comment=f"silenced by {who} from {incident_id}", now=now,
+                                           max_duration=max_duration)
+        except silences.SilenceError as exc:
+            raise ActionRefused(str(exc)) from None
+        store.add_timeline(conn, incident_id, actor=f"person:{who}",
+                           what=f"service {incident.service} silenced by {who} until {ends:%Y-%m-%d %H:%M} UTC",
+                           details={"silence": created.id, "ends_at": ends.isoformat()})
+    return ActionDone(incident_id, f"{incident.service} silenced by {who} until {ends:%Y-%m-%d %H:%M} UTC "
+                      f"({created.id})")
 
 
 ACTIONS = {"ack": acknowledge, "resolve": resolve, "approve": approve, "retry": retry}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 import psycopg
 
@@ -15,7 +17,7 @@ from erdu_tasks.model import Incident, Status
 from erdu_tasks.names import Stage
 from erdu_tasks.brains import Thought
 from erdu_tasks.ingest.detect.fingerprint import fingerprint
-from erdu_tasks.roles.report import build_report, report_paths, write_report
+from erdu_tasks.roles.report import build_report, render_markdown, report_paths, write_report
 from erdu_tasks.roles import commander, diagnostician, logwindow, resolver
 from erdu_tasks.runtime import Runtime, worker_name
 from erdu_tasks.tasks.base import ErduTask, run_stage
@@ -289,24 +291,8 @@ def close_incident(conn: psycopg.Connection, rt: Runtime, incident: Incident, wo
     escalation.on_resolved(conn, incident, worker=worker)   # stop escalation, resolve notices, re-check children
     incident.timeline = store.timeline(conn, incident.id)
     _, lcfg = _configs(rt)
-    services, user_facing, dependants, user_facing_dependants = _blast_radius(rt, incident)
-    related = _related(conn, rt, incident)
-    records = history.runbook_records(conn, incident.fingerprint)
-    used = records.get((incident.fix or {}).get("runbook") or "", {})
-    known = None if incident.root_cause else history.last_root_cause(conn, incident.fingerprint, exclude=incident.id)
-    ctx = resolver.ResolverContext(
-        now=datetime.now(timezone.utc),
-        user_facing=user_facing,
-        user_facing_dependants=user_facing_dependants,
-        dependants=dependants,
-        pattern=_pattern_history(conn, incident.fingerprint),
-        runbook_attempts=int(used.get("attempts", 0)),
-        runbook_successes=int(used.get("successes", 0)),
-        known_root_cause=known["root_cause"] if known else None,
-        known_root_cause_from=known["id"] if known else None,
-        related=related,
-        min_samples=lcfg.auto_resolve_min_samples,
-    )
+    ctx = _resolver_context(conn, rt, incident)
+    related = ctx.related
     thought = rt.brains.resolver.resolve(incident, ctx)
     resolution = thought.value
     _brain_note(conn, incident.id, "resolver", thought, worker)
@@ -332,6 +318,70 @@ def close_incident(conn: psycopg.Connection, rt: Runtime, incident: Incident, wo
                                                            window_seconds=lcfg.situation_window_seconds))
     write_report(rt.settings.reports_dir, report)
     return True
+
+
+def _resolver_context(conn: psycopg.Connection, rt: Runtime, incident: Incident) -> resolver.ResolverContext:
+    """What the resolver (and the interim report) know beyond the incident: blast radius, history, related."""
+    _, lcfg = _configs(rt)
+    services, user_facing, dependants, user_facing_dependants = _blast_radius(rt, incident)
+    records = history.runbook_records(conn, incident.fingerprint)
+    used = records.get((incident.fix or {}).get("runbook") or "", {})
+    known = None if incident.root_cause else history.last_root_cause(conn, incident.fingerprint, exclude=incident.id)
+    return resolver.ResolverContext(
+        now=datetime.now(timezone.utc),
+        user_facing=user_facing,
+        user_facing_dependants=user_facing_dependants,
+        dependants=dependants,
+        pattern=_pattern_history(conn, incident.fingerprint),
+        runbook_attempts=int(used.get("attempts", 0)),
+        runbook_successes=int(used.get("successes", 0)),
+        known_root_cause=known["root_cause"] if known else None,
+        known_root_cause_from=known["id"] if known else None,
+        related=_related(conn, rt, incident),
+        min_samples=lcfg.auto_resolve_min_samples,
+    )
+
+
+def report_so_far(conn: psycopg.Connection, rt: Runtime, incident_id: str) -> dict | None:
+    """The interim report ("what we know so far") of an incident escalated and not yet resolved, as of now.
+
+    Built when asked, from the incident as it stands, so it follows every stage (acknowledged, retried, a new
+    fix, approved); the resolver writes the final report at close. None when the incident was never escalated
+    or is already resolved (its final report is the file)."""
+    incident = store.get_incident(conn, incident_id, with_timeline=True)
+    if incident is None or incident.escalated_at is None or incident.resolved_at is not None:
+        return None
+    _, lcfg = _configs(rt)
+    ctx = _resolver_context(conn, rt, incident)
+    row = conn.execute("SELECT reason FROM escalations WHERE incident_id = %s ORDER BY id DESC LIMIT 1",
+                       (incident.id,)).fetchone()
+    resolution = resolver.so_far(incident, ctx, reason=row["reason"] if row else None)
+    report = build_report(incident, resolution.as_dict(), related=ctx.related,
+                          learning=pattern_learning(conn, rt, incident.fingerprint, lcfg),
+                          children=inhibition.children_of(conn, incident.id),
+                          situation=history.same_situation(conn, incident,
+                                                           window_seconds=lcfg.situation_window_seconds),
+                          final=False)
+    report["as_of"] = ctx.now.isoformat()
+    return report
+
+
+def current_report(conn: psycopg.Connection, rt: Runtime, incident_id: str) -> tuple[dict, str] | None:
+    """The report people read now, as (data, Markdown): the final one once written, else the interim one of
+    an escalated incident, else None (ERDU is still handling it, or there is no such incident)."""
+    row = conn.execute("SELECT report_path FROM incidents WHERE id = %s", (incident_id,)).fetchone()
+    if row is None:
+        return None
+    json_path, md_path = report_paths(rt.settings.reports_dir, incident_id)
+    md_path = Path(row["report_path"]) if row["report_path"] else md_path
+    if md_path.is_file():
+        try:
+            data = json.loads(json_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {"id": incident_id}
+        return {**data, "final": True}, md_path.read_text(encoding="utf-8", errors="replace")
+    interim = report_so_far(conn, rt, incident_id)
+    return (interim, render_markdown(interim)) if interim is not None else None
 
 
 def pattern_learning(conn: psycopg.Connection, rt: Runtime, fingerprint: str, lcfg: history.LearningConfig) -> dict:

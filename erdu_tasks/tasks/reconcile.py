@@ -44,18 +44,8 @@ def reconcile(self: ErduTask) -> dict[str, int]:
     for incident_id in expired:
         escalate_incident(incident_id, f"no approval within {approval_deadline:.0f} s", stage=names.Stage.FIX,
                           actor="reconciler", worker=worker)
-    self.with_retries(lambda: _prune(rt))
     # Beat is alive (it scheduled this pass): the API watches this row and raises an incident when it ages.
     self.with_retries(lambda: ping(rt, names.BEAT_HEARTBEAT, source=worker, internal=True))
     if owed or expired:
         log.info("reconciled", redriven=len(owed), approvals_expired=len(expired))
     return {"redriven": len(owed), "approvals_expired": len(expired)}
-
-
-RECEIPT_DAYS = 7
-"""How long ingest remembers a message id; far beyond any redelivery (visibility timeout, workers down)."""
-
-
-def _prune(rt) -> None:
-    with rt.db.transaction() as conn:
-        store.prune_receipts(conn, older_than_seconds=RECEIPT_DAYS * 86400)

@@ -238,3 +238,15 @@ def test_a_changed_token_ends_its_sessions(setup, redis_server):
     with TestClient(create_app(settings)) as same:
         same.cookies.set("erdu_session", cookie)   # another process of the same settings: the key is shared
         assert same.get("/incidents").status_code == 200
+
+
+def test_an_escalated_incident_shows_what_we_know_so_far(setup):
+    client, rt, _ = setup
+    incident_id = ingest(rt, "Ledger export stalled: queue depth 9000", "ledger")
+    sign_in(client, "vera-token-1")
+    assert "No report yet (status detected)" in client.get(f"/incidents/{incident_id}").text
+    with rt.db.transaction() as conn:
+        conn.execute("UPDATE incidents SET status = 'escalated', escalated_at = now() WHERE id = %s", (incident_id,))
+    page = client.get(f"/incidents/{incident_id}").text
+    assert 'id="report-interim"' in page and f"# {incident_id}" in page
+

@@ -119,8 +119,8 @@ def test_a_fix_against_a_stopped_service_escalates_and_failed_retry_closes_it_on
                             " AND what LIKE 'retry from fix%%'", (incident["id"],))
     assert len(retried) == 1
 
-    again = stack.erdu("failed", "retry", incident["id"])  # retrying a closed incident changes nothing
-    assert again.returncode == 0 and "skipped" in again.stderr
+    again = stack.erdu("failed", "retry", incident["id"])  # retrying a closed incident changes nothing, and says so
+    assert again.returncode == 1 and "is closed: only escalated incidents are retried" in again.stderr
     assert status_of(stack, incident["id"]) == "closed" and cache_service.resets == 1
 
 

@@ -69,6 +69,18 @@ def test_flower_lists_the_role_queues_and_an_incidents_tasks_with_auth_and_refus
     queues = httpx.get(f"{flower}/api/queues/length", auth=AUTH, timeout=10).json()
     assert ROLE_QUEUES <= {q["name"] for q in queues["active_queues"]}
 
+    # The Tasks page shows each task's incident (its args column), the Broker page every role queue even
+    # after one worker's page was opened (Flower then knows that worker's queues only).
+    tasks_page = httpx.get(f"{flower}/tasks", auth=AUTH, timeout=10).text
+    assert ">args<" in tasks_page.replace(" ", ""), "no args column on the Tasks page"
+    fixer_worker = mine["erdu.fix"]["worker"]
+    assert httpx.get(f"{flower}/worker/{fixer_worker}", auth=AUTH, timeout=20).status_code == 200
+    broker_page = httpx.get(f"{flower}/broker", auth=AUTH, timeout=20).text
+    listed = httpx.get(f"{flower}/api/queues/length", auth=AUTH, timeout=10).json()
+    assert ROLE_QUEUES <= {q["name"] for q in listed["active_queues"]}
+    for queue in ROLE_QUEUES:
+        assert f">{queue}<" in broker_page.replace(" ", "").replace("\n", ""), queue
+
     for url in (f"{flower}/api/tasks", f"{flower}/api/queues/length", f"{flower}/tasks", f"{flower}/",
                 f"{flower}/metrics"):
         assert httpx.get(url, timeout=10).status_code == 401, url

@@ -83,6 +83,7 @@ def test_a_processed_incident_moves_the_counters_histograms_and_ratio(stack, met
     assert value(before, "erdu_backend_up", backend="redis") == 1
     for queue in ("ingest", "monitor", "commander", "diagnostician", "fixer", "resolver"):
         assert ("erdu_queue_depth", (("queue", queue),)) in before, queue
+        assert ("erdu_queue_unacked", (("queue", queue),)) in before, queue
     assert value(before, "erdu_incidents_opened_total", severity="P3", source="metrics-test") == 0
 
     stack.send_event({"message": "Search index error: shard 3 unavailable", "service": "search",
@@ -90,15 +91,17 @@ def test_a_processed_incident_moves_the_counters_histograms_and_ratio(stack, met
     incident = wait_for(lambda: incident_rows(stack.database_url), 30, what="an incident")[0]
     wait_for(lambda: incident_rows(stack.database_url, "SELECT status FROM incidents WHERE id = %s",
                                    (incident["id"],))[0]["status"] == "closed", 60, what="closed")
-    severity = incident_rows(stack.database_url, "SELECT severity FROM incidents WHERE id = %s",
-                             (incident["id"],))[0]["severity"]
+    row = incident_rows(stack.database_url, "SELECT severity, opened_severity FROM incidents WHERE id = %s",
+                        (incident["id"],))[0]
+    severity, opened = row["severity"], row["opened_severity"]
 
     after = wait_for(lambda: (s := scrape(metrics_url)) and
-                     value(s, "erdu_incidents_closed_total", severity=severity, source="metrics-test") == 1 and s,
+                     value(s, "erdu_incidents_closed_total", severity=opened, source="metrics-test") == 1 and s,
                      15, 0.5, what="closed counter to move")
-    assert value(after, "erdu_incidents_opened_total", severity=severity, source="metrics-test") == 1
+    assert value(after, "erdu_incidents_opened_total", severity=opened, source="metrics-test") == 1
     assert value(after, "erdu_incidents", severity=severity, source="metrics-test", status="closed") == 1
-    assert value(after, "erdu_open_incidents", severity=severity) == 0
+    assert ("erdu_open_incidents", (("severity", severity), ("source", "metrics-test"))) in after
+    assert value(after, "erdu_open_incidents", severity=severity, source="metrics-test") == 0
     assert value(after, "erdu_incidents_resolved_total", by="automation") == 1
     assert value(after, "erdu_auto_resolve_ratio") == 1.0
     assert value(after, "erdu_mttr_seconds_count", severity=severity) == 1
@@ -126,5 +129,5 @@ def test_a_scrape_with_redis_unreachable_still_answers_and_says_which_backend_is
         stop(proc)
     assert value(samples, "erdu_backend_up", backend="redis") == 0
     assert value(samples, "erdu_backend_up", backend="postgres") == 1
-    assert ("erdu_open_incidents", (("severity", "P1"),)) in samples
+    assert ("erdu_failed_tasks_total", (("stage", "assess"),)) in samples    # a Postgres figure, from 0
     assert not any(name == "erdu_queue_depth" for name, _ in samples)

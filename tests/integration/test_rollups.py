@@ -5,6 +5,7 @@ an acknowledgement, a person's resolve, a delete, a rebuild and a TRUNCATE."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timezone
 
 import psycopg
 import pytest
@@ -23,7 +24,8 @@ _AGGREGATES = """
     count(*) AS incidents, count(*) FILTER (WHERE status NOT IN ('resolved', 'closed')) AS open,
     count(*) FILTER (WHERE resolved_at IS NOT NULL) AS resolved,
     count(*) FILTER (WHERE escalated_at IS NOT NULL) AS escalated,
-    count(*) FILTER (WHERE auto_resolved AND resolved_at IS NOT NULL) AS auto_resolved,
+    count(*) FILTER (WHERE resolved_at IS NOT NULL AND NOT coalesce(resolved_by LIKE 'person:%%', false))
+        AS auto_resolved,
     count(*) FILTER (WHERE acknowledged_at IS NOT NULL) AS acknowledged,
     avg(extract(epoch FROM acknowledged_at - created_at)) AS mtta,
     avg(extract(epoch FROM resolved_at - created_at)) AS mttr
@@ -34,11 +36,6 @@ def scanned(conn: psycopg.Connection) -> dict:
     q = conn.execute
     out: dict = {"by_status": sorted((r["severity"], r["source"], r["status"], r["n"]) for r in q(
         "SELECT severity, source, status, count(*) AS n FROM incidents GROUP BY 1, 2, 3"))}
-    out["closed"] = sorted((r["severity"], r["source"], r["n"]) for r in q(
-        "SELECT severity, source, count(closed_at) AS n FROM incidents GROUP BY 1, 2"))
-    out["resolved_by"] = {r["by"]: r["n"] for r in q(
-        "SELECT CASE WHEN resolved_by LIKE 'person:%%' THEN 'person' ELSE 'automation' END AS by, count(*) AS n"
-        " FROM incidents WHERE resolved_at IS NOT NULL GROUP BY 1")}
     response = [float(b) for b in metrics.RESPONSE_BUCKETS]
     for name, column in (("mtta", "acknowledged_at"), ("mttr", "resolved_at")):
         out[name] = _hist(q(_DURATIONS.format(inner=(
@@ -79,7 +76,7 @@ def rolled_up(conn: psycopg.Connection) -> dict:
                                                             "escalated", "auto_resolved", "acknowledged",
                                                             "mtta", "mttr"}}
 
-    return {"by_status": sorted(snap.by_status), "closed": sorted(snap.closed), "resolved_by": snap.resolved_by,
+    return {"by_status": sorted(snap.by_status),
             "mtta": hist(snap.mtta), "mttr": hist(snap.mttr), "stage": hist(snap.stage),
             "sums": {k: {label: h.total for label, h in getattr(snap, k).items()} for k in ("mtta", "mttr", "stage")},
             "severity": [row(r) for r in stats.by_severity(conn)], "overall": row(stats.overall(conn)),
@@ -89,8 +86,6 @@ def rolled_up(conn: psycopg.Connection) -> dict:
 def assert_same(conn: psycopg.Connection) -> None:
     want, got = scanned(conn), rolled_up(conn)
     assert got["by_status"] == want["by_status"]
-    assert got["closed"] == want["closed"]
-    assert got["resolved_by"] == {k: v for k, v in want["resolved_by"].items() if v}
     for name in ("mtta", "mttr", "stage"):
         assert got[name] == {label: {k: n for k, (n, _) in b.items()} for label, b in want[name].items()}, name
         assert got["sums"][name] == pytest.approx(
@@ -162,6 +157,36 @@ def test_the_rollups_follow_every_change_and_equal_the_full_scans(conn):
     conn.execute("TRUNCATE incidents CASCADE")
     assert_same(conn)
     assert stats.overall(conn).incidents == 0
+
+
+def counters(conn) -> dict:
+    snap = metrics.Snapshot()
+    metrics.read_postgres(conn, snap)
+    return {"opened": sorted(snap.opened), "closed": sorted(snap.closed), "resolved_by": snap.resolved_by}
+
+
+def test_the_counters_only_grow_and_keep_the_severity_an_incident_was_opened_with(conn):
+    a = store.upsert_incident(conn, new("a", "P3", "log")).incident_id
+    b = store.upsert_incident(conn, new("b", "P2", "probe")).incident_id
+    store.upsert_incident(conn, new("a", "P3", "log"))                 # an occurrence opens nothing
+    step(conn, a, Status.DETECTED, Status.ASSIGNED, "commander", severity=Severity.P1)   # raised after opening
+    full = {"opened": [("P2", "probe", 1), ("P3", "log", 1)], "closed": [], "resolved_by": {"automation": 0,
+                                                                                          "person": 0}}
+    assert counters(conn) == full
+    step(conn, a, Status.ASSIGNED, Status.INVESTIGATING, "diagnostician")
+    step(conn, a, Status.INVESTIGATING, Status.FIXING, "fixer")
+    step(conn, a, Status.FIXING, Status.RESOLVED, "fixer", resolved_by="runbook:restart")   # not the shortcut
+    step(conn, a, Status.RESOLVED, Status.CLOSED, "resolver")
+    step(conn, b, Status.DETECTED, Status.ESCALATED, "escalation")
+    step(conn, b, Status.ESCALATED, Status.RESOLVED, "person:alice", resolved_by="person:alice")
+    after = {"opened": [("P2", "probe", 1), ("P3", "log", 1)], "closed": [("P3", "log", 1)],
+             "resolved_by": {"automation": 1, "person": 1}}
+    assert counters(conn) == after
+    assert stats.overall(conn).auto_resolved == 1                       # a runbook's fix is automatic too
+    assert stats.overall(conn, since=datetime(2000, 1, 1, tzinfo=timezone.utc)).auto_resolved == 1
+    conn.execute("DELETE FROM incidents WHERE id = %s", (a,))
+    conn.execute("TRUNCATE incidents CASCADE")
+    assert counters(conn) == after                                      # gone from the table, still counted
 
 
 def test_the_bucket_bounds_of_the_database_are_those_of_the_metrics(conn):

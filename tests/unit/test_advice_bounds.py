@@ -145,7 +145,7 @@ class Scripted:
 BRAIN = BrainConfig(base_url="http://127.0.0.1:9/v1", model="m")
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(classified=st.sampled_from(list(Severity)), runbooks=RUNBOOKS, services=st.integers(1, 4),
        open_incidents=st.integers(0, 12), recurrences=st.integers(0, 4), answer=ANSWER)
 def test_whatever_the_model_answers_the_rules_bound_it(classified, runbooks, services, open_incidents,

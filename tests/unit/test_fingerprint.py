@@ -71,7 +71,7 @@ def template_and_two_fillings(draw):
 # --- properties ----------------------------------------------------------------------------------
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(template_and_two_fillings(), st.one_of(st.none(), st.sampled_from(["api", "billing"])))
 @example(case=(["AA", None, None], ["0", "0"], ["0", "T|@A.COM"]), service=None)  # "0 T" is no size here
 def test_the_key_of_a_template_does_not_change_with_its_values(case, service):
@@ -82,7 +82,7 @@ def test_the_key_of_a_template_does_not_change_with_its_values(case, service):
     assert a.template == b.template
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(templates, st.data())
 def test_messages_that_differ_in_a_word_get_different_keys(parts, data):
     positions = [i for i, p in enumerate(parts) if p is not None]

@@ -27,12 +27,13 @@ def test_a_snapshot_becomes_counters_gauges_histograms_and_a_ratio():
         mttr={"P2": Histogram([0, 2] + [0] * 13, total=7.5)},
         stage={"fixer": Histogram([0] * 6 + [1] + [0] * 8, total=0.7)},
         failed_tasks=[("fix", 1, 2)], notification_failures=[("slack", 4)],
-        queue_depth={"fixer": 5}, unacked=1, postgres_up=True, redis_up=True)
+        queue_depth={"fixer": 5}, unacked={"fixer": 1, "ingest": 0}, postgres_up=True, redis_up=True)
     s = samples(snap)
     assert s[("erdu_incidents_opened_total", (("severity", "P2"), ("source", "probe")))] == 3
     assert s[("erdu_incidents_closed_total", (("severity", "P2"), ("source", "probe")))] == 2
-    assert s[("erdu_open_incidents", (("severity", "P2"),))] == 1
-    assert s[("erdu_open_incidents", (("severity", "P1"),))] == 0
+    assert s[("erdu_open_incidents", (("severity", "P2"), ("source", "probe")))] == 1
+    assert s[("erdu_open_incidents", (("severity", "P1"), ("source", "probe")))] == 0
+    assert s[("erdu_incidents_opened_total", (("severity", "P1"), ("source", "probe")))] == 0   # there, at 0
     assert s[("erdu_auto_resolve_ratio", ())] == 0.75
     assert s[("erdu_mttr_seconds_count", (("severity", "P2"),))] == 2
     assert s[("erdu_mttr_seconds_bucket", (("le", "1.0"), ("severity", "P2")))] == 0
@@ -40,9 +41,11 @@ def test_a_snapshot_becomes_counters_gauges_histograms_and_a_ratio():
     assert s[("erdu_mttr_seconds_sum", (("severity", "P2"),))] == 7.5
     assert s[("erdu_stage_latency_seconds_count", (("role", "fixer"),))] == 1
     assert s[("erdu_failed_tasks_open", (("stage", "fix"),))] == 1
+    assert s[("erdu_failed_tasks_total", (("stage", "assess"),))] == 0          # before its first failure
     assert s[("erdu_notification_failures_total", (("channel", "slack"),))] == 4
     assert s[("erdu_queue_depth", (("queue", "fixer"),))] == 5
-    assert s[("erdu_queue_unacked", ())] == 1
+    assert s[("erdu_queue_unacked", (("queue", "fixer"),))] == 1
+    assert s[("erdu_queue_unacked", (("queue", "ingest"),))] == 0
 
 
 def test_no_resolved_incidents_is_a_zero_ratio_not_a_division_error():

@@ -18,7 +18,7 @@ def option(argv: list[str], name: str) -> str:
 def test_one_role_runs_with_its_own_pool_settings_and_node_name():
     argv = worker_argv(["fixer"], Settings(), hostname="host-a")
     assert (option(argv, "-Q"), option(argv, "-P"), option(argv, "-c"), option(argv, "-n")) == (
-        "fixer", "prefork", "1", "fixer@host-a")
+        "fixer", "prefork", "2", "fixer@host-a")
     assert "--max-tasks-per-child" in argv
 
 
@@ -27,7 +27,7 @@ def test_several_roles_share_one_thread_pool_as_large_as_their_pools_and_keep_th
     argv = worker_argv(["ingest", "commander", "fixer"], settings)
     assert option(argv, "-Q") == "ingest,commander,fixer"
     assert option(argv, "-P") == "threads"
-    assert option(argv, "-c") == str(4 + 2 + 1)
+    assert option(argv, "-c") == str(4 + 2 + 2)   # ingest 4, commander 2 (set), fixer 2
     assert option(argv, "-n") == "ingest+commander+fixer@%h"
     assert "--max-tasks-per-child" not in argv
     assert option(worker_argv(["ingest", "fixer"], settings, concurrency=3), "-c") == "3"
@@ -44,3 +44,13 @@ def test_role_specs_all_commas_and_unknown_roles():
 def test_the_health_monitor_counts_a_combined_worker_for_each_of_its_roles():
     live = live_roles({"ingest+commander@h1": {"ok": "pong"}, "fixer@h2": {"ok": "pong"}})
     assert live == {"ingest": ["ingest+commander@h1"], "commander": ["ingest+commander@h1"], "fixer": ["fixer@h2"]}
+
+
+def test_the_database_pool_is_sized_from_the_worker_pool():
+    from erdu_tasks.cli.main import db_pool_size
+
+    settings = Settings()
+    shared = worker_argv(["ingest", "commander"], settings)
+    assert db_pool_size(shared) == int(shared[shared.index("-c") + 1]) + 1   # a thread each, and one more
+    assert db_pool_size(worker_argv(["fixer"], settings, pool="prefork", concurrency=3)) == 2
+    assert db_pool_size(worker_argv(["fixer"], settings, pool="threads", concurrency=6)) == 7

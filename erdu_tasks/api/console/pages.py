@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -13,10 +12,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from erdu_tasks.escalation import inhibition, silences
 from erdu_tasks.model import OPEN_STATUSES, Incident, Severity, Status
-from erdu_tasks.roles.report import report_paths
 from erdu_tasks.store import failed, history, stats
 from erdu_tasks.store import incidents as store
-from erdu_tasks.tasks.pipeline import pattern_learning
+from erdu_tasks.tasks.pipeline import current_report, pattern_learning
 from erdu_tasks.api.console import charts
 from erdu_tasks.api.console.session import COOKIE, LOGIN_COOKIE, SESSION_SECONDS
 from erdu_tasks.api.console.web import (SECURITY_HEADERS, Refused, console_of, current, flower_tasks, render,
@@ -156,17 +154,14 @@ def incident_rows(request: Request) -> Response:
 # ------------------------------------------------------------------ one incident
 
 
-def _report_text(rt: Any, incident: Incident) -> str | None:
-    """The Markdown report, when one has been written (read from the reports directory, by id only)."""
-    try:
-        _, md = report_paths(Path(rt.settings.reports_dir), incident.id)
-    except ValueError:
+def _report_text(conn: Any, rt: Any, incident: Incident) -> tuple[str, bool] | None:
+    """The report people read now as (Markdown, final?): the final one once written, else the interim
+    "what we know so far" of an escalated incident (tasks/pipeline.py's current_report), else None."""
+    found = current_report(conn, rt, incident.id)
+    if found is None:
         return None
-    try:
-        text = md.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    return text[:REPORT_CHARS] + ("\n…[cut]" if len(text) > REPORT_CHARS else "")
+    data, text = found
+    return text[:REPORT_CHARS] + ("\n…[cut]" if len(text) > REPORT_CHARS else ""), bool(data.get("final"))
 
 
 def _failed_of(conn: Any, incident_id: str) -> list[dict[str, Any]]:
@@ -189,11 +184,13 @@ def incident_page(request: Request, incident_id: str) -> Response:
         children = inhibition.children_of(conn, incident.id)
         failures = _failed_of(conn, incident.id)
         learning = pattern_learning(conn, rt, incident.fingerprint, rt.learning)
+        report = _report_text(conn, rt, incident)
         matchers = [f"service={incident.service}"] if incident.service else [f"fingerprint={incident.fingerprint}"]
     tasks, tasks_problem = flower_tasks(rt.settings, incident.id)
     return render(request, "incident.html.j2", person=person, i=incident, related=related or [],
                   flower_tasks=tasks, flower_problem=tasks_problem,
-                  children=children, failures=failures, learning=learning, report=_report_text(rt, incident),
+                  children=children, failures=failures, learning=learning, report=report[0] if report else None,
+                  report_final=bool(report and report[1]),
                   diagnosis=incident.diagnosis or {}, fix=incident.fix or {}, assessment=incident.assessment or {},
                   open=incident.is_open, silence_matchers="\n".join(matchers))
 

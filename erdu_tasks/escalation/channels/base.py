@@ -23,6 +23,12 @@ SCHEMA = "erdu.notification/v1"
 USER_AGENT = f"erdu/{__version__}"
 MAX_TEXT_CHARS = 4000
 """Reason, root cause and each fix output are cut to this length in every payload."""
+SUMMARY_MESSAGE_CHARS = 120
+"""How much of the concrete message the one-line summary (subjects, chat fallbacks) carries."""
+TRACEBACK_HEAD_LINES = 12
+"""How many lines of the first occurrence's traceback every notification carries."""
+MAX_LINE_CHARS = 300
+"""Each traceback line is cut to this length."""
 MAX_DETAIL_CHARS = 300
 """A peer's error body is cut to this length in a DeliveryResult."""
 
@@ -76,6 +82,12 @@ class Notification:
     created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     held_count: int = 0
     held_incidents: tuple[str, ...] = ()
+    message: str = ""
+    """The first occurrence's concrete message (the title is the template: "Disk full on <*>")."""
+    host: str | None = None
+    labels: dict[str, str] = field(default_factory=dict, hash=False)
+    traceback: tuple[str, ...] = ()
+    """The head of the first occurrence's traceback (TRACEBACK_HEAD_LINES lines)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "severity", str(self.severity))
@@ -85,6 +97,11 @@ class Notification:
         object.__setattr__(self, "root_cause", _cut(self.root_cause) if self.root_cause else None)
         object.__setattr__(self, "affected_services", tuple(self.affected_services))
         object.__setattr__(self, "attempted_fixes", tuple(self.attempted_fixes))
+        object.__setattr__(self, "message", _cut(self.message))
+        object.__setattr__(self, "traceback", tuple(_cut(line, MAX_LINE_CHARS)
+                                                    for line in self.traceback[:TRACEBACK_HEAD_LINES]))
+        object.__setattr__(self, "labels", {str(k): _cut(str(v), MAX_LINE_CHARS)
+                                            for k, v in sorted((self.labels or {}).items())})
         if not self.see_command:
             object.__setattr__(self, "see_command", f"erdu incidents show {self.incident_id}")
 
@@ -109,6 +126,7 @@ class Notification:
         if root and root == diagnosis.get("root_cause") and brain.get("name") not in (None, "rules") \
                 and not brain.get("fallback"):
             root = "model's advice: " + str(root)     # a model's words, said to be so wherever they are shown
+        first = incident.first_occurrence(1 + TRACEBACK_HEAD_LINES)
         return cls(
             incident_id=incident.id,
             title=incident.title,
@@ -126,6 +144,10 @@ class Notification:
             see_command=see_command,
             url=url,
             created_at=now or datetime.now(timezone.utc),
+            message=first[0] if first else "",
+            host=incident.host,
+            labels=dict(incident.labels or {}),
+            traceback=tuple(first[1:]),
         )
 
     @classmethod
@@ -160,10 +182,12 @@ class Notification:
         """One line: severity, id, title, level."""
         if self.kind is NotificationKind.DIGEST:
             return f"[ERDU] {self.title}"
+        concrete = (f" — {_cut(' '.join(self.message.split()), SUMMARY_MESSAGE_CHARS)}"
+                    if self.message and self.message.strip() != self.title.strip() else "")
         if self.kind is NotificationKind.RESOLVE:
-            return f"[RESOLVED] [{self.severity}] {self.incident_id}: {self.title}"
+            return f"[RESOLVED] [{self.severity}] {self.incident_id}: {self.title}{concrete}"
         again = f", repeat {self.repeat}" if self.repeat else ""
-        return f"[{self.severity}] {self.incident_id}: {self.title} (level {self.level}{again})"
+        return f"[{self.severity}] {self.incident_id}: {self.title} (level {self.level}{again}){concrete}"
 
     def text(self) -> str:
         """A plain-text body for people (email, chat fallbacks)."""
@@ -175,6 +199,13 @@ class Notification:
             services = ", ".join(self.affected_services) or self.service or "unknown"
             lines.append(f"Services:  {services}")
             lines.append(f"Seen:      {self.occurrences} time(s)")
+            if self.host:
+                lines.append(f"Host:      {self.host}")
+            if self.labels:
+                lines.append("Labels:    " + ", ".join(f"{k}={v}" for k, v in self.labels.items()))
+        if self.message:
+            lines += ["", "First occurrence:", f"  {self.message}"]
+            lines += [f"    {line}" for line in self.traceback]
         lines += ["", "Why:", f"  {self.reason}"]
         if self.root_cause:
             lines += ["", "Root-cause hypothesis:", f"  {self.root_cause}"]
@@ -209,9 +240,12 @@ class Notification:
             "root_cause": self.root_cause,
             "attempted_fixes": [asdict(f) for f in self.attempted_fixes],
             "occurrences": self.occurrences,
-            "see": {"command": self.see_command, "url": self.url},
+            "see": {"command": self.see_command, **({"url": self.url} if self.url else {})},
             "created_at": self.created_at.isoformat(),
         }
+        if self.kind is not NotificationKind.DIGEST:
+            data["first_occurrence"] = {"message": self.message, "host": self.host, "labels": dict(self.labels),
+                                        "traceback": list(self.traceback)}
         if self.kind is NotificationKind.DIGEST:
             data["digest"] = {"held": self.held_count, "sample_incidents": list(self.held_incidents)}
         return data

@@ -34,6 +34,11 @@ def trigger_body(n: Notification, routing_key: str, source: str | None = None) -
         "occurrences": n.occurrences,
         "see": n.see_command,
     }
+    if n.message:
+        details["first_occurrence"] = {"message": n.message, "host": n.host, "labels": dict(n.labels),
+                                       "traceback": list(n.traceback)}
+    if n.url:
+        details["url"] = n.url
     if n.held_count:
         details["held"] = n.held_count
         details["sample_incidents"] = list(n.held_incidents)
@@ -44,7 +49,7 @@ def trigger_body(n: Notification, routing_key: str, source: str | None = None) -
         "client": "ERDU",
         "payload": {
             "summary": n.summary()[:_SUMMARY_MAX],
-            "source": source or n.service or "erdu",
+            "source": source or n.host or n.service or "erdu",
             "severity": _SEVERITY.get(n.severity, "error"),
             "component": n.service,
             "group": ", ".join(n.affected_services) or None,
