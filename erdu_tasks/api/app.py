@@ -20,6 +20,7 @@ from erdu_tasks.errors import InvalidEvent, TransientError
 from erdu_tasks.settings import Settings
 from erdu_tasks.ingest.formats import pagerduty as pd
 from erdu_tasks.api import (
+    console,
     routes_alertmanager,
     routes_events,
     routes_health,
@@ -110,7 +111,8 @@ def create_app(settings: Settings, config: ApiConfig | None = None) -> FastAPI:
     )
     app.state.erdu = ctx
     app.add_middleware(BodyGuard, max_bytes=config.max_body_bytes, max_depth=config.max_json_depth,
-                       error_body=_guard_error, raw_paths=frozenset({routes_slack.INTERACTIONS_PATH}))
+                       error_body=_guard_error, raw_paths=frozenset({routes_slack.INTERACTIONS_PATH}),
+                       form_paths=console.is_form_path)
     app.add_exception_handler(TransientError, _unavailable)
     app.add_exception_handler(kombu.exceptions.OperationalError, _broker_failed)
     app.add_exception_handler(redis.RedisError, _broker_failed)
@@ -127,6 +129,7 @@ def create_app(settings: Settings, config: ApiConfig | None = None) -> FastAPI:
     from erdu_tasks.api import routes_failed  # `erdu failed ls|retry` over HTTP
 
     app.include_router(routes_failed.router, responses=COMMON_RESPONSES)
+    console.mount(app, ctx)   # the web console: /, /login, /incidents, ... (api/console/)
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.responses import Response
 

@@ -76,11 +76,15 @@ class BodyGuard:
 
     def __init__(self, app: ASGIApp, *, max_bytes: int, max_depth: int, drain_bytes: int | None = None,
                  error_body: Callable[[str, str], dict[str, Any]] = _default_body,
-                 raw_paths: frozenset[str] = frozenset()) -> None:
+                 raw_paths: frozenset[str] = frozenset(),
+                 form_paths: Callable[[str], bool] = lambda path: False) -> None:
         self.app = app
         # Paths whose body is not JSON (Slack's form-encoded, signed interactions): size-limited only,
         # passed on byte for byte (the signature covers the raw body); their handler checks the rest.
         self.raw_paths = raw_paths
+        # Paths whose browser forms post application/x-www-form-urlencoded (the console): such a body is
+        # checked as clean UTF-8 text and passed on as it is; everywhere else a body must be JSON.
+        self.form_paths = form_paths
         self.error_body = error_body
         self.max_bytes = max_bytes
         self.max_depth = max_depth
@@ -125,7 +129,16 @@ class BodyGuard:
                     await self._drain(receive, None)
                 await self._refuse(send, scope, 413, f"body is over the limit of {self.max_bytes} bytes")
                 return
-        if body and scope.get("path", "") not in self.raw_paths:
+        path = scope.get("path", "")
+        if body and path not in self.raw_paths and self.form_paths(path) \
+                and headers.get(b"content-type", b"").startswith(b"application/x-www-form-urlencoded"):
+            problem = _form_problem(bytes(body))
+            if problem:
+                await self._refuse(send, scope, 400, problem)
+                return
+            await self.app(scope, _replay(bytes(body), receive), send)
+            return
+        if body and path not in self.raw_paths:
             try:
                 decode_json(bytes(body), self.max_depth)
             except BodyError as exc:
@@ -151,6 +164,21 @@ class BodyGuard:
             seen += len(message.get("body", b""))
             if not message.get("more_body", False):
                 return
+
+
+def _form_problem(body: bytes) -> str | None:
+    """Why a form body is refused (not UTF-8 once decoded, NUL or other text Postgres cannot store), or None."""
+    from urllib.parse import parse_qsl
+
+    try:
+        pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True, errors="strict", max_num_fields=200)
+    except (UnicodeDecodeError, ValueError) as exc:
+        return f"form body refused: {exc}"
+    for key, value in pairs:
+        problem = text_problem(key) or text_problem(value)
+        if problem:
+            return f"form field refused: {problem}"
+    return None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

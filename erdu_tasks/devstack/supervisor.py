@@ -128,7 +128,7 @@ def build_children(settings: Settings, *, with_api: bool, with_flower: bool, wit
     taken: set[int] = set()
     if with_api and _has_module("erdu_tasks.api"):
         port = _port(settings.api.port, taken)
-        children.append(Child("api", [*exe, "api", "--port", str(port)], where=f"http://127.0.0.1:{port}/docs",
+        children.append(Child("api", [*exe, "api", "--port", str(port)], where=f"http://127.0.0.1:{port}/ (the console; API docs /docs)",
                               ready_port=port))
     if with_flower:
         port = _port(settings.flower.port, taken)

@@ -36,7 +36,7 @@ from psycopg.types.json import Jsonb
 from erdu_tasks.settings.common import compile_pattern   # RE2, case-sensitive
 from erdu_tasks.settings.intervals import TimeIntervals, any_active
 from erdu_tasks.errors import ErduError
-from erdu_tasks.model import Incident
+from erdu_tasks.model import Incident, Severity, Status
 
 _NAME = re.compile(r"(service|fingerprint|severity|tag|labels?\.[A-Za-z0-9_.:/-]{1,128})")
 _MATCHER = re.compile(r"^\s*([A-Za-z0-9_.:/-]+)\s*(=~|!~|!=|=)\s*(.*?)\s*$", re.DOTALL)
@@ -374,3 +374,30 @@ def held_counts(conn: psycopg.Connection, silence_ids: Sequence[str]) -> dict[st
         (list(silence_ids),),
     ).fetchall()
     return {r["silence_id"]: (int(r["incidents"]), int(r["occurrences"])) for r in rows}
+
+
+@dataclass(frozen=True)
+class Preview:
+    """How many open incidents a silence with these matchers would cover now, and a few of them."""
+
+    matched: int
+    examined: int
+    sample: tuple[str, ...]
+    capped: bool     # more open incidents than were examined: `matched` is a lower bound
+
+
+def preview(conn: psycopg.Connection, matchers: Sequence[Matcher], *, limit: int = 20_000,
+            sample: int = 10) -> Preview:
+    """The open incidents that `matchers` match, judged by Silence.matches (the rule the gate applies)."""
+    probe = Silence("preview", tuple(matchers), datetime.min.replace(tzinfo=timezone.utc),
+                    datetime.max.replace(tzinfo=timezone.utc), "", "")
+    rows = conn.execute(
+        "SELECT id, fingerprint, title, severity, status, source, service, affected_services, tags, labels"
+        " FROM incidents WHERE status NOT IN ('resolved', 'closed') ORDER BY created_at DESC, id LIMIT %s",
+        (limit + 1,)).fetchall()
+    hits = [r["id"] for r in rows[:limit] if probe.matches(Incident(
+        id=r["id"], fingerprint=r["fingerprint"], title=r["title"], description="", severity=Severity(r["severity"]),
+        status=Status(r["status"]), source=r["source"], service=r["service"],
+        affected_services=list(r["affected_services"] or []), tags=list(r["tags"] or []),
+        labels=dict(r["labels"] or {})))]
+    return Preview(len(hits), min(len(rows), limit), tuple(hits[:sample]), len(rows) > limit)

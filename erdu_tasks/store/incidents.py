@@ -258,6 +258,14 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     return at, incident_id
 
 
+ORDERS = {
+    "newest": "created_at DESC, id DESC",
+    "oldest": "created_at, id",
+    "severity": "severity, created_at, id",   # P1 first, and within a severity the longest waiting first
+}
+"""The orders list_incidents sorts by."""
+
+
 def list_incidents(
     conn: psycopg.Connection,
     *,
@@ -268,8 +276,9 @@ def list_incidents(
     limit: int = 50,
     offset: int = 0,
     after: str | None = None,
+    order: str = "newest",
 ) -> list[Incident]:
-    """Incidents, newest first, filtered.
+    """Incidents, newest first (or in another ORDERS order), filtered.
 
     `after` (a cursor from encode_cursor of the last row of the previous page) pages by key: the index on
     (created_at, id) is read from that row on, so a deep page costs what the first does. `offset` is kept
@@ -291,10 +300,12 @@ def list_incidents(
     if after is not None:
         params["after_at"], params["after_id"] = decode_cursor(after)
         where.append("(created_at, id) < (%(after_at)s, %(after_id)s)")
+    if order not in ORDERS or after is not None and order != "newest":
+        raise ValueError(f"order must be one of {', '.join(ORDERS)} (cursors page newest first only)")
     params.update(limit=limit, offset=offset)
     paging = " OFFSET %(offset)s" if offset else ""
     rows = conn.execute(
-        f"SELECT * FROM incidents WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC"
+        f"SELECT * FROM incidents WHERE {' AND '.join(where)} ORDER BY {ORDERS[order]}"
         f" LIMIT %(limit)s{paging}",
         params,
     ).fetchall()

@@ -123,3 +123,22 @@ def overall(conn: psycopg.Connection, *, since: datetime | None = None) -> Stats
         {"since": since},
     ).fetchone()
     return _row(r)
+
+
+BUCKETS = ("hour", "day", "week")
+"""The widths over_time groups by (Postgres date_trunc units)."""
+
+
+def over_time(conn: psycopg.Connection, *, since: datetime, bucket: str = "day") -> list[StatsRow]:
+    """One row per `bucket` (in UTC) of creation time since `since`, oldest first (key: the bucket's start, ISO 8601).
+
+    The same MTTA/MTTR definitions as by_severity (a bucket's means are over its incidents that were
+    acknowledged / resolved); read through the created_at index. Buckets with no incident are absent."""
+    if bucket not in BUCKETS:
+        raise ValueError(f"bucket must be one of {', '.join(BUCKETS)}, not {bucket!r}")
+    rows = conn.execute(
+        f"SELECT date_trunc(%(bucket)s, created_at, 'UTC') AS at, {_AGGREGATES} FROM incidents"
+        " WHERE created_at >= %(since)s GROUP BY 1 ORDER BY 1",
+        {"bucket": bucket, "since": since},
+    ).fetchall()
+    return [_row({**r, "key": r["at"].isoformat()}) for r in rows]

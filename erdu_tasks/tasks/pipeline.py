@@ -312,7 +312,7 @@ def close_incident(conn: psycopg.Connection, rt: Runtime, incident: Incident, wo
     # a failure to write it rolls the close back and the stage is retried.
     closed = store.get_incident(conn, incident.id, with_timeline=True) or incident
     report = build_report(closed, {**resolution.as_dict(), "brain": thought.note()}, related=related,
-                          learning=_learning(conn, rt, incident.fingerprint, lcfg),
+                          learning=pattern_learning(conn, rt, incident.fingerprint, lcfg),
                           children=inhibition.children_of(conn, incident.id),
                           situation=history.same_situation(conn, closed,
                                                            window_seconds=lcfg.situation_window_seconds))
@@ -357,7 +357,7 @@ def report_so_far(conn: psycopg.Connection, rt: Runtime, incident_id: str) -> di
                        (incident.id,)).fetchone()
     resolution = resolver.so_far(incident, ctx, reason=row["reason"] if row else None)
     report = build_report(incident, resolution.as_dict(), related=ctx.related,
-                          learning=_learning(conn, rt, incident.fingerprint, lcfg),
+                          learning=pattern_learning(conn, rt, incident.fingerprint, lcfg),
                           children=inhibition.children_of(conn, incident.id),
                           situation=history.same_situation(conn, incident,
                                                            window_seconds=lcfg.situation_window_seconds),
@@ -384,8 +384,8 @@ def current_report(conn: psycopg.Connection, rt: Runtime, incident_id: str) -> t
     return (interim, render_markdown(interim)) if interim is not None else None
 
 
-def _learning(conn: psycopg.Connection, rt: Runtime, fingerprint: str, lcfg: history.LearningConfig) -> dict:
-    """What the pattern's counters say now, for the report."""
+def pattern_learning(conn: psycopg.Connection, rt: Runtime, fingerprint: str, lcfg: history.LearningConfig) -> dict:
+    """What the pattern's counters say now (for the report and the console): runbook rates, auto-resolution."""
     pat = _pattern_history(conn, fingerprint)
     records = history.runbook_records(conn, fingerprint)
     loaded = {rb.name: rb for rb in rt.runbooks.runbooks}
