@@ -27,7 +27,7 @@ RETRYABLE_STATES: tuple[str, ...] = ("FAILURE", "LOST")
 _KEEP = ", ".join(f"{c} = COALESCE(EXCLUDED.{c}, t.{c})" for c in TASK_COLUMNS if c != "state")
 _UPSERT = f"""
 INSERT INTO celery_app_tasks AS t (app, task_id, {", ".join(TASK_COLUMNS)}, executions)
-VALUES (%(app)s, %(task_id)s, {", ".join(f"%({c})s" if c != "state" else "COALESCE(%(state)s, 'PENDING')"
+VALUES (%(app)s, %(task_id)s, {", ".join({"state": "COALESCE(%(state)s, 'PENDING')", "retries": "COALESCE(%(retries)s, 0)"}.get(c, f"%({c})s")
                                          for c in TASK_COLUMNS)}, %(executions)s)
 ON CONFLICT (app, task_id) DO UPDATE SET {_KEEP},
     state = CASE WHEN %(state)s::text IS NULL THEN t.state ELSE EXCLUDED.state END,

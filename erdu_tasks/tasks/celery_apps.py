@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import psycopg
 import structlog
 from celery import Celery
 
@@ -60,6 +61,10 @@ class AppRunner:
     app: CeleryApp
     host: str | None = None
     clock: Callable[[], float] = celery_events.wall
+    handed: Callable[..., Any] = hand_on_ingested
+    """After a commit: (new incident ids, ids to re-assess) are handed on."""
+    assess: Callable[[str], Any] = _assess
+    resolved: Callable[[str], Any] = _resolved
     watch: AppWatch = field(init=False)
     written: int = 0
     reported: int = 0
@@ -93,6 +98,9 @@ class AppRunner:
                     history.prune(conn, self.config.retention_days)
         except TransientError as exc:
             log.warning("celery app watcher: outage, kept for the next write", app=self.app.name, error=str(exc))
+        except psycopg.Error as exc:   # a write Postgres refuses would be refused again: say so, go on
+            log.error("celery app watcher: write refused, batch dropped", app=self.app.name,
+                      error=f"{type(exc).__name__}: {exc}"[:500])
 
     def flush(self) -> None:
         """Write the history rows and report the folded events; on an outage keep them for the next write."""
@@ -111,7 +119,7 @@ class AppRunner:
             raise
         self.written += len(rows)
         self.reported += len(events)
-        hand_on_ingested(result.new_incidents, result.to_reassess)
+        self.handed(result.new_incidents, result.to_reassess)
 
     def _keep(self, rows: Sequence[dict[str, Any]]) -> None:
         for old in rows:
@@ -129,12 +137,12 @@ class AppRunner:
             lengths = {}
         result = self.watch.check(now, lengths)
         self.flush()
-        observe(self.rt.db, result.observations, self.rt, _assess, datetime.fromtimestamp(now, timezone.utc),
-                resolved=_resolved)
+        observe(self.rt.db, result.observations, self.rt, self.assess, datetime.fromtimestamp(now, timezone.utc),
+                resolved=self.resolved)
         with self.rt.db.transaction() as conn:
             history.save_workers(conn, self.app.name, self.watch.workers.values())
             accepted = report(conn, result.events, self.rt)
-        hand_on_ingested(accepted.new_incidents, accepted.to_reassess)
+        self.handed(accepted.new_incidents, accepted.to_reassess)
 
     def run(self, stop: threading.Event, *, tick: float = 0.25) -> None:
         """Consume until stop is set, then write what is left."""
