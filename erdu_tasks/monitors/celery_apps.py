@@ -347,8 +347,10 @@ class AppWatch:
         if host and kind != "task-sent":
             t.worker = row["worker"] = host
             w = self.workers.get(host)
-            if w is not None and w.state == "online":
-                w.last_seen = max(w.last_seen, now)   # any event of a worker shows it alive
+            if w is None:                              # a worker is known by its task events too
+                w = self.workers[host] = _Worker(host, last_seen=now)
+            if w.state == "online":
+                w.last_seen = max(w.last_seen, now)    # any event of a worker shows it alive
         if kind in ("task-sent", "task-received"):
             for key in ("args", "kwargs"):
                 if key in ev:
