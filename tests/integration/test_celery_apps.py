@@ -153,8 +153,17 @@ def test_a_failed_task_retried_through_the_api_runs_again_with_its_recorded_argu
         assert {t["task_id"] for t in listed} == {old, new}
 
 
-def test_a_stalled_consumer_is_detected_within_its_threshold(team):
-    team.client.control.cancel_consumer("mail", destination=["team1@test"], reply=True, timeout=5)
+def _step(action: str, **params):
+    from erdu_tasks.fixer.actions import run_step
+    from erdu_tasks.fixer.runbooks import Step
+
+    return run_step(Step(action=action, params=params, timeout=10), {})
+
+
+def test_a_stalled_consumer_is_detected_within_its_threshold_and_the_runbook_actions_heal_it(team):
+    cancel = _step("celery_control", broker_url=team.broker_url, command="cancel_consumer", queue="mail",
+                   destination=["team1@test"])
+    assert cancel.ok, cancel.detail
     started = time.monotonic()
     for n in range(3):
         team.send("orders.nap", 0, queue="mail")
@@ -166,8 +175,20 @@ def test_a_stalled_consumer_is_detected_within_its_threshold(team):
     took = time.monotonic() - started
     assert took < 2 + 3.5, f"stall seen after {took:.1f} s (threshold 2 s)"
     assert found[0]["labels"]["queue"] == "mail" and "stalled" in found[0]["title"]
-    team.client.control.add_consumer("mail", destination=["team1@test"], reply=True, timeout=5)
+    refused = _step("celery_control", broker_url=team.broker_url, command="pool_restart", destination=["team1@test"])
+    assert not refused.ok and "team1@test" in refused.detail   # the worker was not started with pool restarts
+    grown = _step("celery_control", broker_url=team.broker_url, command="pool_grow", n=1, destination=["team1@test"])
+    assert grown.ok, grown.detail
+    moved = _step("celery_queue", broker_url=team.broker_url, op="move", queue="mail", to_queue="parked")
+    assert moved.ok and moved.output["moved"] == 3 and team.store.llen("parked") == 3
+    assert _step("celery_queue", broker_url=team.broker_url, op="move", queue="parked", to_queue="mail").ok
+    added = _step("celery_control", broker_url=team.broker_url, command="add_consumer", queue="mail",
+                  destination=["team1@test"])
+    assert added.ok, added.detail
     wait_for(lambda: team.store.llen("mail") == 0, 15, what="the queue drained once consumed again")
+    team.store.lpush("parked", "x", "y")
+    purged = _step("celery_queue", broker_url=team.broker_url, op="purge", queue="parked")
+    assert purged.ok and purged.output["purged"] == 2 and team.store.llen("parked") == 0
 
 
 def test_history_survives_an_erdu_restart(team):
