@@ -45,7 +45,9 @@ Every key is optional; a monitor runs only when its section is present::
         missing_for: 30              # seconds a role must be gone before it is an incident
         backlog: {default: 1000, ingest: 5000}
         failed_tasks: true
-      celery_apps: ...               # the team's own Celery apps: erdu_tasks/settings/celery_apps.py
+      celery_apps:                   # the team's own Celery apps (every key: erdu_tasks/settings/celery_apps.py)
+        apps:
+          - {name: shop, broker_url: "redis://127.0.0.1:6379/1", queues: [celery]}
 
 Anything wrong raises ConfigError naming the key; a path that does not exist yet is only a
 warning (see `erdu_tasks.monitors.config.warnings`), since a log file may appear later.
