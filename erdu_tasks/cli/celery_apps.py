@@ -46,17 +46,9 @@ def watch_cmd(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        found = celery_apps.runners(rt, config, only=app or ())
+        celery_apps.watch(rt, config, stop, only=app or ())
     except PermanentError as exc:
         common.fail(str(exc))
-    common.err.print(f"watching {len(found)} celery app(s): {', '.join(r.app.name for r in found)}", highlight=False)
-    threads = [threading.Thread(target=r.run, args=(stop,), name=f"celery-app-{r.app.name}", daemon=True)
-               for r in found]
-    for t in threads:
-        t.start()
-    while any(t.is_alive() for t in threads):
-        for t in threads:
-            t.join(0.5)
     common.err.print("stopped", highlight=False)
 
 

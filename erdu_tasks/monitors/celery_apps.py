@@ -277,6 +277,14 @@ class AppWatch:
         self.seen = 0
         self.skipped = 0
 
+    def restore_workers(self, rows: Iterable[Mapping[str, Any]], now: float) -> None:
+        """Workers a previous watcher saw online (celery_app_workers rows): one that sends nothing within
+        `offline_after` of this start is lost, so a worker that died while no watcher ran is still noticed."""
+        for row in rows:
+            if row.get("state") == "online" and row.get("hostname") and row["hostname"] not in self.workers:
+                self.workers[row["hostname"]] = _Worker(row["hostname"], last_seen=now,
+                                                        processed=int(row.get("processed") or 0))
+
     # ------------------------------------------------------------------ events
 
     def feed(self, event: Mapping[str, Any], now: float) -> None:

@@ -77,6 +77,11 @@ class AppRunner:
     def __post_init__(self) -> None:
         self.watch = AppWatch(self.app, host=self.host, max_arg_chars=self.config.max_arg_chars)
         self._broker = celery_events.broker_client(self.app)
+        try:
+            with self.rt.db.transaction() as conn:
+                self.watch.restore_workers(history.list_workers(conn, self.app.name), self.clock())
+        except TransientError as exc:
+            log.warning("celery app watcher: workers not restored", app=self.app.name, error=str(exc))
 
     def on_event(self, event: dict[str, Any]) -> None:
         """One event from the consumer."""
@@ -170,8 +175,10 @@ def watch(rt: Runtime, config: CeleryAppsConfig, stop: threading.Event, *, only:
                for r in found]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    log.info("watching celery apps", apps=[r.app.name for r in found])
+    while any(t.is_alive() for t in threads):   # short joins: the caller's signal handlers run in between
+        for t in threads:
+            t.join(0.5)
     return found
 
 

@@ -144,3 +144,12 @@ def test_the_section_refuses_duplicate_apps_and_non_redis_brokers():
         CeleryAppsConfig(apps=[{"name": "a", "broker_url": "redis://x"}, {"name": "a", "broker_url": "redis://y"}])
     with pytest.raises(ValueError, match="only Redis brokers"):
         CeleryApp(name="a", broker_url="amqp://x")
+
+
+def test_a_worker_a_previous_watcher_saw_online_is_lost_if_it_stays_silent_after_a_restart():
+    w = AppWatch(app(thresholds={"offline_after": 5}))
+    w.restore_workers([{"hostname": "w1", "state": "online", "processed": 3},
+                       {"hostname": "w2", "state": "lost"}], now=100)
+    assert set(w.workers) == {"w1"}
+    assert not [o for o in w.check(104, {}).observations if o.failing]
+    assert [o.key for o in w.check(106, {}).observations if o.failing] == ["celeryapp:shop:worker:w1"]
