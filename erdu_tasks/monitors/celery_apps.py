@@ -49,6 +49,10 @@ _EXC_REPR = re.compile(r"^\s*([A-Za-z_][\w.]{0,200})\(")
 _EXC_LINE = re.compile(r"^([A-Za-z_][\w.]{0,200})(?::|$)")
 _LIBRARY_PATH = re.compile(r"[/\\](?:site-packages|dist-packages|lib[/\\]python\d(?:\.\d+)?)[/\\]")
 MAX_TRACEBACK_CHARS = 16_000
+MAX_WORKERS = 1000
+"""Workers remembered per app; events naming more (a hostile or broken stream) are skipped."""
+MAX_GROUPS = 500
+"""Distinct failure groups between two writes; the rest fold into one `overflow` group."""
 
 
 def _text(value: Any, limit: int) -> str | None:
@@ -308,6 +312,9 @@ class AppWatch:
             return
         w = self.workers.get(host)
         if w is None:
+            if len(self.workers) >= MAX_WORKERS:
+                self.skipped += 1
+                return
             w = self.workers[host] = _Worker(host)
         if kind == "worker-offline":
             w.state, w.offline_at = "offline", now
@@ -355,9 +362,9 @@ class AppWatch:
         if host and kind != "task-sent":
             t.worker = row["worker"] = host
             w = self.workers.get(host)
-            if w is None:                              # a worker is known by its task events too
+            if w is None and len(self.workers) < MAX_WORKERS:   # a worker is known by its task events too
                 w = self.workers[host] = _Worker(host, last_seen=now)
-            if w.state == "online":
+            if w is not None and w.state == "online":
                 w.last_seen = max(w.last_seen, now)    # any event of a worker shows it alive
         if kind in ("task-sent", "task-received"):
             for key in ("args", "kwargs"):
@@ -431,6 +438,9 @@ class AppWatch:
               error: str | None = None, tb: str | None = None) -> None:
         app_frames = in_app_frames(tb, self.app.in_app) if kind == "failure" else []
         key = f"{kind}:{failure_key(name, exc_type, app_frames)}"
+        if key not in self.groups and len(self.groups) >= MAX_GROUPS:
+            name, exc_type, app_frames, error, tb = "(many tasks)", "(overflow)", [], None, None
+            key = f"{kind}:overflow"
         g = self.groups.get(key)
         if g is None:
             g = self.groups[key] = _Group(kind, name, exc_type, error=error, traceback=tb, app_frames=app_frames,

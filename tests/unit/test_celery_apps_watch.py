@@ -153,3 +153,16 @@ def test_a_worker_a_previous_watcher_saw_online_is_lost_if_it_stays_silent_after
     assert set(w.workers) == {"w1"}
     assert not [o for o in w.check(104, {}).observations if o.failing]
     assert [o.key for o in w.check(106, {}).observations if o.failing] == ["celeryapp:shop:worker:w1"]
+
+
+def test_a_stream_of_endless_new_workers_and_exception_types_stays_bounded():
+    from erdu_tasks.monitors import celery_apps as watch
+
+    w = AppWatch(app())
+    for n in range(watch.MAX_WORKERS + 50):
+        w.feed({"type": "worker-heartbeat", "hostname": f"w{n}"}, 1.0)
+    for n in range(watch.MAX_GROUPS + 50):
+        w.feed({"type": "task-failed", "uuid": f"t{n}", "name": f"task{n}", "exception": f"E{n}()"}, 1.0)
+    events = w.take_events()
+    assert len(w.workers) == watch.MAX_WORKERS and w.skipped == 50
+    assert len(events) == watch.MAX_GROUPS + 1 and sum(e.count for e in events) == watch.MAX_GROUPS + 50
