@@ -12,7 +12,9 @@ an untrusted broker, so every field is checked) and keeps what the checks need, 
 - per queue its sampled length: a queue waiting and not shrinking while every online worker is idle is a
   stalled consumer; one growing over `backlog_window` is a backlog, with a drain-time estimate (`check`);
 - received tasks not started within `start_within` (after their eta), started ones not finished within
-  `finish_within`: overdue (`check`).
+  `finish_within`: overdue (`check`);
+- a beat-scheduled task (the app's `periodic`) received twice within half its period: two beats, or one
+  schedule listed twice (`take_events`).
 
 Nothing here touches the broker or the database: the consumer (celery_events.py) feeds it and the
 watch task (tasks/celery_apps.py) writes what it returns through the one ingest entry.
@@ -280,6 +282,7 @@ class AppWatch:
         self._started_since_check = 0
         self.seen = 0
         self.skipped = 0
+        self._periodic_last: dict[str, tuple[float, str]] = {}
 
     def restore_workers(self, rows: Iterable[Mapping[str, Any]], now: float) -> None:
         """Workers a previous watcher saw online (celery_app_workers rows): one that sends nothing within
@@ -388,6 +391,8 @@ class AppWatch:
                     row["state"] = "SENT"
                 return
             row["received_at"] = _when(ts)
+            if t.name in self.app.periodic and t.state in ("PENDING", "SENT"):
+                self._periodic(t.name, task_id, host, ts)
             t.state = row["state"] = "RECEIVED"
             due = max(now, eta.timestamp() if eta else now) + self.app.thresholds.start_within
             self.pending[task_id] = due
@@ -430,6 +435,15 @@ class AppWatch:
             return
         self.skipped += 1
 
+    def _periodic(self, name: str, task_id: str, host: str | None, ts: float) -> None:
+        last = self._periodic_last.get(name)
+        if last is not None and last[1] != task_id and 0 <= ts - last[0] < self.app.periodic[name] / 2:
+            self._fold("double_schedule", name, task_id, host, ts)
+            group = self.groups.get(f"double_schedule:{failure_key(name, '', [])}")
+            if group is not None and len(group.task_ids) < 20 and last[1] not in group.task_ids:
+                group.task_ids.insert(len(group.task_ids) - 1, last[1])   # the earlier one, before the double
+        self._periodic_last[name] = (ts, task_id)
+
     def _bound(self, ordered: OrderedDict[str, float]) -> None:
         while len(ordered) > self.app.track_tasks:
             ordered.popitem(last=False)
@@ -471,6 +485,14 @@ class AppWatch:
                      details={"app": self.app.name, **details})
 
     def _group_event(self, g: _Group) -> Event:
+        if g.kind == "double_schedule":
+            period = self.app.periodic.get(g.name, 0)
+            return self._base(
+                "double_schedule", g.name, f"Celery task {g.name} of app {self.app.name} scheduled twice within its "
+                f"period of {period:g} s (two beats running, or the schedule listed twice)",
+                self.app.severity.double_schedule, g.count, {"task": g.name[:200]},
+                {"task": g.name, "period_seconds": period, "task_ids": g.task_ids[:20], "workers": sorted(g.workers)},
+                g.first_at)
         if g.kind == "duplicate":
             return self._base(
                 "duplicate", g.name, f"Celery task {g.name} of app {self.app.name} executed twice (same task id)",

@@ -22,7 +22,9 @@ Example (every key but `apps[].name` and `apps[].broker_url` is optional)::
               finish_within: 3600    # a started task not finished this long after is overdue
               backlog_window: 60     # seconds of samples the growth rate is measured over
               backlog_min: 100       # a queue shorter than this is never a backlog incident
-            severity: {failure: P3, offline: P2, stalled: P2, overdue: P3, duplicate: P3, backlog: P2}
+            periodic: {"shop.reports.nightly": 86400, "shop.cache.refresh": 60}   # beat's schedule
+            severity: {failure: P3, offline: P2, stalled: P2, overdue: P3, duplicate: P3, backlog: P2,
+                       double_schedule: P3}
 
 Workers of the app must send task events (`celery worker -E`, or `worker_send_task_events = True`);
 `task_send_sent_event = True` on its producers also records each task's queue and routing key.
@@ -31,8 +33,6 @@ Workers of the app must send task events (`celery worker -E`, or `worker_send_ta
 from __future__ import annotations
 
 import fnmatch
-from typing import Literal
-
 from pydantic import Field, field_validator, model_validator
 
 from erdu_tasks.model import Severity
@@ -41,7 +41,6 @@ from erdu_tasks.settings.common import Section
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 QUEUE_PATTERN = r"^[A-Za-z0-9_.:@-]{1,200}$"
 
-FailureKind = Literal["failure", "offline", "stalled", "overdue", "duplicate", "backlog"]
 
 
 class AppThresholds(Section):
@@ -64,6 +63,7 @@ class AppSeverities(Section):
     overdue: Severity = Severity.P3
     duplicate: Severity = Severity.P3
     backlog: Severity = Severity.P2
+    double_schedule: Severity = Severity.P3
 
 
 class CeleryApp(Section):
@@ -80,6 +80,9 @@ class CeleryApp(Section):
     severity: AppSeverities = Field(default_factory=AppSeverities)
     offline_on_shutdown: bool = True
     """A worker that says goodbye (a warm shutdown) is an offline incident too; false: only silent losses."""
+    periodic: dict[str, float] = Field(default_factory=dict)
+    """Beat-scheduled task name -> its period in seconds: received twice within half a period is an incident
+    (two beats running one schedule, or the schedule listed twice)."""
     track_tasks: int = Field(default=200_000, ge=100, le=10_000_000)
     """Tasks remembered in memory for double-execution and deadline checks (the oldest are forgotten)."""
 
@@ -99,6 +102,14 @@ class CeleryApp(Section):
         if bad:
             raise ValueError(f"invalid queue name(s): {', '.join(map(repr, bad))}")
         return list(dict.fromkeys(queues))
+
+    @field_validator("periodic")
+    @classmethod
+    def _periods(cls, periodic: dict[str, float]) -> dict[str, float]:
+        bad = [n for n, p in periodic.items() if isinstance(p, bool) or not isinstance(p, (int, float)) or p <= 0]
+        if bad:
+            raise ValueError(f"periods must be positive numbers of seconds: {', '.join(bad)}")
+        return periodic
 
     @field_validator("routes")
     @classmethod

@@ -166,3 +166,12 @@ def test_a_stream_of_endless_new_workers_and_exception_types_stays_bounded():
     events = w.take_events()
     assert len(w.workers) == watch.MAX_WORKERS and w.skipped == 50
     assert len(events) == watch.MAX_GROUPS + 1 and sum(e.count for e in events) == watch.MAX_GROUPS + 50
+
+
+def test_a_periodic_task_received_twice_within_half_its_period_is_scheduled_twice():
+    w = AppWatch(app(periodic={"shop.refresh": 60}))
+    for tid, ts in (("a", 100.0), ("b", 160.0), ("c", 160.4), ("d", 220.0)):
+        w.feed({"type": "task-received", "uuid": tid, "name": "shop.refresh", "hostname": "w1", "timestamp": ts}, ts)
+    events = w.take_events()
+    assert [(e.labels["kind"], e.count) for e in events] == [("double_schedule", 1)]
+    assert events[0].details["task_ids"][:2] == ["b", "c"] and "two beats" in events[0].message
