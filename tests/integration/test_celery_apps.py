@@ -247,3 +247,14 @@ def test_a_worker_killed_mid_task_is_offline_and_its_task_lost(team):
     assert tid in found[0]["error_details"]["lost_tasks"]
     wait_for(lambda: team.task(tid)["state"] == "LOST", 10, what="the task marked lost")
     assert team.rows("SELECT state FROM celery_app_workers WHERE hostname = 'doomed@test'")[0]["state"] == "lost"
+
+
+def test_the_cli_refuses_to_retry_a_task_that_succeeded_and_says_why(team):
+    ok = team.send("orders.charge", 8, 1.0)
+    wait_for(lambda: (r := team.task(ok)) and r["state"] == "SUCCESS", 20, what="the charge succeeded")
+    out = subprocess.run([sys.executable, "-m", "erdu_tasks.cli", "celery-apps", "retry", "team", ok, "--yes",
+                          "--by", "carol"], env=team.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "is SUCCESS; only FAILURE, LOST tasks" in " ".join(out.stderr.split())
+    assert "orders.charge" in out.stdout and '[8, 1.0]' in out.stdout
+    audit = team.rows("SELECT * FROM celery_app_actions WHERE by = 'carol'")
+    assert len(audit) == 1 and not audit[0]["ok"] and audit[0]["target"] == ok
