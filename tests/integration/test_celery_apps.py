@@ -258,3 +258,21 @@ def test_the_cli_refuses_to_retry_a_task_that_succeeded_and_says_why(team):
     assert "orders.charge" in out.stdout and '[8, 1.0]' in out.stdout
     audit = team.rows("SELECT * FROM celery_app_actions WHERE by = 'carol'")
     assert len(audit) == 1 and not audit[0]["ok"] and audit[0]["target"] == ok
+
+
+def test_history_older_than_the_retention_is_pruned_and_newer_rows_are_kept(database_url):
+    from erdu_tasks.store import celery_apps as history
+    from erdu_tasks.store.db import Database
+
+    db = Database(database_url)
+    try:
+        with db.transaction() as conn:
+            history.upsert_tasks(conn, "prune-app", [{"task_id": "old", "name": "t", "state": "SUCCESS"},
+                                                     {"task_id": "new", "name": "t", "state": "FAILURE"}])
+            conn.execute("UPDATE celery_app_tasks SET updated_at = now() - interval '15 days'"
+                         " WHERE app = 'prune-app' AND task_id = 'old'")
+            assert history.prune(conn, 14) == 1
+            left = history.search(conn, history.TaskQuery(app="prune-app"))
+        assert [r["task_id"] for r in left] == ["new"]
+    finally:
+        db.close()
