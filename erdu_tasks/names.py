@@ -149,7 +149,7 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
 # Dedup key namespaces of ERDU's own sources. A key in one of them is refused from any other producer,
 # so no producer can pre-open (and squat on) the incident a later alert, probe or monitor event lands on.
 OWN_DEDUP_NAMESPACES: tuple[str, ...] = ("alertmanager:", "pagerduty:", "probe:", "celery:", "logtail:",
-                                         "system:", "erdu:", "heartbeat:")
+                                         "system:", "erdu:", "heartbeat:", "celeryapp:")
 
 # Redis keys owned by ERDU (besides the broker's own).
 BEAT_LOCK_KEY = "erdu:beat:lock"

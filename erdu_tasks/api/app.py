@@ -129,6 +129,9 @@ def create_app(settings: Settings, config: ApiConfig | None = None) -> FastAPI:
     from erdu_tasks.api import routes_failed  # `erdu failed ls|retry` over HTTP
 
     app.include_router(routes_failed.router, responses=COMMON_RESPONSES)
+    from erdu_tasks.api import routes_celery_apps  # `erdu celery-apps` over HTTP
+
+    app.include_router(routes_celery_apps.router, responses=COMMON_RESPONSES)
     console.mount(app, ctx)   # the web console: /, /login, /incidents, ... (api/console/)
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.responses import Response

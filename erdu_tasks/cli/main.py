@@ -20,6 +20,7 @@ from erdu_tasks.cli.common import console, err, fail, incident_id_of, load_setti
 from erdu_tasks.cli.silences import silence_app
 from erdu_tasks.cli.heartbeats import heartbeat, heartbeats_app
 from erdu_tasks.cli.oncall import oncall_app
+from erdu_tasks.cli.celery_apps import celery_apps_app
 
 app = typer.Typer(help="ERDU: self-healing incident response on Celery, Redis and Postgres.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -33,6 +34,7 @@ app.add_typer(silence_app, name="silence")
 app.add_typer(heartbeats_app, name="heartbeats")
 app.command("heartbeat")(heartbeat)
 app.add_typer(oncall_app, name="oncall")
+app.add_typer(celery_apps_app, name="celery-apps")
 rules_app = typer.Typer(help="List the classification rules.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
 

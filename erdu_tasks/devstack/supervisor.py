@@ -125,6 +125,10 @@ def build_children(settings: Settings, *, with_api: bool, with_flower: bool, wit
                 for role in roles]
     if with_beat:
         children.append(Child("beat", [*exe, "beat"], where="schedules monitors and the reconciler"))
+    if settings.monitors.celery_apps is not None:   # the team's Celery apps: one long-running event consumer
+        apps = settings.monitors.celery_apps.apps
+        children.append(Child("celery-apps", [*exe, "celery-apps", "watch"], ready_marker="watching celery events",
+                              where=f"watches {len(apps)} Celery app(s): {', '.join(a.name for a in apps)}"))
     taken: set[int] = set()
     if with_api and _has_module("erdu_tasks.api"):
         port = _port(settings.api.port, taken)

@@ -12,7 +12,7 @@ import yaml
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, \
     model_validator
 
-from erdu_tasks.fixer.actions import ACTIONS
+from erdu_tasks.fixer.actions import ACTIONS, needs_approval
 from erdu_tasks.fixer.actions.base import PLACEHOLDERS, render_params, template_problems
 from erdu_tasks.fixer.checks import CHECK_KINDS, COMMON_FIELDS, LITERAL_KEYS, CheckSpec, compile_pattern
 from erdu_tasks.errors import ConfigError
@@ -153,6 +153,16 @@ class Runbook(_Model):
     limits: Limits = Field(default_factory=Limits)
     dry_run: bool = False
     recurrence_window: float | None = Field(default=None, ge=0, le=7 * 86400)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _approval_by_default(cls, data: Any) -> Any:
+        """A runbook that does not say `approval:` and uses an action needing approval requires it."""
+        if isinstance(data, dict) and "approval" not in data:
+            steps = [*(data.get("actions") or []), *(data.get("rollback") or [])]
+            if any(isinstance(s, dict) and needs_approval(str(s.get("action"))) for s in steps):
+                return {**data, "approval": Approval.REQUIRED.value}
+        return data
 
     @property
     def stable_for(self) -> float:

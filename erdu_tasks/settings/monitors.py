@@ -45,6 +45,9 @@ Every key is optional; a monitor runs only when its section is present::
         missing_for: 30              # seconds a role must be gone before it is an incident
         backlog: {default: 1000, ingest: 5000}
         failed_tasks: true
+      celery_apps:                   # the team's own Celery apps (every key: erdu_tasks/settings/celery_apps.py)
+        apps:
+          - {name: shop, broker_url: "redis://127.0.0.1:6379/1", queues: [celery]}
 
 Anything wrong raises ConfigError naming the key; a path that does not exist yet is only a
 warning (see `erdu_tasks.monitors.config.warnings`), since a log file may appear later.
@@ -61,6 +64,7 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from erdu_tasks.model import Severity
 from erdu_tasks.names import ROLES, Queue
+from erdu_tasks.settings.celery_apps import CeleryAppsConfig
 from erdu_tasks.settings.common import Section, as_int_list, compile_pattern
 
 DEFAULT_ERROR_PATTERN = (
@@ -278,3 +282,5 @@ class MonitorsConfig(Section):
     probes: ProbesConfig | None = None
     system: SystemConfig | None = None
     celery: CeleryConfig | None = None
+    celery_apps: CeleryAppsConfig | None = None
+    """The team's own Celery apps (erdu_tasks/settings/celery_apps.py); watched by `erdu celery-apps watch`."""

@@ -139,8 +139,8 @@ def test_it_notices_when_files_change(tmp_path: Path) -> None:
     ("override", "expected"),
     [
         ({"actions": "[{action: restartt, params: {argv: [x]}}]"},
-         "rb.yaml:4: runbook 'rb': actions[0].action: unknown action 'restartt' (known: clear_cache, http_call, "
-         "noop, restart, run_command, scale)"),
+         "rb.yaml:4: runbook 'rb': actions[0].action: unknown action 'restartt' (known: celery_control, "
+         "celery_queue, clear_cache, http_call, noop, restart, run_command, scale)"),
         ({"actions": "[{action: run_command, params: {argv: [echo, '{message}']}}]"},
          "rb.yaml:4: runbook 'rb': actions[0].params.argv[1]: placeholder {message} is not allowed; "
          "only {service} and {host} may be used"),

@@ -16,6 +16,7 @@ from erdu_tasks.devstack.flower import flower_options
 from erdu_tasks.errors import ConfigError, config_error
 from erdu_tasks.monitors.config import load_monitors
 from erdu_tasks.settings import monitors as settings_monitors
+from erdu_tasks.settings import celery_apps as settings_celery_apps
 from erdu_tasks.settings import roles as settings_roles
 from erdu_tasks.settings import servers as settings_servers
 from erdu_tasks.settings import (
@@ -189,7 +190,7 @@ def test_a_bad_service_catalog_names_the_service_and_key(tmp_path):
         Catalog.load(path)
 
 
-@pytest.mark.parametrize("module", [settings_monitors, settings_roles, settings_servers])
+@pytest.mark.parametrize("module", [settings_monitors, settings_roles, settings_servers, settings_celery_apps])
 def test_the_documented_sections_are_valid_settings(module):
     doc = module.__doc__
     sections = yaml.safe_load(textwrap.dedent("\n".join(

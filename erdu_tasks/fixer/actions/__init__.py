@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any, cast
 from pydantic import BaseModel, ValidationError
 
 from erdu_tasks.errors import PermanentError
-from erdu_tasks.fixer.actions import clear_cache, http_call, noop, restart, run_command, scale
+from erdu_tasks.fixer.actions import (celery_control, celery_queue, clear_cache, http_call, noop, restart,
+                                     run_command, scale)
 from erdu_tasks.fixer.actions.base import Action, ActionContext, ActionResult, render_params
 from erdu_tasks.fixer.urlguard import DEFAULT_POLICY, UrlPolicy
 
@@ -17,10 +18,11 @@ if TYPE_CHECKING:
     from erdu_tasks.fixer.runbooks import Step
 
 ACTIONS: dict[str, Action] = {
-    cast(Action, m).NAME: cast(Action, m) for m in (clear_cache, http_call, noop, restart, run_command, scale)
+    cast(Action, m).NAME: cast(Action, m) for m in (celery_control, celery_queue, clear_cache, http_call, noop, restart, run_command,
+                                                         scale)
 }
 
-__all__ = ["ACTIONS", "destroys_state", "Action", "ActionContext", "ActionResult", "get_action", "prepare_step", "describe_step",
+__all__ = ["ACTIONS", "destroys_state", "needs_approval", "Action", "ActionContext", "ActionResult", "get_action", "prepare_step", "describe_step",
            "run_step"]
 
 
@@ -35,6 +37,11 @@ def get_action(name: str) -> Action:
 def destroys_state(name: str) -> bool:
     """True for an action whose module sets DESTROYS_STATE (a restart, a scale): capture before it runs."""
     return bool(getattr(ACTIONS.get(name), "DESTROYS_STATE", False))
+
+
+def needs_approval(name: str) -> bool:
+    """True for an action whose module sets NEEDS_APPROVAL: a runbook using it asks a person unless it says not to."""
+    return bool(getattr(ACTIONS.get(name), "NEEDS_APPROVAL", False))
 
 
 def _errors(exc: ValidationError) -> str:
