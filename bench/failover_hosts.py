@@ -346,7 +346,10 @@ class Hosts:
         return len(self.effect.read_text().splitlines()) if self.effect.exists() else 0
 
     def figures(self, name: str, keys: list[str], seconds: float | None) -> "Figures":
-        incidents = self.rows("SELECT status, error_details->>'dedup_key' AS key FROM incidents")
+        """What became of the events sent with these keys (other scenarios' incidents are not counted)."""
+        wanted = set(keys)
+        incidents = [r for r in self.rows("SELECT id, status, error_details->>'dedup_key' AS key FROM incidents")
+                     if r["key"] in wanted]
         by_key: dict[str, list[str]] = {}
         for r in incidents:
             by_key.setdefault(r["key"], []).append(r["status"])
@@ -354,16 +357,17 @@ class Hosts:
         twice = self.rows("""
             SELECT coalesce(sum(n - 1), 0) AS n FROM (
                 SELECT incident_id, to_status, count(*) AS n FROM incident_timeline
-                WHERE to_status IN ('resolved', 'closed') GROUP BY incident_id, to_status) t
-            WHERE n > 1""")[0]["n"]
-        lines = self.effect.read_text().splitlines() if self.effect.exists() else []
+                WHERE to_status IN ('resolved', 'closed') AND incident_id = ANY(%s)
+                GROUP BY incident_id, to_status) t
+            WHERE n > 1""", ([r["id"] for r in incidents],))[0]["n"]
+        lines = [k for k in (self.effect.read_text().splitlines() if self.effect.exists() else []) if k in wanted]
         return Figures(
             scenario=name, sent=len(keys), closed=sum(s.count("closed") for s in by_key.values()),
             escalated=sum(s.count("escalated") for s in by_key.values()),
             lost=sum(1 for k in keys if k not in final),
             duplicated=sum(len(s) - 1 for s in by_key.values()) + int(twice),
             stuck=sum(1 for s in by_key.values() for status in s if status not in FINAL),
-            actions_twice=sum(lines.count(k) - 1 for k in set(lines) if lines.count(k) > 1),
+            actions_twice=sum(lines.count(k) - 1 for k in set(lines)),
             seconds_to_final=seconds)
 
 

@@ -275,12 +275,9 @@ def build_registry(database_url: str, redis_url: str, **kwargs: Any) -> Collecto
     return registry
 
 
-def serve(database_url: str, redis_url: str, *, port: int, address: str = "127.0.0.1") -> None:
-    """Serve /metrics (and /healthz) until the process is stopped."""
-    from wsgiref.simple_server import WSGIRequestHandler, make_server
-
+def wsgi_app(database_url: str, redis_url: str) -> Callable[..., Iterable[bytes]]:
+    """The metrics endpoint: /metrics (read from Postgres and Redis on each scrape) and /healthz (asks neither)."""
     from prometheus_client import make_wsgi_app
-    from prometheus_client.exposition import ThreadingWSGIServer
 
     metrics_app = make_wsgi_app(build_registry(database_url, redis_url))
 
@@ -293,6 +290,17 @@ def serve(database_url: str, redis_url: str, *, port: int, address: str = "127.0
             return [b"ok\n"]
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"see /metrics\n"]
+
+    return app
+
+
+def serve(database_url: str, redis_url: str, *, port: int, address: str = "127.0.0.1") -> None:
+    """Serve /metrics (and /healthz) until the process is stopped."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    app = wsgi_app(database_url, redis_url)
 
     class _Quiet(WSGIRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
