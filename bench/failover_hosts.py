@@ -109,11 +109,11 @@ class Hosts:
     Postgres, deletes the namespaces (which removes their veth pairs) and the temporary directory.
     """
 
-    def __init__(self, hosts: int = 2, *, env: dict[str, str] | None = None, beat: bool = True,
+    def __init__(self, hosts: int = 2, *, env: dict[str, str] | None = None, beats: tuple[int, ...] | None = None,
                  action_sleep: float = 0.0) -> None:
         self.count = hosts
         self.extra_env = env or {}
-        self.beat = beat
+        self.beats = tuple(range(hosts)) if beats is None else beats   # which hosts (by index) run a beat
         self.action_sleep = action_sleep
         self.tag = secrets.token_hex(3)
         self.infra = f"erdu-{self.tag}-infra"
@@ -268,7 +268,7 @@ class Hosts:
     def start_host(self, host: Host, *, wait: bool = True) -> None:
         """Boot a host: one worker serving every role, and a beat (one of the beats holds the lock)."""
         self._spawn(host, "worker", "worker", "all", "--hostname", host.name, "--loglevel", "INFO")
-        if self.beat:
+        if self.hosts.index(host) in self.beats:
             self._spawn(host, "beat", "beat", "--loglevel", "INFO")
         if wait:
             self.wait_ready(host)
@@ -293,8 +293,8 @@ class Hosts:
             self.kill_host(host)
         for proc in self.infra_procs:
             _kill_group(proc)
-        if self.pg_data is not None and self.infra in self.namespaces:
-            self._as_postgres(_pg_bin("pg_ctl"), "-D", str(self.pg_data), "-m", "immediate", "-w", "stop")
+        if self.pg_data is not None:
+            _stop_postgres(self.pg_data)
             self.pg_data = None
         for ns in reversed(self.namespaces):
             _run("ip", "netns", "delete", ns, check=False)
@@ -371,6 +371,22 @@ class Hosts:
             seconds_to_final=seconds)
 
 
+def _stop_postgres(data: Path) -> None:
+    """Immediate shutdown (SIGQUIT to the postmaster): the cluster is thrown away next."""
+    try:
+        pid = int((data / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGQUIT)
+    except (FileNotFoundError, ValueError, IndexError, ProcessLookupError):
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         try:
@@ -412,14 +428,14 @@ def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def host_kill(hosts: Hosts, incidents: int, *, prefix: str = "kill", timeout: float = 120) -> Figures:
-    """A burst; once fixes are running on both hosts, SIGKILL the first host; time until all are final."""
-    victim = hosts.hosts[0]
+def host_kill(hosts: Hosts, incidents: int, *, victim: int = 0, prefix: str = "kill", timeout: float = 120) -> Figures:
+    """A burst; once a quarter of its fixes have run, SIGKILL one host (the first); time until all are final."""
+    victim_host = hosts.hosts[victim]
     keys = [f"{prefix}-{i}" for i in range(incidents)]
     before = hosts.fixes_started()
     hosts.send(keys)
     _wait(lambda: hosts.fixes_started() - before >= max(1, incidents // 4), 60, "the burst reaching the fixers")
-    hosts.kill_host(victim)
+    hosts.kill_host(victim_host)
     killed = time.monotonic()
     seconds = _wait_prefix(hosts, prefix, incidents, killed, timeout)
     return hosts.figures("host SIGKILLed mid-burst", keys, seconds)
@@ -440,18 +456,19 @@ def _wait_prefix(hosts: Hosts, prefix: str, incidents: int, since: float, timeou
     return None
 
 
-def partition(hosts: Hosts, incidents: int, *, cut_for: float = 30.0, prefix: str = "cut",
+def partition(hosts: Hosts, incidents: int, *, cut_for: float = 30.0, victim: int = -1, prefix: str = "cut",
               timeout: float = 120) -> Figures:
-    """A burst; once fixes are running, cut the last host's link for `cut_for` s, heal it; time until all final."""
-    victim = hosts.hosts[-1]
+    """A burst; once a quarter of its fixes have run, cut one host's link (the last) for `cut_for` s, heal it;
+    time from the cut until all are final."""
+    victim_host = hosts.hosts[victim]
     keys = [f"{prefix}-{i}" for i in range(incidents)]
     before = hosts.fixes_started()
     hosts.send(keys)
     _wait(lambda: hosts.fixes_started() - before >= max(1, incidents // 4), 60, "the burst reaching the fixers")
-    hosts.cut(victim)
+    hosts.cut(victim_host)
     cut_at = time.monotonic()
     time.sleep(cut_for)
-    hosts.heal(victim)
+    hosts.heal(victim_host)
     seconds = _wait_prefix(hosts, prefix, incidents, cut_at, timeout)
     return hosts.figures(f"host cut off for {cut_for:g} s, then healed", keys, seconds)
 
