@@ -500,11 +500,12 @@ def summary(runs: list[Figures]) -> dict:
             "never_final": sum(1 for f in runs if f.seconds_to_final is None)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.failover_hosts", description=__doc__.split("\n\n")[0],
+def main(argv: list[str] | None = None, *, prog: str = "python -m bench.failover_hosts") -> int:
+    """Run the named host scenarios (all by default), print their figures, write --json; 1 if any lost work."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenarios", nargs="*", choices=[[], *SCENARIOS], default=[],
-                        help=f"which to run (default: all of {', '.join(SCENARIOS)})")
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                        help=f"which to run: {', '.join(SCENARIOS)} (default: all)")
     parser.add_argument("--runs", type=int, default=1, help="runs of each scenario, each on a fresh topology")
     parser.add_argument("--incidents", type=int, default=60, help="incidents in each burst (default 60)")
     parser.add_argument("--cut-seconds", type=float, default=30.0, help="how long the partition lasts (default 30)")
@@ -512,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="shortened stage deadline (3 s) and reconcile interval (1 s) instead of the defaults")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     args = parser.parse_args(argv)
+    unknown = [name for name in args.scenarios if name not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
     if args.runs < 1 or args.incidents < 1 or args.cut_seconds <= 0:
         parser.error("--runs and --incidents must be at least 1, --cut-seconds above 0")
     why = missing_prerequisites()
