@@ -48,7 +48,7 @@ def _task_id(raw: bytes | str) -> str | None:
         return None
 
 
-def restore_orphans(app: Any, *, older_than: float) -> int:
+def restore_orphans(app: Any, *, older_than: float, reply_seconds: float = REPLY_SECONDS) -> int:
     """Hand back unacknowledged messages delivered over `older_than` seconds ago that no live worker holds."""
     with app.connection_for_write() as conn:
         channel = conn.default_channel
@@ -57,7 +57,7 @@ def restore_orphans(app: Any, *, older_than: float) -> int:
             old = client.zrangebyscore(qos.unacked_index_key, 0, time.time() - older_than)
             if not old:
                 return 0
-            inspect = app.control.inspect(timeout=REPLY_SECONDS)
+            inspect = app.control.inspect(timeout=reply_seconds)
             held = held_task_ids([inspect.active(), inspect.reserved(), inspect.scheduled()])
             restored = 0
             try:
