@@ -29,19 +29,19 @@ def hosts():
 
 
 def test_a_host_cut_off_mid_burst_and_healed_loses_duplicates_and_repeats_nothing(hosts):
-    figs = partition(hosts, 12, cut_for=4, victim=0, timeout=60)
+    figs = partition(hosts, 10, cut_for=2.5, victim=0, timeout=60)
     print(figs.show())
     assert (figs.lost, figs.duplicated, figs.stuck, figs.actions_twice) == (0, 0, 0, 0), figs
-    assert figs.closed == figs.sent == 12
+    assert figs.closed == figs.sent == 10
     assert figs.seconds_to_final is not None and figs.seconds_to_final <= 60
 
 
 def test_a_host_killed_mid_burst_leaves_every_incident_final_within_a_minute_and_none_twice(hosts):
     survivor = hosts.hosts[1]
-    figs = host_kill(hosts, 12, victim=0, timeout=60)
+    figs = host_kill(hosts, 10, victim=0, timeout=60)
     print(figs.show())
     assert (figs.lost, figs.duplicated, figs.stuck, figs.actions_twice) == (0, 0, 0, 0), figs
-    assert figs.closed == figs.sent == 12
+    assert figs.closed == figs.sent == 10
     assert figs.seconds_to_final is not None and figs.seconds_to_final <= 60
     # The survivor's worker and beat kept their liveness files fresh through it all (the Kubernetes probe).
     state = hosts.tmp / survivor.name / "var"
