@@ -8,10 +8,11 @@ COPY pyproject.toml README.md beat_schedule.py ./
 COPY erdu_tasks ./erdu_tasks
 COPY workers ./workers
 RUN pip install . \
-    && useradd --system --create-home --home-dir /home/erdu erdu \
+    && useradd --system --uid 10001 --user-group --create-home --home-dir /home/erdu erdu \
     && mkdir -p /data && chown erdu /data
 
 # Celery refuses nothing as root, but a remediation worker has no business running as root.
-USER erdu
+# By number, so Kubernetes can check runAsNonRoot (deploy/kubernetes: runAsUser 10001).
+USER 10001
 WORKDIR /data
 CMD ["erdu", "--help"]

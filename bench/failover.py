@@ -29,7 +29,9 @@ def scenarios() -> dict[str, Callable[[int], dict]]:
     found: dict[str, Callable[[int], dict]] = {}
     for name in SCENARIO_MODULES:
         if importlib.util.find_spec(name) is not None:
-            found.update(importlib.import_module(name).SCENARIOS)
+            module = importlib.import_module(name)
+            # RUNNERS: scenarios whose own SCENARIOS need a topology handed in, wrapped to run(events).
+            found.update(getattr(module, "RUNNERS", None) or module.SCENARIOS)
     return found
 
 

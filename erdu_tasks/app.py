@@ -114,6 +114,15 @@ def make_celery(settings: Settings) -> Celery:
 
     register_secrets(secret_values(settings))
     remote_control.install()
+    # Worker and beat keep a liveness file fresh from their first moment, asking nothing of Redis or Postgres
+    # (`erdu alive` reads it: the Kubernetes liveness probe).
+    from celery import signals
+
+    from erdu_tasks.celery_ext import liveness
+
+    for signal, kind in ((signals.worker_init, "worker"), (signals.beat_init, "beat")):
+        signal.connect(lambda kind=kind, **_: liveness.keep_touching(liveness.alive_file(settings.state_dir, kind)),
+                       weak=False, dispatch_uid=f"erdu-liveness-{kind}")
     # A worker whose consumer goes quiet while work waits reconnects instead of idling forever.
     from erdu_tasks.celery_ext.consumer_guard import ConsumerGuard
 

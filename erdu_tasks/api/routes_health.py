@@ -1,4 +1,8 @@
-"""GET /healthz: can this API reach Redis and Postgres right now?"""
+"""GET /healthz: can this API reach Redis and Postgres right now? GET /livez: is this process serving at all?
+
+/healthz is for readiness (take the API out of a load balancer while Redis or Postgres is away); /livez
+asks nothing of either, so a liveness probe on it never restarts every API at once when they blip.
+"""
 
 from __future__ import annotations
 
@@ -43,3 +47,15 @@ def healthz(ctx: Annotated[ApiContext, Depends(context)]):
         health.status = "unavailable"
         return JSONResponse(health.model_dump(), status_code=503)
     return health
+
+
+class Alive(BaseModel):
+    """The process answers HTTP."""
+
+    status: str = "alive"
+
+
+@router.get("/livez", response_model=Alive)
+def livez() -> Alive:
+    """200 while the process serves requests; touches neither Redis nor Postgres (no token needed)."""
+    return Alive()

@@ -715,6 +715,28 @@ def flower(
 
 
 @app.command()
+def alive(
+    kind: Annotated[str, typer.Argument(help="Which process of this machine or container: worker or beat")] = "worker",
+    max_age: Annotated[float, typer.Option(help="Seconds the liveness file may be old", min=1)] = 60.0,
+) -> None:
+    """Liveness probe: exit 0 if the worker (or beat) touched its liveness file within --max-age seconds.
+
+    It asks nothing of Redis or Postgres, so a blip of either restarts no pod (use it for livenessProbe;
+    readiness may ping the worker through the broker)."""
+    from erdu_tasks.celery_ext.liveness import age_seconds, alive_file
+
+    if kind not in ("worker", "beat"):
+        fail(f"unknown process kind {kind!r}: worker or beat", 2)
+    path = alive_file(load_settings().state_dir, kind)
+    age = age_seconds(path)
+    if age is None:
+        fail(f"no {kind} has started here: {path} does not exist", 1)
+    if age > max_age:
+        fail(f"the {kind} is wedged: {path} was last touched {age:.0f} s ago (more than {max_age:g} s)", 1)
+    console.print(plain(f"{kind} alive: {path} touched {age:.0f} s ago"), highlight=False, markup=False)
+
+
+@app.command()
 def metrics(
     port: Annotated[int, typer.Option(help="Port to serve /metrics on")] = 9808,
     address: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",

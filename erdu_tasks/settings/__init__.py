@@ -71,8 +71,12 @@ class Settings(BaseSettings):
 
     # Celery and pipeline timing.
     visibility_timeout: int = Field(default=300, ge=30, le=3600)
-    stage_deadline_seconds: float = Field(default=120.0, gt=0)
-    reconcile_interval_seconds: float = Field(default=30.0, gt=0)
+    # A stage not moved for this long is re-driven by the reconciler, which runs every interval: together
+    # they bound how long work a lost host held waits (deadline + interval, then one stage's run), which
+    # is what keeps every incident final within a minute of a host's death. The visibility timeout only
+    # returns the dead host's copies later, to be found already done (README: several hosts).
+    stage_deadline_seconds: float = Field(default=20.0, gt=0)
+    reconcile_interval_seconds: float = Field(default=5.0, gt=0)
     # Beat's singleton lock: renewed every beat tick (a fifth of it), so a standby beat takes over within
     # this many seconds (plus one tick) after the active one dies.
     beat_lock_seconds: int = Field(default=6, ge=3, le=300)

@@ -312,13 +312,9 @@ def build_registry(database_url: str, redis_url: str, **kwargs: Any) -> Collecto
     return registry
 
 
-def make_server(database_url: str, redis_url: str, *, port: int, address: str = "127.0.0.1",
-                channels: Sequence[str] = ()) -> Any:
-    """A threading WSGI server answering /metrics (and /healthz); the caller serves and closes it."""
-    from wsgiref.simple_server import WSGIRequestHandler, make_server as wsgi_server
-
+def wsgi_app(database_url: str, redis_url: str, *, channels: Sequence[str] = ()) -> Callable[..., Iterable[bytes]]:
+    """The metrics endpoint: /metrics (read from Postgres and Redis on each scrape) and /healthz (asks neither)."""
     from prometheus_client import make_wsgi_app
-    from prometheus_client.exposition import ThreadingWSGIServer
 
     metrics_app = make_wsgi_app(build_registry(database_url, redis_url, channels=channels))
 
@@ -332,11 +328,22 @@ def make_server(database_url: str, redis_url: str, *, port: int, address: str = 
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"see /metrics\n"]
 
+    return app
+
+
+def make_server(database_url: str, redis_url: str, *, port: int, address: str = "127.0.0.1",
+                channels: Sequence[str] = ()) -> Any:
+    """A threading WSGI server answering /metrics (and /healthz); the caller serves and closes it."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server as wsgi_server
+
+    from prometheus_client.exposition import ThreadingWSGIServer
+
     class _Quiet(WSGIRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             pass
 
-    return wsgi_server(address, port, app, ThreadingWSGIServer, handler_class=_Quiet)
+    return wsgi_server(address, port, wsgi_app(database_url, redis_url, channels=channels), ThreadingWSGIServer,
+                       handler_class=_Quiet)
 
 
 def serve(database_url: str, redis_url: str, *, port: int, address: str = "127.0.0.1",

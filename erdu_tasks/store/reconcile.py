@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
 
+from erdu_tasks.errors import ErduError
+from erdu_tasks.store.db import Database
 from erdu_tasks.model import Status
 from erdu_tasks.names import OWED, Stage, owed_stage
 
@@ -53,14 +58,46 @@ def stuck(conn: psycopg.Connection, *, deadline_seconds: float, limit: int = 500
     return out
 
 
+LEASE_SECONDS = 6.0
+"""How far ahead a running stage's lease reaches. Its worker renews it every third of that while the stage
+acts (kept()), so the incident is owed again LEASE_SECONDS + the stage deadline after its worker's last
+renewal: a long action is never re-driven while its worker lives and reaches Postgres, and the work of a
+dead or cut-off host is re-driven within half a minute, whatever the runbook's time budget."""
+
+
 def lease(conn: psycopg.Connection, incident_id: str, seconds: float) -> None:
     """A live worker owns the incident's stage for `seconds`: the reconciler waits that long plus its deadline.
 
-    The fixer holds the incident for its runbook's whole time budget, so a long action is not re-driven
-    (and its step taken for lost) while it still runs; `seconds=0` hands the incident back to the deadline.
+    `seconds=0` hands the incident back to the deadline (the stage settled).
     """
     conn.execute("UPDATE incidents SET driven_at = now() + make_interval(secs => %s) WHERE id = %s",
                  (float(seconds), incident_id))
+
+
+@contextmanager
+def kept(db: Database, incident_id: str, *, seconds: float = LEASE_SECONDS) -> Iterator[None]:
+    """Renew the incident's lease every third of `seconds` while the block runs (from a thread of its own).
+
+    A renewal that fails (Postgres away) is skipped: the lease may then lapse and the stage be re-driven,
+    which every stage survives (compare-and-set, claimed action keys); the block itself is never disturbed.
+    """
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(seconds / 3):
+            try:
+                with db.transaction() as conn:
+                    lease(conn, incident_id, seconds)
+            except (ErduError, psycopg.Error):
+                continue
+
+    thread = threading.Thread(target=renew, name=f"lease-{incident_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def approvals_overdue(conn: psycopg.Connection, *, deadline_seconds: float) -> list[str]:

@@ -15,6 +15,7 @@ from celery.worker.strategy import default as default_strategy
 
 from erdu_tasks import names
 from erdu_tasks.store import incidents as store
+from erdu_tasks.store.reconcile import kept
 from erdu_tasks.errors import PermanentError, TransientError
 from erdu_tasks.model import INCIDENT_ID
 from erdu_tasks.escalation.start import escalate
@@ -218,7 +219,8 @@ def run_stage(task: ErduTask, stage: Stage, incident_id: str, body: Body) -> Sta
         result = task.with_retries(work)
         if isinstance(result, Outside):
             outside = result
-            value = task.with_retries(outside.act)
+            with kept(rt.db, incident_id):   # a live worker keeps its lease while it acts; a dead one's lapses
+                value = task.with_retries(outside.act)
             result = task.with_retries(lambda: settle(outside, value))
     except BaseException:   # a failure handled here (or a retry) is not a lost worker
         finish_quietly(rt, incident_id, stage)

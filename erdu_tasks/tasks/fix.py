@@ -20,7 +20,7 @@ from erdu_tasks.model import Incident, Status
 from erdu_tasks.names import Stage
 from erdu_tasks.roles import fixer
 from erdu_tasks.roles.fixer import Candidate, FixContext, FixPlan, Outcome
-from erdu_tasks.store.reconcile import lease
+from erdu_tasks.store.reconcile import LEASE_SECONDS, lease
 from erdu_tasks.runtime import Runtime
 from erdu_tasks.tasks.base import ErduTask, Outside, log, run_stage
 from erdu_tasks.tasks.pipeline import escalate_in_tx
@@ -75,7 +75,7 @@ def _fix(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str)
                          actor="fixer", worker=worker, what=decision.reason)
         return None
     fixing.claim_run(conn, incident, decision.attempt, runbook)
-    lease(conn, incident.id, _budget(runbook))
+    lease(conn, incident.id, LEASE_SECONDS)   # kept while the actions run (tasks/base.run_stage)
     hold = (runbook.recurrence_window if runbook.recurrence_window is not None
             else rt.learning.recurrence_window_seconds)
     return Outside(act=lambda: _act(rt, incident, runbook, decision),
@@ -96,17 +96,6 @@ def _context(conn: psycopg.Connection, rt: Runtime, incident: Incident, runbooks
             success_rate=successes / attempts if attempts else None, remedial=rb.remedial))
     return FixContext(now=now, candidates=tuple(candidates), silence_id=silence_id,
                       dry_run=bool(rt.settings.dry_run))
-
-
-def _budget(runbook: Runbook) -> float:
-    """The longest a live fixer can take on the runbook: every step's timeout, the check, the rollback."""
-    seconds = sum(step.timeout for step in runbook.actions) + sum(step.timeout for step in runbook.rollback)
-    check = runbook.validation
-    if check is not None:
-        seconds += check.delay + check.attempts * (check.timeout + check.interval) + getattr(check, "window", 0.0)
-        if runbook.stable_for:
-            seconds += runbook.stable_for * 2 + check.timeout   # the hold: re-checks every interval
-    return seconds
 
 
 def _act(rt: Runtime, incident: Incident, runbook: Runbook, decision: FixPlan) -> dict[str, Any]:

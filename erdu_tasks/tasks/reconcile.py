@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from kombu import exceptions as kombu_exceptions
+from redis.exceptions import RedisError
+
 from erdu_tasks import names
+from erdu_tasks.celery_ext.orphans import restore_orphans
 from erdu_tasks.store import incidents as store
 from erdu_tasks.app import app
 from erdu_tasks.store.reconcile import approvals_overdue, stuck
@@ -31,6 +35,12 @@ def reconcile(self: ErduTask) -> dict[str, int]:
                              (item.incident_id, item.stage))
             return owed
 
+    # Messages a dead worker held go back to their queues first: an ingest message has no incident yet.
+    try:
+        orphans = restore_orphans(app, older_than=deadline)
+    except (RedisError, OSError, kombu_exceptions.KombuError) as exc:   # the next pass tries again
+        log.warning("cannot look for a dead worker's messages", error=str(exc)[:200])
+        orphans = 0
     owed = self.with_retries(claim)
     for item in owed:
         hand_on(item.stage, item.incident_id)   # if the broker is down, the next pass after the deadline retries
@@ -46,6 +56,6 @@ def reconcile(self: ErduTask) -> dict[str, int]:
                           actor="reconciler", worker=worker)
     # Beat is alive (it scheduled this pass): the API watches this row and raises an incident when it ages.
     self.with_retries(lambda: ping(rt, names.BEAT_HEARTBEAT, source=worker, internal=True))
-    if owed or expired:
-        log.info("reconciled", redriven=len(owed), approvals_expired=len(expired))
-    return {"redriven": len(owed), "approvals_expired": len(expired)}
+    if owed or expired or orphans:
+        log.info("reconciled", redriven=len(owed), approvals_expired=len(expired), restored=orphans)
+    return {"redriven": len(owed), "approvals_expired": len(expired), "restored": orphans}
