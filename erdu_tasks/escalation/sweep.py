@@ -422,6 +422,8 @@ class Escalator:
             reason = f"{reason} (not acknowledged at level {step['level'] - 1})"
         if kind is NotificationKind.RESOLVE:
             reason = f"resolved ({incident.resolved_by or 'resolved'})"
+        if kind is NotificationKind.FYI:
+            level = 1
         return build_notification(self.config, incident, reason=reason, level=level, repeat=step["repeat"],
                                    kind=NotificationKind.TRIGGER if kind is NotificationKind.RESOLVE else kind,
                                    now=now)
@@ -505,7 +507,8 @@ class Escalator:
         if incident is None:
             return
         channel = result.channel
-        what_kind = "resolve notice" if step["kind"] == "resolve" else f"level {step['level']} notification"
+        what_kind = {"resolve": "resolve notice", "fyi": "FYI"}.get(step["kind"],
+                                                                  f"level {step['level']} notification")
         if result.ok:
             what = f"{what_kind} sent to {channel}: {result.detail[:200]}"
         else:

@@ -3,6 +3,7 @@ transaction (keyed steps); settle the outcome in a second one and hand on."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -58,6 +59,11 @@ def _fix(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str)
         if decision.skill_gap not in gaps:
             gaps.append(decision.skill_gap)
         store.update_fields(conn, incident.id, {"diagnosis": diagnosis})
+    if decision.outcome is Outcome.ESCALATE_CRASH_LOOP:   # capture the dying service first, outside the lock
+        looping = next(rb for rb in runbooks if rb.name == decision.runbook)
+        return Outside(act=lambda: fixing.capture_crash_loop(rt.db, rt.catalog, rt.settings.monitors, incident,
+                                                             looping),
+                       settle=lambda tx, found: _crash_loop(tx, incident, decision, found, worker))
     if decision.escalates:
         escalate_in_tx(conn, incident, reason=decision.reason, stage=Stage.FIX, actor="fixer", worker=worker)
         return None
@@ -73,8 +79,12 @@ def _fix(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str)
         store.transition(conn, incident.id, expected=[Status.FIXING], to=Status.AWAITING_APPROVAL,
                          actor="fixer", worker=worker, what=decision.reason)
         return None
+    if decision.delay > 0:
+        store.add_timeline(conn, incident.id, actor="fixer", worker=worker, what=decision.reasons[-2][:500],
+                           details={"backoff_seconds": round(decision.delay, 3),
+                                    "earlier_runs": decision.restarts_in_window})
     fixing.claim_run(conn, incident, decision.attempt, runbook)
-    lease(conn, incident.id, _budget(runbook))
+    lease(conn, incident.id, _budget(runbook) + decision.delay)
     hold = (runbook.recurrence_window if runbook.recurrence_window is not None
             else rt.learning.recurrence_window_seconds)
     return Outside(act=lambda: _act(rt, incident, runbook, decision),
@@ -92,7 +102,8 @@ def _context(conn: psycopg.Connection, rt: Runtime, incident: Incident, runbooks
         candidates.append(Candidate(
             name=rb.name, approval_required=rb.approval is Approval.REQUIRED, dry_run=rb.dry_run,
             max_runs=rb.limits.max_runs, per_seconds=rb.limits.per_seconds, recent_runs=runs.get(rb.name, ()),
-            success_rate=successes / attempts if attempts else None, remedial=rb.remedial))
+            success_rate=successes / attempts if attempts else None, remedial=rb.remedial,
+            restarts=rb.restarts, backoff=rb.backoff, backoff_max=rb.limits.backoff_max))
     return FixContext(now=now, candidates=tuple(candidates), silence_id=silence_id,
                       dry_run=bool(rt.settings.dry_run))
 
@@ -111,6 +122,8 @@ def _budget(runbook: Runbook) -> float:
 def _act(rt: Runtime, incident: Incident, runbook: Runbook, decision: FixPlan) -> dict[str, Any]:
     """Run the runbook's steps (each at most once per key), validate, and run its rollback steps if it failed."""
     attempt, dry = decision.attempt, decision.dry_run
+    if decision.delay > 0 and not dry:   # the back-off between runs on one service (a crash loop slows down)
+        time.sleep(decision.delay)
     steps = []
     failed = False
     captured = None
@@ -145,6 +158,19 @@ def _act(rt: Runtime, incident: Incident, runbook: Runbook, decision: FixPlan) -
     if captured is not None:
         done["capture"] = captured
     return done
+
+
+def _crash_loop(conn: psycopg.Connection, incident: Incident, decision: FixPlan, found: dict[str, Any],
+                worker: str) -> Stage | None:
+    """The circuit breaker tripped: escalate with the count and what was captured of the dying service."""
+    current = store.get_incident(conn, incident.id, for_update=True)
+    if current is None or current.status not in names.STAGE_FROM[Stage.FIX]:
+        return None
+    store.update_fields(conn, incident.id, {"auto_resolved": False})
+    escalate_in_tx(conn, current, reason=decision.reason, stage=Stage.FIX, actor="fixer", worker=worker,
+                   details={"crash_loop": {"runbook": decision.runbook, "restarts": decision.restarts_in_window},
+                            "thread_dump": bool((found.get("thread_dump") or {}).get("ok"))})
+    return None
 
 
 def _settle(conn: psycopg.Connection, incident: Incident, runbook: Runbook, attempt: int,

@@ -33,6 +33,7 @@ class NotificationKind(StrEnum):
     TRIGGER = "trigger"
     RESOLVE = "resolve"
     DIGEST = "digest"
+    FYI = "fyi"
 
 
 def _cut(text: str | None, limit: int = MAX_TEXT_CHARS) -> str:
@@ -162,6 +163,8 @@ class Notification:
             return f"[ERDU] {self.title}"
         if self.kind is NotificationKind.RESOLVE:
             return f"[RESOLVED] [{self.severity}] {self.incident_id}: {self.title}"
+        if self.kind is NotificationKind.FYI:
+            return f"[FYI] [{self.severity}] {self.incident_id}: {self.title} (closed without a repair)"
         again = f", repeat {self.repeat}" if self.repeat else ""
         return f"[{self.severity}] {self.incident_id}: {self.title} (level {self.level}{again})"
 

@@ -32,6 +32,8 @@ def file_stem(notification: Notification) -> str:
         return f"{ident}-resolved"
     if notification.kind is NotificationKind.DIGEST:
         return f"{ident}-digest"
+    if notification.kind is NotificationKind.FYI:
+        return f"{ident}-fyi"
     return f"{ident}-L{int(notification.level)}"
 
 
