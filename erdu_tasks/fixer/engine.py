@@ -216,6 +216,20 @@ def capture_crash_loop(db: Any, catalog: Any, monitors: Any, incident: Incident,
     return found
 
 
+def precheck(runbook: Runbook, incident: Incident, db: Any = None, catalog: Any = None,
+             url_policy: UrlPolicy = DEFAULT_POLICY) -> dict[str, Any] | None:
+    """The runbook's check once, before any action (after a back-off): passing means the service is already
+    well, so nothing runs. None for a runbook whose check watches a window (quiet, log_absent) or has none."""
+    spec = runbook.validation
+    if spec is None or spec.check == "quiet" or hasattr(spec, "window"):
+        return None
+    once = spec.model_copy(update={"attempts": 1, "delay": 0.0, "stable_for": 0.0})
+    result = validate(runbook.model_copy(update={"validation": once}), incident, db, catalog, url_policy)
+    if result["ok"]:
+        result["detail"] = f"already passing after the back-off, nothing run: {result['detail']}"[:500]
+    return result
+
+
 def validate(runbook: Runbook, incident: Incident, db: Any = None, catalog: Any = None,
              url_policy: UrlPolicy = DEFAULT_POLICY) -> dict[str, Any]:
     """Re-run the check that proves the fix; a runbook without one is validated by its steps alone."""

@@ -64,6 +64,9 @@ class Candidate:
     backoff: float = 0.0
     """Seconds to wait after the previous run in the window, doubled for each further run."""
     backoff_max: float = 60.0
+    service_restarts: tuple[datetime, ...] = ()
+    """Start times of restarts of the incident's service by any runbook (other incidents): the back-off of a
+    restart runbook counts these, so two incidents of one outage do not restart the service twice at once."""
 
 
 @dataclass(frozen=True)
@@ -125,9 +128,11 @@ def runs_in_window(candidate: Candidate, now: datetime) -> int:
 
 def backoff_delay(candidate: Candidate, now: datetime) -> float:
     """Seconds still to wait before the next run: `backoff` after one earlier run in the window, twice that
-    after two, ... at most `backoff_max`, counted from the latest run. 0 without earlier runs."""
+    after two, ... at most `backoff_max`, counted from the latest run. 0 without earlier runs. For a restart
+    runbook the earlier runs are the service's restarts by any runbook."""
     start = _utc(now) - timedelta(seconds=candidate.per_seconds)
-    recent = sorted(_utc(t) for t in candidate.recent_runs if _utc(t) > start)
+    runs = candidate.service_restarts if candidate.restarts and candidate.service_restarts else candidate.recent_runs
+    recent = sorted(_utc(t) for t in runs if _utc(t) > start)
     if not recent or candidate.backoff <= 0:
         return 0.0
     wait = min(candidate.backoff * 2 ** (len(recent) - 1), candidate.backoff_max)

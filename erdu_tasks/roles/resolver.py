@@ -72,7 +72,9 @@ def fyi_reason(incident: Incident, *, notified: bool) -> str | None:
     if (incident.resolved_by or "").startswith("person:") or real_repair(incident):
         return None
     fix = incident.fix or {}
-    if fix.get("runbook"):
+    if fix.get("runbook") and fix.get("not_needed"):
+        how = f"runbook {fix['runbook']} found it already passing its check (nothing ran)"
+    elif fix.get("runbook"):
         how = f"runbook {fix['runbook']} only verified (no repair action ran)"
     else:
         how = f"it was resolved by {incident.resolved_by or 'its source'} with no action"

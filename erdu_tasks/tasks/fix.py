@@ -96,6 +96,10 @@ def _context(conn: psycopg.Connection, rt: Runtime, incident: Incident, runbooks
              stats: dict[str, tuple[int, int]], *, now: datetime, silence_id: str | None) -> FixContext:
     """The facts the plan decides on: the matching runbooks (best first) with their recent runs."""
     runs = fixing.recent_runs(conn, runbooks, incident.service, exclude=incident.id)
+    restarting = [rb for rb in rt.runbooks.runbooks if rb.restarts]
+    restarts = fixing.recent_runs(conn, restarting, incident.service, exclude=incident.id) \
+        if any(rb.restarts for rb in runbooks) else {}
+    service_restarts = tuple(sorted(t for times in restarts.values() for t in times))
     candidates = []
     for rb in runbooks:
         attempts, successes = stats.get(rb.name, (0, 0))
@@ -103,7 +107,8 @@ def _context(conn: psycopg.Connection, rt: Runtime, incident: Incident, runbooks
             name=rb.name, approval_required=rb.approval is Approval.REQUIRED, dry_run=rb.dry_run,
             max_runs=rb.limits.max_runs, per_seconds=rb.limits.per_seconds, recent_runs=runs.get(rb.name, ()),
             success_rate=successes / attempts if attempts else None, remedial=rb.remedial,
-            restarts=rb.restarts, backoff=rb.backoff, backoff_max=rb.limits.backoff_max))
+            restarts=rb.restarts, backoff=rb.backoff, backoff_max=rb.limits.backoff_max,
+            service_restarts=service_restarts if rb.restarts else ()))
     return FixContext(now=now, candidates=tuple(candidates), silence_id=silence_id,
                       dry_run=bool(rt.settings.dry_run))
 
@@ -124,6 +129,10 @@ def _act(rt: Runtime, incident: Incident, runbook: Runbook, decision: FixPlan) -
     attempt, dry = decision.attempt, decision.dry_run
     if decision.delay > 0 and not dry:   # the back-off between runs on one service (a crash loop slows down)
         time.sleep(decision.delay)
+        # The service was just repaired by another run: if its check passes now, nothing needs to run.
+        already = fixing.precheck(runbook, incident, rt.db, rt.catalog, rt.url_policy)
+        if already is not None and already["ok"]:
+            return {"actions": [], "validation": already, "rollback": [], "dry_run": False, "not_needed": True}
     steps = []
     failed = False
     captured = None
@@ -191,7 +200,8 @@ def _settle(conn: psycopg.Connection, incident: Incident, runbook: Runbook, atte
                                 f" — {entry['detail'][:300]}",
                            details=entry)
     lease(conn, incident.id, 0)   # settled: the next stage is on the normal deadline again
-    counted = not outcome.get("dry_run")   # a dry run changed nothing, so it proves nothing about the fix
+    # A dry run changed nothing, and a fix found not needed ran nothing: neither proves anything about the fix.
+    counted = not outcome.get("dry_run") and not outcome.get("not_needed")
     if counted:
         history.record_fix_attempt(conn, incident.fingerprint, runbook.name, success=ok)
     history.settle_run(conn, incident.id, attempt, success=ok, counted=counted, hold_seconds=hold_seconds)
