@@ -346,8 +346,9 @@ class ChaosLab:
                               " AND started_at > now() - make_interval(secs => %s)",
                               (service, RESTART_WINDOW))[0]["n"])
 
-    def settle(self, timeout: float = 60) -> None:
-        """Wait until the services are ready and ERDU has no incident in a pipeline stage."""
+    def settle(self, timeout: float = 60, *, holds_of: tuple[str, ...] = ()) -> None:
+        """Wait until the services are ready and ERDU has no incident in a pipeline stage; and, for the
+        services in `holds_of`, until no earlier fix of theirs is still watched for a recurrence."""
         try:
             wait_until(lambda: all(self.ready(n) for n in self.SERVICES), timeout, what="services ready")
         except TimeoutError as exc:
@@ -357,8 +358,10 @@ class ChaosLab:
                                           " ('detected', 'assigned', 'investigating', 'fixing')"),
                    timeout, what="ERDU idle")
         # a new fault must not land in an earlier fix's recurrence window (it would count as that fix failing)
-        wait_until(lambda: not self.query("SELECT 1 FROM runbook_runs WHERE hold_until > now()"),
-                   RECURRENCE_WINDOW + timeout, what="earlier fixes out of their recurrence window")
+        if holds_of:
+            wait_until(lambda: not self.query("SELECT 1 FROM runbook_runs WHERE hold_until > now()"
+                                              " AND service = ANY(%s)", (list(holds_of),)),
+                       RECURRENCE_WINDOW + timeout, what="earlier fixes out of their recurrence window")
 
 
 def _pings(url: str) -> bool:
@@ -609,7 +612,7 @@ def run_all(names: list[str] | None = None, *, lab: ChaosLab | None = None) -> l
     try:
         results = []
         for fault in chosen:
-            lab.settle()
+            lab.settle(holds_of=fault.services)
             results.append(run_fault(lab, fault))
             print(f"  {fault.name}: done", file=sys.stderr, flush=True)
         return results
