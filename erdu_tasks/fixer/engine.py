@@ -64,6 +64,7 @@ def recent_runs(conn: psycopg.Connection, runbooks: list[Runbook], service: str 
     rows = conn.execute(
         "SELECT runbook, started_at FROM runbook_runs"
         f" WHERE runbook = ANY(%(runbooks)s) AND {same_service} AND incident_id <> %(exclude)s"
+        " AND outcome IS DISTINCT FROM 'not_needed'"   # a run that found nothing to do restarted nothing
         " AND started_at > now() - make_interval(secs => %(window)s) ORDER BY started_at",
         {"runbooks": list(windows), "service": service, "exclude": exclude, "window": max(windows.values())},
     ).fetchall()

@@ -181,14 +181,15 @@ def record_fix_attempt(conn: psycopg.Connection, fingerprint: str, runbook: str,
 
 
 def settle_run(conn: psycopg.Connection, incident_id: str, attempt: int, *, success: bool, counted: bool,
-               hold_seconds: float) -> None:
-    """Store a run's outcome; a counted success is watched for a recurrence for `hold_seconds` (0: not watched)."""
+               hold_seconds: float, not_needed: bool = False) -> None:
+    """Store a run's outcome; a counted success is watched for a recurrence for `hold_seconds` (0: not watched).
+    A run that found its check already passing ran nothing: outcome 'not_needed' (no limit or back-off counts it)."""
+    outcome = "not_needed" if not_needed else "success" if success else "failure"
     conn.execute(
         "UPDATE runbook_runs SET outcome = %s, finished_at = now(), counted = %s,"
         " hold_until = CASE WHEN %s AND %s > 0 THEN now() + make_interval(secs => %s) END"
         " WHERE incident_id = %s AND attempt = %s",
-        ("success" if success else "failure", counted, success and counted, hold_seconds, hold_seconds,
-         incident_id, attempt),
+        (outcome, counted, success and counted, hold_seconds, hold_seconds, incident_id, attempt),
     )
 
 

@@ -80,7 +80,8 @@ def _fix(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str)
                          actor="fixer", worker=worker, what=decision.reason)
         return None
     if decision.delay > 0:
-        store.add_timeline(conn, incident.id, actor="fixer", worker=worker, what=decision.reasons[-2][:500],
+        backoff = next(r for r in decision.reasons if r.startswith("back-off:"))
+        store.add_timeline(conn, incident.id, actor="fixer", worker=worker, what=backoff[:500],
                            details={"backoff_seconds": round(decision.delay, 3),
                                     "earlier_runs": decision.restarts_in_window})
     fixing.claim_run(conn, incident, decision.attempt, runbook)
@@ -204,7 +205,8 @@ def _settle(conn: psycopg.Connection, incident: Incident, runbook: Runbook, atte
     counted = not outcome.get("dry_run") and not outcome.get("not_needed")
     if counted:
         history.record_fix_attempt(conn, incident.fingerprint, runbook.name, success=ok)
-    history.settle_run(conn, incident.id, attempt, success=ok, counted=counted, hold_seconds=hold_seconds)
+    history.settle_run(conn, incident.id, attempt, success=ok, counted=counted, hold_seconds=hold_seconds,
+                       not_needed=bool(outcome.get("not_needed")))
     if ok:
         store.transition(conn, incident.id, expected=[Status.FIXING], to=Status.RESOLVED, actor="fixer",
                          worker=worker, what=f"validated: {outcome['validation']['detail'][:300]}",

@@ -34,6 +34,13 @@ def runtime(database_url: str, tmp: Path) -> Runtime:
                 params: {{argv: ["true"]}}
             validation: {{check: command, argv: ["true"], stable_for: 0}}
             limits: {{max_runs: 2, per_seconds: 600}}
+          - name: restart-billing
+            match: {{services: [billing]}}
+            actions:
+              - action: restart
+                params: {{argv: ["true"]}}
+            validation: {{check: command, argv: ["true"], stable_for: 0}}
+            limits: {{max_runs: 5, per_seconds: 600, backoff: 1}}
           - name: payments-verify
             match: {{services: [payments]}}
             actions:
@@ -48,6 +55,7 @@ def runtime(database_url: str, tmp: Path) -> Runtime:
             pid_file: {tmp / 'orders.pid'}
             log_file: {tmp / 'orders.log'}
           - name: payments
+          - name: billing
     """))
     escalation = {"channels": {"oncall": {"type": "file", "dir": str(tmp / "oncall")},
                                "lead": {"type": "file", "dir": str(tmp / "lead")}},
@@ -128,5 +136,27 @@ def test_a_p1_closed_by_a_verify_only_runbook_tells_the_first_level_as_an_fyi(fr
         resolve(rt, quiet)   # a redelivered close does not tell them twice
         with rt.db.transaction() as conn:
             assert conn.execute("SELECT count(*) AS n FROM escalation_steps WHERE kind = 'fyi'").fetchone()["n"] == 1
+    finally:
+        rt.db.close()
+
+
+def test_a_second_incident_of_one_outage_backs_off_and_finds_nothing_to_restart(fresh_database_url, tmp_path):
+    rt = runtime(fresh_database_url, tmp_path)
+    try:
+        probe = open_incident(rt, "billing", "ERROR billing probe refused")
+        assert run_fix(rt, probe)["actions"][0]["action"] == "restart"
+        log = open_incident(rt, "billing", "ERROR billing lost its database connection")   # the same outage
+        outcome = run_fix(rt, log)
+        assert outcome["actions"] == [] and outcome["not_needed"] is True
+        assert outcome["validation"]["detail"].startswith("already passing after the back-off, nothing run")
+        with rt.db.transaction() as conn:
+            inc = store.get_incident(conn, log, with_timeline=True)
+            run = conn.execute("SELECT outcome, counted FROM runbook_runs WHERE incident_id = %s", (log,)).fetchone()
+            stats = conn.execute("SELECT attempts FROM pattern_action_stats WHERE fingerprint = %s",
+                                 (inc.fingerprint,)).fetchone()
+        assert inc.status.value == "resolved" and run == {"outcome": "not_needed", "counted": False}
+        assert stats is None   # nothing ran, so nothing is learned
+        assert any(t.what.startswith("back-off: runbook restart-billing ran 1 time(s) on billing")
+                   for t in inc.timeline)
     finally:
         rt.db.close()
