@@ -160,3 +160,30 @@ def test_a_second_incident_of_one_outage_backs_off_and_finds_nothing_to_restart(
                    for t in inc.timeline)
     finally:
         rt.db.close()
+
+
+def test_a_line_stamped_before_the_fix_but_read_after_it_is_no_recurrence(fresh_database_url, tmp_path):
+    rt = runtime(fresh_database_url, tmp_path)
+    try:
+        message = "ERROR billing cache value is corrupt"
+        first = open_incident(rt, "billing", message)
+        before_fix = datetime.now(timezone.utc)
+        assert run_fix(rt, first)["validation"]["ok"] is True
+        resolve(rt, first)
+        late = accept(rt.db, [Event(source="log", message=message, service="billing", occurred_at=before_fix)],
+                      rt).new_incidents
+        with rt.db.transaction() as conn:
+            run = conn.execute("SELECT outcome FROM runbook_runs WHERE incident_id = %s", (first,)).fetchone()
+        assert late and run["outcome"] == "success"   # a late line, not a fix that did not hold
+        accept(rt.db, [Event(source="log", message=message, service="billing",
+                             occurred_at=datetime.now(timezone.utc))], rt)   # folds into the open late one
+        with rt.db.transaction() as conn:
+            conn.execute("UPDATE incidents SET status = 'closed' WHERE id = %s", (late[0],))
+        again = accept(rt.db, [Event(source="log", message=message, service="billing",
+                                     occurred_at=datetime.now(timezone.utc))], rt).new_incidents
+        with rt.db.transaction() as conn:
+            run = conn.execute("SELECT outcome, recurred_by FROM runbook_runs WHERE incident_id = %s",
+                               (first,)).fetchone()
+        assert run == {"outcome": "recurred", "recurred_by": again[0]}   # stamped after the fix: it did not hold
+    finally:
+        rt.db.close()
