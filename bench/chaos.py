@@ -83,6 +83,7 @@ class ChaosLab:
 
     def __init__(self, tmp: Path | None = None) -> None:
         self.tmp = Path(tmp or tempfile.mkdtemp(prefix="erdu-chaos-"))
+        self.tmp.mkdir(parents=True, exist_ok=True)
         self.procs: list[subprocess.Popen] = []
         self.ports = {name: free_port() for name in self.SERVICES}
         self.db_name = f"erdu_chaos_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
@@ -131,9 +132,9 @@ class ChaosLab:
                     "ERDU_RUNBOOKS_DIR": str(self.tmp / "runbooks"), "ERDU_CATALOG_FILE": str(self.tmp / "catalog.yaml"),
                     "ERDU_CACHE_REDIS_URL": self.cache_url, "PYTHONUNBUFFERED": "1"}
         worker = self._erdu("worker.log", "worker", "all", "--loglevel", "INFO")
+        beat = self._erdu("beat.log", "beat", "--loglevel", "INFO")
         wait_until(lambda: self._alive(worker) and "ready." in (self.tmp / "worker.log").read_text(errors="replace"),
                    90, what="ERDU workers ready")
-        beat = self._erdu("beat.log", "beat", "--loglevel", "INFO")
         wait_until(lambda: self._alive(beat) and "beat: Starting" in (self.tmp / "beat.log").read_text(errors="replace"),
                    60, what="ERDU beat started")
         wait_until(lambda: len(self.query("SELECT 1 FROM tail_positions")) >= len(self.SERVICES), 60,
@@ -151,25 +152,27 @@ class ChaosLab:
         return proc
 
     def __exit__(self, *exc: Any) -> None:
-        if self.conf.exists():
-            subprocess.run(["supervisorctl", "-c", str(self.conf), "shutdown"], capture_output=True, timeout=30,
-                           check=False)
-        for name in self.SERVICES:   # a SIGSTOPped service would outlive supervisord's shutdown
-            pid = self.pid(name, quiet=True)
-            if pid:
+        """Tear the lab down at once: it is throwaway, nothing in it needs a graceful stop."""
+        import psutil
+
+        for proc in self.procs:   # supervisord's programs run in process groups of their own: kill them first
+            try:
+                children = psutil.Process(proc.pid).children(recursive=True)
+            except psutil.Error:
+                continue
+            for child in children:   # SIGCONT first: a SIGSTOPped service takes no signal but SIGKILL anyway
                 for sig in (signal.SIGCONT, signal.SIGKILL):
                     try:
-                        os.kill(pid, sig)
-                    except OSError:
+                        child.send_signal(sig)
+                    except psutil.Error:
                         pass
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(20)
-                except (OSError, subprocess.TimeoutExpired):
                     os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(10)
+                except OSError:
+                    pass
+                proc.wait(10)
         try:
             with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
@@ -318,7 +321,7 @@ class ChaosLab:
                               timeout=30, check=False)
         return done.stdout.strip()
 
-    def pid(self, name: str, *, quiet: bool = False) -> int | None:
+    def pid(self, name: str) -> int | None:
         """The service's pid as supervisord knows it."""
         try:
             out = self.supervisorctl("pid", name)
@@ -526,8 +529,8 @@ def _done(fault: Fault, rows: list[dict[str, Any]]) -> bool:
     return final
 
 
-def run_fault(lab: ChaosLab, fault: Fault) -> Result:
-    """Inject one fault, wait for ERDU to finish with it, and measure."""
+def run_fault(lab: ChaosLab, fault: Fault, *, grace: float = LATE_GRACE) -> Result:
+    """Inject one fault, wait for ERDU to finish with it (and `grace` seconds more for late incidents), measure."""
     result = Result(fault.name)
     if fault.prepare:
         fault.prepare(lab)
@@ -541,7 +544,7 @@ def run_fault(lab: ChaosLab, fault: Fault) -> Result:
             for _ in range(2):   # then once more after a grace: a late log line may open one more incident
                 wait_until(lambda: _done(fault, _incidents_since(lab, started, fault.services)), fault.timeout,
                            what=f"{fault.name} handled")
-                time.sleep(LATE_GRACE)
+                time.sleep(grace)
     except TimeoutError as exc:
         result.notes.append(str(exc))
     rows = _incidents_since(lab, started, fault.services)

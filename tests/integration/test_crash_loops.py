@@ -33,7 +33,7 @@ def runtime(database_url: str, tmp: Path) -> Runtime:
               - action: restart
                 params: {{argv: ["true"]}}
             validation: {{check: command, argv: ["true"], stable_for: 0}}
-            limits: {{max_runs: 2, per_seconds: 600}}
+            limits: {{max_runs: 2, per_seconds: 600, backoff: 0}}
           - name: restart-billing
             match: {{services: [billing]}}
             actions:
