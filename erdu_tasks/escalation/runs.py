@@ -119,6 +119,10 @@ def attempted_fixes(incident: Incident) -> list[AttemptedFix]:
     if isinstance(captured, Mapping):   # the state before repair comes first: what the restart destroyed
         out.append(AttemptedFix(prefix + f"captured state before {captured.get('before') or 'repair'}",
                                 bool(captured.get("process")), capture_summary(captured)))
+    previous = fix.get("previous_capture")
+    if isinstance(previous, Mapping):   # a crash loop: the service as it was before its latest restart
+        out.append(AttemptedFix(f"captured state before the latest restart ({previous.get('incident_id')})",
+                                bool(previous.get("process")), capture_summary(previous)))
     for entry in fix.get("actions") or incident.resolution_actions or []:
         if isinstance(entry, Mapping):
             ok = entry.get("ok")
@@ -281,8 +285,10 @@ def release_hold(conn: psycopg.Connection, row: Mapping[str, Any], incident: Inc
 
 
 def on_resolved(conn: psycopg.Connection, incident: Incident, *, worker: str | None,
-                now: datetime | None = None) -> None:
-    """The resolver's close: stop the escalation, queue resolve notices, re-check children."""
+                now: datetime | None = None) -> bool:
+    """The resolver's close: stop the escalation, queue resolve notices, re-check children.
+
+    Returns True when people had been notified of the incident (they get the resolve notice)."""
     now = now or utcnow()
     run = conn.execute(
         "UPDATE escalation_runs SET stopped_at = %s, stop_reason = 'resolved', state = 'resolved', next_at = NULL"
@@ -312,6 +318,26 @@ def on_resolved(conn: psycopg.Connection, incident: Incident, *, worker: str | N
                                what=f"resolve notice queued for {', '.join(notified)}")
     for child in inhibition.children_of(conn, incident.id):
         _recheck_child(conn, incident, child, now, worker)
+    return bool(notified)
+
+
+def queue_fyi(conn: psycopg.Connection, incident: Incident, config: EscalationConfig, *, reason: str,
+              policy_name: str | None, worker: str | None, now: datetime | None = None) -> list[str]:
+    """Queue an FYI to the first level of the incident's policy (the sweeper delivers it); once per incident.
+    Returns the channels it goes to (none when it was queued before)."""
+    now = now or utcnow()
+    channels = list(config.policy_for(incident.severity, incident.service, policy_name).levels[0].channels)
+    queued = conn.execute(
+        "INSERT INTO escalation_steps (step_key, kind, incident_id, level, repeat, channels, payload, due_at,"
+        " sent_at, next_at) VALUES (%s, 'fyi', %s, 1, 0, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id",
+        (f"{incident.id}:fyi", incident.id, Jsonb(channels), Jsonb({"reason": reason[:2000], "level": 1}),
+         now, now, now),
+    ).fetchone()
+    if queued is None:
+        return []
+    store.add_timeline(conn, incident.id, actor=ACTOR, worker=worker, details={"channels": channels},
+                       what=f"FYI queued for {', '.join(channels)} (policy level 1): {reason}"[:500])
+    return channels
 
 
 def _recheck_child(conn: psycopg.Connection, parent: Incident, child: Mapping[str, Any], now: datetime,

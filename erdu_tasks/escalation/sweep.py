@@ -535,6 +535,8 @@ class Escalator:
             reason = f"{reason} (not acknowledged at level {step['level'] - 1})"
         if kind is NotificationKind.RESOLVE:
             reason = f"resolved ({incident.resolved_by or 'resolved'})"
+        if kind is NotificationKind.FYI:
+            level = 1
         return build_notification(self.config, incident, reason=reason, level=level, repeat=step["repeat"],
                                    kind=NotificationKind.TRIGGER if kind is NotificationKind.RESOLVE else kind,
                                    now=now)
@@ -625,7 +627,7 @@ class Escalator:
             return
         channel = _label(result.channel)
         person = parse_delivery(result.channel)
-        what_kind = {"resolve": "resolve notice", "page": "page"}.get(step["kind"], f"level {step['level']} notification")
+        what_kind = {"resolve": "resolve notice", "page": "page", "fyi": "FYI"}.get(step["kind"], f"level {step['level']} notification")
         if result.ok and person is not None and step["kind"] != "resolve":
             what = f"paged {person[0]} via {person[1]} ({what_kind}): {result.detail[:200]}"
         elif result.ok:

@@ -9,7 +9,7 @@ module: restart, scale), the fixer calls `capture_service`. It records, bounded 
 
 The PID comes from configuration only, never from event text: the catalog entry's `pid_file`, its
 `process` pattern (RE2, searched in each process's command line), its `supervisor` program
-(`supervisorctl pid`), its `systemd` unit (`systemctl show -p MainPID`), or the restart step's own
+(asked of supervisord over the unix socket its config names, else `supervisorctl pid`), its `systemd` unit (`systemctl show -p MainPID`), or the restart step's own
 supervisor/systemd target. Whatever cannot be captured (no PID, py-spy missing or not permitted, a
 timeout) is recorded with the reason, and the repair goes on: the whole capture is bounded by
 `CAPTURE_BUDGET` seconds.
@@ -71,6 +71,12 @@ def _run(argv: list[str], timeout: float) -> tuple[int | None, str, str]:
     except OSError as exc:
         return None, "", f"cannot run {argv[0]}: {exc.strerror or exc}"
     err = done.stderr.decode("utf-8", "replace").strip().splitlines()
+    # A Rust tool (py-spy) ends its stderr with a backtrace: its "Error:" line and causes say what failed.
+    head = next((i for i, line in enumerate(err) if line.startswith("Error:")), None)
+    if head is not None:
+        tail = next((i for i in range(head + 1, len(err)) if err[i].startswith("Stack backtrace")), len(err))
+        return done.returncode, done.stdout.decode("utf-8", "replace"), " ".join(
+            line.strip() for line in err[head:tail] if line.strip())[:300]
     return done.returncode, done.stdout.decode("utf-8", "replace"), err[-1][:300] if err else ""
 
 
@@ -97,6 +103,62 @@ def _pid_from_pattern(pattern: str) -> tuple[int | None, str]:
     return min(found)[1], ""   # the oldest: the parent of a pre-forked service
 
 
+SUPERVISOR_CONFS = ("/etc/supervisor/supervisord.conf", "/etc/supervisord.conf")
+"""Where supervisorctl looks for its config when none is given (besides the working directory)."""
+
+
+def _supervisor_socket(conf: str | None) -> str | None:
+    """The unix socket supervisorctl would talk to, from its config ([supervisorctl] serverurl, else
+    [unix_http_server] file); None for an HTTP server URL or no readable config."""
+    import configparser
+
+    for path in [conf] if conf else SUPERVISOR_CONFS:
+        parser = configparser.RawConfigParser(inline_comment_prefixes=(";", "#"), strict=False)
+        try:
+            if not parser.read(path):
+                continue
+        except configparser.Error:
+            return None
+        url = parser.get("supervisorctl", "serverurl", fallback="") or ""
+        if url.startswith("unix://"):
+            return url[len("unix://"):]
+        if url:
+            return None
+        socket_file = parser.get("unix_http_server", "file", fallback=None)
+        return socket_file.replace("%(here)s", os.path.dirname(os.path.abspath(path))) if socket_file else None
+    return None
+
+
+def _pid_from_supervisord(program: str, conf: str | None, timeout: float) -> tuple[int | None, str]:
+    """`supervisor.getProcessInfo` over supervisord's unix socket (XML-RPC, what supervisorctl does, without
+    starting a Python interpreter for it: under load that alone takes seconds)."""
+    import http.client
+    import socket
+    import xmlrpc.client
+
+    path = _supervisor_socket(conf)
+    if path is None or timeout <= 0:
+        return None, "no supervisord unix socket in its config"
+
+    class _Connection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            self.sock.connect(path)
+
+    class _Transport(xmlrpc.client.Transport):
+        def make_connection(self, host: Any) -> http.client.HTTPConnection:
+            return _Connection("localhost", timeout=timeout)
+
+    try:
+        info = xmlrpc.client.ServerProxy("http://localhost/RPC2", transport=_Transport()).supervisor.getProcessInfo(
+            program)
+    except (OSError, xmlrpc.client.Error, http.client.HTTPException) as exc:
+        return None, f"supervisord at {path}: {exc}"
+    pid = int(info.get("pid") or 0) if isinstance(info, dict) else 0
+    return (pid, "") if pid > 0 else (None, f"supervisor program {program} is {info.get('statename', '?')}")
+
+
 def find_pid(target: Mapping[str, Any], clock: _Clock) -> tuple[int | None, str, list[str]]:
     """(pid, how it was found, why the other ways failed) for a capture target (catalog keys and step targets)."""
     tried: list[str] = []
@@ -110,6 +172,13 @@ def find_pid(target: Mapping[str, Any], clock: _Clock) -> tuple[int | None, str,
         if pid is not None:
             return pid, f"process pattern /{target['process']}/", tried
         tried.append(why)
+    if target.get("supervisor"):
+        pid, why = _pid_from_supervisord(str(target["supervisor"]), target.get("supervisor_conf"), clock.left(2.0))
+        if pid is not None:
+            return pid, f"supervisor program {target['supervisor']}", tried
+        if why.startswith("supervisor program"):   # supervisord answered: the program has no process now
+            tried.append(why)
+            target = {k: v for k, v in target.items() if k != "supervisor"}
     if target.get("supervisor"):
         conf = ["-c", str(target["supervisor_conf"])] if target.get("supervisor_conf") else []
         code, out, why = _run(["supervisorctl", *conf, "pid", str(target["supervisor"])], clock.left())
@@ -192,12 +261,16 @@ def py_spy_path() -> str | None:
     return beside if os.access(beside, os.X_OK) else shutil.which("py-spy")
 
 
-def thread_dump(pid: int, timeout: float) -> dict[str, Any]:
-    """`py-spy dump --pid N`, bounded; {"ok": True, "text": ...} or {"ok": False, "reason": ...}."""
+def thread_dump(pid: int, timeout: float, *, stopped: bool = False) -> dict[str, Any]:
+    """`py-spy dump --pid N`, bounded; {"ok": True, "text": ...} or {"ok": False, "reason": ...}.
+
+    A stopped process (SIGSTOP: hung on purpose or by a debugger) is read with `--nonblocking`: py-spy
+    cannot suspend a multi-threaded process that is already stopped, and need not, since nothing runs."""
     binary = py_spy_path()
     if binary is None:
         return {"ok": False, "reason": "py-spy is not installed (pip install py-spy)"}
-    code, out, why = _run([binary, "dump", "--pid", str(pid)], timeout)
+    argv = [binary, "dump", *(["--nonblocking"] if stopped else []), "--pid", str(pid)]
+    code, out, why = _run(argv, timeout)
     if code == 0 and out.strip():
         return {"ok": True, "text": _bounded(out.rstrip(), MAX_DUMP_CHARS), "tool": "py-spy dump"}
     if code is None:
@@ -260,7 +333,8 @@ def capture_service(service: str | None, target: Mapping[str, Any], *, log_files
         elif not (is_python(process) or target.get("python")):
             out["thread_dump"] = {"ok": False, "reason": f"not a Python process ({process.get('name')})"}
         else:
-            out["thread_dump"] = thread_dump(process["pid"], clock.left())
+            out["thread_dump"] = thread_dump(process["pid"], clock.left(),
+                                             stopped=process.get("status") == psutil.STATUS_STOPPED)
     except Exception as exc:   # a capture must never stop the repair
         out["error"] = f"{type(exc).__name__}: {exc}"
     out["duration"] = round(time.monotonic() - started, 3)

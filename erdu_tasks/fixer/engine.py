@@ -71,6 +71,7 @@ def recent_runs(conn: psycopg.Connection, runbooks: list[Runbook], service: str 
     rows = conn.execute(
         "SELECT runbook, started_at FROM runbook_runs"
         f" WHERE runbook = ANY(%(runbooks)s) AND {same_service} AND incident_id <> %(exclude)s"
+        " AND outcome IS DISTINCT FROM 'not_needed'"   # a run that found nothing to do restarted nothing
         " AND started_at > now() - make_interval(secs => %(window)s) ORDER BY started_at",
         {"runbooks": list(windows), "service": service, "exclude": exclude, "window": max(windows.values())},
     ).fetchall()
@@ -191,6 +192,50 @@ def capture_before(db: Any, catalog: Any, monitors: Any, incident: Incident, att
                                     "thread_dump": bool((found.get("thread_dump") or {}).get("ok"))})
     incident.fix = {**(incident.fix or {}), "capture": found}
     return found
+
+
+def capture_crash_loop(db: Any, catalog: Any, monitors: Any, incident: Incident, runbook: Runbook) -> dict[str, Any]:
+    """The crash-loop circuit breaker tripped: capture the service as it is now (nothing is restarted), and keep
+    the capture taken before its latest restart, when it was last seen alive. Stored on the incident's `fix`."""
+    step = next((s for s in runbook.actions if destroys_state(s.action)), runbook.actions[0])
+    target, logs, wanted = capture_target(catalog, incident, step)
+    found: dict[str, Any] = {"before": "escalation (crash loop)", "thread_dump": {"ok": False,
+                             "reason": "the catalog turns capture off for this service"}}
+    if wanted:
+        found = capturing.capture_service(incident.service, target,
+                                          log_files=logs or monitor_log_files(monitors, incident.service),
+                                          before="escalation (crash loop: no restart)")
+    with db.transaction() as conn:
+        earlier = conn.execute(
+            "SELECT i.id, i.fix->'capture' AS capture FROM runbook_runs r JOIN incidents i ON i.id = r.incident_id"
+            " WHERE r.runbook = %s AND r.service IS NOT DISTINCT FROM %s AND r.incident_id <> %s"
+            " AND i.fix ? 'capture' ORDER BY r.started_at DESC LIMIT 1",
+            (runbook.name, incident.service, incident.id)).fetchone()
+        record: dict[str, Any] = {"crash_loop": {"runbook": runbook.name}, "capture": found}
+        if earlier is not None:
+            record["previous_capture"] = {**earlier["capture"], "incident_id": earlier["id"]}
+        conn.execute("UPDATE incidents SET fix = coalesce(fix, '{}'::jsonb) || %s::jsonb WHERE id = %s",
+                     (Jsonb(record), incident.id))
+        first = capturing.summary(found).splitlines()[0]
+        store.add_timeline(conn, incident.id, actor="fixer", what=f"captured (crash loop, no restart): {first}"[:500],
+                           details={"previous_capture": earlier["id"] if earlier else None,
+                                    "thread_dump": bool((found.get("thread_dump") or {}).get("ok"))})
+    incident.fix = {**(incident.fix or {}), **record}
+    return found
+
+
+def precheck(runbook: Runbook, incident: Incident, db: Any = None, catalog: Any = None,
+             url_policy: UrlPolicy = DEFAULT_POLICY) -> dict[str, Any] | None:
+    """The runbook's check once, before any action (after a back-off): passing means the service is already
+    well, so nothing runs. None for a runbook whose check watches a window (quiet, log_absent) or has none."""
+    spec = runbook.validation
+    if spec is None or spec.check == "quiet" or hasattr(spec, "window"):
+        return None
+    once = spec.model_copy(update={"attempts": 1, "delay": 0.0, "stable_for": 0.0})
+    result = validate(runbook.model_copy(update={"validation": once}), incident, db, catalog, url_policy)
+    if result["ok"]:
+        result["detail"] = f"already passing after the back-off, nothing run: {result['detail']}"[:500]
+    return result
 
 
 def validate(runbook: Runbook, incident: Incident, db: Any = None, catalog: Any = None,

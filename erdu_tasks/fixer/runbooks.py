@@ -46,10 +46,18 @@ class _Model(BaseModel):
 
 
 class Limits(_Model):
-    """At most max_runs runs in any per_seconds window (per runbook and service); then escalate."""
+    """At most max_runs runs in any per_seconds window (per runbook and service); then escalate.
+
+    `backoff`: seconds to wait, after the last run in the window, before the next one; doubled for each
+    further run in the window, at most `backoff_max`. Unset: RESTART_BACKOFF for a runbook that restarts
+    a service, else 0 (no wait). For a restart the limit is a circuit breaker: the escalation says the
+    service keeps dying and carries what was captured of it.
+    """
 
     max_runs: int = Field(default=3, ge=1)
     per_seconds: float = Field(default=3600.0, gt=0)
+    backoff: float | None = Field(default=None, ge=0, le=3600)
+    backoff_max: float = Field(default=60.0, ge=0, le=3600)
 
 
 class Step(_Model):
@@ -134,6 +142,10 @@ class Matcher(_Model):
 RESTART_STABLE_FOR = 5.0
 """Seconds a runbook's check must keep passing after a restart action when it sets no `stable_for`."""
 
+RESTART_BACKOFF = 2.0
+"""Seconds a restart waits after the previous restart of the same service (doubled for each further one in
+the limit's window) when the runbook's limits set no `backoff`."""
+
 
 class Runbook(_Model):
     """A named remedy: when it applies, what to run, how to prove it worked, how to undo, and its limits.
@@ -172,6 +184,18 @@ class Runbook(_Model):
         if self.validation.stable_for is not None:
             return float(self.validation.stable_for)
         return RESTART_STABLE_FOR if any(step.action == "restart" for step in self.actions) else 0.0
+
+    @property
+    def restarts(self) -> bool:
+        """True for a runbook with a restart step: its limit is a crash-loop circuit breaker."""
+        return any(step.action == "restart" for step in self.actions)
+
+    @property
+    def backoff(self) -> float:
+        """Seconds to wait after the previous run in the window: the limits' `backoff`, else 2 s for a restart."""
+        if self.limits.backoff is not None:
+            return float(self.limits.backoff)
+        return RESTART_BACKOFF if self.restarts else 0.0
 
     @property
     def remedial(self) -> bool:

@@ -184,7 +184,7 @@ def _upsert_groups(conn: psycopg.Connection, groups: Sequence[Group], catalog: C
             what = "detected" + (f"; recurred after {reopened} was resolved (flapping)" if reopened else "")
             store.add_timeline(conn, result.incident_id, actor="ingest", what=what,
                                details={"count": group.count, "source": new.source})
-            _fixes_did_not_hold(conn, group.fingerprint, result.incident_id)
+            _fixes_did_not_hold(conn, group.fingerprint, result.incident_id, group.first.occurred_at)
         elif result.raised_from is not None:
             reassess = _severity_raised(conn, result.incident_id, result.raised_from, group.severity, new.source)
         conn.execute(
@@ -201,9 +201,9 @@ def _upsert_groups(conn: psycopg.Connection, groups: Sequence[Group], catalog: C
     return outcomes
 
 
-def _fixes_did_not_hold(conn: psycopg.Connection, fp: str, incident_id: str) -> None:
+def _fixes_did_not_hold(conn: psycopg.Connection, fp: str, incident_id: str, occurred_at: Any = None) -> None:
     """A recurrence soon after a validated fix: that fix did not hold. Correct its record and say so on both."""
-    for run in history.fixes_that_did_not_hold(conn, fp, incident_id):
+    for run in history.fixes_that_did_not_hold(conn, fp, incident_id, occurred_at):
         after = float(run["after_seconds"] or 0.0)
         details = {"runbook": run["runbook"], "attempt": run["attempt"], "fixed": run["incident_id"],
                    "recurrence": incident_id, "after_seconds": round(after, 1)}

@@ -14,7 +14,9 @@ The order of the checks is the order of the stakes:
    to the full path (diagnosis first);
 3. no matching runbook is a skill gap, escalated to people;
 4. a runbook that already ran `max_runs` times in `per_seconds` on this service escalates
-   instead of looping (checked once, when the attempt starts);
+   instead of looping (checked once, when the attempt starts); for a restart this is the crash-loop
+   circuit breaker: "restarted N times, it keeps dying";
+   below the limit, a run waits its back-off after the previous run (doubling with each run in the window);
 5. a runbook with `approval: required` waits for a person's yes;
 6. otherwise it runs (as a dry run if ERDU or the runbook says so).
 """
@@ -39,6 +41,7 @@ class Outcome(StrEnum):
     DIAGNOSE_FIRST = "diagnose_first"
     ESCALATE_SKILL_GAP = "escalate_skill_gap"
     ESCALATE_RATE_LIMITED = "escalate_rate_limited"
+    ESCALATE_CRASH_LOOP = "escalate_crash_loop"
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,14 @@ class Candidate:
     """The learned success rate on this fingerprint (None: no attempts yet)."""
     remedial: bool = True
     """False for a runbook that only verifies (noop actions): never the auto-resolution shortcut."""
+    restarts: bool = False
+    """True for a runbook that restarts the service: its limit is a crash-loop circuit breaker."""
+    backoff: float = 0.0
+    """Seconds to wait after the previous run in the window, doubled for each further run."""
+    backoff_max: float = 60.0
+    service_restarts: tuple[datetime, ...] = ()
+    """Start times of restarts of the incident's service by any runbook (other incidents): the back-off of a
+    restart runbook counts these, so two incidents of one outage do not restart the service twice at once."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,10 @@ class FixPlan:
     """The incident's `fix` record as it should be stored once the attempt starts."""
     skill_gap: str | None = None
     dry_run: bool = False
+    delay: float = 0.0
+    """Seconds to wait before the first step (the back-off after the previous run on this service)."""
+    restarts_in_window: int = 0
+    """How many earlier runs of the runbook on this service fall in its limit window."""
 
     @property
     def reason(self) -> str:
@@ -94,7 +109,8 @@ class FixPlan:
     @property
     def escalates(self) -> bool:
         """True for the outcomes that hand the incident to people."""
-        return self.outcome in (Outcome.ESCALATE_SKILL_GAP, Outcome.ESCALATE_RATE_LIMITED)
+        return self.outcome in (Outcome.ESCALATE_SKILL_GAP, Outcome.ESCALATE_RATE_LIMITED,
+                                Outcome.ESCALATE_CRASH_LOOP)
 
 
 def _utc(moment: datetime) -> datetime:
@@ -108,6 +124,19 @@ def runs_in_window(candidate: Candidate, now: datetime) -> int:
     """
     start = _utc(now) - timedelta(seconds=candidate.per_seconds)
     return sum(1 for t in candidate.recent_runs if _utc(t) > start)
+
+
+def backoff_delay(candidate: Candidate, now: datetime) -> float:
+    """Seconds still to wait before the next run: `backoff` after one earlier run in the window, twice that
+    after two, ... at most `backoff_max`, counted from the latest run. 0 without earlier runs. For a restart
+    runbook the earlier runs are the service's restarts by any runbook."""
+    start = _utc(now) - timedelta(seconds=candidate.per_seconds)
+    runs = candidate.service_restarts if candidate.restarts and candidate.service_restarts else candidate.recent_runs
+    recent = sorted(_utc(t) for t in runs if _utc(t) > start)
+    if not recent or candidate.backoff <= 0:
+        return 0.0
+    wait = min(candidate.backoff * 2 ** (len(recent) - 1), candidate.backoff_max)
+    return max(0.0, wait - (_utc(now) - recent[-1]).total_seconds())
 
 
 def _chosen(incident: Incident, ctx: FixContext) -> tuple[Candidate | None, str | None]:
@@ -147,20 +176,33 @@ def plan(incident: Incident, ctx: FixContext) -> FixPlan:
     reasons = [f"runbook {candidate.name}"
                + (f" (learned success rate {candidate.success_rate:.0%})" if candidate.success_rate is not None
                   else "")]
+    delay, earlier = 0.0, 0
     if not started:
-        if runs_in_window(candidate, ctx.now) >= candidate.max_runs:
+        earlier = runs_in_window(candidate, ctx.now)
+        where = incident.service or "this service"
+        if earlier >= candidate.max_runs and candidate.restarts:
+            reasons.append(f"crash loop: {where} was restarted {earlier} times in {candidate.per_seconds:.0f} s "
+                           f"by runbook {candidate.name} and it keeps dying; circuit breaker open, no more "
+                           "restarts (see the captured process state, thread dump and last log lines)")
+            return FixPlan(Outcome.ESCALATE_CRASH_LOOP, tuple(reasons), runbook=candidate.name, attempt=attempt,
+                           restarts_in_window=earlier)
+        if earlier >= candidate.max_runs:
             reasons.append(f"rate limit: runbook {candidate.name} already ran {candidate.max_runs} times in "
                            f"{candidate.per_seconds:.0f} s on {incident.service or 'this service'}")
             return FixPlan(Outcome.ESCALATE_RATE_LIMITED, tuple(reasons), runbook=candidate.name, attempt=attempt)
+        delay = backoff_delay(candidate, ctx.now)
+        if delay > 0:
+            reasons.append(f"back-off: runbook {candidate.name} ran {earlier} time(s) on {where} in the last "
+                           f"{candidate.per_seconds:.0f} s; waiting {delay:.1f} s before running it again")
         fix_state.update(runbook=candidate.name, attempt=attempt)
         reasons.append(f"fixing with runbook {candidate.name} (attempt {attempt})")
     dry_run = ctx.dry_run or candidate.dry_run
     if candidate.approval_required and not fix_state.get("approved_by"):
         reasons.append(f"runbook {candidate.name} needs approval: run `erdu incidents approve {incident.id}`")
         return FixPlan(Outcome.AWAIT_APPROVAL, tuple(reasons), runbook=candidate.name, attempt=attempt,
-                       start=not started, fix_state=fix_state, dry_run=dry_run)
+                       start=not started, fix_state=fix_state, dry_run=dry_run, restarts_in_window=earlier)
     if fix_state.get("approved_by"):
         reasons.append(f"approved by {fix_state['approved_by']}")
     reasons.append(("dry run of " if dry_run else "running ") + f"runbook {candidate.name} (attempt {attempt})")
     return FixPlan(Outcome.RUN, tuple(reasons), runbook=candidate.name, attempt=attempt, start=not started,
-                   fix_state=fix_state, dry_run=dry_run)
+                   fix_state=fix_state, dry_run=dry_run, delay=delay, restarts_in_window=earlier)

@@ -53,7 +53,12 @@ def _code(text: str) -> str:
     return _Verbatim(" ".join(str(text).replace("`", "'").splitlines()))
 
 
-_env.filters.update(cell=_cell, dur=human_duration, code=_code)
+def _rendered(text: str) -> str:
+    """A macro's output: already escaped expression by expression, so not escaped again."""
+    return _Verbatim(str(text))
+
+
+_env.filters.update(cell=_cell, dur=human_duration, code=_code, rendered=_rendered)
 
 
 def build_report(incident: Incident, resolution: dict[str, Any], *, related: list[dict[str, Any]] | None = None,
@@ -129,6 +134,7 @@ def build_report(incident: Incident, resolution: dict[str, Any], *, related: lis
         "validation": fix.get("validation"),
         "dry_run": bool(fix.get("dry_run")),
         "capture": _capture(fix.get("capture")),
+        "previous_capture": _capture(fix.get("previous_capture")),
         "summary": resolution["summary"],
         "impact": resolution["impact"],
         "lessons_learned": resolution["lessons_learned"],

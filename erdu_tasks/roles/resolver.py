@@ -47,6 +47,41 @@ def _human(seconds: float | None) -> str:
     return human_duration(seconds, unknown="unknown time")
 
 
+FYI_SEVERITIES = ("P1",)
+"""Severities whose close without a real repair is told to the policy's first level as an FYI."""
+
+
+def real_repair(incident: Incident) -> bool:
+    """True when an action that changes something (not a noop, not a dry run) ran and succeeded."""
+    fix = incident.fix or {}
+    if fix.get("dry_run"):
+        return False
+    entries = fix.get("actions") or incident.resolution_actions or []
+    return any(isinstance(e, dict) and e.get("ok") is True and e.get("action") not in (None, "noop")
+               for e in entries)
+
+
+def fyi_reason(incident: Incident, *, notified: bool) -> str | None:
+    """Why people should hear of this close although nobody was paged, or None.
+
+    A P1 closed without a real repair (its runbook only verified, or its source stopped reporting it) may
+    come back or hide a cause nobody looked at: the policy's first level gets an FYI. Not when a person
+    resolved it, nor when people were already notified (they get the resolve notice)."""
+    if incident.severity.value not in FYI_SEVERITIES or notified:
+        return None
+    if (incident.resolved_by or "").startswith("person:") or real_repair(incident):
+        return None
+    fix = incident.fix or {}
+    if fix.get("runbook") and fix.get("not_needed"):
+        how = f"runbook {fix['runbook']} found it already passing its check (nothing ran)"
+    elif fix.get("runbook"):
+        how = f"runbook {fix['runbook']} only verified (no repair action ran)"
+    else:
+        how = f"it was resolved by {incident.resolved_by or 'its source'} with no action"
+    return (f"FYI: {incident.severity.value} closed without a real repair: {how}; nobody was paged. "
+            "It may come back, and its cause was not repaired.")
+
+
 def resolve(incident: Incident, ctx: ResolverContext) -> Resolution:
     """Summarise how the incident went and what to learn from it."""
     fix = incident.fix or {}

@@ -181,30 +181,41 @@ def record_fix_attempt(conn: psycopg.Connection, fingerprint: str, runbook: str,
 
 
 def settle_run(conn: psycopg.Connection, incident_id: str, attempt: int, *, success: bool, counted: bool,
-               hold_seconds: float) -> None:
-    """Store a run's outcome; a counted success is watched for a recurrence for `hold_seconds` (0: not watched)."""
+               hold_seconds: float, not_needed: bool = False) -> None:
+    """Store a run's outcome; a counted success is watched for a recurrence for `hold_seconds` (0: not watched).
+    A run that found its check already passing ran nothing: outcome 'not_needed' (no limit or back-off counts it)."""
+    outcome = "not_needed" if not_needed else "success" if success else "failure"
     conn.execute(
         "UPDATE runbook_runs SET outcome = %s, finished_at = now(), counted = %s,"
         " hold_until = CASE WHEN %s AND %s > 0 THEN now() + make_interval(secs => %s) END"
         " WHERE incident_id = %s AND attempt = %s",
-        ("success" if success else "failure", counted, success and counted, hold_seconds, hold_seconds,
-         incident_id, attempt),
+        (outcome, counted, success and counted, hold_seconds, hold_seconds, incident_id, attempt),
     )
 
 
-def fixes_that_did_not_hold(conn: psycopg.Connection, fingerprint: str, recurrence: str) -> list[dict[str, Any]]:
+LATE_LINE_TRUST_SECONDS = 60.0
+"""A recurrence's own timestamp is believed when it is this close to now (a producer's clock or time zone
+may be off: an untrusted stamp never spares a fix)."""
+
+
+def fixes_that_did_not_hold(conn: psycopg.Connection, fingerprint: str, recurrence: str,
+                            occurred_at: Any = None) -> list[dict[str, Any]]:
     """A new incident (`recurrence`) of the fingerprint came while earlier validated fixes were still watched:
     mark each such run failed after the fact and correct the learned figures. Returns the corrected runs.
 
     The run's outcome becomes 'recurred'; its (fingerprint, runbook) successes drop by one, and the latest
     outcome becomes a failure when the run was the latest counted one, so auto-resolution stops trusting it.
     """
+    # A line stamped before the fix was validated, read after it (the tailer's lag, a batch), is the old
+    # incident's, not a recurrence.
     runs = conn.execute(
-        "UPDATE runbook_runs SET outcome = 'recurred', recurred_by = %s"
-        " WHERE fingerprint = %s AND outcome = 'success' AND hold_until > now() AND incident_id <> %s"
+        "UPDATE runbook_runs SET outcome = 'recurred', recurred_by = %(rec)s"
+        " WHERE fingerprint = %(fp)s AND outcome = 'success' AND hold_until > now() AND incident_id <> %(rec)s"
+        " AND NOT (%(at)s::timestamptz IS NOT NULL AND abs(extract(epoch FROM now() - %(at)s::timestamptz))"
+        "          < %(trust)s AND %(at)s::timestamptz < finished_at)"
         " RETURNING incident_id, attempt, runbook, counted, finished_at,"
         " extract(epoch FROM now() - finished_at) AS after_seconds",
-        (recurrence, fingerprint, recurrence),
+        {"rec": recurrence, "fp": fingerprint, "at": occurred_at, "trust": LATE_LINE_TRUST_SECONDS},
     ).fetchall()
     for run in runs:
         if not run["counted"]:

@@ -3,6 +3,7 @@ transaction (keyed steps); settle the outcome in a second one and hand on."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -59,6 +60,11 @@ def _fix(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str)
         if decision.skill_gap not in gaps:
             gaps.append(decision.skill_gap)
         store.update_fields(conn, incident.id, {"diagnosis": diagnosis})
+    if decision.outcome is Outcome.ESCALATE_CRASH_LOOP:   # capture the dying service first, outside the lock
+        looping = next(rb for rb in runbooks if rb.name == decision.runbook)
+        return Outside(act=lambda: fixing.capture_crash_loop(rt.db, rt.catalog, rt.settings.monitors, incident,
+                                                             looping),
+                       settle=lambda tx, found: _crash_loop(tx, incident, decision, found, worker))
     if decision.escalates:
         escalate_in_tx(conn, incident, reason=decision.reason, stage=Stage.FIX, actor="fixer", worker=worker)
         return None
@@ -74,6 +80,11 @@ def _fix(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str)
         store.transition(conn, incident.id, expected=[Status.FIXING], to=Status.AWAITING_APPROVAL,
                          actor="fixer", worker=worker, what=decision.reason)
         return None
+    if decision.delay > 0:
+        backoff = next(r for r in decision.reasons if r.startswith("back-off:"))
+        store.add_timeline(conn, incident.id, actor="fixer", worker=worker, what=backoff[:500],
+                           details={"backoff_seconds": round(decision.delay, 3),
+                                    "earlier_runs": decision.restarts_in_window})
     fixing.claim_run(conn, incident, decision.attempt, runbook)
     lease(conn, incident.id, LEASE_SECONDS)   # kept while the actions run (tasks/base.run_stage)
     hold = (runbook.recurrence_window if runbook.recurrence_window is not None
@@ -87,13 +98,19 @@ def _context(conn: psycopg.Connection, rt: Runtime, incident: Incident, runbooks
              stats: dict[str, tuple[int, int]], *, now: datetime, silence_id: str | None) -> FixContext:
     """The facts the plan decides on: the matching runbooks (best first) with their recent runs."""
     runs = fixing.recent_runs(conn, runbooks, incident.service, exclude=incident.id)
+    restarting = [rb for rb in rt.runbooks.runbooks if rb.restarts]
+    restarts = fixing.recent_runs(conn, restarting, incident.service, exclude=incident.id) \
+        if any(rb.restarts for rb in runbooks) else {}
+    service_restarts = tuple(sorted(t for times in restarts.values() for t in times))
     candidates = []
     for rb in runbooks:
         attempts, successes = stats.get(rb.name, (0, 0))
         candidates.append(Candidate(
             name=rb.name, approval_required=rb.approval is Approval.REQUIRED, dry_run=rb.dry_run,
             max_runs=rb.limits.max_runs, per_seconds=rb.limits.per_seconds, recent_runs=runs.get(rb.name, ()),
-            success_rate=successes / attempts if attempts else None, remedial=rb.remedial))
+            success_rate=successes / attempts if attempts else None, remedial=rb.remedial,
+            restarts=rb.restarts, backoff=rb.backoff, backoff_max=rb.limits.backoff_max,
+            service_restarts=service_restarts if rb.restarts else ()))
     return FixContext(now=now, candidates=tuple(candidates), silence_id=silence_id,
                       dry_run=bool(rt.settings.dry_run))
 
@@ -101,6 +118,12 @@ def _context(conn: psycopg.Connection, rt: Runtime, incident: Incident, runbooks
 def _act(rt: Runtime, incident: Incident, runbook: Runbook, decision: FixPlan) -> dict[str, Any]:
     """Run the runbook's steps (each at most once per key), validate, and run its rollback steps if it failed."""
     attempt, dry = decision.attempt, decision.dry_run
+    if decision.delay > 0 and not dry:   # the back-off between runs on one service (a crash loop slows down)
+        time.sleep(decision.delay)
+        # The service was just repaired by another run: if its check passes now, nothing needs to run.
+        already = fixing.precheck(runbook, incident, rt.db, rt.catalog, rt.url_policy)
+        if already is not None and already["ok"]:
+            return {"actions": [], "validation": already, "rollback": [], "dry_run": False, "not_needed": True}
     steps = []
     failed = False
     captured = None
@@ -137,6 +160,19 @@ def _act(rt: Runtime, incident: Incident, runbook: Runbook, decision: FixPlan) -
     return done
 
 
+def _crash_loop(conn: psycopg.Connection, incident: Incident, decision: FixPlan, found: dict[str, Any],
+                worker: str) -> Stage | None:
+    """The circuit breaker tripped: escalate with the count and what was captured of the dying service."""
+    current = store.get_incident(conn, incident.id, for_update=True)
+    if current is None or current.status not in names.STAGE_FROM[Stage.FIX]:
+        return None
+    store.update_fields(conn, incident.id, {"auto_resolved": False})
+    escalate_in_tx(conn, current, reason=decision.reason, stage=Stage.FIX, actor="fixer", worker=worker,
+                   details={"crash_loop": {"runbook": decision.runbook, "restarts": decision.restarts_in_window},
+                            "thread_dump": bool((found.get("thread_dump") or {}).get("ok"))})
+    return None
+
+
 def _settle(conn: psycopg.Connection, incident: Incident, runbook: Runbook, attempt: int,
             outcome: dict[str, Any], worker: str, *, hold_seconds: float = 0.0) -> Stage | None:
     """Store what the fix did: resolved if it held, else escalated; the learned counts either way.
@@ -155,10 +191,12 @@ def _settle(conn: psycopg.Connection, incident: Incident, runbook: Runbook, atte
                                 f" — {entry['detail'][:300]}",
                            details=entry)
     lease(conn, incident.id, 0)   # settled: the next stage is on the normal deadline again
-    counted = not outcome.get("dry_run")   # a dry run changed nothing, so it proves nothing about the fix
+    # A dry run changed nothing, and a fix found not needed ran nothing: neither proves anything about the fix.
+    counted = not outcome.get("dry_run") and not outcome.get("not_needed")
     if counted:
         history.record_fix_attempt(conn, incident.fingerprint, runbook.name, success=ok)
-    history.settle_run(conn, incident.id, attempt, success=ok, counted=counted, hold_seconds=hold_seconds)
+    history.settle_run(conn, incident.id, attempt, success=ok, counted=counted, hold_seconds=hold_seconds,
+                       not_needed=bool(outcome.get("not_needed")))
     if ok:
         store.transition(conn, incident.id, expected=[Status.FIXING], to=Status.RESOLVED, actor="fixer",
                          worker=worker, what=f"validated: {outcome['validation']['detail'][:300]}",

@@ -288,7 +288,13 @@ def diagnose(self: ErduTask, incident_id: str) -> Stage | None:
 def close_incident(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str, *,
                    actor: str = "resolver", human: bool = False) -> bool:
     """Write the report, learn from the incident and move it resolved -> closed."""
-    escalation.on_resolved(conn, incident, worker=worker)   # stop escalation, resolve notices, re-check children
+    notified = escalation.on_resolved(conn, incident, worker=worker)   # stop escalation, resolve notices, children
+    fyi = resolver.fyi_reason(incident, notified=notified)
+    if fyi is not None:   # a P1 closed without a repair: the policy's first level hears of it
+        entry = rt.catalog.services.get(incident.service or "")
+        escalation.queue_fyi(conn, incident, escalation.escalation_config(rt.settings.escalation,
+                                                                          rt.settings.alerts_dir),
+                             reason=fyi, policy_name=entry.escalation_policy if entry else None, worker=worker)
     incident.timeline = store.timeline(conn, incident.id)
     _, lcfg = _configs(rt)
     ctx = _resolver_context(conn, rt, incident)

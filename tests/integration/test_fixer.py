@@ -171,7 +171,8 @@ def test_a_restart_that_does_not_heal_rolls_back_escalates_and_the_rate_limit_st
     assert any("did not fix it" in w for w in whats), whats
     fourth = [t["what"] for t in incident_rows(stack.database_url,
               "SELECT what FROM incident_timeline WHERE incident_id = %s", (ids[3],))]
-    assert any("rate limit" in w for w in fourth), fourth
+    # a restart runbook's limit is the crash-loop circuit breaker
+    assert any("crash loop: web was restarted 3 times" in w and "keeps dying" in w for w in fourth), fourth
 
 
 HOSTILE = ["$(touch /tmp/erdu-pwned)", "`touch /tmp/erdu-pwned`", "; rm -rf /", "a && touch /tmp/erdu-pwned",

@@ -40,6 +40,7 @@ class NotificationKind(StrEnum):
     RESOLVE = "resolve"
     DIGEST = "digest"
     REMINDER = "reminder"       # a silence ends soon
+    FYI = "fyi"
 
 
 def _cut(text: str | None, limit: int = MAX_TEXT_CHARS) -> str:
@@ -212,6 +213,8 @@ class Notification:
                     if self.message and self.message.strip() != self.title.strip() else "")
         if self.kind is NotificationKind.RESOLVE:
             return f"[RESOLVED] [{self.severity}] {self.incident_id}: {self.title}{concrete}"
+        if self.kind is NotificationKind.FYI:
+            return f"[FYI] [{self.severity}] {self.incident_id}: {self.title}{concrete} (closed without a repair)"
         again = f", repeat {self.repeat}" if self.repeat else ""
         return f"[{self.severity}] {self.incident_id}: {self.title} (level {self.level}{again}){concrete}"
 

@@ -34,6 +34,8 @@ def file_stem(notification: Notification) -> str:
         return f"{ident}-digest"
     if notification.kind is NotificationKind.REMINDER:
         return f"{ident}-reminder"
+    if notification.kind is NotificationKind.FYI:
+        return f"{ident}-fyi"
     return f"{ident}-L{int(notification.level)}"
 
 

@@ -1,4 +1,5 @@
-"""PagerDuty Events API v2: trigger with dedup_key = incident id, resolve when ERDU resolves.
+"""PagerDuty Events API v2: trigger with dedup_key = incident id, resolve when ERDU resolves; an FYI (a P1 closed
+without a repair) is a change event, which PagerDuty records without paging.
 
 Repeated triggers for the same incident carry the same dedup_key, so PagerDuty folds them
 into one alert (its own escalation policy then takes over). A 4xx answer is permanent
@@ -73,6 +74,20 @@ def resolve_body(n: Notification, routing_key: str) -> dict[str, Any]:
     return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": n.incident_id}
 
 
+def change_body(n: Notification, routing_key: str, source: str | None = None) -> dict[str, Any]:
+    """An FYI as an Events v2 change event: recorded on the service's timeline in PagerDuty, never a page."""
+    return {"routing_key": routing_key,
+            "payload": {"summary": n.summary()[:_SUMMARY_MAX], "source": source or n.service or "erdu",
+                        "custom_details": {"incident_id": n.incident_id, "reason": n.reason,
+                                           "root_cause": n.root_cause, "see": n.see_command}}}
+
+
+def change_url(events_url: str) -> str:
+    """The change-events endpoint beside the configured events endpoint (`…/v2/enqueue` -> `…/v2/change/enqueue`)."""
+    head, sep, _ = events_url.rpartition("/v2/enqueue")
+    return f"{head}/v2/change/enqueue" if sep else events_url
+
+
 class PagerDutyChannel(BaseChannel):
     """Sends Events v2 triggers and resolves."""
 
@@ -86,9 +101,12 @@ class PagerDutyChannel(BaseChannel):
     def _deliver(self, notification: Notification) -> DeliveryResult:
         if notification.kind is NotificationKind.REMINDER:   # a reminder is not an alert: it would open one
             return DeliveryResult.sent(self.name, "PagerDuty gets no silence reminders (it would open an alert)")
+        url = self.events_url
         if notification.kind is NotificationKind.RESOLVE:
             body = resolve_body(notification, self._key)
+        elif notification.kind is NotificationKind.FYI:
+            body, url = change_body(notification, self._key, self._source), change_url(self.events_url)
         else:
             body = trigger_body(notification, self._key, self._source)
         raw = json.dumps(body, ensure_ascii=False).encode()
-        return post_json(self.name, self.events_url, raw, timeout=self.settings.timeout, client=self._client)
+        return post_json(self.name, url, raw, timeout=self.settings.timeout, client=self._client)

@@ -101,6 +101,8 @@ def slack_payload(n: Notification) -> dict[str, Any]:
         head = f"📨 {n.title}"
     elif n.kind is NotificationKind.REMINDER:
         head = f"⏰ {n.title}"
+    elif n.kind is NotificationKind.FYI:
+        head = f"ℹ️ FYI, closed without a repair: {n.severity} · {n.title}"
     else:
         head = f"{_ICON.get(n.severity, '⚠️')} {n.severity} · {n.title}"
     fields = [
