@@ -25,9 +25,11 @@ of ids of any length) becomes one ``<*>``. Words without digits are otherwise ke
 incident that hides another is worse than one error seen as two incidents, so when in
 doubt a word is part of the template.
 
-Multi-line Python tracebacks and Java stack traces are keyed by their exception types
-and frames (file and function, or class and method), not by line numbers or the values
-in their messages.
+Multi-line Python tracebacks are keyed by their exception types, the shape of each
+exception's message (its words, values masked as above) and the application's own frames
+(file, function and source line; library and standard-library frames only when there is
+no other); Java stack traces by their exception types and frames (class and method). Line
+numbers and install paths are never part of a key.
 """
 
 from __future__ import annotations
@@ -116,6 +118,9 @@ _JAVA_MORE = re.compile(r"^\s*\.\.\.\s*\d+\s+(?:more|common frames omitted)")
 _JAVA_CAUSE = re.compile(r"^\s*(Caused by|Suppressed):\s*")
 _JAVA_EXC = re.compile(r"((?:[A-Za-z_$][\w$]*\.)*[A-Z][\w$]*(?:Exception|Error|Throwable|Failure|Fault))(?=:|\s|$)")
 _FRAME_DIGITS = re.compile(r"\d+")
+# Frames of the standard library and installed packages: not the application's code.
+_LIBRARY_PATH = re.compile(r"[/\\](?:site|dist)-packages[/\\]|[/\\]lib[/\\]python\d[\d.]*[/\\]|^<frozen |[/\\]Lib[/\\]")
+_CARETS = re.compile(r"[\^~\s]+")
 
 # --- titles ------------------------------------------------------------------------------
 _EXC_SUFFIX = r"(?:Exception|Error|Exit|Interrupt|Failure|Fault)"
@@ -192,10 +197,19 @@ def _trace_template(text: str) -> tuple[str, str] | None:
 
 
 def _python_trace(lines: list[str]) -> tuple[str, str] | None:
+    """A traceback's exception types, their message shapes and its in-app frames.
+
+    A frame is file, function and its source line (stripped): the line number moves with any
+    edit above it, the source line only when that code changes. Frames of the standard library
+    and installed packages are left out when any frame is the application's own, so an upgrade
+    of a library or of Python does not split a bug; a frame repeated by recursion counts once.
+    """
     types: list[str] = []
-    frames: list[str] = []
+    shapes: list[str] = []
+    frames: list[tuple[str, bool]] = []
     message = ""
     in_trace = False
+    awaiting_source = False
     for line in lines:
         if line.startswith(_PY_TRACE_START) or line.strip() == _PY_TRACE_START:
             in_trace = True
@@ -204,22 +218,40 @@ def _python_trace(lines: list[str]) -> tuple[str, str] | None:
             continue
         frame = _PY_FRAME.match(line)
         if frame:
-            if len(frames) < MAX_TRACE_FRAMES:
-                path, func = frame.group(1), frame.group(2) or "?"
-                frames.append(f"{_basename(path)}:{func}")
+            path, func = frame.group(1), frame.group(2) or "?"
+            frames.append((f"{_basename(path)}:{func}", not _LIBRARY_PATH.search(path)))
+            awaiting_source = True
             continue
         if line[:1].isspace() or not line.strip():
-            continue  # source lines under a frame, carets, blank lines
+            stripped = line.strip()
+            if awaiting_source and stripped and not _CARETS.fullmatch(stripped) and not stripped.startswith("["):
+                name, in_app = frames[-1]
+                frames[-1] = (f"{name}:{_SPACES.sub(' ', stripped)[:200]}", in_app)
+            awaiting_source = False
+            continue  # carets, "[Previous line repeated ...]", blank lines
+        awaiting_source = False
         exc = _PY_EXC.match(line)
         if exc:
             types.append(exc.group(1))
             message = line[exc.end():].strip()
+            shapes.append(_message_shape(message))
             in_trace = False
     if not types:
         return None
-    template = f"Traceback {' <- '.join(reversed(types))} at {' > '.join(frames)}"[:MAX_TEMPLATE_CHARS * 4]
+    chosen = [name for name, in_app in frames if in_app] or [name for name, _ in frames]
+    kept: list[str] = []
+    for name in chosen:  # recursion: a frame that repeats the one before it counts once
+        if not kept or kept[-1] != name:
+            kept.append(name)
+    exceptions = " <- ".join(f"{t}({s})" for t, s in reversed(list(zip(types, shapes))))
+    template = f"Traceback {exceptions} at {' > '.join(kept[-MAX_TRACE_FRAMES:])}"[:MAX_TEMPLATE_CHARS * 4]
     title = types[-1].rsplit(".", 1)[-1] + (f": {mask(message)}" if message else "")
     return template, _shorten(title)
+
+
+def _message_shape(message: str) -> str:
+    """What an exception message says, without its values (a KeyError's key, a port, a count)."""
+    return mask(message)[:200]
 
 
 def _java_trace(lines: list[str]) -> tuple[str, str] | None:
