@@ -20,6 +20,7 @@ from erdu_tasks.errors import InvalidEvent, TransientError
 from erdu_tasks.settings import Settings
 from erdu_tasks.ingest.formats import pagerduty as pd
 from erdu_tasks.api import (
+    routes_grouping,
     routes_alertmanager,
     routes_events,
     routes_health,
@@ -116,7 +117,7 @@ def create_app(settings: Settings, config: ApiConfig | None = None) -> FastAPI:
     app.add_exception_handler(InvalidEvent, _invalid)
     app.add_exception_handler(Exception, _internal)
     for module in (routes_events, routes_alertmanager, routes_pagerduty, routes_incidents, routes_silences,
-                   routes_heartbeats):
+                   routes_heartbeats, routes_grouping):
         app.include_router(module.router, responses=COMMON_RESPONSES)
     app.include_router(routes_health.router)
     from erdu_tasks.api import routes_failed  # `erdu failed ls|retry` over HTTP

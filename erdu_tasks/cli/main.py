@@ -19,6 +19,7 @@ from erdu_tasks.settings import get_settings
 from erdu_tasks.cli.common import console, err, fail, incident_id_of, load_settings, plain, runtime, shown, who
 from erdu_tasks.cli.silences import silence_app
 from erdu_tasks.cli.heartbeats import heartbeat, heartbeats_app
+from erdu_tasks.cli.grouping import grouping_app, incidents_why
 
 app = typer.Typer(help="ERDU: self-healing incident response on Celery, Redis and Postgres.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -30,6 +31,8 @@ runbooks_app = typer.Typer(help="Check and list runbooks.", no_args_is_help=True
 app.add_typer(runbooks_app, name="runbooks")
 app.add_typer(silence_app, name="silence")
 app.add_typer(heartbeats_app, name="heartbeats")
+app.add_typer(grouping_app, name="grouping")
+incidents_app.command("why")(incidents_why)
 app.command("heartbeat")(heartbeat)
 rules_app = typer.Typer(help="List the classification rules.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")

@@ -39,7 +39,13 @@ import re
 from dataclasses import dataclass
 
 FINGERPRINT_VERSION = "1"
-"""Part of every key: bump it when the masking changes, so old and new keys never mix."""
+"""Part of every key's hash. Keys differ whenever templates do, so it stays: a new grouping version
+changes the keys of only the messages whose templates it changes."""
+GROUPING_VERSION = 2
+"""The grouping algorithm and its settings, stored with each incident: 2 gave Python tracebacks
+message shapes and in-app frames. A new version keeps its predecessor's keys reachable
+(previous_keys) so that open incidents are not split."""
+MAX_EXPLAINED = 50
 
 MASK = "<*>"
 MAX_INPUT_CHARS = 64_000
@@ -102,8 +108,18 @@ _PARTS = [
     # keys that name what happened (msg=, error=, level=, ...).
     r"(?<=[\w.\]-]=)" + "".join(rf"(?<!\b{k}=)" for k in _TEXT_KEYS) + r"[^\s,;&()\[\]{}<>\"'|]+",
 ]
+# What each of _PARTS is, in the same order, as `erdu incidents why` names it.
+RULE_NAMES = (
+    "date and time", "date", "date", "uuid", "url", "e-mail address", "ipv6 address", "ipv4 address",
+    "host:port", "file path", "file path", "quoted value", "quoted value", "duration or size", "time of day",
+    "empty brackets", "account name after 'user'", "token with a digit", "value of key=value",
+)
+assert len(RULE_NAMES) == len(_PARTS)
 # Every value starts a token, so one look-behind skips the positions inside words at once.
 _MASK_RE = re.compile(rf"(?<!{_W})(?:" + "|".join(f"(?:{p})" for p in _PARTS) + ")")
+# The same alternatives, each in a named group, so an explanation can say which rule masked a value.
+# Only `explain` and splits use it: the hot path keeps the faster unnamed pattern.
+_NAMED_RE = re.compile(rf"(?<!{_W})(?:" + "|".join(f"(?P<r{i}>{p})" for i, p in enumerate(_PARTS)) + ")")
 # A value wholly in brackets is a value; runs of values with only punctuation between are one.
 _BRACKETED = re.compile(r"[(\[{]<\*>[)\]}]")
 _RUN = re.compile(r"<\*>(?:[\s,;:|#/+*-]*<\*>)+")
@@ -160,6 +176,96 @@ def fingerprint(message: str, service: str | None = None) -> Template:
         template = "\n".join(mask(line) for line in text.splitlines() if line.strip())[:MAX_TEMPLATE_CHARS]
         title = make_title(template)
     return Template(key=template_key(template, service), template=template, title=title)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One <*> of a single-line template: the text it stands for and the rules that masked it."""
+
+    text: str
+    rules: tuple[str, ...]
+
+
+def slots(text: str) -> tuple[str, list[Slot]]:
+    """mask(text) with, for each <*> in it, the original text and the rules behind it (slower than mask)."""
+    spans: list[tuple[int, int, tuple[str, ...]]] = []
+    out: list[str] = []
+    pos = 0
+    for m in _NAMED_RE.finditer(text):
+        out.append(text[pos:m.start()])
+        out.append(MASK)
+        spans.append((m.start(), m.end(), (RULE_NAMES[int(m.lastgroup[1:])],)))
+        pos = m.end()
+    out.append(text[pos:])
+    masked = "".join(out)
+    if masked.count(MASK) > 1:
+        for pattern, step in ((_BRACKETED, "value in brackets"), (_RUN, "run of values")):
+            masked, spans = _collapse(masked, spans, pattern, step)
+    return _SPACES.sub(" ", masked).strip(), [Slot(text[a:b], rules) for a, b, rules in spans]
+
+
+def _collapse(masked: str, spans: list[tuple[int, int, tuple[str, ...]]], pattern: re.Pattern[str],
+              step: str) -> tuple[str, list[tuple[int, int, tuple[str, ...]]]]:
+    """pattern.sub(MASK, masked), keeping one span per <*>: a replaced run spans all it covered."""
+    out: list[str] = []
+    kept: list[tuple[int, int, tuple[str, ...]]] = []
+    pos = index = 0
+    for m in pattern.finditer(masked):
+        before = masked[pos:m.start()]
+        n_before, n_in = before.count(MASK), m.group().count(MASK)
+        kept += spans[index:index + n_before]
+        covered = spans[index + n_before:index + n_before + n_in]
+        index += n_before + n_in
+        if covered:
+            rules = tuple(dict.fromkeys(r for _, _, rs in covered for r in rs)) + (step,)
+            # A bracketed value keeps its brackets in the original text it stands for.
+            a, b = covered[0][0], covered[-1][1]
+            if pattern is _BRACKETED:
+                a, b = a - 1, b + 1
+            kept.append((a, b, rules))
+        out += [before, MASK]
+        pos = m.end()
+    out.append(masked[pos:])
+    kept += spans[index:]
+    return "".join(out), kept
+
+
+def explain(message: str, service: str | None = None) -> dict[str, object]:
+    """How a message got its key: the step that made the template, the template, the key and what was masked."""
+    tpl = fingerprint(message, service)
+    text = message[:MAX_INPUT_CHARS].strip()
+    if "\n" not in text:
+        step, masked = "single line: values masked by rule, runs of values joined", slots(text)[1]
+    elif text.startswith(_PY_TRACE_START) or _PY_TRACE_START in text:
+        step = ("python traceback: exception types, their message shapes and the application's own frames "
+                "(file, function, source line); line numbers, install paths and library frames left out")
+        last = next((line for line in reversed(text.splitlines()) if _PY_EXC.match(line)), "")
+        masked = slots(last)[1]
+    elif tpl.template.startswith("Stack "):
+        step, masked = "java stack trace: exception types and frames (class and method), digits left out", []
+    else:
+        step = "several lines, each masked as a single line"
+        masked = [s for line in text.splitlines()[:50] if line.strip() for s in slots(line)[1]]
+    return {
+        "version": GROUPING_VERSION, "step": step, "template": tpl.template, "key": tpl.key,
+        "masked": [{"text": s.text[:200], "rules": list(s.rules)} for s in masked[:MAX_EXPLAINED]],
+        "masked_total": len(masked),
+    }
+
+
+def previous_keys(message: str, service: str | None = None) -> dict[int, str]:
+    """The keys earlier grouping versions gave this message, where they differ from today's (version -> key).
+
+    Only Python tracebacks changed (in version 2), so any other message has none and costs nothing here.
+    """
+    text = message[:MAX_INPUT_CHARS].strip()
+    if "\n" not in text or _PY_TRACE_START not in text:
+        return {}
+    lines = text.splitlines()
+    now, then = _python_trace(lines), _python_trace_v1(lines)
+    if then is None or now == then:
+        return {}
+    return {1: template_key(then[0], service)}
 
 
 def template_key(template: str, service: str | None = None) -> str:
@@ -252,6 +358,38 @@ def _python_trace(lines: list[str]) -> tuple[str, str] | None:
 def _message_shape(message: str) -> str:
     """What an exception message says, without its values (a KeyError's key, a port, a count)."""
     return mask(message)[:200]
+
+
+def _python_trace_v1(lines: list[str]) -> tuple[str, str] | None:
+    """Version 1 (for previous_keys): exception types and every frame, file and function only."""
+    types: list[str] = []
+    frames: list[str] = []
+    message = ""
+    in_trace = False
+    for line in lines:
+        if line.startswith(_PY_TRACE_START) or line.strip() == _PY_TRACE_START:
+            in_trace = True
+            continue
+        if not in_trace:
+            continue
+        frame = _PY_FRAME.match(line)
+        if frame:
+            if len(frames) < MAX_TRACE_FRAMES:
+                path, func = frame.group(1), frame.group(2) or "?"
+                frames.append(f"{_basename(path)}:{func}")
+            continue
+        if line[:1].isspace() or not line.strip():
+            continue  # source lines under a frame, carets, blank lines
+        exc = _PY_EXC.match(line)
+        if exc:
+            types.append(exc.group(1))
+            message = line[exc.end():].strip()
+            in_trace = False
+    if not types:
+        return None
+    template = f"Traceback {' <- '.join(reversed(types))} at {' > '.join(frames)}"[:MAX_TEMPLATE_CHARS * 4]
+    title = types[-1].rsplit(".", 1)[-1] + (f": {mask(message)}" if message else "")
+    return template, _shorten(title)
 
 
 def _java_trace(lines: list[str]) -> tuple[str, str] | None:
