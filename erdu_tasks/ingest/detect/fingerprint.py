@@ -34,6 +34,7 @@ numbers and install paths are never part of a key.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -164,8 +165,21 @@ def mask(text: str) -> str:
     return _SPACES.sub(" ", text).strip()
 
 
+CACHED_CHARS = 400
+"""Messages up to this long are remembered (the last CACHE_SIZE of them): logs repeat their lines,
+a storm repeats one line, and a pure function may answer a repeat from memory."""
+CACHE_SIZE = 16384
+
+
 def fingerprint(message: str, service: str | None = None) -> Template:
     """The template, stable key and title of a message from a service."""
+    if len(message) <= CACHED_CHARS:
+        return _remembered(message, service)
+    return fingerprint_uncached(message, service)
+
+
+def fingerprint_uncached(message: str, service: str | None = None) -> Template:
+    """fingerprint() computed afresh (what a message not seen lately costs)."""
     text = message[:MAX_INPUT_CHARS].strip()
     if "\n" not in text:
         template = mask(text)[:MAX_TEMPLATE_CHARS]
@@ -266,6 +280,14 @@ def previous_keys(message: str, service: str | None = None) -> dict[int, str]:
     if then is None or now == then:
         return {}
     return {1: template_key(then[0], service)}
+
+
+_remembered = functools.lru_cache(maxsize=CACHE_SIZE)(fingerprint_uncached)
+
+
+def clear_fingerprint_cache() -> None:
+    """Forget the remembered messages (for measurements that must start cold)."""
+    _remembered.cache_clear()
 
 
 def template_key(template: str, service: str | None = None) -> str:
