@@ -18,6 +18,8 @@ from erdu_tasks.store.db import Database
 from tests.conftest import create_database, drop_database_later
 from tests.integration.test_cli_hostile_text import erdu
 
+pytestmark = pytest.mark.xdist_group("grouping")   # one module database, on one worker
+
 
 @pytest.fixture(scope="module")
 def rt():
