@@ -37,7 +37,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 FINGERPRINT_VERSION = "1"
 """Part of every key's hash. Keys differ whenever templates do, so it stays: a new grouping version
@@ -173,11 +173,17 @@ _LOG_PREFIX = re.compile(rf"^(?:(?:<\*>|[\[(]?{_LEVEL}[\])]?:?)\s+)+")
 
 @dataclass(frozen=True)
 class Template:
-    """A message's template, its stable key and a short title."""
+    """A message's template, its stable key and a short title (made when first asked for: ingest
+    needs it once per new group, not once per line)."""
 
     key: str
     template: str
-    title: str
+    given_title: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def title(self) -> str:
+        """The exception type and what follows, else the error phrase (see make_title)."""
+        return self.given_title if self.given_title is not None else make_title(self.template)
 
 
 def mask(text: str) -> str:
@@ -205,15 +211,14 @@ def fingerprint(message: str, service: str | None = None) -> Template:
 def fingerprint_uncached(message: str, service: str | None = None) -> Template:
     """fingerprint() computed afresh (what a message not seen lately costs)."""
     text = message[:MAX_INPUT_CHARS].strip()
+    title = None
     if "\n" not in text:
         template = mask(text)[:MAX_TEMPLATE_CHARS]
-        title = make_title(template)
     elif (trace := _trace_template(text)) is not None:
         template, title = trace
     else:
         template = "\n".join(mask(line) for line in text.splitlines() if line.strip())[:MAX_TEMPLATE_CHARS]
-        title = make_title(template)
-    return Template(key=template_key(template, service), template=template, title=title)
+    return Template(template_key(template, service), template, title)
 
 
 @dataclass(frozen=True)
