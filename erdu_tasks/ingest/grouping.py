@@ -160,6 +160,7 @@ def _template_of(conn: psycopg.Connection, fp: str) -> str | None:
 
 def merge(conn: psycopg.Connection, source_ref: str, target_ref: str, by: str, note: str | None = None) -> str:
     """Teach "source is target" (in the caller's transaction); a one-line account of what changed."""
+    store.lock(conn)
     source, target = fingerprint_of(conn, source_ref), fingerprint_of(conn, target_ref)
     for fp in (source, target):
         if _template_of(conn, fp) is None:
@@ -176,13 +177,13 @@ def merge(conn: psycopg.Connection, source_ref: str, target_ref: str, by: str, n
     moved = store.open_incident(conn, source)
     if moved is not None:
         kept = store.open_incident(conn, final)
-        if kept is None:
-            store.rekey_incident(conn, moved, final)
+        if kept is None and store.rekey_incident(conn, moved, final):
             add_timeline(conn, moved, actor=by, what=f"grouping: fingerprint {source} merged into {final}; "
                                                       "this incident now takes both",
                          details={"override": override_id, "from": source, "to": final})
             said += f"; open incident {moved} now takes both"
         else:
+            kept = kept or store.open_incident(conn, final)
             add_timeline(conn, moved, actor=by, what=f"grouping: fingerprint {source} merged into {final}; new "
                                                       f"occurrences go to {kept}",
                          details={"override": override_id, "from": source, "to": final, "incident": kept})
@@ -193,6 +194,7 @@ def merge(conn: psycopg.Connection, source_ref: str, target_ref: str, by: str, n
 
 def split(conn: psycopg.Connection, ref: str, slot: int, by: str, note: str | None = None) -> str:
     """Teach "the value of <*> number `slot` of this fingerprint's template matters"; a one-line account."""
+    store.lock(conn)
     fp = fingerprint_of(conn, ref)
     template = _template_of(conn, fp)
     if template is None:
@@ -211,6 +213,7 @@ def split(conn: psycopg.Connection, ref: str, slot: int, by: str, note: str | No
 
 def remove(conn: psycopg.Connection, override_id: int) -> str:
     """Drop an override (new events are grouped as before it); a one-line account."""
+    store.lock(conn)
     row = store.remove(conn, override_id)
     if row is None:
         raise GroupingRefused(f"no grouping override {override_id}")

@@ -21,6 +21,11 @@ def load(conn: psycopg.Connection) -> list[dict[str, Any]]:
     return conn.execute("SELECT * FROM grouping_overrides ORDER BY id").fetchall()
 
 
+def lock(conn: psycopg.Connection) -> None:
+    """Serialise changes to the overrides (two merges at once could otherwise make a cycle)."""
+    conn.execute("SELECT version FROM grouping_state FOR UPDATE")
+
+
 def bump(conn: psycopg.Connection) -> None:
     """Tell every ingest process that the overrides changed (it reloads them on its next batch)."""
     conn.execute("UPDATE grouping_state SET version = version + 1")
@@ -98,6 +103,14 @@ def open_incidents(conn: psycopg.Connection, fingerprints: list[str]) -> dict[st
     return {r["fingerprint"]: r["id"] for r in rows}
 
 
-def rekey_incident(conn: psycopg.Connection, incident_id: str, fingerprint: str) -> None:
-    """Give an open incident another fingerprint (a merge whose target had no open incident)."""
-    conn.execute("UPDATE incidents SET fingerprint = %s WHERE id = %s", (fingerprint, incident_id))
+def rekey_incident(conn: psycopg.Connection, incident_id: str, fingerprint: str) -> bool:
+    """Give an open incident another fingerprint (a merge whose target had no open incident).
+
+    False if the target got an open incident of its own meanwhile (an event raced the merge).
+    """
+    try:
+        with conn.transaction():   # a savepoint: a lost race leaves the caller's transaction usable
+            conn.execute("UPDATE incidents SET fingerprint = %s WHERE id = %s", (fingerprint, incident_id))
+    except psycopg.errors.UniqueViolation:
+        return False
+    return True
