@@ -21,6 +21,7 @@ from erdu_tasks.settings import Settings
 from erdu_tasks.ingest.formats import pagerduty as pd
 from erdu_tasks.api import (
     console,
+    routes_grouping,
     routes_alertmanager,
     routes_events,
     routes_health,
@@ -121,7 +122,7 @@ def create_app(settings: Settings, config: ApiConfig | None = None) -> FastAPI:
     app.add_exception_handler(InvalidEvent, _invalid)
     app.add_exception_handler(Exception, _internal)
     for module in (routes_events, routes_alertmanager, routes_pagerduty, routes_incidents, routes_silences,
-                   routes_heartbeats, routes_oncall):
+                   routes_heartbeats, routes_oncall, routes_grouping):
         app.include_router(module.router, responses=COMMON_RESPONSES)
     # Slack's endpoint takes no bearer token (its signature authenticates it): no 401/403 of the token.
     app.include_router(routes_slack.router, responses={k: COMMON_RESPONSES[k] for k in (413, 503)})

@@ -21,6 +21,7 @@ from erdu_tasks.cli.silences import silence_app
 from erdu_tasks.cli.heartbeats import heartbeat, heartbeats_app
 from erdu_tasks.cli.oncall import oncall_app
 from erdu_tasks.cli.celery_apps import celery_apps_app
+from erdu_tasks.cli.grouping import grouping_app, incidents_why
 
 app = typer.Typer(help="ERDU: self-healing incident response on Celery, Redis and Postgres.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -32,6 +33,8 @@ runbooks_app = typer.Typer(help="Check and list runbooks.", no_args_is_help=True
 app.add_typer(runbooks_app, name="runbooks")
 app.add_typer(silence_app, name="silence")
 app.add_typer(heartbeats_app, name="heartbeats")
+app.add_typer(grouping_app, name="grouping")
+incidents_app.command("why")(incidents_why)
 app.command("heartbeat")(heartbeat)
 app.add_typer(oncall_app, name="oncall")
 app.add_typer(celery_apps_app, name="celery-apps")

@@ -18,10 +18,11 @@ import psycopg
 
 from psycopg.types.json import Jsonb
 
-from erdu_tasks.store import history, incidents as store
+from erdu_tasks.store import grouping as grouping_store, history, incidents as store
 from erdu_tasks.store.db import Database
 from erdu_tasks.catalog import Catalog
-from erdu_tasks.ingest.detect.fingerprint import fingerprint
+from erdu_tasks.ingest import grouping
+from erdu_tasks.ingest.detect.fingerprint import GROUPING_VERSION, fingerprint, previous_keys
 from erdu_tasks.ingest.detect.rules import RuleSet
 from erdu_tasks.escalation.runs import open_run
 from erdu_tasks.model import Event, Severity, Status
@@ -58,6 +59,9 @@ class Group:
     tags: set[str] = field(default_factory=set)
     count: int = 0
     samples: list[str] = field(default_factory=list)
+    grouping: dict[str, Any] = field(default_factory=dict)
+    previous: dict[int, str] = field(default_factory=dict)
+    """Keys earlier grouping versions gave these events: an open incident under one of them takes them."""
 
 
 @dataclass(frozen=True)
@@ -117,18 +121,23 @@ def accept(into: psycopg.Connection | Database, events: Sequence[Event], rt: Ing
     `into` is a connection (the upsert joins its open transaction) or a Database (the events are
     folded first, then stored in a transaction of their own).
     """
-    groups, ignored = fold(events, rt.rules)
     flap_window = rt.settings.flap_window_seconds
     if isinstance(into, Database):
         with into.transaction() as conn:
+            groups, ignored = fold(events, rt.rules, grouping.current(conn))
             outcomes = _upsert_groups(conn, groups, rt.catalog, flap_window=flap_window)
     else:
+        groups, ignored = fold(events, rt.rules, grouping.current(into))
         outcomes = _upsert_groups(into, groups, rt.catalog, flap_window=flap_window)
     return IngestResult(outcomes, ignored)
 
 
-def fold(events: Sequence[Event], rules: RuleSet) -> tuple[list[Group], int]:
-    """Classify and fingerprint each event and fold them by fingerprint; returns groups and ignored count."""
+def fold(events: Sequence[Event], rules: RuleSet,
+         overrides: grouping.Overrides = grouping.NO_OVERRIDES) -> tuple[list[Group], int]:
+    """Classify and fingerprint each event, apply people's merges and splits, and fold them by fingerprint.
+
+    Returns the groups and the ignored count.
+    """
     groups: dict[str, Group] = {}
     ignored = 0
     for event in events:
@@ -137,10 +146,18 @@ def fold(events: Sequence[Event], rules: RuleSet) -> tuple[list[Group], int]:
             ignored += event.count
             continue
         tpl = fingerprint(event.message, event.service)
-        key = dedup_fingerprint(event.dedup_key) if event.dedup_key else tpl.key
+        if event.dedup_key:
+            resolved = grouping.Resolved(dedup_fingerprint(event.dedup_key), tpl.template)
+        else:
+            resolved = overrides.resolve(tpl, event.message, event.service)
+        key = resolved.key
         group = groups.get(key)
         if group is None:
-            group = groups[key] = Group(key, tpl.template, verdict.title or tpl.title, verdict.severity, event)
+            group = groups[key] = Group(key, resolved.template, verdict.title or tpl.title, verdict.severity, event)
+            if not event.dedup_key:
+                group.grouping = grouping.explanation(tpl, event.message, event.service, resolved)
+                if not resolved.steps:
+                    group.previous = previous_keys(event.message, event.service)
         elif verdict.severity.rank < group.severity.rank:
             group.severity = verdict.severity
         group.tags.update(verdict.tags)
@@ -162,6 +179,8 @@ def _new_incident(group: Group, catalog: Catalog) -> store.NewIncident:
         details["occurred_at"] = event.occurred_at.isoformat()
     if event.details:
         details["details"] = event.details
+    if group.grouping:
+        details["grouping"] = group.grouping
     return store.NewIncident(
         fingerprint=group.fingerprint, template=group.template, title=group.title[:200],
         description=event.message[:8000], severity=group.severity, source=event.source,
@@ -175,6 +194,7 @@ def _upsert_groups(conn: psycopg.Connection, groups: Sequence[Group], catalog: C
                    *, flap_window: float) -> list[Outcome]:
     """Upsert each group in fingerprint order (so racing workers never deadlock) and count it in the pattern."""
     outcomes = []
+    _keep_open_incidents_whole(conn, groups)
     for group in sorted(groups, key=lambda g: g.fingerprint):
         new = _new_incident(group, catalog)
         result = store.upsert_incident(conn, new)
@@ -199,6 +219,27 @@ def _upsert_groups(conn: psycopg.Connection, groups: Sequence[Group], catalog: C
         outcomes.append(Outcome(result.incident_id, group.fingerprint, result.created, result.occurrences,
                                 group.count, reopened, reassess=reassess))
     return outcomes
+
+
+def _keep_open_incidents_whole(conn: psycopg.Connection, groups: Sequence[Group]) -> None:
+    """A group whose key has no open incident joins the open incident of its key under an earlier
+    grouping version, if there is one: a new version never splits an incident that is open."""
+    moved = [g for g in groups if g.previous]
+    if not moved:
+        return
+    open_now = grouping_store.open_incidents(
+        conn, [g.fingerprint for g in moved] + [k for g in moved for k in g.previous.values()])
+    for g in moved:
+        if g.fingerprint in open_now:
+            continue
+        for version, key in sorted(g.previous.items(), reverse=True):
+            if key in open_now:
+                g.grouping = dict(g.grouping, key=key, version=version, computed_key=g.fingerprint,
+                                  steps=[*g.grouping.get("steps", []),
+                                         f"grouping version {GROUPING_VERSION} key {g.fingerprint} has no open "
+                                         f"incident; its version {version} key {key} has one, which takes it"])
+                g.fingerprint = key
+                break
 
 
 def _fixes_did_not_hold(conn: psycopg.Connection, fp: str, incident_id: str, occurred_at: Any = None) -> None:

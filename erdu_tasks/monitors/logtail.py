@@ -151,14 +151,17 @@ class _Budget:
 _registered: set[tuple[str, str]] = set()
 _unreadable: set[str] = set()
 UNREADABLE = "cannot read: "
+BUSY = "another monitor worker is reading it"
 
 
-def scan(config: LogsConfig, deps: TailDeps) -> list[FileStats]:
-    """One pass over every watched file; returns what it did per file."""
+def scan(config: LogsConfig, deps: TailDeps, only: set[str] | None = None) -> list[FileStats]:
+    """One pass over every watched file (or those of them in `only`); returns what it did per file."""
     deadline = time.monotonic() + config.run_seconds
     results: list[FileStats] = []
     for watch in config.files:
         for path in sorted(_paths(watch, deps)):
+            if only is not None and path not in only:
+                continue
             if time.monotonic() > deadline:
                 results.append(FileStats(path, skipped="time budget of this scan used up"))
                 continue
@@ -189,7 +192,7 @@ def _locked(path: str, watch: LogFile, config: LogsConfig, deps: TailDeps, deadl
     try:
         lock = deps.redis.lock(key, timeout=config.lock_timeout, blocking=False)
         if not lock.acquire(blocking=False):
-            return FileStats(path, skipped="another monitor worker is reading it")
+            return FileStats(path, skipped=BUSY)
     except redis.RedisError as exc:
         raise TransientError(f"redis unavailable for the tail lock: {exc}") from exc
     try:

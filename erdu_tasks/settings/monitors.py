@@ -119,6 +119,10 @@ class LogsConfig(Section):
     lock_timeout: float = Field(default=5.0, ge=1, le=3600, description="renewed between commits; after a "
                                 "worker crash its file waits at most this long")
     max_event_lines: int = Field(default=200, ge=2, le=10_000)
+    watch: bool = Field(default=True, description="read a file as soon as it is written (inotify, through "
+                        "watchfiles); the scan every `interval` stays, as the fallback")
+    watch_debounce_ms: int = Field(default=20, ge=1, le=10_000, description="writes closer together than "
+                                   "this are read in one scan")
 
     @model_validator(mode="after")
     def _distinct(self) -> "LogsConfig":

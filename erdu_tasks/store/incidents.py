@@ -23,6 +23,8 @@ from erdu_tasks.model import (
 )
 
 _CLOSED_SQL = "status NOT IN ('resolved', 'closed')"
+OPEN_SQL = _CLOSED_SQL
+"""The condition an open incident meets (the partial unique index's), for queries elsewhere in the store."""
 
 # Columns a stage may write together with its status change.
 _WRITABLE = {

@@ -9,6 +9,8 @@ reported by the Celery health monitor).
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -17,8 +19,10 @@ from typing import Any, TypeVar
 from erdu_tasks import names
 from erdu_tasks.app import app
 from erdu_tasks.errors import TransientError
-from erdu_tasks.monitors import celery_health, http_probe, logtail, system
-from erdu_tasks.monitors.config import MonitorsConfig
+from celery import signals
+
+from erdu_tasks.monitors import celery_health, http_probe, logtail, logwatch, system
+from erdu_tasks.monitors.config import LogsConfig, MonitorsConfig
 from erdu_tasks.app import runtime
 from erdu_tasks.tasks.base import ErduTask, log
 from erdu_tasks.tasks.publish import hand_on
@@ -62,17 +66,46 @@ def monitor_logs(self: ErduTask) -> dict[str, Any]:
         return {"skipped": "no monitors.logs section"}
     rt = runtime()
     deps = logtail.TailDeps(db=rt.db, redis=rt.monitor_redis, rt=rt, notify=_assess, host=_host(config))
+    if config.logs.watch:
+        _ensure_watcher(config.logs, deps)
 
     def scan() -> dict[str, Any]:
         stats = logtail.scan(config.logs, deps)
-        for s in stats:
-            for note in s.notes:
-                log.info("log tailer", path=s.path, note=note)
+        _log_notes(stats)
         return {"files": len(stats), "lines": sum(s.lines for s in stats), "events": sum(s.events for s in stats),
                 "new_incidents": sum(s.new_incidents for s in stats),
                 "skipped": {s.path: s.skipped for s in stats if s.skipped}}
 
     return _run("logs", scan)
+
+
+def _log_notes(stats: list[logtail.FileStats]) -> None:
+    for s in stats:
+        for note in s.notes:
+            log.info("log tailer", path=s.path, note=note)
+
+
+_watcher: logwatch.Watcher | None = None
+_watcher_started = 0.0
+_watcher_lock = threading.Lock()
+WATCHER_RESTART_SECONDS = 30.0
+"""A watcher that stopped (its directory did not exist yet, inotify failed) is tried again this often."""
+
+
+def _ensure_watcher(config: LogsConfig, deps: logtail.TailDeps) -> None:
+    """The monitor worker's one inotify watcher (logwatch.py), started by its first log scan."""
+    global _watcher, _watcher_started
+    with _watcher_lock:
+        if _watcher is not None and (_watcher.running or time.monotonic() - _watcher_started < WATCHER_RESTART_SECONDS):
+            return
+        _watcher_started = time.monotonic()
+        _watcher = logwatch.Watcher(config, deps, on_scan=_log_notes).start()
+
+
+@signals.worker_shutdown.connect
+def _stop_watcher(**_: Any) -> None:
+    if _watcher is not None:
+        _watcher.stop()
 
 
 @app.task(name=names.MONITOR_PROBES, base=ErduTask, bind=True)

@@ -16,6 +16,7 @@ from erdu_tasks.app import app, runtime
 from erdu_tasks.model import Incident, Status
 from erdu_tasks.names import Stage
 from erdu_tasks.brains import Thought
+from erdu_tasks.ingest import grouping
 from erdu_tasks.ingest.detect.fingerprint import fingerprint
 from erdu_tasks.roles.report import build_report, render_markdown, report_paths, write_report
 from erdu_tasks.roles import commander, diagnostician, logwindow, resolver
@@ -237,8 +238,9 @@ def _log_evidence(conn: psycopg.Connection, rt: Runtime, incident: Incident,
 def _owners_of_lines(conn: psycopg.Connection, incident: Incident, window: logwindow.LogWindow) -> dict[int, str]:
     """Position -> the other incident a line of the window belongs to: its fingerprint, computed as the log
     monitor computes it, is another incident's (a line of this incident's own fingerprint stays)."""
-    keys = {i: fingerprint(line.text, incident.service).key for i, line in enumerate(window.lines)
-            if not line.event and line.text.strip()}
+    overrides = grouping.current(conn)   # merges and splits people made: as ingest files each line
+    keys = {i: overrides.resolve(fingerprint(line.text, incident.service), line.text, incident.service).key
+            for i, line in enumerate(window.lines) if not line.event and line.text.strip()}
     keys = {i: key for i, key in keys.items() if key != incident.fingerprint}
     owner = history.latest_incidents_of(conn, list(keys.values()), exclude=incident.id)
     return {i: owner[key] for i, key in keys.items() if key in owner}

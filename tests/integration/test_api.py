@@ -130,6 +130,24 @@ def test_one_event_opens_an_incident_and_answers_its_id_as_new(api, w):
     assert _assess_body_mentions(queued, incident_id)
 
 
+def test_why_and_a_merge_over_http(api, w):
+    a = w.post("/v1/events", json={"message": "ERROR ledger sync stalled at batch 41", "service": "why-1"}).json()
+    b = w.post("/v1/events", json={"message": "ERROR ledger sync aborted", "service": "why-1"}).json()
+    a_id, b_id = a["incidents"][0]["id"], b["incidents"][0]["id"]
+    why = w.get(f"/v1/incidents/{a_id}/why").json()
+    assert why["template"] == "ERROR ledger sync stalled at batch <*>"
+    assert why["masked"] == [{"text": "41", "rules": ["token with a digit"]}]
+    assert w.get("/v1/incidents/INC-19990101000000-nothere/why").status_code == 404
+    merged = w.post("/v1/grouping/merge", json={"source": a_id, "target": b_id, "by": "dana"})
+    assert merged.status_code == 200 and b_id in merged.json()["message"]
+    assert w.post("/v1/grouping/merge", json={"source": a_id, "target": b_id}).status_code == 409
+    again = w.post("/v1/events", json={"message": "ERROR ledger sync stalled at batch 42", "service": "why-1"}).json()
+    assert again["incidents"][0]["id"] == b_id
+    with api.client(READ) as r:
+        assert r.post("/v1/grouping/split", json={"fingerprint": b_id, "slot": 1}).status_code == 403
+        assert any(o["kind"] == "merge" for o in r.get("/v1/grouping").json())
+
+
 def _assess_body_mentions(messages, incident_id: str) -> bool:
     import base64
 

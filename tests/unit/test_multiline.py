@@ -72,7 +72,7 @@ def test_chained_python_tracebacks_are_one_event():
     assert len(events) == 2 and events[1] == "after"
     assert "During handling of the above exception" in events[0]
     assert events[0].endswith("RuntimeError: wrapped")
-    assert fingerprint(events[0]).template.startswith("Traceback RuntimeError <- KeyError")
+    assert fingerprint(events[0]).template.startswith("Traceback RuntimeError(wrapped) <- KeyError(<*>)")
 
 
 def test_a_java_stack_trace_with_causes_is_one_event():
@@ -147,3 +147,13 @@ def test_very_long_lines_are_cut():
 def test_bad_limits_are_refused():
     with pytest.raises(ValueError):
         LineFolder(max_lines=1)
+
+
+def test_the_indented_rest_of_an_exception_message_stays_with_its_traceback():
+    text = ("Traceback (most recent call last):\n  File \"app.py\", line 3, in open_db\n    psycopg.connect()\n"
+            "psycopg.OperationalError: connection failed: connection refused\n"
+            "\tIs the server running on that host and accepting TCP/IP connections?\n"
+            "2024-05-01 10:00:02 INFO next request")
+    events = fold_all(text)
+    assert len(events) == 2 and events[0].endswith("accepting TCP/IP connections?")
+    assert events[1] == "2024-05-01 10:00:02 INFO next request"

@@ -25,19 +25,28 @@ of ids of any length) becomes one ``<*>``. Words without digits are otherwise ke
 incident that hides another is worse than one error seen as two incidents, so when in
 doubt a word is part of the template.
 
-Multi-line Python tracebacks and Java stack traces are keyed by their exception types
-and frames (file and function, or class and method), not by line numbers or the values
-in their messages.
+Multi-line Python tracebacks are keyed by their exception types, the shape of each
+exception's message (its words, values masked as above) and the application's own frames
+(file, function and source line; library and standard-library frames only when there is
+no other); Java stack traces by their exception types and frames (class and method). Line
+numbers and install paths are never part of a key.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 FINGERPRINT_VERSION = "1"
-"""Part of every key: bump it when the masking changes, so old and new keys never mix."""
+"""Part of every key's hash. Keys differ whenever templates do, so it stays: a new grouping version
+changes the keys of only the messages whose templates it changes."""
+GROUPING_VERSION = 2
+"""The grouping algorithm and its settings, stored with each incident: 2 gave Python tracebacks
+message shapes and in-app frames. A new version keeps its predecessor's keys reachable
+(previous_keys) so that open incidents are not split."""
+MAX_EXPLAINED = 50
 
 MASK = "<*>"
 MAX_INPUT_CHARS = 64_000
@@ -100,8 +109,42 @@ _PARTS = [
     # keys that name what happened (msg=, error=, level=, ...).
     r"(?<=[\w.\]-]=)" + "".join(rf"(?<!\b{k}=)" for k in _TEXT_KEYS) + r"[^\s,;&()\[\]{}<>\"'|]+",
 ]
+# What each of _PARTS is, in the same order, as `erdu incidents why` names it.
+RULE_NAMES = (
+    "date and time", "date", "date", "uuid", "url", "e-mail address", "ipv6 address", "ipv4 address",
+    "host:port", "file path", "file path", "quoted value", "quoted value", "duration or size", "time of day",
+    "empty brackets", "account name after 'user'", "token with a digit", "value of key=value",
+)
+assert len(RULE_NAMES) == len(_PARTS)
 # Every value starts a token, so one look-behind skips the positions inside words at once.
 _MASK_RE = re.compile(rf"(?<!{_W})(?:" + "|".join(f"(?:{p})" for p in _PARTS) + ")")
+# Speed: a rule that needs a character the line does not hold cannot match anywhere in it, and
+# leaving it out of the alternation changes nothing else (the first rule that matches still wins),
+# so each line is masked by the alternation of only the rules it could meet. The e-mail rule alone
+# scans up to 64 characters at every word. What each rule needs ("" = nothing checked):
+_NEEDS = ("0", "0", "0", "", ":", "@", ":0", "0", ":0", "/", ":", "'", '"', "0", ":0", "", "u", "0", "=")
+assert len(_NEEDS) == len(_PARTS)
+_DIGIT = re.compile(r"\d")
+_FEATURES = ("0", "@", ":", "/", "'", '"', "=", "u")
+_BY_FEATURES: dict[int, re.Pattern[str]] = {}
+
+
+def _mask_re(text: str) -> re.Pattern[str]:
+    """The alternation of the rules that could match in text (compiled once per combination, at most 256)."""
+    have = ((_DIGIT.search(text) is not None) | ("@" in text) << 1 | (":" in text) << 2 | ("/" in text) << 3
+            | ("'" in text) << 4 | ('"' in text) << 5 | ("=" in text) << 6 | ("ser " in text) << 7)
+    pattern = _BY_FEATURES.get(have)
+    if pattern is None:
+        present = {f for i, f in enumerate(_FEATURES) if have >> i & 1}
+        parts = [p for p, needs in zip(_PARTS, _NEEDS) if set(needs) <= present]
+        pattern = _BY_FEATURES[have] = re.compile(
+            rf"(?<!{_W})(?:" + "|".join(f"(?:{p})" for p in parts) + ")") if parts else re.compile(r"(?!)")
+    return pattern
+
+
+# The same alternatives, each in a named group, so an explanation can say which rule masked a value.
+# Only `explain` and splits use it: the hot path keeps the faster unnamed pattern.
+_NAMED_RE = re.compile(rf"(?<!{_W})(?:" + "|".join(f"(?P<r{i}>{p})" for i, p in enumerate(_PARTS)) + ")")
 # A value wholly in brackets is a value; runs of values with only punctuation between are one.
 _BRACKETED = re.compile(r"[(\[{]<\*>[)\]}]")
 _RUN = re.compile(r"<\*>(?:[\s,;:|#/+*-]*<\*>)+")
@@ -116,6 +159,9 @@ _JAVA_MORE = re.compile(r"^\s*\.\.\.\s*\d+\s+(?:more|common frames omitted)")
 _JAVA_CAUSE = re.compile(r"^\s*(Caused by|Suppressed):\s*")
 _JAVA_EXC = re.compile(r"((?:[A-Za-z_$][\w$]*\.)*[A-Z][\w$]*(?:Exception|Error|Throwable|Failure|Fault))(?=:|\s|$)")
 _FRAME_DIGITS = re.compile(r"\d+")
+# Frames of the standard library and installed packages: not the application's code.
+_LIBRARY_PATH = re.compile(r"[/\\](?:site|dist)-packages[/\\]|[/\\]lib[/\\]python\d[\d.]*[/\\]|^<frozen |[/\\]Lib[/\\]")
+_CARETS = re.compile(r"[\^~\s]+")
 
 # --- titles ------------------------------------------------------------------------------
 _EXC_SUFFIX = r"(?:Exception|Error|Exit|Interrupt|Failure|Fault)"
@@ -127,34 +173,151 @@ _LOG_PREFIX = re.compile(rf"^(?:(?:<\*>|[\[(]?{_LEVEL}[\])]?:?)\s+)+")
 
 @dataclass(frozen=True)
 class Template:
-    """A message's template, its stable key and a short title."""
+    """A message's template, its stable key and a short title (made when first asked for: ingest
+    needs it once per new group, not once per line)."""
 
     key: str
     template: str
-    title: str
+    given_title: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def title(self) -> str:
+        """The exception type and what follows, else the error phrase (see make_title)."""
+        return self.given_title if self.given_title is not None else make_title(self.template)
 
 
 def mask(text: str) -> str:
     """The single-line template of text: variable parts replaced by <*>, spaces squeezed."""
-    text = _MASK_RE.sub(MASK, text)
+    text = _mask_re(text).sub(MASK, text)
     if text.count(MASK) > 1:
-        text = _BRACKETED.sub(MASK, text)
+        if "(<*>)" in text or "[<*>]" in text or "{<*>}" in text:
+            text = _BRACKETED.sub(MASK, text)
         text = _RUN.sub(MASK, text)
-    return _SPACES.sub(" ", text).strip()
+    return " ".join(text.split())   # what _SPACES.sub(" ", text).strip() gives (\s is str.isspace), faster
+
+
+CACHED_CHARS = 400
+"""Messages up to this long are remembered (the last CACHE_SIZE of them): logs repeat their lines,
+a storm repeats one line, and a pure function may answer a repeat from memory."""
+CACHE_SIZE = 16384
 
 
 def fingerprint(message: str, service: str | None = None) -> Template:
     """The template, stable key and title of a message from a service."""
+    if len(message) <= CACHED_CHARS:
+        return _remembered(message, service)
+    return fingerprint_uncached(message, service)
+
+
+def fingerprint_uncached(message: str, service: str | None = None) -> Template:
+    """fingerprint() computed afresh (what a message not seen lately costs)."""
     text = message[:MAX_INPUT_CHARS].strip()
+    title = None
     if "\n" not in text:
         template = mask(text)[:MAX_TEMPLATE_CHARS]
-        title = make_title(template)
     elif (trace := _trace_template(text)) is not None:
         template, title = trace
     else:
         template = "\n".join(mask(line) for line in text.splitlines() if line.strip())[:MAX_TEMPLATE_CHARS]
-        title = make_title(template)
-    return Template(key=template_key(template, service), template=template, title=title)
+    return Template(template_key(template, service), template, title)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One <*> of a single-line template: the text it stands for and the rules that masked it."""
+
+    text: str
+    rules: tuple[str, ...]
+
+
+def slots(text: str) -> tuple[str, list[Slot]]:
+    """mask(text) with, for each <*> in it, the original text and the rules behind it (slower than mask)."""
+    spans: list[tuple[int, int, tuple[str, ...]]] = []
+    out: list[str] = []
+    pos = 0
+    for m in _NAMED_RE.finditer(text):
+        out.append(text[pos:m.start()])
+        out.append(MASK)
+        spans.append((m.start(), m.end(), (RULE_NAMES[int(m.lastgroup[1:])],)))
+        pos = m.end()
+    out.append(text[pos:])
+    masked = "".join(out)
+    if masked.count(MASK) > 1:
+        for pattern, step in ((_BRACKETED, "value in brackets"), (_RUN, "run of values")):
+            masked, spans = _collapse(masked, spans, pattern, step)
+    return _SPACES.sub(" ", masked).strip(), [Slot(text[a:b], rules) for a, b, rules in spans]
+
+
+def _collapse(masked: str, spans: list[tuple[int, int, tuple[str, ...]]], pattern: re.Pattern[str],
+              step: str) -> tuple[str, list[tuple[int, int, tuple[str, ...]]]]:
+    """pattern.sub(MASK, masked), keeping one span per <*>: a replaced run spans all it covered."""
+    out: list[str] = []
+    kept: list[tuple[int, int, tuple[str, ...]]] = []
+    pos = index = 0
+    for m in pattern.finditer(masked):
+        before = masked[pos:m.start()]
+        n_before, n_in = before.count(MASK), m.group().count(MASK)
+        kept += spans[index:index + n_before]
+        covered = spans[index + n_before:index + n_before + n_in]
+        index += n_before + n_in
+        if covered:
+            rules = tuple(dict.fromkeys(r for _, _, rs in covered for r in rs)) + (step,)
+            # A bracketed value keeps its brackets in the original text it stands for.
+            a, b = covered[0][0], covered[-1][1]
+            if pattern is _BRACKETED:
+                a, b = a - 1, b + 1
+            kept.append((a, b, rules))
+        out += [before, MASK]
+        pos = m.end()
+    out.append(masked[pos:])
+    kept += spans[index:]
+    return "".join(out), kept
+
+
+def explain(message: str, service: str | None = None) -> dict[str, object]:
+    """How a message got its key: the step that made the template, the template, the key and what was masked."""
+    tpl = fingerprint(message, service)
+    text = message[:MAX_INPUT_CHARS].strip()
+    if "\n" not in text:
+        step, masked = "single line: values masked by rule, runs of values joined", slots(text)[1]
+    elif text.startswith(_PY_TRACE_START) or _PY_TRACE_START in text:
+        step = ("python traceback: exception types, their message shapes and the application's own frames "
+                "(file, function, source line); line numbers, install paths and library frames left out")
+        last = next((line for line in reversed(text.splitlines()) if _PY_EXC.match(line)), "")
+        masked = slots(last)[1]
+    elif tpl.template.startswith("Stack "):
+        step, masked = "java stack trace: exception types and frames (class and method), digits left out", []
+    else:
+        step = "several lines, each masked as a single line"
+        masked = [s for line in text.splitlines()[:50] if line.strip() for s in slots(line)[1]]
+    return {
+        "version": GROUPING_VERSION, "step": step, "template": tpl.template, "key": tpl.key,
+        "masked": [{"text": s.text[:200], "rules": list(s.rules)} for s in masked[:MAX_EXPLAINED]],
+        "masked_total": len(masked),
+    }
+
+
+def previous_keys(message: str, service: str | None = None) -> dict[int, str]:
+    """The keys earlier grouping versions gave this message, where they differ from today's (version -> key).
+
+    Only Python tracebacks changed (in version 2), so any other message has none and costs nothing here.
+    """
+    text = message[:MAX_INPUT_CHARS].strip()
+    if "\n" not in text or _PY_TRACE_START not in text:
+        return {}
+    lines = text.splitlines()
+    now, then = _python_trace(lines), _python_trace_v1(lines)
+    if then is None or now == then:
+        return {}
+    return {1: template_key(then[0], service)}
+
+
+_remembered = functools.lru_cache(maxsize=CACHE_SIZE)(fingerprint_uncached)
+
+
+def clear_fingerprint_cache() -> None:
+    """Forget the remembered messages (for measurements that must start cold)."""
+    _remembered.cache_clear()
 
 
 def template_key(template: str, service: str | None = None) -> str:
@@ -192,6 +355,65 @@ def _trace_template(text: str) -> tuple[str, str] | None:
 
 
 def _python_trace(lines: list[str]) -> tuple[str, str] | None:
+    """A traceback's exception types, their message shapes and its in-app frames.
+
+    A frame is file, function and its source line (stripped): the line number moves with any
+    edit above it, the source line only when that code changes. Frames of the standard library
+    and installed packages are left out when any frame is the application's own, so an upgrade
+    of a library or of Python does not split a bug; a frame repeated by recursion counts once.
+    """
+    types: list[str] = []
+    shapes: list[str] = []
+    frames: list[tuple[str, bool]] = []
+    message = ""
+    in_trace = False
+    awaiting_source = False
+    for line in lines:
+        if line.startswith(_PY_TRACE_START) or line.strip() == _PY_TRACE_START:
+            in_trace = True
+            continue
+        if not in_trace:
+            continue
+        frame = _PY_FRAME.match(line)
+        if frame:
+            path, func = frame.group(1), frame.group(2) or "?"
+            frames.append((f"{_basename(path)}:{func}", not _LIBRARY_PATH.search(path)))
+            awaiting_source = True
+            continue
+        if line[:1].isspace() or not line.strip():
+            stripped = line.strip()
+            if awaiting_source and stripped and not _CARETS.fullmatch(stripped) and not stripped.startswith("["):
+                name, in_app = frames[-1]
+                frames[-1] = (f"{name}:{_SPACES.sub(' ', stripped)[:200]}", in_app)
+            awaiting_source = False
+            continue  # carets, "[Previous line repeated ...]", blank lines
+        awaiting_source = False
+        exc = _PY_EXC.match(line)
+        if exc:
+            types.append(exc.group(1))
+            message = line[exc.end():].strip()
+            shapes.append(_message_shape(message))
+            in_trace = False
+    if not types:
+        return None
+    chosen = [name for name, in_app in frames if in_app] or [name for name, _ in frames]
+    kept: list[str] = []
+    for name in chosen:  # recursion: a frame that repeats the one before it counts once
+        if not kept or kept[-1] != name:
+            kept.append(name)
+    exceptions = " <- ".join(f"{t}({s})" for t, s in reversed(list(zip(types, shapes))))
+    template = f"Traceback {exceptions} at {' > '.join(kept[-MAX_TRACE_FRAMES:])}"[:MAX_TEMPLATE_CHARS * 4]
+    title = types[-1].rsplit(".", 1)[-1] + (f": {mask(message)}" if message else "")
+    return template, _shorten(title)
+
+
+def _message_shape(message: str) -> str:
+    """What an exception message says, without its values (a KeyError's key, a port, a count)."""
+    return mask(message)[:200]
+
+
+def _python_trace_v1(lines: list[str]) -> tuple[str, str] | None:
+    """Version 1 (for previous_keys): exception types and every frame, file and function only."""
     types: list[str] = []
     frames: list[str] = []
     message = ""

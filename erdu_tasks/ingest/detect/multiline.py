@@ -8,7 +8,7 @@ What continues an event:
 
 - Python: ``Traceback (most recent call last):`` (it belongs to the line before it, as
   ``logging.exception`` writes them), then everything up to and including the exception
-  line (``ValueError: ...``), and the chaining text between tracebacks ("During handling of
+  line (``ValueError: ...``) with the indented lines that continue its message, and the chaining text between tracebacks ("During handling of
   the above exception ..." / "The above exception was the direct cause ...");
 - Java: ``\\tat frame(...)``, ``... N more``, ``Caused by:``, ``Suppressed:``, and the
   exception header (``java.lang.IllegalStateException: ...``) when the next line is a frame.
@@ -113,6 +113,9 @@ class LineFolder:
         if self._py == _PY_DONE:
             if not stripped:
                 self._held.append(line)
+                return
+            if line[:1].isspace():
+                self._append(line)  # the rest of a multi-line exception message (psycopg's hint)
                 return
             if stripped in _PY_CHAIN:
                 self._append(line)
