@@ -183,6 +183,8 @@ def test_the_oncall_and_heartbeats_pages_show_the_schedule_and_every_heartbeat(s
     assert now and {now[1], now[2]} == {"alice", "bob"}
     [summary] = setup.rt.rota.overview(datetime.now(timezone.utc))   # the page shows the rota's answer
     assert now[3] == summary["next"]["at"].replace("T", " ") and now[1] == summary["person"]
+    shifts = re.search(r'<table class="list shifts" data-schedule="primary">(.*?)</table>', oncall.text, re.S)[1]
+    assert re.findall(r"<tr><td>(\w+)</td>", shifts) == [now[1], now[2], now[1], now[2]]
     beats = client.get("/heartbeats")
     assert beats.status_code == 200
     assert re.search(r'data-name="cron-export" class="hb-up">.*?>up</span>.*?<td>5m 0s</td>\s*<td>1m 0s</td>'

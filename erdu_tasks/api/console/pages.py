@@ -29,6 +29,7 @@ SORTS = ("severity", "newest", "oldest")
 STATUS_CHOICES = ("open", "all", *(s.value for s in Status))
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 REPORT_CHARS = 200_000
+SHIFTS_SHOWN = 4   # the on-call page's coming shifts per schedule (the one in force first)
 
 
 # ------------------------------------------------------------------ sign-in
@@ -231,11 +232,14 @@ def silences_page(request: Request) -> Response:
 
 @router.get("/oncall", response_class=HTMLResponse)
 def oncall_page(request: Request) -> Response:
-    """Per schedule: who is on call now, since when and by what, and the next handoff (the rota's overview)."""
+    """Per schedule: who is on call now, since when and by what, the next handoff (the rota's overview), and the
+    coming shifts."""
     person = signed_in(request)
     rota = console_of(request).ctx.rt.rota
     now = datetime.now(timezone.utc)
-    rows = [{**row, "time_zone": rota.schedule(row["schedule"]).time_zone} for row in rota.overview(now)]
+    rows = [{**row, "time_zone": rota.schedule(row["schedule"]).time_zone,
+             "shifts": [] if row["error"] else rota.shifts(row["schedule"], now, SHIFTS_SHOWN)}
+            for row in rota.overview(now)]
     return render(request, "oncall.html.j2", person=person, rows=rows, now=now)
 
 
