@@ -2,8 +2,9 @@
 
 `celery_app_tasks` holds one row per (app, task id), the latest of what its events said (merged by
 `upsert_tasks`, which a burst of events reaches as one statement per write); `prune` keeps it within the
-retention. `search` is what the API, the CLI and the console list; `claim_retry` is the compare-and-set
-that makes a retry happen once; `record_action` writes the audit entry of every retry and remote command.
+retention. `search` is what the API, the CLI and the console list, `retry_chain` a task's retries;
+`claim_retry` is the compare-and-set that makes a retry happen once; `record_action` writes the audit entry
+of every retry and remote command.
 """
 
 from __future__ import annotations
@@ -151,6 +152,28 @@ def get_task(conn: psycopg.Connection, app: str, task_id: str, *, for_update: bo
     """One task's row, or None."""
     return conn.execute("SELECT * FROM celery_app_tasks WHERE app = %s AND task_id = %s"
                         + (" FOR UPDATE" if for_update else ""), (app, task_id)).fetchone()
+
+
+def retry_chain(conn: psycopg.Connection, app: str, task_id: str, *, limit: int = 50) -> list[dict[str, Any]]:
+    """The task's retries, first attempt to last: its `retried_from` links back and `retried_as` links on
+    (at most `limit` rows, a loop in the links is followed once)."""
+    row = get_task(conn, app, task_id)
+    if row is None:
+        return []
+    chain, seen = [row], {task_id}
+    while chain[0]["retried_from"] and chain[0]["retried_from"] not in seen and len(chain) < limit:
+        seen.add(chain[0]["retried_from"])
+        earlier = get_task(conn, app, chain[0]["retried_from"])
+        if earlier is None:
+            break
+        chain.insert(0, earlier)
+    while chain[-1]["retried_as"] and chain[-1]["retried_as"] not in seen and len(chain) < limit:
+        seen.add(chain[-1]["retried_as"])
+        later = get_task(conn, app, chain[-1]["retried_as"])
+        if later is None:
+            break
+        chain.append(later)
+    return chain
 
 
 def claim_retry(conn: psycopg.Connection, app: str, task_id: str, new_id: str, by: str) -> bool:

@@ -10,6 +10,7 @@
   when they are plain literals, never evaluated), on its recorded queue and routing key (else the app's
   route for the name), under a new task id linked to the old one — claimed by compare-and-set, so a task
   is retried once, with an audit entry either way. `retry_many` does it for a search's results at a rate.
+  `plan` says exactly what a retry would send (the console's confirmation shows it).
 """
 
 from __future__ import annotations
@@ -215,6 +216,33 @@ def replayable(row: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
         raise RetryRefused(f"task {row['task_id']} cannot be retried: its {exc}") from None
 
 
+@dataclass(frozen=True)
+class RetryPlan:
+    """What a retry of one task sends: the task name, its recorded values, where to."""
+
+    app: str
+    task_id: str
+    name: str
+    state: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    queue: str
+    routing_key: str
+
+
+def plan(app: CeleryApp, row: dict[str, Any]) -> RetryPlan:
+    """What retrying this history row would publish; RetryRefused saying why when it may not be retried."""
+    task_id = row["task_id"]
+    if row["retried_as"]:
+        raise RetryRefused(f"task {task_id} was already retried as {row['retried_as']} by {row['retried_by']}")
+    if row["state"] not in history.RETRYABLE_STATES or not row["name"]:
+        raise RetryRefused(f"task {task_id} is {row['state']}; only {', '.join(history.RETRYABLE_STATES)} "
+                           "tasks with a known name are retried")
+    args, kwargs = replayable(row)
+    queue = row["queue"] or app.queue_for(row["name"])
+    return RetryPlan(app.name, task_id, row["name"], row["state"], args, kwargs, queue, row["routing_key"] or queue)
+
+
 def _client(app: CeleryApp, cache: dict[str, Celery] | None) -> Celery:
     if cache is not None and app.name in cache:
         return cache[app.name]
@@ -236,15 +264,8 @@ def retry(rt: Runtime, config: CeleryAppsConfig, app_name: str, task_id: str, *,
             row = history.get_task(conn, app.name, task_id, for_update=True)
             if row is None:
                 raise RetryRefused(f"no task {task_id} of app {app.name} in the history")
-            if row["retried_as"]:
-                raise RetryRefused(f"task {task_id} was already retried as {row['retried_as']} "
-                                   f"by {row['retried_by']}")
-            if row["state"] not in history.RETRYABLE_STATES or not row["name"]:
-                raise RetryRefused(f"task {task_id} is {row['state']}; only {', '.join(history.RETRYABLE_STATES)} "
-                                   "tasks with a known name are retried")
-            args, kwargs = replayable(row)
-            queue = row["queue"] or app.queue_for(row["name"])
-            routing_key = row["routing_key"] or queue
+            sent = plan(app, row)
+            args, kwargs, queue, routing_key = sent.args, sent.kwargs, sent.queue, sent.routing_key
             if not history.claim_retry(conn, app.name, task_id, new_id, by):
                 raise RetryRefused(f"task {task_id} was retried by someone else just now")
             try:

@@ -3,10 +3,12 @@
 Server-rendered pages (Jinja2 templates in templates/, autoescaped), a little script and CSS in static/
 (shipped in the package: nothing from a CDN, it works offline), live updates by server-sent events.
 People sign in with their token (session.py); what each role may do is decided in web.py; every
-action calls the same code as the CLI and the API (actions.py). The pages: pages.py; charts: charts.py.
+action calls the same code as the CLI and the API (actions.py). The pages: pages.py; charts: charts.py; the
+Celery apps' pages and retries: celery_apps.py.
 
-Imports: the API's context and auth, tasks (people actions, the learning summary), escalation
-(silences, inhibition), store; nothing imports the console but the API's app.
+Imports: the API's context and auth (and the Celery apps routes), tasks (people actions, the learning summary,
+Celery retries), escalation (silences, inhibition), monitors (heartbeats), store; nothing imports the console
+but the API's app.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from urllib.parse import urlencode
 
 from erdu_tasks.api.context import ApiContext
-from erdu_tasks.api.console import actions, live, pages
+from erdu_tasks.api.console import actions, celery_apps, live, pages
 from erdu_tasks.api.console.session import Accounts
 from erdu_tasks.api.console.web import Console, NotSignedIn, Refused, render
 
@@ -45,7 +47,7 @@ def mount(app: FastAPI, ctx: ApiContext) -> None:
     app.add_exception_handler(NotSignedIn, _not_signed_in)
     app.add_exception_handler(Refused, _refused)
     app.mount(STATIC_PATH, StaticFiles(directory=STATIC), name="console-static")
-    for module in (pages, actions, live):
+    for module in (pages, actions, celery_apps, live):
         app.include_router(module.router)
 
 

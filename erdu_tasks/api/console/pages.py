@@ -1,4 +1,5 @@
-"""The console's pages: sign-in, incidents (list and one), failed tasks, silences, runbooks and learning, charts."""
+"""The console's pages: sign-in, incidents (list and one), failed tasks, silences, on call, heartbeats, runbooks and
+learning, charts. The Celery apps pages: celery_apps.py."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from erdu_tasks.escalation import inhibition, silences
+from erdu_tasks.monitors import heartbeats
 from erdu_tasks.model import OPEN_STATUSES, Incident, Severity, Status
 from erdu_tasks.store import failed, history, stats
 from erdu_tasks.store import incidents as store
@@ -27,6 +29,7 @@ SORTS = ("severity", "newest", "oldest")
 STATUS_CHOICES = ("open", "all", *(s.value for s in Status))
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 REPORT_CHARS = 200_000
+SHIFTS_SHOWN = 4   # the on-call page's coming shifts per schedule (the one in force first)
 
 
 # ------------------------------------------------------------------ sign-in
@@ -222,6 +225,32 @@ def silences_page(request: Request) -> Response:
              "held": counts.get(s.id, (0, 0))} for s in found]
     return render(request, "silences.html.j2", person=person, rows=rows,
                   silence_matchers=request.query_params.get("matchers", ""))
+
+
+# ------------------------------------------------------------------ on call, heartbeats
+
+
+@router.get("/oncall", response_class=HTMLResponse)
+def oncall_page(request: Request) -> Response:
+    """Per schedule: who is on call now, since when and by what, the next handoff (the rota's overview), and the
+    coming shifts."""
+    person = signed_in(request)
+    rota = console_of(request).ctx.rt.rota
+    now = datetime.now(timezone.utc)
+    rows = [{**row, "time_zone": rota.schedule(row["schedule"]).time_zone,
+             "shifts": [] if row["error"] else rota.shifts(row["schedule"], now, SHIFTS_SHOWN)}
+            for row in rota.overview(now)]
+    return render(request, "oncall.html.j2", person=person, rows=rows, now=now)
+
+
+@router.get("/heartbeats", response_class=HTMLResponse)
+def heartbeats_page(request: Request) -> Response:
+    """Every heartbeat: its period and grace, when it was last seen, when it is due, and whether it is late now."""
+    person = signed_in(request)
+    now = datetime.now(timezone.utc)
+    with console_of(request).ctx.rt.db.transaction() as conn:
+        found = heartbeats.list_heartbeats(conn)
+    return render(request, "heartbeats.html.j2", person=person, rows=[(b, b.state_at(now)) for b in found], now=now)
 
 
 # ------------------------------------------------------------------ runbooks and learning, charts
