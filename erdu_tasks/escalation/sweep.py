@@ -70,8 +70,9 @@ MISSING_RUN = "audit: escalated without an escalation run"
 PLAN_GATES = (GateName.SILENCE, GateName.INHIBITION)
 _STEP_KINDS = {"trigger": NotificationKind.TRIGGER, "resolve": NotificationKind.RESOLVE,
                "digest": NotificationKind.DIGEST, "reminder": NotificationKind.REMINDER,
-               "page": NotificationKind.TRIGGER}
-"""A step's kind -> the notification it sends (`page`: a person paged by hand, e.g. on reassignment)."""
+               "page": NotificationKind.TRIGGER, "fyi": NotificationKind.FYI}
+"""A step's kind -> the notification it sends (`page`: a person paged by hand, e.g. on reassignment;
+`fyi`: a P1 closed without a repair)."""
 
 
 class PageRefused(Exception):
