@@ -9,10 +9,17 @@ import psycopg
 from erdu_tasks.store.incidents import OPEN_SQL
 
 
+def _state_row(conn: psycopg.Connection) -> None:
+    """The one row of grouping_state, made again if someone emptied the table (a TRUNCATE of everything)."""
+    conn.execute("INSERT INTO grouping_state (only_row, version) VALUES (true, 0) ON CONFLICT DO NOTHING")
+
+
 def version(conn: psycopg.Connection) -> tuple[str, int]:
     """(database name, override version): a cache of the overrides is good while both are unchanged."""
     row = conn.execute("SELECT current_database() AS db, version FROM grouping_state").fetchone()
-    assert row is not None
+    if row is None:
+        _state_row(conn)
+        return conn.execute("SELECT current_database() AS db").fetchone()["db"], 0
     return row["db"], int(row["version"])
 
 
@@ -23,11 +30,13 @@ def load(conn: psycopg.Connection) -> list[dict[str, Any]]:
 
 def lock(conn: psycopg.Connection) -> None:
     """Serialise changes to the overrides (two merges at once could otherwise make a cycle)."""
+    _state_row(conn)
     conn.execute("SELECT version FROM grouping_state FOR UPDATE")
 
 
 def bump(conn: psycopg.Connection) -> None:
     """Tell every ingest process that the overrides changed (it reloads them on its next batch)."""
+    _state_row(conn)
     conn.execute("UPDATE grouping_state SET version = version + 1")
 
 
