@@ -10,7 +10,9 @@ import pytest
 from tests.conftest import NOOP_RUNBOOK, incident_rows, wait_for
 
 # The module shares one stack (or server) between its tests: pytest-xdist keeps them on one worker.
-pytestmark = pytest.mark.xdist_group("pipeline-stack")
+# Only the tests on the module's one shared stack run on one xdist worker (so it is started once); the
+# tests with a stack of their own spread over the workers.
+SHARED = pytest.mark.xdist_group("pipeline-stack")
 
 
 
@@ -52,6 +54,7 @@ def only_incident(stack):
     return rows[0]
 
 
+@SHARED
 def test_an_event_from_a_plain_celery_client_becomes_a_closed_incident_with_reports(shared_stack):
     stack = shared_stack
     stack.send_event({"message": "Database connection failed: too many clients", "service": "orders",
@@ -123,6 +126,7 @@ def test_two_ingest_workers_racing_on_200_copies_make_one_incident(stack):
     assert len(rows) == 1 and rows[0]["occurrences"] == 200
 
 
+@SHARED
 def test_a_failing_stage_escalates_with_the_reason_and_a_record(shared_stack):
     stack = shared_stack
     stack.send_event({"message": "Unfixable widget error", "service": "widgets"})
@@ -185,6 +189,7 @@ def test_a_redelivered_stage_changes_nothing_and_hands_on_once(stack):
     [],                                        # empty batch
     {"message": "ok", "surprise": True},       # unknown field
 ])
+@SHARED
 def test_a_malformed_event_is_rejected_recorded_and_the_worker_keeps_serving(shared_stack, payload):
     stack = shared_stack
     stack.send_event(payload)
