@@ -469,21 +469,3 @@ def module_stack_factory(tmp_path_factory, redis_server) -> Iterator[Callable[..
 def incident_rows(database_url: str, sql: str = "SELECT * FROM incidents", params=()) -> list[dict]:
     with psycopg.connect(database_url, row_factory=psycopg.rows.dict_row) as conn:
         return conn.execute(sql, params).fetchall()
-
-
-# The modules whose tests run longest (stacks killed, outages waited out, whole `erdu up` runs) go first:
-# xdist hands tests out in collection order, so a long test collected last would run alone at the end
-# while the other workers sit idle (longest first keeps the workers busy to the end).
-_LONG_FIRST = ("test_faults", "test_demo", "test_up", "test_beat", "test_escalation_workers", "test_monitors",
-               "test_fixer", "test_failed", "test_chaos", "test_brains", "test_api_fuzz", "test_failover_infra",
-               "test_console_browser", "test_hosts", "test_learning", "test_cli_ids", "test_pipeline")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(_LONG_FIRST)}
-
-    def key(item):
-        module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
-        return rank.get(module, len(rank))
-
-    items.sort(key=key)   # stable: the order within a module (and of every other module) is kept
