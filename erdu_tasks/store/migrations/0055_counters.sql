@@ -58,17 +58,23 @@ CREATE TRIGGER incidents_counters_update AFTER UPDATE ON incidents
                        OR (OLD.closed_at IS NULL AND NEW.closed_at IS NOT NULL))
     EXECUTE FUNCTION erdu_counters_trigger();
 
--- The history already there, counted once.
-INSERT INTO incident_counters (counter, severity, source, shard, n)
-SELECT kind, opened_severity, source, (hashtext(id) & 7)::smallint, count(*)
-FROM (SELECT 'opened' AS kind, opened_severity, source, id FROM incidents
-      UNION ALL
-      SELECT CASE WHEN coalesce(resolved_by LIKE 'person:%', false) THEN 'resolved_person'
-                  ELSE 'resolved_automation' END, opened_severity, source, id
-      FROM incidents WHERE resolved_at IS NOT NULL
-      UNION ALL
-      SELECT 'closed', opened_severity, source, id FROM incidents WHERE closed_at IS NOT NULL) AS e
-GROUP BY 1, 2, 3, 4;
+-- The counters recounted from the incidents there now (here: the history already there, counted once).
+CREATE FUNCTION erdu_counters_rebuild() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM incident_counters;
+    INSERT INTO incident_counters (counter, severity, source, shard, n)
+    SELECT kind, opened_severity, source, (hashtext(id) & 7)::smallint, count(*)
+    FROM (SELECT 'opened' AS kind, opened_severity, source, id FROM incidents
+          UNION ALL
+          SELECT CASE WHEN coalesce(resolved_by LIKE 'person:%', false) THEN 'resolved_person'
+                      ELSE 'resolved_automation' END, opened_severity, source, id
+          FROM incidents WHERE resolved_at IS NOT NULL
+          UNION ALL
+          SELECT 'closed', opened_severity, source, id FROM incidents WHERE closed_at IS NOT NULL) AS e
+    GROUP BY 1, 2, 3, 4;
+END
+$$;
+SELECT erdu_counters_rebuild();
 
 -- "Auto" in the rollups (and `erdu stats`) is every resolution without a person: a runbook's validated
 -- fix, the learned shortcut, a source that said it recovered. It used to count the learned shortcut
