@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from datetime import datetime, timezone
 from typing import Annotated, Optional
@@ -371,6 +372,8 @@ def incidents_watch(
     from erdu_tasks.store import incidents as store
     from erdu_tasks.store.watch import Follower
 
+    # Ctrl-C stops it even when started by a parent that ignores SIGINT (which a child inherits).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     rt = runtime()
     statuses = sorted(s.value for s in OPEN_STATUSES)
     try:
@@ -403,6 +406,8 @@ def incidents_watch(
                               soft_wrap=True)
     except KeyboardInterrupt:
         console.print("stopped watching", highlight=False)
+    finally:
+        rt.db.close()
 
 
 SHOW_LINES = 60

@@ -56,12 +56,16 @@ def test_watch_shows_the_open_incidents_then_each_change_and_stops_cleanly_on_ct
         new = open_incident(conn, 1)
         assert store.transition(conn, new, expected=[Status.DETECTED], to=Status.ASSIGNED, actor="commander",
                                 what="assessed: automate")
-        wait_for(lambda: any(new in line and "detected → assigned" in line for line in lines), 15,
+        wait_for(lambda: any(new in line and "detected → assigned" in line for line in lines), 30,
                  what="the status change")
         assert any(line.split()[1:3] == ["new", new] for line in lines), lines
     finally:
         proc.send_signal(signal.SIGINT)
-        code = proc.wait(15)
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
         reader.join(5)
     stderr = proc.stderr.read()
     assert code == 0 and "Traceback" not in stderr, stderr
