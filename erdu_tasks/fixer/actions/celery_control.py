@@ -10,11 +10,11 @@ it requires a person's yes). `pool_restart` works only on workers started with `
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from kombu import Connection
 from kombu.pidbox import Mailbox
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from erdu_tasks.fixer.actions.base import ActionContext, ActionResult, ParamsModel
 from erdu_tasks.fixer.actions.clear_cache import safe_url
@@ -29,29 +29,33 @@ DESTROYS_STATE = True
 
 Command = Literal["pool_restart", "autoscale", "pool_grow", "pool_shrink", "add_consumer", "cancel_consumer"]
 
-_QUEUE = r"^[A-Za-z0-9_.:@-]{1,200}$"
+QUEUE_NAME = r"^[A-Za-z0-9_.:@-]{1,200}$"
+"""What a Celery queue named in a runbook may be called (this action's and celery_queue's)."""
+
+
+def _redis_url(url: str) -> str:
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("broker_url must be a Redis URL")
+    return url
+
+
+BrokerUrl = Annotated[str, AfterValidator(_redis_url)]
+"""A Celery app's broker, which these actions reach: Redis only."""
 
 
 class Params(ParamsModel):
     """broker_url of the app, the command, whom to send it to, and the command's own arguments."""
 
-    broker_url: str
+    broker_url: BrokerUrl
     command: Command
     destination: list[str] = Field(default_factory=list, max_length=100)
     all_workers: bool = False
-    queue: str | None = Field(default=None, pattern=_QUEUE)
+    queue: str | None = Field(default=None, pattern=QUEUE_NAME)
     n: int = Field(default=1, ge=1, le=1000)
     max: int | None = Field(default=None, ge=1, le=10_000)
     min: int | None = Field(default=None, ge=0, le=10_000)
     reply_timeout: float = Field(default=5.0, gt=0, le=120)
     mailbox: str = Field(default="celery", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
-
-    @field_validator("broker_url")
-    @classmethod
-    def _redis(cls, url: str) -> str:
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("broker_url must be a Redis URL")
-        return url
 
     @model_validator(mode="after")
     def _consistent(self) -> "Params":

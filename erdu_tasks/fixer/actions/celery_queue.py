@@ -11,9 +11,10 @@ import time
 from typing import Literal
 
 import redis
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from erdu_tasks.fixer.actions.base import ActionContext, ActionResult, ParamsModel
+from erdu_tasks.fixer.actions.celery_control import QUEUE_NAME, BrokerUrl
 from erdu_tasks.fixer.actions.clear_cache import safe_url
 
 NAME = "celery_queue"
@@ -22,24 +23,16 @@ NEEDS_APPROVAL = True
 """A runbook using this action requires approval unless it says `approval: none`."""
 
 PRIORITY_SEP = "\x06\x16"
-_QUEUE = r"^[A-Za-z0-9_.:@-]{1,200}$"
 
 
 class Params(ParamsModel):
     """broker_url, op (purge or move), queue, and for a move the queue to move to and how many at most."""
 
-    broker_url: str
+    broker_url: BrokerUrl
     op: Literal["purge", "move"]
-    queue: str = Field(pattern=_QUEUE)
-    to_queue: str | None = Field(default=None, pattern=_QUEUE)
+    queue: str = Field(pattern=QUEUE_NAME)
+    to_queue: str | None = Field(default=None, pattern=QUEUE_NAME)
     max_messages: int = Field(default=100_000, ge=1, le=10_000_000)
-
-    @field_validator("broker_url")
-    @classmethod
-    def _redis(cls, url: str) -> str:
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("broker_url must be a Redis URL")
-        return url
 
     @model_validator(mode="after")
     def _target(self) -> "Params":
