@@ -118,4 +118,6 @@ def run_beat(celery_app: Celery, settings: Settings, *, loglevel: str = "INFO") 
     """Run beat for the given app in the foreground."""
     configure_beat(celery_app, settings)
     celery_app.conf.include = []   # beat publishes tasks by name; it needs none of their code
-    celery_app.start(["beat", "-l", loglevel, "-S", SCHEDULER, "--max-interval", str(tick_seconds(settings))])
+    from erdu_tasks.celery_ext.start import run_beat as start_beat
+
+    start_beat(celery_app, loglevel=loglevel, scheduler=SCHEDULER, max_interval=tick_seconds(settings))

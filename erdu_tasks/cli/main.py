@@ -124,8 +124,10 @@ def run_worker(spec: str, *, concurrency: int | None = None, pool: str | None = 
     from erdu_tasks.app import ROLE_TASK_MODULES
     from erdu_tasks.app import app as celery_app
 
+    from erdu_tasks.celery_ext.start import run_worker as start_worker
+
     celery_app.conf.include = list(dict.fromkeys(m for r in roles for m in ROLE_TASK_MODULES[r]))
-    celery_app.worker_main(argv)
+    raise typer.Exit(start_worker(celery_app, argv))
 
 
 def _check_config(settings) -> None:

@@ -13,13 +13,13 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-import icalendar
-import recurring_ical_events
-
 from erdu_tasks.settings.schedules import Layer, Override, ScheduleConfig
+
+if TYPE_CHECKING:   # icalendar and its recurrence expansion load with the first calendar, not with every worker
+    import icalendar
 
 UTC = timezone.utc
 _MAX_STEPS = 2000
@@ -223,6 +223,8 @@ def upcoming(name: str, schedule: ScheduleConfig, at: datetime, events: Sequence
 
 def parse_calendar(data: bytes) -> icalendar.Calendar:
     """An iCal calendar from bytes; ValueError saying why it is not one."""
+    import icalendar
+
     try:
         return icalendar.Calendar.from_ical(data)
     except Exception as exc:  # noqa: BLE001 - icalendar raises ValueError, KeyError, IndexError alike
@@ -274,6 +276,8 @@ def calendar_events(calendar: icalendar.Calendar, start: datetime, end: datetime
                     people: Mapping[str, Any]) -> tuple[list[CalendarEvent], list[str]]:
     """The calendar's occurrences between start and end (recurrences expanded), and the summaries of
     those that name nobody in `people`."""
+    import recurring_ical_events
+
     events: list[CalendarEvent] = []
     unmatched: list[str] = []
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -9,7 +10,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from erdu_tasks.durations import human_duration, seconds_between
 from erdu_tasks.model import Incident
@@ -35,10 +35,17 @@ def _escape(value: Any) -> Any:
     return _MARKUP.sub(r"\\\1", text)
 
 
-_env = Environment(loader=PackageLoader("erdu_tasks", "templates"), undefined=StrictUndefined,
-                   keep_trailing_newline=True, autoescape=False, trim_blocks=True, lstrip_blocks=True,
-                   finalize=_escape,
-                   auto_reload=False)   # the template ships with the code: no stat of it per report
+@functools.cache
+def _environment() -> Any:
+    """The report's Jinja environment, made with the first report (a worker that writes none never loads Jinja)."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    env = Environment(loader=PackageLoader("erdu_tasks", "templates"), undefined=StrictUndefined,
+                      keep_trailing_newline=True, autoescape=False, trim_blocks=True, lstrip_blocks=True,
+                      finalize=_escape,
+                      auto_reload=False)   # the template ships with the code: no stat of it per report
+    env.filters.update(cell=_cell, dur=human_duration, code=_code, rendered=_rendered)
+    return env
 
 
 def _cell(value: Any, width: int = 200) -> str:
@@ -56,9 +63,6 @@ def _code(text: str) -> str:
 def _rendered(text: str) -> str:
     """A macro's output: already escaped expression by expression, so not escaped again."""
     return _Verbatim(str(text))
-
-
-_env.filters.update(cell=_cell, dur=human_duration, code=_code, rendered=_rendered)
 
 
 def build_report(incident: Incident, resolution: dict[str, Any], *, related: list[dict[str, Any]] | None = None,
@@ -205,7 +209,7 @@ def phases(incident: Incident) -> list[dict[str, Any]]:
 
 def render_markdown(report: dict[str, Any]) -> str:
     """The Markdown report people read."""
-    return _env.get_template("report.md.j2").render(r=_Attr(report))
+    return _environment().get_template("report.md.j2").render(r=_Attr(report))
 
 
 def report_paths(directory: Path, incident_id: str) -> tuple[Path, Path]:

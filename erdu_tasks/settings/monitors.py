@@ -59,7 +59,6 @@ import glob
 import os
 from typing import Annotated, Any, ClassVar, Literal
 
-import httpx
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from erdu_tasks.model import Severity
@@ -157,6 +156,8 @@ class Probe(Section):
     def _valid_url(cls, url: str) -> str:
         if not url.lower().startswith(("http://", "https://")):
             raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        import httpx   # only when probes are configured: every process loads the settings, few make requests
+
         try:
             host = httpx.URL(url).host
         except (httpx.InvalidURL, ValueError) as exc:

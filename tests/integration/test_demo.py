@@ -21,7 +21,7 @@ def test_the_demo_closes_its_incident_with_a_report_within_a_minute_and_leaves_n
     assert done.returncode == 0, done.stdout + done.stderr
     assert took < 60, f"the demo took {took:.0f} s"
     for step in ("detection", "assessment", "diagnosis", "restart", "validation", "report"):
-        assert re.search(rf"✓ {step}\s+\+", done.stdout), step
+        assert re.search(rf"✓ {step}\s+\+", done.stdout), f"{step} not shown as done:\n{done.stdout}"
     incident_id = re.search(r"(INC-\d{14}-[0-9a-f]{8}) closed by ERDU", done.stdout).group(1)
     assert "fixer ran restart: exit 0" in done.stdout
     report = tmp_path / "var" / "reports" / f"{incident_id}.md"

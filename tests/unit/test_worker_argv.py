@@ -54,3 +54,20 @@ def test_the_database_pool_is_sized_from_the_worker_pool():
     assert db_pool_size(shared) == int(shared[shared.index("-c") + 1]) + 1   # a thread each, and one more
     assert db_pool_size(worker_argv(["fixer"], settings, pool="prefork", concurrency=3)) == 2
     assert db_pool_size(worker_argv(["fixer"], settings, pool="threads", concurrency=6)) == 7
+
+
+def test_the_worker_is_started_with_the_options_of_its_argv_and_an_unknown_option_is_refused():
+    from erdu_tasks.celery_ext.start import worker_options
+
+    argv = worker_argv(["fixer"], Settings(), hostname="host-a", loglevel="DEBUG")
+    options = worker_options(argv)
+    assert options == {"queues": "fixer", "hostname": "fixer@host-a", "concurrency": 2, "pool_cls": "prefork",
+                       "prefetch_multiplier": 1, "task_events": True, "without_gossip": True,
+                       "without_mingle": True, "loglevel": "DEBUG", "max_tasks_per_child": 200,
+                       "max_memory_per_child": 300_000}
+    shared = worker_options(worker_argv(["ingest", "commander"], Settings()))
+    assert (shared["queues"], shared["pool_cls"], shared["hostname"]) == ("ingest,commander", "threads",
+                                                                         "ingest+commander@%h")
+    for bad in (["worker", "--autoscale", "4,2"], ["worker", "-c"]):
+        with pytest.raises(ValueError):
+            worker_options(bad)
