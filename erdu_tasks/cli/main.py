@@ -876,6 +876,17 @@ def main() -> None:
     except ConfigError as exc:
         err.print(f"[bold red]configuration error:[/] {exc}", highlight=False)
         sys.exit(2)
+    finally:
+        _close_runtime()
+
+
+def _close_runtime() -> None:
+    """Close the Postgres pool a command opened while the interpreter still runs: its threads are not left
+    connecting or checking connections while Python shuts down."""
+    process = sys.modules.get("erdu_tasks.app")
+    rt = getattr(process, "_runtime", None)
+    if rt is not None:
+        rt.db.close()
 
 
 if __name__ == "__main__":
