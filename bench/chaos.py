@@ -569,6 +569,7 @@ def run_fault(lab: ChaosLab, fault: Fault, *, grace: float = LATE_GRACE) -> Resu
         if not result.healed_validated:
             result.notes += [f"{r['id']} {r['service']} {r['status']} by {r['resolved_by']}: {r['title'][:80]}"
                              for r in rows] + [f"{s} /ready: {lab._ready_body(s)}" for s in fault.services]
+            result.notes += _what_else_happened(lab, started)
         if resolved:
             result.mttr_s = round(max(float(r["resolved"]) for r in resolved) - started, 2)
         result.diagnosis_right = bool(used) and used <= set(fault.runbooks) and not result.false_root_causes
@@ -597,6 +598,19 @@ def run_fault(lab: ChaosLab, fault: Fault, *, grace: float = LATE_GRACE) -> Resu
     if fault.cleanup:
         fault.cleanup(lab)
     return result
+
+
+def _what_else_happened(lab: ChaosLab, since: float) -> list[str]:
+    """For a fault not healed as expected: every incident touched and every action run since it was injected,
+    of any service (an event folded into an older incident, or a fix run on another one, shows here)."""
+    touched = lab.query("SELECT id, service, status, title, occurrences, created_at FROM incidents"
+                        " WHERE last_seen >= to_timestamp(%s) OR status_changed_at >= to_timestamp(%s)"
+                        " ORDER BY created_at", (since, since))
+    runs = lab.query("SELECT incident_id, runbook, action, ok FROM action_runs WHERE started_at >= to_timestamp(%s)"
+                     " ORDER BY started_at", (since,))
+    return ([f"touched since the fault: {r['id']} {r['service']} {r['status']} x{r['occurrences']} "
+             f"(opened {r['created_at']:%H:%M:%S.%f}): {r['title'][:80]}" for r in touched]
+            + [f"ran since the fault: {r['incident_id']} {r['runbook']}:{r['action']} ok={r['ok']}" for r in runs])
 
 
 def _sent_root_causes(lab: ChaosLab, ids: list[str]) -> list[str]:

@@ -210,8 +210,8 @@ class Narrator:
 
     def poll(self) -> bool:
         """Read the incident and its timeline; True once the report is written (or the incident escalated)."""
-        rows = _rows(self.url, "SELECT * FROM incidents WHERE service = %s ORDER BY created_at DESC LIMIT 1",
-                     (SERVICE,))
+        rows = _rows(self.url, "SELECT * FROM incidents WHERE service = %s ORDER BY created_at LIMIT 1",
+                     (SERVICE,))   # the incident the break opened (the stack is new: it is the first)
         if not rows:
             return False
         inc = self.incident = rows[0]

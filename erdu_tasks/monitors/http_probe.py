@@ -9,7 +9,9 @@ probe that detected the problem to prove a fix (a runbook with
 A probe incident is fingerprinted by the probe's name AND its failure mode (`refused`,
 `unreachable`, `timeout`, the status class such as `5xx`, `slow`, `body`): the fix proven for a
 refused connection (a restart) is not what a 500 needs, so each mode learns on its own. The
-condition (failures in a row, recovery) stays per probe.
+condition (failures in a row, recovery) stays per probe; while the fixer works on the incident the probe
+opened, another mode (the moment a restart refuses connections) is counted on that incident
+(monitors/state.py).
 """
 
 from __future__ import annotations

@@ -157,6 +157,29 @@ class Decision:
     created: bool = False
 
 
+def _keep_the_repaired_incident(conn: psycopg.Connection, stepped: list[tuple[Observation, Verdict, Condition, bool]]
+                                ) -> list[tuple[Observation, Verdict, Condition, bool]]:
+    """A condition that goes on failing in another way (another dedup key: a probe's 500 turning into a
+    refused connection) while ERDU is repairing the incident it opened is the repair's own effect (a
+    restart refuses connections for a moment): it is counted on that incident (its occurrences), not opened
+    as a new one.
+    Once the incident is out of the fixer's hands, a new way of failing is a new incident again."""
+    ids = [cond.incident_id for obs, verdict, cond, was in stepped
+           if verdict is Verdict.FIRING and was and cond.incident_id and obs.event is not None and obs.event.dedup_key]
+    if not ids:
+        return stepped
+    keys = {r["id"]: r["dedup_key"] for r in conn.execute(
+        "SELECT id, error_details->>'dedup_key' AS dedup_key FROM incidents WHERE id = ANY(%s) AND status = %s",
+        (ids, Status.FIXING.value)).fetchall()}
+    kept = []
+    for obs, verdict, cond, was in stepped:
+        key = keys.get(cond.incident_id or "")
+        if verdict is Verdict.FIRING and was and key and obs.event is not None and obs.event.dedup_key != key:
+            obs = replace(obs, event=obs.event.model_copy(update={"dedup_key": key}))
+        kept.append((obs, verdict, cond, was))
+    return kept
+
+
 def observe(db: Any, observations: Sequence[Observation], rt: IngestRuntime,
             notify: Any, now: datetime, *, resolved: Any = None) -> list[Decision]:
     """Step every condition, report the firing ones and record recoveries, all in one transaction.
@@ -174,6 +197,7 @@ def observe(db: Any, observations: Sequence[Observation], rt: IngestRuntime,
             verdict, cond = step(conds[obs.key], obs.failing, now, failures_needed=obs.failures_needed,
                                  sustained_for=obs.sustained_for, detail=obs.detail)
             stepped.append((obs, verdict, cond, conds[obs.key].firing))
+        stepped = _keep_the_repaired_incident(conn, stepped)
         firing = [o for o, v, _, was in stepped
                   if v is Verdict.FIRING and o.event is not None and (o.repeat or not was)]
         top = {o.event.dedup_key: o.top_details for o in firing if o.top_details and o.event.dedup_key}

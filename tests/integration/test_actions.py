@@ -94,10 +94,13 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(1.5)
         status = 500 if self.path.startswith("/fail") else 204 if self.path.startswith("/empty") else 200
         payload = b"" if status == 204 else b'{"status": "healthy"}'
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass   # the /slow client timed out and left: what a real server sees too
 
     do_GET = do_POST = do_PUT = _serve
 

@@ -92,3 +92,37 @@ def test_a_fix_proven_for_refused_is_not_applied_to_a_500(rt):
         c = store.get_incident(conn, again)
         on_refused = commander.assess(c, pipeline.commander_context(conn, rt, c))
     assert on_refused.decision is commander.Decision.AUTO_FIX and on_refused.runbook == "restart-orders"
+
+
+def test_failing_another_way_while_the_incident_is_being_fixed_is_counted_on_it_not_opened_anew(rt):
+    """A restart refuses connections for a moment: while the fixer works on the 500, the probe's
+    'refused' is that incident's, not a second one; once the incident is with people it is its own again."""
+    port = free_port()
+    cfg = load_monitors({"probes": {"checks": [{"name": "orders-health", "url": f"http://127.0.0.1:{port}/health",
+                                                "failures": 1, "timeout": 1, "service": "orders"}]}}).probes
+
+    def probe() -> str:
+        decision = http_probe.run_probes(cfg, rt.db, rt, lambda i: None, host="h",
+                                         now=lambda: datetime.now(timezone.utc))[0]
+        return decision.condition.incident_id
+
+    server = Server(port)
+    try:
+        five = probe()
+    finally:
+        server.close()
+    with rt.db.transaction() as conn:
+        conn.execute("UPDATE incidents SET status = 'fixing' WHERE id = %s", (five,))
+    during_the_fix = probe()                # refused while the fixer restarts the service
+    with rt.db.transaction() as conn:
+        fixed = store.get_incident(conn, five)
+        count = conn.execute("SELECT count(*) AS n FROM incidents").fetchone()["n"]
+    assert during_the_fix == five and count == 1
+    assert fixed.occurrences == 2 and fixed.labels["failure_mode"] == "5xx"
+
+    with rt.db.transaction() as conn:
+        conn.execute("UPDATE incidents SET status = 'escalated' WHERE id = %s", (five,))
+    after = probe()                         # still refused, the incident is with people now: its own pattern
+    with rt.db.transaction() as conn:
+        refused = store.get_incident(conn, after)
+    assert after != five and refused.labels["failure_mode"] == "refused"
