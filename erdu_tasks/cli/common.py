@@ -54,16 +54,35 @@ def load_settings():
 
 
 def runtime(*, need_schema: bool = True):
-    """The process runtime once Postgres answers (and its schema is current)."""
+    """The command's runtime once Postgres answers (and its schema is current); one per process."""
+    from erdu_tasks.runtime import Runtime
     from erdu_tasks.store.preflight import check_postgres
-    from erdu_tasks.app import runtime as process_runtime
 
+    global _runtime
     settings = load_settings()
     try:
         check_postgres(settings.database_url, need_schema=need_schema)
     except ServiceUnreachable as exc:
         fail(str(exc))
-    return process_runtime()
+    if _runtime is None:   # not the Celery app's: a command that only reads never loads Celery
+        _runtime = Runtime(settings)
+    return _runtime
+
+
+def close_runtime() -> None:
+    """Close the Postgres pool the command opened (and the Celery app's, if a command loaded it) while the
+    interpreter still runs: their threads are not left connecting while Python shuts down."""
+    global _runtime
+    import sys
+
+    process = sys.modules.get("erdu_tasks.app")
+    for rt in (_runtime, getattr(process, "_runtime", None)):
+        if rt is not None:
+            rt.db.close()
+    _runtime = None
+
+
+_runtime = None
 
 
 def incident_id_of(rt, given: str) -> str:

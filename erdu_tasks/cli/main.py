@@ -17,7 +17,8 @@ from erdu_tasks.errors import ConfigError, ErduError, ServiceUnreachable
 from erdu_tasks.model import Severity, Status
 from erdu_tasks.names import ROLES
 from erdu_tasks.settings import get_settings
-from erdu_tasks.cli.common import console, err, fail, incident_id_of, load_settings, plain, runtime, shown, who
+from erdu_tasks.cli.common import (close_runtime, console, err, fail, incident_id_of, load_settings, plain, runtime,
+                                   shown, who)
 from erdu_tasks.cli.silences import silence_app
 from erdu_tasks.cli.heartbeats import heartbeat, heartbeats_app
 from erdu_tasks.cli.oncall import oncall_app
@@ -877,16 +878,7 @@ def main() -> None:
         err.print(f"[bold red]configuration error:[/] {exc}", highlight=False)
         sys.exit(2)
     finally:
-        _close_runtime()
-
-
-def _close_runtime() -> None:
-    """Close the Postgres pool a command opened while the interpreter still runs: its threads are not left
-    connecting or checking connections while Python shuts down."""
-    process = sys.modules.get("erdu_tasks.app")
-    rt = getattr(process, "_runtime", None)
-    if rt is not None:
-        rt.db.close()
+        close_runtime()
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ def stack(stack_factory, tmp_path):
     runbooks.mkdir()
     (runbooks / "db.yaml").write_text(NOOP_RUNBOOK)
     s = stack_factory({"ERDU_RUNBOOKS_DIR": str(runbooks)})
-    s.start_all(separate=True)   # one process per role, as these tests race and stop them
+    # The roles these tests stop and start again run alone; the rest share one process.
+    s.start_all(separate=("commander", "diagnostician"))
     return s
 
 
