@@ -56,14 +56,16 @@ def consume(app: CeleryApp, on_event: Callable[[dict[str, Any]], None], on_tick:
                 receiver = client.events.Receiver(conn, handlers={"*": handle})
                 receiver.should_stop = False
 
-                connected = [on_connected]
+                drains = [0]
 
-                def iteration() -> None:   # called once subscribed, then between drains
+                def iteration() -> None:   # called before each drain of the connection
                     if stop.is_set():
                         receiver.should_stop = True
-                    if connected[0] is not None:
-                        connected.pop()()
-                        connected.append(None)
+                    # kombu subscribes to the events' fanout channel in the first drain, and Redis keeps no
+                    # message for a channel nobody listens to: "connected" only once that drain has run.
+                    if drains[0] == 1 and on_connected is not None:
+                        on_connected()
+                    drains[0] += 1
                     on_tick()
 
                 receiver.on_iteration = iteration

@@ -3,7 +3,8 @@ Debian supervisord, a cache Redis, a spool, ERDU as `erdu worker all` + `erdu be
 runbooks) and two of its ten faults. bench/chaos.py runs all ten and prints the figures.
 
 - killed: found by the probe, restarted through supervisorctl, validated, and the service answers again;
-- cache poisoned: found in the log, the cache cleared, healed as the bench's own /ready check sees it.
+- cache poisoned: found in the log (api and web share the cache: one incident, from whichever logs it first),
+  the cache cleared, healed as the bench's own /ready check sees it on both.
 (The uncovered error, the stale line, the silence and the crash loop run in the bench only.) And the pid lookup the capture uses for a supervisor program (supervisord's XML-RPC socket) gives the pid
 of the process supervisord runs."""
 
