@@ -44,7 +44,6 @@ SOURCE = "celeryapp"
 """The source of every event this monitor reports; its dedup keys are namespaced `celeryapp:`."""
 
 ENDED = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED"})
-RAN = frozenset({"STARTED", "SUCCESS", "FAILURE"})
 
 _FRAME = re.compile(r'^\s*File "([^"\n]{1,1000})", line (\d+), in ([^\s]{1,200})', re.M)
 _EXC_REPR = re.compile(r"^\s*([A-Za-z_][\w.]{0,200})\(")
@@ -206,7 +205,7 @@ def recorded_value(text: str | None, *, kind: str) -> Any:
 
 
 class _Task:
-    __slots__ = ("name", "state", "worker", "executions", "since")
+    __slots__ = ("name", "state", "worker", "executions", "since", "retrying")
 
     def __init__(self) -> None:
         self.name: str | None = None
@@ -214,6 +213,7 @@ class _Task:
         self.worker: str | None = None
         self.executions = 0
         self.since = 0.0
+        self.retrying = False   # its last run ended in a retry: the next start is that retry, not a second run
 
 
 @dataclass
@@ -400,8 +400,11 @@ class AppWatch:
             self._bound(self.pending)
             return
         if kind == "task-started":
-            if t.state in RAN and t.executions >= 1:
+            # Started again after a run that did not end in a retry (the second message of one id is received
+            # before it starts, so the state alone cannot tell): executed twice.
+            if t.executions >= 1 and not t.retrying:
                 self._fold("duplicate", t.name or "?", task_id, host, now)
+            t.retrying = False
             t.executions += 1
             row["executions"] = row.get("executions", 0) + 1
             t.state = row["state"] = "STARTED"
@@ -417,6 +420,7 @@ class AppWatch:
             state = {"task-succeeded": "SUCCESS", "task-failed": "FAILURE", "task-revoked": "REVOKED",
                      "task-rejected": "REJECTED", "task-retried": "RETRY"}[kind]
             t.state = row["state"] = state
+            t.retrying = kind == "task-retried"
             self.pending.pop(task_id, None)
             self.running.pop(task_id, None)
             if kind in ("task-succeeded", "task-failed", "task-revoked"):

@@ -235,6 +235,21 @@ def test_history_survives_an_erdu_restart(team):
     wait_for(lambda: (r := team.task(tid)) and r["state"] == "FAILURE", 20, what="a task after the restart")
 
 
+def test_one_task_id_run_twice_by_the_app_s_worker_is_a_duplicate_incident(team):
+    """A producer that publishes one task twice with the same id (a retried publish, a redelivery): the app's
+    real worker runs it twice, and ERDU says so from the events alone."""
+    before = team.rows("SELECT id FROM incidents WHERE labels->>'kind' = 'duplicate'")
+    task_id = f"twice-{time.monotonic_ns()}"
+    for _ in range(2):
+        team.client.send_task("orders.nap", args=(0.05,), queue="orders", routing_key="orders", task_id=task_id)
+    found = wait_for(lambda: team.rows("SELECT * FROM incidents WHERE labels->>'kind' = 'duplicate'"
+                                       " AND error_details->'details'->'task_ids' ? %s", (task_id,)), 30,
+                     what="the duplicate-run incident")
+    assert found[0]["labels"]["task"] == "orders.nap" and "executed twice" in found[0]["title"]
+    assert found[0]["id"] not in [b["id"] for b in before] or found[0]["occurrences"] > 1
+    assert "team1@test" in found[0]["error_details"]["details"]["workers"]
+
+
 def test_a_worker_killed_mid_task_is_offline_and_its_task_lost(team):
     doomed = team.start_worker("doomed@test", "naps", "threads", "-c", "1")   # its own worker: the shared one lives on
     team.wait_ready(doomed)

@@ -58,6 +58,21 @@ def test_a_task_started_again_after_it_ran_is_executed_twice_but_a_retry_is_not(
     assert kinds == ["duplicate", "failure"]
 
 
+def test_one_id_received_and_run_again_after_it_succeeded_is_executed_twice_but_a_retry_redelivered_is_not():
+    w = AppWatch(app())
+    for _ in range(2):   # a producer that published one id twice: each message is received, then run
+        w.feed({"type": "task-received", "uuid": "d", "name": "shop.charge", "hostname": "w1"}, 100)
+        w.feed({"type": "task-started", "uuid": "d", "hostname": "w1"}, 100)
+        w.feed({"type": "task-succeeded", "uuid": "d", "hostname": "w1"}, 100)
+    w.feed({"type": "task-received", "uuid": "r", "name": "shop.charge", "hostname": "w1"}, 100)
+    w.feed({"type": "task-started", "uuid": "r", "hostname": "w1"}, 100)
+    w.feed({"type": "task-retried", "uuid": "r", "hostname": "w1", "exception": "Retry()"}, 100)
+    w.feed({"type": "task-received", "uuid": "r", "name": "shop.charge", "hostname": "w1"}, 101)   # the retry's message
+    w.feed({"type": "task-started", "uuid": "r", "hostname": "w1"}, 101)
+    duplicates = [e for e in w.take_events() if e.labels["kind"] == "duplicate"]
+    assert len(duplicates) == 1 and duplicates[0].details["task_ids"] == ["d"]
+
+
 def test_received_tasks_not_started_in_time_are_overdue_once():
     w = AppWatch(app(thresholds={"start_within": 10}))
     w.feed({"type": "task-received", "uuid": "x", "name": "shop.mail", "hostname": "w1"}, 100)
