@@ -250,6 +250,47 @@ def test_one_task_id_run_twice_by_the_app_s_worker_is_a_duplicate_incident(team)
     assert "team1@test" in found[0]["error_details"]["details"]["workers"]
 
 
+def test_tasks_held_past_their_deadlines_are_overdue_not_started_and_not_finished(team):
+    """A second watcher of the same app with deadlines of a second or two: two long tasks fill the worker's two
+    threads and run past finish_within; a third waits in the worker's prefetch past start_within."""
+    from erdu_tasks.runtime import Runtime
+    from erdu_tasks.settings import load_settings
+    from erdu_tasks.tasks.celery_apps import AppRunner
+
+    section = json.loads(json.dumps(team.section))
+    section["apps"][0].update(name="team-strict", thresholds={"offline_after": 30, "stall_for": 30,
+                                                              "start_within": 1, "finish_within": 2})
+    rt = Runtime(load_settings(database_url=team.database_url, redis_url=team.env["ERDU_REDIS_URL"],
+                               monitors={"celery_apps": section}))
+    config = rt.monitors.celery_apps
+    runner = AppRunner(rt, config, config.apps[0], host="test-host", handed=lambda new, reassess: None,
+                       assess=lambda _id: None, resolved=lambda _id: None)
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), kwargs={"tick": 0.1}, daemon=True)
+    thread.start()
+    try:
+        wait_for(runner.connected.is_set, 30, what="the strict watcher subscribed")
+        long_ones = [team.send("orders.nap", 4) for _ in range(2)]
+        waiting = team.send("orders.nap", 0.01)
+
+        def overdue(phase: str) -> list[dict]:
+            return team.rows("SELECT * FROM incidents WHERE labels->>'app' = 'team-strict'"
+                             " AND labels->>'kind' = 'overdue' AND labels->>'phase' = %s", (phase,))
+
+        late = wait_for(lambda: overdue("not-finished"), 30, what="the long tasks overdue")
+        waited = wait_for(lambda: overdue("not-started"), 30, what="the waiting task overdue")
+        assert set(late[0]["error_details"]["details"]["task_ids"]) <= set(long_ones)
+        assert waiting in waited[0]["error_details"]["details"]["task_ids"]
+        assert waited[0]["error_details"]["details"]["within_seconds"] == 1
+        assert late[0]["error_details"]["details"]["within_seconds"] == 2 and "not finished" in late[0]["title"]
+        wait_for(lambda: all((r := team.task(i)) and r["state"] == "SUCCESS" for i in [*long_ones, waiting]), 30,
+                 what="the worker idle again for the next test")
+    finally:
+        stop.set()
+        thread.join(10)
+        rt.db.close()
+
+
 def test_a_worker_killed_mid_task_is_offline_and_its_task_lost(team):
     doomed = team.start_worker("doomed@test", "naps", "threads", "-c", "1")   # its own worker: the shared one lives on
     team.wait_ready(doomed)
