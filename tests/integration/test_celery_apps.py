@@ -170,6 +170,38 @@ def test_a_failed_task_retried_through_the_api_runs_again_with_its_recorded_argu
         assert {t["task_id"] for t in listed} == {old, new}
 
 
+def test_a_bulk_retry_through_the_api_runs_each_failed_task_once_at_its_rate_and_leaves_the_others(team):
+    from fastapi.testclient import TestClient
+
+    from erdu_tasks.api.app import create_app
+
+    team.store.set("team:broken", "1")
+    marker = 5000 + time.monotonic_ns() % 1000   # this test's orders, apart from every other test's
+    failed = [team.send("orders.charge", marker + n, 1.5, currency="BULK") for n in range(3)]
+    other = team.send("orders.explode", marker)   # failed too, another task: not in the filter
+    wait_for(lambda: all((r := team.task(i)) and r["state"] == "FAILURE" for i in [*failed, other]), 20,
+             what="the four failures")
+    team.store.delete("team:broken")
+    with TestClient(create_app(team.settings)) as api:
+        started = time.monotonic()
+        r = api.post("/v1/celery-apps/retry", json={"app": "team", "name": "orders.charge", "text": "BULK",
+                                                   "rate": 4, "by": "alice", "note": "provider back"})
+        took = time.monotonic() - started
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert sorted(x["task_id"] for x in results) == sorted(failed) and all(x["retried"] for x in results)
+        assert took >= 2 / 4 * 0.9, took   # three sends at 4 per second: at least two gaps of a quarter second
+        again = api.post("/v1/celery-apps/retry", json={"app": "team", "name": "orders.charge", "text": "BULK",
+                                                       "by": "bob"}).json()["results"]
+        assert again == []   # each was retried once; nothing is sent twice
+    news = [x["new_id"] for x in results]
+    done = wait_for(lambda: all((t := team.task(n)) and t["state"] == "SUCCESS" for n in news), 20,
+                    what="the three retries ran")
+    assert done and team.task(other)["retried_as"] is None
+    calls = [json.loads(c) for c in team.store.lrange("team:calls", 0, -1)]
+    assert sorted(c[0] for c in calls if c[2] == "BULK") == sorted([marker + n for n in range(3)] * 2)
+
+
 def _step(action: str, **params):
     from erdu_tasks.fixer.actions import run_step
     from erdu_tasks.fixer.runbooks import Step
