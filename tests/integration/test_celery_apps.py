@@ -323,6 +323,43 @@ def test_tasks_held_past_their_deadlines_are_overdue_not_started_and_not_finishe
         rt.db.close()
 
 
+def test_the_fixer_s_celery_control_action_grows_and_shrinks_a_prefork_pool(team):
+    """pool_grow and pool_shrink sent by the runbook action to a prefork worker of the app: the worker's own
+    stats (Celery's inspect) show the new pool size each time; a command to a worker that is not there fails."""
+    from celery import Celery
+
+    worker = team.start_worker("grower@test", "grow", "prefork", "-c", "1")
+    try:
+        team.wait_ready(worker)
+        inspector = Celery("team-inspect", broker=team.broker_url).control
+
+        def processes() -> int | None:
+            stats = inspector.inspect(destination=["grower@test"], timeout=2).stats() or {}
+            pool = (stats.get("grower@test") or {}).get("pool") or {}
+            return len(pool.get("processes") or []) or None
+
+        assert wait_for(processes, 20, what="the pool's size") == 1
+        grown = _step("celery_control", broker_url=team.broker_url, command="pool_grow", n=2,
+                      destination=["grower@test"])
+        assert grown.ok, grown.detail
+        wait_for(lambda: processes() == 3, 20, what="three pool processes")
+        shrunk = _step("celery_control", broker_url=team.broker_url, command="pool_shrink", n=1,
+                       destination=["grower@test"])
+        assert shrunk.ok, shrunk.detail
+        wait_for(lambda: processes() == 2, 20, what="two pool processes")
+        nobody = _step("celery_control", broker_url=team.broker_url, command="pool_grow", n=1,
+                       destination=["nobody@test"], reply_timeout=1)
+        assert not nobody.ok
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)   # a warm shutdown: the worker says it leaves
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(10)
+        team.workers.remove(worker)
+
+
 def test_a_worker_killed_mid_task_is_offline_and_its_task_lost(team):
     doomed = team.start_worker("doomed@test", "naps", "threads", "-c", "1")   # its own worker: the shared one lives on
     team.wait_ready(doomed)
