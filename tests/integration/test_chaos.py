@@ -47,7 +47,10 @@ def check_a_poisoned_cache_is_cleared_and_healed_as_the_service_itself_sees_it(l
     lab.settle()
     poisoned = run_fault(lab, FAULT["cache_poisoned"], grace=1.0)
     assert poisoned.healed_validated and poisoned.diagnosis_right, poisoned
-    assert poisoned.actions == ["clear-poisoned-cache:clear_cache"] and not poisoned.false_root_causes
+    # api and web read the one cache: one clear, or one per service when the second's line comes after the
+    # first incident closed (then it is an incident of its own); never anything else.
+    assert set(poisoned.actions) == {"clear-poisoned-cache:clear_cache"} and len(poisoned.actions) <= 2, poisoned
+    assert not poisoned.false_root_causes and not poisoned.harmful_or_needless
 
 
 def test_the_chaos_lab_heals_a_killed_and_a_poisoned_service(tmp_path):
