@@ -56,8 +56,8 @@ def rt(fresh_database_url, tmp_path):
     runtime.db.close()
 
 
-def test_a_fix_proven_for_refused_is_not_applied_to_a_500(rt):
-    port = free_port()
+def prober(rt, port: int):
+    """One run of the orders probe against the port, giving the incident its condition is on."""
     cfg = load_monitors({"probes": {"checks": [{"name": "orders-health", "url": f"http://127.0.0.1:{port}/health",
                                                 "failures": 1, "timeout": 1, "service": "orders"}]}}).probes
 
@@ -65,6 +65,13 @@ def test_a_fix_proven_for_refused_is_not_applied_to_a_500(rt):
         decision = http_probe.run_probes(cfg, rt.db, rt, lambda i: None, host="h",
                                          now=lambda: datetime.now(timezone.utc))[0]
         return decision.condition.incident_id
+
+    return probe
+
+
+def test_a_fix_proven_for_refused_is_not_applied_to_a_500(rt):
+    port = free_port()
+    probe = prober(rt, port)
 
     refused = probe()                       # nothing listens: refused
     server = Server(port)
@@ -98,13 +105,7 @@ def test_failing_another_way_while_the_incident_is_being_fixed_is_counted_on_it_
     """A restart refuses connections for a moment: while the fixer works on the 500, the probe's
     'refused' is that incident's, not a second one; once the incident is with people it is its own again."""
     port = free_port()
-    cfg = load_monitors({"probes": {"checks": [{"name": "orders-health", "url": f"http://127.0.0.1:{port}/health",
-                                                "failures": 1, "timeout": 1, "service": "orders"}]}}).probes
-
-    def probe() -> str:
-        decision = http_probe.run_probes(cfg, rt.db, rt, lambda i: None, host="h",
-                                         now=lambda: datetime.now(timezone.utc))[0]
-        return decision.condition.incident_id
+    probe = prober(rt, port)
 
     server = Server(port)
     try:
