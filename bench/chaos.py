@@ -398,8 +398,9 @@ class Fault:
     cleanup: Callable[[ChaosLab], None] | None = None
     timeout: float = 45.0
     one_cause: bool = False
-    """One cause every listed service sees (a cache they share): one incident, whichever service's line came
-    first, is the right outcome; otherwise each listed service must have an incident of its own."""
+    """One cause every listed service sees (a cache they share): the incidents of any of them count, one (the
+    lines folded into whichever service logged first) or one each; otherwise each listed service must have
+    an incident of its own."""
 
 
 def _kill(name: str, sig: int = signal.SIGKILL) -> Callable[[ChaosLab], None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 import typer
 from rich.console import Console
@@ -73,8 +74,6 @@ def close_runtime() -> None:
     """Close the Postgres pool the command opened (and the Celery app's, if a command loaded it) while the
     interpreter still runs: their threads are not left connecting while Python shuts down."""
     global _runtime
-    import sys
-
     process = sys.modules.get("erdu_tasks.app")
     for rt in (_runtime, getattr(process, "_runtime", None)):
         if rt is not None:

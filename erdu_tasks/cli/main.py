@@ -124,7 +124,6 @@ def run_worker(spec: str, *, concurrency: int | None = None, pool: str | None = 
         get_settings.cache_clear()
     from erdu_tasks.app import ROLE_TASK_MODULES
     from erdu_tasks.app import app as celery_app
-
     from erdu_tasks.celery_ext.start import run_worker as start_worker
 
     celery_app.conf.include = list(dict.fromkeys(m for r in roles for m in ROLE_TASK_MODULES[r]))

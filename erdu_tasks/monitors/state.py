@@ -161,22 +161,22 @@ def _keep_the_repaired_incident(conn: psycopg.Connection, stepped: list[tuple[Ob
                                 ) -> list[tuple[Observation, Verdict, Condition, bool]]:
     """A condition that goes on failing in another way (another dedup key: a probe's 500 turning into a
     refused connection) while ERDU is repairing the incident it opened is the repair's own effect (a
-    restart refuses connections for a moment): it is counted on that incident (its occurrences), not opened
-    as a new one.
-    Once the incident is out of the fixer's hands, a new way of failing is a new incident again."""
-    ids = [cond.incident_id for obs, verdict, cond, was in stepped
-           if verdict is Verdict.FIRING and was and cond.incident_id and obs.event is not None and obs.event.dedup_key]
-    if not ids:
+    restart refuses connections for a moment): it is counted on that incident (its occurrences), not
+    opened as a new one. Once the incident is out of the fixer's hands, a new way of failing is a new
+    incident again."""
+    still_firing = [i for i, (obs, verdict, cond, was) in enumerate(stepped)
+                    if verdict is Verdict.FIRING and was and cond.incident_id and obs.event is not None]
+    if not still_firing:
         return stepped
     keys = {r["id"]: r["dedup_key"] for r in conn.execute(
         "SELECT id, error_details->>'dedup_key' AS dedup_key FROM incidents WHERE id = ANY(%s) AND status = %s",
-        (ids, Status.FIXING.value)).fetchall()}
-    kept = []
-    for obs, verdict, cond, was in stepped:
-        key = keys.get(cond.incident_id or "")
-        if verdict is Verdict.FIRING and was and key and obs.event is not None and obs.event.dedup_key != key:
-            obs = replace(obs, event=obs.event.model_copy(update={"dedup_key": key}))
-        kept.append((obs, verdict, cond, was))
+        ([stepped[i][2].incident_id for i in still_firing], Status.FIXING.value)).fetchall()}
+    kept = list(stepped)
+    for i in still_firing:
+        obs, verdict, cond, was = stepped[i]
+        key = keys.get(cond.incident_id)
+        if key and obs.event.dedup_key != key:
+            kept[i] = (replace(obs, event=obs.event.model_copy(update={"dedup_key": key})), verdict, cond, was)
     return kept
 
 

@@ -10,7 +10,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-
 from erdu_tasks.durations import human_duration, seconds_between
 from erdu_tasks.model import Incident
 
