@@ -95,6 +95,8 @@ class Task(BaseModel):
     retried_by: str | None
     retried_at: datetime | None
     updated_at: datetime
+    values_from: str | None = Field(default=None, description="'result backend' when the exact args and kwargs "
+                                    "were read from the app's result backend (a retry sends those)")
 
 
 class TaskList(BaseModel):
@@ -122,6 +124,7 @@ class Retried(BaseModel):
     queue: str
     args: list[Any]
     kwargs: dict[str, Any]
+    values_from: str = Field(description="'result backend' (exact values) or 'event reprs' (plain literals)")
 
 
 class BulkRetryBody(RetryBody):

@@ -187,7 +187,8 @@ def retry_cmd(app: Annotated[str, typer.Argument(help="The app's name")],
     target = config.app(app)
     queue = row["queue"] or (target.queue_for(row["name"] or "") if target else "?")
     print(common.plain(f"{row['name']}[{task_id}] {row['state']}: args={json.dumps(args)} "
-                       f"kwargs={json.dumps(kwargs)} -> queue {queue}"))
+                       f"kwargs={json.dumps(kwargs)} -> queue {queue} "
+                       f"(values from {row.get('values_from') or 'event reprs'})"))
     if not yes and not typer.confirm("Send it again?", default=False):
         common.fail("not retried", 1)
     try:

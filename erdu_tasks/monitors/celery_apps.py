@@ -14,7 +14,11 @@ an untrusted broker, so every field is checked) and keeps what the checks need, 
 - received tasks not started within `start_within` (after their eta), started ones not finished within
   `finish_within`: overdue (`check`);
 - a beat-scheduled task (the app's `periodic`) received twice within half its period: two beats, or one
-  schedule listed twice (`take_events`).
+  schedule listed twice (`take_events`);
+- a workflow step that never ran: a chain's next step, a chord's body or a `link=` callback (announced by
+  the task before it, client/celery_workflows.py) or the app's `followed_by` task (its child by name), not
+  received within `next_within` of that task succeeding — for a chord, of its last header task, and only
+  once no header task of its group is still running (`check`).
 
 Nothing here touches the broker or the database: the consumer (celery_events.py) feeds it and the
 watch task (tasks/celery_apps.py) writes what it returns through the one ingest entry.
@@ -187,7 +191,7 @@ def recorded_value(text: str | None, *, kind: str) -> Any:
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        hint = " (it was cut when recorded)" if text.rstrip().endswith("...") else ""
+        hint = " (it was cut when recorded)" if "..." in text else ""   # Celery's saferepr cuts with '...' 
         raise NotReplayable(f"{kind} {text[:120]!r} is not a plain literal{hint}; it cannot be sent again "
                             "as recorded") from None
     try:
@@ -247,6 +251,23 @@ class _Group:
     first_at: float = 0.0
 
 
+@dataclass
+class _Await:
+    """A step that must arrive: after `after_id` (named `after`) succeeded, `next_id` (or a child named `name`)."""
+
+    kind: str            # chain, chord, link or followed_by
+    after_id: str
+    after: str
+    name: str
+    next_id: str | None
+    due: float
+    group: str | None = None
+
+
+MAX_STEPS = 20
+"""Next steps taken from one announcement (a hostile event naming more is cut)."""
+
+
 @dataclass(frozen=True)
 class CheckResult:
     """One check pass: conditions for the monitor state machine, and one-off events (overdue tasks)."""
@@ -283,6 +304,12 @@ class AppWatch:
         self.seen = 0
         self.skipped = 0
         self._periodic_last: dict[str, tuple[float, str]] = {}
+        self.announced: OrderedDict[str, list[dict[str, str]]] = OrderedDict()   # task id -> its next steps
+        self.awaited: OrderedDict[str, _Await] = OrderedDict()   # next-step id (or after>name) -> what awaits it
+        self.arrived: OrderedDict[str, None] = OrderedDict()     # step ids (and parent>name) received lately
+        self.chord_members: OrderedDict[str, set[str]] = OrderedDict()   # chord group -> its header task ids
+        self.member_of: OrderedDict[str, str] = OrderedDict()            # chord header task id -> its group
+        self.broken_chords: OrderedDict[str, None] = OrderedDict()       # groups a header task of failed
 
     def restore_workers(self, rows: Iterable[Mapping[str, Any]], now: float) -> None:
         """Workers a previous watcher saw online (celery_app_workers rows): one that sends nothing within
@@ -303,6 +330,8 @@ class AppWatch:
             return
         if kind.startswith("worker-"):
             self._worker_event(kind, event, now)
+        elif kind == "task-next-steps":
+            self._announcement(event, now)
         elif kind.startswith("task-"):
             self._task_event(kind, event, now)
         else:
@@ -388,9 +417,10 @@ class AppWatch:
                         row[key] = _text(ev.get(key), 255)
                 row["sent_at"] = _when(ts)
                 if t.state == "PENDING":
-                    row["state"] = "SENT"
+                    t.state = row["state"] = "SENT"
                 return
             row["received_at"] = _when(ts)
+            self._arrive(task_id, t.name, row.get("parent_id"))
             if t.name in self.app.periodic and t.state in ("PENDING", "SENT"):
                 self._periodic(t.name, task_id, host, ts)
             t.state = row["state"] = "RECEIVED"
@@ -404,6 +434,7 @@ class AppWatch:
             # before it starts, so the state alone cannot tell): executed twice.
             if t.executions >= 1 and not t.retrying:
                 self._fold("duplicate", t.name or "?", task_id, host, now)
+            self._arrive(task_id, t.name, None)
             t.retrying = False
             t.executions += 1
             row["executions"] = row.get("executions", 0) + 1
@@ -426,6 +457,10 @@ class AppWatch:
             if kind in ("task-succeeded", "task-failed", "task-revoked"):
                 row["finished_at"] = _when(ts)
                 self._ended_since_check += 1
+            if kind == "task-succeeded":
+                self._succeeded(task_id, t.name, now)
+            elif kind != "task-retried":
+                self._ended_badly(task_id)
             runtime = _number(ev.get("runtime"))
             if runtime is not None:
                 row["runtime"] = runtime
@@ -439,6 +474,118 @@ class AppWatch:
             return
         self.skipped += 1
 
+    # ------------------------------------------------------------------ workflows
+
+    def _announcement(self, ev: Mapping[str, Any], now: float) -> None:
+        """A task's next steps (client/celery_workflows.py), checked field by field."""
+        task_id, steps = ev.get("uuid"), ev.get("steps")
+        if not isinstance(task_id, str) or not 0 < len(task_id) <= 255 or not isinstance(steps, list):
+            self.skipped += 1
+            return
+        clean = []
+        for step in steps[:MAX_STEPS]:
+            if not isinstance(step, Mapping) or step.get("kind") not in ("chain", "chord", "link"):
+                continue
+            sid, name = _text(step.get("id"), 255), _text(step.get("name"), 255)
+            if not sid or not name:
+                continue
+            group = _text(step.get("group"), 255) if step.get("kind") == "chord" else None
+            clean.append({"kind": step["kind"], "id": sid, "name": name, "group": group or ""})
+            if group:
+                members = self.chord_members.setdefault(group, set())
+                if len(members) < 10_000:
+                    members.add(task_id)
+                self.member_of[task_id] = group
+                self._bound(self.chord_members)
+                self._bound(self.member_of)
+        if not clean:
+            self.skipped += 1
+            return
+        t = self._task(task_id)
+        if t.state == "SUCCESS":       # its success arrived first (another connection): await the steps now
+            self._await(task_id, t.name or "?", clean, now)
+        else:
+            self.announced[task_id] = clean
+            self._bound(self.announced)
+
+    def _arrive(self, task_id: str, name: str | None, parent_id: str | None) -> None:
+        keys = [task_id] + ([f"{parent_id}>{name}"] if parent_id and name else [])
+        for key in keys:   # remembered even when awaited: a late header success must not await it again
+            self.awaited.pop(key, None)
+            self.arrived[key] = None
+            self.arrived.move_to_end(key)
+        self._bound(self.arrived)
+
+    def _succeeded(self, task_id: str, name: str | None, now: float) -> None:
+        steps = self.announced.pop(task_id, [])
+        follower = self.app.followed_by.get(name or "")
+        if follower:
+            steps = steps + [{"kind": "followed_by", "id": "", "name": follower, "group": ""}]
+        if steps:
+            self._await(task_id, name or "?", steps, now)
+
+    def _await(self, task_id: str, name: str, steps: list[dict[str, str]], now: float) -> None:
+        due = now + self.app.thresholds.next_within
+        for step in steps:
+            key = step["id"] or f"{task_id}>{step['name']}"
+            if key in self.arrived or (step["group"] and step["group"] in self.broken_chords):
+                continue
+            self.awaited[key] = _Await(step["kind"], task_id, name, step["name"], step["id"] or None, due,
+                                       step["group"] or None)
+            self.awaited.move_to_end(key)   # a chord body's deadline runs from its last header task
+        self._bound(self.awaited)
+
+    def _ended_badly(self, task_id: str) -> None:
+        """A failed, revoked or rejected task's steps will not run, by Celery's design: nothing awaits them."""
+        groups = {self.member_of.pop(task_id)} if task_id in self.member_of else set()
+        for step in self.announced.pop(task_id, []):
+            self.awaited.pop(step["id"], None)
+            if step["group"]:
+                groups.add(step["group"])
+        for group in groups:            # the chord's body will not run: Celery fails the chord instead
+            self.chord_members.pop(group, None)
+            self.broken_chords[group] = None
+            for key in [k for k, a in self.awaited.items() if a.group == group]:
+                del self.awaited[key]
+        self._bound(self.broken_chords)
+
+    def _workflows(self, now: float) -> list[Event]:
+        """Steps past their deadline, one event per (kind, task before, step) with the count."""
+        groups: dict[tuple[str, str, str], list[_Await]] = {}
+        for key, a in list(self.awaited.items()):
+            if a.due > now:
+                continue
+            if a.kind == "chord" and any(self._unfinished(m) for m in self.chord_members.get(a.group or "", ())):
+                a.due = now + self.app.thresholds.next_within   # a header task still runs: the body waits for it
+                continue
+            del self.awaited[key]
+            if a.group:
+                self.chord_members.pop(a.group, None)
+            groups.setdefault((a.kind, a.after, a.name), []).append(a)
+        out = []
+        within = self.app.thresholds.next_within
+        for (kind, after, name), found in groups.items():
+            sent = [a.next_id for a in found if a.next_id and (t := self.tasks.get(a.next_id)) and t.state == "SENT"]
+            what = {"chain": "the next step of a chain", "chord": "the body of a chord", "link": "a link callback",
+                    "followed_by": "the task that follows it"}[kind]
+            after_what = f"its header task {after}" if kind == "chord" else after
+            how = ("it was sent but no worker received it" if sent and len(sent) == len(found)
+                   else "it was never received")
+            message = (f"Celery workflow of app {self.app.name} broke: {what}, {name}, did not run within "
+                       f"{within:g} s of {after_what} succeeding ({how})")
+            out.append(self._base(
+                "workflow", f"{kind}:{after}>{name}", message, self.app.severity.workflow, len(found),
+                {"task": name[:200], "after": after[:200], "step": kind},
+                {"step": kind, "task": name, "after": after, "within_seconds": within,
+                 "after_task_ids": [a.after_id for a in found][:20],
+                 "missing_task_ids": [a.next_id for a in found if a.next_id][:20], "sent_not_received": sent[:20],
+                 "groups": sorted({a.group for a in found if a.group})[:20]}))
+        return out
+
+    def _unfinished(self, task_id: str) -> bool:
+        t = self.tasks.get(task_id)
+        return t is not None and t.state not in ENDED
+
     def _periodic(self, name: str, task_id: str, host: str | None, ts: float) -> None:
         last = self._periodic_last.get(name)
         if last is not None and last[1] != task_id and 0 <= ts - last[0] < self.app.periodic[name] / 2:
@@ -448,7 +595,7 @@ class AppWatch:
                 group.task_ids.insert(len(group.task_ids) - 1, last[1])   # the earlier one, before the double
         self._periodic_last[name] = (ts, task_id)
 
-    def _bound(self, ordered: OrderedDict[str, float]) -> None:
+    def _bound(self, ordered: OrderedDict[str, Any]) -> None:
         while len(ordered) > self.app.track_tasks:
             ordered.popitem(last=False)
 
@@ -550,7 +697,7 @@ class AppWatch:
         for w in self.workers.values():
             w.busy_since_check = False
         self._started_since_check = self._ended_since_check = 0
-        return CheckResult(obs, self._overdue(now), dict(lengths))
+        return CheckResult(obs, self._overdue(now) + self._workflows(now), dict(lengths))
 
     def _lose_tasks_of(self, hostname: str) -> list[str]:
         """A lost worker's started tasks are lost (their rows say so); returns their ids."""
@@ -629,7 +776,8 @@ class AppWatch:
     def memory_items(self) -> dict[str, int]:
         """Sizes of what is kept in memory (for the bench and the watcher's status line)."""
         return {"tasks": len(self.tasks), "pending": len(self.pending), "running": len(self.running),
-                "workers": len(self.workers), "rows": len(self.rows), "groups": len(self.groups)}
+                "workers": len(self.workers), "rows": len(self.rows), "groups": len(self.groups),
+                "announced": len(self.announced), "awaited": len(self.awaited), "arrived": len(self.arrived)}
 
 
 def _slope(samples: deque[tuple[float, int]]) -> float:

@@ -5,11 +5,13 @@ every event to `on_event` and calls `on_tick` at least every `tick` seconds (als
 and reconnects with a capped backoff when the broker goes away. The broker is untrusted: events are
 accepted as JSON only, and an event `on_event` cannot take is counted, not fatal.
 
-`queue_lengths` reads the watched queues' lengths straight from the broker's Redis (every priority list).
+`queue_lengths` reads the watched queues' lengths straight from the broker's Redis (every priority list);
+`recorded_values` reads failed tasks' exact args and kwargs from the app's Redis result backend.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -92,6 +94,50 @@ def broker_client(app: CeleryApp) -> redis.Redis:
 def queue_lengths(client: redis.Redis, queues: Iterable[str]) -> dict[str, int]:
     """Messages waiting in each queue of the app's broker (TransientError when it cannot be read)."""
     return _lengths(client, queues)
+
+
+MAX_RESULT_BYTES = 1_000_000
+"""A result-backend entry larger than this is not read for its values."""
+
+
+def backend_client(app: CeleryApp) -> redis.Redis | None:
+    """A Redis client of the app's result backend, or None when none is configured."""
+    if not app.result_backend_url:
+        return None
+    return redis.Redis.from_url(app.result_backend_url, socket_timeout=5, socket_connect_timeout=5)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON Postgres stores")
+
+
+def recorded_values(client: redis.Redis, app: CeleryApp, tasks: Iterable[tuple[str, str | None]]
+                    ) -> dict[str, tuple[list[Any], dict[str, Any]]]:
+    """task id -> (args, kwargs) exactly as the result backend holds them, for (task id, name) pairs.
+
+    Only entries Celery wrote with `result_extended` in JSON are taken: a dict naming the same task (when it
+    names one) with a list of args and a dict of kwargs. Anything else (pickle, a plain result, NUL, NaN,
+    over MAX_RESULT_BYTES) is left out, so the retry falls back to the events' reprs. Raises redis errors."""
+    pairs = list(tasks)
+    if not pairs:
+        return {}
+    raw = client.mget([f"{app.result_key_prefix}{task_id}" for task_id, _ in pairs])
+    out: dict[str, tuple[list[Any], dict[str, Any]]] = {}
+    for (task_id, name), value in zip(pairs, raw):
+        if not isinstance(value, bytes) or len(value) > MAX_RESULT_BYTES or b"\\u0000" in value:
+            continue
+        try:
+            meta = json.loads(value, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError):
+            continue
+        if not isinstance(meta, dict) or meta.get("task_id") not in (None, task_id):
+            continue
+        if name and meta.get("name") not in (None, name):
+            continue
+        args, kwargs = meta.get("args"), meta.get("kwargs")
+        if isinstance(args, list) and isinstance(kwargs, dict):
+            out[task_id] = (args, kwargs)
+    return out
 
 
 def wall() -> float:

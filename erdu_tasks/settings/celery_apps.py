@@ -22,12 +22,17 @@ Example (every key but `apps[].name` and `apps[].broker_url` is optional)::
               finish_within: 3600    # a started task not finished this long after is overdue
               backlog_window: 60     # seconds of samples the growth rate is measured over
               backlog_min: 100       # a queue shorter than this is never a backlog incident
+              next_within: 60        # a chain's next step or a chord's body not received this long after
             periodic: {"shop.reports.nightly": 86400, "shop.cache.refresh": 60}   # beat's schedule
+            followed_by: {"shop.orders.charge": "shop.orders.ship"}   # a chain known by name
+            result_backend_url: redis://10.0.0.5:6379/1   # exact args of failed tasks (result_extended)
             severity: {failure: P3, offline: P2, stalled: P2, overdue: P3, duplicate: P3, backlog: P2,
-                       double_schedule: P3}
+                       double_schedule: P3, workflow: P2}
 
 Workers of the app must send task events (`celery worker -E`, or `worker_send_task_events = True`);
 `task_send_sent_event = True` on its producers also records each task's queue and routing key.
+Chains and chords are followed when the app calls `erdu_tasks.client.celery_workflows.announce_next_steps(app)`
+(or, by task name, through `followed_by`).
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ class AppThresholds(Section):
     finish_within: float = Field(default=3600.0, gt=0, le=7 * 86400)
     backlog_window: float = Field(default=60.0, gt=0, le=86400)
     backlog_min: int = Field(default=100, ge=1)
+    next_within: float = Field(default=60.0, gt=0, le=7 * 86400)
+    """A chain's next step, a chord's body or a `followed_by` task not received this long after the task
+    before it succeeded (for a chord: its last header task) is a broken workflow."""
 
 
 class AppSeverities(Section):
@@ -64,6 +72,7 @@ class AppSeverities(Section):
     duplicate: Severity = Severity.P3
     backlog: Severity = Severity.P2
     double_schedule: Severity = Severity.P3
+    workflow: Severity = Severity.P2
 
 
 class CeleryApp(Section):
@@ -83,6 +92,14 @@ class CeleryApp(Section):
     periodic: dict[str, float] = Field(default_factory=dict)
     """Beat-scheduled task name -> its period in seconds: received twice within half a period is an incident
     (two beats running one schedule, or the schedule listed twice)."""
+    followed_by: dict[str, str] = Field(default_factory=dict)
+    """Task name -> the task that must follow each success of it, as its child (its parent_id): a chain
+    known by name, for apps that do not announce their next steps (client/celery_workflows.py)."""
+    result_backend_url: str | None = None
+    """The app's Redis result backend, read for the exact args and kwargs of failed tasks when the app sets
+    `result_extended = True` (JSON results only; anything else is not read). Without it, a retry sends the
+    values the events' reprs stand for, and only when those are plain literals."""
+    result_key_prefix: str = Field(default="celery-task-meta-", max_length=200)
     track_tasks: int = Field(default=200_000, ge=100, le=10_000_000)
     """Tasks remembered in memory for double-execution and deadline checks (the oldest are forgotten)."""
 
@@ -91,6 +108,13 @@ class CeleryApp(Section):
     def _redis(cls, url: str) -> str:
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("only Redis brokers are watched (redis://, rediss:// or unix://)")
+        return url
+
+    @field_validator("result_backend_url")
+    @classmethod
+    def _redis_backend(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("only Redis result backends are read (redis://, rediss:// or unix://)")
         return url
 
     @field_validator("queues")

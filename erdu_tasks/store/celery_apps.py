@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 TASK_COLUMNS: tuple[str, ...] = (
     "name", "state", "args", "kwargs", "worker", "exception", "error", "traceback", "queue", "routing_key",
     "exchange", "root_id", "parent_id", "retries", "eta", "sent_at", "received_at", "started_at", "finished_at",
-    "runtime")
+    "runtime", "args_value", "kwargs_value", "values_from")
 
 RETRYABLE_STATES: tuple[str, ...] = ("FAILURE", "LOST")
 """A task in one of these may be sent again (a success, or one still running, may not)."""
@@ -40,11 +40,15 @@ def upsert_tasks(conn: psycopg.Connection, app: str, rows: Sequence[Mapping[str,
     """Merge history rows (each: task_id and any of TASK_COLUMNS, executions) into the table; returns how many."""
     if not rows:
         return 0
-    params = [{"app": app, "executions": int(r.get("executions", 0)), **{c: r.get(c) for c in TASK_COLUMNS},
+    params = [{"app": app, "executions": int(r.get("executions", 0)), **{c: _param(c, r.get(c)) for c in TASK_COLUMNS},
                "task_id": r["task_id"]} for r in sorted(rows, key=lambda r: r["task_id"])]
     with conn.cursor() as cur:
         cur.executemany(_UPSERT, params)
     return len(params)
+
+
+def _param(column: str, value: Any) -> Any:
+    return Jsonb(value) if column in ("args_value", "kwargs_value") and value is not None else value
 
 
 def save_workers(conn: psycopg.Connection, app: str, workers: Iterable[Any]) -> None:
@@ -185,16 +189,21 @@ def claim_retry(conn: psycopg.Connection, app: str, task_id: str, new_id: str, b
     return cur.rowcount == 1
 
 
-def record_retry_sent(conn: psycopg.Connection, app: str, old: Mapping[str, Any], new_id: str, queue: str) -> None:
-    """The new task's row, linked to the one it retries, until its own events fill it in."""
+def record_retry_sent(conn: psycopg.Connection, app: str, old: Mapping[str, Any], new_id: str, queue: str,
+                      values: tuple[list[Any], dict[str, Any]] | None = None) -> None:
+    """The new task's row, linked to the one it retries, until its own events fill it in; `values` are the
+    args and kwargs it was sent with (kept as its exact values)."""
     conn.execute(
         """
         INSERT INTO celery_app_tasks (app, task_id, name, state, args, kwargs, queue, routing_key, exchange,
-                                      root_id, parent_id, retried_from, sent_at)
-        VALUES (%s, %s, %s, 'SENT', %s, %s, %s, %s, %s, %s, %s, %s, now())
+                                      root_id, parent_id, retried_from, sent_at, args_value, kwargs_value,
+                                      values_from)
+        VALUES (%s, %s, %s, 'SENT', %s, %s, %s, %s, %s, %s, %s, %s, now(), %s, %s, %s)
         ON CONFLICT (app, task_id) DO UPDATE SET retried_from = EXCLUDED.retried_from
         """, (app, new_id, old["name"], old["args"], old["kwargs"], queue, old.get("routing_key") or queue,
-              old.get("exchange"), old.get("root_id"), old.get("parent_id"), old["task_id"]))
+              old.get("exchange"), old.get("root_id"), old.get("parent_id"), old["task_id"],
+              Jsonb(values[0]) if values else None, Jsonb(values[1]) if values else None,
+              "sent by a retry" if values else None))
 
 
 def record_action(conn: psycopg.Connection, *, app: str, action: str, by: str, ok: bool, target: str | None = None,

@@ -6,8 +6,9 @@
   the one ingest entry in one transaction, then hands new incidents on; every `check_interval` it samples
   the queues and steps the worker, stall and backlog conditions (monitors/state.py), and reports overdue
   tasks. A Postgres outage keeps what was not written for the next write.
-- `retry` re-publishes a failed task's original message: its name, its args and kwargs as recorded (only
-  when they are plain literals, never evaluated), on its recorded queue and routing key (else the app's
+- `retry` re-publishes a failed task's original message: its name, its args and kwargs exactly as the app's
+  result backend held them (with `result_extended`), else as the events recorded them (only when those reprs
+  are plain literals, never evaluated), on its recorded queue and routing key (else the app's
   route for the name), under a new task id linked to the old one — claimed by compare-and-set, so a task
   is retried once, with an audit entry either way. `retry_many` does it for a search's results at a rate.
   `plan` says exactly what a retry would send (the console's confirmation shows it).
@@ -25,6 +26,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
+import redis
 import structlog
 from celery import Celery
 
@@ -78,6 +80,7 @@ class AppRunner:
     def __post_init__(self) -> None:
         self.watch = AppWatch(self.app, host=self.host, max_arg_chars=self.config.max_arg_chars)
         self._broker = celery_events.broker_client(self.app)
+        self._backend = celery_events.backend_client(self.app)
         try:
             with self.rt.db.transaction() as conn:
                 self.watch.restore_workers(history.list_workers(conn, self.app.name), self.clock())
@@ -115,6 +118,7 @@ class AppRunner:
         self._unsent = []
         if not rows and not events:
             return
+        self._exact_values(rows)
         try:
             with self.rt.db.transaction() as conn:
                 history.upsert_tasks(conn, self.app.name, rows)
@@ -126,6 +130,23 @@ class AppRunner:
         self.written += len(rows)
         self.reported += len(events)
         self.handed(result.new_incidents, result.to_reassess)
+
+    def _exact_values(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Failed and lost tasks' args and kwargs from the app's result backend, where it holds them."""
+        wanted = [(r["task_id"], r.get("name")) for r in rows
+                  if r.get("state") in history.RETRYABLE_STATES and "args_value" not in r]
+        if self._backend is None or not wanted:
+            return
+        try:
+            found = celery_events.recorded_values(self._backend, self.app, wanted[:1000])
+        except redis.RedisError as exc:
+            log.warning("celery app result backend unreadable: retries use the recorded reprs", app=self.app.name,
+                        error=f"{type(exc).__name__}: {exc}"[:300])
+            return
+        for row in rows:
+            if row["task_id"] in found:
+                row["args_value"], row["kwargs_value"] = found[row["task_id"]]
+                row["values_from"] = "result backend"
 
     def _keep(self, rows: Sequence[dict[str, Any]]) -> None:
         for old in rows:
@@ -201,15 +222,20 @@ class RetryDone:
     queue: str
     args: list[Any]
     kwargs: dict[str, Any]
+    values_from: str = "event reprs"
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
         return {"app": self.app, "task_id": self.task_id, "new_id": self.new_id, "name": self.name,
-                "queue": self.queue, "args": self.args, "kwargs": self.kwargs}
+                "queue": self.queue, "args": self.args, "kwargs": self.kwargs, "values_from": self.values_from}
 
 
 def replayable(row: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
-    """The recorded args and kwargs of a history row as values; RetryRefused saying why if they are not literals."""
+    """The args and kwargs a retry of this history row sends: the exact values the app's result backend held
+    when it failed (`values_from`), else what the events' reprs stand for when they are plain literals;
+    RetryRefused saying why when neither is there."""
+    if isinstance(row.get("args_value"), list) and isinstance(row.get("kwargs_value"), dict):
+        return row["args_value"], row["kwargs_value"]
     try:
         return recorded_value(row.get("args"), kind="args"), recorded_value(row.get("kwargs"), kind="kwargs")
     except NotReplayable as exc:
@@ -228,6 +254,8 @@ class RetryPlan:
     kwargs: dict[str, Any]
     queue: str
     routing_key: str
+    values_from: str = "event reprs"
+    """Where args and kwargs come from: "result backend" (exact values) or "event reprs" (plain literals)."""
 
 
 def plan(app: CeleryApp, row: dict[str, Any]) -> RetryPlan:
@@ -240,7 +268,8 @@ def plan(app: CeleryApp, row: dict[str, Any]) -> RetryPlan:
                            "tasks with a known name are retried")
     args, kwargs = replayable(row)
     queue = row["queue"] or app.queue_for(row["name"])
-    return RetryPlan(app.name, task_id, row["name"], row["state"], args, kwargs, queue, row["routing_key"] or queue)
+    return RetryPlan(app.name, task_id, row["name"], row["state"], args, kwargs, queue, row["routing_key"] or queue,
+                     row.get("values_from") or "event reprs")
 
 
 def _client(app: CeleryApp, cache: dict[str, Celery] | None) -> Celery:
@@ -275,16 +304,16 @@ def retry(rt: Runtime, config: CeleryAppsConfig, app_name: str, task_id: str, *,
             except BROKER_ERRORS as exc:
                 raise TransientError(f"cannot publish to the broker of {app.name}: {type(exc).__name__}: {exc}") \
                     from exc
-            history.record_retry_sent(conn, app.name, row, new_id, queue)
+            history.record_retry_sent(conn, app.name, row, new_id, queue, (args, kwargs))
             history.record_action(conn, app=app.name, action="retry", target=task_id, by=by, note=note, ok=True,
                                   details={"new_id": new_id, "name": row["name"], "queue": queue,
-                                           "routing_key": routing_key})
+                                           "routing_key": routing_key, "values_from": sent.values_from})
     except (RetryRefused, TransientError) as exc:
         with rt.db.transaction() as conn:
             history.record_action(conn, app=app.name, action="retry", target=task_id, by=by, note=note, ok=False,
                                   details={"refused": str(exc)[:2000]})
         raise
-    return RetryDone(app.name, task_id, new_id, row["name"], queue, args, kwargs)
+    return RetryDone(app.name, task_id, new_id, row["name"], queue, args, kwargs, sent.values_from)
 
 
 def retry_many(rt: Runtime, config: CeleryAppsConfig, query: history.TaskQuery, *, by: str, rate: float,

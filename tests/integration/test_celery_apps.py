@@ -26,7 +26,9 @@ SECTION = {
     "flush_interval": 0.2, "check_interval": 0.5,
     "apps": [{"name": "team", "broker_url": "", "queues": ["orders", "mail"], "default_queue": "orders",
               "in_app": ["team_celery_app"],
-              "thresholds": {"offline_after": 3, "stall_for": 2, "start_within": 60, "finish_within": 120}}],
+              "followed_by": {"orders.label": "orders.ship"},
+              "thresholds": {"offline_after": 3, "stall_for": 2, "start_within": 60, "finish_within": 120,
+                             "next_within": 2}}],
 }
 
 
@@ -44,6 +46,7 @@ class Team:
         self.database_url = create_database()
         section = json.loads(json.dumps(SECTION))
         section["apps"][0]["broker_url"] = self.broker_url
+        section["apps"][0]["result_backend_url"] = f"redis://127.0.0.1:{self.redis.port}/2"
         self.section = section
         self.env = {**os.environ, "TEAM_BROKER_URL": self.broker_url, "ERDU_DATABASE_URL": self.database_url,
                     "ERDU_REDIS_URL": f"redis://127.0.0.1:{self.redis.port}/1",
@@ -64,7 +67,7 @@ class Team:
         self.thread = threading.Thread(target=self.runner.run, args=(self.stop_event,), kwargs={"tick": 0.1},
                                        daemon=True)
         self.thread.start()
-        self.client = Celery("team-client", broker=self.broker_url)
+        self.client = Celery("team-client", broker=self.broker_url, backend=f"redis://127.0.0.1:{self.redis.port}/2")
         self.client.conf.update(task_serializer="json", accept_content=["json"], task_send_sent_event=True)
         wait_for(self.runner.connected.is_set, 30, what="the watcher subscribed")
         self.wait_ready(self.worker)
@@ -238,6 +241,79 @@ def test_a_stalled_consumer_is_detected_within_its_threshold_and_the_runbook_act
     assert purged.ok and purged.output["purged"] == 2 and team.store.llen("parked") == 0
 
 
+def _workflow_incident(team, step: str, after: str, task: str) -> dict | None:
+    found = team.rows("SELECT * FROM incidents WHERE labels->>'kind' = 'workflow' AND labels->>'step' = %s"
+                      " AND labels->>'after' = %s AND labels->>'task' = %s", (step, after, task))
+    return found[0] if found else None
+
+
+def test_a_chain_step_a_chord_body_and_a_follower_that_never_ran_are_workflow_incidents(team):
+    sig = team.client.signature
+    # The healthy ones first: their deadlines pass before the broken ones', so had they counted, the
+    # broken ones' incidents (one per kind, step and task) would show more than one occurrence.
+    healthy = [(sig("orders.pack", args=(1,), queue="orders") | sig("orders.ship", queue="orders")).apply_async(),
+               team.client.send_task("orders.label", args=(2,), queue="orders", link=sig("orders.ship", queue="orders")),
+               (sig("orders.label", args=(3,), queue="orders") | sig("orders.ship", queue="orders")).apply_async()]
+    from celery import chord
+
+    healthy.append(chord([sig("orders.pack", args=(n,), queue="orders") for n in range(3)],
+                         sig("orders.total", queue="orders")).apply_async())
+    for result in healthy:
+        assert result.get(timeout=30) is not None
+    # A chain's next step and a chord's body sent where no worker consumes (as a wrong route does), and a
+    # task whose follower is never sent at all.
+    broken_chain = (sig("orders.pack", args=(4,), queue="orders") | sig("orders.ship", queue="nowhere")).apply_async()
+    broken_chord = chord([sig("orders.pack", args=(n,), queue="orders") for n in range(5, 8)],
+                         sig("orders.total", queue="nowhere")).apply_async()
+    alone = team.send("orders.label", 9)
+
+    chain_incident = wait_for(lambda: _workflow_incident(team, "chain", "orders.pack", "orders.ship"), 30,
+                              what="the broken chain's incident")
+    chord_incident = wait_for(lambda: _workflow_incident(team, "chord", "orders.pack", "orders.total"), 30,
+                              what="the broken chord's incident")
+    follower = wait_for(lambda: _workflow_incident(team, "followed_by", "orders.label", "orders.ship"), 30,
+                        what="the missing follower's incident")
+    for incident in (chain_incident, chord_incident, follower):
+        assert incident["occurrences"] == 1 and incident["service"] == "team" and incident["severity"] == "P2"
+    details = chain_incident["error_details"]["details"]
+    assert details["missing_task_ids"] == [broken_chain.id] and details["sent_not_received"] == [broken_chain.id]
+    assert "sent but no worker received it" in chain_incident["description"]
+    details = chord_incident["error_details"]["details"]
+    assert details["missing_task_ids"] == [broken_chord.id] and len(details["groups"]) == 1
+    assert "body of a chord" in chord_incident["description"]
+    assert follower["error_details"]["details"]["after_task_ids"] == [alone]
+    assert "never received" in follower["description"]
+
+
+def test_a_retry_sends_the_exact_values_the_result_backend_holds_where_the_event_repr_was_cut(team):
+    from fastapi.testclient import TestClient
+
+    from erdu_tasks.api.app import create_app
+
+    items = [{"sku": f"item-{n}", "qty": n} for n in range(200)]
+    team.store.set("team:broken", "1")
+    try:
+        old = team.send("orders.batch", items)
+        row = wait_for(lambda: (r := team.task(old)) and r["state"] == "FAILURE" and r["values_from"] and r, 20,
+                       what="the batch failed and its values were read")
+    finally:
+        team.store.delete("team:broken")
+    from erdu_tasks.tasks.celery_apps import RetryRefused, replayable
+
+    assert "..." in row["args"] and len(row["args"]) < 2000   # Celery cuts the repr the events carry:
+    with pytest.raises(RetryRefused, match="cut when recorded"):   # from it alone, no retry
+        replayable({**row, "args_value": None, "kwargs_value": None})
+    assert row["args_value"] == [items] and row["values_from"] == "result backend"
+    with TestClient(create_app(team.settings)) as api:
+        r = api.post(f"/v1/celery-apps/team/tasks/{old}/retry", json={"by": "alice"})
+        assert r.status_code == 200, r.text
+        assert r.json()["values_from"] == "result backend" and r.json()["args"] == [items]
+        new = r.json()["new_id"]
+    wait_for(lambda: (r := team.task(new)) and r["state"] == "SUCCESS", 20, what="the retry ran")
+    calls = [json.loads(c) for c in team.store.lrange("team:calls", 0, -1)]
+    assert calls.count(items) == 2
+
+
 def test_history_survives_an_erdu_restart(team):
     from erdu_tasks.tasks.celery_apps import AppRunner
 
@@ -401,3 +477,28 @@ def test_history_older_than_the_retention_is_pruned_and_newer_rows_are_kept(data
         assert [r["task_id"] for r in left] == ["new"]
     finally:
         db.close()
+
+
+def test_only_json_result_backend_entries_of_the_same_task_with_args_and_kwargs_are_taken(team):
+    from erdu_tasks.monitors import celery_events
+
+    app = team.config.apps[0]
+    backend = celery_events.backend_client(app)
+    good = {"status": "FAILURE", "task_id": "good", "name": "orders.batch", "args": [[1, {"a": None}]],
+            "kwargs": {"currency": "EUR"}}
+    entries = {
+        "good": json.dumps(good),
+        "pickled": b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x04args\x94]\x94s.",
+        "plain": json.dumps({"status": "FAILURE", "result": "boom"}),        # result_extended off
+        "nan": '{"args": [NaN], "kwargs": {}}',
+        "nul": '{"args": ["a\\u0000b"], "kwargs": {}}',
+        "other": json.dumps({**good, "task_id": "other", "name": "orders.charge"}),
+        "elsewhere": json.dumps({**good, "task_id": "someone-else"}),
+        "huge": json.dumps({**good, "task_id": "huge", "args": ["x" * 1_100_000]}),
+        "deep": "[" * 200_000,
+        "wrong-shape": json.dumps({**good, "task_id": "wrong-shape", "args": {"a": 1}}),
+    }
+    for key, value in entries.items():
+        backend.set(f"{app.result_key_prefix}{key}", value)
+    found = celery_events.recorded_values(backend, app, [(k, "orders.batch") for k in entries] + [("missing", None)])
+    assert found == {"good": (good["args"], good["kwargs"])}

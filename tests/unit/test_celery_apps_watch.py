@@ -190,3 +190,98 @@ def test_a_periodic_task_received_twice_within_half_its_period_is_scheduled_twic
     events = w.take_events()
     assert [(e.labels["kind"], e.count) for e in events] == [("double_schedule", 1)]
     assert events[0].details["task_ids"][:2] == ["b", "c"] and "two beats" in events[0].message
+
+
+# --------------------------------------------------------------------------- workflows
+
+
+def _ran(w: AppWatch, tid: str, name: str, now: float, *, parent: str | None = None, ok: bool = True,
+         steps: list | None = None, announce_after: bool = False) -> None:
+    """One task received, started and ended on w1; `steps` announced as it starts (or after it ended)."""
+    w.feed({"type": "task-received", "uuid": tid, "name": name, "hostname": "w1", "parent_id": parent}, now)
+    w.feed({"type": "task-started", "uuid": tid, "hostname": "w1"}, now)
+    announcement = {"type": "task-next-steps", "uuid": tid, "hostname": "w1", "steps": steps}
+    if steps is not None and not announce_after:
+        w.feed(announcement, now)
+    w.feed({"type": "task-succeeded" if ok else "task-failed", "uuid": tid, "hostname": "w1",
+            "exception": None if ok else "ValueError('x')"}, now)
+    if steps is not None and announce_after:
+        w.feed(announcement, now)
+
+
+def _workflow_events(w: AppWatch, now: float) -> list:
+    return [e for e in w.check(now, {}).events if e.labels["kind"] == "workflow"]
+
+
+def test_a_chain_step_not_received_within_next_within_is_one_event_and_an_arrived_one_is_none():
+    w = AppWatch(app(thresholds={"next_within": 10}))
+    for n in range(3):
+        _ran(w, f"a{n}", "shop.pack", 100, steps=[{"kind": "chain", "id": f"b{n}", "name": "shop.ship"}])
+    w.feed({"type": "task-received", "uuid": "b0", "name": "shop.ship", "hostname": "w1", "parent_id": "a0"}, 101)
+    w.feed({"type": "task-sent", "uuid": "b1", "name": "shop.ship", "queue": "wrong"}, 101)
+    assert _workflow_events(w, 109) == []                 # not yet due
+    events = _workflow_events(w, 111)
+    assert len(events) == 1 and events[0].count == 2 and events[0].labels["step"] == "chain"
+    assert events[0].details["missing_task_ids"] == ["b1", "b2"] and events[0].details["sent_not_received"] == ["b1"]
+    assert "never received" in events[0].message         # one of the two was never sent at all
+    assert _workflow_events(w, 200) == []                 # reported once
+
+
+def test_a_next_step_received_before_its_predecessor_s_success_or_announcement_is_not_missing():
+    w = AppWatch(app(thresholds={"next_within": 10}))
+    w.feed({"type": "task-received", "uuid": "b", "name": "shop.ship", "hostname": "w1", "parent_id": "a"}, 100)
+    _ran(w, "a", "shop.pack", 100, steps=[{"kind": "chain", "id": "b", "name": "shop.ship"}], announce_after=True)
+    _ran(w, "c", "shop.pack", 100, steps=[{"kind": "chain", "id": "d", "name": "shop.ship"}], announce_after=True)
+    events = _workflow_events(w, 120)
+    assert [e.details["missing_task_ids"] for e in events] == [["d"]]   # the late announcement still counts
+
+
+def test_a_failed_step_awaits_nothing_and_a_chord_waits_for_its_last_header_and_breaks_on_a_failed_one():
+    w = AppWatch(app(thresholds={"next_within": 10}))
+    _ran(w, "f", "shop.pack", 100, ok=False, steps=[{"kind": "chain", "id": "g", "name": "shop.ship"}])
+    body = {"kind": "chord", "id": "body", "name": "shop.total", "group": "G"}
+    _ran(w, "h1", "shop.part", 100, steps=[body])
+    w.feed({"type": "task-received", "uuid": "h2", "name": "shop.part", "hostname": "w1"}, 100)
+    w.feed({"type": "task-started", "uuid": "h2", "hostname": "w1"}, 100)
+    w.feed({"type": "task-next-steps", "uuid": "h2", "hostname": "w1", "steps": [body]}, 100)
+    assert _workflow_events(w, 120) == []                 # h2 still runs: the body is not due
+    w.feed({"type": "task-succeeded", "uuid": "h2", "hostname": "w1"}, 125)
+    assert _workflow_events(w, 130) == []                 # due 10 s after the last header succeeded
+    events = _workflow_events(w, 136)
+    assert len(events) == 1 and events[0].labels["step"] == "chord" and events[0].details["groups"] == ["G"]
+    body2 = {"kind": "chord", "id": "body2", "name": "shop.total", "group": "G2"}
+    _ran(w, "k1", "shop.part", 200, steps=[body2])
+    _ran(w, "k2", "shop.part", 200, ok=False, steps=[body2])
+    _ran(w, "k3", "shop.part", 201, steps=[body2])        # after the chord broke: Celery fails it, no body
+    assert _workflow_events(w, 300) == []
+
+
+def test_followed_by_expects_a_child_of_that_name_and_hostile_announcements_are_skipped():
+    w = AppWatch(app(followed_by={"shop.label": "shop.ship"}, thresholds={"next_within": 5}))
+    _ran(w, "l1", "shop.label", 100)
+    _ran(w, "l2", "shop.label", 100)
+    w.feed({"type": "task-received", "uuid": "s1", "name": "shop.ship", "hostname": "w1", "parent_id": "l1"}, 101)
+    w.feed({"type": "task-received", "uuid": "s2", "name": "shop.other", "hostname": "w1", "parent_id": "l2"}, 101)
+    for hostile in ({"type": "task-next-steps", "uuid": "x", "steps": "all"},
+                    {"type": "task-next-steps", "uuid": None, "steps": []},
+                    {"type": "task-next-steps", "uuid": "y", "steps": [{"kind": "rm -rf", "id": "z", "name": "n"}]},
+                    {"type": "task-next-steps", "uuid": "y", "steps": [{"kind": "chain", "id": 5, "name": None}]}):
+        w.feed(hostile, 100)
+    many = [{"kind": "chain", "id": f"m{n}", "name": "shop.ship"} for n in range(10_000)]
+    _ran(w, "big", "shop.pack", 100, steps=many)
+    events = _workflow_events(w, 110)
+    by_step = {e.labels["step"]: e for e in events}
+    assert by_step["followed_by"].details["after_task_ids"] == ["l2"]
+    assert by_step["chain"].count == 20                  # an announcement is cut to its first 20 steps
+    assert w.skipped >= 4
+
+
+def test_a_retry_prefers_the_result_backend_s_exact_values_to_the_event_reprs():
+    from erdu_tasks.tasks.celery_apps import RetryRefused, replayable
+
+    cut = {"task_id": "t", "args": "([1, 2, 3, ...", "kwargs": "{}", "args_value": None, "kwargs_value": None}
+    with pytest.raises(RetryRefused, match="cut when recorded"):
+        replayable(cut)
+    exact = {**cut, "args_value": [[1, 2, 3, 4]], "kwargs_value": {}}
+    assert replayable(exact) == ([[1, 2, 3, 4]], {})
+    assert replayable({**cut, "args": "(1,)", "kwargs": "{'a': 2}"}) == ([1], {"a": 2})
