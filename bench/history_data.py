@@ -10,9 +10,9 @@ escalated. Each closed incident has the five status changes of the full path on 
 (assigned, investigating, fixing, resolved, closed) and one runbook run. Open incidents have fingerprints of their
 own (one open incident per fingerprint), a tenth of them P1, spread over the open statuses.
 
-Row triggers are skipped while loading (session_replication_role = replica) and the rollups are
-rebuilt once afterwards (`erdu_rollups_rebuild()`), which is what a migration does on an existing
-database; the indexes are the migrated ones, maintained as rows go in.
+Row triggers are skipped while loading (session_replication_role = replica) and the rollups and the
+patterns are rebuilt once afterwards (`erdu_rollups_rebuild()`, `erdu_incident_patterns_rebuild()`),
+which is what a migration does on an existing database; the indexes are the migrated ones, maintained as rows go in.
 """
 
 from __future__ import annotations
@@ -74,7 +74,12 @@ def load(conn: psycopg.Connection, *, closed: int, open_: int = 0, days: float =
     plain = conn.cursor(row_factory=tuple_row)
     if plain.execute("SELECT to_regproc('erdu_rollups_rebuild') IS NOT NULL").fetchone()[0]:
         conn.execute("SELECT erdu_rollups_rebuild()")
-    for table in ("incidents", "incident_timeline", "runbook_runs"):
+    if plain.execute("SELECT to_regproc('erdu_incident_patterns_rebuild') IS NOT NULL").fetchone()[0]:
+        conn.execute("SELECT erdu_incident_patterns_rebuild()")
+    tables = ["incidents", "incident_timeline", "runbook_runs"]
+    if plain.execute("SELECT to_regclass('incident_patterns') IS NOT NULL").fetchone()[0]:
+        tables.append("incident_patterns")
+    for table in tables:
         conn.execute(f"ANALYZE {table}")
 
 

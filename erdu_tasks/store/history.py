@@ -8,6 +8,7 @@ minimum it is reported as unknown (None), never as 0 % or 100 %.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
@@ -28,24 +29,30 @@ def related_incidents(conn: psycopg.Connection, incident: Incident, *, limit: in
     """Earlier incidents ranked by trigram similarity of template and title (pg_trgm), best first.
 
     score = 1.0 for the same fingerprint, else the better of template and title similarity.
-    The top `limit` by that score are among the `limit` nearest by template, the `limit` nearest by
-    title (GiST trigram indexes, nearest first) and the `limit` latest of the same fingerprint, so only
-    those candidates are scored: a storm of similar incidents costs a few index probes, not a scan.
-    The lookback window is the second column of the trigram indexes (migration 0011), so the walk
-    skips what is older instead of fetching and filtering it. The diagnostician stores the result on
-    the incident (`related`) and the resolver re-reads only those rows (refresh_related).
+    The search runs over the patterns (incident_patterns, one row per fingerprint with its latest
+    template and title, migration 0101): the `limit` patterns nearest by template and the `limit`
+    nearest by title (GiST trigram indexes, nearest first), among those seen within the lookback
+    window, plus this incident's own; each of those patterns' latest `limit` incidents in the window
+    (the fingerprint btree) is scored. So the cost follows the number of patterns, not the years of
+    history. The diagnostician stores the result on the incident (`related`) and the resolver re-reads
+    only those rows (refresh_related).
     """
-    window = """id <> %(id)s AND created_at <= %(created)s
-                AND created_at > %(created)s - make_interval(secs => %(lookback)s)"""
+    created = incident.created_at or datetime.now(timezone.utc)
     rows = conn.execute(
-        f"""
-        WITH candidates AS (
-            (SELECT id FROM incidents WHERE {window} AND fingerprint = %(fp)s
-             ORDER BY created_at DESC LIMIT %(limit)s)
+        """
+        WITH near AS (
+            (SELECT fingerprint FROM incident_patterns WHERE last_created_at > %(since)s
+             ORDER BY template <-> %(template)s LIMIT %(limit)s)
             UNION
-            (SELECT id FROM incidents WHERE {window} ORDER BY template <-> %(template)s LIMIT %(limit)s)
+            (SELECT fingerprint FROM incident_patterns WHERE last_created_at > %(since)s
+             ORDER BY title <-> %(title)s LIMIT %(limit)s)
             UNION
-            (SELECT id FROM incidents WHERE {window} ORDER BY title <-> %(title)s LIMIT %(limit)s)
+            SELECT %(fp)s::text
+        ), candidates AS (
+            SELECT c.id FROM near CROSS JOIN LATERAL (
+                SELECT id FROM incidents WHERE fingerprint = near.fingerprint AND id <> %(id)s
+                  AND created_at <= %(created)s AND created_at > %(since)s
+                ORDER BY created_at DESC LIMIT %(limit)s) c
         )
         SELECT id, title, status, root_cause, fingerprint = %(fp)s AS same_fingerprint, created_at,
                resolved_by, auto_resolved, fix->>'runbook' AS runbook,
@@ -54,7 +61,7 @@ def related_incidents(conn: psycopg.Connection, incident: Incident, *, limit: in
         FROM incidents JOIN candidates USING (id)
         """,
         {"id": incident.id, "template": incident.template or incident.title, "title": incident.title,
-         "fp": incident.fingerprint, "created": incident.created_at, "lookback": lookback_days * 86400.0,
+         "fp": incident.fingerprint, "created": created, "since": created - timedelta(days=lookback_days),
          "limit": limit},
     ).fetchall()
     out = []

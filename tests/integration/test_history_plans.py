@@ -85,14 +85,31 @@ def latest(conn: Explaining, where: str) -> Any:
     return store.get_incident(conn.conn, row["id"])
 
 
-def test_related_incidents_walk_the_windowed_trigram_indexes(conn):
+def test_related_incidents_walk_the_patterns_trigram_indexes_then_each_pattern_s_latest_incidents(conn):
     for incident in (latest(conn, "status = 'closed'"), latest(conn, "status <> 'closed'")):
         found = history.related_incidents(conn, incident, lookback_days=90)
         assert found and all(r["score"] >= 0.3 for r in found)
-    assert {"incidents_template_knn_window", "incidents_title_knn_window", "incidents_fingerprint"} <= conn.indexes()
-    assert not conn.seq_scans() & HISTORY
-    knn = [n for n in conn.nodes() if n.get("Index Name") == "incidents_template_knn_window"]
-    assert all("created_at" in n.get("Index Cond", "") for n in knn)   # the window is checked inside the walk
+        assert any(not r["same_fingerprint"] for r in found)      # similar patterns, not only its own
+    assert {"incident_patterns_template_knn", "incident_patterns_title_knn", "incidents_fingerprint"} <= conn.indexes()
+    assert not conn.seq_scans() & (HISTORY | {"incident_patterns"})
+    fingerprint_scans = [n for n in conn.nodes() if n.get("Index Name") == "incidents_fingerprint"]
+    assert fingerprint_scans and all("created_at" in n.get("Index Cond", "") for n in fingerprint_scans)
+
+
+def test_incidents_carry_no_trigram_index_and_new_incidents_keep_their_pattern_current(conn):
+    trigram = conn.conn.execute(
+        "SELECT indexrelid::regclass::text AS name FROM pg_index JOIN pg_opclass o ON o.oid = ANY(indclass)"
+        " WHERE indrelid = 'incidents'::regclass AND o.opcname LIKE '%%trgm%%'").fetchall()
+    assert trigram == []
+    assert conn.conn.execute("SELECT count(*) AS n FROM incident_patterns").fetchone()["n"] == \
+        conn.conn.execute("SELECT count(DISTINCT fingerprint) AS n FROM incidents").fetchone()["n"]
+    old = latest(conn, "status = 'closed'")
+    conn.conn.execute(
+        "INSERT INTO incidents (id, fingerprint, template, title, severity, status, source)"
+        " VALUES ('inc-pattern-test', %s, 'Cache <*> changed shape', 'Cache 7 changed shape', 'P3', 'detected', 'log')",
+        (old.fingerprint,))
+    row = conn.conn.execute("SELECT * FROM incident_patterns WHERE fingerprint = %s", (old.fingerprint,)).fetchone()
+    assert (row["template"], row["title"]) == ("Cache <*> changed shape", "Cache 7 changed shape")
 
 
 def test_related_incidents_found_at_diagnosis_are_reread_by_primary_key(conn):
