@@ -17,6 +17,10 @@ from pathlib import Path
 import psutil
 import psycopg
 
+_ROOT = Path(__file__).resolve().parents[1]
+# The workers a bench starts run this checkout's code, whichever checkout the virtualenv was installed from.
+os.environ["PYTHONPATH"] = os.pathsep.join([str(_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+
 PG_ADMIN_URL = os.environ.get("ERDU_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 

@@ -20,6 +20,8 @@ import psycopg
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Every process a test starts runs this checkout's code, whichever checkout the virtualenv was installed from.
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 # Two runbooks many tests use: one that fixes database incidents, one that always fails.
 NOOP_RUNBOOK = textwrap.dedent("""
     runbooks:
