@@ -33,10 +33,12 @@ def free_port() -> int:
 class BenchStack:
     """Private Redis + database + worker processes; use as a context manager."""
 
-    def __init__(self, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, extra_env: dict[str, str] | None = None, *, database_url: str | None = None) -> None:
+        """database_url: run on this (migrated) database, and leave it; by default a private one is made."""
         self.tmp = Path(tempfile.mkdtemp(prefix="erdu-bench-"))
         self.extra_env = extra_env or {}
         self.workers: dict[str, subprocess.Popen] = {}
+        self.given_database = database_url
 
     def __enter__(self) -> "BenchStack":
         from erdu_tasks.store.migrate import migrate
@@ -46,10 +48,14 @@ class BenchStack:
                                        str(self.redis_port), "--save", "", "--appendonly", "no", "--dir",
                                        str(self.tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
-        self.db_name = f"erdu_bench_{secrets.token_hex(4)}"
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{self.db_name}"')
-        self.database_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{self.db_name}"
+        if self.given_database:
+            self.database_url = self.given_database
+            self.db_name = self.given_database.rsplit("/", 1)[1].split("?", 1)[0]
+        else:
+            self.db_name = f"erdu_bench_{secrets.token_hex(4)}"
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{self.db_name}"')
+            self.database_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{self.db_name}"
         migrate(self.database_url)
         self.env = {**os.environ, "ERDU_REDIS_URL": self.redis_url, "ERDU_DATABASE_URL": self.database_url,
                     "ERDU_REPORTS_DIR": str(self.tmp / "reports"), "ERDU_ALERTS_DIR": str(self.tmp / "alerts"),
@@ -101,8 +107,9 @@ class BenchStack:
                 os.killpg(proc.pid, signal.SIGKILL)
         self.redis.terminate()
         self.redis.wait(10)
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+        if not self.given_database:
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
