@@ -72,39 +72,40 @@ _UNIT = (
 _TEXT_KEYS = ("msg", "message", "error", "err", "event", "level", "lvl", "severity", "status", "state", "reason")
 # The end of a value: a space, the end, closing punctuation or a full stop ending a sentence.
 _END = r"(?=$|[\s,;:)\]}|\"']|\.(?:\s|$))"
+_OCTET = r"\d\d?\d?"  # one to three digits (as \d{1,3}, written to start with a plain digit)
 # Characters that make up one "word" when judging whether a token holds a digit.
 _W = r"[^\s=,;:()\[\]{}<>\"'|]"
 
 _PARTS = [
     # Dates and times: "Tue Jul 26 05:47:42 2005", "Jul  1 07:57:30", "2024-05-01T10:00:00Z".
     rf"(?:{_WEEKDAY}\s+)?{_MONTH}\s+\d{{1,2}}(?:,?\s+{_TIME}{_TZ})?(?:,?\s+\d{{4}})?(?!\w)",
-    rf"\d{{4}}-\d{{2}}-\d{{2}}(?:[T ]{_TIME})?{_TZ}",
-    rf"\d{{1,2}}[/.-]{_MONTH}[/.-]\d{{2,4}}(?::{_TIME})?",
+    rf"\d\d\d\d-\d\d-\d\d(?:[T ]{_TIME})?{_TZ}",
+    rf"\d\d?[/.-]{_MONTH}[/.-]\d{{2,4}}(?::{_TIME})?",
     # UUIDs, URLs, e-mail addresses.
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
-    r"(?<![\w.])[a-zA-Z][a-zA-Z0-9+.-]{1,15}://[^\s\"'<>]+",
-    r"(?<![\w.+-])[\w.!#$%&'*+/=?^`{|}~-]{1,64}@[\w-]+(?:\.[\w-]+)+",
+    r"[a-zA-Z][a-zA-Z0-9+.-]{1,15}://[^\s\"'<>]+",
+    r"[\w.!#$%&'*+/=?^`{|}~-]{1,64}@[\w-]+(?:\.[\w-]+)+",
     # Addresses: IPv6 (with a digit), IPv4 and host names with a port ("db.example.com:5432").
-    r"(?<![\w:.])(?=[0-9a-fA-F:]{0,44}\d)(?:[0-9a-fA-F]{0,4}:){2,7}(?:[0-9a-fA-F]{1,4}|\d{1,3}(?:\.\d{1,3}){3})"
+    r"(?<![\w:.])(?=[0-9a-fA-F]{0,4}:)(?=[0-9a-fA-F:]{0,44}\d)(?:[0-9a-fA-F]{0,4}:){2,7}(?:[0-9a-fA-F]{1,4}|\d{1,3}(?:\.\d{1,3}){3})"
     r"(?:%\w+)?(?![\w:])",
-    r"(?<![\w.-])\d{1,3}(?:\.\d{1,3}){3}(?::\d{1,5})?(?![\w.])",
-    r"(?<![\w.-])[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+:\d{1,5}(?![\w.])",
+    rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?::\d{{1,5}})?(?![\w.])",
+    r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+:\d{1,5}(?![\w.])",
     # File paths: /a/b, ./a, ~/a, C:\a\b (a single "/word" is a path too).
     r"(?<![\w.:/~])(?:\.{1,2}|~)?/[\w.@%+~$:-]+(?:/[\w.@%+~$:-]*)*",
-    r"(?<!\w)[A-Za-z]:\\[^\s\"'<>|]*",
+    r"[A-Za-z]:\\[^\s\"'<>|]*",
     # Quoted values without spaces ('alice', "x-17"); a quoted sentence is text and stays.
-    r"(?<![\w\\])'[^'\s]{1,200}'(?!\w)",
-    r"(?<![\w\\])\"[^\"\s]{1,200}\"(?!\s*:)",
+    r"'[^'\s]{1,200}'(?!\w)",
+    r"\"[^\"\s]{1,200}\"(?!\s*:)",
     # Durations and sizes with a unit, also "1.5 sec", "12.0 KB", "01:07:47".
     # (Not when the "unit" starts an e-mail address: "0 T|@a.com" is a number and an address.)
-    rf"(?<![\w.])[<>~≈]?[-+]?\d+(?:\.\d+)?\s?{_UNIT}{_END}(?![^\s@]*@[\w-]+\.)",
+    rf"[<>~≈]?[-+]?\d++(?:\.\d++)?\s?{_UNIT}{_END}(?![^\s@]*@[\w-]+\.)",
     rf"(?<![\w.:]){_TIME}(?![\w:])",
     # An empty value in brackets: "connection from <*> () at".
     r"(?<!\S)(?:\(\)|\[\]|\{\})(?!\S)",
     # An account name after "user" that ends its clause: "for user alice by", "invalid user bob [".
     r"(?<=(?<![\w-])[Uu]ser )[\w.@-]{1,64}(?=$|\s*[\[(,;]|\s+(?:from|by|on|at|to|for|in|with|via)\b)",
     # Any other token holding a digit (hex numbers and hashes included).
-    rf"(?<!{_W}){_W}*\d{_W}*",
+    rf"{_W}*\d{_W}*",
     # The value of key=value, whatever it holds (an empty value stays empty), except for the
     # keys that name what happened (msg=, error=, level=, ...).
     r"(?<=[\w.\]-]=)" + "".join(rf"(?<!\b{k}=)" for k in _TEXT_KEYS) + r"[^\s,;&()\[\]{}<>\"'|]+",
@@ -116,35 +117,42 @@ RULE_NAMES = (
     "empty brackets", "account name after 'user'", "token with a digit", "value of key=value",
 )
 assert len(RULE_NAMES) == len(_PARTS)
-# Every value starts a token, so one look-behind skips the positions inside words at once.
-_MASK_RE = re.compile(rf"(?<!{_W})(?:" + "|".join(f"(?:{p})" for p in _PARTS) + ")")
+# Where a value can start. Every value starts a token, so one look-behind skips the positions
+# inside words at once. No rule can start at a space, nor at a plain word: ASCII letters, perhaps
+# a "." or ":", then a space, "," ";", a bracket or the end (so no digit, "@", "://", ":port", "-"
+# in it), unless it follows "=" (key=value) or "user " (an account name) or is a month or weekday
+# name. Most tokens are plain words; skipping them here, before any rule is tried, is most of the speed.
+_PLAIN_WORD = (rf"(?<!=)(?<!ser )(?:[a-z]|(?!(?:{_WEEKDAY}|{_MONTH})(?![A-Za-z]))[A-Z])[A-Za-z]*"
+               r"[.:]?(?:[\s,;()\[\]]|$)")
+_START = rf"(?<!{_W})(?!\s|{_PLAIN_WORD})"
+_MASK_RE = re.compile(_START + "(?:" + "|".join(f"(?:{p})" for p in _PARTS) + ")")
 # Speed: a rule that needs a character the line does not hold cannot match anywhere in it, and
 # leaving it out of the alternation changes nothing else (the first rule that matches still wins),
 # so each line is masked by the alternation of only the rules it could meet. The e-mail rule alone
-# scans up to 64 characters at every word. What each rule needs ("" = nothing checked):
-_NEEDS = ("0", "0", "0", "", ":", "@", ":0", "0", ":0", "/", ":", "'", '"', "0", ":0", "", "u", "0", "=")
+# scans up to 64 characters at every word. What each rule needs ("" = nothing checked; digits are
+# not: nearly every line holds one, and looking for one would cost more than it saves):
+_NEEDS = ("", "", "", "", ":", "@", ":", "", ":", "/", ":", "'", '"', "", ":", "", "u", "", "=")
 assert len(_NEEDS) == len(_PARTS)
-_DIGIT = re.compile(r"\d")
-_FEATURES = ("0", "@", ":", "/", "'", '"', "=", "u")
+_FEATURES = ("@", ":", "/", "'", '"', "=", "u")
 _BY_FEATURES: dict[int, re.Pattern[str]] = {}
 
 
 def _mask_re(text: str) -> re.Pattern[str]:
-    """The alternation of the rules that could match in text (compiled once per combination, at most 256)."""
-    have = ((_DIGIT.search(text) is not None) | ("@" in text) << 1 | (":" in text) << 2 | ("/" in text) << 3
-            | ("'" in text) << 4 | ('"' in text) << 5 | ("=" in text) << 6 | ("ser " in text) << 7)
+    """The alternation of the rules that could match in text (compiled once per combination, at most 128)."""
+    have = (("@" in text) | (":" in text) << 1 | ("/" in text) << 2 | ("'" in text) << 3 | ('"' in text) << 4
+            | ("=" in text) << 5 | ("ser " in text) << 6)
     pattern = _BY_FEATURES.get(have)
     if pattern is None:
         present = {f for i, f in enumerate(_FEATURES) if have >> i & 1}
         parts = [p for p, needs in zip(_PARTS, _NEEDS) if set(needs) <= present]
         pattern = _BY_FEATURES[have] = re.compile(
-            rf"(?<!{_W})(?:" + "|".join(f"(?:{p})" for p in parts) + ")") if parts else re.compile(r"(?!)")
+            _START + "(?:" + "|".join(f"(?:{p})" for p in parts) + ")") if parts else re.compile(r"(?!)")
     return pattern
 
 
 # The same alternatives, each in a named group, so an explanation can say which rule masked a value.
 # Only `explain` and splits use it: the hot path keeps the faster unnamed pattern.
-_NAMED_RE = re.compile(rf"(?<!{_W})(?:" + "|".join(f"(?P<r{i}>{p})" for i, p in enumerate(_PARTS)) + ")")
+_NAMED_RE = re.compile(_START + "(?:" + "|".join(f"(?P<r{i}>{p})" for i, p in enumerate(_PARTS)) + ")")
 # A value wholly in brackets is a value; runs of values with only punctuation between are one.
 _BRACKETED = re.compile(r"[(\[{]<\*>[)\]}]")
 _RUN = re.compile(r"<\*>(?:[\s,;:|#/+*-]*<\*>)+")
@@ -171,7 +179,7 @@ _LEVEL = r"(?:TRACE|DEBUG|INFO|NOTICE|WARN|WARNING|ERROR|ERR|CRITICAL|CRIT|FATAL
 _LOG_PREFIX = re.compile(rf"^(?:(?:<\*>|[\[(]?{_LEVEL}[\])]?:?)\s+)+")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Template:
     """A message's template, its stable key and a short title (made when first asked for: ingest
     needs it once per new group, not once per line)."""
