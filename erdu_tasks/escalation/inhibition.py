@@ -22,6 +22,7 @@ import psycopg
 from pydantic import TypeAdapter, ValidationError
 
 from erdu_tasks.store import incidents as store
+from erdu_tasks.store.db import later
 from erdu_tasks.errors import config_error
 from erdu_tasks.model import OPEN_STATUSES, Incident
 from erdu_tasks.settings.escalation import DEFAULT_INHIBIT_RULES, EscalationConfig, InhibitRule
@@ -178,7 +179,13 @@ def adopt_children(conn: psycopg.Connection, parent: Incident, rules: Sequence[I
 
 def children_of(conn: psycopg.Connection, parent_id: str) -> list[dict[str, Any]]:
     """The parent's children: id, status, severity, service, title."""
-    return conn.execute(
+    return children_of_later(conn, parent_id)()
+
+
+def children_of_later(conn: psycopg.Connection, parent_id: str) -> Callable[[], list[dict[str, Any]]]:
+    """children_of, sent now and read when called (see store.db.later)."""
+    cur = conn.execute(
         "SELECT id, status, severity, service, title FROM incidents WHERE parent_id = %s ORDER BY created_at, id",
         (parent_id,),
-    ).fetchall()
+    )
+    return later(cur.fetchall)

@@ -15,7 +15,7 @@ beat loses no step. Time is always the `now` passed in (tests inject it).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -29,6 +29,7 @@ from erdu_tasks.escalation import inhibition, silences
 from erdu_tasks.escalation.schedules import CalendarUnreadable, Rota
 from erdu_tasks.escalation.gates import GateName, Gates, Outcome, load_facts
 from erdu_tasks.store import incidents as store
+from erdu_tasks.store.db import later
 from erdu_tasks.catalog import Catalog
 from erdu_tasks.escalation.policy import EscalationConfig
 from erdu_tasks.model import Incident, Status
@@ -289,36 +290,61 @@ def on_resolved(conn: psycopg.Connection, incident: Incident, *, worker: str | N
     """The resolver's close: stop the escalation, queue resolve notices, re-check children.
 
     Returns True when people had been notified of the incident (they get the resolve notice)."""
+    return on_resolved_later(conn, incident, worker=worker, now=now)().notified
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What on_resolved did: whether people had been notified, and whether it wrote the incident's timeline."""
+
+    notified: bool
+    wrote_timeline: bool
+
+
+def on_resolved_later(conn: psycopg.Connection, incident: Incident, *, worker: str | None,
+                      now: datetime | None = None) -> Callable[[], Resolved]:
+    """on_resolved with its statements sent now (one round trip with whatever else is queued on a pipelined
+    connection); called, it reads their answers and does the rest (each part of the rest only when owed)."""
     now = now or utcnow()
-    run = conn.execute(
+    run_cur = conn.execute(
         "UPDATE escalation_runs SET stopped_at = %s, stop_reason = 'resolved', state = 'resolved', next_at = NULL"
         " WHERE incident_id = %s AND stopped_at IS NULL RETURNING started_at, level",
         (now, incident.id),
-    ).fetchone()
-    if run is not None:
-        store.add_timeline(conn, incident.id, actor=ACTOR, worker=worker,
-                           what=f"escalation stopped at level {run['level']}: resolved")
+    )
     conn.execute("UPDATE incident_holds SET released_at = %s, release_reason = 'resolved'"
                  " WHERE incident_id = %s AND released_at IS NULL", (now, incident.id))
-    notified = [r["channel"] for r in conn.execute(
+    notified_cur = conn.execute(
         "SELECT DISTINCT d.channel FROM deliveries d JOIN escalation_steps s ON s.id = d.step_id"
-        " WHERE s.incident_id = %s AND s.kind IN ('trigger', 'page') AND d.ok ORDER BY d.channel", (incident.id,))]
-    if notified:
-        last = conn.execute("SELECT started_at, level FROM escalation_runs WHERE incident_id = %s"
-                            " ORDER BY started_at DESC LIMIT 1", (incident.id,)).fetchone()
-        queued = conn.execute(
-            "INSERT INTO escalation_steps (step_key, kind, incident_id, started_at, level, repeat, channels,"
-            " payload, due_at, sent_at, next_at) VALUES (%s, 'resolve', %s, %s, 0, 0, %s, %s, %s, %s, %s)"
-            " ON CONFLICT DO NOTHING RETURNING id",
-            (f"{incident.id}:resolve", incident.id, last["started_at"] if last else None, Jsonb(notified),
-             Jsonb({"level": int(last["level"]) if last else 1}), now, now, now),
-        ).fetchone()
-        if queued is not None:
+        " WHERE s.incident_id = %s AND s.kind IN ('trigger', 'page') AND d.ok ORDER BY d.channel", (incident.id,))
+    children = inhibition.children_of_later(conn, incident.id)
+
+    def rest() -> Resolved:
+        run = run_cur.fetchone()
+        wrote = run is not None
+        if run is not None:
             store.add_timeline(conn, incident.id, actor=ACTOR, worker=worker,
-                               what=f"resolve notice queued for {', '.join(notified)}")
-    for child in inhibition.children_of(conn, incident.id):
-        _recheck_child(conn, incident, child, now, worker)
-    return bool(notified)
+                               what=f"escalation stopped at level {run['level']}: resolved")
+        notified = [r["channel"] for r in notified_cur.fetchall()]
+        if notified:
+            last = conn.execute("SELECT started_at, level FROM escalation_runs WHERE incident_id = %s"
+                                " ORDER BY started_at DESC LIMIT 1", (incident.id,)).fetchone()
+            queued = conn.execute(
+                "INSERT INTO escalation_steps (step_key, kind, incident_id, started_at, level, repeat, channels,"
+                " payload, due_at, sent_at, next_at) VALUES (%s, 'resolve', %s, %s, 0, 0, %s, %s, %s, %s, %s)"
+                " ON CONFLICT DO NOTHING RETURNING id",
+                (f"{incident.id}:resolve", incident.id, last["started_at"] if last else None, Jsonb(notified),
+                 Jsonb({"level": int(last["level"]) if last else 1}), now, now, now),
+            ).fetchone()
+            if queued is not None:
+                wrote = True
+                store.add_timeline(conn, incident.id, actor=ACTOR, worker=worker,
+                                   what=f"resolve notice queued for {', '.join(notified)}")
+        for child in children():
+            wrote = True
+            _recheck_child(conn, incident, child, now, worker)
+        return Resolved(notified=bool(notified), wrote_timeline=wrote)
+
+    return later(rest)
 
 
 def queue_fyi(conn: psycopg.Connection, incident: Incident, config: EscalationConfig, *, reason: str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,6 +19,7 @@ from erdu_tasks.catalog import CATALOG_FIELDS
 from erdu_tasks.errors import PermanentError
 from erdu_tasks.model import Incident
 from erdu_tasks.store import incidents as store
+from erdu_tasks.store.db import later
 from erdu_tasks.fixer.runbooks import MatchInput, Runbook, RunbookSet
 
 def load_runbooks(rt: Any) -> RunbookSet:
@@ -63,22 +65,32 @@ def serialize_fixes_of(conn: psycopg.Connection, service: str | None) -> None:
 def recent_runs(conn: psycopg.Connection, runbooks: list[Runbook], service: str | None, *,
                 exclude: str) -> dict[str, tuple[datetime, ...]]:
     """Runbook name -> start times of its runs on this service for other incidents, within its limit window."""
+    return recent_runs_later(conn, runbooks, service, exclude=exclude)()
+
+
+def recent_runs_later(conn: psycopg.Connection, runbooks: list[Runbook], service: str | None, *,
+                      exclude: str) -> Callable[[], dict[str, tuple[datetime, ...]]]:
+    """recent_runs, sent now and read when called (see store.db.later)."""
     if not runbooks:
-        return {}
+        return lambda: {}
     windows = {rb.name: float(rb.limits.per_seconds) for rb in runbooks}
     # `service = x` or `service IS NULL`, not IS NOT DISTINCT FROM, so the (runbook, service, started_at) index applies.
     same_service = "service IS NULL" if service is None else "service = %(service)s"
-    rows = conn.execute(
+    cur = conn.execute(
         "SELECT runbook, started_at FROM runbook_runs"
         f" WHERE runbook = ANY(%(runbooks)s) AND {same_service} AND incident_id <> %(exclude)s"
         " AND outcome IS DISTINCT FROM 'not_needed'"   # a run that found nothing to do restarted nothing
         " AND started_at > now() - make_interval(secs => %(window)s) ORDER BY started_at",
         {"runbooks": list(windows), "service": service, "exclude": exclude, "window": max(windows.values())},
-    ).fetchall()
-    out: dict[str, list[datetime]] = {name: [] for name in windows}
-    for r in rows:
-        out[r["runbook"]].append(r["started_at"])
-    return {name: tuple(times) for name, times in out.items()}
+    )
+
+    def runs() -> dict[str, tuple[datetime, ...]]:
+        out: dict[str, list[datetime]] = {name: [] for name in windows}
+        for r in cur.fetchall():
+            out[r["runbook"]].append(r["started_at"])
+        return {name: tuple(times) for name, times in out.items()}
+
+    return later(runs)
 
 
 def claim_run(conn: psycopg.Connection, incident: Incident, attempt: int, runbook: Runbook) -> None:
@@ -110,17 +122,21 @@ class StepOutcome:
 
 def run_keyed(db: Any, incident: Incident, key: str, runbook: Runbook, step: Any, *, dry_run: bool,
               redis_url: str | None, url_policy: UrlPolicy = DEFAULT_POLICY, catalog: Any = None) -> StepOutcome:
-    """Run a step at most once per key: a redelivered fix reuses the stored result instead of acting again."""
-    with db.transaction() as conn:
-        claimed = conn.execute(
+    """Run a step at most once per key: a redelivered fix reuses the stored result instead of acting again.
+
+    The claim is committed before the step runs, and the result after it: one round trip each (the claim
+    and the read of an earlier claim's result go together; both are read once the claim is committed)."""
+    with db.pipelined() as conn:
+        claim = conn.execute(
             "INSERT INTO action_runs (incident_id, step_key, runbook, action) VALUES (%s, %s, %s, %s)"
             " ON CONFLICT (incident_id, step_key) DO NOTHING RETURNING step_key",
             (incident.id, key, runbook.name, step.action),
-        ).fetchone()
-        if claimed is None:
-            row = conn.execute("SELECT ok, result, finished_at FROM action_runs WHERE incident_id = %s"
-                               " AND step_key = %s", (incident.id, key)).fetchone()
+        )
+        earlier = conn.execute("SELECT ok, result, finished_at FROM action_runs WHERE incident_id = %s"
+                               " AND step_key = %s", (incident.id, key))
+    claimed = claim.fetchone()   # answered with the commit: reading it sends nothing
     if claimed is None:
+        row = earlier.fetchone()
         if row["finished_at"] is None:
             return StepOutcome(key, step.action, None,
                                "started before but its worker was lost; not run again (outcome unknown, "
@@ -131,7 +147,7 @@ def run_keyed(db: Any, incident: Incident, key: str, runbook: Runbook, step: Any
     result: ActionResult = run_step(step, allowed_fields(incident, catalog), dry_run=dry_run or runbook.dry_run,
                                     redis_url_for_cache=redis_url, idempotency_key=f"{incident.id}:{key}",
                                     url_policy=url_policy)
-    with db.transaction() as conn:
+    with db.pipelined() as conn:
         conn.execute("UPDATE action_runs SET finished_at = now(), ok = %s, result = %s"
                      " WHERE incident_id = %s AND step_key = %s",
                      (result.ok, Jsonb(result.as_dict()), incident.id, key))

@@ -10,7 +10,7 @@ transaction has committed (tasks/publish.py).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -19,7 +19,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from erdu_tasks.store import grouping as grouping_store, history, incidents as store
-from erdu_tasks.store.db import Database
+from erdu_tasks.store.db import Database, later
 from erdu_tasks.catalog import Catalog
 from erdu_tasks.ingest import grouping
 from erdu_tasks.ingest.detect.fingerprint import GROUPING_VERSION, fingerprint, previous_keys
@@ -115,19 +115,24 @@ def dedup_fingerprint(dedup_key: str) -> str:
     return "dk-" + hashlib.sha1(dedup_key.encode("utf-8")).hexdigest()[:24]
 
 
-def accept(into: psycopg.Connection | Database, events: Sequence[Event], rt: IngestRuntime) -> IngestResult:
+def accept(into: psycopg.Connection | Database, events: Sequence[Event], rt: IngestRuntime, *,
+           overrides: grouping.Overrides | None = None) -> IngestResult:
     """Fold the events and upsert their incidents; the flap window is the one in rt.settings.
 
     `into` is a connection (the upsert joins its open transaction) or a Database (the events are
-    folded first, then stored in a transaction of their own).
+    folded first, then stored in a pipelined transaction of their own). `overrides`: the grouping
+    overrides the caller already read in this transaction (else they are read here).
+
+    On a pipelined connection a new incident costs a round trip for the grouping overrides, one for
+    its upsert (with what is owed to a new incident, sent by the id it would get) and the commit.
     """
     flap_window = rt.settings.flap_window_seconds
     if isinstance(into, Database):
-        with into.transaction() as conn:
-            groups, ignored = fold(events, rt.rules, grouping.current(conn))
+        with into.pipelined() as conn:
+            groups, ignored = fold(events, rt.rules, overrides if overrides is not None else grouping.current(conn))
             outcomes = _upsert_groups(conn, groups, rt.catalog, flap_window=flap_window)
     else:
-        groups, ignored = fold(events, rt.rules, grouping.current(into))
+        groups, ignored = fold(events, rt.rules, overrides if overrides is not None else grouping.current(into))
         outcomes = _upsert_groups(into, groups, rt.catalog, flap_window=flap_window)
     return IngestResult(outcomes, ignored)
 
@@ -197,14 +202,18 @@ def _upsert_groups(conn: psycopg.Connection, groups: Sequence[Group], catalog: C
     _keep_open_incidents_whole(conn, groups)
     for group in sorted(groups, key=lambda g: g.fingerprint):
         new = _new_incident(group, catalog)
-        result = store.upsert_incident(conn, new)
+        # What a new incident is owed goes with its upsert, by the id it gets if the upsert opens it.
+        new_id, upserted = store.upsert_incident_later(conn, new)
+        flapping = _link_flapping_later(conn, new_id, group.fingerprint, flap_window)
+        not_held = history.fixes_that_did_not_hold_later(conn, group.fingerprint, new_id, group.first.occurred_at)
+        result = upserted()
         reopened, reassess = None, False
         if result.created:
-            reopened = _link_flapping(conn, result.incident_id, group.fingerprint, flap_window)
+            reopened = flapping()
             what = "detected" + (f"; recurred after {reopened} was resolved (flapping)" if reopened else "")
             store.add_timeline(conn, result.incident_id, actor="ingest", what=what,
                                details={"count": group.count, "source": new.source})
-            _fixes_did_not_hold(conn, group.fingerprint, result.incident_id, group.first.occurred_at)
+            _fixes_did_not_hold(conn, result.incident_id, not_held())
         elif result.raised_from is not None:
             reassess = _severity_raised(conn, result.incident_id, result.raised_from, group.severity, new.source)
         conn.execute(
@@ -242,9 +251,10 @@ def _keep_open_incidents_whole(conn: psycopg.Connection, groups: Sequence[Group]
                 break
 
 
-def _fixes_did_not_hold(conn: psycopg.Connection, fp: str, incident_id: str, occurred_at: Any = None) -> None:
-    """A recurrence soon after a validated fix: that fix did not hold. Correct its record and say so on both."""
-    for run in history.fixes_that_did_not_hold(conn, fp, incident_id, occurred_at):
+def _fixes_did_not_hold(conn: psycopg.Connection, incident_id: str, runs: list[dict[str, Any]]) -> None:
+    """A recurrence soon after a validated fix: that fix did not hold. Say so on both (the runs, already
+    corrected by history.fixes_that_did_not_hold)."""
+    for run in runs:
         after = float(run["after_seconds"] or 0.0)
         details = {"runbook": run["runbook"], "attempt": run["attempt"], "fixed": run["incident_id"],
                    "recurrence": incident_id, "after_seconds": round(after, 1)}
@@ -277,7 +287,14 @@ def _severity_raised(conn: psycopg.Connection, incident_id: str, was: Severity, 
 
 
 def _link_flapping(conn: psycopg.Connection, incident_id: str, fp: str, window: float) -> str | None:
-    row = conn.execute(
+    return _link_flapping_later(conn, incident_id, fp, window)()
+
+
+def _link_flapping_later(conn: psycopg.Connection, incident_id: str, fp: str,
+                         window: float) -> Callable[[], str | None]:
+    """Mark a new incident flapping when its fingerprint's last incident ended within the window (sent now;
+    read: the id of that incident, or None)."""
+    cur = conn.execute(
         """
         UPDATE incidents SET reopened_from = prev.id,
                tags = CASE WHEN incidents.tags ? 'flapping' THEN incidents.tags
@@ -289,5 +306,5 @@ def _link_flapping(conn: psycopg.Connection, incident_id: str, fp: str, window: 
         RETURNING prev.id
         """,
         (fp, window, incident_id),
-    ).fetchone()
-    return row["id"] if row else None
+    )
+    return later(lambda: (lambda row: row["id"] if row else None)(cur.fetchone()))

@@ -7,14 +7,33 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from erdu_tasks.errors import ServiceUnreachable, TransientError
+
+T = TypeVar("T")
+
+
+def later(read: Callable[[], T]) -> Callable[[], T]:
+    """The reader of a statement already sent (queued, on a pipelined connection): it waits for the result
+    on its first call only. Queue several, then read them: on a pipelined connection they cost one round
+    trip together; on an ordinary one each was answered when it was sent."""
+    kept: list[T] = []
+
+    def value() -> T:
+        if not kept:
+            kept.append(read())
+        return kept[0]
+
+    return value
+
 
 _TRANSIENT = (psycopg.OperationalError, psycopg.errors.SerializationFailure,
               psycopg.errors.DeadlockDetected, PoolTimeout)
@@ -38,6 +57,8 @@ class _RecentlyUsed:
             ConnectionPool.check_connection(conn)
 
     def returned(self, conn: psycopg.Connection) -> None:
+        if conn.autocommit:   # a pipelined transaction that ended without a clean commit (Database.pipelined)
+            conn.autocommit = False
         self._returned[conn] = time.monotonic()
 
 
@@ -72,12 +93,45 @@ class Database:
         return self._pool
 
     @contextmanager
+    def borrowed(self) -> Iterator[psycopg.Connection]:
+        """A connection of the pool, returned at the end of the block (transaction() and pipelined() use it)."""
+        with self._get_pool().connection() as conn:
+            yield conn
+
+    @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection]:
         """A connection inside one transaction, committed on success; outages become TransientError."""
         try:
-            with self._get_pool().connection() as conn:
+            with self.borrowed() as conn:
                 with conn.transaction():
                     yield conn
+        except _TRANSIENT as exc:
+            raise TransientError(f"database unavailable: {exc.__class__.__name__}: {exc}".strip()) from exc
+
+    @contextmanager
+    def pipelined(self) -> Iterator[psycopg.Connection]:
+        """One transaction in pipeline mode: a statement whose result is not read goes to the server with
+        the next one that is, and the last writes go with the COMMIT, so the transaction costs one round
+        trip per point where the code waits for a result, plus one for the commit.
+
+        The BEGIN is queued as a statement of its own (a psycopg transaction block in pipeline mode costs a
+        sync on entry and on exit). A failing statement fails the rest of the block, nothing is committed,
+        and the error surfaces at the next read or at the end of the block. Nested transaction blocks
+        (savepoints) are not for this connection.
+        """
+        try:
+            with self.borrowed() as conn:
+                conn.autocommit = True
+                try:
+                    with conn.pipeline():
+                        conn.execute("BEGIN")
+                        yield conn
+                        conn.execute("COMMIT")
+                except BaseException:
+                    if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.autocommit = False   # else the pool's reset puts it back
         except _TRANSIENT as exc:
             raise TransientError(f"database unavailable: {exc.__class__.__name__}: {exc}".strip()) from exc
 

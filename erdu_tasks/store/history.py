@@ -8,12 +8,14 @@ minimum it is reported as unknown (None), never as 0 % or 100 %.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
 
 from erdu_tasks.model import Incident
+from erdu_tasks.store.db import later
 from erdu_tasks.settings.roles import EvidenceConfig, LearningConfig  # noqa: F401 - the section models, re-exported
 
 
@@ -26,6 +28,12 @@ def success_rate(attempts: int, successes: int, min_samples: int) -> float | Non
 
 def related_incidents(conn: psycopg.Connection, incident: Incident, *, limit: int = 5, min_score: float = 0.3,
                       lookback_days: float = 90) -> list[dict[str, Any]]:
+    """Earlier incidents ranked by similarity (see related_incidents_later)."""
+    return related_incidents_later(conn, incident, limit=limit, min_score=min_score, lookback_days=lookback_days)()
+
+
+def related_incidents_later(conn: psycopg.Connection, incident: Incident, *, limit: int = 5, min_score: float = 0.3,
+                            lookback_days: float = 90) -> Callable[[], list[dict[str, Any]]]:
     """Earlier incidents ranked by trigram similarity of template and title (pg_trgm), best first.
 
     score = 1.0 for the same fingerprint, else the better of template and title similarity.
@@ -35,10 +43,10 @@ def related_incidents(conn: psycopg.Connection, incident: Incident, *, limit: in
     window, plus this incident's own; each of those patterns' latest `limit` incidents in the window
     (the fingerprint btree) is scored. So the cost follows the number of patterns, not the years of
     history. The diagnostician stores the result on the incident (`related`) and the resolver re-reads
-    only those rows (refresh_related).
+    only those rows (refresh_related). Sent now, read when called (see db.later).
     """
     created = incident.created_at or datetime.now(timezone.utc)
-    rows = conn.execute(
+    cur = conn.execute(
         """
         WITH near AS (
             (SELECT fingerprint FROM incident_patterns WHERE last_created_at > %(since)s
@@ -63,7 +71,11 @@ def related_incidents(conn: psycopg.Connection, incident: Incident, *, limit: in
         {"id": incident.id, "template": incident.template or incident.title, "title": incident.title,
          "fp": incident.fingerprint, "created": created, "since": created - timedelta(days=lookback_days),
          "limit": limit},
-    ).fetchall()
+    )
+    return later(lambda: _ranked(cur.fetchall(), limit=limit, min_score=min_score))
+
+
+def _ranked(rows: list[dict[str, Any]], *, limit: int, min_score: float) -> list[dict[str, Any]]:
     out = []
     for r in rows:
         tpl, title = float(r["template_similarity"]), float(r["title_similarity"])
@@ -96,12 +108,22 @@ def refresh_related(conn: psycopg.Connection, related: list[dict[str, Any]]) -> 
 
     The ranking stays as it was found; an incident that no longer exists is dropped.
     """
+    return refresh_related_later(conn, related)()
+
+
+def refresh_related_later(conn: psycopg.Connection,
+                          related: list[dict[str, Any]]) -> Callable[[], list[dict[str, Any]]]:
+    """refresh_related, sent now and read when called (see db.later)."""
     ids = [r["id"] for r in related if isinstance(r, dict) and isinstance(r.get("id"), str)]
     if not ids:
-        return []
-    rows = {r["id"]: r for r in conn.execute(
+        return lambda: []
+    cur = conn.execute(
         "SELECT id, status, root_cause, resolved_by, auto_resolved, fix->>'runbook' AS runbook FROM incidents"
-        " WHERE id = ANY(%s)", (ids,)).fetchall()}
+        " WHERE id = ANY(%s)", (ids,))
+    return later(lambda: _refreshed(related, {r["id"]: r for r in cur.fetchall()}))
+
+
+def _refreshed(related: list[dict[str, Any]], rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for r in related:
         now = rows.get(r.get("id")) if isinstance(r, dict) else None
@@ -116,21 +138,38 @@ def same_situation(conn: psycopg.Connection, incident: Any, *, window_seconds: f
                    limit: int = 20) -> list[dict[str, Any]]:
     """Other incidents of the incident's service (its probe's, its log's...) created within window_seconds of
     it, either side: one situation seen by several producers. Children of the incident are listed apart."""
+    return same_situation_later(conn, incident, window_seconds=window_seconds, limit=limit)()
+
+
+def same_situation_later(conn: psycopg.Connection, incident: Any, *, window_seconds: float,
+                         limit: int = 20) -> Callable[[], list[dict[str, Any]]]:
+    """same_situation, sent now and read when called (see db.later)."""
     if not incident.service or window_seconds <= 0 or incident.created_at is None:
-        return []
-    return conn.execute(
+        return lambda: []
+    cur = conn.execute(
         "SELECT id, status, severity, service, source, title, created_at FROM incidents"
         " WHERE service = %(service)s AND id <> %(id)s AND parent_id IS DISTINCT FROM %(id)s"
         " AND created_at BETWEEN %(at)s - make_interval(secs => %(w)s) AND %(at)s + make_interval(secs => %(w)s)"
         " ORDER BY created_at, id LIMIT %(limit)s",
         {"service": incident.service, "id": incident.id, "at": incident.created_at, "w": window_seconds,
          "limit": limit},
-    ).fetchall()
+    )
+    return later(cur.fetchall)
 
 
 def pattern(conn: psycopg.Connection, fingerprint: str) -> dict[str, Any] | None:
     """The learned counters of one fingerprint, with its mean time to resolve (None before any)."""
-    row = conn.execute("SELECT * FROM error_patterns WHERE fingerprint = %s", (fingerprint,)).fetchone()
+    return pattern_later(conn, fingerprint)()
+
+
+def pattern_later(conn: psycopg.Connection, fingerprint: str) -> Callable[[], dict[str, Any] | None]:
+    """pattern, sent now and read when called (see db.later)."""
+    cur = conn.execute("SELECT * FROM error_patterns WHERE fingerprint = %s", (fingerprint,))
+    return later(lambda: pattern_of(cur.fetchone()))
+
+
+def pattern_of(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An error_patterns row as pattern() returns it."""
     if row is None:
         return None
     resolved = int(row["resolved"])
@@ -144,33 +183,51 @@ def runbook_stats(conn: psycopg.Connection, fingerprint: str) -> dict[str, tuple
 
 def runbook_records(conn: psycopg.Connection, fingerprint: str) -> dict[str, dict[str, Any]]:
     """runbook -> {attempts, successes, last_outcome, last_attempt_at} for a fingerprint."""
-    rows = conn.execute(
+    return runbook_records_later(conn, fingerprint)()
+
+
+def runbook_records_later(conn: psycopg.Connection, fingerprint: str) -> Callable[[], dict[str, dict[str, Any]]]:
+    """runbook_records, sent now and read when called (see db.later)."""
+    cur = conn.execute(
         "SELECT runbook, attempts, successes, last_outcome, last_attempt_at FROM pattern_action_stats"
         " WHERE fingerprint = %s",
         (fingerprint,),
-    ).fetchall()
-    return {r["runbook"]: {"attempts": int(r["attempts"]), "successes": int(r["successes"]),
-                           "last_outcome": r["last_outcome"], "last_attempt_at": r["last_attempt_at"]}
-            for r in rows}
+    )
+    return later(lambda: {r["runbook"]: {"attempts": int(r["attempts"]), "successes": int(r["successes"]),
+                                         "last_outcome": r["last_outcome"], "last_attempt_at": r["last_attempt_at"]}
+                          for r in cur.fetchall()})
 
 
 def last_root_cause(conn: psycopg.Connection, fingerprint: str, *, exclude: str) -> dict[str, Any] | None:
     """The latest earlier incident of this fingerprint with a root cause (for a pattern that skipped diagnosis)."""
-    return conn.execute(
+    return last_root_cause_later(conn, fingerprint, exclude=exclude)()
+
+
+def last_root_cause_later(conn: psycopg.Connection, fingerprint: str, *,
+                          exclude: str) -> Callable[[], dict[str, Any] | None]:
+    """last_root_cause, sent now and read when called (see db.later)."""
+    cur = conn.execute(
         "SELECT id, root_cause FROM incidents WHERE fingerprint = %s AND id <> %s AND root_cause IS NOT NULL"
         " ORDER BY created_at DESC LIMIT 1",
         (fingerprint, exclude),
-    ).fetchone()
+    )
+    return later(cur.fetchone)
 
 
 def recent_recurrences(conn: psycopg.Connection, incident: Incident, *, window_seconds: float = 3600) -> int:
     """How many earlier incidents of this fingerprint were opened within the window before this one."""
-    row = conn.execute(
+    return recent_recurrences_later(conn, incident, window_seconds=window_seconds)()
+
+
+def recent_recurrences_later(conn: psycopg.Connection, incident: Incident, *,
+                             window_seconds: float = 3600) -> Callable[[], int]:
+    """recent_recurrences, sent now and read when called (see db.later)."""
+    cur = conn.execute(
         "SELECT count(*) AS n FROM incidents WHERE fingerprint = %s AND id <> %s"
         " AND created_at <= %s AND created_at > %s - make_interval(secs => %s)",
         (incident.fingerprint, incident.id, incident.created_at, incident.created_at, window_seconds),
-    ).fetchone()
-    return int(row["n"])
+    )
+    return later(lambda: int(cur.fetchone()["n"]))
 
 
 def record_fix_attempt(conn: psycopg.Connection, fingerprint: str, runbook: str, *, success: bool) -> None:
@@ -213,17 +270,31 @@ def fixes_that_did_not_hold(conn: psycopg.Connection, fingerprint: str, recurren
     The run's outcome becomes 'recurred'; its (fingerprint, runbook) successes drop by one, and the latest
     outcome becomes a failure when the run was the latest counted one, so auto-resolution stops trusting it.
     """
+    return fixes_that_did_not_hold_later(conn, fingerprint, recurrence, occurred_at)()
+
+
+def fixes_that_did_not_hold_later(conn: psycopg.Connection, fingerprint: str, recurrence: str,
+                                  occurred_at: Any = None) -> Callable[[], list[dict[str, Any]]]:
+    """fixes_that_did_not_hold, sent now; called, it reads the runs and corrects their learned figures."""
     # A line stamped before the fix was validated, read after it (the tailer's lag, a batch), is the old
     # incident's, not a recurrence.
-    runs = conn.execute(
+    # Only for an incident that exists: ingest sends this with the upsert that may open it, by the id it
+    # would get (store.upsert_incident_later), before it knows whether the event opened it.
+    cur = conn.execute(
         "UPDATE runbook_runs SET outcome = 'recurred', recurred_by = %(rec)s"
         " WHERE fingerprint = %(fp)s AND outcome = 'success' AND hold_until > now() AND incident_id <> %(rec)s"
+        " AND EXISTS (SELECT 1 FROM incidents WHERE id = %(rec)s)"
         " AND NOT (%(at)s::timestamptz IS NOT NULL AND abs(extract(epoch FROM now() - %(at)s::timestamptz))"
         "          < %(trust)s AND %(at)s::timestamptz < finished_at)"
         " RETURNING incident_id, attempt, runbook, counted, finished_at,"
         " extract(epoch FROM now() - finished_at) AS after_seconds",
         {"rec": recurrence, "fp": fingerprint, "at": occurred_at, "trust": LATE_LINE_TRUST_SECONDS},
-    ).fetchall()
+    )
+    return later(lambda: _corrected(conn, fingerprint, cur.fetchall()))
+
+
+def _corrected(conn: psycopg.Connection, fingerprint: str, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Correct the learned figures of runs found not to have held (their counted successes drop by one)."""
     for run in runs:
         if not run["counted"]:
             continue

@@ -5,13 +5,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
+
+from erdu_tasks.store.db import later
 
 from erdu_tasks.model import (
     Incident,
@@ -86,7 +88,16 @@ def _value(column: str, value: Any) -> Any:
 
 def upsert_incident(conn: psycopg.Connection, new: NewIncident) -> UpsertResult:
     """Open an incident for the fingerprint, or add the count to the open one (atomic in Postgres)."""
-    row = conn.execute(
+    return upsert_incident_later(conn, new)[1]()
+
+
+def upsert_incident_later(conn: psycopg.Connection, new: NewIncident) -> tuple[str, Callable[[], UpsertResult]]:
+    """upsert_incident, sent now: the id the incident gets if this opens it, and the reader of the result.
+
+    Statements about the new incident can be sent after it by that id before the result is read: if the
+    event landed on an open incident instead, no row has the id and they change nothing."""
+    incident_id = new_incident_id()
+    cur = conn.execute(
         f"""
         INSERT INTO incidents (id, fingerprint, template, title, description, severity, status, source,
                                service, host, affected_services, tags, labels, error_details, samples,
@@ -100,17 +111,22 @@ def upsert_incident(conn: psycopg.Connection, new: NewIncident) -> UpsertResult:
         RETURNING id, (xmax = 0) AS created, occurrences
         """,
         {
-            "id": new_incident_id(), "fingerprint": new.fingerprint, "template": new.template,
+            "id": incident_id, "fingerprint": new.fingerprint, "template": new.template,
             "title": new.title, "description": new.description, "severity": new.severity.value,
             "source": new.source, "service": new.service, "host": new.host,
             "affected": Jsonb(new.affected_services), "tags": Jsonb(new.tags), "labels": Jsonb(new.labels),
             "details": Jsonb(new.error_details), "samples": Jsonb(new.samples[:10]), "count": new.count,
             "occurred": new.occurred_at,
         },
-    ).fetchone()
-    assert row is not None
-    raised_from = None if row["created"] else raise_severity(conn, row["id"], new.severity)
-    return UpsertResult(row["id"], bool(row["created"]), int(row["occurrences"]), raised_from)
+    )
+
+    def result() -> UpsertResult:
+        row = cur.fetchone()
+        assert row is not None
+        raised_from = None if row["created"] else raise_severity(conn, row["id"], new.severity)
+        return UpsertResult(row["id"], bool(row["created"]), int(row["occurrences"]), raised_from)
+
+    return incident_id, later(result)
 
 
 def raise_severity(conn: psycopg.Connection, incident_id: str, severity: Severity) -> Severity | None:
@@ -146,6 +162,36 @@ def add_timeline(
     )
 
 
+@dataclass(frozen=True)
+class Line:
+    """One line for add_timeline_lines."""
+
+    actor: str
+    what: str
+    worker: str | None = None
+    from_status: Status | None = None
+    to_status: Status | None = None
+    details: dict[str, Any] | None = None
+
+
+def add_timeline_lines(conn: psycopg.Connection, incident_id: str, lines: Sequence[Line]) -> None:
+    """Append lines to the incident's timeline, in their order, in one statement."""
+    if len(lines) <= 1:
+        for line in lines:
+            add_timeline(conn, incident_id, actor=line.actor, what=line.what, worker=line.worker,
+                         from_status=line.from_status, to_status=line.to_status, details=line.details)
+        return
+    conn.execute(
+        "INSERT INTO incident_timeline (incident_id, actor, worker, from_status, to_status, what, details)"
+        " SELECT %s, actor, worker, from_status, to_status, what, details"
+        " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[])"
+        " WITH ORDINALITY AS l (actor, worker, from_status, to_status, what, details, n) ORDER BY n",
+        (incident_id, [x.actor for x in lines], [x.worker for x in lines],
+         [x.from_status and x.from_status.value for x in lines], [x.to_status and x.to_status.value for x in lines],
+         [x.what for x in lines], [Jsonb(x.details or {}) for x in lines]),
+    )
+
+
 def transition(
     conn: psycopg.Connection,
     incident_id: str,
@@ -157,8 +203,15 @@ def transition(
     worker: str | None = None,
     updates: dict[str, Any] | None = None,
     details: dict[str, Any] | None = None,
+    status_now: Status | None = None,
 ) -> Status | None:
-    """Compare-and-set the status; returns the previous status, or None if the incident had moved on."""
+    """Compare-and-set the status; returns the previous status, or None if the incident had moved on.
+
+    The status change and its timeline line are one statement: the line is written only if the status
+    changed. `status_now` is the status of an incident this transaction holds locked (read FOR UPDATE and
+    kept up to date since): the compare-and-set stays in the statement, but its answer is known, so the
+    statement is not waited for (a pipelined connection sends it with the next read or the commit).
+    """
     expected = [Status(s) for s in expected]
     for src in expected:
         check_transition(src, to)
@@ -166,29 +219,36 @@ def transition(
     unknown = set(updates) - _WRITABLE
     if unknown:
         raise ValueError(f"not writable with a status change: {sorted(unknown)}")
+    if status_now is not None and status_now not in expected:
+        return None
     sets = ["status = %(to)s", "status_changed_at = now()", "redrives = 0"]
-    params: dict[str, Any] = {"to": to.value, "id": incident_id, "expected": [s.value for s in expected]}
+    params: dict[str, Any] = {"to": to.value, "id": incident_id, "expected": [s.value for s in expected],
+                              "actor": actor, "worker": worker, "what": what, "details": Jsonb(details or {})}
     stamp = _STAMP.get(to)
     if stamp:
         sets.append(f"{stamp} = coalesce({stamp}, now())")
     for column, value in updates.items():
         sets.append(f"{column} = %(u_{column})s")
         params[f"u_{column}"] = _value(column, value)
-    row = conn.execute(
+    cur = conn.execute(
         f"""
-        UPDATE incidents AS i SET {", ".join(sets)}
-        FROM (SELECT id, status FROM incidents WHERE id = %(id)s FOR UPDATE) AS old
-        WHERE i.id = old.id AND old.status = ANY(%(expected)s)
-        RETURNING old.status AS previous
+        WITH moved AS (
+            UPDATE incidents AS i SET {", ".join(sets)}
+            FROM (SELECT id, status FROM incidents WHERE id = %(id)s FOR UPDATE) AS old
+            WHERE i.id = old.id AND old.status = ANY(%(expected)s)
+            RETURNING old.status AS previous
+        ), line AS (
+            INSERT INTO incident_timeline (incident_id, actor, worker, from_status, to_status, what, details)
+            SELECT %(id)s, %(actor)s, %(worker)s, previous, %(to)s, %(what)s, %(details)s FROM moved
+        )
+        SELECT previous FROM moved
         """,
         params,
-    ).fetchone()
-    if row is None:
-        return None
-    previous = Status(row["previous"])
-    add_timeline(conn, incident_id, actor=actor, worker=worker, from_status=previous, to_status=to,
-                 what=what, details=details)
-    return previous
+    )
+    if status_now is not None:
+        return status_now
+    row = cur.fetchone()
+    return Status(row["previous"]) if row is not None else None
 
 
 def update_fields(conn: psycopg.Connection, incident_id: str, updates: dict[str, Any]) -> None:
@@ -216,24 +276,41 @@ def _to_incident(row: dict[str, Any]) -> Incident:
 def get_incident(conn: psycopg.Connection, incident_id: str, *, with_timeline: bool = False,
                  for_update: bool = False) -> Incident | None:
     """Load one incident (optionally locked, optionally with its timeline)."""
+    return get_incident_later(conn, incident_id, with_timeline=with_timeline, for_update=for_update)()
+
+
+def get_incident_later(conn: psycopg.Connection, incident_id: str, *, with_timeline: bool = False,
+                       for_update: bool = False) -> Callable[[], Incident | None]:
+    """get_incident with its statements (the row, the timeline) sent now, read when called (see db.later)."""
     lock = " FOR UPDATE" if for_update else ""
-    row = conn.execute(f"SELECT * FROM incidents WHERE id = %s{lock}", (incident_id,)).fetchone()
-    if row is None:
-        return None
-    incident = _to_incident(row)
-    if with_timeline:
-        incident.timeline = timeline(conn, incident_id)
-    return incident
+    cur = conn.execute(f"SELECT * FROM incidents WHERE id = %s{lock}", (incident_id,))
+    lines = timeline_later(conn, incident_id) if with_timeline else None
+
+    def incident() -> Incident | None:
+        row = cur.fetchone()
+        if row is None:
+            return None
+        found = _to_incident(row)
+        if lines is not None:
+            found.timeline = lines()
+        return found
+
+    return later(incident)
 
 
 def timeline(conn: psycopg.Connection, incident_id: str) -> list[TimelineEntry]:
     """The incident's history, oldest first."""
-    rows = conn.execute(
+    return timeline_later(conn, incident_id)()
+
+
+def timeline_later(conn: psycopg.Connection, incident_id: str) -> Callable[[], list[TimelineEntry]]:
+    """timeline, sent now and read when called (see db.later)."""
+    cur = conn.execute(
         "SELECT at, actor, worker, from_status, to_status, what, details FROM incident_timeline"
         " WHERE incident_id = %s ORDER BY id",
         (incident_id,),
-    ).fetchall()
-    return [TimelineEntry(**r) for r in rows]
+    )
+    return later(lambda: [TimelineEntry(**r) for r in cur.fetchall()])
 
 
 class BadCursor(ValueError):
@@ -316,8 +393,13 @@ def list_incidents(
 
 def count_open(conn: psycopg.Connection) -> int:
     """How many incidents are open now (from the partial index of open incidents)."""
-    row = conn.execute(f"SELECT count(*) AS n FROM incidents WHERE {_CLOSED_SQL}").fetchone()
-    return int(row["n"]) if row else 0
+    return count_open_later(conn)()
+
+
+def count_open_later(conn: psycopg.Connection) -> Callable[[], int]:
+    """count_open, sent now and read when called (see db.later)."""
+    cur = conn.execute(f"SELECT count(*) AS n FROM incidents WHERE {_CLOSED_SQL}")
+    return later(lambda: int((cur.fetchone() or {"n": 0})["n"]))
 
 
 def open_candidates(conn: psycopg.Connection, *, severities: Sequence[str], services: Sequence[str] | None,
@@ -380,13 +462,23 @@ def record_rejected(conn: psycopg.Connection, *, source: str | None, error: str,
 
 def stage_started(conn: psycopg.Connection, incident_id: str, stage: str) -> int:
     """Count a start of (incident, stage); returns how many earlier starts never finished (crashes)."""
-    row = conn.execute(
+    return stage_started_later(conn, incident_id, stage)()
+
+
+def stage_started_later(conn: psycopg.Connection, incident_id: str, stage: str) -> Callable[[], int]:
+    """stage_started, sent now and read when called (see db.later)."""
+    cur = conn.execute(
         "INSERT INTO stage_runs (incident_id, stage, starts) VALUES (%s, %s, 1)"
         " ON CONFLICT (incident_id, stage) DO UPDATE SET starts = stage_runs.starts + 1"
         " RETURNING starts, finishes",
         (incident_id, stage),
-    ).fetchone()
-    return int(row["starts"]) - int(row["finishes"]) - 1
+    )
+
+    def crashes() -> int:
+        row = cur.fetchone()
+        return int(row["starts"]) - int(row["finishes"]) - 1
+
+    return later(crashes)
 
 
 def stage_finished(conn: psycopg.Connection, incident_id: str, stage: str) -> None:
@@ -399,6 +491,11 @@ def stage_finished(conn: psycopg.Connection, incident_id: str, stage: str) -> No
 
 def take_receipt(conn: psycopg.Connection, message_id: str) -> bool:
     """Record that a broker message was ingested; False if it already was (a redelivery)."""
-    row = conn.execute("INSERT INTO ingest_receipts (message_id) VALUES (%s) ON CONFLICT DO NOTHING"
-                       " RETURNING 1 AS taken", (message_id,)).fetchone()
-    return row is not None
+    return take_receipt_later(conn, message_id)()
+
+
+def take_receipt_later(conn: psycopg.Connection, message_id: str) -> Callable[[], bool]:
+    """take_receipt, sent now and read when called (see db.later)."""
+    cur = conn.execute("INSERT INTO ingest_receipts (message_id) VALUES (%s) ON CONFLICT DO NOTHING"
+                       " RETURNING 1 AS taken", (message_id,))
+    return later(lambda: cur.fetchone() is not None)

@@ -142,36 +142,23 @@ Body = Callable[[psycopg.Connection, Runtime, Incident, str], "Stage | None | Ou
 """A stage's work on the locked incident: returns the next stage, None, or the work left to do Outside."""
 
 
-def begin_stage(task: ErduTask, rt: Runtime, stage: Stage, incident_id: object, worker: str) -> bool:
-    """Count this start of (incident, stage); False when earlier starts crashed too often (then it is parked)."""
+def check_incident_id(task: ErduTask, incident_id: object) -> str:
+    """The incident id a stage message carries, or PermanentError (checked before the database sees it)."""
     if not isinstance(incident_id, str):
         raise PermanentError(f"{task.name} expects an incident id string, got {type(incident_id).__name__}")
     if not INCIDENT_ID.fullmatch(incident_id):
-        # Checked before the database sees it: a 5 MB "id" is not a transient database error to retry.
+        # A 5 MB "id" is not a transient database error to retry.
         shown = incident_id[:40] + (f"… ({len(incident_id)} characters)" if len(incident_id) > 40 else "")
         raise PermanentError(f"{task.name} expects an incident id like INC-YYYYMMDDHHMMSS-xxxxxxxx, got {shown!r}")
-
-    def start() -> int:
-        with rt.db.transaction() as conn:
-            return store.stage_started(conn, incident_id, stage)
-
-    crashes = task.with_retries(start)
-    if crashes >= rt.settings.max_worker_crashes:
-        task.with_retries(lambda: park_poisoned(rt, incident_id, stage, crashes, worker))
-        return False
-    return True
+    return incident_id
 
 
-def park_poisoned(rt: Runtime, incident_id: str, stage: str, crashes: int, worker: str) -> None:
-    """A stage that keeps killing its worker: escalate the incident (its run opens in the same commit)."""
+def park_poisoned(conn: psycopg.Connection, incident: Incident, stage: str, crashes: int, worker: str) -> None:
+    """A stage that keeps killing its worker: escalate the locked incident (its run opens in the same commit)."""
     reason = f"stage {stage} lost its worker {crashes} times (poison protection); parked for a person"
-    with rt.db.transaction() as conn:
-        incident = store.get_incident(conn, incident_id, for_update=True)
-        if incident is None:
-            return
-        if escalate(conn, incident, reason=reason, stage=stage, actor="reconciler", worker=worker, what=reason):
-            store.stage_finished(conn, incident_id, stage)
-    log.error("incident parked", incident_id=incident_id, stage=stage, crashes=crashes)
+    if escalate(conn, incident, reason=reason, stage=stage, actor="reconciler", worker=worker, what=reason):
+        store.stage_finished(conn, incident.id, stage)
+    log.error("incident parked", incident_id=incident.id, stage=stage, crashes=crashes)
 
 
 def finish_quietly(rt: Runtime, incident_id: str, stage: Stage) -> None:
@@ -184,20 +171,43 @@ def finish_quietly(rt: Runtime, incident_id: str, stage: Stage) -> None:
 
 
 def run_stage(task: ErduTask, stage: Stage, incident_id: str, body: Body) -> Stage | None:
-    """Load the incident locked, run the body if the incident is still owed this stage, hand on after commit.
+    """Run a stage's body in this process's runtime (see drive_stage), hand on after commit."""
+    return drive_stage(task, runtime(), Stage(stage), incident_id, body,
+                       worker_name(task.request.hostname))
 
-    The finish of the stage is counted in the transaction that stores its outcome (the settle's, for a
-    body that returns Outside), so a worker lost half-way leaves the start counted (poison protection).
+
+def drive_stage(task: ErduTask, rt: Runtime, stage: Stage, incident_id: str, body: Body,
+                worker: str) -> Stage | None:
+    """Count the start, load the incident locked, run the body if the incident is still owed this stage,
+    hand on after commit.
+
+    Round trips: the start is counted and committed in a transaction of its own (a worker lost half-way
+    leaves it counted: poison protection), sent together with the work transaction's BEGIN and its locked
+    read of the incident, so both cost one round trip. The work transaction is pipelined (Database.pipelined):
+    writes wait for the next read or the commit. Its finish is counted in the transaction that stores its
+    outcome (the settle's, for a body that returns Outside).
     """
-    rt = runtime()
-    worker = worker_name(task.request.hostname)
-    stage = Stage(stage)
-    if not begin_stage(task, rt, stage, incident_id, worker):
-        return None
+    check_incident_id(task, incident_id)
+    counted: list[bool] = []   # the start is counted: a failure handled here is then a finish, not a crash
 
     def work() -> Stage | None | Outside[Any]:
-        with rt.db.transaction() as conn:
-            incident = store.get_incident(conn, incident_id, for_update=True)
+        with rt.db.pipelined() as conn:
+            crashes = store.stage_started_later(conn, incident_id, stage)
+            conn.execute("COMMIT")   # the start stands even if this worker is lost during the work
+            conn.execute("BEGIN")
+            try:
+                incident = store.get_incident(conn, incident_id, for_update=True)
+            except psycopg.Error:   # the start has an answer only if its commit ran
+                try:
+                    counted.append(crashes() >= 0)
+                except psycopg.Error:
+                    pass
+                raise
+            counted.append(True)
+            if crashes() >= rt.settings.max_worker_crashes:
+                if incident is not None:
+                    park_poisoned(conn, incident, stage, crashes(), worker)
+                return None
             if incident is None:
                 raise PermanentError(f"no incident {incident_id}")
             if incident.status not in names.STAGE_FROM[stage]:
@@ -211,7 +221,7 @@ def run_stage(task: ErduTask, stage: Stage, incident_id: str, body: Body) -> Sta
             return result
 
     def settle(outside: Outside[Any], value: Any) -> Stage | None:
-        with rt.db.transaction() as conn:
+        with rt.db.pipelined() as conn:
             store.stage_finished(conn, incident_id, stage)   # the finish counts with the outcome, one commit
             return outside.settle(conn, value)
 
@@ -223,9 +233,9 @@ def run_stage(task: ErduTask, stage: Stage, incident_id: str, body: Body) -> Sta
                 value = task.with_retries(outside.act)
             result = task.with_retries(lambda: settle(outside, value))
     except BaseException:   # a failure handled here (or a retry) is not a lost worker
-        finish_quietly(rt, incident_id, stage)
+        if counted:
+            finish_quietly(rt, incident_id, stage)
         raise
     if result:
         hand_on(result, incident_id)
     return result
-

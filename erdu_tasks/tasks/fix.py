@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -34,17 +35,22 @@ def fix(self: ErduTask, incident_id: str) -> Stage | None:
 
 
 def _fix(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str) -> Stage | None | Outside[Any]:
-    """Load the facts, plan, store the plan; a plan to run returns the actions to do outside the transaction."""
+    """Load the facts, plan, store the plan; a plan to run returns the actions to do outside the transaction.
+
+    The service's lock and every read go in one round trip (Postgres takes the lock before it runs the reads
+    queued after it); the plan's writes go with the commit."""
     fixing.serialize_fixes_of(conn, incident.service)
     now = datetime.now(timezone.utc)
-    stats = history.runbook_stats(conn, incident.fingerprint)
-    runbooks = fixing.matching_runbooks(rt, incident, stats)
+    records = history.runbook_records_later(conn, incident.fingerprint)
+    runs = _recent_runs_later(conn, rt, incident, fixing.matching_runbooks(rt, incident))
     # A silence that began after the commander's check still stops the fix before anything runs.
     silence = None
     if incident.status is not Status.FIXING:
         gate = rt.gates.check(load_facts(conn, rt.gates, incident, now, FIX_GATES), now, FIX_GATES)
         silence = gate.silence if gate.outcome is GateOutcome.SILENCED else None
-    decision = fixer.plan(incident, _context(conn, rt, incident, runbooks, stats, now=now,
+    stats = {name: (r["attempts"], r["successes"]) for name, r in records().items()}
+    runbooks = fixing.matching_runbooks(rt, incident, stats)   # the same runbooks, best first
+    decision = fixer.plan(incident, _context(rt, runbooks, stats, *runs(), now=now,
                                              silence_id=silence.id if silence else None))
     log.info("fix planned", incident_id=incident.id, outcome=decision.outcome.value, runbook=decision.runbook)
     if decision.outcome is Outcome.HOLD_SILENCED:
@@ -73,7 +79,7 @@ def _fix(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str)
         fix_state = {**decision.fix_state, "started_by": worker}
         store.transition(conn, incident.id, expected=[incident.status], to=Status.FIXING, actor="fixer",
                          worker=worker, what=f"fixing with runbook {runbook.name} (attempt {decision.attempt})",
-                         updates={"fix": fix_state})
+                         updates={"fix": fix_state}, status_now=incident.status)
         incident.status = Status.FIXING
         incident.fix = fix_state
     if decision.outcome is Outcome.AWAIT_APPROVAL:
@@ -94,13 +100,21 @@ def _fix(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str)
                                                       hold_seconds=hold))
 
 
-def _context(conn: psycopg.Connection, rt: Runtime, incident: Incident, runbooks: list[Runbook],
-             stats: dict[str, tuple[int, int]], *, now: datetime, silence_id: str | None) -> FixContext:
-    """The facts the plan decides on: the matching runbooks (best first) with their recent runs."""
-    runs = fixing.recent_runs(conn, runbooks, incident.service, exclude=incident.id)
+def _recent_runs_later(conn: psycopg.Connection, rt: Runtime, incident: Incident, runbooks: list[Runbook]
+                       ) -> Callable[[], tuple[dict[str, tuple[datetime, ...]], dict[str, tuple[datetime, ...]]]]:
+    """The recent runs of the matching runbooks on the service, and of every restarting runbook when one of
+    them restarts (sent now, read when called)."""
+    runs = fixing.recent_runs_later(conn, runbooks, incident.service, exclude=incident.id)
     restarting = [rb for rb in rt.runbooks.runbooks if rb.restarts]
-    restarts = fixing.recent_runs(conn, restarting, incident.service, exclude=incident.id) \
-        if any(rb.restarts for rb in runbooks) else {}
+    restarts = fixing.recent_runs_later(conn, restarting, incident.service, exclude=incident.id) \
+        if any(rb.restarts for rb in runbooks) else (lambda: {})
+    return lambda: (runs(), restarts())
+
+
+def _context(rt: Runtime, runbooks: list[Runbook], stats: dict[str, tuple[int, int]],
+             runs: dict[str, tuple[datetime, ...]], restarts: dict[str, tuple[datetime, ...]], *,
+             now: datetime, silence_id: str | None) -> FixContext:
+    """The facts the plan decides on: the matching runbooks (best first) with their recent runs."""
     service_restarts = tuple(sorted(t for times in restarts.values() for t in times))
     candidates = []
     for rb in runbooks:
@@ -184,12 +198,12 @@ def _settle(conn: psycopg.Connection, incident: Incident, runbook: Runbook, atte
     if current is None or current.status is not Status.FIXING:
         return None
     fix_state = {**(current.fix or {}), **outcome, "runbook": runbook.name, "attempt": attempt}
-    for entry in outcome["actions"] + outcome["rollback"]:
-        store.add_timeline(conn, incident.id, actor="fixer", worker=worker,
-                           what=f"{'rollback ' if ':rollback:' in entry['step'] else ''}{entry['action']}: "
-                                f"{'ok' if entry['ok'] else 'unknown' if entry['ok'] is None else 'failed'}"
-                                f" — {entry['detail'][:300]}",
-                           details=entry)
+    store.add_timeline_lines(conn, incident.id, [
+        store.Line(actor="fixer", worker=worker, details=entry,
+                   what=f"{'rollback ' if ':rollback:' in entry['step'] else ''}{entry['action']}: "
+                        f"{'ok' if entry['ok'] else 'unknown' if entry['ok'] is None else 'failed'}"
+                        f" — {entry['detail'][:300]}")
+        for entry in outcome["actions"] + outcome["rollback"]])
     lease(conn, incident.id, 0)   # settled: the next stage is on the normal deadline again
     # A dry run changed nothing, and a fix found not needed ran nothing: neither proves anything about the fix.
     counted = not outcome.get("dry_run") and not outcome.get("not_needed")
@@ -201,7 +215,7 @@ def _settle(conn: psycopg.Connection, incident: Incident, runbook: Runbook, atte
         store.transition(conn, incident.id, expected=[Status.FIXING], to=Status.RESOLVED, actor="fixer",
                          worker=worker, what=f"validated: {outcome['validation']['detail'][:300]}",
                          updates={"fix": fix_state, "resolution_actions": outcome["actions"],
-                                  "resolved_by": f"runbook:{runbook.name}"})
+                                  "resolved_by": f"runbook:{runbook.name}"}, status_now=current.status)
         return Stage.RESOLVE
     store.update_fields(conn, incident.id, {"fix": fix_state, "resolution_actions": outcome["actions"],
                                             "auto_resolved": False})

@@ -9,7 +9,8 @@ from erdu_tasks import names
 from erdu_tasks.store import incidents as store
 from erdu_tasks.app import app
 from erdu_tasks.errors import InvalidEvent
-from erdu_tasks.ingest.accept import accept
+from erdu_tasks.ingest import grouping
+from erdu_tasks.ingest.accept import IngestResult, accept
 from erdu_tasks.ingest.formats.event import parse_events
 from erdu_tasks.app import runtime
 from erdu_tasks.tasks.base import ErduTask, log
@@ -39,18 +40,24 @@ def ingest(self: ErduTask, payload: Any = None, *args: Any, **kwargs: Any) -> di
         return {"rejected": error, "rejected_id": rejected_id}
     message_id = self.request.id
 
-    def write():
-        with rt.db.transaction() as conn:
-            if message_id and not store.take_receipt(conn, message_id):
-                return None   # redelivered after its acknowledgement was lost: already counted
-            return accept(conn, events, rt)
-
-    result = self.with_retries(write)
+    result = self.with_retries(lambda: store_events(rt, events, message_id))
     if result is None:
         log.info("message already ingested", message_id=message_id)
         return {"incidents": [], "ignored": 0, "already_ingested": True}
     hand_on_ingested(result.new_incidents, result.to_reassess)
     return result.as_dict()
+
+
+def store_events(rt: Any, events: list, message_id: str | None) -> IngestResult | None:
+    """Take the message's receipt and accept its events in one pipelined transaction; None for a message
+    already ingested. A new incident costs three round trips: the receipt with the grouping overrides,
+    the upsert with what a new incident is owed, the commit."""
+    with rt.db.pipelined() as conn:
+        taken = store.take_receipt_later(conn, message_id) if message_id else (lambda: True)
+        overrides = grouping.current(conn)   # read with the receipt: one round trip
+        if not taken():
+            return None   # redelivered after its acknowledgement was lost: already counted
+        return accept(conn, events, rt, overrides=overrides)
 
 
 def _reject(rt, error: str, text: str) -> int:

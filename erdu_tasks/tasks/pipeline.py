@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -36,28 +37,41 @@ def escalate_in_tx(conn: psycopg.Connection, incident: Incident, *, reason: str,
 
 def commander_context(conn: psycopg.Connection, rt: Runtime, incident: Incident) -> commander.CommanderContext:
     """Gather what the commander weighs."""
+    return commander_context_later(conn, rt, incident)()
+
+
+def commander_context_later(conn: psycopg.Connection, rt: Runtime,
+                            incident: Incident) -> Callable[[], commander.CommanderContext]:
+    """commander_context with its reads sent now, together, and the context built when called."""
     from erdu_tasks.fixer.engine import matching_runbooks   # the fixer's runbook engine
 
     ccfg, lcfg = _configs(rt)
-    records = history.runbook_records(conn, incident.fingerprint)
-    stats = {name: (r["attempts"], r["successes"]) for name, r in records.items()}
-    runbooks = [commander.RunbookRecord(rb.name, *stats.get(rb.name, (0, 0)),
-                                        (records.get(rb.name) or {}).get("last_outcome"), remedial=rb.remedial)
-                for rb in matching_runbooks(rt, incident, stats)]
-    services, user_facing, dependants, user_facing_dependants = _blast_radius(rt, incident)
-    return commander.CommanderContext(
-        now=datetime.now(timezone.utc),
-        config=ccfg,
-        open_incidents=max(0, store.count_open(conn) - (1 if incident.is_open else 0)),
-        user_facing=user_facing,
-        dependants=dependants,
-        user_facing_dependants=user_facing_dependants,
-        recent_recurrences=history.recent_recurrences(conn, incident,
-                                                      window_seconds=rt.settings.flap_window_seconds),
-        runbooks=runbooks,
-        auto_min_success=lcfg.auto_resolve_min_success,
-        auto_min_samples=lcfg.auto_resolve_min_samples,
-    )
+    records_later = history.runbook_records_later(conn, incident.fingerprint)
+    open_later = store.count_open_later(conn)
+    recurrences_later = history.recent_recurrences_later(conn, incident,
+                                                         window_seconds=rt.settings.flap_window_seconds)
+
+    def context() -> commander.CommanderContext:
+        records = records_later()
+        stats = {name: (r["attempts"], r["successes"]) for name, r in records.items()}
+        runbooks = [commander.RunbookRecord(rb.name, *stats.get(rb.name, (0, 0)),
+                                            (records.get(rb.name) or {}).get("last_outcome"), remedial=rb.remedial)
+                    for rb in matching_runbooks(rt, incident, stats)]
+        services, user_facing, dependants, user_facing_dependants = _blast_radius(rt, incident)
+        return commander.CommanderContext(
+            now=datetime.now(timezone.utc),
+            config=ccfg,
+            open_incidents=max(0, open_later() - (1 if incident.is_open else 0)),
+            user_facing=user_facing,
+            dependants=dependants,
+            user_facing_dependants=user_facing_dependants,
+            recent_recurrences=recurrences_later(),
+            runbooks=runbooks,
+            auto_min_success=lcfg.auto_resolve_min_success,
+            auto_min_samples=lcfg.auto_resolve_min_samples,
+        )
+
+    return context
 
 
 def _configs(rt: Runtime) -> tuple[commander.CommanderConfig, history.LearningConfig]:
@@ -92,9 +106,10 @@ def _advice_note(conn: psycopg.Connection, incident_id: str, decision: commander
 
 
 def _assess(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str) -> Stage | None:
+    context = commander_context_later(conn, rt, incident)   # sent with the gate's read: one round trip
     if escalation.gate_before_assess(conn, rt.gates, incident, worker=worker):   # silenced: parked; the sweeper resumes it
         return None
-    thought = rt.brains.commander.assess(incident, commander_context(conn, rt, incident))
+    thought = rt.brains.commander.assess(incident, context())
     decision = thought.value
     assessment = {**decision.as_dict(), "brain": thought.note()}
     _brain_note(conn, incident.id, "commander", thought, worker)
@@ -114,7 +129,8 @@ def _assess(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: s
                              actor="commander", worker=worker, what=what,
                              updates={"severity": decision.severity, "assessment": assessment,
                                       "auto_resolved": auto},
-                             details={"reasons": decision.reasons, "brain": thought.note()})
+                             details={"reasons": decision.reasons, "brain": thought.note()},
+                             status_now=incident.status)
     if moved is None:
         return None
     return Stage.FIX if auto else Stage.DIAGNOSE
@@ -177,14 +193,20 @@ def reassess(self: ErduTask, incident_id: str) -> bool:
 
 def diagnostician_context(conn: psycopg.Connection, rt: Runtime,
                           incident: Incident) -> diagnostician.DiagnosticianContext:
-    """Gather the evidence: related incidents, the pattern's history and fixes, log lines, runbook hints."""
+    """Gather the evidence: related incidents, the pattern's history and fixes, log lines, runbook hints.
+
+    The reads are sent together (one round trip on a pipelined connection), then read; the log window's
+    owners, when the incident names a log file, are looked up after the file is read."""
     from erdu_tasks.fixer.engine import matching_runbooks
 
     _, lcfg = _configs(rt)
+    related_later = _related_later(conn, rt, incident)
+    records_later = history.runbook_records_later(conn, incident.fingerprint)
+    pattern_later = history.pattern_later(conn, incident.fingerprint)
     related = [diagnostician.Related(r["id"], r["title"], r["status"], r["score"], r["root_cause"],
                                      r["same_fingerprint"], r["runbook"], r["resolved_by"], r["created_at"])
-               for r in _related(conn, rt, incident)]
-    records = history.runbook_records(conn, incident.fingerprint)
+               for r in related_later()]
+    records = records_later()
     fixes = [diagnostician.FixRecord(name, r["attempts"], r["successes"],
                                      history.success_rate(r["attempts"], r["successes"],
                                                           lcfg.auto_resolve_min_samples), r["last_outcome"])
@@ -192,7 +214,7 @@ def diagnostician_context(conn: psycopg.Connection, rt: Runtime,
     stats = {name: (r["attempts"], r["successes"]) for name, r in records.items()}
     return diagnostician.DiagnosticianContext(
         related=related,
-        pattern=_pattern_history(conn, incident.fingerprint),
+        pattern=_pattern_history_of(pattern_later()),
         fixes=fixes,
         log=_log_evidence(conn, rt, incident, lcfg),
         runbook_hints={rb.name: rb.diagnosis_hint or rb.description or rb.name
@@ -202,17 +224,27 @@ def diagnostician_context(conn: psycopg.Connection, rt: Runtime,
 
 def _related(conn: psycopg.Connection, rt: Runtime, incident: Incident) -> list[dict]:
     """The incident's related incidents: searched once (kept on the incident by the diagnostician), then re-read."""
+    return _related_later(conn, rt, incident)()
+
+
+def _related_later(conn: psycopg.Connection, rt: Runtime, incident: Incident) -> Callable[[], list[dict]]:
+    """_related, sent now; the search's result is kept on the incident when read."""
     if incident.related is not None:
-        return history.refresh_related(conn, incident.related)
+        return history.refresh_related_later(conn, incident.related)
     _, lcfg = _configs(rt)
-    incident.related = history.related_incidents(conn, incident, limit=lcfg.related_limit,
-                                                 min_score=lcfg.related_min_score,
-                                                 lookback_days=lcfg.related_lookback_days)
-    return incident.related
+    found = history.related_incidents_later(conn, incident, limit=lcfg.related_limit,
+                                            min_score=lcfg.related_min_score,
+                                            lookback_days=lcfg.related_lookback_days)
+
+    def kept() -> list[dict]:
+        incident.related = found()
+        return incident.related
+
+    return kept
 
 
-def _pattern_history(conn: psycopg.Connection, fingerprint: str) -> diagnostician.PatternHistory:
-    pat = history.pattern(conn, fingerprint) or {}
+def _pattern_history_of(pat: dict | None) -> diagnostician.PatternHistory:
+    pat = pat or {}
     return diagnostician.PatternHistory(
         incidents=int(pat.get("incidents", 0)), occurrences=int(pat.get("occurrences", 0)),
         resolved=int(pat.get("resolved", 0)), escalated=int(pat.get("escalated", 0)),
@@ -272,7 +304,8 @@ def _diagnose(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker:
                                       "root_cause": result.root_cause if result.established else None,
                                       "related": incident.related},
                              details={"evidence": result.evidence, "skill_gaps": result.skill_gaps,
-                                      "related": [r["id"] for r in result.related], "brain": thought.note()})
+                                      "related": [r["id"] for r in result.related], "brain": thought.note()},
+                             status_now=incident.status)
     return Stage.FIX if moved else None
 
 
@@ -289,17 +322,28 @@ def diagnose(self: ErduTask, incident_id: str) -> Stage | None:
 
 def close_incident(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str, *,
                    actor: str = "resolver", human: bool = False) -> bool:
-    """Write the report, learn from the incident and move it resolved -> closed."""
-    notified = escalation.on_resolved(conn, incident, worker=worker)   # stop escalation, resolve notices, children
-    fyi = resolver.fyi_reason(incident, notified=notified)
+    """Write the report, learn from the incident and move it resolved -> closed.
+
+    On a pipelined connection this takes three round trips after the incident was read: the escalation's
+    stop goes with every read the resolver and the report need; the close and its learning go with the
+    read-back of the closed incident; the commit comes after the report is written (a failure to write it
+    rolls the close back). An incident that was escalated, has children or pages an FYI takes a few more.
+    """
+    _, lcfg = _configs(rt)
+    resolved_later = escalation.on_resolved_later(conn, incident, worker=worker)   # stop escalation, notices, children
+    timeline_later = store.timeline_later(conn, incident.id)
+    context_later = _resolver_context_later(conn, rt, incident)
+    situation_later = history.same_situation_later(conn, incident, window_seconds=lcfg.situation_window_seconds)
+    done = resolved_later()
+    fyi = resolver.fyi_reason(incident, notified=done.notified)
     if fyi is not None:   # a P1 closed without a repair: the policy's first level hears of it
         entry = rt.catalog.services.get(incident.service or "")
         escalation.queue_fyi(conn, incident, escalation.escalation_config(rt.settings.escalation,
                                                                           rt.settings.alerts_dir),
                              reason=fyi, policy_name=entry.escalation_policy if entry else None, worker=worker)
-    incident.timeline = store.timeline(conn, incident.id)
-    _, lcfg = _configs(rt)
-    ctx = _resolver_context(conn, rt, incident)
+    # The timeline as the resolver sees it: read again only if the close's escalation part wrote to it.
+    incident.timeline = store.timeline(conn, incident.id) if done.wrote_timeline or fyi else timeline_later()
+    ctx, records = context_later()
     related = ctx.related
     thought = rt.brains.resolver.resolve(incident, ctx)
     resolution = thought.value
@@ -312,42 +356,59 @@ def close_incident(conn: psycopg.Connection, rt: Runtime, incident: Incident, wo
     moved = store.transition(conn, incident.id, expected=[Status.RESOLVED], to=Status.CLOSED, actor=actor,
                              worker=worker, what=f"closed; report {md_path.name}", updates=updates,
                              details={"summary": resolution.summary, "report_json": str(json_path),
-                                      "brain": thought.note()})
+                                      "brain": thought.note()},
+                             status_now=incident.status)
     if moved is None:
         return False
     history.record_resolution(conn, incident, human=human)
     # The report is written after the close so its timeline and learned numbers include this incident;
     # a failure to write it rolls the close back and the stage is retried.
-    closed = store.get_incident(conn, incident.id, with_timeline=True) or incident
+    closed_later = store.get_incident_later(conn, incident.id, with_timeline=True)
+    pattern_later = history.pattern_later(conn, incident.fingerprint)
+    children = (inhibition.children_of_later(conn, incident.id) if done.wrote_timeline else lambda: [])
+    closed = closed_later() or incident
     report = build_report(closed, {**resolution.as_dict(), "brain": thought.note()}, related=related,
-                          learning=pattern_learning(conn, rt, incident.fingerprint, lcfg),
-                          children=inhibition.children_of(conn, incident.id),
-                          situation=history.same_situation(conn, closed,
-                                                           window_seconds=lcfg.situation_window_seconds))
+                          learning=_learning(rt, pattern_later(), records, lcfg),
+                          children=children(), situation=situation_later())
     write_report(rt.settings.reports_dir, report)
     return True
 
 
 def _resolver_context(conn: psycopg.Connection, rt: Runtime, incident: Incident) -> resolver.ResolverContext:
     """What the resolver (and the interim report) know beyond the incident: blast radius, history, related."""
+    return _resolver_context_later(conn, rt, incident)()[0]
+
+
+def _resolver_context_later(conn: psycopg.Connection, rt: Runtime, incident: Incident
+                            ) -> Callable[[], tuple[resolver.ResolverContext, dict[str, dict]]]:
+    """_resolver_context with its reads sent now; called, the context and the runbook records it read."""
     _, lcfg = _configs(rt)
-    services, user_facing, dependants, user_facing_dependants = _blast_radius(rt, incident)
-    records = history.runbook_records(conn, incident.fingerprint)
-    used = records.get((incident.fix or {}).get("runbook") or "", {})
-    known = None if incident.root_cause else history.last_root_cause(conn, incident.fingerprint, exclude=incident.id)
-    return resolver.ResolverContext(
-        now=datetime.now(timezone.utc),
-        user_facing=user_facing,
-        user_facing_dependants=user_facing_dependants,
-        dependants=dependants,
-        pattern=_pattern_history(conn, incident.fingerprint),
-        runbook_attempts=int(used.get("attempts", 0)),
-        runbook_successes=int(used.get("successes", 0)),
-        known_root_cause=known["root_cause"] if known else None,
-        known_root_cause_from=known["id"] if known else None,
-        related=_related(conn, rt, incident),
-        min_samples=lcfg.auto_resolve_min_samples,
-    )
+    records_later = history.runbook_records_later(conn, incident.fingerprint)
+    pattern_later = history.pattern_later(conn, incident.fingerprint)
+    known_later = (lambda: None) if incident.root_cause else history.last_root_cause_later(
+        conn, incident.fingerprint, exclude=incident.id)
+    related_later = _related_later(conn, rt, incident)
+
+    def context() -> tuple[resolver.ResolverContext, dict[str, dict]]:
+        services, user_facing, dependants, user_facing_dependants = _blast_radius(rt, incident)
+        records = records_later()
+        used = records.get((incident.fix or {}).get("runbook") or "", {})
+        known = known_later()
+        return resolver.ResolverContext(
+            now=datetime.now(timezone.utc),
+            user_facing=user_facing,
+            user_facing_dependants=user_facing_dependants,
+            dependants=dependants,
+            pattern=_pattern_history_of(pattern_later()),
+            runbook_attempts=int(used.get("attempts", 0)),
+            runbook_successes=int(used.get("successes", 0)),
+            known_root_cause=known["root_cause"] if known else None,
+            known_root_cause_from=known["id"] if known else None,
+            related=related_later(),
+            min_samples=lcfg.auto_resolve_min_samples,
+        ), records
+
+    return context
 
 
 def report_so_far(conn: psycopg.Connection, rt: Runtime, incident_id: str) -> dict | None:
@@ -394,8 +455,14 @@ def current_report(conn: psycopg.Connection, rt: Runtime, incident_id: str) -> t
 
 def pattern_learning(conn: psycopg.Connection, rt: Runtime, fingerprint: str, lcfg: history.LearningConfig) -> dict:
     """What the pattern's counters say now (for the report and the console): runbook rates, auto-resolution."""
-    pat = _pattern_history(conn, fingerprint)
-    records = history.runbook_records(conn, fingerprint)
+    pattern_later = history.pattern_later(conn, fingerprint)
+    records_later = history.runbook_records_later(conn, fingerprint)
+    return _learning(rt, pattern_later(), records_later(), lcfg)
+
+
+def _learning(rt: Runtime, pattern: dict | None, records: dict[str, dict], lcfg: history.LearningConfig) -> dict:
+    """pattern_learning from the pattern's row and its runbook records, as read."""
+    pat = _pattern_history_of(pattern)
     loaded = {rb.name: rb for rb in rt.runbooks.runbooks}
     runbooks = [commander.RunbookRecord(name, r["attempts"], r["successes"], r["last_outcome"],
                                         remedial=loaded[name].remedial if name in loaded else True)

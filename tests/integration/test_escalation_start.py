@@ -13,7 +13,8 @@ from erdu_tasks.escalation.sweep import MISSING_RUN
 from erdu_tasks.model import Status
 from erdu_tasks.store import incidents as store
 from erdu_tasks.store.db import Database
-from erdu_tasks.tasks.base import begin_stage
+from erdu_tasks.names import Stage
+from erdu_tasks.tasks.base import drive_stage
 from erdu_tasks.tasks.pipeline import escalate_in_tx
 from tests.integration.escalation_support import db, endpoints, redis_client, t0  # noqa: F401 (fixtures)
 from tests.integration.escalation_support import (
@@ -31,7 +32,7 @@ def live_runs(db: Database, incident_id: str) -> list[dict]:
 
 
 class _Task:
-    """What begin_stage needs from a Celery task: run the step (no retries here)."""
+    """What drive_stage needs from a Celery task: run the step (no retries here)."""
 
     name = "erdu.fix"
 
@@ -47,7 +48,10 @@ def test_a_poisoned_stage_parked_for_a_person_opens_its_escalation_run_at_once(d
             store.stage_started(conn, iid, "fix")
     rt = SimpleNamespace(db=db, settings=SimpleNamespace(max_worker_crashes=3))
 
-    assert begin_stage(_Task(), rt, "fix", iid, "fixer-1") is False, "the fourth start is refused: parked"
+    def body(*_):
+        raise AssertionError("a parked stage's body does not run")
+
+    assert drive_stage(_Task(), rt, Stage.FIX, iid, body, "fixer-1") is None, "the fourth start is refused: parked"
 
     with db.transaction() as conn:
         incident = store.get_incident(conn, iid)
