@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timedelta, timezone
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -160,12 +161,13 @@ def _pipeline_stack(url: str) -> BenchStack:
     return stack
 
 
-def _stage_p50(conn: psycopg.Connection, keys: list[str]) -> dict[str, float]:
+def _stage_p50(conn: psycopg.Connection, keys: list[str], since: datetime) -> dict[str, float]:
     """Per role, p50 ms from the previous role's last timeline row to its own last one."""
     rows = conn.execute(
         "SELECT t.incident_id, t.actor, extract(epoch FROM t.at)::float8 AS at, extract(epoch FROM i.created_at)::float8"
         " AS created FROM incident_timeline t JOIN incidents i ON i.id = t.incident_id"
-        " WHERE i.error_details->>'dedup_key' = ANY(%s) ORDER BY t.incident_id, t.at, t.id", (keys,)).fetchall()
+        " WHERE i.created_at >= %s AND i.error_details->>'dedup_key' = ANY(%s) ORDER BY t.incident_id, t.at, t.id",
+        (since, keys)).fetchall()
     per: dict[str, list[float]] = {}
     by_incident: dict[str, list[dict]] = {}
     for r in rows:
@@ -208,27 +210,29 @@ def measure_pipeline(stack: BenchStack, size: int, serial: int, burst: int, repe
             return at
 
         tag = f"h{size}-"
+        # Polls read only what this run created, and the polling connection's own CPU is not the pipeline's.
+        since, poller = datetime.now(timezone.utc) - timedelta(minutes=1), (conn.info.backend_pid,)
         for i in range(5):
             send(f"{tag}warm-{i}")
-        wait_closed(conn, f"{tag}warm-", 5, 120)
+        wait_closed(conn, f"{tag}warm-", 5, 120, since)
         latency = []
         for i in range(serial):
             key = f"{tag}serial-{i}"
             at = send(key)
-            wait_closed(conn, key, 1, 60)
-            latency.append((closed_times(conn, [key])[key] - at) * 1000)
+            wait_closed(conn, key, 1, 60, since)
+            latency.append((closed_times(conn, [key], since)[key] - at) * 1000)
         out["serial_p50_ms"], out["serial_p95_ms"] = percentile(latency, 0.5), percentile(latency, 0.95)
-        cpu0 = sum(tree_cpu(stack.workers[r].pid) for r in PIPELINE_ROLES) + backend_cpu(stack.db_name)
+        cpu0 = sum(tree_cpu(stack.workers[r].pid) for r in PIPELINE_ROLES) + backend_cpu(stack.db_name, poller)
         keys = [f"{tag}burst-{i}" for i in range(burst)]
         sent = {k: send(k) for k in keys}
-        wait_closed(conn, f"{tag}burst-", burst, max(300, burst))
-        cpu = sum(tree_cpu(stack.workers[r].pid) for r in PIPELINE_ROLES) + backend_cpu(stack.db_name) - cpu0
-        closed = closed_times(conn, keys)
+        wait_closed(conn, f"{tag}burst-", burst, max(300, burst), since)
+        cpu = sum(tree_cpu(stack.workers[r].pid) for r in PIPELINE_ROLES) + backend_cpu(stack.db_name, poller) - cpu0
+        closed = closed_times(conn, keys, since)
         lat = [(closed[k] - sent[k]) * 1000 for k in keys]
         out["burst_p50_ms"], out["burst_p95_ms"] = percentile(lat, 0.5), percentile(lat, 0.95)
         out["burst_per_s"] = burst / (max(closed.values()) - min(sent.values()))
         out["cpu_ms_per_incident"] = 1000 * cpu / burst
-        for role, ms in _stage_p50(conn, keys).items():
+        for role, ms in _stage_p50(conn, keys, since).items():
             out[f"stage_{role}_p50_ms"] = ms
     runs = max(3, repeat // 5)
     out["cli_stats_ms"] = statistics.median(_command_ms(stack, "stats") for _ in range(runs))
