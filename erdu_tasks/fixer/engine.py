@@ -18,6 +18,7 @@ from erdu_tasks.fixer.urlguard import DEFAULT_POLICY, UrlPolicy
 from erdu_tasks.catalog import CATALOG_FIELDS
 from erdu_tasks.errors import PermanentError
 from erdu_tasks.model import Incident
+from erdu_tasks.roles.fixer import RunCount
 from erdu_tasks.store import incidents as store
 from erdu_tasks.store.db import later
 from erdu_tasks.fixer.runbooks import MatchInput, Runbook, RunbookSet
@@ -91,6 +92,39 @@ def recent_runs_later(conn: psycopg.Connection, runbooks: list[Runbook], service
         return {name: tuple(times) for name, times in out.items()}
 
     return later(runs)
+
+
+def run_counts_later(conn: psycopg.Connection, runbooks: list[Runbook], restarting: list[Runbook],
+                     service: str | None, *, exclude: str, now: datetime
+                     ) -> Callable[[], tuple[dict[str, RunCount], dict[str, RunCount]]]:
+    """recent_runs counted by Postgres instead of fetched: per runbook, its runs on this service for other
+    incidents within its own limit window ending at `now` (how many, and the latest start); and per restart
+    runbook among them, the service's restarts by any of the `restarting` runbooks in that window (the
+    back-off of a restart counts those). Sent now, read when called; a run that found nothing to do is not
+    counted, as in recent_runs."""
+    if not runbooks:
+        return lambda: ({}, {})
+    # `service = x` or `service IS NULL`, not IS NOT DISTINCT FROM, so the (runbook, service, started_at) index applies.
+    same_service = "r.service IS NULL" if service is None else "r.service = %(service)s"
+    counted = ("SELECT w.runbook, count(r.started_at) AS runs, max(r.started_at) AS latest"
+               " FROM unnest(%(names)s::text[], %(windows)s::float8[]) AS w(runbook, secs)"
+               " LEFT JOIN runbook_runs r ON r.runbook {which} AND " + same_service +
+               " AND r.incident_id <> %(exclude)s AND r.outcome IS DISTINCT FROM 'not_needed'"
+               " AND r.started_at > %(now)s - make_interval(secs => w.secs) GROUP BY w.runbook")
+    params = {"service": service, "exclude": exclude, "now": now}
+    own = conn.execute(counted.format(which="= w.runbook"),
+                       {**params, "names": [rb.name for rb in runbooks],
+                        "windows": [float(rb.limits.per_seconds) for rb in runbooks]})
+    restarts_of = [rb for rb in runbooks if rb.restarts]
+    restarts = conn.execute(counted.format(which="= ANY(%(restarting)s)"),
+                            {**params, "names": [rb.name for rb in restarts_of],
+                             "windows": [float(rb.limits.per_seconds) for rb in restarts_of],
+                             "restarting": [rb.name for rb in restarting]}) if restarts_of and restarting else None
+
+    def read(cur: Any) -> dict[str, RunCount]:
+        return {r["runbook"]: RunCount(int(r["runs"]), r["latest"]) for r in cur.fetchall()} if cur else {}
+
+    return later(lambda: (read(own), read(restarts)))
 
 
 def claim_run(conn: psycopg.Connection, incident: Incident, attempt: int, runbook: Runbook) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from erdu_tasks.model import Incident, Status
 
@@ -42,6 +42,14 @@ class Outcome(StrEnum):
     ESCALATE_SKILL_GAP = "escalate_skill_gap"
     ESCALATE_RATE_LIMITED = "escalate_rate_limited"
     ESCALATE_CRASH_LOOP = "escalate_crash_loop"
+
+
+class RunCount(NamedTuple):
+    """Runs in a limit window ending at the plan's `now`, counted where they are kept (Postgres)."""
+
+    count: int
+    latest: datetime | None
+    """The start of the latest of them (None without runs)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,12 @@ class Candidate:
     service_restarts: tuple[datetime, ...] = ()
     """Start times of restarts of the incident's service by any runbook (other incidents): the back-off of a
     restart runbook counts these, so two incidents of one outage do not restart the service twice at once."""
+    runs_counted: RunCount | None = None
+    """recent_runs already counted in this candidate's window (what the fix task loads); recent_runs is then
+    not read."""
+    restarts_counted: RunCount | None = None
+    """service_restarts already counted in this candidate's window (for a restart runbook); service_restarts is
+    then not read."""
 
 
 @dataclass(frozen=True)
@@ -122,21 +136,37 @@ def runs_in_window(candidate: Candidate, now: datetime) -> int:
 
     Naive datetimes are taken as UTC; runs stamped in the future (clock skew) count as recent.
     """
-    start = _utc(now) - timedelta(seconds=candidate.per_seconds)
-    return sum(1 for t in candidate.recent_runs if _utc(t) > start)
+    if candidate.runs_counted is not None:
+        return candidate.runs_counted.count
+    return _in_window(candidate.recent_runs, candidate.per_seconds, now).count
+
+
+def _in_window(times: Sequence[datetime], per_seconds: float, now: datetime) -> RunCount:
+    """How many of `times` fall in the window of `per_seconds` ending at `now`, and the latest of those."""
+    start = _utc(now) - timedelta(seconds=per_seconds)
+    recent = [u for u in map(_utc, times) if u > start]
+    return RunCount(len(recent), max(recent) if recent else None)
 
 
 def backoff_delay(candidate: Candidate, now: datetime) -> float:
     """Seconds still to wait before the next run: `backoff` after one earlier run in the window, twice that
     after two, ... at most `backoff_max`, counted from the latest run. 0 without earlier runs. For a restart
     runbook the earlier runs are the service's restarts by any runbook."""
-    start = _utc(now) - timedelta(seconds=candidate.per_seconds)
-    runs = candidate.service_restarts if candidate.restarts and candidate.service_restarts else candidate.recent_runs
-    recent = sorted(_utc(t) for t in runs if _utc(t) > start)
-    if not recent or candidate.backoff <= 0:
+    if candidate.backoff <= 0:
         return 0.0
-    wait = min(candidate.backoff * 2 ** (len(recent) - 1), candidate.backoff_max)
-    return max(0.0, wait - (_utc(now) - recent[-1]).total_seconds())
+    restarts = candidate.restarts_counted
+    if candidate.restarts and restarts is not None and restarts.count:
+        counted = restarts
+    elif candidate.restarts and restarts is None and candidate.service_restarts:
+        counted = _in_window(candidate.service_restarts, candidate.per_seconds, now)
+    elif candidate.runs_counted is not None:
+        counted = candidate.runs_counted
+    else:
+        counted = _in_window(candidate.recent_runs, candidate.per_seconds, now)
+    if not counted.count or counted.latest is None:
+        return 0.0
+    wait = min(candidate.backoff * 2 ** (counted.count - 1), candidate.backoff_max)
+    return max(0.0, wait - (_utc(now) - _utc(counted.latest)).total_seconds())
 
 
 def _chosen(incident: Incident, ctx: FixContext) -> tuple[Candidate | None, str | None]:

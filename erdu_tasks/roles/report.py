@@ -7,6 +7,7 @@ import json
 import os
 import re
 from datetime import datetime
+from json.encoder import encode_basestring_ascii as _encode_str   # C: what json.dumps uses for text
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from erdu_tasks.model import Incident
 
 _ID = re.compile(r"^INC-\d{14}-[0-9a-f]{8}$")
 _MARKUP = re.compile(r"([\\`*_\[\]<>|~])")
+# What makes _escape change a text: a markup character or a line break (every one str.splitlines breaks on).
+_NEEDS_ESCAPE = re.compile(r"[\\`*_\[\]<>|~\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
 class _Verbatim(str):
@@ -30,6 +33,8 @@ def _escape(value: Any) -> Any:
     """
     if value is None or isinstance(value, (_Verbatim, bool, int, float)):
         return value
+    if type(value) is str and _NEEDS_ESCAPE.search(value) is None:   # most text: nothing to escape
+        return value
     text = " ".join(str(value).splitlines())
     return _MARKUP.sub(r"\\\1", text)
 
@@ -39,12 +44,27 @@ def _environment() -> Any:
     """The report's Jinja environment, made with the first report (a worker that writes none never loads Jinja)."""
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
-    env = Environment(loader=PackageLoader("erdu_tasks", "templates"), undefined=StrictUndefined,
+    class ReportEnvironment(Environment):
+        """`r.key` on the report's plain dicts reads the key first, without the failed attribute lookup Jinja
+        tries first (a name no dict has as an attribute: the same answer either way)."""
+
+        def getattr(self, obj: Any, attribute: str) -> Any:
+            if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+                try:
+                    return obj[attribute]
+                except KeyError:
+                    return self.undefined(obj=obj, name=attribute)
+            return super().getattr(obj, attribute)
+
+    env = ReportEnvironment(loader=PackageLoader("erdu_tasks", "templates"), undefined=StrictUndefined,
                       keep_trailing_newline=True, autoescape=False, trim_blocks=True, lstrip_blocks=True,
                       finalize=_escape,
                       auto_reload=False)   # the template ships with the code: no stat of it per report
     env.filters.update(cell=_cell, dur=human_duration, code=_code, rendered=_rendered)
     return env
+
+
+_DICT_ATTRIBUTES = frozenset(dir(dict))
 
 
 def _cell(value: Any, width: int = 200) -> str:
@@ -208,7 +228,7 @@ def phases(incident: Incident) -> list[dict[str, Any]]:
 
 def render_markdown(report: dict[str, Any]) -> str:
     """The Markdown report people read."""
-    return _environment().get_template("report.md.j2").render(r=_Attr(report))
+    return _environment().get_template("report.md.j2").render(r=report)
 
 
 def report_paths(directory: Path, incident_id: str) -> tuple[Path, Path]:
@@ -222,7 +242,7 @@ def write_report(directory: Path, report: dict[str, Any]) -> tuple[Path, Path]:
     """Write <id>.json and <id>.md atomically."""
     json_path, md_path = report_paths(directory, report["id"])
     directory.mkdir(parents=True, exist_ok=True)
-    _atomic_write(json_path, json.dumps(report, indent=2, default=str))
+    _atomic_write(json_path, dumps_indented(report))
     _atomic_write(md_path, render_markdown(report))
     return json_path, md_path
 
@@ -237,19 +257,76 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-class _Attr(dict):
-    """Dict with attribute access for templates (nested)."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return _wrap(self[name])
-        except KeyError:
-            raise AttributeError(name) from None
+def dumps_indented(value: Any) -> str:
+    """`json.dumps(value, indent=2, default=str)`, character for character, without the pure-Python
+    iterencode that json falls back to whenever it indents (its C encoder does not indent)."""
+    parts: list[str] = []
+    _encode(value, parts, "\n")
+    return "".join(parts)
 
 
-def _wrap(value: Any) -> Any:
-    if isinstance(value, dict):
-        return _Attr(value)
-    if isinstance(value, list):
-        return [_wrap(v) for v in value]
-    return value
+def _encode(o: Any, out: list[str], newline: str) -> None:
+    # The order of json's own checks: str, None, True, False, int, float, list/tuple, dict, else default=str.
+    if isinstance(o, str):
+        out.append(_encode_str(o))
+    elif o is None:
+        out.append("null")
+    elif o is True:
+        out.append("true")
+    elif o is False:
+        out.append("false")
+    elif isinstance(o, int):
+        out.append(int.__repr__(o))
+    elif isinstance(o, float):
+        out.append(_float(o))
+    elif isinstance(o, (list, tuple)):
+        if not o:
+            out.append("[]")
+            return
+        inner = newline + "  "
+        out.append("[")
+        first = True
+        for item in o:
+            out.append(inner if first else "," + inner)
+            first = False
+            _encode(item, out, inner)
+        out.append(newline + "]")
+    elif isinstance(o, dict):
+        if not o:
+            out.append("{}")
+            return
+        inner = newline + "  "
+        out.append("{")
+        first = True
+        for key, item in o.items():
+            if isinstance(key, str):
+                pass
+            elif isinstance(key, float):
+                key = _float(key)
+            elif key is True:
+                key = "true"
+            elif key is False:
+                key = "false"
+            elif key is None:
+                key = "null"
+            elif isinstance(key, int):
+                key = int.__repr__(key)
+            else:
+                raise TypeError(f"keys must be str, int, float, bool or None, not {key.__class__.__name__}")
+            out.append((inner if first else "," + inner) + _encode_str(key) + ": ")
+            first = False
+            _encode(item, out, inner)
+        out.append(newline + "}")
+    else:
+        _encode(str(o), out, newline)
+
+
+def _float(o: float) -> str:
+    if o != o:
+        return "NaN"
+    if o == float("inf"):
+        return "Infinity"
+    if o == -float("inf"):
+        return "-Infinity"
+    return float.__repr__(o)
+

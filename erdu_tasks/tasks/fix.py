@@ -21,7 +21,7 @@ from erdu_tasks.app import app
 from erdu_tasks.model import Incident, Status
 from erdu_tasks.names import Stage
 from erdu_tasks.roles import fixer
-from erdu_tasks.roles.fixer import Candidate, FixContext, FixPlan, Outcome
+from erdu_tasks.roles.fixer import Candidate, FixContext, FixPlan, Outcome, RunCount
 from erdu_tasks.store.reconcile import LEASE_SECONDS, lease
 from erdu_tasks.runtime import Runtime
 from erdu_tasks.tasks.base import ErduTask, Outside, log, run_stage
@@ -42,7 +42,7 @@ def _fix(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str)
     fixing.serialize_fixes_of(conn, incident.service)
     now = datetime.now(timezone.utc)
     records = history.runbook_records_later(conn, incident.fingerprint)
-    runs = _recent_runs_later(conn, rt, incident, fixing.matching_runbooks(rt, incident))
+    runs = _recent_runs_later(conn, rt, incident, fixing.matching_runbooks(rt, incident), now)
     # A silence that began after the commander's check still stops the fix before anything runs.
     silence = None
     if incident.status is not Status.FIXING:
@@ -100,31 +100,29 @@ def _fix(conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str)
                                                       hold_seconds=hold))
 
 
-def _recent_runs_later(conn: psycopg.Connection, rt: Runtime, incident: Incident, runbooks: list[Runbook]
-                       ) -> Callable[[], tuple[dict[str, tuple[datetime, ...]], dict[str, tuple[datetime, ...]]]]:
-    """The recent runs of the matching runbooks on the service, and of every restarting runbook when one of
-    them restarts (sent now, read when called)."""
-    runs = fixing.recent_runs_later(conn, runbooks, incident.service, exclude=incident.id)
+def _recent_runs_later(conn: psycopg.Connection, rt: Runtime, incident: Incident, runbooks: list[Runbook],
+                       now: datetime) -> Callable[[], tuple[dict[str, RunCount], dict[str, RunCount]]]:
+    """The recent runs of the matching runbooks on the service, and the service's restarts by every restarting
+    runbook for those that restart, each counted in its runbook's window ending now (sent now, read when
+    called)."""
     restarting = [rb for rb in rt.runbooks.runbooks if rb.restarts]
-    restarts = fixing.recent_runs_later(conn, restarting, incident.service, exclude=incident.id) \
-        if any(rb.restarts for rb in runbooks) else (lambda: {})
-    return lambda: (runs(), restarts())
+    return fixing.run_counts_later(conn, runbooks, restarting, incident.service, exclude=incident.id, now=now)
 
 
 def _context(rt: Runtime, runbooks: list[Runbook], stats: dict[str, tuple[int, int]],
-             runs: dict[str, tuple[datetime, ...]], restarts: dict[str, tuple[datetime, ...]], *,
+             runs: dict[str, RunCount], restarts: dict[str, RunCount], *,
              now: datetime, silence_id: str | None) -> FixContext:
     """The facts the plan decides on: the matching runbooks (best first) with their recent runs."""
-    service_restarts = tuple(sorted(t for times in restarts.values() for t in times))
+    none = RunCount(0, None)
     candidates = []
     for rb in runbooks:
         attempts, successes = stats.get(rb.name, (0, 0))
         candidates.append(Candidate(
             name=rb.name, approval_required=rb.approval is Approval.REQUIRED, dry_run=rb.dry_run,
-            max_runs=rb.limits.max_runs, per_seconds=rb.limits.per_seconds, recent_runs=runs.get(rb.name, ()),
+            max_runs=rb.limits.max_runs, per_seconds=rb.limits.per_seconds, runs_counted=runs.get(rb.name, none),
             success_rate=successes / attempts if attempts else None, remedial=rb.remedial,
             restarts=rb.restarts, backoff=rb.backoff, backoff_max=rb.limits.backoff_max,
-            service_restarts=service_restarts if rb.restarts else ()))
+            restarts_counted=restarts.get(rb.name, none) if rb.restarts else None))
     return FixContext(now=now, candidates=tuple(candidates), silence_id=silence_id,
                       dry_run=bool(rt.settings.dry_run))
 

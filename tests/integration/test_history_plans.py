@@ -167,6 +167,25 @@ def test_the_runbook_rate_limit_reads_its_index_with_and_without_a_service(conn)
     assert conn.indexes() == {"runbook_runs_recent"} and not conn.seq_scans()
 
 
+def test_the_runbook_rate_limit_counts_in_its_index_with_and_without_a_service(conn):
+    from datetime import datetime, timezone
+
+    class Rb:
+        restarts = True
+
+        def __init__(self, name):
+            self.name = name
+            self.limits = type("L", (), {"per_seconds": 3600 * 24 * 365 * 3})()
+
+    now = datetime.now(timezone.utc)
+    listed = engine.recent_runs(conn, [Rb("restart-3")], "orders-3", exclude="none")["restart-3"]
+    own, restarts = engine.run_counts_later(conn, [Rb("restart-3")], [Rb("restart-3")], "orders-3",
+                                            exclude="none", now=now)()
+    assert own["restart-3"] == restarts["restart-3"] == (len(listed), max(listed))
+    engine.run_counts_later(conn, [Rb("restart-3")], [Rb("restart-3")], None, exclude="none", now=now)()
+    assert conn.indexes() == {"runbook_runs_recent"} and not conn.seq_scans()
+
+
 def test_incident_pages_by_cursor_read_the_created_index_from_the_cursor_on(conn):
     first = store.list_incidents(conn, limit=50)
     page = first

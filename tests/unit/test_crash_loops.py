@@ -72,3 +72,22 @@ def test_a_restart_runbook_backs_off_by_default_and_a_runbook_can_set_its_own():
                                   "actions": [{"action": "restart", "params": {"supervisor": "api"}}],
                                   "limits": {"max_runs": 5, "per_seconds": 300, "backoff": 0, "backoff_max": 5}})
     assert own.backoff == 0.0 and own.limits.backoff_max == 5
+
+
+@pytest.mark.parametrize("name, ages, wait", BACKOFF, ids=[b[0] for b in BACKOFF])
+def test_runs_counted_by_postgres_decide_as_the_runs_themselves(name, ages, wait):
+    """The fix task loads each runbook's runs counted in its window (how many, the latest): same plan."""
+    from erdu_tasks.roles.fixer import RunCount, runs_in_window
+
+    times = seconds_ago(*ages)
+    in_window = [t for t in times if t > NOW - timedelta(seconds=RESTART.per_seconds)]
+    counted = RunCount(len(in_window), max(in_window) if in_window else None)
+    for listed, loaded in ((replace(RESTART, recent_runs=times), replace(RESTART, runs_counted=counted)),
+                           (replace(RESTART, service_restarts=times),
+                            replace(RESTART, runs_counted=RunCount(0, None), restarts_counted=counted))):
+        assert runs_in_window(loaded, NOW) == runs_in_window(listed, NOW)
+        assert backoff_delay(loaded, NOW) == pytest.approx(backoff_delay(listed, NOW))
+        assert backoff_delay(loaded, NOW) == pytest.approx(wait)
+        a, b = (plan(incident(), FixContext(now=NOW, candidates=(c,))) for c in (listed, loaded))
+        assert (a.outcome, a.reasons, a.delay, a.restarts_in_window) == (b.outcome, b.reasons, b.delay,
+                                                                          b.restarts_in_window)
