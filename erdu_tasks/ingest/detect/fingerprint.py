@@ -61,7 +61,8 @@ _MONTH = (
     r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?"
 )
 _WEEKDAY = r"(?:Mon(?:day)?|Tue(?:s|sday)?|Wed(?:nesday)?|Thu(?:r|rs|rsday)?|Fri(?:day)?|Sat(?:urday)?|Sun(?:day)?),?"
-_TIME = r"\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:\s?[AaPp][Mm])?"
+_TIME_HOUR = r"\d{1,2}"
+_TIME = _TIME_HOUR + r":\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:\s?[AaPp][Mm])?"
 _TZ = r"(?:\s?(?:Z|UTC|GMT|[+-]\d{2}:?\d{2}|[A-Z]{3,4}(?=\s\d{4})))?"
 # Units of durations and sizes: a number with one of these is one value ("17 ms", "4 KB").
 _UNIT = (
@@ -75,40 +76,50 @@ _END = r"(?=$|[\s,;:)\]}|\"']|\.(?:\s|$))"
 _OCTET = r"\d\d?\d?"  # one to three digits (as \d{1,3}, written to start with a plain digit)
 # Characters that make up one "word" when judging whether a token holds a digit.
 _W = r"[^\s=,;:()\[\]{}<>\"'|]"
+_KV = r"[^\s,;&()\[\]{}<>\"'|]"  # a character of the value of key=value
 
+# Each rule that can start with an opening character class or literal does (a look-behind comes
+# after the first character, written one character longer, "(?<!x.)"): sre tests a branch's first
+# class before it enters the branch, so at a token no rule can start with the rule costs one test.
+# ("[0-9a-f][0-9a-f]{7}" is "[0-9a-f]{8}", "\d(?<![\w.:]\d)" is "(?<![\w.:])\d".)
 _PARTS = [
     # Dates and times: "Tue Jul 26 05:47:42 2005", "Jul  1 07:57:30", "2024-05-01T10:00:00Z".
-    rf"(?:{_WEEKDAY}\s+)?{_MONTH}\s+\d{{1,2}}(?:,?\s+{_TIME}{_TZ})?(?:,?\s+\d{{4}})?(?!\w)",
+    # (The look-ahead, the first letters of the names, spares every other token the two lists of names.)
+    rf"(?=[ADFJMNOSTW])(?:{_WEEKDAY}\s+)?{_MONTH}\s+\d{{1,2}}(?:,?\s+{_TIME}{_TZ})?(?:,?\s+\d{{4}})?(?!\w)",
     rf"\d\d\d\d-\d\d-\d\d(?:[T ]{_TIME})?{_TZ}",
     rf"\d\d?[/.-]{_MONTH}[/.-]\d{{2,4}}(?::{_TIME})?",
     # UUIDs, URLs, e-mail addresses.
-    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+    r"[0-9a-fA-F][0-9a-fA-F]{7}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
     r"[a-zA-Z][a-zA-Z0-9+.-]{1,15}://[^\s\"'<>]+",
-    r"[\w.!#$%&'*+/=?^`{|}~-]{1,64}@[\w-]+(?:\.[\w-]+)+",
+    r"[\w.!#$%&'*+/=?^`{|}~-][\w.!#$%&'*+/=?^`{|}~-]{0,63}@[\w-]+(?:\.[\w-]+)+",
     # Addresses: IPv6 (with a digit), IPv4 and host names with a port ("db.example.com:5432").
     r"(?<![\w:.])(?=[0-9a-fA-F]{0,4}:)(?=[0-9a-fA-F:]{0,44}\d)(?:[0-9a-fA-F]{0,4}:){2,7}(?:[0-9a-fA-F]{1,4}|\d{1,3}(?:\.\d{1,3}){3})"
     r"(?:%\w+)?(?![\w:])",
     rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?::\d{{1,5}})?(?![\w.])",
-    r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+:\d{1,5}(?![\w.])",
+    r"[A-Za-z0-9-][A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)+:\d{1,5}(?![\w.])",
     # File paths: /a/b, ./a, ~/a, C:\a\b (a single "/word" is a path too).
-    r"(?<![\w.:/~])(?:\.{1,2}|~)?/[\w.@%+~$:-]+(?:/[\w.@%+~$:-]*)*",
+    # ("./", "../", "~/" or "/", told apart by the first character, looked back at.)
+    r"[./~](?<![\w.:/~].)(?:(?<=\.)\.?/|(?<=~)/|(?<=/))[\w.@%+~$:-]+(?:/[\w.@%+~$:-]*)*",
     r"[A-Za-z]:\\[^\s\"'<>|]*",
     # Quoted values without spaces ('alice', "x-17"); a quoted sentence is text and stays.
     r"'[^'\s]{1,200}'(?!\w)",
     r"\"[^\"\s]{1,200}\"(?!\s*:)",
     # Durations and sizes with a unit, also "1.5 sec", "12.0 KB", "01:07:47".
     # (Not when the "unit" starts an e-mail address: "0 T|@a.com" is a number and an address.)
-    rf"[<>~≈]?[-+]?\d++(?:\.\d++)?\s?{_UNIT}{_END}(?![^\s@]*@[\w-]+\.)",
-    rf"(?<![\w.:]){_TIME}(?![\w:])",
+    # (The number is "[<>~≈]?[-+]?\d++", its first character read first: a digit, a sign or a comparison.)
+    rf"[<>~≈+\-\d](?:(?<=\d)\d*+|(?<=[<>~≈])[-+]?\d++|(?<=[-+])\d++)(?:\.\d++)?\s?{_UNIT}{_END}"
+    r"(?![^\s@]*@[\w-]+\.)",
+    rf"\d(?<![\w.:]\d)\d?{_TIME.removeprefix(_TIME_HOUR)}(?![\w:])",  # _TIME, its "\d{1,2}" as "\d\d?"
     # An empty value in brackets: "connection from <*> () at".
-    r"(?<!\S)(?:\(\)|\[\]|\{\})(?!\S)",
+    r"[(\[{][)\]}](?<=\(\)|\[\]|\{\})(?<!\S..)(?!\S)",
     # An account name after "user" that ends its clause: "for user alice by", "invalid user bob [".
-    r"(?<=(?<![\w-])[Uu]ser )[\w.@-]{1,64}(?=$|\s*[\[(,;]|\s+(?:from|by|on|at|to|for|in|with|via)\b)",
+    r"[\w.@-](?<=(?<![\w-])[Uu]ser .)[\w.@-]{0,63}(?=$|\s*[\[(,;]|\s+(?:from|by|on|at|to|for|in|with|via)\b)",
     # Any other token holding a digit (hex numbers and hashes included).
-    rf"{_W}*\d{_W}*",
+    # (The whole run of word characters, when it holds a digit: after a first digit, the rest of it.)
+    rf"{_W}(?:(?<=\d){_W}*+|{_W}*\d{_W}*)",
     # The value of key=value, whatever it holds (an empty value stays empty), except for the
     # keys that name what happened (msg=, error=, level=, ...).
-    r"(?<=[\w.\]-]=)" + "".join(rf"(?<!\b{k}=)" for k in _TEXT_KEYS) + r"[^\s,;&()\[\]{}<>\"'|]+",
+    rf"{_KV}(?<=[\w.\]-]=.)" + "".join(rf"(?<!\b{k}=.)" for k in _TEXT_KEYS) + rf"{_KV}*",
 ]
 # What each of _PARTS is, in the same order, as `erdu incidents why` names it.
 RULE_NAMES = (
@@ -122,8 +133,12 @@ assert len(RULE_NAMES) == len(_PARTS)
 # a "." or ":", then a space, "," ";", a bracket or the end (so no digit, "@", "://", ":port", "-"
 # in it), unless it follows "=" (key=value) or "user " (an account name) or is a month or weekday
 # name. Most tokens are plain words; skipping them here, before any rule is tried, is most of the speed.
-_PLAIN_WORD = (rf"(?<!=)(?<!ser )(?:[a-z]|(?!(?:{_WEEKDAY}|{_MONTH})(?![A-Za-z]))[A-Z])[A-Za-z]*"
-               r"[.:]?(?:[\s,;()\[\]]|$)")
+# (The first letter is read first, so a token that starts with no letter fails at once; the look-behinds
+# after it look one character further back, and "(?<!(?=...).)" says the word starting at that letter
+# is no month or weekday name. The quantifiers are possessive: giving back a letter or the "." could
+# never lead to a match.)
+_PLAIN_WORD = (rf"[A-Za-z](?<!=.)(?<!ser .)(?<!(?=(?:{_WEEKDAY}|{_MONTH})(?![A-Za-z])).)[A-Za-z]*+"
+               r"[.:]?+(?:[\s,;()\[\]]|$)")
 _START = rf"(?<!{_W})(?!\s|{_PLAIN_WORD})"
 _MASK_RE = re.compile(_START + "(?:" + "|".join(f"(?:{p})" for p in _PARTS) + ")")
 # Speed: a rule that needs a character the line does not hold cannot match anywhere in it, and
@@ -227,7 +242,21 @@ def fingerprint_uncached(message: str, service: str | None = None) -> Template:
         template, title = trace
     else:
         template = "\n".join(mask(line) for line in text.splitlines() if line.strip())[:MAX_TEMPLATE_CHARS]
-    return Template(template_key(template, service), template, title)
+    return _new_template(template_key(template, service), template, title)
+
+
+# Template(key, template, title) without running the frozen dataclass's __init__: the same three
+# slots set by their descriptors, not by object.__setattr__ from a Python-level __init__ (that
+# call costs a line's fingerprint a tenth of its pure-Python work).
+_set_key, _set_template, _set_title = Template.key.__set__, Template.template.__set__, Template.given_title.__set__
+
+
+def _new_template(key: str, template: str, title: str | None) -> Template:
+    made = object.__new__(Template)
+    _set_key(made, key)
+    _set_template(made, template)
+    _set_title(made, title)
+    return made
 
 
 @dataclass(frozen=True)
@@ -329,9 +358,27 @@ def clear_fingerprint_cache() -> None:
 
 
 def template_key(template: str, service: str | None = None) -> str:
-    """The stable hex key of a (service, template) pair."""
-    raw = f"{FINGERPRINT_VERSION}\x1f{service or ''}\x1f{template}".encode("utf-8", "surrogatepass")
-    return hashlib.blake2b(raw, digest_size=8).hexdigest()
+    """The stable hex key of a (service, template) pair: the hash of "version \\x1f service \\x1f template"."""
+    prefix = _KEY_PREFIXES.get(service)
+    if prefix is None:
+        prefix = _key_prefix(service)
+    h = prefix.copy()   # the prefix hashed once per service; hashing on from a copy gives the same digest
+    h.update(template.encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+_KEY_PREFIXES: dict[str | None, hashlib.blake2b] = {}
+MAX_KEY_PREFIXES = 1024
+"""Services whose hashed key prefix is kept (a few in practice; past this many the others are hashed each time)."""
+
+
+def _key_prefix(service: str | None) -> hashlib.blake2b:
+    """A hash of the key's text before the template, kept for the next key of the same service."""
+    prefix = hashlib.blake2b(f"{FINGERPRINT_VERSION}\x1f{service or ''}\x1f".encode("utf-8", "surrogatepass"),
+                             digest_size=8)
+    if len(_KEY_PREFIXES) < MAX_KEY_PREFIXES:
+        _KEY_PREFIXES[service] = prefix
+    return prefix
 
 
 def make_title(template: str) -> str:
