@@ -30,17 +30,8 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 
 from bench._harness import PG_ADMIN_URL, write_json  # noqa: E402
+from bench.pipeline import RUNBOOK  # noqa: E402   # the same noop runbook the pipeline bench uses
 
-RUNBOOK = textwrap.dedent("""
-    runbooks:
-      - name: bench-noop
-        match: {title_pattern: "(?i)bench"}
-        actions:
-          - action: noop
-            params: {message: "nothing to do"}
-        validation: {check: noop}
-        limits: {max_runs: 1000000, per_seconds: 3600}
-""")
 STAGES = ("ingest", "assess", "diagnose", "fix", "resolve")
 
 

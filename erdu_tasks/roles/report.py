@@ -7,7 +7,6 @@ import json
 import os
 import re
 from datetime import datetime
-from json.encoder import encode_basestring_ascii as _encode_str   # C: what json.dumps uses for text
 from pathlib import Path
 from typing import Any
 
@@ -258,75 +257,6 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def dumps_indented(value: Any) -> str:
-    """`json.dumps(value, indent=2, default=str)`, character for character, without the pure-Python
-    iterencode that json falls back to whenever it indents (its C encoder does not indent)."""
-    parts: list[str] = []
-    _encode(value, parts, "\n")
-    return "".join(parts)
-
-
-def _encode(o: Any, out: list[str], newline: str) -> None:
-    # The order of json's own checks: str, None, True, False, int, float, list/tuple, dict, else default=str.
-    if isinstance(o, str):
-        out.append(_encode_str(o))
-    elif o is None:
-        out.append("null")
-    elif o is True:
-        out.append("true")
-    elif o is False:
-        out.append("false")
-    elif isinstance(o, int):
-        out.append(int.__repr__(o))
-    elif isinstance(o, float):
-        out.append(_float(o))
-    elif isinstance(o, (list, tuple)):
-        if not o:
-            out.append("[]")
-            return
-        inner = newline + "  "
-        out.append("[")
-        first = True
-        for item in o:
-            out.append(inner if first else "," + inner)
-            first = False
-            _encode(item, out, inner)
-        out.append(newline + "]")
-    elif isinstance(o, dict):
-        if not o:
-            out.append("{}")
-            return
-        inner = newline + "  "
-        out.append("{")
-        first = True
-        for key, item in o.items():
-            if isinstance(key, str):
-                pass
-            elif isinstance(key, float):
-                key = _float(key)
-            elif key is True:
-                key = "true"
-            elif key is False:
-                key = "false"
-            elif key is None:
-                key = "null"
-            elif isinstance(key, int):
-                key = int.__repr__(key)
-            else:
-                raise TypeError(f"keys must be str, int, float, bool or None, not {key.__class__.__name__}")
-            out.append((inner if first else "," + inner) + _encode_str(key) + ": ")
-            first = False
-            _encode(item, out, inner)
-        out.append(newline + "}")
-    else:
-        _encode(str(o), out, newline)
-
-
-def _float(o: float) -> str:
-    if o != o:
-        return "NaN"
-    if o == float("inf"):
-        return "Infinity"
-    if o == -float("inf"):
-        return "-Infinity"
-    return float.__repr__(o)
+    """The report as JSON, indented for people, anything JSON has no type for written as its str()."""
+    return json.dumps(value, indent=2, default=str)
 
