@@ -96,7 +96,7 @@ def run(args: argparse.Namespace, database_url: str) -> dict:
     base.hand_on = lambda *_: None   # no broker: the stages are driven here, in order
     rt = runtime()
     bodies = {"assess": (Stage.ASSESS, pipeline._assess), "diagnose": (Stage.DIAGNOSE, pipeline._diagnose),
-              "fix": (Stage.FIX, fix._fix), "resolve": (Stage.RESOLVE, pipeline._resolve)}
+              "fix": (Stage.FIX, fix.FIX_BODY), "resolve": (Stage.RESOLVE, pipeline._resolve)}
     profiles = {s: cProfile.Profile(time.process_time) for s in STAGES} if args.profile else {}
     cpu = {s: 0.0 for s in STAGES}
     wall = {s: 0.0 for s in STAGES}

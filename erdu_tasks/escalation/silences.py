@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
@@ -34,6 +34,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from erdu_tasks.settings.common import compile_pattern   # RE2, case-sensitive
+from erdu_tasks.store.db import later
 from erdu_tasks.settings.intervals import TimeIntervals, any_active
 from erdu_tasks.errors import ErduError
 from erdu_tasks.model import Incident, Severity, Status
@@ -340,12 +341,17 @@ def list_silences(conn: psycopg.Connection, *, now: datetime, include_expired: b
 
 def active_silences(conn: psycopg.Connection, now: datetime) -> list[Silence]:
     """Silences in force at now."""
-    rows = conn.execute(
+    return active_silences_later(conn, now)()
+
+
+def active_silences_later(conn: psycopg.Connection, now: datetime) -> Callable[[], list[Silence]]:
+    """active_silences, sent now and read when called (see store.db.later)."""
+    cur = conn.execute(
         "SELECT * FROM silences WHERE starts_at <= %(now)s AND ends_at > %(now)s"
         " AND (expired_at IS NULL OR expired_at > %(now)s)",
         {"now": now},
-    ).fetchall()
-    return [_row_to_silence(r) for r in rows]
+    )
+    return later(lambda: [_row_to_silence(r) for r in cur.fetchall()])
 
 
 def expire_silence(conn: psycopg.Connection, silence_id: str, *, who: str, now: datetime) -> Silence:

@@ -60,58 +60,41 @@ def serialize_fixes_of(conn: psycopg.Connection, service: str | None) -> None:
     """Plan one fix of a service at a time: a transaction-scoped lock on the service, held until the plan
     (and its claimed run) commits, so concurrent fixers of one service see each other's runs and the
     rate limit holds. Fixes of other services never wait; the lock is not held while actions run."""
-    conn.execute("SELECT pg_advisory_xact_lock(hashtext('erdu:fix:' || %s))", (service or "",))
+    conn.execute(f"SELECT {_SERVICE_LOCK}", {"service": service})
 
 
-def recent_runs(conn: psycopg.Connection, runbooks: list[Runbook], service: str | None, *,
-                exclude: str) -> dict[str, tuple[datetime, ...]]:
-    """Runbook name -> start times of its runs on this service for other incidents, within its limit window."""
-    return recent_runs_later(conn, runbooks, service, exclude=exclude)()
+def serialize_fixes_of_incident(conn: psycopg.Connection, incident_id: str) -> None:
+    """serialize_fixes_of for the incident's service, taken by Postgres from the incident's row: sent with the
+    locked read of the incident, before the fix task knows the service (the same lock, so both wait on each
+    other). Not waited for."""
+    conn.execute(f"SELECT {_SERVICE_LOCK.replace('%(service)s', 'i.service')} FROM incidents AS i"
+                 " WHERE i.id = %(id)s", {"id": incident_id})
 
 
-def recent_runs_later(conn: psycopg.Connection, runbooks: list[Runbook], service: str | None, *,
-                      exclude: str) -> Callable[[], dict[str, tuple[datetime, ...]]]:
-    """recent_runs, sent now and read when called (see store.db.later)."""
-    if not runbooks:
-        return lambda: {}
-    windows = {rb.name: float(rb.limits.per_seconds) for rb in runbooks}
-    # `service = x` or `service IS NULL`, not IS NOT DISTINCT FROM, so the (runbook, service, started_at) index applies.
-    same_service = "service IS NULL" if service is None else "service = %(service)s"
-    cur = conn.execute(
-        "SELECT runbook, started_at FROM runbook_runs"
-        f" WHERE runbook = ANY(%(runbooks)s) AND {same_service} AND incident_id <> %(exclude)s"
-        " AND outcome IS DISTINCT FROM 'not_needed'"   # a run that found nothing to do restarted nothing
-        " AND started_at > now() - make_interval(secs => %(window)s) ORDER BY started_at",
-        {"runbooks": list(windows), "service": service, "exclude": exclude, "window": max(windows.values())},
-    )
-
-    def runs() -> dict[str, tuple[datetime, ...]]:
-        out: dict[str, list[datetime]] = {name: [] for name in windows}
-        for r in cur.fetchall():
-            out[r["runbook"]].append(r["started_at"])
-        return {name: tuple(times) for name, times in out.items()}
-
-    return later(runs)
+_SERVICE_LOCK = "pg_advisory_xact_lock(hashtext('erdu:fix:' || coalesce(%(service)s, '')))"
 
 
 def run_counts_later(conn: psycopg.Connection, runbooks: list[Runbook], restarting: list[Runbook],
-                     service: str | None, *, exclude: str, now: datetime
+                     incident_id: str, *, now: datetime
                      ) -> Callable[[], tuple[dict[str, RunCount], dict[str, RunCount]]]:
-    """recent_runs counted by Postgres instead of fetched: per runbook, its runs on this service for other
-    incidents within its own limit window ending at `now` (how many, and the latest start); and per restart
-    runbook among them, the service's restarts by any of the `restarting` runbooks in that window (the
-    back-off of a restart counts those). Sent now, read when called; a run that found nothing to do is not
-    counted, as in recent_runs."""
+    """The recent runs of `runbooks` on the incident's service, counted by Postgres: per runbook, its runs for
+    other incidents within its own limit window ending at `now` (how many, and the latest start); and per
+    restart runbook among them, the service's restarts by any of the `restarting` runbooks in that window
+    (the back-off of a restart counts those). A run that found nothing to do is not counted.
+
+    Keyed by the incident's id, the service read by Postgres, so the fix task sends it with the locked read of
+    the incident; sent now, read when called."""
     if not runbooks:
         return lambda: ({}, {})
-    # `service = x` or `service IS NULL`, not IS NOT DISTINCT FROM, so the (runbook, service, started_at) index applies.
-    same_service = "r.service IS NULL" if service is None else "r.service = %(service)s"
+    # `service = x` or both NULL, not IS NOT DISTINCT FROM, so the (runbook, service, started_at) index applies.
     counted = ("SELECT w.runbook, count(r.started_at) AS runs, max(r.started_at) AS latest"
-               " FROM unnest(%(names)s::text[], %(windows)s::float8[]) AS w(runbook, secs)"
-               " LEFT JOIN runbook_runs r ON r.runbook {which} AND " + same_service +
-               " AND r.incident_id <> %(exclude)s AND r.outcome IS DISTINCT FROM 'not_needed'"
+               " FROM (SELECT service FROM incidents WHERE id = %(id)s) AS i"
+               " CROSS JOIN unnest(%(names)s::text[], %(windows)s::float8[]) AS w(runbook, secs)"
+               " LEFT JOIN runbook_runs r ON r.runbook {which}"
+               " AND (r.service = i.service OR (i.service IS NULL AND r.service IS NULL))"
+               " AND r.incident_id <> %(id)s AND r.outcome IS DISTINCT FROM 'not_needed'"
                " AND r.started_at > %(now)s - make_interval(secs => w.secs) GROUP BY w.runbook")
-    params = {"service": service, "exclude": exclude, "now": now}
+    params = {"id": incident_id, "now": now}
     own = conn.execute(counted.format(which="= w.runbook"),
                        {**params, "names": [rb.name for rb in runbooks],
                         "windows": [float(rb.limits.per_seconds) for rb in runbooks]})
@@ -158,34 +141,93 @@ def run_keyed(db: Any, incident: Incident, key: str, runbook: Runbook, step: Any
               redis_url: str | None, url_policy: UrlPolicy = DEFAULT_POLICY, catalog: Any = None) -> StepOutcome:
     """Run a step at most once per key: a redelivered fix reuses the stored result instead of acting again.
 
-    The claim is committed before the step runs, and the result after it: one round trip each (the claim
-    and the read of an earlier claim's result go together; both are read once the claim is committed)."""
-    with db.pipelined() as conn:
-        claim = conn.execute(
-            "INSERT INTO action_runs (incident_id, step_key, runbook, action) VALUES (%s, %s, %s, %s)"
-            " ON CONFLICT (incident_id, step_key) DO NOTHING RETURNING step_key",
-            (incident.id, key, runbook.name, step.action),
-        )
-        earlier = conn.execute("SELECT ok, result, finished_at FROM action_runs WHERE incident_id = %s"
-                               " AND step_key = %s", (incident.id, key))
-    claimed = claim.fetchone()   # answered with the commit: reading it sends nothing
-    if claimed is None:
+    The claim is committed before the step runs, and the result after it (see KeyedSteps)."""
+    steps = KeyedSteps(db, incident, runbook, dry_run=dry_run, redis_url=redis_url, url_policy=url_policy,
+                       catalog=catalog)
+    outcome = steps.run(key, step)
+    steps.flush()
+    return outcome
+
+
+def claim_step_later(conn: psycopg.Connection, incident: Incident, key: str, runbook: Runbook,
+                     action: str) -> Callable[[], StepOutcome | None]:
+    """Claim a step's key, sent now. Read once the claim's transaction has committed, the reader gives None
+    when this claim won (run the step), else the earlier claim's outcome, to reuse: its stored result, or
+    "unknown" when the worker that claimed it was lost before its result was stored."""
+    claim = conn.execute(
+        "INSERT INTO action_runs (incident_id, step_key, runbook, action) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (incident_id, step_key) DO NOTHING RETURNING step_key",
+        (incident.id, key, runbook.name, action),
+    )
+    earlier = conn.execute("SELECT ok, result, finished_at FROM action_runs WHERE incident_id = %s"
+                           " AND step_key = %s", (incident.id, key))
+
+    def read() -> StepOutcome | None:
+        if claim.fetchone() is not None:   # answered with the commit: reading it sends nothing
+            return None
         row = earlier.fetchone()
         if row["finished_at"] is None:
-            return StepOutcome(key, step.action, None,
+            return StepOutcome(key, action, None,
                                "started before but its worker was lost; not run again (outcome unknown, "
                                "validation decides)", 0.0, {}, reused=True)
         result = row["result"] or {}
-        return StepOutcome(key, step.action, row["ok"], result.get("detail", ""), result.get("duration", 0.0),
+        return StepOutcome(key, action, row["ok"], result.get("detail", ""), result.get("duration", 0.0),
                            result.get("output", {}), reused=True)
-    result: ActionResult = run_step(step, allowed_fields(incident, catalog), dry_run=dry_run or runbook.dry_run,
-                                    redis_url_for_cache=redis_url, idempotency_key=f"{incident.id}:{key}",
-                                    url_policy=url_policy)
-    with db.pipelined() as conn:
-        conn.execute("UPDATE action_runs SET finished_at = now(), ok = %s, result = %s"
-                     " WHERE incident_id = %s AND step_key = %s",
-                     (result.ok, Jsonb(result.as_dict()), incident.id, key))
-    return StepOutcome(key, step.action, result.ok, result.detail, result.duration, result.output)
+
+    return later(read)
+
+
+class KeyedSteps:
+    """A fix's steps, each run at most once per key (its claim in action_runs), with as few commits as that
+    allows.
+
+    A step's claim is committed before the step runs: with the plan's commit for a claim sent by the fix
+    task (`claimed`), else together with the previous step's result. A step's result is stored with the
+    next step's claim, or, for the last step, by the transaction that settles the fix (store_pending), so
+    a fix of one step commits twice in all. Until its result is stored, a worker lost in between leaves the
+    claim without one: the redelivered fix does not run the step again and its validation decides.
+    """
+
+    def __init__(self, db: Any, incident: Incident, runbook: Runbook, *, dry_run: bool, redis_url: str | None,
+                 url_policy: UrlPolicy = DEFAULT_POLICY, catalog: Any = None,
+                 claimed: dict[str, Callable[[], StepOutcome | None]] | None = None) -> None:
+        self.db, self.incident, self.runbook = db, incident, runbook
+        self.dry_run, self.redis_url, self.url_policy, self.catalog = dry_run, redis_url, url_policy, catalog
+        self._claimed = dict(claimed or {})
+        self._pending: list[tuple[str, ActionResult]] = []
+
+    def run(self, key: str, step: Any) -> StepOutcome:
+        """Run the step unless its key was claimed before (then its earlier outcome)."""
+        reader = self._claimed.pop(key, None)
+        if reader is None:
+            with self.db.pipelined() as conn:
+                self.store_pending(conn)
+                reader = claim_step_later(conn, self.incident, key, self.runbook, step.action)
+            self._pending.clear()
+        earlier = reader()
+        if earlier is not None:
+            return earlier
+        result: ActionResult = run_step(step, allowed_fields(self.incident, self.catalog),
+                                        dry_run=self.dry_run or self.runbook.dry_run,
+                                        redis_url_for_cache=self.redis_url,
+                                        idempotency_key=f"{self.incident.id}:{key}", url_policy=self.url_policy)
+        self._pending.append((key, result))
+        return StepOutcome(key, step.action, result.ok, result.detail, result.duration, result.output)
+
+    def store_pending(self, conn: psycopg.Connection) -> None:
+        """Send the results not stored yet, to be committed with this transaction (sent again by a later
+        transaction if this one does not commit)."""
+        for key, result in self._pending:
+            conn.execute("UPDATE action_runs SET finished_at = now(), ok = %s, result = %s"
+                         " WHERE incident_id = %s AND step_key = %s",
+                         (result.ok, Jsonb(result.as_dict()), self.incident.id, key))
+
+    def flush(self) -> None:
+        """Store the results not stored yet, in a transaction of their own."""
+        if self._pending:
+            with self.db.pipelined() as conn:
+                self.store_pending(conn)
+            self._pending.clear()
 
 
 def capture_target(catalog: Any, incident: Incident, step: Any) -> tuple[dict[str, Any], list[str], bool]:

@@ -188,11 +188,25 @@ def runbook_records(conn: psycopg.Connection, fingerprint: str) -> dict[str, dic
 
 def runbook_records_later(conn: psycopg.Connection, fingerprint: str) -> Callable[[], dict[str, dict[str, Any]]]:
     """runbook_records, sent now and read when called (see db.later)."""
-    cur = conn.execute(
+    return _runbook_records(conn.execute(
         "SELECT runbook, attempts, successes, last_outcome, last_attempt_at FROM pattern_action_stats"
         " WHERE fingerprint = %s",
         (fingerprint,),
-    )
+    ))
+
+
+def runbook_records_of_incident_later(conn: psycopg.Connection, incident_id: str
+                                      ) -> Callable[[], dict[str, dict[str, Any]]]:
+    """runbook_records of the incident's fingerprint, read by Postgres from the incident's row (so it can be
+    sent before the incident is read); sent now, read when called."""
+    return _runbook_records(conn.execute(
+        "SELECT runbook, attempts, successes, last_outcome, last_attempt_at FROM pattern_action_stats"
+        " WHERE fingerprint = (SELECT fingerprint FROM incidents WHERE id = %s)",
+        (incident_id,),
+    ))
+
+
+def _runbook_records(cur: psycopg.Cursor[Any]) -> Callable[[], dict[str, dict[str, Any]]]:
     return later(lambda: {r["runbook"]: {"attempts": int(r["attempts"]), "successes": int(r["successes"]),
                                          "last_outcome": r["last_outcome"], "last_attempt_at": r["last_attempt_at"]}
                           for r in cur.fetchall()})

@@ -251,6 +251,25 @@ def transition(
     return Status(row["previous"]) if row is not None else None
 
 
+MOVED_ON = "EU409"
+"""The SQLSTATE of expect_status's failure (migration 0102)."""
+
+
+def expect_status(conn: psycopg.Connection, incident_id: str, expected: Iterable[Status]) -> None:
+    """Lock the incident and fail the transaction unless it is in one of `expected`; not waited for.
+
+    For a stage that acted outside its transaction and settles in one round trip: everything sent after
+    this applies only if the incident is still where the stage left it. Otherwise the transaction fails
+    at its next read or its commit with an error that moved_on() recognises, and nothing sent after it
+    is applied."""
+    conn.execute("SELECT erdu_expect_status(%s, %s)", (incident_id, [Status(s).value for s in expected]))
+
+
+def moved_on(exc: BaseException) -> bool:
+    """True for expect_status's failure: the incident is no longer in the status the transaction expected."""
+    return isinstance(exc, psycopg.Error) and exc.sqlstate == MOVED_ON
+
+
 def update_fields(conn: psycopg.Connection, incident_id: str, updates: dict[str, Any]) -> None:
     """Write fields without a status change (e.g. the fixer's progress)."""
     unknown = set(updates) - _WRITABLE
@@ -261,6 +280,12 @@ def update_fields(conn: psycopg.Connection, incident_id: str, updates: dict[str,
     sets = ", ".join(f"{c} = %({c})s" for c in updates)
     conn.execute(f"UPDATE incidents SET {sets} WHERE id = %(id)s",
                  {**{c: _value(c, v) for c, v in updates.items()}, "id": incident_id})
+
+
+def merge_fix(conn: psycopg.Connection, incident_id: str, fix: dict[str, Any]) -> None:
+    """Merge keys into the incident's `fix` record as stored (keys written meanwhile, a capture, stay)."""
+    conn.execute("UPDATE incidents SET fix = coalesce(fix, '{}'::jsonb) || %s WHERE id = %s",
+                 (Jsonb(fix), incident_id))
 
 
 _INCIDENT_FIELDS = {f.name for f in fields(Incident)} - {"timeline"}

@@ -136,10 +136,30 @@ class Outside(Generic[V]):
 
     act: Callable[[], V]
     settle: Callable[[psycopg.Connection, V], Stage | None]
+    resettle: Callable[[psycopg.Connection, V], Stage | None] | None = None
+    """The settle to run instead, in a new transaction, when `settle` assumed the incident was still where
+    the stage left it and its store.expect_status found it had moved on (a person closed it meanwhile)."""
 
 
 Body = Callable[[psycopg.Connection, Runtime, Incident, str], "Stage | None | Outside[Any]"]
 """A stage's work on the locked incident: returns the next stage, None, or the work left to do Outside."""
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class WithReads(Generic[R]):
+    """A stage body whose reads are keyed by the incident's id, so drive_stage sends them right after the
+    locked read of the incident, in its round trip, and hands their reader to the body."""
+
+    send: Callable[[psycopg.Connection, Runtime, str], Callable[[], R]]
+    """Sends the reads (the incident is not known yet, only its id); returns their reader."""
+    body: Callable[[psycopg.Connection, Runtime, Incident, str, Callable[[], R]], "Stage | None | Outside[Any]"]
+
+    def __call__(self, conn: psycopg.Connection, rt: Runtime, incident: Incident, worker: str
+                 ) -> Stage | None | Outside[Any]:
+        """The body with its reads sent now (one more round trip, for a caller outside drive_stage)."""
+        return self.body(conn, rt, incident, worker, self.send(conn, rt, incident.id))
 
 
 def check_incident_id(task: ErduTask, incident_id: object) -> str:
@@ -170,22 +190,24 @@ def finish_quietly(rt: Runtime, incident_id: str, stage: Stage) -> None:
         pass
 
 
-def run_stage(task: ErduTask, stage: Stage, incident_id: str, body: Body) -> Stage | None:
+def run_stage(task: ErduTask, stage: Stage, incident_id: str, body: Body | WithReads[Any]) -> Stage | None:
     """Run a stage's body in this process's runtime (see drive_stage), hand on after commit."""
     return drive_stage(task, runtime(), Stage(stage), incident_id, body,
                        worker_name(task.request.hostname))
 
 
-def drive_stage(task: ErduTask, rt: Runtime, stage: Stage, incident_id: str, body: Body,
+def drive_stage(task: ErduTask, rt: Runtime, stage: Stage, incident_id: str, body: Body | WithReads[Any],
                 worker: str) -> Stage | None:
     """Count the start, load the incident locked, run the body if the incident is still owed this stage,
     hand on after commit.
 
     Round trips: the start is counted and committed in a transaction of its own (a worker lost half-way
     leaves it counted: poison protection), sent together with the work transaction's BEGIN and its locked
-    read of the incident, so both cost one round trip. The work transaction is pipelined (Database.pipelined):
-    writes wait for the next read or the commit. Its finish is counted in the transaction that stores its
-    outcome (the settle's, for a body that returns Outside).
+    read of the incident, so both cost one round trip; a body WithReads has its reads sent right after that
+    read, in the same round trip. The work transaction is pipelined (Database.pipelined): writes wait for the
+    next read or the commit. Its finish is counted in the transaction that stores its outcome (the settle's,
+    for a body that returns Outside; an Outside whose settle finds the incident moved on settles again with
+    its resettle).
     """
     check_incident_id(task, incident_id)
     counted: list[bool] = []   # the start is counted: a failure handled here is then a finish, not a crash
@@ -196,7 +218,9 @@ def drive_stage(task: ErduTask, rt: Runtime, stage: Stage, incident_id: str, bod
             conn.execute("COMMIT")   # the start stands even if this worker is lost during the work
             conn.execute("BEGIN")
             try:
-                incident = store.get_incident(conn, incident_id, for_update=True)
+                incident_later = store.get_incident_later(conn, incident_id, for_update=True)
+                reads = body.send(conn, rt, incident_id) if isinstance(body, WithReads) else None
+                incident = incident_later()
             except psycopg.Error:   # the start has an answer only if its commit ran
                 try:
                     counted.append(crashes() >= 0)
@@ -215,15 +239,24 @@ def drive_stage(task: ErduTask, rt: Runtime, stage: Stage, incident_id: str, bod
                          status=incident.status.value)
                 store.stage_finished(conn, incident_id, stage)
                 return None
-            result = body(conn, rt, incident, worker)
+            result = (body.body(conn, rt, incident, worker, reads) if isinstance(body, WithReads) and reads is not None
+                      else body(conn, rt, incident, worker))
             if not isinstance(result, Outside):
                 store.stage_finished(conn, incident_id, stage)
             return result
 
     def settle(outside: Outside[Any], value: Any) -> Stage | None:
+        try:
+            with rt.db.pipelined() as conn:
+                store.stage_finished(conn, incident_id, stage)   # the finish counts with the outcome, one commit
+                return outside.settle(conn, value)
+        except psycopg.Error as exc:
+            if outside.resettle is None or not store.moved_on(exc):
+                raise
+        log.info("incident moved on while the stage acted", stage=stage.value, incident_id=incident_id)
         with rt.db.pipelined() as conn:
-            store.stage_finished(conn, incident_id, stage)   # the finish counts with the outcome, one commit
-            return outside.settle(conn, value)
+            store.stage_finished(conn, incident_id, stage)
+            return outside.resettle(conn, value)
 
     try:
         result = task.with_retries(work)

@@ -72,7 +72,7 @@ def open_incident(rt: Runtime, service: str) -> str:
 def run_fix(rt: Runtime, incident_id: str):
     """The fix stage's body as a worker runs it: plan in one transaction, act outside, settle in another."""
     with rt.db.transaction() as conn:
-        outside = fix_stage._fix(conn, rt, store.get_incident(conn, incident_id, for_update=True), "test")
+        outside = fix_stage.FIX_BODY(conn, rt, store.get_incident(conn, incident_id, for_update=True), "test")
     outcome = outside.act()
     with rt.db.transaction() as conn:
         outside.settle(conn, outcome)

@@ -155,19 +155,7 @@ def test_flapping_looks_up_the_latest_resolved_incident_of_the_fingerprint_by_in
     assert "incidents_fingerprint_ended" in conn.indexes() and not conn.seq_scans() & HISTORY
 
 
-def test_the_runbook_rate_limit_reads_its_index_with_and_without_a_service(conn):
-    class Rb:
-        def __init__(self, name):
-            self.name = name
-            self.limits = type("L", (), {"per_seconds": 3600 * 24 * 365 * 3})()
-
-    runs = engine.recent_runs(conn, [Rb("restart-3")], "orders-3", exclude="none")
-    assert runs["restart-3"]
-    engine.recent_runs(conn, [Rb("restart-3")], None, exclude="none")
-    assert conn.indexes() == {"runbook_runs_recent"} and not conn.seq_scans()
-
-
-def test_the_runbook_rate_limit_counts_in_its_index_with_and_without_a_service(conn):
+def test_the_runbook_rate_limit_counts_in_its_index_by_the_incident_with_and_without_a_service(conn):
     from datetime import datetime, timezone
 
     class Rb:
@@ -178,12 +166,24 @@ def test_the_runbook_rate_limit_counts_in_its_index_with_and_without_a_service(c
             self.limits = type("L", (), {"per_seconds": 3600 * 24 * 365 * 3})()
 
     now = datetime.now(timezone.utc)
-    listed = engine.recent_runs(conn, [Rb("restart-3")], "orders-3", exclude="none")["restart-3"]
-    own, restarts = engine.run_counts_later(conn, [Rb("restart-3")], [Rb("restart-3")], "orders-3",
-                                            exclude="none", now=now)()
+    incident = latest(conn, "service = 'orders-3'")
+    listed = [r["started_at"] for r in conn.conn.execute(
+        "SELECT started_at FROM runbook_runs WHERE runbook = 'restart-3' AND service = 'orders-3'"
+        " AND incident_id <> %s", (incident.id,)).fetchall()]
+    assert listed
+    own, restarts = engine.run_counts_later(conn, [Rb("restart-3"), Rb("restart-4")], [Rb("restart-3")],
+                                            incident.id, now=now)()
     assert own["restart-3"] == restarts["restart-3"] == (len(listed), max(listed))
-    engine.run_counts_later(conn, [Rb("restart-3")], [Rb("restart-3")], None, exclude="none", now=now)()
-    assert conn.indexes() == {"runbook_runs_recent"} and not conn.seq_scans()
+    assert own["restart-4"] == (0, None)                     # its own runs: none on this service
+    assert restarts["restart-4"] == restarts["restart-3"]    # the service's restarts, by any restart runbook
+    conn.conn.execute("UPDATE incidents SET service = NULL WHERE id = %s", (incident.id,))
+    conn.conn.execute("UPDATE runbook_runs SET service = NULL WHERE incident_id IN"
+                      " (SELECT incident_id FROM runbook_runs WHERE runbook = 'restart-3' AND service = 'orders-3'"
+                      " ORDER BY started_at DESC LIMIT 2)")
+    conn.plans.clear()
+    own, _ = engine.run_counts_later(conn, [Rb("restart-3")], [Rb("restart-3")], incident.id, now=now)()
+    assert own["restart-3"].count == 2   # a service-less incident counts the service-less runs
+    assert conn.indexes() == {"runbook_runs_recent", "incidents_pkey"} and not conn.seq_scans()
 
 
 def test_incident_pages_by_cursor_read_the_created_index_from_the_cursor_on(conn):

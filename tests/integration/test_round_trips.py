@@ -3,8 +3,9 @@ code against a real Postgres (no broker, no worker processes): a query added to 
 
 Per stage: ingest 3 (the receipt with the grouping overrides; the upsert with what a new incident is owed;
 the commit), commander 3 and diagnostician 3 (the start counted and committed with the locked read of the
-incident; every read the stage needs; its writes with the commit), fixer 7 (its plan 3; the runbook's one
-step 2, its idempotency key claimed before it runs and its result stored after; settling 2) and resolver 4
+incident; every read the stage needs; its writes with the commit), fixer 3 (the start with the locked read,
+the service's lock and the plan's reads; the plan's writes with the first step's claim; the step's result with
+the settle; each further step one more) and resolver 4
 (the report is written from the closed incident as read back before the commit, so a failure to write it
 rolls the close back).
 """
@@ -36,10 +37,21 @@ RUNBOOK = textwrap.dedent("""
             params: {message: "pool reset"}
         validation: {check: noop}
         limits: {max_runs: 1000, per_seconds: 3600}
+      - name: drain-and-reset
+        match: {title_pattern: "(?i)queue stuck"}
+        actions:
+          - action: noop
+            params: {message: "drain"}
+          - action: noop
+            params: {message: "reset"}
+          - action: noop
+            params: {message: "resume"}
+        validation: {check: noop}
+        limits: {max_runs: 1000, per_seconds: 3600}
 """)
 
-LIMITS = {"ingest": 3, Stage.ASSESS: 3, Stage.DIAGNOSE: 3, Stage.FIX: 7, Stage.RESOLVE: 4}
-BODIES = {Stage.ASSESS: pipeline._assess, Stage.DIAGNOSE: pipeline._diagnose, Stage.FIX: fix._fix,
+LIMITS = {"ingest": 3, Stage.ASSESS: 3, Stage.DIAGNOSE: 3, Stage.FIX: 3, Stage.RESOLVE: 4}
+BODIES = {Stage.ASSESS: pipeline._assess, Stage.DIAGNOSE: pipeline._diagnose, Stage.FIX: fix.FIX_BODY,
           Stage.RESOLVE: pipeline._resolve}
 
 
@@ -67,12 +79,12 @@ def rt(fresh_database_url, tmp_path) -> Iterator[SimpleNamespace]:
     db.close()
 
 
-def _through_the_pipeline(rt, n: int) -> tuple[str, dict]:
+def _through_the_pipeline(rt, n: int, message: str = "connection pool exhausted on orders-{n}") -> tuple[str, dict]:
     """One incident through ingest and the four stages, each counted; the handed-on stages in order."""
     counts, handed = {}, []
     with counting(rt.db) as counts["ingest"]:
-        result = store_events(rt, [Event(source="app", service=f"orders-{n}",
-                                         message=f"connection pool exhausted on orders-{n}")], f"message-{n}")
+        result = store_events(rt, [Event(source="app", service=f"orders-{n}", message=message.format(n=n))],
+                              f"message-{n}")
     incident_id = result.new_incidents[0]
     stage = Stage.ASSESS
     while stage is not None:
@@ -95,6 +107,60 @@ def test_each_stage_of_an_ordinary_incident_stays_within_its_round_trips(rt, mon
         "assigned", "investigating", "fixing", "resolved", "closed"]
     over = {str(stage): str(count) for stage, count in counts.items() if count.round_trips > LIMITS[stage]}
     assert not over, f"more round trips than {LIMITS}: {over}"
+
+
+def test_each_further_step_of_a_fix_costs_one_round_trip_and_every_step_result_is_stored(rt, monkeypatch):
+    monkeypatch.setattr("erdu_tasks.tasks.base.hand_on", lambda *_: None)
+    _through_the_pipeline(rt, 0)
+    incident_id, counts = _through_the_pipeline(rt, 1, "queue stuck on orders-{n}")
+    assert counts[Stage.FIX].round_trips <= LIMITS[Stage.FIX] + 2, str(counts[Stage.FIX])   # three steps
+    with rt.db.transaction() as conn:
+        runs = conn.execute("SELECT step_key, ok, finished_at FROM action_runs WHERE incident_id = %s"
+                            " ORDER BY step_key", (incident_id,)).fetchall()
+    assert [(r["step_key"], r["ok"]) for r in runs] == [("1:action:0", True), ("1:action:1", True),
+                                                        ("1:action:2", True)]
+    assert all(r["finished_at"] is not None for r in runs)
+
+
+def test_a_fix_settling_after_a_person_moved_the_incident_on_changes_only_the_step_records(rt, monkeypatch):
+    """The settle of a fix that held assumes the incident is still fixing; a person who resolved it by hand
+    while the step ran is not overruled: the settle finds it moved on, stores the step's result only, learns
+    nothing and hands on nothing."""
+    from erdu_tasks.tasks.base import Outside, WithReads
+
+    incident_id = store_events(rt, [Event(source="app", service="orders-9",
+                                          message="connection pool exhausted on orders-9")], None).new_incidents[0]
+    monkeypatch.setattr("erdu_tasks.tasks.base.hand_on", lambda *_: None)
+    for stage in (Stage.ASSESS, Stage.DIAGNOSE):
+        drive_stage(_Task(), rt, stage, incident_id, BODIES[stage], "test-1")
+
+    def by_hand() -> None:
+        with rt.db.transaction() as conn:
+            store.transition(conn, incident_id, expected=[Status.FIXING], to=Status.RESOLVED,
+                             actor="person:alice", what="fixed it myself")
+
+    def body(conn, rt_, incident, worker, facts):
+        outside = fix.FIX_BODY.body(conn, rt_, incident, worker, facts)
+        assert isinstance(outside, Outside)
+        act = outside.act
+        return Outside(act=lambda: (act(), by_hand())[0], settle=outside.settle, resettle=outside.resettle)
+
+    handed: list[Stage] = []
+    monkeypatch.setattr("erdu_tasks.tasks.base.hand_on", lambda stage, _: handed.append(stage))
+    assert drive_stage(_Task(), rt, Stage.FIX, incident_id, WithReads(fix.FIX_BODY.send, body), "test-1") is None
+    with rt.db.transaction() as conn:
+        incident = store.get_incident(conn, incident_id, with_timeline=True)
+        step = conn.execute("SELECT ok, finished_at FROM action_runs WHERE incident_id = %s", (incident_id,)).fetchone()
+        learned = conn.execute("SELECT count(*) AS n FROM pattern_action_stats WHERE fingerprint = %s",
+                               (incident.fingerprint,)).fetchone()["n"]
+        finished = conn.execute("SELECT starts, finishes FROM stage_runs WHERE incident_id = %s AND stage = 'fix'",
+                                (incident_id,)).fetchone()
+    assert incident.status is Status.RESOLVED and incident.resolved_by is None and handed == []
+    assert [t.actor for t in incident.timeline if t.to_status == "resolved"] == ["person:alice"]
+    assert not [t for t in incident.timeline if t.actor == "fixer" and t.what.startswith("noop")]
+    assert step["ok"] is True and step["finished_at"] is not None   # the step did run: that stands
+    assert learned == 0                                             # but it proves nothing about the fix
+    assert finished["starts"] == finished["finishes"] == 1
 
 
 def test_a_failing_statement_in_a_pipelined_transaction_commits_nothing(rt):
