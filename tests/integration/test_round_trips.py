@@ -4,9 +4,11 @@ code against a real Postgres (no broker, no worker processes): a query added to 
 Per stage: ingest 3 (the receipt with the grouping overrides; the upsert with what a new incident is owed;
 the commit), commander 3 and diagnostician 3 (the start counted and committed with the locked read of the
 incident; every read the stage needs; its writes with the commit), fixer 7 (its plan 3; the runbook's one
-step 2, its idempotency key claimed before it runs and its result stored after; settling 2) and resolver 4
-(the report is written from the closed incident as read back before the commit, so a failure to write it
-rolls the close back).
+step 2, its idempotency key claimed before it runs and its result stored after; settling 2) and resolver 3
+(the start with the locked read of the incident; stopping the escalation with every read and the
+transaction's clock; the close, its learning and the commit. The report is written before that last one,
+from the incident as the close leaves it, so a failure to write it rolls the close back:
+test_resolver_report.py checks that the report written equals the one built from the database after).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ RUNBOOK = textwrap.dedent("""
         limits: {max_runs: 1000, per_seconds: 3600}
 """)
 
-LIMITS = {"ingest": 3, Stage.ASSESS: 3, Stage.DIAGNOSE: 3, Stage.FIX: 7, Stage.RESOLVE: 4}
+LIMITS = {"ingest": 3, Stage.ASSESS: 3, Stage.DIAGNOSE: 3, Stage.FIX: 7, Stage.RESOLVE: 3}
 BODIES = {Stage.ASSESS: pipeline._assess, Stage.DIAGNOSE: pipeline._diagnose, Stage.FIX: fix._fix,
           Stage.RESOLVE: pipeline._resolve}
 
