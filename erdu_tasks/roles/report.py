@@ -246,6 +246,12 @@ def write_report(directory: Path, report: dict[str, Any]) -> tuple[Path, Path]:
     return json_path, md_path
 
 
+def remove_report(directory: Path, incident_id: str) -> None:
+    """Take back what write_report wrote for the incident (either file may be missing)."""
+    for path in report_paths(directory, incident_id):
+        path.unlink(missing_ok=True)
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")

@@ -9,9 +9,12 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 import psycopg
+import structlog
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -19,6 +22,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from erdu_tasks.errors import ServiceUnreachable, TransientError
 
 T = TypeVar("T")
+log = structlog.get_logger("erdu.db")
 
 
 def later(read: Callable[[], T]) -> Callable[[], T]:
@@ -33,6 +37,61 @@ def later(read: Callable[[], T]) -> Callable[[], T]:
         return kept[0]
 
     return value
+
+
+@dataclass(frozen=True)
+class Clock:
+    """The server's time as one read in a transaction: its now() (the transaction's start, what a now() in
+    any of its statements stamps) and its clock_timestamp() then, carried on by this process's monotonic clock.
+
+    For a row whose time is decided before the statement that writes it is sent (it goes with the commit,
+    and what the row says was needed before): `at()` is the server's clock about now, a little behind what
+    clock_timestamp() would stamp (the time the answer took to arrive is not added), so a line stamped with
+    it still sorts before any line written after this transaction."""
+
+    now: datetime
+    read: datetime
+    read_monotonic: float
+
+    def at(self) -> datetime:
+        """The server's clock_timestamp() as of now, from the one read."""
+        return self.read + timedelta(seconds=time.monotonic() - self.read_monotonic)
+
+
+def clock_later(conn: psycopg.Connection) -> Callable[[], Clock]:
+    """The transaction's Clock, sent now and read when called (see later)."""
+    cur = conn.execute("SELECT now() AS now, clock_timestamp() AS read")
+
+    def clock() -> Clock:
+        row = cur.fetchone()
+        assert row is not None
+        return Clock(row["now"], row["read"], time.monotonic())
+
+    return later(clock)
+
+
+_SETTLED: weakref.WeakKeyDictionary[psycopg.Connection, list[Callable[[bool], None]]] = weakref.WeakKeyDictionary()
+
+
+def when_settled(conn: psycopg.Connection, settle: Callable[[bool], None]) -> None:
+    """Call `settle(True)` once the transaction on conn has committed, `settle(False)` if it does not commit.
+
+    For work outside the database that must stand or fall with the transaction (a file written before the
+    commit). Only the transactions of Database.transaction and Database.pipelined call it. A failed
+    transaction calls it before its ROLLBACK where it can, while its row locks still keep the next worker
+    from redoing the work; a commit that failed on the server has no locks left by then.
+    """
+    _SETTLED.setdefault(conn, []).append(settle)
+
+
+def _settle(conn: psycopg.Connection, committed: bool) -> None:
+    """Run what when_settled registered for the transaction just ended (each once); its errors are logged."""
+    for settle in _SETTLED.pop(conn, []):
+        try:
+            settle(committed)
+        except Exception as exc:   # the transaction's outcome stands; what settles after it cannot change it
+            log.error("settling after the transaction failed", committed=committed,
+                      error=f"{exc.__class__.__name__}: {exc}")
 
 
 _TRANSIENT = (psycopg.OperationalError, psycopg.errors.SerializationFailure,
@@ -103,8 +162,18 @@ class Database:
         """A connection inside one transaction, committed on success; outages become TransientError."""
         try:
             with self.borrowed() as conn:
-                with conn.transaction():
-                    yield conn
+                _SETTLED.pop(conn, None)
+                try:
+                    with conn.transaction():
+                        try:
+                            yield conn
+                        except BaseException:
+                            _settle(conn, False)   # before the rollback, its locks still held
+                            raise
+                except BaseException:
+                    _settle(conn, False)   # the commit failed (nothing left to run if the block did)
+                    raise
+                _settle(conn, True)
         except _TRANSIENT as exc:
             raise TransientError(f"database unavailable: {exc.__class__.__name__}: {exc}".strip()) from exc
 
@@ -122,16 +191,19 @@ class Database:
         try:
             with self.borrowed() as conn:
                 conn.autocommit = True
+                _SETTLED.pop(conn, None)
                 try:
                     with conn.pipeline():
                         conn.execute("BEGIN")
                         yield conn
                         conn.execute("COMMIT")
                 except BaseException:
+                    _settle(conn, False)   # before the rollback: a failed statement leaves the locks held till then
                     if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
                         conn.execute("ROLLBACK")
                     raise
                 conn.autocommit = False   # else the pool's reset puts it back
+                _settle(conn, True)   # every answer, the commit's too, has arrived: reading them costs nothing
         except _TRANSIENT as exc:
             raise TransientError(f"database unavailable: {exc.__class__.__name__}: {exc}".strip()) from exc
 

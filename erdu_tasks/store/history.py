@@ -327,16 +327,32 @@ def _corrected(conn: psycopg.Connection, fingerprint: str, runs: list[dict[str, 
 
 def record_resolution(conn: psycopg.Connection, incident: Incident, *, human: bool) -> None:
     """Count a resolved incident on its pattern, with its time to resolve (called once, when it closes)."""
-    seconds = ((incident.resolved_at - incident.created_at).total_seconds()
-               if incident.resolved_at and incident.created_at else 0.0)
+    counted = resolution_counts(incident, human=human)
     conn.execute(
         """
-        UPDATE error_patterns SET resolved = resolved + 1, auto_resolved = auto_resolved + %s,
-               human_resolved = human_resolved + %s, total_resolve_seconds = total_resolve_seconds + %s
-        WHERE fingerprint = %s
+        UPDATE error_patterns SET resolved = resolved + %(resolved)s, auto_resolved = auto_resolved + %(auto_resolved)s,
+               human_resolved = human_resolved + %(human_resolved)s,
+               total_resolve_seconds = total_resolve_seconds + %(total_resolve_seconds)s
+        WHERE fingerprint = %(fingerprint)s
         """,
-        (int(incident.auto_resolved), int(human), max(seconds, 0.0), incident.fingerprint),
+        {**counted, "fingerprint": incident.fingerprint},
     )
+
+
+def resolution_counts(incident: Incident, *, human: bool) -> dict[str, Any]:
+    """What record_resolution adds to the incident's error_patterns row, column by column."""
+    seconds = ((incident.resolved_at - incident.created_at).total_seconds()
+               if incident.resolved_at and incident.created_at else 0.0)
+    return {"resolved": 1, "auto_resolved": int(incident.auto_resolved), "human_resolved": int(human),
+            "total_resolve_seconds": max(seconds, 0.0)}
+
+
+def pattern_after_resolution(pat: dict[str, Any] | None, incident: Incident, *, human: bool) -> dict[str, Any] | None:
+    """pattern() as it reads after record_resolution counted the incident on `pat` (as read before it)."""
+    if pat is None:   # no row: record_resolution changes nothing
+        return None
+    counted = resolution_counts(incident, human=human)
+    return pattern_of({**pat, **{column: pat[column] + n for column, n in counted.items()}})
 
 
 def record_escalated(conn: psycopg.Connection, fingerprint: str) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -86,6 +88,27 @@ def _value(column: str, value: Any) -> Any:
     return value
 
 
+def as_jsonb(value: Any) -> Any:
+    """What `value`, stored in a jsonb column (as Jsonb writes it), reads back as.
+
+    jsonb keeps an object's keys shorter first, then in byte order (not as written), and a number as a
+    decimal: a float that JSON writes with a positive exponent (1e+20) comes back as the integer it is, and
+    -0.0 as 0.0. For what is known before it is stored (a report built from rows not read back)."""
+    return _jsonb_order(json.loads(json.dumps(value)))
+
+
+def _jsonb_order(value: Any) -> Any:
+    if isinstance(value, dict):
+        keys = sorted(value, key=lambda k: (len(k.encode()), k.encode()))
+        return {k: _jsonb_order(value[k]) for k in keys}
+    if isinstance(value, list):
+        return [_jsonb_order(v) for v in value]
+    if isinstance(value, float):
+        text = repr(value)
+        return int(Decimal(text)) if "e+" in text else value + 0.0   # + 0.0: -0.0 becomes 0.0
+    return value
+
+
 def upsert_incident(conn: psycopg.Connection, new: NewIncident) -> UpsertResult:
     """Open an incident for the fingerprint, or add the count to the open one (atomic in Postgres)."""
     return upsert_incident_later(conn, new)[1]()
@@ -152,14 +175,23 @@ def add_timeline(
     from_status: Status | None = None,
     to_status: Status | None = None,
     details: dict[str, Any] | None = None,
+    at: datetime | None = None,
 ) -> None:
-    """Append one line to the incident's timeline."""
+    """Append one line to the incident's timeline, stamped `at` (else the server's clock as it is inserted)."""
     conn.execute(
-        "INSERT INTO incident_timeline (incident_id, actor, worker, from_status, to_status, what, details)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        "INSERT INTO incident_timeline (incident_id, actor, worker, from_status, to_status, what, details, at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, coalesce(%s, clock_timestamp()))",
         (incident_id, actor, worker, from_status and from_status.value, to_status and to_status.value,
-         what, Jsonb(details or {})),
+         what, Jsonb(details or {}), at),
     )
+
+
+def timeline_entry(*, at: datetime, actor: str, what: str, worker: str | None = None,
+                   from_status: Status | None = None, to_status: Status | None = None,
+                   details: dict[str, Any] | None = None) -> TimelineEntry:
+    """The line add_timeline (or transition) writes with these arguments, as timeline() reads it back."""
+    return TimelineEntry(at=at, actor=actor, worker=worker, from_status=from_status and from_status.value,
+                         to_status=to_status and to_status.value, what=what, details=as_jsonb(details or {}))
 
 
 @dataclass(frozen=True)
@@ -204,51 +236,102 @@ def transition(
     updates: dict[str, Any] | None = None,
     details: dict[str, Any] | None = None,
     status_now: Status | None = None,
+    at: datetime | None = None,
 ) -> Status | None:
     """Compare-and-set the status; returns the previous status, or None if the incident had moved on.
 
     The status change and its timeline line are one statement: the line is written only if the status
-    changed. `status_now` is the status of an incident this transaction holds locked (read FOR UPDATE and
-    kept up to date since): the compare-and-set stays in the statement, but its answer is known, so the
-    statement is not waited for (a pipelined connection sends it with the next read or the commit).
+    changed, stamped `at` (else the server's clock as it is written). `status_now` is the status of an
+    incident this transaction holds locked (read FOR UPDATE and kept up to date since): the compare-and-set
+    stays in the statement, but its answer is known, so the statement is not waited for (a pipelined
+    connection sends it with the next read or the commit).
     """
     expected = [Status(s) for s in expected]
+    sql, params = _transition_statement(incident_id, expected=expected, to=to, actor=actor, what=what,
+                                        worker=worker, updates=updates, details=details, at=at)
+    if status_now is not None and status_now not in expected:
+        return None
+    moved = _moved_later(conn.execute(sql, params))
+    return status_now if status_now is not None else moved()
+
+
+def transition_later(
+    conn: psycopg.Connection,
+    incident_id: str,
+    *,
+    expected: Iterable[Status],
+    to: Status,
+    actor: str,
+    what: str,
+    worker: str | None = None,
+    updates: dict[str, Any] | None = None,
+    details: dict[str, Any] | None = None,
+    at: datetime | None = None,
+) -> Callable[[], Status | None]:
+    """transition, sent now; called, the statement's own answer: the previous status, or None if it did not
+    move (read after the commit, it costs no round trip of its own)."""
+    sql, params = _transition_statement(incident_id, expected=[Status(s) for s in expected], to=to, actor=actor,
+                                        what=what, worker=worker, updates=updates, details=details, at=at)
+    return _moved_later(conn.execute(sql, params))
+
+
+def _moved_later(cur: psycopg.Cursor) -> Callable[[], Status | None]:
+    def moved() -> Status | None:
+        row = cur.fetchone()
+        return Status(row["previous"]) if row is not None else None
+
+    return later(moved)
+
+
+def _transition_statement(incident_id: str, *, expected: list[Status], to: Status, actor: str, what: str,
+                          worker: str | None, updates: dict[str, Any] | None, details: dict[str, Any] | None,
+                          at: datetime | None) -> tuple[str, dict[str, Any]]:
+    """The compare-and-set statement of transition, checked (the transitions allowed, the columns writable)."""
     for src in expected:
         check_transition(src, to)
     updates = dict(updates or {})
     unknown = set(updates) - _WRITABLE
     if unknown:
         raise ValueError(f"not writable with a status change: {sorted(unknown)}")
-    if status_now is not None and status_now not in expected:
-        return None
     sets = ["status = %(to)s", "status_changed_at = now()", "redrives = 0"]
     params: dict[str, Any] = {"to": to.value, "id": incident_id, "expected": [s.value for s in expected],
-                              "actor": actor, "worker": worker, "what": what, "details": Jsonb(details or {})}
+                              "actor": actor, "worker": worker, "what": what, "details": Jsonb(details or {}),
+                              "at": at}
     stamp = _STAMP.get(to)
     if stamp:
         sets.append(f"{stamp} = coalesce({stamp}, now())")
     for column, value in updates.items():
         sets.append(f"{column} = %(u_{column})s")
         params[f"u_{column}"] = _value(column, value)
-    cur = conn.execute(
-        f"""
+    sql = f"""
         WITH moved AS (
             UPDATE incidents AS i SET {", ".join(sets)}
             FROM (SELECT id, status FROM incidents WHERE id = %(id)s FOR UPDATE) AS old
             WHERE i.id = old.id AND old.status = ANY(%(expected)s)
             RETURNING old.status AS previous
         ), line AS (
-            INSERT INTO incident_timeline (incident_id, actor, worker, from_status, to_status, what, details)
-            SELECT %(id)s, %(actor)s, %(worker)s, previous, %(to)s, %(what)s, %(details)s FROM moved
+            INSERT INTO incident_timeline (incident_id, actor, worker, from_status, to_status, what, details, at)
+            SELECT %(id)s, %(actor)s, %(worker)s, previous, %(to)s, %(what)s, %(details)s,
+                   coalesce(%(at)s, clock_timestamp()) FROM moved
         )
         SELECT previous FROM moved
-        """,
-        params,
-    )
-    if status_now is not None:
-        return status_now
-    row = cur.fetchone()
-    return Status(row["previous"]) if row is not None else None
+        """
+    return sql, params
+
+
+def after_transition(incident: Incident, *, to: Status, now: datetime,
+                     updates: dict[str, Any] | None = None) -> Incident:
+    """The incident as get_incident reads it back after transition moved it to `to` with these updates, in
+    a transaction whose now() is `now` (its timeline as it was: add the lines written with it)."""
+    moved: dict[str, Any] = {"status": to, "status_changed_at": now}
+    stamp = _STAMP.get(to)
+    if stamp:
+        moved[stamp] = getattr(incident, stamp) or now
+    for column, value in (updates or {}).items():
+        moved[column] = (as_jsonb(value) if column in _JSON_COLUMNS and value is not None
+                         else Severity(value) if column == "severity" else value)
+    return dataclasses.replace(incident, **{k: v for k, v in moved.items() if k in _INCIDENT_FIELDS},
+                               timeline=list(incident.timeline))
 
 
 MOVED_ON = "EU409"

@@ -11,15 +11,15 @@ import psycopg
 
 from erdu_tasks.escalation import inhibition, runs as escalation
 from erdu_tasks.escalation.start import escalate
-from erdu_tasks.store import history, incidents as store
+from erdu_tasks.store import db, history, incidents as store
 from erdu_tasks import names
 from erdu_tasks.app import app, runtime
-from erdu_tasks.model import Incident, Status
+from erdu_tasks.model import Incident, Status, TimelineEntry
 from erdu_tasks.names import Stage
 from erdu_tasks.brains import Thought
 from erdu_tasks.ingest import grouping
 from erdu_tasks.ingest.detect.fingerprint import fingerprint
-from erdu_tasks.roles.report import build_report, render_markdown, report_paths, write_report
+from erdu_tasks.roles.report import build_report, remove_report, render_markdown, report_paths, write_report
 from erdu_tasks.roles import commander, diagnostician, logwindow, resolver
 from erdu_tasks.runtime import Runtime, worker_name
 from erdu_tasks.tasks.base import ErduTask, run_stage
@@ -87,12 +87,16 @@ def _blast_radius(rt: Runtime, incident: Incident) -> tuple[list[str], list[str]
             [d for d in dependants if rt.catalog.is_user_facing(d)])
 
 
-def _brain_note(conn: psycopg.Connection, incident_id: str, role: str, thought: Thought, worker: str) -> None:
-    """Put a brain's fallback, with its reason, on the incident's timeline."""
-    if thought.fallback:
-        store.add_timeline(conn, incident_id, actor=role, worker=worker,
-                           what=f"{role}: LLM brain not used ({thought.fallback}); decided by the rules",
-                           details={"brain": thought.note()})
+def _brain_note(conn: psycopg.Connection, incident_id: str, role: str, thought: Thought, worker: str, *,
+                at: datetime | None = None) -> TimelineEntry | None:
+    """Put a brain's fallback, with its reason, on the incident's timeline; stamped `at`, the line as it will
+    read back (None when there is no fallback to note, or no `at`)."""
+    if not thought.fallback:
+        return None
+    what = f"{role}: LLM brain not used ({thought.fallback}); decided by the rules"
+    details = {"brain": thought.note()}
+    store.add_timeline(conn, incident_id, actor=role, worker=worker, what=what, details=details, at=at)
+    return store.timeline_entry(at=at, actor=role, worker=worker, what=what, details=details) if at else None
 
 
 def _advice_note(conn: psycopg.Connection, incident_id: str, decision: commander.Assessment, worker: str) -> None:
@@ -324,16 +328,19 @@ def close_incident(conn: psycopg.Connection, rt: Runtime, incident: Incident, wo
                    actor: str = "resolver", human: bool = False) -> bool:
     """Write the report, learn from the incident and move it resolved -> closed.
 
-    On a pipelined connection this takes three round trips after the incident was read: the escalation's
-    stop goes with every read the resolver and the report need; the close and its learning go with the
-    read-back of the closed incident; the commit comes after the report is written (a failure to write it
-    rolls the close back). An incident that was escalated, has children or pages an FYI takes a few more.
+    On a pipelined connection this takes two round trips after the incident was read: the escalation's
+    stop goes with every read the resolver and the report need, the transaction's clock among them; the
+    close, its learning and the commit go together. The report is written before them, from the incident
+    as the close leaves it (_close) and the pattern as its learning leaves it, so a failure to write it
+    rolls the close back; it stands only if the close commits and moved the incident (_write_standing).
+    An incident that was escalated, has children or pages an FYI takes one more.
     """
     _, lcfg = _configs(rt)
     resolved_later = escalation.on_resolved_later(conn, incident, worker=worker)   # stop escalation, notices, children
     timeline_later = store.timeline_later(conn, incident.id)
     context_later = _resolver_context_later(conn, rt, incident)
     situation_later = history.same_situation_later(conn, incident, window_seconds=lcfg.situation_window_seconds)
+    clock_later = db.clock_later(conn)
     done = resolved_later()
     fyi = resolver.fyi_reason(incident, notified=done.notified)
     if fyi is not None:   # a P1 closed without a repair: the policy's first level hears of it
@@ -341,37 +348,66 @@ def close_incident(conn: psycopg.Connection, rt: Runtime, incident: Incident, wo
         escalation.queue_fyi(conn, incident, escalation.escalation_config(rt.settings.escalation,
                                                                           rt.settings.alerts_dir),
                              reason=fyi, policy_name=entry.escalation_policy if entry else None, worker=worker)
-    # The timeline as the resolver sees it: read again only if the close's escalation part wrote to it.
-    incident.timeline = store.timeline(conn, incident.id) if done.wrote_timeline or fyi else timeline_later()
-    ctx, records = context_later()
-    related = ctx.related
+    children: Callable[[], list[dict]] = lambda: []
+    if done.wrote_timeline or fyi:
+        # The close's escalation part wrote: the timeline, the children and the clock are read again, after
+        # those writes (their lines are stamped as they are inserted; the close's must come after them).
+        timeline_later = store.timeline_later(conn, incident.id)
+        children = inhibition.children_of_later(conn, incident.id)
+        clock_later = db.clock_later(conn)
+    incident.timeline = timeline_later()
+    clock = clock_later()
+    ctx, records, pattern = context_later()
     thought = rt.brains.resolver.resolve(incident, ctx)
+    note = _brain_note(conn, incident.id, "resolver", thought, worker, at=clock.at())
+    if incident.status is not Status.RESOLVED:   # held locked: the close's compare-and-set would not move it
+        return False
+    closed, moved = _close(conn, rt, incident, thought, clock, note, actor=actor, worker=worker)
+    history.record_resolution(conn, incident, human=human)
+    learned = history.pattern_after_resolution(pattern, incident, human=human)
+    report = build_report(closed, {**thought.value.as_dict(), "brain": thought.note()}, related=ctx.related,
+                          learning=_learning(rt, learned, records, lcfg),
+                          children=children(), situation=situation_later())
+    _write_standing(conn, rt, report, moved)
+    return True
+
+
+def _close(conn: psycopg.Connection, rt: Runtime, incident: Incident, thought: Thought[resolver.Resolution],
+           clock: db.Clock, note: TimelineEntry | None, *, actor: str,
+           worker: str) -> tuple[Incident, Callable[[], Status | None]]:
+    """Send the close (resolved -> closed with the resolution's fields, its line stamped from `clock`): the
+    incident as get_incident will read it back after the commit (its timeline with the brain's `note`, sent
+    before, and the close's line), and the reader of the close's own answer."""
     resolution = thought.value
-    _brain_note(conn, incident.id, "resolver", thought, worker)
     json_path, md_path = report_paths(rt.settings.reports_dir, incident.id)
     updates = {"lessons_learned": resolution.lessons_learned, "follow_ups": resolution.follow_ups,
                "report_path": str(md_path)}
     if resolution.root_cause and not incident.root_cause:
         updates["root_cause"] = resolution.root_cause
-    moved = store.transition(conn, incident.id, expected=[Status.RESOLVED], to=Status.CLOSED, actor=actor,
-                             worker=worker, what=f"closed; report {md_path.name}", updates=updates,
-                             details={"summary": resolution.summary, "report_json": str(json_path),
-                                      "brain": thought.note()},
-                             status_now=incident.status)
-    if moved is None:
-        return False
-    history.record_resolution(conn, incident, human=human)
-    # The report is written after the close so its timeline and learned numbers include this incident;
-    # a failure to write it rolls the close back and the stage is retried.
-    closed_later = store.get_incident_later(conn, incident.id, with_timeline=True)
-    pattern_later = history.pattern_later(conn, incident.fingerprint)
-    children = (inhibition.children_of_later(conn, incident.id) if done.wrote_timeline else lambda: [])
-    closed = closed_later() or incident
-    report = build_report(closed, {**resolution.as_dict(), "brain": thought.note()}, related=related,
-                          learning=_learning(rt, pattern_later(), records, lcfg),
-                          children=children(), situation=situation_later())
+    line = store.timeline_entry(at=clock.at(), actor=actor, worker=worker, from_status=incident.status,
+                                to_status=Status.CLOSED, what=f"closed; report {md_path.name}",
+                                details={"summary": resolution.summary, "report_json": str(json_path),
+                                         "brain": thought.note()})
+    moved = store.transition_later(conn, incident.id, expected=[Status.RESOLVED], to=Status.CLOSED, actor=actor,
+                                   worker=worker, what=line.what, updates=updates, details=line.details,
+                                   at=line.at)
+    closed = store.after_transition(incident, to=Status.CLOSED, now=clock.now, updates=updates)
+    closed.timeline += [*([note] if note else []), line]
+    return closed, moved
+
+
+def _write_standing(conn: psycopg.Connection, rt: Runtime, report: dict,
+                    moved: Callable[[], Status | None]) -> None:
+    """Write the report before the close commits; it stands only if the commit comes and the close moved the
+    incident, else its files are removed (before the rollback, while the incident's lock keeps a retry of the
+    stage from writing its own). A worker lost in between leaves them: the retry writes them again, and until
+    then they are not the final report (current_report: the close that commits sets report_path)."""
+    def stands(committed: bool) -> None:
+        if not committed or moved() is None:
+            remove_report(rt.settings.reports_dir, report["id"])
+
+    db.when_settled(conn, stands)
     write_report(rt.settings.reports_dir, report)
-    return True
 
 
 def _resolver_context(conn: psycopg.Connection, rt: Runtime, incident: Incident) -> resolver.ResolverContext:
@@ -380,8 +416,9 @@ def _resolver_context(conn: psycopg.Connection, rt: Runtime, incident: Incident)
 
 
 def _resolver_context_later(conn: psycopg.Connection, rt: Runtime, incident: Incident
-                            ) -> Callable[[], tuple[resolver.ResolverContext, dict[str, dict]]]:
-    """_resolver_context with its reads sent now; called, the context and the runbook records it read."""
+                            ) -> Callable[[], tuple[resolver.ResolverContext, dict[str, dict], dict | None]]:
+    """_resolver_context with its reads sent now; called, the context, and the runbook records and the
+    pattern (history.pattern) it read."""
     _, lcfg = _configs(rt)
     records_later = history.runbook_records_later(conn, incident.fingerprint)
     pattern_later = history.pattern_later(conn, incident.fingerprint)
@@ -389,7 +426,7 @@ def _resolver_context_later(conn: psycopg.Connection, rt: Runtime, incident: Inc
         conn, incident.fingerprint, exclude=incident.id)
     related_later = _related_later(conn, rt, incident)
 
-    def context() -> tuple[resolver.ResolverContext, dict[str, dict]]:
+    def context() -> tuple[resolver.ResolverContext, dict[str, dict], dict | None]:
         services, user_facing, dependants, user_facing_dependants = _blast_radius(rt, incident)
         records = records_later()
         used = records.get((incident.fix or {}).get("runbook") or "", {})
@@ -406,7 +443,7 @@ def _resolver_context_later(conn: psycopg.Connection, rt: Runtime, incident: Inc
             known_root_cause_from=known["id"] if known else None,
             related=related_later(),
             min_samples=lcfg.auto_resolve_min_samples,
-        ), records
+        ), records, pattern_later()
 
     return context
 
@@ -437,13 +474,16 @@ def report_so_far(conn: psycopg.Connection, rt: Runtime, incident_id: str) -> di
 
 def current_report(conn: psycopg.Connection, rt: Runtime, incident_id: str) -> tuple[dict, str] | None:
     """The report people read now, as (data, Markdown): the final one once written, else the interim one of
-    an escalated incident, else None (ERDU is still handling it, or there is no such incident)."""
+    an escalated incident, else None (ERDU is still handling it, or there is no such incident).
+
+    The final one is the file of a close that committed (it set report_path): the resolver writes the file
+    before its commit, so a worker lost in between leaves a file that is not the final report."""
     row = conn.execute("SELECT report_path FROM incidents WHERE id = %s", (incident_id,)).fetchone()
     if row is None:
         return None
-    json_path, md_path = report_paths(rt.settings.reports_dir, incident_id)
-    md_path = Path(row["report_path"]) if row["report_path"] else md_path
-    if md_path.is_file():
+    json_path, _ = report_paths(rt.settings.reports_dir, incident_id)
+    md_path = Path(row["report_path"]) if row["report_path"] else None
+    if md_path is not None and md_path.is_file():
         try:
             data = json.loads(json_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
