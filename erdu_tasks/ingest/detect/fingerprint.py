@@ -92,9 +92,11 @@ _IPV6_V2 = (r"(?<![\w:.])(?=[0-9a-fA-F]{0,4}:)(?=[0-9a-fA-F:]{0,44}\d)(?:[0-9a-f
 _IPV6 = _IPV6_V2.removesuffix(r"(?![\w:])") + r"(?![\w:]|\.\d)"
 # A run of six or more colon-separated hex groups holding a digit, longer than an IPv6 address can be
 # (hardware ids, serial numbers: "FF:F2:9F:16:EB:27:00:0D:60:E9:14:D8"); version 2 kept its groups
-# without a digit as words. (Not after a ":", where it would start inside a longer run; its groups are
-# read possessively: giving one back could only end the run before a ":" or a word character.)
-_HEX_RUN = r"[0-9a-fA-F](?<!:.)(?=[0-9a-fA-F:]*\d)[0-9a-fA-F]{0,3}+(?::[0-9a-fA-F]{1,4}+){5,}+(?![\w:])"
+# without a digit as words. (Not after a ":", where it would start inside a longer run. Most tokens that
+# start with a hex digit have no ":" after it, so that is looked for before the digit; the groups are read
+# possessively: giving one back could only end the run before a ":" or a word character.)
+_HEX_RUN = (r"[0-9a-fA-F](?<!:.)(?=[0-9a-fA-F]{0,3}+:)(?=[0-9a-fA-F:]*\d)[0-9a-fA-F]{0,3}+"
+            r"(?::[0-9a-fA-F]{1,4}+){5,}+(?![\w:])")
 # A quoted value after key=, whatever it holds ('tag="View Lock"'), except after the keys that name
 # what happened (msg="connection refused" stays text). A quoted value without spaces is masked by the
 # quoted-value rules before these; version 2 kept one with spaces as words.
