@@ -47,7 +47,7 @@ def test_why_names_the_template_the_masked_values_and_their_rules(rt):
     with rt.db.transaction() as conn:
         found = grouping.why(conn, incident)
     assert found["template"] == "ERROR upload of <*> failed after <*> for user=<*>"
-    assert found["version"] == 2 and found["step"].startswith("single line")
+    assert found["version"] == 3 and found["step"].startswith("single line")
     assert [(m["text"], m["rules"]) for m in found["masked"]] == [
         ("/srv/data/a.csv", ["file path"]), ("3001ms", ["duration or size"]), ("alice", ["value of key=value"])]
     shown = erdu(rt.url, "incidents", "why", incident)
@@ -129,10 +129,36 @@ def test_a_new_grouping_version_never_splits_an_open_incident(rt):
     with rt.db.transaction() as conn:
         assert grouping.why(conn, old)["version"] == 1
         conn.execute("UPDATE incidents SET status = 'closed', closed_at = now() WHERE id = %s", (old,))
-    [new] = send(rt, TRACE.format(n=4))                    # once it closed, the version-2 key takes over
+    [new] = send(rt, TRACE.format(n=4))                    # once it closed, today's key takes over
     assert new != old
     with rt.db.transaction() as conn:
-        assert grouping.why(conn, new)["version"] == 2
+        assert grouping.why(conn, new)["version"] == 3
+
+
+LOCK = 'acquire lock={n}, flags=0x1, tag="View Lock", name=com.android.systemui, uid=10037'
+
+
+def test_an_incident_opened_under_version_2_keeps_its_messages_whose_version_3_key_differs(rt):
+    message = LOCK.format(n=233570404)
+    now = fingerprint(message, "phone")
+    old_key = previous_keys(message, "phone")[2]          # version 2 kept the quoted "View Lock" as words
+    assert old_key != now.key and "tag=<*>" in now.template
+    with rt.db.transaction() as conn:
+        old = store.upsert_incident(conn, store.NewIncident(
+            fingerprint=old_key, template='acquire lock=<*>, flags=<*>, tag="View Lock", name=<*>, uid=<*>',
+            title="acquire lock", description=message, severity=Severity.P3, source="log", service="phone",
+            host=None, affected_services=[], tags=[], labels={},
+            error_details={"message": message, "grouping": {"version": 2, "key": old_key}},
+            samples=[], count=1)).incident_id
+    assert send(rt, LOCK.format(n=1), LOCK.format(n=2), service="phone") == [old]
+    assert one(rt, "SELECT occurrences FROM incidents WHERE id = %s", old)["occurrences"] == 3
+    with rt.db.transaction() as conn:
+        assert grouping.why(conn, old)["version"] == 2
+        conn.execute("UPDATE incidents SET status = 'closed', closed_at = now() WHERE id = %s", (old,))
+    [new] = send(rt, LOCK.format(n=3), service="phone")   # once it closed, the version-3 key takes over
+    assert new != old and one(rt, "SELECT fingerprint FROM incidents WHERE id = %s", new)["fingerprint"] == now.key
+    with rt.db.transaction() as conn:
+        assert grouping.why(conn, new)["version"] == 3
 
 
 def test_the_override_cache_reloads_only_when_the_version_moves(rt):

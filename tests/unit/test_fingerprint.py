@@ -10,7 +10,16 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from erdu_tasks.ingest.detect.fingerprint import MASK, Template, fingerprint, mask
+from erdu_tasks.ingest.detect.fingerprint import (
+    GROUPING_VERSION,
+    MASK,
+    Template,
+    fingerprint,
+    mask,
+    previous_keys,
+    slots,
+    template_key,
+)
 
 # --- generators --------------------------------------------------------------------------------
 
@@ -173,6 +182,79 @@ def test_a_quoted_sentence_keeps_its_words():
     assert fingerprint('error "disk full"').key != fingerprint('error "disk gone"').key
 
 
+# --- version 3: rules found on Loghub datasets not used to write the earlier ones ------------------
+
+@pytest.mark.parametrize(
+    ("message", "template"),
+    [
+        # A quoted value right after key= is a value, whatever it holds.
+        ('acquire lock=7, tag="View Lock", uid=3', f"acquire lock={MASK}, tag={MASK}, uid={MASK}"),
+        ("login by user='Ann Lee' denied", f"login by user={MASK} denied"),
+        ('label.team="pay ments"', f"label.team={MASK}"),
+        # ... except after the keys that carry the message itself, and not without a key.
+        ('msg="connection refused" code=5', f'msg="connection refused" code={MASK}'),
+        ("error='disk full' on sda", "error='disk full' on sda"),
+        ('state="shutting down" reason="operator asked"', 'state="shutting down" reason="operator asked"'),
+        ('deploy failed: "disk full" on host', 'deploy failed: "disk full" on host'),
+        ('tag= "View Lock"', 'tag= "View Lock"'),
+        # A run of six or more colon-separated hex groups holding a digit is one value.
+        ("Ido chip status changed: FF:F2:9F:16:EB:27:00:0D:60:E9:14:D8 ip=10.0.2.192",
+         f"Ido chip status changed: {MASK} ip={MASK}"),
+        ("mLp(FF:F2:9F:16:CF:0F:00:0D:60:E9:30:F0) lost", f"mLp({MASK}) lost"),
+        ("bssid 5c:50:15:4c:18:13, last RSSI -64", f"bssid {MASK}, last RSSI {MASK}"),
+        # ... but hex-looking words without a digit, and shorter runs of words, stay.
+        ("dead:beef:cafe:face:bad:add is a marker", "dead:beef:cafe:face:bad:add is a marker"),
+        ("stage:build:test:deploy failed", "stage:build:test:deploy failed"),
+        # A time of day with a fraction of a second, and IPv6 ending in IPv4, are one value each.
+        ("20:54:03.455 : BTLE scanner Powered On", f"{MASK} : BTLE scanner Powered On"),
+        ("connect from ::ffff:10.0.0.1 refused", f"connect from {MASK} refused"),
+        ("connect to 2001:db8::ff00:42:8329. Giving up", f"connect to {MASK}. Giving up"),
+    ],
+)
+def test_version_3_masking(message, template):
+    assert mask(message) == template
+
+
+def test_a_quoted_value_after_a_key_no_longer_splits_its_template():
+    assert fingerprint('release lock=1, tag="View Lock"').key == fingerprint('release lock=2, tag="RILJ_ACK_WL"').key
+    assert fingerprint('failed msg="connection refused"').key != fingerprint('failed msg="connection reset"').key
+
+
+def test_the_new_rules_are_named_in_explanations():
+    _, found = slots('tag="View Lock" chip FF:F2:9F:16:EB:27:00:0D:60:E9:14:D8 at 20:54:03.455')
+    assert [(s.text, s.rules) for s in found] == [
+        ('"View Lock"', ("quoted value of key=value",)),
+        ("FF:F2:9F:16:EB:27:00:0D:60:E9:14:D8", ("run of hex groups",)),
+        ("20:54:03.455", ("time of day",)),
+    ]
+
+
+def test_previous_keys_give_the_version_2_key_of_a_line_whose_template_changed():
+    assert GROUPING_VERSION == 3
+    line = 'acquire lock=233570404, tag="View Lock", uid=10037'
+    # Version 2 kept the quoted value with a space as words: its template, written out.
+    assert previous_keys(line, "phone") == {2: template_key('acquire lock=<*>, tag="View Lock", uid=<*>', "phone")}
+    assert previous_keys(line, "phone")[2] != fingerprint(line, "phone").key
+    chip = "Ido chip status changed: FF:F2:9F:16:EB:27:00:0D:60:E9:14:D8 ip=10.0.2.192"
+    assert previous_keys(chip) == {2: template_key("Ido chip status changed: FF:<*>:EB:<*> ip=<*>")}
+    assert previous_keys("20:54:03.455 : BTLE scanner Powered On") == {
+        2: template_key("<*>.455 : BTLE scanner Powered On")}
+
+
+@pytest.mark.parametrize("line", [
+    "timeout after 30s on db-1", 'msg="connection refused" code=5', "session opened for user alice by root",
+    "connect to 2001:db8::ff00:42:8329 refused", 'unknown key "user_id"', "plain words only", ""])
+def test_previous_keys_are_empty_for_a_line_whose_template_did_not_change(line):
+    assert previous_keys(line, "svc") == {}
+
+
+def test_previous_keys_of_a_traceback_whose_message_shape_changed_hold_both_earlier_versions():
+    trace = PY_TRACE.replace("'abc'", 'tag="View Lock"')
+    keys = previous_keys(trace, "svc")
+    assert set(keys) == {1, 2} and fingerprint(trace, "svc").key not in keys.values()
+    assert set(previous_keys(PY_TRACE, "svc")) == {1}   # its shape did not change: only the version-1 key
+
+
 # --- multi-line traces ---------------------------------------------------------------------------
 
 PY_TRACE = """2024-05-01 10:00:00 ERROR request failed
@@ -244,7 +326,8 @@ def test_empty_and_huge_messages_are_handled():
 @pytest.mark.parametrize(
     "line",
     ["=a" * 30_000, "a:" * 30_000, "'a" * 30_000, "user " * 12_000, "a." * 30_000 + "Error",
-     "abcd:" * 12_000, "()" * 30_000, "<1 " * 20_000, "x@" * 30_000],
+     "abcd:" * 12_000, "()" * 30_000, "<1 " * 20_000, "x@" * 30_000, 'a="' * 20_000, "a='b " * 12_000,
+     "0:" * 30_000, "0a:" * 20_000 + "x", "12:30:45.1" * 6_000],
 )
 def test_pathological_lines_stay_fast(line):
     # CPU time of this process, not wall time: a busy machine must not fail it, a backtracking regex would.

@@ -10,13 +10,16 @@ cluster's last; that would need shared, persisted state to give stable keys.)
 What counts as a variable, found in one combined regex pass that only starts at token
 boundaries, then one pass that collapses runs:
 
-- dates and times, UUIDs, URLs, e-mail addresses, IPv4/IPv6 addresses, host:port,
+- dates and times (a time of day with its fraction of a second, ``20:54:03.455``), UUIDs,
+  URLs, e-mail addresses, IPv4/IPv6 addresses, a longer run of colon-separated hex groups
+  (six or more, one holding a digit: ``FF:F2:9F:16:EB:27:00:0D:60:E9:14:D8``), host:port,
   file paths, quoted values without spaces, durations and sizes with their unit
   (``3001ms``, ``1.5 sec``, ``4 KB``, ``<1 sec``), an empty ``()``;
 - any other token holding a digit (``8812``, ``0x1f``, ``blk_-123``, ``host7``), the rule
   drain3 applies with ``parametrize_numeric_tokens``;
-- the value of ``key=value`` (``user=root``), except for keys that carry the message
-  itself (``msg=``, ``error=``, ``level=``, ``status=`` ...);
+- the value of ``key=value`` (``user=root``), a quoted one whatever it holds
+  (``tag="View Lock"``), except for keys that carry the message itself (``msg=``, ``error=``,
+  ``level=``, ``status=`` ...: ``msg="connection refused"`` stays text);
 - the account name after the word "user" when it ends its clause (``for user alice by``,
   ``invalid user bob [preauth]``): account names are data, and personal data at that.
 
@@ -37,14 +40,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 FINGERPRINT_VERSION = "1"
 """Part of every key's hash. Keys differ whenever templates do, so it stays: a new grouping version
 changes the keys of only the messages whose templates it changes."""
-GROUPING_VERSION = 2
+GROUPING_VERSION = 3
 """The grouping algorithm and its settings, stored with each incident: 2 gave Python tracebacks
-message shapes and in-app frames. A new version keeps its predecessor's keys reachable
+message shapes and in-app frames; 3 masks a quoted value after key= whatever it holds, a run of six
+or more colon-separated hex groups, and a time of day with a fraction of a second (which version 2
+read as an IPv6 address followed by a number). A new version keeps its predecessors' keys reachable
 (previous_keys) so that open incidents are not split."""
 MAX_EXPLAINED = 50
 
@@ -78,6 +84,26 @@ _OCTET = r"\d\d?\d?"  # one to three digits (as \d{1,3}, written to start with a
 _W = r"[^\s=,;:()\[\]{}<>\"'|]"
 _KV = r"[^\s,;&()\[\]{}<>\"'|]"  # a character of the value of key=value
 
+# IPv6 addresses (with a digit). Version 2 ended one at anything but a word character or ":", so a time
+# of day with a fraction of a second ("20:54:03.455") was an address and a number, and an address ending
+# in IPv4 ("::ffff:10.0.0.1") stopped at its first "."; version 3 does not end one before ".<digit>".
+_IPV6_V2 = (r"(?<![\w:.])(?=[0-9a-fA-F]{0,4}:)(?=[0-9a-fA-F:]{0,44}\d)(?:[0-9a-fA-F]{0,4}:){2,7}"
+            r"(?:[0-9a-fA-F]{1,4}|\d{1,3}(?:\.\d{1,3}){3})(?:%\w+)?(?![\w:])")
+_IPV6 = _IPV6_V2.removesuffix(r"(?![\w:])") + r"(?![\w:]|\.\d)"
+# A run of six or more colon-separated hex groups holding a digit, longer than an IPv6 address can be
+# (hardware ids, serial numbers: "FF:F2:9F:16:EB:27:00:0D:60:E9:14:D8"); version 2 kept its groups
+# without a digit as words. (Not after a ":", where it would start inside a longer run. Most tokens that
+# start with a hex digit have no ":" after it, so that is looked for before the digit; the groups are read
+# possessively: giving one back could only end the run before a ":" or a word character.)
+_HEX_RUN = (r"[0-9a-fA-F](?<!:.)(?=[0-9a-fA-F]{0,3}+:)(?=[0-9a-fA-F:]*\d)[0-9a-fA-F]{0,3}+"
+            r"(?::[0-9a-fA-F]{1,4}+){5,}+(?![\w:])")
+# A quoted value after key=, whatever it holds ('tag="View Lock"'), except after the keys that name
+# what happened (msg="connection refused" stays text). A quoted value without spaces is masked by the
+# quoted-value rules before these; version 2 kept one with spaces as words.
+_TEXT_KEY_GUARD = "".join(rf"(?<!\b{k}=.)" for k in _TEXT_KEYS)
+_KEY_DQUOTED = rf"\"(?<=[\w.\]-]=.){_TEXT_KEY_GUARD}[^\"]{{1,200}}\""
+_KEY_SQUOTED = rf"'(?<=[\w.\]-]=.){_TEXT_KEY_GUARD}[^']{{1,200}}'"
+
 # Each rule that can start with an opening character class or literal does (a look-behind comes
 # after the first character, written one character longer, "(?<!x.)"): sre tests a branch's first
 # class before it enters the branch, so at a token no rule can start with the rule costs one test.
@@ -93,8 +119,8 @@ _PARTS = [
     r"[a-zA-Z][a-zA-Z0-9+.-]{1,15}://[^\s\"'<>]+",
     r"[\w.!#$%&'*+/=?^`{|}~-][\w.!#$%&'*+/=?^`{|}~-]{0,63}@[\w-]+(?:\.[\w-]+)+",
     # Addresses: IPv6 (with a digit), IPv4 and host names with a port ("db.example.com:5432").
-    r"(?<![\w:.])(?=[0-9a-fA-F]{0,4}:)(?=[0-9a-fA-F:]{0,44}\d)(?:[0-9a-fA-F]{0,4}:){2,7}(?:[0-9a-fA-F]{1,4}|\d{1,3}(?:\.\d{1,3}){3})"
-    r"(?:%\w+)?(?![\w:])",
+    _IPV6,
+    _HEX_RUN,
     rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?::\d{{1,5}})?(?![\w.])",
     r"[A-Za-z0-9-][A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)+:\d{1,5}(?![\w.])",
     # File paths: /a/b, ./a, ~/a, C:\a\b (a single "/word" is a path too).
@@ -104,6 +130,8 @@ _PARTS = [
     # Quoted values without spaces ('alice', "x-17"); a quoted sentence is text and stays.
     r"'[^'\s]{1,200}'(?!\w)",
     r"\"[^\"\s]{1,200}\"(?!\s*:)",
+    _KEY_DQUOTED,
+    _KEY_SQUOTED,
     # Durations and sizes with a unit, also "1.5 sec", "12.0 KB", "01:07:47".
     # (Not when the "unit" starts an e-mail address: "0 T|@a.com" is a number and an address.)
     # (The number is "[<>~≈]?[-+]?\d++", its first character read first: a digit, a sign or a comparison.)
@@ -119,12 +147,13 @@ _PARTS = [
     rf"{_W}(?:(?<=\d){_W}*+|{_W}*\d{_W}*)",
     # The value of key=value, whatever it holds (an empty value stays empty), except for the
     # keys that name what happened (msg=, error=, level=, ...).
-    rf"{_KV}(?<=[\w.\]-]=.)" + "".join(rf"(?<!\b{k}=.)" for k in _TEXT_KEYS) + rf"{_KV}*",
+    rf"{_KV}(?<=[\w.\]-]=.){_TEXT_KEY_GUARD}{_KV}*",
 ]
 # What each of _PARTS is, in the same order, as `erdu incidents why` names it.
 RULE_NAMES = (
-    "date and time", "date", "date", "uuid", "url", "e-mail address", "ipv6 address", "ipv4 address",
-    "host:port", "file path", "file path", "quoted value", "quoted value", "duration or size", "time of day",
+    "date and time", "date", "date", "uuid", "url", "e-mail address", "ipv6 address", "run of hex groups",
+    "ipv4 address", "host:port", "file path", "file path", "quoted value", "quoted value",
+    "quoted value of key=value", "quoted value of key=value", "duration or size", "time of day",
     "empty brackets", "account name after 'user'", "token with a digit", "value of key=value",
 )
 assert len(RULE_NAMES) == len(_PARTS)
@@ -146,7 +175,7 @@ _MASK_RE = re.compile(_START + "(?:" + "|".join(f"(?:{p})" for p in _PARTS) + ")
 # so each line is masked by the alternation of only the rules it could meet. The e-mail rule alone
 # scans up to 64 characters at every word. What each rule needs ("" = nothing checked; digits are
 # not: nearly every line holds one, and looking for one would cost more than it saves):
-_NEEDS = ("", "", "", "", ":", "@", ":", "", ":", "/", ":", "'", '"', "", ":", "", "u", "", "=")
+_NEEDS = ("", "", "", "", ":", "@", ":", ":", "", ":", "/", ":", "'", '"', '="', "='", "", ":", "", "u", "", "=")
 assert len(_NEEDS) == len(_PARTS)
 _FEATURES = ("@", ":", "/", "'", '"', "=", "u")
 _BY_FEATURES: dict[int, re.Pattern[str]] = {}
@@ -163,6 +192,16 @@ def _mask_re(text: str) -> re.Pattern[str]:
         pattern = _BY_FEATURES[have] = re.compile(
             _START + "(?:" + "|".join(f"(?:{p})" for p in parts) + ")") if parts else re.compile(r"(?!)")
     return pattern
+
+
+# Version 2's rules, for previous_keys only: its IPv6 rule, without the rules version 3 added. Compiled
+# when first needed (ingest asks once per new group), so the hot path never pays for them.
+_PARTS_V2 = [_IPV6_V2 if p is _IPV6 else p for p in _PARTS if p not in (_HEX_RUN, _KEY_DQUOTED, _KEY_SQUOTED)]
+
+
+@functools.cache
+def _mask_re_v2() -> re.Pattern[str]:
+    return re.compile(_START + "(?:" + "|".join(f"(?:{p})" for p in _PARTS_V2) + ")")
 
 
 # The same alternatives, each in a named group, so an explanation can say which rule masked a value.
@@ -219,6 +258,17 @@ def mask(text: str) -> str:
     return " ".join(text.split())   # what _SPACES.sub(" ", text).strip() gives (\s is str.isspace), faster
 
 
+def _mask_v2(text: str) -> str:
+    """mask(text) as grouping version 2 made it (one alternation of all its rules: leaving out the rules a
+    line cannot meet changes nothing, so this is what version 2 gave)."""
+    text = _mask_re_v2().sub(MASK, text)
+    if text.count(MASK) > 1:
+        if "(<*>)" in text or "[<*>]" in text or "{<*>}" in text:
+            text = _BRACKETED.sub(MASK, text)
+        text = _RUN.sub(MASK, text)
+    return " ".join(text.split())
+
+
 CACHED_CHARS = 400
 """Messages up to this long are remembered (the last CACHE_SIZE of them): logs repeat their lines,
 a storm repeats one line, and a pure function may answer a repeat from memory."""
@@ -243,6 +293,15 @@ def fingerprint_uncached(message: str, service: str | None = None) -> Template:
     else:
         template = "\n".join(mask(line) for line in text.splitlines() if line.strip())[:MAX_TEMPLATE_CHARS]
     return _new_template(template_key(template, service), template, title)
+
+
+def _template(text: str, masker: Callable[[str], str]) -> str:
+    """fingerprint_uncached's template of a stripped text, each line masked by masker (previous_keys)."""
+    if "\n" not in text:
+        return masker(text)[:MAX_TEMPLATE_CHARS]
+    if (trace := _trace_template(text, masker)) is not None:
+        return trace[0]
+    return "\n".join(masker(line) for line in text.splitlines() if line.strip())[:MAX_TEMPLATE_CHARS]
 
 
 # Template(key, template, title) without running the frozen dataclass's __init__: the same three
@@ -337,16 +396,21 @@ def explain(message: str, service: str | None = None) -> dict[str, object]:
 def previous_keys(message: str, service: str | None = None) -> dict[int, str]:
     """The keys earlier grouping versions gave this message, where they differ from today's (version -> key).
 
-    Only Python tracebacks changed (in version 2), so any other message has none and costs nothing here.
+    Version 2 changed Python tracebacks; version 3 the masking of single lines (and so of each line of
+    several, and of exception messages). A message whose template no version changed has none. Ingest
+    asks once per new group, so version 2's masking is run here, not on the hot path.
     """
     text = message[:MAX_INPUT_CHARS].strip()
-    if "\n" not in text or _PY_TRACE_START not in text:
-        return {}
+    now = fingerprint(message, service).key
+    keys: dict[int, str] = {}
     lines = text.splitlines()
-    now, then = _python_trace(lines), _python_trace_v1(lines)
-    if then is None or now == then:
-        return {}
-    return {1: template_key(then[0], service)}
+    if len(lines) > 1 and _PY_TRACE_START in text:
+        then = _python_trace_v1(lines)
+        if then is not None and (key := template_key(then[0], service)) != now:
+            keys[1] = key
+    if (key := template_key(_template(text, _mask_v2), service)) != now:
+        keys[2] = key
+    return keys
 
 
 _remembered = functools.lru_cache(maxsize=CACHE_SIZE)(fingerprint_uncached)
@@ -399,17 +463,17 @@ def _shorten(text: str, limit: int = TITLE_CHARS) -> str:
     return cut.rstrip(" ,;:-") + "…"
 
 
-def _trace_template(text: str) -> tuple[str, str] | None:
+def _trace_template(text: str, masker: Callable[[str], str] = mask) -> tuple[str, str] | None:
     """Template and title of a Python traceback or a Java stack trace, else None."""
     lines = text.splitlines()
     if _PY_TRACE_START in text:
-        return _python_trace(lines)
+        return _python_trace(lines, masker)
     if any(_JAVA_FRAME.match(line) for line in lines[:MAX_TRACE_FRAMES]):
-        return _java_trace(lines)
+        return _java_trace(lines, masker)
     return None
 
 
-def _python_trace(lines: list[str]) -> tuple[str, str] | None:
+def _python_trace(lines: list[str], masker: Callable[[str], str] = mask) -> tuple[str, str] | None:
     """A traceback's exception types, their message shapes and its in-app frames.
 
     A frame is file, function and its source line (stripped): the line number moves with any
@@ -447,7 +511,7 @@ def _python_trace(lines: list[str]) -> tuple[str, str] | None:
         if exc:
             types.append(exc.group(1))
             message = line[exc.end():].strip()
-            shapes.append(_message_shape(message))
+            shapes.append(masker(message)[:200])   # its shape: a KeyError's key, a port, a count masked
             in_trace = False
     if not types:
         return None
@@ -460,11 +524,6 @@ def _python_trace(lines: list[str]) -> tuple[str, str] | None:
     template = f"Traceback {exceptions} at {' > '.join(kept[-MAX_TRACE_FRAMES:])}"[:MAX_TEMPLATE_CHARS * 4]
     title = types[-1].rsplit(".", 1)[-1] + (f": {mask(message)}" if message else "")
     return template, _shorten(title)
-
-
-def _message_shape(message: str) -> str:
-    """What an exception message says, without its values (a KeyError's key, a port, a count)."""
-    return mask(message)[:200]
 
 
 def _python_trace_v1(lines: list[str]) -> tuple[str, str] | None:
@@ -499,7 +558,7 @@ def _python_trace_v1(lines: list[str]) -> tuple[str, str] | None:
     return template, _shorten(title)
 
 
-def _java_trace(lines: list[str]) -> tuple[str, str] | None:
+def _java_trace(lines: list[str], masker: Callable[[str], str] = mask) -> tuple[str, str] | None:
     types: list[str] = []
     frames: list[str] = []
     message = ""
@@ -513,7 +572,7 @@ def _java_trace(lines: list[str]) -> tuple[str, str] | None:
                     types.append(head.group(1))
                     message = previous[head.end():].lstrip(": ").strip()
                 else:  # a throwable whose name says nothing: its masked header stands in
-                    types.append(mask(previous)[:200])
+                    types.append(masker(previous)[:200])
             if len(frames) < MAX_TRACE_FRAMES:
                 frames.append(_FRAME_DIGITS.sub("#", frame.group(1)))
             previous = ""
