@@ -418,7 +418,7 @@ def test_a_redis_crash_while_the_fixer_acts_closes_both_incidents_and_runs_each_
 POSTGRES_OUTAGE_SECONDS = 12
 
 
-@pytest.mark.slow(60)
+@pytest.mark.slow(45)
 @pytest.mark.timeout(600)
 def test_postgres_down_for_12_s_under_load_retries_and_loses_nothing(own_stack, beat_for, tmp_path):
     from tests.conftest import RedisServer
@@ -438,15 +438,18 @@ def test_postgres_down_for_12_s_under_load_retries_and_loses_nothing(own_stack, 
         api = ApiServer(stack.tmp, broker.url, stack.database_url, {**env, "ERDU_API_TOKEN": WRITE}).start()
         http = api.client()
 
-        keys = [f"load-{i}" for i in range(200)]
-        for key in keys[:150]:
+        # 100 events (it once sent 200): 75 before the stop, of which the database holds at least 25 and the
+        # rest wait on the queues or are mid-stage when it goes, and 25 sent while it is away. Every stage
+        # meets the outage either way; the other 100 only made the recovery longer.
+        keys = [f"load-{i}" for i in range(100)]
+        for key in keys[:75]:
             stack.send_event(event(key, f"Routine hiccup {key}"))
-        wait_for(lambda: rows(stack.database_url, "SELECT count(*) AS n FROM incidents")[0]["n"] >= 50, 60, 0.2,
-                 what="50 incidents opened")
+        wait_for(lambda: rows(stack.database_url, "SELECT count(*) AS n FROM incidents")[0]["n"] >= 25, 60, 0.2,
+                 what="25 incidents opened")
         before = progress(stack.database_url, keys)
         pg.stop()
         stopped_at = time.monotonic()
-        for key in keys[150:]:   # producers keep sending while the database is away
+        for key in keys[75:]:   # producers keep sending while the database is away
             stack.send_event(event(key, f"Routine hiccup {key}"))
         answers = []
         while time.monotonic() - stopped_at < POSTGRES_OUTAGE_SECONDS:
