@@ -27,8 +27,8 @@ up: $(STAMP)
 
 # Four pytest-xdist workers on two cores: most integration tests spend their time waiting on worker
 # processes, timeouts and outages, not computing, so two per core keep both busy. The tests of a module
-# that shares one stack stay on one worker (xdist_group), the others are spread one by one; the 15
-# slowest tests are listed at the end.
+# that shares one stack stay on one worker (xdist_group), the others are spread one by one, the longest
+# first (their `slow` marks, tests/conftest.py); the 15 slowest tests are listed at the end.
 debs:
 	@missing=0; for c in $(DEB_CMDS); do command -v $$c >/dev/null 2>&1 || PATH=$$PATH:/usr/sbin command -v $$c >/dev/null 2>&1 || missing=1; done; \
 	if [ $$missing = 1 ]; then \

@@ -20,6 +20,10 @@ import psycopg
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Keep the compiled, assertion-rewritten test modules in __pycache__ even where PYTHONDONTWRITEBYTECODE is
+# set: otherwise each of the five pytest processes of `make test` (the controller and four xdist workers)
+# rewrites and compiles every test module again on every run, about 4 s of CPU each.
+sys.dont_write_bytecode = False
 # Every process a test starts runs this checkout's code, whichever checkout the virtualenv was installed from.
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 # Two runbooks many tests use: one that fixes database incidents, one that always fails.
@@ -466,6 +470,55 @@ def module_stack_factory(tmp_path_factory, redis_server) -> Iterator[Callable[..
     yield make
     make.close()
     server.stop()
+
+
+# ---- order: the longest tests start first -----------------------------------------------------------------
+#
+# `make test` runs four xdist workers with --dist loadgroup: each work unit (an xdist_group, or a single test)
+# goes to the next worker that runs low on work, in the order of the collection. A 60-second test that
+# happens to be collected last starts last and finishes a minute after everything else, so the collection
+# is sorted by expected length, longest first (the classic longest-processing-time-first rule). The
+# expectation comes from a test's `slow` mark: `@pytest.mark.slow(60)` says it takes about 60 s on the 2-core
+# development machine (`slow` without a figure counts as SLOW_DEFAULT_SECONDS); every other test counts as
+# one second. An xdist group moves as a whole, by the sum of its tests, and keeps its own order. The sort
+# is stable: tests of equal weight keep the collection order. A stale figure only costs some time.
+
+SLOW_DEFAULT_SECONDS = 10.0
+
+
+def _expected_seconds(item: pytest.Item) -> float:
+    mark = item.get_closest_marker("slow")
+    if mark is None:
+        return 1.0
+    return float(mark.args[0]) if mark.args else SLOW_DEFAULT_SECONDS
+
+
+def _xdist_group(item: pytest.Item) -> str | None:
+    mark = item.get_closest_marker("xdist_group")
+    if mark is None:
+        return None
+    return str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # xdist by default reorders its work units by their number of tests (the biggest group first), which
+    # would put every group ahead of the long single tests; the order of the collection is the one wanted.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    groups: dict[str, float] = {}
+    for item in items:
+        group = _xdist_group(item)
+        if group is not None:
+            groups[group] = groups.get(group, 0.0) + _expected_seconds(item)
+
+    def weight(item: pytest.Item) -> float:
+        group = _xdist_group(item)
+        return groups[group] if group is not None else _expected_seconds(item)
+
+    items.sort(key=weight, reverse=True)
 
 
 def incident_rows(database_url: str, sql: str = "SELECT * FROM incidents", params=()) -> list[dict]:

@@ -39,6 +39,7 @@ def _st() -> str:
     return str(exe) if exe.exists() else (shutil.which("st") or "st")
 
 
+@pytest.mark.slow(22)
 def test_fuzzing_every_operation_from_the_openapi_schema_finds_no_server_error(api, tmp_path):
     started = time.monotonic()
     done = subprocess.run(

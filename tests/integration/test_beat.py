@@ -58,6 +58,7 @@ def log_of(proc) -> str:
     return proc.log_path.read_text(errors="replace")
 
 
+@pytest.mark.slow(25)
 def test_only_one_beat_schedules_and_the_second_takes_over_when_the_first_dies(beats):
     start, client = beats
     first = start("beat-1")
@@ -86,6 +87,7 @@ def test_only_one_beat_schedules_and_the_second_takes_over_when_the_first_dies(b
     assert 3 <= sent <= 7, f"{sent} reconcile messages in 5 s after the takeover"
 
 
+@pytest.mark.slow(18)
 @pytest.mark.parametrize("persistent", [False, True], ids=["redis-forgets-the-lock", "redis-keeps-the-lock"])
 def test_beat_rides_out_a_redis_crash_and_schedules_again_as_soon_as_redis_is_back(beats, persistent):
     start, client = beats

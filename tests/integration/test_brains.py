@@ -179,6 +179,7 @@ RUNBOOK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow(18)
 def test_the_pipeline_records_the_brain_and_every_fallback_reason_on_the_timeline(stack_factory, fake_llm,
                                                                                    tmp_path):
     fake_llm.slow_seconds = 10.0   # workers on a busy machine get 5 s; the slow case takes longer

@@ -53,6 +53,7 @@ def check_a_poisoned_cache_is_cleared_and_healed_as_the_service_itself_sees_it(l
     assert not poisoned.false_root_causes and not poisoned.harmful_or_needless
 
 
+@pytest.mark.slow(17)
 def test_the_chaos_lab_heals_a_killed_and_a_poisoned_service(tmp_path):
     """One lab, one test: the faults share its supervisord, its services and its ERDU processes."""
     if shutil.which("supervisord") is None:

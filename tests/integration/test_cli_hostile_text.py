@@ -58,6 +58,7 @@ def test_incidents_ls_shows_markup_and_escapes_as_text(hostile_incidents):
     assert "\\x1b[2J" in done.stdout
 
 
+@pytest.mark.slow(11)
 def test_incidents_show_prints_every_hostile_field_safely(hostile_incidents):
     url, ids = hostile_incidents
     for name, incident_id in ids.items():

@@ -113,6 +113,7 @@ def test_show_prints_host_labels_the_first_occurrence_and_the_whole_timeline(fre
     assert "END-OF-NOTE" in flat   # the timeline is not cut
 
 
+@pytest.mark.slow(12)
 def test_failed_show_prints_a_failed_task_whole_and_dismiss_takes_it_off_the_open_list(two_incidents):
     url, (first, _) = two_incidents
     error = "TypeError: diagnose() takes 1 positional argument\n" + "frame line\n" * 5 + "END-OF-ERROR"

@@ -92,6 +92,7 @@ def test_erdu_send_goes_through_the_same_client(stack_factory):
     assert bad.returncode != 0 and "count" in bad.stderr
 
 
+@pytest.mark.slow(12)
 def test_erdu_send_says_which_incident_the_event_became_or_how_to_find_it(stack_factory):
     stack = stack_factory()
     waited = stack.erdu("send", "Cache node unreachable", "--service", "cache", "--wait", "1")

@@ -108,6 +108,7 @@ def one(rt: Runtime, sql: str, *params):
         return conn.execute(sql, params).fetchone()
 
 
+@pytest.mark.slow(25)
 def test_an_on_call_shift_in_the_browser(console, browser):
     """One test, so that however the suite is spread over workers the module starts one API and one browser.
 

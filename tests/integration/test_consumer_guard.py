@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import redis
 
 from tests.conftest import wait_for
@@ -15,6 +16,7 @@ from tests.conftest import wait_for
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow(14)
 def test_a_worker_that_stops_polling_its_queue_reconnects_and_takes_the_waiting_work(redis_server, tmp_path):
     url = f"redis://127.0.0.1:{redis_server.port}/14"
     redis.Redis.from_url(url).flushdb()

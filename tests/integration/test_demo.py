@@ -9,8 +9,10 @@ import sys
 import time
 
 import psutil
+import pytest
 
 
+@pytest.mark.slow(38)
 def test_the_demo_closes_its_incident_with_a_report_within_a_minute_and_leaves_no_process(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ERDU_", "FLOWER_"))}
     before = {p.pid for p in psutil.process_iter()}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import textwrap
 
+import pytest
+
 from tests.conftest import incident_rows, wait_for
 
 
@@ -49,6 +51,7 @@ def test_numbers_in_a_message_do_not_split_an_incident(stack_factory):
     assert [(r["service"], r["occurrences"]) for r in rows] == [("api", 2), ("billing", 1)]
 
 
+@pytest.mark.slow(15)
 def test_a_recurrence_after_resolution_links_to_the_previous_incident(stack_factory):
     stack = stack_factory()
     stack.start_all(("ingest", "resolver"))

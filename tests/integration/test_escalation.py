@@ -354,6 +354,7 @@ def test_an_open_p1_keeps_its_dependants_quiet_until_it_is_resolved(db, endpoint
 # --------------------------------------------------------------------------- storms
 
 
+@pytest.mark.slow(10)
 def test_five_hundred_incidents_in_a_minute_send_the_channel_limit_plus_one_digest(db, endpoints, redis_client, t0):
     section = {"channels": {"chat": {"type": "slack", "url": endpoints.url + "/chat", "max_per_minute": 10}},
                "policies": {"default": [{"channels": ["chat"]}]}}

@@ -58,6 +58,7 @@ def timeline(stack, incident_id: str) -> list[str]:
                                              " WHERE incident_id = %s ORDER BY id", (incident_id,))]
 
 
+@pytest.mark.slow(9)
 def test_a_worker_restart_between_levels_loses_no_step_and_repeats_nothing(stack_factory, endpoints):
     config = {"channels": {"first": webhook(endpoints, "/first"), "second": webhook(endpoints, "/second")},
               "policies": {"default": [{"channels": ["first"], "ack_deadline": "4s"}, {"channels": ["second"]}]},
@@ -88,6 +89,7 @@ def test_a_worker_restart_between_levels_loses_no_step_and_repeats_nothing(stack
         db.close()
 
 
+@pytest.mark.slow(31)
 def test_an_incident_the_fixer_cannot_fix_pages_until_acknowledged_and_resolves_on_close(stack_factory, endpoints,
                                                                                          runbooks):
     config = {"channels": {"oncall": webhook(endpoints, "/oncall")},
@@ -128,6 +130,7 @@ def test_an_incident_the_fixer_cannot_fix_pages_until_acknowledged_and_resolves_
     assert "resolve notice queued for oncall" in whats
 
 
+@pytest.mark.slow(30)
 def test_a_silenced_incident_is_counted_but_quiet_and_unfixed_and_resumes_when_the_silence_ends(
         stack_factory, endpoints, runbooks):
     config = {"channels": {"oncall": webhook(endpoints, "/oncall")}, "sweep_interval": "1s", "stuck_after": "off"}

@@ -137,6 +137,7 @@ def fail_a_diagnose_task(stack) -> dict:
     return incident
 
 
+@pytest.mark.slow(24)
 def test_failed_ls_lists_a_stage_task_that_raised_and_retry_all_redrives_it_from_that_stage(stack):
     incident = fail_a_diagnose_task(stack)
 
@@ -175,6 +176,7 @@ def api(stack):
     proc.wait(20)
 
 
+@pytest.mark.slow(32)
 def test_the_api_lists_failed_tasks_and_retries_them(stack, api):
     incident = fail_a_diagnose_task(stack)
     listed = api.get("/v1/failed-tasks").json()["failed_tasks"]

@@ -98,6 +98,7 @@ def settled(ha: HA, burst: Burst, fault_at: float):
     return result
 
 
+@pytest.mark.slow(34)
 @pytest.mark.timeout(240)
 def test_a_redis_master_killed_then_a_postgres_primary_stopped_mid_burst_lose_and_repeat_nothing(ha):
     workers = ha.workers()

@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.integration.faultkit import (
+    FINAL,
     alive_or_restart,
     elapsed,
     event,
@@ -74,6 +75,7 @@ def beat_for():
         stop_process_group(proc)
 
 
+@pytest.mark.slow(16)
 def test_sigkill_of_the_fixer_mid_action_closes_the_incident_once_and_acts_once(stack_factory, beat_for, tmp_path):
     effect = tmp_path / "effect.log"
     runbooks = slow_disk_runbooks(tmp_path, effect, sleep=6, timeout=10)
@@ -110,6 +112,7 @@ def test_sigkill_of_the_fixer_mid_action_closes_the_incident_once_and_acts_once(
     assert (figs.sent, figs.closed, figs.escalated, figs.lost, figs.duplicated) == (1, 1, 0, 0, 0)
 
 
+@pytest.mark.slow(20)
 def test_a_long_action_is_not_redriven_while_its_worker_lives(stack_factory, beat_for, tmp_path):
     effect = tmp_path / "effect.log"
     runbooks = slow_disk_runbooks(tmp_path, effect, sleep=8)
@@ -130,6 +133,7 @@ def test_a_long_action_is_not_redriven_while_its_worker_lives(stack_factory, bea
     assert (figs.closed, figs.lost, figs.duplicated) == (1, 0, 0)
 
 
+@pytest.mark.slow(27)
 def test_a_task_that_kills_its_worker_every_time_is_parked_and_the_pool_serves_on(stack_factory, beat_for, tmp_path):
     attempts = tmp_path / "attempts.log"
     kill_parent = ("import os, signal, sys; open(sys.argv[1], 'a').write(sys.argv[2] + chr(10)); "
@@ -305,8 +309,16 @@ def count_redrives(url: str) -> int:
     return rows(url, "SELECT count(*) AS n FROM incident_timeline WHERE actor = 'reconciler'")[0]["n"]
 
 
+# A burst of this many incidents is in Postgres, most of them between stages, when Redis dies. 200 make the
+# same case as the 500 this test once sent: every stage has incidents waiting on its queue, in a worker's
+# prefetch and unacknowledged at the crash (the test checks that some were not final), and the burst is
+# far larger than the pools' prefetch windows, so a lost hand-off cannot hide behind a worker's memory.
+REDIS_CRASH_BURST = 200
+
+
+@pytest.mark.slow(45)
 @pytest.mark.timeout(600)
-def test_a_redis_crash_with_500_incidents_in_flight_loses_and_duplicates_nothing(own_stack, beat_for, tmp_path):
+def test_a_redis_crash_with_200_incidents_in_flight_loses_and_duplicates_nothing(own_stack, beat_for, tmp_path):
     from tests.integration.faultkit import CrashableRedis, Supervisor, all_final, progress
 
     broker = CrashableRedis(tmp_path / "redis", fsync="always")
@@ -315,20 +327,20 @@ def test_a_redis_crash_with_500_incidents_in_flight_loses_and_duplicates_nothing
         stack = own_stack(broker.url, extra_env={**FAST_RECOVERY, "ERDU_RUNBOOKS_DIR": str(runbooks)})
         stack.start_all(("ingest", "commander", "diagnostician", "fixer", "resolver", "monitor"), separate=("fixer",))
         beat = beat_for(stack)
-        keys = [f"burst-{i}" for i in range(500)]
+        keys = [f"burst-{i}" for i in range(REDIS_CRASH_BURST)]
         started = time.monotonic()
         for key in keys:
             stack.send_event(event(key, f"Routine hiccup {key}"))
         sent_in = elapsed(started)
         # Every event is an incident in Postgres, most of them still between stages, when Redis dies.
-        wait_for(lambda: rows(stack.database_url, "SELECT count(*) AS n FROM incidents")[0]["n"] >= 500, 120, 0.2,
-                 what="500 incidents opened")
+        wait_for(lambda: rows(stack.database_url, "SELECT count(*) AS n FROM incidents")[0]["n"] >= len(keys), 120,
+                 0.2, what=f"{len(keys)} incidents opened")
         states = rows(stack.database_url, "SELECT status, count(*) AS n FROM incidents GROUP BY status")
         broker.crash()
         crashed_at = time.monotonic()
         time.sleep(5)
         broker.start()
-        print(f"\nsent 500 in {sent_in} s; crashed Redis with {states} in Postgres; down 5 s")
+        print(f"\nsent {len(keys)} in {sent_in} s; crashed Redis with {states} in Postgres; down 5 s")
 
         supervisor = Supervisor(stack, beat)
 
@@ -342,7 +354,7 @@ def test_a_redis_crash_with_500_incidents_in_flight_loses_and_duplicates_nothing
             print(progress(stack.database_url, keys))
         took = elapsed(crashed_at)
         figs = figures(stack.database_url, keys)
-        figs.show("Redis crash, 500 in flight")
+        figs.show(f"Redis crash, {len(keys)} in flight")
         print(f"all final {took} s after the crash; reconciler re-drives {count_redrives(stack.database_url)}; "
               f"restarts {supervisor.restarts or 'none'}")
         redelivered = log_of(stack, "ingest").count("message already ingested")
@@ -350,12 +362,15 @@ def test_a_redis_crash_with_500_incidents_in_flight_loses_and_duplicates_nothing
         print(f"ingest messages redelivered and recognised: {redelivered}; failed tasks {len(failed)}")
         assert not failed, failed   # a hand-off lost with the broker is re-driven, not failed and escalated
         assert not supervisor.restarts, supervisor.restarts  # workers and beat ride out the outage
-        assert figs.incidents == 500 and figs.lost == 0 and figs.duplicated == 0
-        assert figs.closed + figs.escalated == 500
+        in_flight = sum(state["n"] for state in states if state["status"] not in FINAL)
+        assert in_flight > 0, f"the crash found nothing in flight: {states}"
+        assert figs.incidents == len(keys) and figs.lost == 0 and figs.duplicated == 0
+        assert figs.closed + figs.escalated == len(keys)
     finally:
         broker.stop()
 
 
+@pytest.mark.slow(23)
 @pytest.mark.timeout(300)
 def test_a_redis_crash_while_the_fixer_acts_closes_both_incidents_and_runs_each_action_once(
         own_stack, beat_for, tmp_path):
@@ -393,8 +408,19 @@ def test_a_redis_crash_while_the_fixer_acts_closes_both_incidents_and_runs_each_
         broker.stop()
 
 
+# How long Postgres stays away. What the outage has to outlast is the workers' own patience: the pool's wait
+# for a connection (Database's timeout, 10 s) must run out, so a task that was waiting on the pool gets a
+# PoolTimeout, not only the tasks whose connection was cut; and the retries (0.5 s, 1 s, 2 s ... with
+# jitter) must be several deep. 12 s is past both with the default settings, and the retry budget
+# (ERDU_TASK_MAX_RETRIES, 8: about a minute of backoff) is still far from spent. The 20 s this test once
+# waited proved nothing more, and the longer the outage, the longer the retries' backoff runs on after
+# Postgres is back (a retry due at 12 s waits at most 16 s, one due at 20 s up to 32 s).
+POSTGRES_OUTAGE_SECONDS = 12
+
+
+@pytest.mark.slow(45)
 @pytest.mark.timeout(600)
-def test_postgres_down_for_20_s_under_load_retries_and_loses_nothing(own_stack, beat_for, tmp_path):
+def test_postgres_down_for_12_s_under_load_retries_and_loses_nothing(own_stack, beat_for, tmp_path):
     from tests.conftest import RedisServer
     from tests.integration.faultkit import PrivatePostgres, Supervisor, all_final, progress
     from tests.integration.test_api import WRITE, ApiServer
@@ -412,18 +438,21 @@ def test_postgres_down_for_20_s_under_load_retries_and_loses_nothing(own_stack, 
         api = ApiServer(stack.tmp, broker.url, stack.database_url, {**env, "ERDU_API_TOKEN": WRITE}).start()
         http = api.client()
 
-        keys = [f"load-{i}" for i in range(200)]
-        for key in keys[:150]:
+        # 100 events (it once sent 200): 75 before the stop, of which the database holds at least 25 and the
+        # rest wait on the queues or are mid-stage when it goes, and 25 sent while it is away. Every stage
+        # meets the outage either way; the other 100 only made the recovery longer.
+        keys = [f"load-{i}" for i in range(100)]
+        for key in keys[:75]:
             stack.send_event(event(key, f"Routine hiccup {key}"))
-        wait_for(lambda: rows(stack.database_url, "SELECT count(*) AS n FROM incidents")[0]["n"] >= 50, 60, 0.2,
-                 what="50 incidents opened")
+        wait_for(lambda: rows(stack.database_url, "SELECT count(*) AS n FROM incidents")[0]["n"] >= 25, 60, 0.2,
+                 what="25 incidents opened")
         before = progress(stack.database_url, keys)
         pg.stop()
         stopped_at = time.monotonic()
-        for key in keys[150:]:   # producers keep sending while the database is away
+        for key in keys[75:]:   # producers keep sending while the database is away
             stack.send_event(event(key, f"Routine hiccup {key}"))
         answers = []
-        while time.monotonic() - stopped_at < 20:
+        while time.monotonic() - stopped_at < POSTGRES_OUTAGE_SECONDS:
             answers.append(http.post("/v1/events", json=event("api-during", "Routine hiccup via the API")).status_code)
             supervisor.check()
             time.sleep(1)
@@ -444,7 +473,7 @@ def test_postgres_down_for_20_s_under_load_retries_and_loses_nothing(own_stack, 
             print(progress(stack.database_url, keys))
         took = elapsed(stopped_at)
         figs = figures(stack.database_url, keys)
-        figs.show("Postgres down 20 s under load")
+        figs.show(f"Postgres down {POSTGRES_OUTAGE_SECONDS} s under load")
         retries = sum(log_of(stack, role).count("transient error, retrying") for role in stack.procs)
         failed = rows(stack.database_url, "SELECT task_name, error FROM failed_tasks")
         print(f"all final {took} s after the stop; task retries {retries}; failed tasks {len(failed)}; "

@@ -102,7 +102,10 @@ def write_runbooks(tmp: Path, text: str) -> Path:
     return folder
 
 
-def restart_runbook(web: Web, *, restart_argv: list[str] | None = None, extra: str = "") -> str:
+def restart_runbook(web: Web, *, restart_argv: list[str] | None = None, extra: str = "",
+                    validation_attempts: int = 10) -> str:
+    """The runbook that restarts `web` and validates it over HTTP (10 attempts 0.5 s apart by default: a
+    restarted server has five seconds to answer)."""
     argv = restart_argv or [sys.executable, str(web.restart), str(web.server), str(web.port), str(web.pidfile),
                             str(web.marker)]
     return f"""
@@ -115,7 +118,7 @@ def restart_runbook(web: Web, *, restart_argv: list[str] | None = None, extra: s
                 params: {{argv: {json.dumps(argv)}}}
                 timeout: 20
             validation: {{check: http, url: "http://127.0.0.1:{web.port}/", expect_status: 200, timeout: 2,
-                          attempts: 10, interval: 0.5}}
+                          attempts: {validation_attempts}, interval: 0.5}}
             rollback:
               - action: run_command
                 params: {{argv: {json.dumps(append_line(web.marker, "rollback"))}}}
@@ -134,6 +137,7 @@ def probe_failure(stack, web, what="Health check failed"):
                       "source": "probe"})
 
 
+@pytest.mark.slow(10)
 def test_a_broken_service_is_restarted_validated_and_the_incident_closes_with_the_actions_in_the_report(
         stack_factory, tmp_path, web):
     web.start()
@@ -151,10 +155,14 @@ def test_a_broken_service_is_restarted_validated_and_the_incident_closes_with_th
     assert data["validation"]["ok"] is True
 
 
+@pytest.mark.slow(22)
 def test_a_restart_that_does_not_heal_rolls_back_escalates_and_the_rate_limit_stops_a_fourth(
         stack_factory, tmp_path, web):
     do_nothing = append_line(web.marker, "restart")
-    stack = stack_factory({"ERDU_RUNBOOKS_DIR": str(write_runbooks(tmp_path, restart_runbook(web, restart_argv=do_nothing)))})
+    # The "restart" starts nothing, so no number of attempts could pass the validation: three fail it as
+    # surely as ten, in a second instead of five, for each of the three runs.
+    runbook = restart_runbook(web, restart_argv=do_nothing, validation_attempts=3)
+    stack = stack_factory({"ERDU_RUNBOOKS_DIR": str(write_runbooks(tmp_path, runbook))})
     stack.start_all()
     ids = []
     for word in ("alpha", "bravo", "charlie", "delta"):
@@ -221,6 +229,7 @@ def approval_runbook(marker: Path) -> str:
     """
 
 
+@pytest.mark.slow(12)
 def test_a_runbook_that_needs_approval_parks_then_runs_once_approved(stack_factory, tmp_path):
     marker = tmp_path / "ran.log"
     stack = stack_factory({"ERDU_RUNBOOKS_DIR": str(write_runbooks(tmp_path, approval_runbook(marker)))})
@@ -308,6 +317,7 @@ def test_dry_run_records_what_would_run_without_running_it(stack_factory, tmp_pa
     assert any("dry run: would run run_command" in w for w in whats), whats
 
 
+@pytest.mark.slow(15)
 def test_the_probe_detects_the_outage_and_the_fixer_revalidates_with_the_same_probe(stack_factory, tmp_path, web):
     web.start()
     runbook = restart_runbook(web).replace(

@@ -105,6 +105,7 @@ def diagnosed(stack, incident_id):
     return any(t["actor"] == "diagnostician" for t in timeline(stack, incident_id))
 
 
+@pytest.mark.slow(19)
 def test_a_proven_fix_skips_diagnosis_and_a_failure_sends_the_pattern_back_to_the_full_path(learning_stack):
     stack = learning_stack
     # Six incidents fixed by the same runbook. Defaults: >= 90 % over >= 5 attempts, so the first five

@@ -109,6 +109,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow(26)
 def test_up_in_a_fresh_directory_runs_everything_closes_an_incident_and_leaves_nothing_behind(fresh_dir):
     (fresh_dir / "runbooks").mkdir()
     (fresh_dir / "runbooks" / "billing.yaml").write_text(RUNBOOK)
