@@ -73,7 +73,7 @@ def fix(rt: Runtime, service: str) -> tuple[str, dict]:
                  rt).new_incidents
     with rt.db.transaction() as conn:
         conn.execute("UPDATE incidents SET status = 'investigating' WHERE id = %s", (ids[0],))
-        outside = fix_stage._fix(conn, rt, store.get_incident(conn, ids[0], for_update=True), "test")
+        outside = fix_stage.FIX_BODY(conn, rt, store.get_incident(conn, ids[0], for_update=True), "test")
     outcome = outside.act()
     with rt.db.transaction() as conn:
         outside.settle(conn, outcome)
