@@ -25,6 +25,9 @@ from erdu_tasks.devstack.embedded import EmbeddedServer, free_port, start_postgr
 from erdu_tasks.errors import ErduError
 from erdu_tasks.devstack.supervisor import Child, Supervisor, build_children
 
+START_SECONDS = 90.0
+"""How long the demo's processes may take to start: about 5 s alone, several times that on a busy two-core
+machine (seven Python processes importing at once)."""
 SERVICE = "demo-web"
 ROLES_NEEDED = ("ingest", "monitor", "commander", "diagnostician", "fixer", "resolver")
 STEPS = ("detection", "assessment", "diagnosis", "restart", "validation", "report")
@@ -266,7 +269,7 @@ def run_demo(console: Console, *, keep: bool = False, reports_dir: Path | None =
         supervisor = Supervisor(children, env, home / "var" / "logs", console, cwd=home)
         supervisor.start_all()
         _service(scenario, "start")
-        slow = supervisor.wait_ready(45, lambda: False)
+        slow = supervisor.wait_ready(START_SECONDS, lambda: False)
         if slow:
             raise ErduError(f"{', '.join(c.name for c in slow)} did not start; logs in {home / 'var' / 'logs'}")
         console.print(f"stack ready in {time.monotonic() - started:.1f} s: Redis {servers[0].url}, "
