@@ -56,22 +56,16 @@ def allowed_fields(incident: Incident, catalog: Any = None) -> dict[str, str]:
     return fields
 
 
-def serialize_fixes_of(conn: psycopg.Connection, service: str | None) -> None:
-    """Plan one fix of a service at a time: a transaction-scoped lock on the service, held until the plan
-    (and its claimed run) commits, so concurrent fixers of one service see each other's runs and the
-    rate limit holds. Fixes of other services never wait; the lock is not held while actions run."""
-    conn.execute(f"SELECT {_SERVICE_LOCK}", {"service": service})
+def serialize_fixes_of(conn: psycopg.Connection, incident_id: str) -> None:
+    """Plan one fix of a service at a time: a transaction-scoped lock on the incident's service (one lock for
+    every incident without a service), held until the plan (and its claimed run) commits, so concurrent
+    fixers of one service see each other's runs and the rate limit holds. Fixes of other services never
+    wait; the lock is not held while actions run.
 
-
-def serialize_fixes_of_incident(conn: psycopg.Connection, incident_id: str) -> None:
-    """serialize_fixes_of for the incident's service, taken by Postgres from the incident's row: sent with the
-    locked read of the incident, before the fix task knows the service (the same lock, so both wait on each
-    other). Not waited for."""
-    conn.execute(f"SELECT {_SERVICE_LOCK.replace('%(service)s', 'i.service')} FROM incidents AS i"
-                 " WHERE i.id = %(id)s", {"id": incident_id})
-
-
-_SERVICE_LOCK = "pg_advisory_xact_lock(hashtext('erdu:fix:' || coalesce(%(service)s, '')))"
+    Postgres takes the service from the incident's row, so the fix task sends this with the locked read of
+    the incident, before it knows the service. Not waited for."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('erdu:fix:' || coalesce(service, '')))"
+                 " FROM incidents WHERE id = %s", (incident_id,))
 
 
 def run_counts_later(conn: psycopg.Connection, runbooks: list[Runbook], restarting: list[Runbook],
@@ -135,18 +129,6 @@ class StepOutcome:
         """JSON-friendly form."""
         return {"step": self.step, "action": self.action, "ok": self.ok, "detail": self.detail,
                 "duration": self.duration, "output": self.output, "reused": self.reused}
-
-
-def run_keyed(db: Any, incident: Incident, key: str, runbook: Runbook, step: Any, *, dry_run: bool,
-              redis_url: str | None, url_policy: UrlPolicy = DEFAULT_POLICY, catalog: Any = None) -> StepOutcome:
-    """Run a step at most once per key: a redelivered fix reuses the stored result instead of acting again.
-
-    The claim is committed before the step runs, and the result after it (see KeyedSteps)."""
-    steps = KeyedSteps(db, incident, runbook, dry_run=dry_run, redis_url=redis_url, url_policy=url_policy,
-                       catalog=catalog)
-    outcome = steps.run(key, step)
-    steps.flush()
-    return outcome
 
 
 def claim_step_later(conn: psycopg.Connection, incident: Incident, key: str, runbook: Runbook,
@@ -221,13 +203,6 @@ class KeyedSteps:
             conn.execute("UPDATE action_runs SET finished_at = now(), ok = %s, result = %s"
                          " WHERE incident_id = %s AND step_key = %s",
                          (result.ok, Jsonb(result.as_dict()), self.incident.id, key))
-
-    def flush(self) -> None:
-        """Store the results not stored yet, in a transaction of their own."""
-        if self._pending:
-            with self.db.pipelined() as conn:
-                self.store_pending(conn)
-            self._pending.clear()
 
 
 def capture_target(catalog: Any, incident: Incident, step: Any) -> tuple[dict[str, Any], list[str], bool]:

@@ -64,7 +64,7 @@ def _facts_later(conn: psycopg.Connection, rt: Runtime, incident_id: str) -> Cal
     (Postgres takes the lock before it runs the reads queued after it). Every runbook is counted, as the
     matching ones are known only once the incident is read."""
     now = datetime.now(timezone.utc)
-    fixing.serialize_fixes_of_incident(conn, incident_id)
+    fixing.serialize_fixes_of(conn, incident_id)
     records = history.runbook_records_of_incident_later(conn, incident_id)
     every = list(rt.runbooks.runbooks)
     counts = fixing.run_counts_later(conn, every, [rb for rb in every if rb.restarts], incident_id, now=now)
