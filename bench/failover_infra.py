@@ -93,12 +93,15 @@ class SentinelRedis:
             self.sentinels.append((port, proc))
             wait_until(lambda: _port_open(port), 10, "a sentinel")
         wait_until(self._replica_known, 20, "the sentinels seeing master and replica")
+        # The sentinels count a replica as soon as it connects, before it holds any data: a master killed in
+        # between takes every write with it, and the promoted replica starts empty.
+        wait_until(self._replica_synced, 20, "the replica in sync with its master")
 
     def _server(self, replica_of: int | None = None) -> int:
         port = free_port()
         argv = [shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1", "--port", str(port),
                 "--save", "", "--appendonly", "no", "--dir", str(self.dir), "--dbfilename", f"dump-{port}.rdb",
-                "--loglevel", "warning"]
+                "--loglevel", "warning", "--repl-diskless-sync-delay", "0"]   # not 5 s for replicas to come
         if replica_of is not None:
             argv += ["--replicaof", "127.0.0.1", str(replica_of)]
         self.servers[port] = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -115,6 +118,17 @@ class SentinelRedis:
             return all(self._sentinel(p).sentinel_master(MASTER_NAME).get("num-slaves", 0) >= 1
                        for p, _ in self.sentinels)
         except Exception:
+            return False
+
+    def _replica_synced(self) -> bool:
+        import redis
+
+        master = self.master_port()
+        try:
+            return all(redis.Redis(port=port, socket_timeout=1, decode_responses=True)
+                       .info("replication").get("master_link_status") == "up"
+                       for port in self.servers if port != master)
+        except redis.RedisError:
             return False
 
     def url(self, db: int = 0) -> str:
