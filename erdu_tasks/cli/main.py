@@ -784,7 +784,7 @@ def stats(
 ) -> None:
     """MTTA and MTTR per severity and per fingerprint, with resolved, escalated and auto-resolved counts."""
     from erdu_tasks.store import stats as incident_stats
-    from erdu_tasks.escalation.policy import parse_duration
+    from erdu_tasks.settings.common import parse_duration
     from erdu_tasks.durations import human_duration as _dur
 
     start = None
@@ -838,7 +838,7 @@ def prune(
     patterns and the totals behind /metrics and `erdu stats` are kept. Beat runs the same every
     retention.interval.
     """
-    from erdu_tasks.escalation.policy import parse_duration
+    from erdu_tasks.settings.common import parse_duration
     from erdu_tasks.tasks.retention import run_prune
 
     keep = None

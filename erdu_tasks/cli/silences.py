@@ -10,7 +10,6 @@ import typer
 from rich.table import Table
 
 from erdu_tasks.cli import common
-from erdu_tasks.escalation import silences
 
 silence_app = typer.Typer(help="Silences and maintenance windows: matching incidents are recorded and counted, "
                                "but notify nobody and run no fix until the silence ends.", no_args_is_help=True)
@@ -33,7 +32,8 @@ def silence_add(
                          "matches; repeat for several")] = None,
 ) -> None:
     """Add a silence (or a maintenance window, with a later --starts)."""
-    from erdu_tasks.escalation.policy import parse_duration
+    from erdu_tasks.escalation import silences
+    from erdu_tasks.settings.common import parse_duration
 
     now = datetime.now(timezone.utc)
     try:
@@ -69,6 +69,7 @@ def silence_ls(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
 ) -> None:
     """Silences with their state and how many incidents (and occurrences) each holds now."""
+    from erdu_tasks.escalation import silences
     rt = common.runtime()
     intervals = rt.settings.escalation.time_intervals
     now = datetime.now(timezone.utc)
@@ -99,6 +100,7 @@ def silence_ls(
 @silence_app.command("expire")
 def silence_expire(silence_id: str) -> None:
     """End a silence now; the incidents it held resume on the next escalation sweep."""
+    from erdu_tasks.escalation import silences
     rt = common.runtime()
     now = datetime.now(timezone.utc)
     try:

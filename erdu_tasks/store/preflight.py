@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import redis
-
 from erdu_tasks.store.db import connect_once, redact
 from erdu_tasks.errors import ServiceUnreachable
 from erdu_tasks.redisconn import redis_client
@@ -13,6 +11,8 @@ from erdu_tasks.settings import Settings
 
 def check_redis(url: str, *, timeout: float = 3.0) -> None:
     """Ping Redis or raise ServiceUnreachable naming the URL and the fix."""
+    import redis   # here, not at the top: a command that needs Postgres only does not load the Redis client
+
     try:
         client = redis_client(url, socket_connect_timeout=timeout, socket_timeout=timeout)
         client.ping()
