@@ -4,10 +4,12 @@ Each start runs `python -m erdu_tasks.cli worker ROLE --loglevel INFO` (what tes
 runs) against a private Redis database number and a fresh, migrated Postgres database, one start after
 another, and polls the worker's log for Celery's "ready." line. It prints the median seconds from the
 start to that line and the median CPU seconds (user + system) the process and its children spent until
-then, with their spread; each worker is stopped before the next one starts.
+then, with their spread; each worker is stopped before the next one starts. With --baseline DIR the
+starts alternate between this checkout and DIR's, so both see the same machine state.
 
     python bench/worker_start.py                        # 7 starts of each of: all five pipeline roles, ingest, fixer
     python bench/worker_start.py -n 10 --role monitor --json figures.json
+    python bench/worker_start.py --baseline ../erdu-main   # this checkout against another, start by start
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._harness import PG_ADMIN_URL, write_json  # noqa: E402
+
+_ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_ROLES = ["ingest,commander,diagnostician,fixer,resolver", "ingest", "fixer"]
 
@@ -89,6 +93,9 @@ def main() -> None:
                         f"default: {', '.join(DEFAULT_ROLES)}")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379", help="Redis server (without the database)")
     parser.add_argument("--redis-db", type=int, default=13, help="the Redis database number to use (flushed)")
+    parser.add_argument("--baseline", metavar="DIR", help="another checkout (say the previous commit's, from "
+                        "`git worktree add`): its starts alternate with this one's, and its figures are printed "
+                        "after, their keys prefixed baseline_")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
     roles = args.role or DEFAULT_ROLES
@@ -106,34 +113,48 @@ def main() -> None:
     figures: dict[str, float] = {}
     try:
         migrate(database_url)
-        env = {**os.environ, "ERDU_REDIS_URL": redis_url, "ERDU_DATABASE_URL": database_url,
-               "ERDU_REPORTS_DIR": str(tmp / "reports"), "ERDU_ALERTS_DIR": str(tmp / "alerts"),
-               "ERDU_STATE_DIR": str(tmp / "var"), "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                              *filter(None, [os.environ.get("PYTHONPATH")])])}
-        env.pop("ERDU_CONFIG", None)
-        # One start of each role first, not counted: it warms the file cache and, with bytecode writing on, leaves the
-        # compiled modules in __pycache__ as a test run does (its pytest processes write them), so every
-        # counted start reads them whatever PYTHONDONTWRITEBYTECODE says.
+        checkouts = {"": _ROOT}
+        if args.baseline:
+            checkouts["baseline_"] = Path(args.baseline).resolve()
+        envs = {}
+        for prefix, root in checkouts.items():
+            envs[prefix] = {**os.environ, "ERDU_REDIS_URL": redis_url, "ERDU_DATABASE_URL": database_url,
+                            "ERDU_REPORTS_DIR": str(tmp / "reports"), "ERDU_ALERTS_DIR": str(tmp / "alerts"),
+                            "ERDU_STATE_DIR": str(tmp / "var"), "PYTHONUNBUFFERED": "1",
+                            "PYTHONPATH": os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
+            envs[prefix].pop("ERDU_CONFIG", None)
+        # One start of each role first, not counted: it warms the file cache and, with bytecode writing on,
+        # leaves the compiled modules in __pycache__ as a test run does (its pytest processes write them),
+        # so every counted start reads them whatever PYTHONDONTWRITEBYTECODE says.
+        for env in envs.values():
+            for role in roles:
+                one_start(role, {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}, tmp, 0)
+        results = {(prefix, role): ([], []) for prefix in envs for role in roles}
+        n = 0
         for role in roles:
-            one_start(role, {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}, tmp, 0)
-        all_wall, all_cpu = [], []
-        for role in roles:
-            walls, cpus = [], []
-            for i in range(args.n):
-                wall, cpu = one_start(role, env, tmp, i + 1)
-                walls.append(wall)
-                cpus.append(cpu)
-            all_wall += walls
-            all_cpu += cpus
-            key = role.replace(",", "+")
-            figures[f"{key}_ready_s"] = round(statistics.median(walls), 3)
-            figures[f"{key}_cpu_s"] = round(statistics.median(cpus), 3)
-            print(f"{role}: {args.n} starts; median seconds to ready {statistics.median(walls):.3f} "
-                  f"({spread(walls)}); median CPU seconds {statistics.median(cpus):.3f} ({spread(cpus)})")
-        figures["ready_s"] = round(statistics.median(all_wall), 3)
-        figures["cpu_s"] = round(statistics.median(all_cpu), 3)
-        print(f"all: median seconds to ready {figures['ready_s']:.3f}; median CPU seconds {figures['cpu_s']:.3f}")
+            for _ in range(args.n):
+                for prefix, env in envs.items():   # with --baseline, the two checkouts take turns
+                    n += 1
+                    wall, cpu = one_start(role, env, tmp, n)
+                    results[prefix, role][0].append(wall)
+                    results[prefix, role][1].append(cpu)
+        for prefix, root in checkouts.items():
+            all_wall, all_cpu = [], []
+            if args.baseline:
+                print(f"{prefix.rstrip('_') or 'this checkout'} ({root}):")
+            for role in roles:
+                walls, cpus = results[prefix, role]
+                all_wall += walls
+                all_cpu += cpus
+                key = prefix + role.replace(",", "+")
+                figures[f"{key}_ready_s"] = round(statistics.median(walls), 3)
+                figures[f"{key}_cpu_s"] = round(statistics.median(cpus), 3)
+                print(f"  {role}: {args.n} starts; median seconds to ready {statistics.median(walls):.3f} "
+                      f"({spread(walls)}); median CPU seconds {statistics.median(cpus):.3f} ({spread(cpus)})")
+            figures[f"{prefix}ready_s"] = round(statistics.median(all_wall), 3)
+            figures[f"{prefix}cpu_s"] = round(statistics.median(all_cpu), 3)
+            print(f"  all: median seconds to ready {figures[f'{prefix}ready_s']:.3f}; "
+                  f"median CPU seconds {figures[f'{prefix}cpu_s']:.3f}")
     finally:
         r.flushdb()
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
