@@ -7,7 +7,7 @@ start to that line and the median CPU seconds (user + system) the process and it
 then, with their spread; each worker is stopped before the next one starts. With --baseline DIR the
 starts alternate between this checkout and DIR's, so both see the same machine state.
 
-    python bench/worker_start.py                        # 7 starts of each of: all five pipeline roles, ingest, fixer
+    python bench/worker_start.py      # 7 starts of each: the five pipeline roles in one process, ingest, fixer, monitor
     python bench/worker_start.py -n 10 --role monitor --json figures.json
     python bench/worker_start.py --baseline ../erdu-main   # this checkout against another, start by start
 """
@@ -35,7 +35,7 @@ from bench._harness import PG_ADMIN_URL, write_json  # noqa: E402
 
 _ROOT = Path(__file__).resolve().parents[1]
 
-DEFAULT_ROLES = ["ingest,commander,diagnostician,fixer,resolver", "ingest", "fixer"]
+DEFAULT_ROLES = ["ingest,commander,diagnostician,fixer,resolver", "ingest", "fixer", "monitor"]
 
 
 def tree_cpu(proc: psutil.Process) -> float:
