@@ -26,9 +26,8 @@ import secrets
 import time
 from dataclasses import asdict, is_dataclass, replace
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import httpx
 from pydantic import BaseModel, ValidationError
 
 from erdu_tasks.model import Incident
@@ -36,6 +35,9 @@ from erdu_tasks.roles import commander, diagnostician, resolver
 from erdu_tasks.brains.base import Thought
 from erdu_tasks.settings.roles import BrainConfig
 from erdu_tasks.brains.schemas import CommanderAnswer, DiagnosisAnswer, ResolutionAnswer
+
+if TYPE_CHECKING:
+    import httpx   # imported where a request is made: most processes never make one
 
 ADVICE_PREFIX = commander.ADVICE_PREFIX
 
@@ -55,6 +57,8 @@ class ChatClient:
 
     def ask(self, system: str, user: str) -> Any:
         """The decoded JSON object the model answered with."""
+        import httpx
+
         cfg = self.cfg
         body: dict[str, Any] = {
             "model": cfg.model, "temperature": cfg.temperature, "max_tokens": cfg.max_tokens,

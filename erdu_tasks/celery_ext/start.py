@@ -46,9 +46,15 @@ def worker_options(argv: list[str]) -> dict[str, Any]:
 
 def run_worker(celery_app: Celery, argv: list[str]) -> int:
     """Start the worker in the foreground until it stops; its exit code (0 after a warm shutdown)."""
+    from celery import signals
     from celery.utils.log import mlevel
     from celery.utils.nodenames import default_nodename, host_format
 
+    from erdu_tasks.celery_ext import collector
+
+    # The collector, held since the start (erdu_tasks.cli's worker command), resumes once the tasks are
+    # imported, before the pool and the broker connection start.
+    signals.worker_init.connect(collector.resume, weak=False, dispatch_uid="erdu-collector-resume")
     options = worker_options(argv)
     options["hostname"] = host_format(default_nodename(options.get("hostname")))
     options["loglevel"] = mlevel(str(options.get("loglevel", "INFO")).upper())

@@ -164,7 +164,10 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
 ) -> None:
     """Run the worker pool of one role (it consumes only that role's queue), or of several in one process."""
-    run_worker(role, concurrency=concurrency, pool=pool, hostname=hostname, loglevel=loglevel)
+    from erdu_tasks.celery_ext import collector
+
+    with collector.held_until_worker_init():   # a seventh of the start-up's CPU (erdu_tasks/celery_ext/collector.py)
+        run_worker(role, concurrency=concurrency, pool=pool, hostname=hostname, loglevel=loglevel)
 
 
 @app.command()

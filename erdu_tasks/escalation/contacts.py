@@ -15,9 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from erdu_tasks.escalation.channels import Channel, DeliveryResult, Notification, build_channel
 from erdu_tasks.escalation.schedules import CalendarUnreadable, Rota, UnknownSchedule
@@ -25,6 +23,9 @@ from erdu_tasks.settings.common import check_http_url
 from erdu_tasks.settings.escalation import ChannelSettings, EscalationConfig, LevelConfig
 from erdu_tasks.settings.people import Person
 from erdu_tasks.settings.schedules import CONTACT_KINDS, OncallConfig
+
+if TYPE_CHECKING:
+    import httpx   # imported where a request is made: most processes never make one
 
 _DELIVERY = re.compile(r"^@([a-z0-9][a-z0-9_.-]{0,63})/(slack_user|email|pagerduty|webhook)$")
 

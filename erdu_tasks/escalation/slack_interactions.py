@@ -22,14 +22,15 @@ import json
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
-
-import httpx
 
 from erdu_tasks.escalation.channels.base import DeliveryResult, post_json
 from erdu_tasks.escalation.channels.slack import ACTED_BLOCK, ACTIONS_BLOCK, SlackAction, escape
 from erdu_tasks.model import INCIDENT_ID
+
+if TYPE_CHECKING:
+    import httpx   # imported where a request is made: most processes never make one
 
 SIGNATURE_HEADER = "X-Slack-Signature"
 TIMESTAMP_HEADER = "X-Slack-Request-Timestamp"

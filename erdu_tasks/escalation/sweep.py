@@ -17,9 +17,8 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import psycopg
 import redis as redis_lib
 from psycopg.types.json import Jsonb
@@ -61,6 +60,9 @@ from erdu_tasks.escalation.schedules import Rota
 from erdu_tasks.model import Incident, Status
 from erdu_tasks.escalation.channels import Channel, DeliveryResult, Notification, NotificationKind, build_channels
 from erdu_tasks.settings.schedules import OncallConfig
+
+if TYPE_CHECKING:
+    import httpx   # imported where a request is made: most processes never make one
 
 _MAX_ROUNDS = 5
 
@@ -163,7 +165,11 @@ class Escalator:
         self.db = db
         self.config = config
         self.catalog = catalog or Catalog([])
-        self._http = httpx.Client(follow_redirects=False) if channels is None else None
+        self._http = None
+        if channels is None:
+            import httpx   # one client for the channels built here
+
+            self._http = httpx.Client(follow_redirects=False)
         self.channels = dict(channels) if channels is not None else build_channels(config, self._http)
         oncall = oncall or OncallConfig()
         self.pager = Pager(config, oncall, dict(people or {}), Rota(oncall, dict(people or {})), self._http)

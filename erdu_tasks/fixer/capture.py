@@ -26,8 +26,6 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import psutil
-
 from erdu_tasks.settings.common import compile_pattern
 
 CAPTURE_BUDGET = 5.0
@@ -91,6 +89,8 @@ def _pid_from_file(path: str) -> tuple[int | None, str]:
 
 
 def _pid_from_pattern(pattern: str) -> tuple[int | None, str]:
+    import psutil   # where a process is looked at: a worker that captures or checks none never imports it
+
     compiled = compile_pattern(pattern)
     me = os.getpid()
     found = []
@@ -200,6 +200,8 @@ def find_pid(target: Mapping[str, Any], clock: _Clock) -> tuple[int | None, str,
 
 
 def _process_state(pid: int) -> dict[str, Any]:
+    import psutil
+
     proc = psutil.Process(pid)
     with proc.oneshot():
         memory = proc.memory_info()
@@ -236,6 +238,8 @@ def _process_state(pid: int) -> dict[str, Any]:
 
 
 def _safe(fn: Any, default: Any) -> Any:
+    import psutil
+
     try:
         return fn()
     except (psutil.AccessDenied, psutil.ZombieProcess, OSError):
@@ -311,6 +315,8 @@ def last_log_lines(paths: Iterable[str], limit: int = MAX_LOG_LINES) -> dict[str
 def capture_service(service: str | None, target: Mapping[str, Any], *, log_files: Iterable[str] = (),
                     before: str = "", budget: float = CAPTURE_BUDGET) -> dict[str, Any]:
     """Everything capturable about the service now; never raises, never takes much more than `budget`."""
+    import psutil
+
     started = time.monotonic()
     clock = _Clock(budget)
     out: dict[str, Any] = {"service": service, "before": before, "captured_at": time.time()}

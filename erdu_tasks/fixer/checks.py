@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import psutil
 from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from erdu_tasks.fixer.urlguard import DEFAULT_POLICY, UrlPolicy
@@ -154,6 +153,8 @@ def _http(spec: HttpCheck, policy: UrlPolicy = DEFAULT_POLICY) -> CheckResult:
 
 
 def _process(spec: ProcessCheck) -> CheckResult:
+    import psutil   # where a process is looked at: a worker that captures or checks none never imports it
+
     started = time.monotonic()
     if spec.pidfile is not None:
         try:

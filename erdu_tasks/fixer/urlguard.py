@@ -22,12 +22,13 @@ import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-import httpx
-
 from erdu_tasks.errors import PermanentError
+
+if TYPE_CHECKING:
+    import httpx   # imported where a request is made: most processes never make one
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -200,6 +201,8 @@ class UrlPolicy:
 
     def pin(self, url: str) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
         """The URL aimed at its checked address, with the Host header and TLS server name of the original."""
+        import httpx
+
         parsed = httpx.URL(url)
         if parsed.scheme not in ("http", "https"):
             raise UrlRefused(f"scheme {parsed.scheme!r} is not http or https")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Any, Protocol
 
 from erdu_tasks.escalation.channels.base import (
     AttemptedFix,
@@ -21,6 +19,9 @@ from erdu_tasks.escalation.channels.pagerduty import PagerDutyChannel, PagerDuty
 from erdu_tasks.escalation.channels.slack import SlackChannel, SlackSettings
 from erdu_tasks.escalation.channels.webhook import WebhookChannel, WebhookSettings
 from erdu_tasks.settings.escalation import AnyChannelSettings
+
+if TYPE_CHECKING:
+    import httpx   # imported where a request is made: most processes never make one
 
 CHANNEL_TYPES: dict[str, tuple[type[ChannelSettings], Any]] = {
     "file": (FileSettings, FileChannel),

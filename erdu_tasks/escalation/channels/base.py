@@ -11,12 +11,11 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import httpx
-
 from erdu_tasks import __version__
 from erdu_tasks.settings.escalation import ChannelSettings
 
 if TYPE_CHECKING:
+    import httpx   # imported where a request is made: most processes never make one
     from erdu_tasks.model import Incident
 
 SCHEMA = "erdu.notification/v1"
@@ -403,6 +402,8 @@ def post_json(
     client: httpx.Client | None = None,
 ) -> DeliveryResult:
     """POST JSON bytes; the only place where httpx errors become DeliveryResults."""
+    import httpx
+
     all_headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, **(headers or {})}
     try:
         if client is not None:

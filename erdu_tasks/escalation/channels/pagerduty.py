@@ -9,12 +9,13 @@ into one alert (its own escalation policy then takes over). A 4xx answer is perm
 from __future__ import annotations
 
 import json
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from erdu_tasks.escalation.channels.base import BaseChannel, DeliveryResult, Notification, NotificationKind, post_json
 from erdu_tasks.settings.escalation import PAGERDUTY_EVENTS_URL, PagerDutySettings
+
+if TYPE_CHECKING:
+    import httpx   # imported where a request is made: most processes never make one
 
 EVENTS_URL = PAGERDUTY_EVENTS_URL
 _SEVERITY = {"P1": "critical", "P2": "error", "P3": "warning", "P4": "info", "P5": "info"}

@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from enum import StrEnum
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from erdu_tasks.escalation.channels.base import BaseChannel, DeliveryResult, Notification, NotificationKind, post_json
 from erdu_tasks.settings.escalation import SlackSettings
+
+if TYPE_CHECKING:
+    import httpx   # imported where a request is made: most processes never make one
 
 _HEADER_MAX = 150
 _SECTION_MAX = 3000

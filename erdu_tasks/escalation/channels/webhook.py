@@ -15,11 +15,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
-
-import httpx
+from typing import TYPE_CHECKING
 
 from erdu_tasks.escalation.channels.base import BaseChannel, DeliveryResult, Notification, post_json, unix_now
 from erdu_tasks.settings.escalation import WebhookSettings
+
+if TYPE_CHECKING:
+    import httpx   # imported where a request is made: most processes never make one
 
 SIGNATURE_HEADER = "X-ERDU-Signature"
 TIMESTAMP_HEADER = "X-ERDU-Timestamp"

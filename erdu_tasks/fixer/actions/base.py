@@ -17,15 +17,17 @@ import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
-import httpx
 from pydantic import BaseModel, ConfigDict
 
 from erdu_tasks.catalog import CATALOG_FIELDS
 from erdu_tasks.errors import PermanentError
 from erdu_tasks.fixer.urlguard import DEFAULT_POLICY, UrlPolicy, UrlRefused
+
+if TYPE_CHECKING:
+    import httpx   # imported where a request is made: most processes never make one
 
 PLACEHOLDERS: frozenset[str] = frozenset({"service", "host"})
 """The only incident fields a runbook may put into a command, URL or request."""
@@ -306,6 +308,8 @@ def http_exchange(method: str, url: str, *, timeout: float, headers: Mapping[str
     The request goes to the address the policy checked after resolving the URL's host (never a
     link-local or metadata address by default), and redirects are not followed.
     """
+    import httpx
+
     started = time.monotonic()
     output: dict[str, Any] = {"method": method, "url": url}
     body = bytearray()

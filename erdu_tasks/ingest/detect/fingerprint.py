@@ -169,7 +169,6 @@ assert len(RULE_NAMES) == len(_PARTS)
 _PLAIN_WORD = (rf"[A-Za-z](?<!=.)(?<!ser .)(?<!(?=(?:{_WEEKDAY}|{_MONTH})(?![A-Za-z])).)[A-Za-z]*+"
                r"[.:]?+(?:[\s,;()\[\]]|$)")
 _START = rf"(?<!{_W})(?!\s|{_PLAIN_WORD})"
-_MASK_RE = re.compile(_START + "(?:" + "|".join(f"(?:{p})" for p in _PARTS) + ")")
 # Speed: a rule that needs a character the line does not hold cannot match anywhere in it, and
 # leaving it out of the alternation changes nothing else (the first rule that matches still wins),
 # so each line is masked by the alternation of only the rules it could meet. The e-mail rule alone
@@ -205,8 +204,13 @@ def _mask_re_v2() -> re.Pattern[str]:
 
 
 # The same alternatives, each in a named group, so an explanation can say which rule masked a value.
-# Only `explain` and splits use it: the hot path keeps the faster unnamed pattern.
-_NAMED_RE = re.compile(_START + "(?:" + "|".join(f"(?P<r{i}>{p})" for i, p in enumerate(_PARTS)) + ")")
+# Only `explain` and splits use it: the hot path keeps the faster unnamed patterns, and a worker that
+# never explains never compiles it (compiled when first needed, as the patterns of _mask_re are).
+@functools.cache
+def _named_re() -> re.Pattern[str]:
+    return re.compile(_START + "(?:" + "|".join(f"(?P<r{i}>{p})" for i, p in enumerate(_PARTS)) + ")")
+
+
 # A value wholly in brackets is a value; runs of values with only punctuation between are one.
 _BRACKETED = re.compile(r"[(\[{]<\*>[)\]}]")
 _RUN = re.compile(r"<\*>(?:[\s,;:|#/+*-]*<\*>)+")
@@ -331,7 +335,7 @@ def slots(text: str) -> tuple[str, list[Slot]]:
     spans: list[tuple[int, int, tuple[str, ...]]] = []
     out: list[str] = []
     pos = 0
-    for m in _NAMED_RE.finditer(text):
+    for m in _named_re().finditer(text):
         out.append(text[pos:m.start()])
         out.append(MASK)
         spans.append((m.start(), m.end(), (RULE_NAMES[int(m.lastgroup[1:])],)))

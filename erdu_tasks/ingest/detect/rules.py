@@ -268,8 +268,13 @@ def _combine(builtin: _Parsed, user: _Parsed, origin: str) -> tuple[list[Rule], 
 def _parse(text: str, origin: str, *, user: bool, file: str | None = None) -> _Parsed:
     """Parse and compile one rule file; ConfigError on any problem."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        # One parse: the node tree (for line numbers) and the data built from it, as yaml.safe_load builds it.
+        loader = yaml.SafeLoader(text)
+        try:
+            root = loader.get_single_node()
+            data = loader.construct_document(root) if root is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
