@@ -25,35 +25,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import psycopg
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._harness import PG_ADMIN_URL, write_json  # noqa: E402
+from bench.pipeline import tree_cpu  # noqa: E402
 
 _ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_ROLES = ["ingest,commander,diagnostician,fixer,resolver", "ingest", "fixer", "monitor"]
-
-
-def tree_cpu(proc: psutil.Process) -> float:
-    """CPU seconds of the process, its children that ended (waited for) and its children alive now."""
-    total = 0.0
-    try:
-        children = proc.children(recursive=True)
-        t = proc.cpu_times()
-        total += t.user + t.system + t.children_user + t.children_system
-    except psutil.NoSuchProcess:
-        return 0.0
-    for child in children:
-        try:
-            t = child.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
 
 
 def one_start(role: str, env: dict[str, str], tmp: Path, n: int, timeout: float = 60) -> tuple[float, float]:
@@ -62,11 +44,10 @@ def one_start(role: str, env: dict[str, str], tmp: Path, n: int, timeout: float 
         started = time.monotonic()
         proc = subprocess.Popen([sys.executable, "-m", "erdu_tasks.cli", "worker", role, "--loglevel", "INFO"],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True)
-    ps = psutil.Process(proc.pid)
     try:
         while True:
             if b"ready." in log_path.read_bytes():
-                return time.monotonic() - started, tree_cpu(ps)
+                return time.monotonic() - started, tree_cpu(proc.pid)
             if proc.poll() is not None:
                 raise RuntimeError(f"worker {role} exited: " + log_path.read_text(errors="replace")[-2000:])
             if time.monotonic() - started > timeout:
