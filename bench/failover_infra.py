@@ -237,6 +237,20 @@ class PostgresPair:
                   "-D", str(replica), "-R", "-X", "stream", "--no-sync", "--checkpoint=fast")
         self._configure(replica, self.ports["replica"])
         self._ctl(replica, "start")
+        # Started is not yet streaming: a primary stopped before its replica connects takes the commits since
+        # the base backup with it.
+        wait_until(self._streaming, 30, "the replica streaming from the primary")
+
+    def _streaming(self) -> bool:
+        try:
+            with psycopg.connect(self.url_of("primary"), connect_timeout=2) as conn:
+                return conn.execute("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'").fetchone()[0] > 0
+        except psycopg.Error:
+            return False
+
+    def url_of(self, server: str, database: str = "postgres") -> str:
+        """A URL of one of the two servers ("primary" or "replica")."""
+        return f"postgresql://postgres@127.0.0.1:{self.ports[server]}/{database}"
 
     def _configure(self, data: Path, port: int) -> None:
         with open(data / "postgresql.conf", "a") as conf:
