@@ -14,6 +14,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -201,8 +202,8 @@ class _Spares:
         self.jobs.put(("drop", url))
 
     def close(self) -> None:
-        """Drop what is left (pending drops and unused spares) all at once, a thread per database: at the
-        session's end nothing else waits on them, and one by one they took 10-16 s on a busy machine."""
+        """Drop what is left (pending drops and unused spares), three at a time: at the session's end nothing
+        else waits on them, and one by one they took 10-16 s on a busy machine."""
         left = []
         while True:   # take the waiting jobs from the thread: spares are no longer needed, drops run below
             try:
@@ -217,11 +218,22 @@ class _Spares:
             self.thread = None
         while not self.ready.empty():
             left.append(self.ready.get_nowait())
-        droppers = [threading.Thread(target=drop_database, args=(url,)) for url in left]
-        for t in droppers:
-            t.start()
-        for t in droppers:
-            t.join(120)
+        # A few at a time: four test processes dropping dozens of databases at once ran Postgres out of
+        # connection slots ("too many clients"), and each database refused so was left behind.
+        with ThreadPoolExecutor(3, thread_name_prefix="drop-database") as pool:
+            list(pool.map(_drop_patiently, left))
+
+
+def _drop_patiently(url: str, attempts: int = 10) -> None:
+    """drop_database, again after a pause while Postgres refuses the connection (its slots all taken)."""
+    for attempt in range(attempts):
+        try:
+            drop_database(url)
+            return
+        except psycopg.OperationalError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 _spares = _Spares()
