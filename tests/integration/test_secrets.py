@@ -15,7 +15,7 @@ import redis
 from prometheus_client import generate_latest
 
 from erdu_tasks.settings import load_settings, secret_values
-from tests.conftest import RedisServer, create_database, incident_rows, wait_for
+from tests.conftest import RedisServer, incident_rows, wait_for
 
 SECRETS = {
     "redis": "redis-pass-4d1f9a",
@@ -68,9 +68,10 @@ def _settings(redis_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch
     return load_settings()
 
 
-def test_no_secret_in_the_settings_repr_the_celery_configuration_or_metrics(locked_redis, monkeypatch) -> None:
+def test_no_secret_in_the_settings_repr_the_celery_configuration_or_metrics(locked_redis, fresh_database_url,
+                                                                             monkeypatch) -> None:
     redis_url = f"redis://:{SECRETS['redis']}@127.0.0.1:{locked_redis.port}/3"
-    database_url = create_database().replace("postgresql://postgres@", f"postgresql://postgres:{SECRETS['db']}@")
+    database_url = fresh_database_url.replace("postgresql://postgres@", f"postgresql://postgres:{SECRETS['db']}@")
     settings = _settings(redis_url, database_url, monkeypatch)
     # Every secret is in the settings, readable where it is used ...
     assert set(secret_values(settings)) >= set(SECRETS.values()) - {SECRETS["slack"]}
