@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import RedisServer, create_database, drop_database, free_port, incident_rows, wait_for
+from tests.conftest import RedisServer, create_database, drop_database_later, free_port, incident_rows, wait_for
 
 # The module shares one stack (or server) between its tests: pytest-xdist keeps them on one worker.
 pytestmark = pytest.mark.xdist_group("api-server")
@@ -96,7 +96,7 @@ def api(tmp_path_factory):
     yield server
     server.stop()
     redis.stop()
-    drop_database(url)
+    drop_database_later(url)
 
 
 @pytest.fixture()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RedisServer, create_database, drop_database
+from tests.conftest import RedisServer, create_database, drop_database_later
 from tests.integration.test_api import WRITE, ApiServer
 
 MAX_EXAMPLES = int(os.environ.get("ERDU_FUZZ_EXAMPLES", "60"))
@@ -31,7 +31,7 @@ def api(tmp_path):
     yield server
     server.stop()
     redis.stop()
-    drop_database(url)
+    drop_database_later(url)
 
 
 def _st() -> str:

@@ -8,7 +8,7 @@ import sys
 import httpx
 import pytest
 
-from tests.conftest import RedisServer, create_database, drop_database, incident_rows, wait_for
+from tests.conftest import RedisServer, create_database, drop_database, drop_database_later, incident_rows, wait_for
 from tests.integration.test_api import WRITE, ApiServer
 
 # The module shares one stack (or server) between its tests: pytest-xdist keeps them on one worker.
@@ -228,7 +228,7 @@ def test_with_redis_down_nothing_is_accepted_and_the_api_says_so(tmp_path):
     finally:
         api.stop()
         redis.stop()
-        drop_database(url)
+        drop_database_later(url)
     assert "internal error" not in api.log_text()
 
 
@@ -250,7 +250,7 @@ def test_with_postgres_gone_the_api_answers_503(tmp_path, redis_server):
             assert health.status_code == 503 and health.json()["redis"] == "ok"
     finally:
         api.stop()
-        drop_database(url)
+        drop_database_later(url)
     assert "internal error" not in api.log_text()
 
 

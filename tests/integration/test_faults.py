@@ -286,7 +286,7 @@ ROUTINE_RUNBOOK = """
 def own_stack(tmp_path):
     """A stack on a Redis and/or database the test brings (to crash or stop them)."""
     from erdu_tasks.store.migrate import migrate
-    from tests.conftest import Stack, create_database, drop_database
+    from tests.conftest import Stack, create_database, drop_database_later
 
     made = []
 
@@ -302,7 +302,7 @@ def own_stack(tmp_path):
     for stack, url, ours in made:
         stack.stop(signal.SIGKILL)   # the test is over: no warm shutdown to wait for
         if ours:
-            drop_database(url)
+            drop_database_later(url)
 
 
 def count_redrives(url: str) -> int:
