@@ -536,6 +536,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=weight, reverse=True)
 
 
+def drop_the_hand_on(redis_url: str, queue_name: str, incident_id: str) -> None:
+    """Empty a stopped role's queue once the incident's hand-on message is on it, so only a task the test sends
+    next runs. A stage publishes its hand-on after its commit: the incident's new status shows before the
+    message is there, and emptying the queue then would leave a late hand-on to run as well."""
+    import redis
+
+    broker = redis.Redis.from_url(redis_url)
+    try:
+        wait_for(lambda: any(incident_id.encode() in m for m in broker.lrange(queue_name, 0, -1)), 30,
+                 what=f"the incident's message on the {queue_name} queue")   # its headers carry the args' repr
+        broker.delete(queue_name)
+    finally:
+        broker.close()
+
+
 def incident_rows(database_url: str, sql: str = "SELECT * FROM incidents", params=()) -> list[dict]:
     with psycopg.connect(database_url, row_factory=psycopg.rows.dict_row) as conn:
         return conn.execute(sql, params).fetchall()

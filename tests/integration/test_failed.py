@@ -12,9 +12,8 @@ import threading
 
 import httpx
 import pytest
-import redis
 
-from tests.conftest import free_port, incident_rows, wait_for
+from tests.conftest import drop_the_hand_on, free_port, incident_rows, wait_for
 
 
 class CacheService:
@@ -130,12 +129,7 @@ def fail_a_diagnose_task(stack) -> dict:
     stack.send_event({"message": "Order service connection pool exhausted", "service": "orders"})
     incident = wait_for(lambda: incident_rows(stack.database_url), 30, what="an incident")[0]
     wait_for(lambda: status_of(stack, incident["id"]) == "assigned", 30, what="assigned")
-    # The commander publishes the hand-on after its commit: wait for the message before deleting the queue,
-    # or it lands after the delete and the real diagnosis runs too.
-    broker = redis.Redis.from_url(stack.redis_url)
-    wait_for(lambda: any(incident["id"].encode() in m for m in broker.lrange("diagnostician", 0, -1)), 30,
-             what="the incident's diagnose message on its queue")   # its headers carry the arguments' repr
-    broker.delete("diagnostician")  # only the failing call will run
+    drop_the_hand_on(stack.redis_url, "diagnostician", incident["id"])   # only the failing call will run
     stack.client.send_task("erdu.diagnose", args=(incident["id"], "unexpected-extra-arg"), queue="diagnostician")
     stack.start("diagnostician")
     wait_for(lambda: status_of(stack, incident["id"]) == "escalated", 60, what="escalated by the failed task")

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from tests.conftest import NOOP_RUNBOOK, incident_rows, wait_for
+from tests.conftest import NOOP_RUNBOOK, drop_the_hand_on, incident_rows, wait_for
 
 # The module shares one stack (or server) between its tests: pytest-xdist keeps them on one worker.
 # Only the tests on the module's one shared stack run on one xdist worker (so it is started once); the
@@ -146,10 +146,7 @@ def test_a_stage_task_that_raises_goes_to_the_escalate_errback(stack):
     stack.send_event({"message": "Database connection failed again", "service": "orders"})
     incident = only_incident(stack)
     wait_for(lambda: status_of(stack, incident["id"]) == "assigned", 30, what="assigned")
-    import redis
-
-    r = redis.Redis.from_url(stack.redis_url)
-    r.delete("diagnostician")  # drop the good hand-off so only the failing call runs
+    drop_the_hand_on(stack.redis_url, "diagnostician", incident["id"])   # only the failing call will run
     stack.client.send_task("erdu.diagnose", args=(incident["id"], "unexpected-extra-arg"), queue="diagnostician")
     stack.start("diagnostician")
     wait_for(lambda: status_of(stack, incident["id"]) == "escalated", 60, what="escalated by errback")
