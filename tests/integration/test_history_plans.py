@@ -19,6 +19,9 @@ from erdu_tasks.ingest import accept
 from erdu_tasks.store import history, incidents as store, metrics, stats
 from tests.conftest import create_database, drop_database_later
 
+# One worker runs the module: each worker that ran one of its tests loaded its own copy (about 5 s each).
+pytestmark = pytest.mark.xdist_group("history-plans")
+
 CLOSED, OPEN = 20_000, 400
 HISTORY = {"incidents", "incident_timeline"}
 
