@@ -334,3 +334,24 @@ def test_pathological_lines_stay_fast(line):
     start = time.process_time()
     fingerprint(line)
     assert time.process_time() - start < 0.5
+
+
+def test_the_spelt_out_spaces_are_what_backslash_s_matches():
+    # The masking rules write \s out inside character classes (faster in sre); the set must stay the same.
+    from erdu_tasks.ingest.detect.fingerprint import _SPACE
+
+    spelt_out, category = re.compile(f"[{_SPACE}]"), re.compile(r"\s")
+    assert all(bool(spelt_out.match(chr(c))) == bool(category.match(chr(c))) for c in range(0x110000))
+
+
+def test_every_space_but_the_space_is_unprintable():
+    # mask() leaves a printable text without doubled, leading or trailing spaces as it is, unsplit.
+    assert all(not chr(c).isprintable() for c in range(0x110000) if chr(c).isspace() and c != 0x20)
+
+
+@pytest.mark.parametrize("template", ["plain", "é 日本", "lone \udcff surrogate", "\ud800", ""])
+def test_a_key_hashes_the_template_as_surrogatepass_utf8(template):
+    import hashlib
+
+    want = hashlib.blake2b(f"1\x1fsvc\x1f{template}".encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+    assert template_key(template, "svc") == want

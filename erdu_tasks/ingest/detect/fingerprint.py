@@ -40,7 +40,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 FINGERPRINT_VERSION = "1"
@@ -78,11 +78,15 @@ _UNIT = (
 # key=value pairs whose value is the message itself, not data about it.
 _TEXT_KEYS = ("msg", "message", "error", "err", "event", "level", "lvl", "severity", "status", "state", "reason")
 # The end of a value: a space, the end, closing punctuation or a full stop ending a sentence.
-_END = r"(?=$|[\s,;:)\]}|\"']|\.(?:\s|$))"
+# What \s matches (str.isspace), spelt out for character classes: sre tests a class of characters with one
+# table look-up, while a class holding \s also calls the Unicode space test (tests/unit/test_fingerprint.py
+# checks that the two are the same set).
+_SPACE = "\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_END = rf"(?=$|[{_SPACE},;:)\]}}|\"']|\.(?:\s|$))"
 _OCTET = r"\d\d?\d?"  # one to three digits (as \d{1,3}, written to start with a plain digit)
 # Characters that make up one "word" when judging whether a token holds a digit.
-_W = r"[^\s=,;:()\[\]{}<>\"'|]"
-_KV = r"[^\s,;&()\[\]{}<>\"'|]"  # a character of the value of key=value
+_W = rf"[^{_SPACE}=,;:()\[\]{{}}<>\"'|]"
+_KV = rf"[^{_SPACE},;&()\[\]{{}}<>\"'|]"  # a character of the value of key=value
 
 # IPv6 addresses (with a digit). Version 2 ended one at anything but a word character or ":", so a time
 # of day with a fraction of a second ("20:54:03.455") was an address and a number, and an address ending
@@ -116,7 +120,7 @@ _PARTS = [
     rf"\d\d?[/.-]{_MONTH}[/.-]\d{{2,4}}(?::{_TIME})?",
     # UUIDs, URLs, e-mail addresses.
     r"[0-9a-fA-F][0-9a-fA-F]{7}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
-    r"[a-zA-Z][a-zA-Z0-9+.-]{1,15}://[^\s\"'<>]+",
+    rf"[a-zA-Z][a-zA-Z0-9+.-]{{1,15}}://[^{_SPACE}\"'<>]+",
     r"[\w.!#$%&'*+/=?^`{|}~-][\w.!#$%&'*+/=?^`{|}~-]{0,63}@[\w-]+(?:\.[\w-]+)+",
     # Addresses: IPv6 (with a digit), IPv4 and host names with a port ("db.example.com:5432").
     _IPV6,
@@ -126,17 +130,17 @@ _PARTS = [
     # File paths: /a/b, ./a, ~/a, C:\a\b (a single "/word" is a path too).
     # ("./", "../", "~/" or "/", told apart by the first character, looked back at.)
     r"[./~](?<![\w.:/~].)(?:(?<=\.)\.?/|(?<=~)/|(?<=/))[\w.@%+~$:-]+(?:/[\w.@%+~$:-]*)*",
-    r"[A-Za-z]:\\[^\s\"'<>|]*",
+    rf"[A-Za-z]:\\[^{_SPACE}\"'<>|]*",
     # Quoted values without spaces ('alice', "x-17"); a quoted sentence is text and stays.
-    r"'[^'\s]{1,200}'(?!\w)",
-    r"\"[^\"\s]{1,200}\"(?!\s*:)",
+    rf"'[^'{_SPACE}]{{1,200}}'(?!\w)",
+    rf"\"[^\"{_SPACE}]{{1,200}}\"(?!\s*:)",
     _KEY_DQUOTED,
     _KEY_SQUOTED,
     # Durations and sizes with a unit, also "1.5 sec", "12.0 KB", "01:07:47".
     # (Not when the "unit" starts an e-mail address: "0 T|@a.com" is a number and an address.)
     # (The number is "[<>~≈]?[-+]?\d++", its first character read first: a digit, a sign or a comparison.)
     rf"[<>~≈+\-\d](?:(?<=\d)\d*+|(?<=[<>~≈])[-+]?\d++|(?<=[-+])\d++)(?:\.\d++)?\s?{_UNIT}{_END}"
-    r"(?![^\s@]*@[\w-]+\.)",
+    rf"(?![^{_SPACE}@]*@[\w-]+\.)",
     rf"\d(?<![\w.:]\d)\d?{_TIME.removeprefix(_TIME_HOUR)}(?![\w:])",  # _TIME, its "\d{1,2}" as "\d\d?"
     # An empty value in brackets: "connection from <*> () at".
     r"[(\[{][)\]}](?<=\(\)|\[\]|\{\})(?<!\S..)(?!\S)",
@@ -166,9 +170,17 @@ assert len(RULE_NAMES) == len(_PARTS)
 # after it look one character further back, and "(?<!(?=...).)" says the word starting at that letter
 # is no month or weekday name. The quantifiers are possessive: giving back a letter or the "." could
 # never lead to a match.)
-_PLAIN_WORD = (rf"[A-Za-z](?<!=.)(?<!ser .)(?<!(?=(?:{_WEEKDAY}|{_MONTH})(?![A-Za-z])).)[A-Za-z]*+"
-               r"[.:]?+(?:[\s,;()\[\]]|$)")
-_START = rf"(?<!{_W})(?!\s|{_PLAIN_WORD})"
+_NO_DATE_NAME = rf"(?<!(?=(?:{_WEEKDAY}|{_MONTH})(?![A-Za-z])).)"
+
+
+def _start(present: Collection[str] = ("=", "u")) -> str:
+    """Where a value can start, in a line holding the features in present (see _FEATURES): a look-behind
+    for an "=" or "user " that the line does not hold could never see one, so it is left out."""
+    after = ("(?<!=.)" if "=" in present else "") + ("(?<!ser .)" if "u" in present else "") + _NO_DATE_NAME
+    return rf"(?<!{_W})(?!\s|[A-Za-z]{after}[A-Za-z]*+[.:]?+(?:[{_SPACE},;()\[\]]|$))"
+
+
+_START = _start()  # every look-behind: the patterns of version 2 and of explain() use this one
 # Speed: a rule that needs a character the line does not hold cannot match anywhere in it, and
 # leaving it out of the alternation changes nothing else (the first rule that matches still wins),
 # so each line is masked by the alternation of only the rules it could meet. The e-mail rule alone
@@ -189,7 +201,8 @@ def _mask_re(text: str) -> re.Pattern[str]:
         present = {f for i, f in enumerate(_FEATURES) if have >> i & 1}
         parts = [p for p, needs in zip(_PARTS, _NEEDS) if set(needs) <= present]
         pattern = _BY_FEATURES[have] = re.compile(
-            _START + "(?:" + "|".join(f"(?:{p})" for p in parts) + ")") if parts else re.compile(r"(?!)")
+            _start(present) + "(?:" + "|".join(f"(?:{p})" for p in parts) + ")") if parts \
+            else re.compile(r"(?!)")
     return pattern
 
 
@@ -259,7 +272,11 @@ def mask(text: str) -> str:
         if "(<*>)" in text or "[<*>]" in text or "{<*>}" in text:
             text = _BRACKETED.sub(MASK, text)
         text = _RUN.sub(MASK, text)
-    return " ".join(text.split())   # what _SPACES.sub(" ", text).strip() gives (\s is str.isspace), faster
+    # What _SPACES.sub(" ", text).strip() gives (\s is str.isspace), faster; most lines are already so (every
+    # space but " " is unprintable), and the check costs less than splitting them.
+    if "  " in text or not text.isprintable() or text[:1] == " " or text[-1:] == " ":
+        return " ".join(text.split())
+    return text
 
 
 def _mask_v2(text: str) -> str:
@@ -431,7 +448,12 @@ def template_key(template: str, service: str | None = None) -> str:
     if prefix is None:
         prefix = _key_prefix(service)
     h = prefix.copy()   # the prefix hashed once per service; hashing on from a copy gives the same digest
-    h.update(template.encode("utf-8", "surrogatepass"))
+    try:
+        # Without an error handler encode() is faster, and it gives the same bytes whenever it succeeds.
+        data = template.encode()
+    except UnicodeEncodeError:   # a lone surrogate: written as "surrogatepass" writes it
+        data = template.encode("utf-8", "surrogatepass")
+    h.update(data)
     return h.hexdigest()
 
 
