@@ -113,6 +113,18 @@ class BenchStack:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """Stop a process we started with start_new_session (and its children) by its own group id: SIGTERM,
+    SIGKILL after 20 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
 def write_json(path: str | None, figures: dict) -> None:
     """Write the figures as JSON when --json was given."""
     if path:

@@ -20,7 +20,6 @@ import secrets
 import shutil
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._harness import PG_ADMIN_URL, write_json  # noqa: E402
+from bench._harness import PG_ADMIN_URL, stop_process_group, write_json  # noqa: E402
 from bench.pipeline import tree_cpu  # noqa: E402
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -54,13 +53,7 @@ def one_start(role: str, env: dict[str, str], tmp: Path, n: int, timeout: float 
                 raise RuntimeError(f"worker {role} not ready in {timeout} s")
             time.sleep(0.01)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process_group(proc)
 
 
 def spread(values: list[float]) -> str:

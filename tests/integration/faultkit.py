@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import dict_row
 
+from bench._harness import stop_process_group  # noqa: F401   # the tests stop their processes as the benches do
 from tests.conftest import RedisServer, Stack, free_port, wait_for
 
 FINAL = ("closed", "escalated")
@@ -143,17 +143,6 @@ def start_beat(stack: Stack) -> subprocess.Popen:
     wait_for(lambda: proc.poll() is None and "beat: Starting" in log_path.read_text(errors="replace"),
              60, 0.2, what="beat started")
     return proc
-
-
-def stop_process_group(proc: subprocess.Popen) -> None:
-    """Stop a process we started (and its children) by its own group id."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 class Supervisor:
