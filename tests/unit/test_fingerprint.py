@@ -355,3 +355,73 @@ def test_a_key_hashes_the_template_as_surrogatepass_utf8(template):
 
     want = hashlib.blake2b(f"1\x1fsvc\x1f{template}".encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
     assert template_key(template, "svc") == want
+
+
+# --- the two engines -------------------------------------------------------------------------------
+# ASCII lines are masked by PCRE2 where the pcre2 package loads; every other line, and every line without
+# it, by sre. The sre patterns are the definition, so the two must mask every ASCII line alike.
+
+# Characters and pieces that start, end or break some rule: digits, hex, the features the rules look
+# for, brackets, signs, units, month names, "user ", and the separators \s and PCRE2 read differently.
+_TRICKY = st.one_of(
+    st.sampled_from(list("0123456789abcdefABCDEFxyzZ:/.@'\"=-_+~%<>()[]{},;|#*\\ \t\x0b\x0c\r\x1c\x1d\x1e\x1f\x00")),
+    st.sampled_from(["Jan", "May", "Tue", "Sept", "user ", "User ", "ms", " sec", "KB", "://", "0x", "blk_", "::",
+                     "msg=", "error=", "tag=", "T", "Z", "UTC", "PM", "from", " by", "C:\\", "./", "~/", "..", "()"]),
+    values,
+)
+ascii_lines = st.lists(_TRICKY, max_size=40).map("".join).filter(str.isascii)
+
+
+def _engines():
+    from erdu_tasks.ingest.detect import fingerprint as fp
+
+    fast = fp._pcre2_masker()
+    assert fast is not None, "the pcre2 package is a dependency: it must load and pass its check"
+    return fast, fp._sre_masked
+
+
+def test_ascii_lines_are_masked_by_pcre2():
+    from erdu_tasks.ingest.detect.fingerprint import engine
+
+    assert engine() == "pcre2"
+
+
+@settings(max_examples=400, deadline=None)
+@given(ascii_lines)
+@example("took 5\x1cms on Jan\x1d5 12:30\x1fPM")   # \x1c-\x1f: spaces to sre's \s, not to PCRE2's
+@example("user bob [preauth] user=root msg=\"a b\" tag='c d'")
+def test_pcre2_masks_an_ascii_line_as_sre_does(line):
+    fast, sre = _engines()
+    assert fast(line) == sre(line)
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["/a" * 32_000, "a.b" * 20_000, "=a" * 30_000, "a:" * 30_000, "user " * 12_000, "0a:" * 20_000 + "x",
+     "12:30:45.1" * 6_000, "x" * 64_000, "\x00 1 \x00", ""],
+)
+def test_long_and_odd_ascii_lines_are_masked_alike(line):
+    # The first two exhaust PCRE2's JIT stack; the line then goes to sre.
+    fast, sre = _engines()
+    assert fast(line) == sre(line)
+
+
+@pytest.mark.parametrize("line", ["é 10.0.0.1", "日本 1", "lone \udcff 5", "٣ digits", "a\u2028b 7", "x\xa0=1"])
+def test_lines_that_are_not_ascii_are_masked_by_sre(line):
+    fast, sre = _engines()
+    assert fast(line) == sre(line)
+
+
+def test_a_pcre2_that_masks_otherwise_is_not_used(monkeypatch):
+    from erdu_tasks.ingest.detect import fingerprint as fp
+
+    monkeypatch.setattr(fp, "_for_pcre2", lambda pattern: "(*LF)(?!)")   # a pattern that masks nothing
+    assert fp._pcre2_masker() is None
+
+
+def test_a_space_class_inside_brackets_is_refused_for_pcre2():
+    from erdu_tasks.ingest.detect.fingerprint import _SPACE, _for_pcre2
+
+    assert _for_pcre2(r"a\sb[^\d]\S") == f"(*LF)a[{_SPACE}]b[^\\d][^{_SPACE}]"
+    with pytest.raises(ValueError, match="inside a character class"):
+        _for_pcre2(r"[\s,]")
