@@ -33,6 +33,11 @@ exception's message (its words, values masked as above) and the application's ow
 (file, function and source line; library and standard-library frames only when there is
 no other); Java stack traces by their exception types and frames (class and method). Line
 numbers and install paths are never part of a key.
+
+The rules are written for Python's ``re`` (sre), which defines them. An ASCII line is
+masked by PCRE2's JIT running the same patterns when the ``pcre2`` package is present and
+masks a set of check lines exactly as sre does; any other line, and any line PCRE2 gives
+up on, is masked by sre (see "the fast engine" below).
 """
 
 from __future__ import annotations
