@@ -242,6 +242,22 @@ def progress(url: str, sent_keys: list[str]) -> str:
             + f"; no incident for {len(missing)} event(s) {missing[:5]}")
 
 
+def stacks_of(stack: Stack) -> str:
+    """Every worker process's Python stacks (py-spy dump, children included), for a test that waits too long:
+    a worker that stopped consuming shows where it stands. Empty where py-spy may not attach."""
+    exe = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if exe is None:
+        return ""
+    procs = {id(proc): proc for procs in stack.procs.values() for proc in procs}.values()
+    dumps = []
+    for proc in procs:
+        if proc.poll() is None:
+            done = subprocess.run([exe, "dump", "--subprocesses", "--pid", str(proc.pid)], capture_output=True,
+                                  text=True, timeout=60)
+            dumps.append(f"--- {proc.log_path.name}\n{done.stdout or done.stderr}")
+    return "\n".join(dumps)
+
+
 def held_messages(redis_url: str, task_name: str) -> int:
     """How many messages of a task are delivered but not acknowledged (kombu's unacked hash) or queued."""
     import json
