@@ -14,7 +14,6 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -162,12 +161,12 @@ def drop_database(url: str) -> None:
 
 
 class _Spares:
-    """Two threads beside the tests: one copies the template ahead of need, one drops finished databases, so
-    a test waits for neither (CREATE and DROP DATABASE each take a second or more on a busy machine).
+    """Threads beside the tests: one copies the template ahead of need, DROPPERS drop finished databases, so a
+    test waits for neither (CREATE and DROP DATABASE each take a second or more on a busy machine).
 
-    One thread doing both fell behind: its drops queued behind the copies, some 40 were left for the
-    session's end in each test process, and dropping them there added 6-7 s to every run. Postgres 15's DROP
-    DATABASE waits for a checkpoint, which drops running at the same time share, so DROPPERS threads drop."""
+    Postgres 15's DROP DATABASE waits for a checkpoint, which drops running at the same time share. One thread
+    doing copies and drops fell behind: 28-85 drops per test process were left for the session's end, 6-9 s
+    there; with drops of their own, three at a time, 9-56 were left, 1-8 s."""
 
     DROPPERS = 3
 
@@ -188,7 +187,7 @@ class _Spares:
     def _drop(self) -> None:
         while (url := self.drops.get()) is not None:
             try:
-                drop_database(url)
+                _drop_patiently(url)
             except psycopg.Error:
                 pass   # a database not dropped stays (named erdu_test_*)
 
@@ -215,34 +214,25 @@ class _Spares:
         self.drops.put(url)
 
     def close(self) -> None:
-        """Drop what is left (pending drops and unused spares), three at a time: at the session's end nothing
-        else waits on them, and one by one they took 10-16 s on a busy machine."""
-        left = []
+        """Stop copying, hand the unused spares to the droppers and wait until every drop is done. Only
+        DROPPERS at a time: four test processes dropping dozens of databases at once ran Postgres out of
+        connection slots ("too many clients"), and each database refused so was left behind."""
+        if not self.threads:
+            return
         while True:   # spares are no longer needed
             try:
                 self.spares.get_nowait()
             except queue.Empty:
                 break
-        while True:   # the drops not begun run below
-            try:
-                url = self.drops.get_nowait()
-            except queue.Empty:
-                break
-            if url is not None:
-                left.append(url)
-        if self.threads:
-            self.spares.put(False)
-            for _ in range(self.DROPPERS):
-                self.drops.put(None)
-            for thread in self.threads:
-                thread.join(300)   # the job each is running
-            self.threads = []
+        self.spares.put(False)
+        self.threads[0].join(300)   # the copy it is making
         while not self.ready.empty():
-            left.append(self.ready.get_nowait())
-        # A few at a time: four test processes dropping dozens of databases at once ran Postgres out of
-        # connection slots ("too many clients"), and each database refused so was left behind.
-        with ThreadPoolExecutor(3, thread_name_prefix="drop-database") as pool:
-            list(pool.map(_drop_patiently, left))
+            self.drops.put(self.ready.get_nowait())
+        for _ in range(self.DROPPERS):
+            self.drops.put(None)
+        for thread in self.threads[1:]:
+            thread.join(300)
+        self.threads = []
 
 
 def _drop_patiently(url: str, attempts: int = 10) -> None:
